@@ -1,0 +1,3 @@
+//! Aragora: a server that runs structured debates between LLM agents and streams them live.
+
+pub mod store;

@@ -1,0 +1,215 @@
+//! Durable storage behind one trait, with an embedded SQLite backend (the default) and a
+//! Postgres backend for production.
+//!
+//! Rule: everything durable (debate records and the append-only event log) lives here and
+//! nowhere else — Redis and in-process caches hold only what can be lost. Both backends
+//! satisfy the same contract, proven by one test suite run against each.
+
+mod postgres;
+mod sqlite;
+
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Which backend a store is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+/// Connection pool settings (contract §2: min idle = size, max = size + overflow).
+#[derive(Debug, Clone, Copy)]
+pub struct PoolSettings {
+    pub size: u32,
+    pub max_overflow: u32,
+    /// How long a caller waits for a free connection before the call fails.
+    pub acquire_timeout: Duration,
+}
+
+/// A snapshot of the pool for health and metrics.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct PoolStatus {
+    /// Open connections (idle + in use).
+    pub size: u32,
+    pub idle: u32,
+    pub max: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("invalid stored data: {0}")]
+    Corrupt(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A debate as stored. `status` is one of queued, running, completed, no_consensus, timeout,
+/// failed, cancelled. JSON columns hold the request options and the result so the schema stays
+/// additive as the engine grows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DebateRecord {
+    pub id: String,
+    pub task: String,
+    pub status: String,
+    /// Agent names in seat order.
+    pub agents: Vec<String>,
+    pub rounds: i32,
+    pub rounds_used: i32,
+    pub consensus: String,
+    pub owner_id: Option<String>,
+    pub correlation_id: Option<String>,
+    /// Free-form request options (threshold, judge, domain, metadata…).
+    pub options: serde_json::Value,
+    pub result: Option<serde_json::Value>,
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// What a caller supplies to create a debate; the store fills the rest
+/// (status `queued`, rounds_used 0, timestamps).
+#[derive(Debug, Clone)]
+pub struct NewDebate {
+    pub id: String,
+    pub task: String,
+    pub agents: Vec<String>,
+    pub rounds: i32,
+    pub consensus: String,
+    pub owner_id: Option<String>,
+    pub correlation_id: Option<String>,
+    pub options: serde_json::Value,
+}
+
+/// A change of a debate's lifecycle fields. `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct DebateUpdate {
+    pub status: Option<String>,
+    pub rounds_used: Option<i32>,
+    pub result: Option<serde_json::Value>,
+    pub error: Option<String>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// Listing filter, newest first. `cursor` is the opaque value returned as `next_cursor`.
+#[derive(Debug, Clone, Default)]
+pub struct DebateQuery {
+    pub status: Option<String>,
+    pub owner_id: Option<String>,
+    pub limit: u32,
+    pub offset: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DebatePage {
+    pub debates: Vec<DebateRecord>,
+    pub next_cursor: Option<String>,
+}
+
+/// One entry of a debate's append-only event log. `seq` is per debate, contiguous from 1.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredEvent {
+    pub debate_id: String,
+    pub seq: i64,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub round: Option<i32>,
+    pub agent: Option<String>,
+    pub data: serde_json::Value,
+    pub timestamp: DateTime<Utc>,
+}
+
+/// An event to append; the store assigns `seq` and `timestamp`.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub kind: String,
+    pub round: Option<i32>,
+    pub agent: Option<String>,
+    pub data: serde_json::Value,
+}
+
+/// The storage contract every backend fulfils.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    fn backend(&self) -> Backend;
+
+    /// Cheap round trip proving the database answers (`SELECT 1`).
+    async fn ping(&self) -> StoreResult<()>;
+
+    fn pool_status(&self) -> PoolStatus;
+
+    /// Apply pending migrations for this backend. Idempotent.
+    async fn migrate(&self) -> StoreResult<()>;
+
+    /// Close the pool, waiting for connections in use to be returned.
+    async fn close(&self);
+
+    /// Insert a new debate with status `queued`. A duplicate id is `Conflict`.
+    async fn create_debate(&self, new: &NewDebate) -> StoreResult<DebateRecord>;
+
+    async fn get_debate(&self, id: &str) -> StoreResult<Option<DebateRecord>>;
+
+    /// Apply `update`; `NotFound` when the debate does not exist. Returns the new record.
+    async fn update_debate(&self, id: &str, update: &DebateUpdate) -> StoreResult<DebateRecord>;
+
+    /// Newest first (created_at, then id, descending). With `cursor`, continue after it;
+    /// with `offset`, skip that many. `next_cursor` is set when more rows follow.
+    async fn list_debates(&self, query: &DebateQuery) -> StoreResult<DebatePage>;
+
+    /// Append one event, assigning the next seq for that debate atomically (concurrent
+    /// appenders never get the same seq and never leave a gap). `NotFound` for an unknown debate.
+    async fn append_event(&self, debate_id: &str, event: &NewEvent) -> StoreResult<StoredEvent>;
+
+    /// Events with seq > `since`, ascending, at most `limit`.
+    async fn events_since(
+        &self,
+        debate_id: &str,
+        since: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<StoredEvent>>;
+
+    /// Highest seq of the debate's log (0 when empty).
+    async fn last_seq(&self, debate_id: &str) -> StoreResult<i64>;
+
+    /// Debates in `queued` or `running` — what a restart must resume or close.
+    async fn unfinished_debates(&self) -> StoreResult<Vec<DebateRecord>>;
+}
+
+pub type DynStore = Arc<dyn Store>;
+
+/// Open the store named by `url` (`sqlite://…` or `postgres://…`), without migrating.
+pub async fn connect(url: &str, pool: PoolSettings) -> StoreResult<DynStore> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PostgresStore::connect(url, pool).await?))
+    } else {
+        Ok(Arc::new(SqliteStore::connect(url, pool).await?))
+    }
+}
