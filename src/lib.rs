@@ -1,3 +1,16 @@
 //! Aragora: a server that runs structured debates between LLM agents and streams them live.
+//!
+//! Module map: `cli` (subcommands) → `config` (layered, validated settings) → `app`
+//! (state and start-up) → `http` (REST API) and `ws` (WebSocket server), over `store`
+//! (SQLite/Postgres) and `telemetry` (logs, metrics).
 
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod lockfile;
+pub mod redis_client;
 pub mod store;
+pub mod telemetry;
+pub mod ws;

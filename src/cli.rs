@@ -1,0 +1,229 @@
+//! The `aragora` command line: `serve`, `migrate`, `config`, `health`.
+//!
+//! Exit codes: 0 success; 1 runtime failure (or `health`: degraded); 2 bad configuration or
+//! usage (or `health`: unhealthy / unreachable, as the runbook's health_check.sh).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::app::{Application, open_store};
+use crate::config::{Config, Flags};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "aragora",
+    version,
+    about = "Structured debates between LLM agents, streamed live"
+)]
+pub struct Cli {
+    /// TOML configuration file (same keys as config/aragora.toml); env and flags override it.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the REST API and the WebSocket server.
+    Serve {
+        /// Interface to bind (default 127.0.0.1).
+        #[arg(long)]
+        host: Option<String>,
+        /// REST API port (default 8080).
+        #[arg(long)]
+        api_port: Option<u16>,
+        /// WebSocket port (default 8766).
+        #[arg(long)]
+        ws_port: Option<u16>,
+    },
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Print the effective configuration (secrets redacted) and where each value comes from.
+    Config,
+    /// Query a server's health: exit 0 healthy, 1 degraded, 2 unhealthy or unreachable.
+    Health {
+        /// Health endpoint URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080/api/health")]
+        url: String,
+    },
+}
+
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    let flags = match &cli.command {
+        Command::Serve {
+            host,
+            api_port,
+            ws_port,
+        } => Flags {
+            host: host.clone(),
+            api_port: *api_port,
+            ws_port: *ws_port,
+        },
+        _ => Flags::default(),
+    };
+    if let Command::Health { url } = &cli.command {
+        return health(url);
+    }
+    let config = match Config::load(cli.config.as_deref(), &flags) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("aragora: configuration error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Command::Config => {
+            print!("{}", config.render());
+            ExitCode::SUCCESS
+        }
+        Command::Migrate => block_on(migrate(config)),
+        Command::Serve { .. } => block_on(serve(config)),
+        Command::Health { .. } => unreachable!("handled above"),
+    }
+}
+
+fn block_on(fut: impl Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(fut),
+        Err(err) => {
+            eprintln!("aragora: cannot start the async runtime: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> ExitCode {
+    if let Err(err) = crate::telemetry::init_logging(&config) {
+        eprintln!("aragora: cannot set up logging: {err:#}");
+        return ExitCode::from(2);
+    }
+    let app = match Application::build(config).await {
+        Ok(app) => app,
+        Err(err) => {
+            tracing::error!(error = %err, "start-up failed");
+            eprintln!("aragora: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let state = app.state().clone();
+    let signals = tokio::spawn(handle_signals(state));
+    let result = app.run().await;
+    signals.abort();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %err, "server failed");
+            eprintln!("aragora: server failed: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGTERM/SIGINT: graceful shutdown. SIGUSR1: reload the WebSocket side (close all with
+/// 1012). SIGHUP: reload hook for runtime-tunable settings.
+async fn handle_signals(state: crate::app::AppState) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int), Ok(mut usr1), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::user_defined1()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => {
+                tracing::info!("SIGTERM received: shutting down gracefully");
+                state.shutdown.cancel();
+            }
+            _ = int.recv() => {
+                tracing::info!("SIGINT received: shutting down gracefully");
+                state.shutdown.cancel();
+            }
+            _ = usr1.recv() => state.ws.reload(),
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP received: nothing in this build is reloadable at runtime yet");
+            }
+        }
+    }
+}
+
+async fn migrate(config: Config) -> ExitCode {
+    let store = match open_store(&config).await {
+        Ok(store) => store,
+        Err(err) => {
+            eprintln!("aragora: cannot open the database: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = store.migrate().await;
+    store.close().await;
+    match result {
+        Ok(()) => {
+            println!("migrations applied ({} database)", store.backend().as_str());
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("aragora: migration failed: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn health(url: &str) -> ExitCode {
+    block_on(async {
+        let client = match reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+        {
+            Ok(c) => c,
+            Err(err) => {
+                eprintln!("CRITICAL: cannot build HTTP client: {err}");
+                return ExitCode::from(2);
+            }
+        };
+        let response = match client.get(url).send().await {
+            Ok(r) => r,
+            Err(err) => {
+                println!("CRITICAL: health endpoint unreachable at {url}: {err}");
+                return ExitCode::from(2);
+            }
+        };
+        let http_status = response.status();
+        let body: serde_json::Value = match response.json().await {
+            Ok(b) => b,
+            Err(err) => {
+                println!("CRITICAL: health endpoint answered {http_status} without JSON: {err}");
+                return ExitCode::from(2);
+            }
+        };
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&body).unwrap_or_default()
+        );
+        match body.get("status").and_then(|s| s.as_str()) {
+            Some("healthy") => {
+                println!("OK: all checks passed");
+                ExitCode::SUCCESS
+            }
+            Some("degraded") => {
+                println!("WARNING: service degraded");
+                ExitCode::from(1)
+            }
+            other => {
+                println!("CRITICAL: service {}", other.unwrap_or("status unknown"));
+                ExitCode::from(2)
+            }
+        }
+    })
+}

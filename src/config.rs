@@ -1,0 +1,887 @@
+//! Typed configuration, layered: compiled-in defaults (`config/aragora.toml`) → an optional
+//! TOML file (`--config`) → the environment → command-line flags.
+//!
+//! Rule: every value is validated before anything starts; a bad value is reported in one line
+//! naming where it came from (variable or file key), the value, and what is allowed. Secrets
+//! never appear in `Debug`, in `aragora config`, or in an error message.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+/// The compiled-in defaults; also the commented reference for operators.
+pub const DEFAULTS_TOML: &str = include_str!("../config/aragora.toml");
+
+/// One setting: its file key, the environment variables that set it (first one wins), and
+/// whether its value is secret.
+struct Setting {
+    key: &'static str,
+    env: &'static [&'static str],
+    secret: bool,
+}
+
+const fn s(key: &'static str, env: &'static [&'static str]) -> Setting {
+    Setting {
+        key,
+        env,
+        secret: false,
+    }
+}
+
+const fn secret(key: &'static str, env: &'static [&'static str]) -> Setting {
+    Setting {
+        key,
+        env,
+        secret: true,
+    }
+}
+
+/// Every recognised setting. The file key is the env name lower-cased without `ARAGORA_`.
+const SETTINGS: &[Setting] = &[
+    s("env", &["ARAGORA_ENV"]),
+    s("host", &["ARAGORA_HOST"]),
+    s("api_port", &["ARAGORA_API_PORT"]),
+    s("ws_port", &["ARAGORA_WS_PORT"]),
+    s("data_dir", &["ARAGORA_DATA_DIR"]),
+    // May embed a password: redacted on display.
+    secret("database_url", &["ARAGORA_DATABASE_URL", "DATABASE_URL"]),
+    s("supabase_url", &["SUPABASE_URL"]),
+    secret("supabase_key", &["SUPABASE_KEY"]),
+    s("db_pool_size", &["ARAGORA_DB_POOL_SIZE"]),
+    s("db_max_overflow", &["ARAGORA_DB_MAX_OVERFLOW"]),
+    secret("redis_url", &["ARAGORA_REDIS_URL"]),
+    s(
+        "enable_redis_rate_limit",
+        &["ARAGORA_ENABLE_REDIS_RATE_LIMIT"],
+    ),
+    s("rate_limit_rpm", &["ARAGORA_RATE_LIMIT_RPM"]),
+    s("rate_limit_debate_rpm", &["ARAGORA_RATE_LIMIT_DEBATE_RPM"]),
+    s("rate_limit_whitelist", &["ARAGORA_RATE_LIMIT_WHITELIST"]),
+    s("rate_limit_disabled", &["ARAGORA_RATE_LIMIT_DISABLED"]),
+    s("trusted_proxies", &["ARAGORA_TRUSTED_PROXIES"]),
+    s("allowed_origins", &["ARAGORA_ALLOWED_ORIGINS"]),
+    s("agent_timeout_seconds", &["ARAGORA_AGENT_TIMEOUT_SECONDS"]),
+    s(
+        "debate_timeout_seconds",
+        &["ARAGORA_DEBATE_TIMEOUT_SECONDS"],
+    ),
+    s(
+        "max_concurrent_debates",
+        &["ARAGORA_MAX_CONCURRENT_DEBATES"],
+    ),
+    s("consensus_threshold", &["ARAGORA_CONSENSUS_THRESHOLD"]),
+    s("ws_max_connections", &["ARAGORA_WS_MAX_CONNECTIONS"]),
+    s("ws_max_per_ip", &["ARAGORA_WS_MAX_PER_IP"]),
+    s("log_dir", &["ARAGORA_LOG_DIR"]),
+    s("log_level", &["ARAGORA_LOG_LEVEL", "RUST_LOG"]),
+    s("memory_profiling", &["ARAGORA_MEMORY_PROFILING"]),
+    s(
+        "metrics_enabled",
+        &["METRICS_ENABLED", "ARAGORA_METRICS_ENABLED"],
+    ),
+    secret("sentry_dsn", &["SENTRY_DSN"]),
+    secret("api_token", &["ARAGORA_API_TOKEN"]),
+    secret("jwt_secret", &["ARAGORA_JWT_SECRET"]),
+    s(
+        "shutdown_timeout_seconds",
+        &["ARAGORA_SHUTDOWN_TIMEOUT_SECONDS"],
+    ),
+    s("lock_dir", &["ARAGORA_LOCK_DIR"]),
+    s(
+        "request_timeout_seconds",
+        &["ARAGORA_REQUEST_TIMEOUT_SECONDS"],
+    ),
+    s("max_body_bytes", &["ARAGORA_MAX_BODY_BYTES"]),
+    s(
+        "health_check_timeout_ms",
+        &["ARAGORA_HEALTH_CHECK_TIMEOUT_MS"],
+    ),
+];
+
+/// Where a value came from; names the thing an operator has to change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Default,
+    File { path: PathBuf, key: String },
+    Env(String),
+    Flag(String),
+    Derived(&'static str),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Default => write!(f, "default"),
+            Source::File { path, key } => write!(f, "{} key `{key}`", path.display()),
+            Source::Env(name) => write!(f, "{name}"),
+            Source::Flag(name) => write!(f, "{name}"),
+            Source::Derived(why) => write!(f, "{why}"),
+        }
+    }
+}
+
+/// A configuration problem, printed as one line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A value that does not parse or is out of range.
+    #[error("{origin}={value:?} is not valid: expected {expected}")]
+    Invalid {
+        origin: Source,
+        value: String,
+        expected: String,
+    },
+    /// A secret that fails a rule; its value is never shown.
+    #[error("{origin} is not valid (value not shown): expected {expected}")]
+    InvalidSecret { origin: Source, expected: String },
+    /// A combination of settings that cannot work.
+    #[error("{0}")]
+    Conflict(String),
+    #[error("config file {path}: {message}")]
+    File { path: PathBuf, message: String },
+}
+
+/// A secret string: usable by code, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    Development,
+    Production,
+}
+
+/// Command-line overrides (`aragora serve` flags); they win over everything else.
+#[derive(Debug, Clone, Default)]
+pub struct Flags {
+    pub host: Option<String>,
+    pub api_port: Option<u16>,
+    pub ws_port: Option<u16>,
+}
+
+/// The validated, effective configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `development` or `production`; production insists on auth secrets.
+    pub env: Environment,
+    /// Interface to bind; `None` means the safe default (127.0.0.1).
+    pub host: Option<String>,
+    /// REST API port (0 = any free port, for tests).
+    pub api_port: u16,
+    /// WebSocket port (0 = any free port, for tests).
+    pub ws_port: u16,
+    /// Data directory for the embedded SQLite database.
+    pub data_dir: PathBuf,
+    /// `sqlite://…` or `postgres://…`, always set (derived from data_dir when not given).
+    pub database_url: Secret,
+    /// Supabase project URL: only used to explain that a Postgres URL is needed.
+    pub supabase_url: Option<String>,
+    pub supabase_key: Option<Secret>,
+    /// Pool: min idle connections.
+    pub db_pool_size: u32,
+    /// Pool: extra connections above `db_pool_size` under load.
+    pub db_max_overflow: u32,
+    /// Redis for cross-instance fan-out and shared rate limits.
+    pub redis_url: Option<Secret>,
+    /// Keep rate-limit state in Redis (needs `redis_url`).
+    pub enable_redis_rate_limit: bool,
+    /// Default per-client limit, requests/minute.
+    pub rate_limit_rpm: u32,
+    /// Debate creation per client per minute.
+    pub rate_limit_debate_rpm: u32,
+    /// Clients exempt from rate limits.
+    pub rate_limit_whitelist: Vec<IpNet>,
+    /// Turn rate limiting off entirely.
+    pub rate_limit_disabled: bool,
+    /// Proxies whose X-Forwarded-For / X-Real-IP are believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// CORS allowlist (exact origins such as `https://admin.example.com`).
+    pub allowed_origins: Vec<String>,
+    /// Budget for one agent call.
+    pub agent_timeout: Duration,
+    /// Budget for one whole debate.
+    pub debate_timeout: Duration,
+    /// Debates running at once; more wait in a bounded queue.
+    pub max_concurrent_debates: u32,
+    /// Share of weighted votes needed for consensus (0, 1].
+    pub consensus_threshold: f64,
+    /// WebSocket connection caps.
+    pub ws_max_connections: u32,
+    pub ws_max_per_ip: u32,
+    /// When set, logs are split into api/websocket/debate/agent files there.
+    pub log_dir: Option<PathBuf>,
+    /// tracing filter directives.
+    pub log_level: String,
+    /// Allocation profiling for memory dumps.
+    pub memory_profiling: bool,
+    /// Serve Prometheus metrics at /api/metrics.
+    pub metrics_enabled: bool,
+    pub sentry_dsn: Option<Secret>,
+    /// Static bearer token for service clients (owner rights).
+    pub api_token: Option<Secret>,
+    /// HS256 signing key (≥ 32 bytes).
+    pub jwt_secret: Option<Secret>,
+    /// Longest a graceful shutdown may take.
+    pub shutdown_timeout: Duration,
+    /// Directory of the pid lock file.
+    pub lock_dir: PathBuf,
+    /// Longest one HTTP request may take.
+    pub request_timeout: Duration,
+    /// Largest request body accepted (413 beyond).
+    pub max_body_bytes: usize,
+    /// Budget of each health check.
+    pub health_check_timeout: Duration,
+    /// Where each value came from, for `aragora config`.
+    sources: Sources,
+}
+
+/// The raw layered values behind the typed fields; `Debug` shows only where each came from,
+/// since the raw text includes secrets.
+#[derive(Clone, Default)]
+struct Sources(Layers);
+
+impl fmt::Debug for Sources {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(k, (_, src))| (k, src.to_string())))
+            .finish()
+    }
+}
+
+/// Raw layered values: key → (text, where it came from).
+type Layers = BTreeMap<&'static str, (String, Source)>;
+
+impl Config {
+    /// Load from the process environment.
+    pub fn load(file: Option<&Path>, flags: &Flags) -> Result<Config, ConfigError> {
+        Self::load_with(file, flags, |name| std::env::var(name).ok())
+    }
+
+    /// Load with an explicit environment lookup (tests pass a map).
+    pub fn load_with(
+        file: Option<&Path>,
+        flags: &Flags,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut layers = Layers::new();
+        let defaults: toml::Table = DEFAULTS_TOML
+            .parse()
+            .expect("compiled-in config/aragora.toml is valid TOML");
+        apply_table(&mut layers, &defaults, |_| Source::Default).map_err(|message| {
+            ConfigError::File {
+                path: "config/aragora.toml".into(),
+                message,
+            }
+        })?;
+
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+                path: path.to_owned(),
+                message: format!("cannot read it: {e}"),
+            })?;
+            let table: toml::Table =
+                text.parse()
+                    .map_err(|e: toml::de::Error| ConfigError::File {
+                        path: path.to_owned(),
+                        message: format!("not valid TOML: {}", e.message()),
+                    })?;
+            apply_table(&mut layers, &table, |key| Source::File {
+                path: path.to_owned(),
+                key: key.to_owned(),
+            })
+            .map_err(|message| ConfigError::File {
+                path: path.to_owned(),
+                message,
+            })?;
+        }
+
+        for setting in SETTINGS {
+            if let Some((name, value)) = setting
+                .env
+                .iter()
+                .find_map(|name| env(name).map(|v| (*name, v)))
+            {
+                layers.insert(setting.key, (value, Source::Env(name.to_owned())));
+            }
+        }
+
+        if let Some(host) = &flags.host {
+            layers.insert("host", (host.clone(), Source::Flag("--host".into())));
+        }
+        if let Some(port) = flags.api_port {
+            layers.insert(
+                "api_port",
+                (port.to_string(), Source::Flag("--api-port".into())),
+            );
+        }
+        if let Some(port) = flags.ws_port {
+            layers.insert(
+                "ws_port",
+                (port.to_string(), Source::Flag("--ws-port".into())),
+            );
+        }
+
+        Self::from_layers(layers)
+    }
+
+    fn from_layers(mut layers: Layers) -> Result<Config, ConfigError> {
+        let p = Parser { layers: &layers };
+        let env = match p.text("env").as_deref() {
+            Some("development") | None => Environment::Development,
+            Some("production") => Environment::Production,
+            Some(_) => return Err(p.invalid("env", "`development` or `production`")),
+        };
+        let data_dir = PathBuf::from(p.text("data_dir").unwrap_or_else(|| "./data".into()));
+        let supabase_url = p.text("supabase_url");
+        let database_url = match p.text("database_url") {
+            Some(url) => {
+                if !(url.starts_with("postgres://")
+                    || url.starts_with("postgresql://")
+                    || url.starts_with("sqlite:"))
+                {
+                    return Err(p.invalid_secret(
+                        "database_url",
+                        "a URL starting with postgres://, postgresql:// or sqlite:",
+                    ));
+                }
+                url
+            }
+            None => {
+                if supabase_url.is_some() {
+                    return Err(ConfigError::Conflict(
+                        "SUPABASE_URL is set but no database URL is: Supabase is Postgres, so set \
+                         ARAGORA_DATABASE_URL to the project's Postgres connection string \
+                         (Supabase dashboard → Project Settings → Database → Connection string)"
+                            .into(),
+                    ));
+                }
+                let url = format!("sqlite://{}", data_dir.join("aragora.db").display());
+                layers.insert(
+                    "database_url",
+                    (url.clone(), Source::Derived("derived from data_dir")),
+                );
+                url
+            }
+        };
+        let p = Parser { layers: &layers };
+
+        let redis_url = p.text("redis_url");
+        if let Some(url) = &redis_url
+            && !(url.starts_with("redis://") || url.starts_with("unix://"))
+        {
+            return Err(p.invalid_secret(
+                "redis_url",
+                "a URL of the form redis://host:port/db (or unix:///path/to/socket)",
+            ));
+        }
+        let enable_redis_rate_limit = p.boolean("enable_redis_rate_limit")?;
+        if enable_redis_rate_limit && redis_url.is_none() {
+            return Err(ConfigError::Conflict(
+                "ARAGORA_ENABLE_REDIS_RATE_LIMIT=1 needs ARAGORA_REDIS_URL (redis://host:port/db)"
+                    .into(),
+            ));
+        }
+
+        let jwt_secret = p.text("jwt_secret");
+        if let Some(secret) = &jwt_secret
+            && secret.len() < 32
+        {
+            return Err(p.invalid_secret("jwt_secret", "at least 32 bytes"));
+        }
+        if env == Environment::Production && jwt_secret.is_none() {
+            return Err(ConfigError::Conflict(
+                "ARAGORA_ENV=production needs ARAGORA_JWT_SECRET (at least 32 random bytes, e.g. \
+                 `openssl rand -hex 32`)"
+                    .into(),
+            ));
+        }
+        let api_token = p.text("api_token");
+        if let Some(token) = &api_token
+            && token.len() < 16
+        {
+            return Err(p.invalid_secret("api_token", "at least 16 characters"));
+        }
+
+        let log_level = p.text("log_level").unwrap_or_else(|| "info".into());
+        if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+            return Err(p.invalid(
+                "log_level",
+                "tracing filter directives such as `info` or `info,aragora=debug`",
+            ));
+        }
+
+        let consensus_threshold = p.float("consensus_threshold")?;
+        if !(consensus_threshold > 0.0 && consensus_threshold <= 1.0) {
+            return Err(p.invalid(
+                "consensus_threshold",
+                "a number greater than 0 and at most 1",
+            ));
+        }
+
+        let host = p.text("host");
+        if let Some(h) = &host
+            && h.parse::<IpAddr>().is_err()
+            && h != "localhost"
+        {
+            return Err(p.invalid("host", "an IP address such as 127.0.0.1, 0.0.0.0 or ::"));
+        }
+
+        let config = Config {
+            env,
+            host,
+            api_port: p.port("api_port")?,
+            ws_port: p.port("ws_port")?,
+            data_dir,
+            database_url: Secret(database_url),
+            supabase_url,
+            supabase_key: p.text("supabase_key").map(Secret),
+            db_pool_size: p.int("db_pool_size", 1, 1000)? as u32,
+            db_max_overflow: p.int("db_max_overflow", 0, 1000)? as u32,
+            redis_url: redis_url.map(Secret),
+            enable_redis_rate_limit,
+            rate_limit_rpm: p.int("rate_limit_rpm", 1, 1_000_000)? as u32,
+            rate_limit_debate_rpm: p.int("rate_limit_debate_rpm", 1, 1_000_000)? as u32,
+            rate_limit_whitelist: p.cidrs("rate_limit_whitelist")?,
+            rate_limit_disabled: p.boolean("rate_limit_disabled")?,
+            trusted_proxies: p.cidrs("trusted_proxies")?,
+            allowed_origins: p.origins("allowed_origins")?,
+            agent_timeout: Duration::from_secs(p.int("agent_timeout_seconds", 1, 3600)?),
+            debate_timeout: Duration::from_secs(p.int("debate_timeout_seconds", 1, 86_400)?),
+            max_concurrent_debates: p.int("max_concurrent_debates", 1, 10_000)? as u32,
+            consensus_threshold,
+            ws_max_connections: p.int("ws_max_connections", 1, 1_000_000)? as u32,
+            ws_max_per_ip: p.int("ws_max_per_ip", 1, 1_000_000)? as u32,
+            log_dir: p.text("log_dir").map(PathBuf::from),
+            log_level,
+            memory_profiling: p.boolean("memory_profiling")?,
+            metrics_enabled: p.boolean("metrics_enabled")?,
+            sentry_dsn: p.text("sentry_dsn").map(Secret),
+            api_token: api_token.map(Secret),
+            jwt_secret: jwt_secret.map(Secret),
+            shutdown_timeout: Duration::from_secs(p.int("shutdown_timeout_seconds", 1, 3600)?),
+            lock_dir: PathBuf::from(p.text("lock_dir").unwrap_or_else(|| "/tmp".into())),
+            request_timeout: Duration::from_secs(p.int("request_timeout_seconds", 1, 3600)?),
+            max_body_bytes: p.int("max_body_bytes", 1024, 1 << 30)? as usize,
+            health_check_timeout: Duration::from_millis(p.int(
+                "health_check_timeout_ms",
+                10,
+                60_000,
+            )?),
+            sources: Sources::default(),
+        };
+        Ok(Config {
+            sources: Sources(layers),
+            ..config
+        })
+    }
+
+    /// Auth is on when a JWT secret or API token is configured, and always in production.
+    pub fn auth_enabled(&self) -> bool {
+        self.jwt_secret.is_some() || self.api_token.is_some() || self.env == Environment::Production
+    }
+
+    /// The interface to bind: `host` when given, else loopback so an unconfigured server is
+    /// never reachable from the network.
+    pub fn bind_host(&self) -> &str {
+        self.host.as_deref().unwrap_or("127.0.0.1")
+    }
+
+    /// The effective configuration as `key = value  # source` lines, secrets redacted.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for setting in SETTINGS {
+            let (value, source) = match self.sources.0.get(setting.key) {
+                Some((v, src)) if !v.is_empty() => (display_value(setting, v), src.to_string()),
+                _ => ("(unset)".to_owned(), "default".to_owned()),
+            };
+            out.push_str(&format!("{} = {value}  # {source}\n", setting.key));
+        }
+        out
+    }
+}
+
+fn display_value(setting: &Setting, value: &str) -> String {
+    if !setting.secret {
+        return toml::Value::String(value.to_owned()).to_string();
+    }
+    // URLs stay useful for debugging with only the password hidden.
+    match url::Url::parse(value) {
+        Ok(mut url) if url.scheme() != "https" && url.has_host() => {
+            if url.password().is_some() {
+                let _ = url.set_password(Some("[redacted]"));
+            }
+            format!("\"{url}\"")
+        }
+        _ => "\"[redacted]\"".to_owned(),
+    }
+}
+
+/// Merge one TOML table into the layers; unknown keys are errors (a typo must not be silently
+/// ignored).
+fn apply_table(
+    layers: &mut Layers,
+    table: &toml::Table,
+    source: impl Fn(&str) -> Source,
+) -> Result<(), String> {
+    for (key, value) in table {
+        let Some(setting) = SETTINGS.iter().find(|s| s.key == key) else {
+            let known: Vec<_> = SETTINGS.iter().map(|s| s.key).collect();
+            return Err(format!(
+                "unknown key `{key}` (known keys: {})",
+                known.join(", ")
+            ));
+        };
+        let text = match value {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Array(items) => items
+                .iter()
+                .map(|v| match v {
+                    toml::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(","),
+            other => return Err(format!("key `{key}` has an unsupported value {other}")),
+        };
+        layers.insert(setting.key, (text, source(key)));
+    }
+    Ok(())
+}
+
+struct Parser<'a> {
+    layers: &'a Layers,
+}
+
+impl Parser<'_> {
+    /// The value, with empty text treated as unset.
+    fn text(&self, key: &str) -> Option<String> {
+        self.layers
+            .get(key)
+            .map(|(v, _)| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn source(&self, key: &str) -> Source {
+        self.layers
+            .get(key)
+            .map(|(_, s)| s.clone())
+            .unwrap_or(Source::Default)
+    }
+
+    fn invalid(&self, key: &str, expected: &str) -> ConfigError {
+        ConfigError::Invalid {
+            origin: self.source(key),
+            value: self
+                .layers
+                .get(key)
+                .map(|(v, _)| v.clone())
+                .unwrap_or_default(),
+            expected: expected.to_owned(),
+        }
+    }
+
+    fn invalid_secret(&self, key: &str, expected: &str) -> ConfigError {
+        ConfigError::InvalidSecret {
+            origin: self.source(key),
+            expected: expected.to_owned(),
+        }
+    }
+
+    fn int(&self, key: &str, min: u64, max: u64) -> Result<u64, ConfigError> {
+        let expected = format!("a whole number from {min} to {max}");
+        let text = self.text(key).ok_or_else(|| self.invalid(key, &expected))?;
+        match text.parse::<u64>() {
+            Ok(n) if (min..=max).contains(&n) => Ok(n),
+            _ => Err(self.invalid(key, &expected)),
+        }
+    }
+
+    fn port(&self, key: &str) -> Result<u16, ConfigError> {
+        Ok(self.int(key, 0, 65535)? as u16)
+    }
+
+    fn float(&self, key: &str) -> Result<f64, ConfigError> {
+        self.text(key)
+            .and_then(|t| t.parse::<f64>().ok())
+            .filter(|f| f.is_finite())
+            .ok_or_else(|| self.invalid(key, "a number"))
+    }
+
+    fn boolean(&self, key: &str) -> Result<bool, ConfigError> {
+        match self.text(key).map(|t| t.to_ascii_lowercase()).as_deref() {
+            None | Some("0") | Some("false") | Some("no") | Some("off") => Ok(false),
+            Some("1") | Some("true") | Some("yes") | Some("on") => Ok(true),
+            Some(_) => Err(self.invalid(key, "1/0, true/false, yes/no or on/off")),
+        }
+    }
+
+    fn list(&self, key: &str) -> Vec<String> {
+        self.text(key)
+            .map(|t| {
+                t.split(',')
+                    .map(|item| item.trim().to_owned())
+                    .filter(|item| !item.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// CIDRs (IPv4 or IPv6); a bare address means that one host.
+    fn cidrs(&self, key: &str) -> Result<Vec<IpNet>, ConfigError> {
+        self.list(key)
+            .into_iter()
+            .map(|item| {
+                parse_cidr(&item).ok_or_else(|| ConfigError::Invalid {
+                    origin: self.source(key),
+                    value: item.clone(),
+                    expected: "comma-separated CIDRs such as 10.0.0.0/8 or fd00::/8".into(),
+                })
+            })
+            .collect()
+    }
+
+    fn origins(&self, key: &str) -> Result<Vec<String>, ConfigError> {
+        self.list(key)
+            .into_iter()
+            .map(|item| {
+                let ok = url::Url::parse(&item).is_ok_and(|u| {
+                    matches!(u.scheme(), "http" | "https")
+                        && u.has_host()
+                        && u.path() == "/"
+                        && u.query().is_none()
+                        && !item.ends_with('/')
+                });
+                if ok {
+                    Ok(item)
+                } else {
+                    Err(ConfigError::Invalid {
+                        origin: self.source(key),
+                        value: item.clone(),
+                        expected: "comma-separated origins such as https://admin.example.com \
+                                   (scheme, host and optional port; no path)"
+                            .into(),
+                    })
+                }
+            })
+            .collect()
+    }
+}
+
+/// Parse `10.0.0.0/8`, `fd00::/8` or a bare address.
+pub fn parse_cidr(text: &str) -> Option<IpNet> {
+    text.parse::<IpNet>()
+        .ok()
+        .or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load(env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::load_with(None, &Flags::default(), |k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let c = load(&[]).unwrap();
+        assert_eq!(c.env, Environment::Development);
+        assert_eq!((c.api_port, c.ws_port), (8080, 8766));
+        assert_eq!(c.database_url.expose(), "sqlite://./data/aragora.db");
+        assert_eq!((c.db_pool_size, c.db_max_overflow), (10, 10));
+        assert_eq!((c.rate_limit_rpm, c.rate_limit_debate_rpm), (120, 10));
+        assert_eq!(c.agent_timeout, Duration::from_secs(120));
+        assert_eq!(c.debate_timeout, Duration::from_secs(900));
+        assert_eq!(c.max_concurrent_debates, 10);
+        assert_eq!(c.consensus_threshold, 0.6);
+        assert_eq!((c.ws_max_connections, c.ws_max_per_ip), (10000, 100));
+        assert!(c.metrics_enabled && !c.memory_profiling && !c.rate_limit_disabled);
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(30));
+        assert!(!c.auth_enabled());
+        assert_eq!(c.bind_host(), "127.0.0.1");
+    }
+
+    #[test]
+    fn env_overrides_and_aliases() {
+        let c = load(&[
+            ("ARAGORA_DB_POOL_SIZE", "20"),
+            ("DATABASE_URL", "postgres://u:pw@db:5432/aragora"),
+            ("METRICS_ENABLED", "false"),
+            (
+                "ARAGORA_RATE_LIMIT_WHITELIST",
+                "10.0.0.0/8, 192.168.0.0/16,fd00::/8,1.2.3.4",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(c.db_pool_size, 20);
+        assert_eq!(c.database_url.expose(), "postgres://u:pw@db:5432/aragora");
+        assert!(!c.metrics_enabled);
+        assert_eq!(c.rate_limit_whitelist.len(), 4);
+        assert_eq!(c.rate_limit_whitelist[3].to_string(), "1.2.3.4/32");
+    }
+
+    #[test]
+    fn bad_value_names_variable_value_and_what_is_allowed() {
+        let err = load(&[("ARAGORA_DB_POOL_SIZE", "lots")])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "ARAGORA_DB_POOL_SIZE=\"lots\" is not valid: expected a whole number from 1 to 1000"
+        );
+        let err = load(&[("ARAGORA_RATE_LIMIT_WHITELIST", "10.0.0.0/8,10.0.0.300/8")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("ARAGORA_RATE_LIMIT_WHITELIST=\"10.0.0.300/8\""),
+            "{err}"
+        );
+        let err = load(&[("ARAGORA_CONSENSUS_THRESHOLD", "1.5")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("greater than 0 and at most 1"), "{err}");
+        let err = load(&[("ARAGORA_ENV", "staging")]).unwrap_err().to_string();
+        assert!(err.starts_with("ARAGORA_ENV=\"staging\""), "{err}");
+    }
+
+    #[test]
+    fn secrets_never_appear_in_errors_or_debug() {
+        let err = load(&[("ARAGORA_JWT_SECRET", "short-secret-xyz")])
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("short-secret-xyz"), "{err}");
+        assert!(err.contains("ARAGORA_JWT_SECRET"), "{err}");
+        let c = load(&[
+            (
+                "ARAGORA_JWT_SECRET",
+                "0123456789abcdef0123456789abcdef-topsecret",
+            ),
+            (
+                "ARAGORA_DATABASE_URL",
+                "postgres://app:hunter2@db:5432/aragora",
+            ),
+        ])
+        .unwrap();
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("topsecret") && !debug.contains("hunter2"));
+        let rendered = c.render();
+        assert!(!rendered.contains("topsecret") && !rendered.contains("hunter2"));
+        assert!(
+            rendered.contains("postgres://app:%5Bredacted%5D@db:5432/aragora"),
+            "{rendered}"
+        );
+        assert!(rendered.contains("jwt_secret = \"[redacted]\"  # ARAGORA_JWT_SECRET"));
+    }
+
+    #[test]
+    fn production_requires_a_jwt_secret() {
+        let err = load(&[("ARAGORA_ENV", "production")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ARAGORA_JWT_SECRET"), "{err}");
+        let ok = load(&[
+            ("ARAGORA_ENV", "production"),
+            ("ARAGORA_JWT_SECRET", "0123456789abcdef0123456789abcdef"),
+        ])
+        .unwrap();
+        assert!(ok.auth_enabled());
+    }
+
+    #[test]
+    fn supabase_without_database_url_is_refused() {
+        let err = load(&[
+            ("SUPABASE_URL", "https://x.supabase.co"),
+            ("SUPABASE_KEY", "k"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("ARAGORA_DATABASE_URL") && err.contains("Postgres"),
+            "{err}"
+        );
+        assert!(
+            load(&[
+                ("SUPABASE_URL", "https://x.supabase.co"),
+                (
+                    "ARAGORA_DATABASE_URL",
+                    "postgres://db.x.supabase.co:5432/postgres"
+                )
+            ])
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn file_layer_sits_between_defaults_and_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("aragora.toml");
+        std::fs::write(&path, "rate_limit_rpm = 300\nws_max_per_ip = 7\n").unwrap();
+        let env: HashMap<&str, &str> = [("ARAGORA_WS_MAX_PER_IP", "9")].into();
+        let c = Config::load_with(Some(&path), &Flags::default(), |k| {
+            env.get(k).map(|v| v.to_string())
+        })
+        .unwrap();
+        assert_eq!(c.rate_limit_rpm, 300);
+        assert_eq!(c.ws_max_per_ip, 9);
+        let flags = Flags {
+            api_port: Some(9999),
+            ..Flags::default()
+        };
+        let c =
+            Config::load_with(Some(&path), &flags, |_| Some("1".into()).filter(|_| false)).unwrap();
+        assert_eq!(c.api_port, 9999);
+        assert!(c.render().contains("api_port = \"9999\"  # --api-port"));
+
+        std::fs::write(&path, "rate_limt_rpm = 300\n").unwrap();
+        let err = Config::load_with(Some(&path), &Flags::default(), |_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown key `rate_limt_rpm`"), "{err}");
+        std::fs::write(&path, "rate_limit_rpm = \"fast\"\n").unwrap();
+        let err = Config::load_with(Some(&path), &Flags::default(), |_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("key `rate_limit_rpm`=\"fast\""), "{err}");
+    }
+
+    #[test]
+    fn origins_are_validated() {
+        let c = load(&[(
+            "ARAGORA_ALLOWED_ORIGINS",
+            "https://admin.example.com,http://localhost:3000",
+        )])
+        .unwrap();
+        assert_eq!(c.allowed_origins.len(), 2);
+        let err = load(&[("ARAGORA_ALLOWED_ORIGINS", "https://admin.example.com/path")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ARAGORA_ALLOWED_ORIGINS"), "{err}");
+    }
+}

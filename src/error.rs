@@ -1,0 +1,111 @@
+//! One error type for the HTTP API. Each variant has a stable `code`; internal details are
+//! logged once here and never sent to the client.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::http::correlation;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    /// A field failed validation; `field` names it.
+    #[error("{message}")]
+    Validation { field: String, message: String },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{message}")]
+    Unavailable {
+        message: String,
+        retry_after: Option<u64>,
+    },
+    /// Anything unexpected: the message is logged, the client sees a generic sentence.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::Validation { .. } => "validation_error",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::Unavailable { .. } => "service_unavailable",
+            ApiError::Internal(_) => "internal_error",
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::NotFound(what) => ApiError::NotFound(format!("{what} not found")),
+            StoreError::Conflict(what) => ApiError::Conflict(what),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let message = match &self {
+            ApiError::Internal(detail) => {
+                tracing::error!(error = %detail, "internal error");
+                "the server hit an internal error; the correlation id identifies it in the logs"
+                    .to_owned()
+            }
+            other => other.to_string(),
+        };
+        let mut body = json!({
+            "error": message,
+            "code": self.code(),
+            "correlation_id": correlation::current(),
+        });
+        if let ApiError::Validation { field, .. } = &self {
+            body["field"] = json!(field);
+        }
+        let retry_after = match &self {
+            ApiError::Unavailable { retry_after, .. } => *retry_after,
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
+            body["retry_after"] = json!(secs);
+        }
+        let mut response = (status, axum::Json(body)).into_response();
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+/// Build the contract's error body for a status produced outside a handler (404 fallback,
+/// body limit, timeout, extractor rejections).
+pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = json!({
+        "error": message,
+        "code": code,
+        "correlation_id": correlation::current(),
+    });
+    (status, axum::Json(body)).into_response()
+}

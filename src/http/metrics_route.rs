@@ -1,0 +1,38 @@
+//! `GET /api/metrics`: Prometheus text exposition; 404 when METRICS_ENABLED=false.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use crate::app::AppState;
+use crate::error::error_response;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/metrics", get(get_metrics))
+}
+
+async fn get_metrics(State(state): State<AppState>) -> Response {
+    let Some(handle) = state.metrics.as_ref() else {
+        return error_response(
+            StatusCode::NOT_FOUND,
+            "metrics_disabled",
+            "metrics are disabled (METRICS_ENABLED=false)",
+        );
+    };
+    let pool = state.store.pool_status();
+    metrics::gauge!("aragora_db_pool_connections", "state" => "idle").set(pool.idle as f64);
+    metrics::gauge!("aragora_db_pool_connections", "state" => "in_use")
+        .set(pool.size.saturating_sub(pool.idle) as f64);
+    metrics::gauge!("aragora_db_pool_connections", "state" => "max").set(pool.max as f64);
+    metrics::gauge!("aragora_websocket_connections").set(state.ws.connections() as f64);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        handle.render(),
+    )
+        .into_response()
+}

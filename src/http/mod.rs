@@ -1,0 +1,82 @@
+//! The REST API. One module per resource, each owning its `router()`; this module composes
+//! them under `/api` and the `/api/v1` alias and wraps them in the request pipeline.
+
+pub mod correlation;
+mod health;
+mod metrics_route;
+mod pipeline;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, HeaderValue, Method, header};
+use axum::routing::get;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::limit::RequestBodyLimitLayer;
+
+use crate::app::AppState;
+use crate::config::Config;
+
+pub use health::{resident_memory_bytes, resident_memory_mb};
+
+/// Routes below `/api`, mounted at both `/api` and `/api/v1`.
+fn api_routes() -> Router<AppState> {
+    Router::new()
+        .merge(health::router())
+        .merge(metrics_route::router())
+}
+
+/// The whole HTTP application for the API port.
+pub fn router(state: AppState) -> Router {
+    let config = state.config.clone();
+    Router::new()
+        .nest("/api", api_routes())
+        .nest("/api/v1", api_routes())
+        // One base URL reaches the WebSocket too (contract §5).
+        .route("/ws", get(crate::ws::upgrade))
+        .fallback(pipeline::not_found)
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(RequestBodyLimitLayer::new(config.max_body_bytes))
+        .layer(cors(&config))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            pipeline::pipeline,
+        ))
+        .with_state(state)
+}
+
+fn cors(config: &Config) -> CorsLayer {
+    let origins: Vec<HeaderValue> = config
+        .allowed_origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("x-api-key"),
+            HeaderName::from_static(correlation::HEADER),
+        ])
+        .expose_headers([
+            HeaderName::from_static(correlation::HEADER),
+            header::RETRY_AFTER,
+            HeaderName::from_static("x-ratelimit-limit"),
+            HeaderName::from_static("x-ratelimit-remaining"),
+            HeaderName::from_static("x-ratelimit-reset"),
+        ])
+        .allow_credentials(true)
+        .max_age(std::time::Duration::from_secs(600))
+}
+
+fn panic_response(_panic: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    tracing::error!(target: "aragora::http", "handler panicked");
+    crate::error::error_response(
+        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+        "internal_error",
+        "the server hit an internal error; the correlation id identifies it in the logs",
+    )
+}

@@ -1,0 +1,165 @@
+//! The request pipeline every HTTP request passes through: correlation id, request timeout,
+//! one structured log line and the HTTP metrics per request, and the contract's JSON error
+//! body for every error response, whoever produced it (fallback, body limit, extractor
+//! rejections, method not allowed).
+
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::Response;
+use tracing::Instrument;
+
+use super::correlation;
+use crate::app::AppState;
+use crate::error::error_response;
+
+/// Longest body of a non-JSON error response that is carried into the JSON message.
+const MAX_PLAIN_ERROR: usize = 4096;
+
+pub async fn pipeline(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let id = correlation::from_headers(req.headers()).unwrap_or_else(correlation::generate);
+    let method = req.method().clone();
+    // Label by route pattern, never by raw path (bounded cardinality, no ids or tokens).
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let span = tracing::info_span!(
+        "request",
+        correlation_id = %id,
+        method = %method,
+        route = %route,
+    );
+    let timeout = state.config.request_timeout;
+    let mut response = correlation::scope(id.clone(), async move {
+        let response = match tokio::time::timeout(timeout, next.run(req)).await {
+            Ok(response) => response,
+            Err(_) => error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "request_timeout",
+                &format!(
+                    "the request took longer than {} s and was abandoned",
+                    timeout.as_secs()
+                ),
+            ),
+        };
+        as_json_error(response).await
+    })
+    .instrument(span.clone())
+    .await;
+
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(correlation::HEADER, value);
+    }
+    let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    let duration_ms = elapsed.as_millis() as u64;
+    span.in_scope(|| {
+        let level_is_error = status >= 500;
+        if level_is_error {
+            tracing::warn!(
+                target: "aragora::http",
+                status,
+                duration_ms,
+                "request {method} {route} status={status} duration_ms={duration_ms}"
+            );
+        } else {
+            tracing::info!(
+                target: "aragora::http",
+                status,
+                duration_ms,
+                "request {method} {route} status={status} duration_ms={duration_ms}"
+            );
+        }
+    });
+    let labels = [
+        ("method", method.to_string()),
+        ("route", route.clone()),
+        ("status", status.to_string()),
+    ];
+    metrics::counter!("aragora_http_requests_total", &labels).increment(1);
+    metrics::histogram!(
+        "aragora_http_request_duration_seconds",
+        "method" => method.to_string(),
+        "route" => route,
+    )
+    .record(elapsed.as_secs_f64());
+    response
+}
+
+/// Turn an error response that is not JSON into the contract's error body, keeping the
+/// original text as the message.
+async fn as_json_error(response: Response) -> Response {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, MAX_PLAIN_ERROR)
+        .await
+        .ok()
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .filter(|t| !t.is_empty());
+    let (code, default_message) = describe(status);
+    let message = match text {
+        Some(t) if status != StatusCode::INTERNAL_SERVER_ERROR => t,
+        _ => default_message.to_owned(),
+    };
+    let mut json = error_response(status, code, &message);
+    // Keep headers that matter to the client (Allow, Retry-After, CORS…).
+    for (name, value) in parts.headers.iter() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            json.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    json
+}
+
+fn describe(status: StatusCode) -> (&'static str, &'static str) {
+    match status.as_u16() {
+        400 => ("bad_request", "the request is malformed"),
+        401 => ("unauthorized", "authentication is required"),
+        403 => ("forbidden", "you are not allowed to do this"),
+        404 => ("not_found", "no such route"),
+        405 => (
+            "method_not_allowed",
+            "this method is not allowed on this route",
+        ),
+        408 => ("request_timeout", "the request took too long"),
+        413 => ("payload_too_large", "the request body is too large"),
+        415 => (
+            "unsupported_media_type",
+            "send JSON with Content-Type: application/json",
+        ),
+        422 => ("validation_error", "the request body is not valid"),
+        429 => ("rate_limited", "too many requests"),
+        503 => (
+            "service_unavailable",
+            "the service is temporarily unavailable",
+        ),
+        _ if status.is_server_error() => ("internal_error", "the server hit an internal error"),
+        _ => ("error", "the request failed"),
+    }
+}
+
+/// JSON 404 for unknown routes.
+pub async fn not_found(req: Request<Body>) -> Response {
+    error_response(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        &format!("no route for {} {}", req.method(), req.uri().path()),
+    )
+}
