@@ -205,6 +205,92 @@ pub trait Store: Send + Sync + 'static {
 
 pub type DynStore = Arc<dyn Store>;
 
+/// Page size when the caller asks for 0, and the hard cap, so one request cannot pull the table.
+const DEFAULT_PAGE: u32 = 50;
+const MAX_PAGE: u32 = 200;
+
+fn clamp_limit(limit: u32) -> u32 {
+    if limit == 0 {
+        DEFAULT_PAGE
+    } else {
+        limit.min(MAX_PAGE)
+    }
+}
+
+/// Both backends keep microseconds (Postgres' TIMESTAMPTZ resolution), so a value read back
+/// equals the value written whichever backend stored it.
+fn truncate_micros(t: DateTime<Utc>) -> DateTime<Utc> {
+    let nanos = t.timestamp_subsec_nanos();
+    t - chrono::Duration::nanoseconds(i64::from(nanos % 1_000))
+}
+
+fn now_micros() -> DateTime<Utc> {
+    truncate_micros(Utc::now())
+}
+
+/// Fixed-width UTC text (always 6 fractional digits and `Z`), so SQLite's text ordering is
+/// chronological ordering.
+fn format_ts(t: DateTime<Utc>) -> String {
+    truncate_micros(t)
+        .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string()
+}
+
+fn parse_ts(s: &str) -> StoreResult<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| StoreError::Corrupt(format!("bad timestamp {s:?}: {e}")))
+}
+
+/// Keyset cursor: hex of `created_at|id` of the last row served. Hex keeps it URL-safe and
+/// opaque without another dependency.
+fn encode_cursor(created_at: DateTime<Utc>, id: &str) -> String {
+    format!("{}|{id}", format_ts(created_at))
+        .bytes()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn decode_cursor(cursor: &str) -> StoreResult<(DateTime<Utc>, String)> {
+    let bad = || StoreError::Corrupt(format!("malformed cursor {cursor:?}"));
+    if cursor.is_empty() || !cursor.len().is_multiple_of(2) || !cursor.is_ascii() {
+        return Err(bad());
+    }
+    let bytes = (0..cursor.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&cursor[i..i + 2], 16))
+        .collect::<Result<Vec<u8>, _>>()
+        .map_err(|_| bad())?;
+    let text = String::from_utf8(bytes).map_err(|_| bad())?;
+    let (ts, id) = text.split_once('|').ok_or_else(bad)?;
+    let ts = parse_ts(ts).map_err(|_| bad())?;
+    if id.is_empty() {
+        return Err(bad());
+    }
+    Ok((ts, id.to_owned()))
+}
+
+/// Builds the page from `limit + 1` fetched rows: the extra row only signals that more follow.
+fn make_page(mut rows: Vec<DebateRecord>, limit: u32) -> DebatePage {
+    let limit = limit as usize;
+    let next_cursor = if rows.len() > limit {
+        rows.truncate(limit);
+        rows.last().map(|r| encode_cursor(r.created_at, &r.id))
+    } else {
+        None
+    };
+    DebatePage {
+        debates: rows,
+        next_cursor,
+    }
+}
+
+/// `min_connections = size`, `max = size + overflow` (at least 1, since sqlx rejects 0).
+fn pool_bounds(pool: &PoolSettings) -> (u32, u32) {
+    let max = pool.size.saturating_add(pool.max_overflow).max(1);
+    (pool.size.min(max), max)
+}
+
 /// Open the store named by `url` (`sqlite://…` or `postgres://…`), without migrating.
 pub async fn connect(url: &str, pool: PoolSettings) -> StoreResult<DynStore> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
