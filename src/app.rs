@@ -206,6 +206,13 @@ impl Application {
             tokio::try_join!(api.into_future(), ws.into_future())?;
             state.tasks.close();
             state.tasks.wait().await;
+            // A dead database must not hold the exit hostage.
+            if tokio::time::timeout(Duration::from_secs(3), state.store.close())
+                .await
+                .is_err()
+            {
+                tracing::warn!("database pool did not close cleanly");
+            }
             Ok::<(), std::io::Error>(())
         };
         let deadline = async {
@@ -223,7 +230,6 @@ impl Application {
                 Ok(())
             }
         };
-        state.store.close().await;
         tracing::info!("shutdown complete");
         result
     }

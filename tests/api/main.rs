@@ -1,3 +1,7 @@
-//! Integration tests, one binary: each module covers one layer.
+//! Integration tests, one binary: each module covers one layer. Servers are started on
+//! port 0 with spawn_app(); the Postgres and Redis tests use the real servers
+//! (ARAGORA_TEST_DATABASE_URL, ARAGORA_TEST_REDIS_URL) and fail when they are unreachable.
 
+mod health;
+mod helpers;
 mod store;
