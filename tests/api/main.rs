@@ -4,4 +4,6 @@
 
 mod health;
 mod helpers;
+mod pipeline;
 mod store;
+mod ws;
