@@ -5,5 +5,6 @@
 mod health;
 mod helpers;
 mod pipeline;
+mod process;
 mod store;
 mod ws;

@@ -1,0 +1,318 @@
+//! The real `aragora` binary: start-up, signals, lock file, configuration errors, the
+//! `config`, `migrate` and `health` subcommands, and the log files.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::helpers::free_port;
+
+const BIN: &str = env!("CARGO_BIN_EXE_aragora");
+
+struct Server {
+    child: Child,
+    api_port: u16,
+    ws_port: u16,
+}
+
+impl Server {
+    fn start(dir: &Path, extra_env: &[(&str, &str)]) -> Server {
+        let (api_port, ws_port) = (free_port(), free_port());
+        let child = command(dir, extra_env)
+            .args(["serve", "--api-port", &api_port.to_string(), "--ws-port", &ws_port.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("binary starts");
+        Server { child, api_port, ws_port }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.api_port)
+    }
+
+    async fn wait_healthy(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(r) = reqwest::get(self.url("/api/health")).await
+                && r.status() == 200
+            {
+                return;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("server exited early with {status}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("server did not become healthy");
+    }
+
+    fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
+    }
+
+    /// Wait for exit; returns (exit code, stdout, stderr).
+    fn wait_exit(mut self, limit: Duration) -> (i32, String, String) {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let out = read_all(self.child.stdout.take());
+                let err = read_all(self.child.stderr.take());
+                return (status.code().unwrap_or(-1), out, err);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("server did not exit within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn read_all(pipe: Option<impl std::io::Read>) -> String {
+    let mut s = String::new();
+    if let Some(p) = pipe {
+        for line in BufReader::new(p).lines().map_while(Result::ok) {
+            s.push_str(&line);
+            s.push('\n');
+        }
+    }
+    s
+}
+
+/// A command with a clean, test-local environment (no inherited ARAGORA_* settings).
+fn command(dir: &Path, extra_env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("ARAGORA_DATA_DIR", dir.join("data"))
+        .env("ARAGORA_LOCK_DIR", dir)
+        .env("ARAGORA_SHUTDOWN_TIMEOUT_SECONDS", "10");
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+#[tokio::test]
+async fn sigterm_drains_closes_websockets_with_1001_and_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &[]);
+    server.wait_healthy().await;
+    let lock = dir.path().join(format!("aragora_{}.lock", server.api_port));
+    assert_eq!(
+        std::fs::read_to_string(&lock).unwrap().trim(),
+        server.child.id().to_string()
+    );
+    let r = reqwest::Client::new()
+        .get(server.url("/api/health"))
+        .header("X-Correlation-ID", "corr-proc-test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/ws", server.ws_port))
+        .await
+        .unwrap();
+    ws.next().await.unwrap().unwrap(); // connection_info
+
+    let started = Instant::now();
+    server.signal(Signal::SIGTERM);
+    let close = loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap() {
+            Some(Ok(Message::Close(frame))) => break frame.unwrap(),
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(u16::from(close.code), 1001);
+    drop(ws);
+    let (code, stdout, _) = server.wait_exit(Duration::from_secs(12));
+    assert_eq!(code, 0, "graceful shutdown exits 0");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(!lock.exists(), "lock file removed on exit");
+
+    // Logs: JSON lines; the request line has the correlation id and duration_ms=.
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let request = lines
+        .iter()
+        .find(|l| l["correlation_id"] == "corr-proc-test")
+        .expect("request line with the caller's correlation id");
+    assert!(request["message"].as_str().unwrap().contains("duration_ms="), "{request}");
+    assert_eq!(request["route"], "/api/health");
+    assert_eq!(request["status"], 200);
+    assert!(request["timestamp"].as_str().unwrap().ends_with('Z'));
+    assert!(lines.iter().any(|l| l["message"].as_str().unwrap_or("").contains("shutdown complete")));
+}
+
+#[tokio::test]
+async fn a_second_server_on_the_same_port_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Server::start(dir.path(), &[]);
+    first.wait_healthy().await;
+    let second = command(dir.path(), &[])
+        .args(["serve", "--api-port", &first.api_port.to_string(), "--ws-port", &free_port().to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains(&format!("another aragora server (pid {})", first.child.id())),
+        "{stderr}"
+    );
+    // The first one is unharmed and still holds its lock.
+    assert_eq!(reqwest::get(first.url("/api/health")).await.unwrap().status(), 200);
+    assert!(dir.path().join(format!("aragora_{}.lock", first.api_port)).exists());
+}
+
+#[tokio::test]
+async fn a_stale_lock_from_a_dead_process_is_taken_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let api_port = free_port();
+    std::fs::write(dir.path().join(format!("aragora_{api_port}.lock")), "999999999\n").unwrap();
+    let child = command(dir.path(), &[])
+        .args(["serve", "--api-port", &api_port.to_string(), "--ws-port", &free_port().to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut server = Server { child, api_port, ws_port: 0 };
+    server.wait_healthy().await;
+    let lock = std::fs::read_to_string(dir.path().join(format!("aragora_{api_port}.lock"))).unwrap();
+    assert_eq!(lock.trim(), server.child.id().to_string());
+}
+
+#[tokio::test]
+async fn bad_configuration_stops_the_start_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("ARAGORA_DB_POOL_SIZE", "lots", "ARAGORA_DB_POOL_SIZE=\"lots\" is not valid: expected a whole number from 1 to 1000"),
+        ("ARAGORA_RATE_LIMIT_WHITELIST", "10.0.0.0/33", "ARAGORA_RATE_LIMIT_WHITELIST=\"10.0.0.0/33\""),
+        ("ARAGORA_ENV", "production", "ARAGORA_JWT_SECRET"),
+        ("SUPABASE_URL", "https://abc.supabase.co", "Supabase is Postgres"),
+    ];
+    for (var, value, expected) in cases {
+        let out = command(dir.path(), &[(var, value)])
+            .args(["serve", "--api-port", "0", "--ws-port", "0"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{var}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.contains(expected), "{var}: {stderr}");
+    }
+    // Nothing was half-started: no database, no lock.
+    assert!(!dir.path().join("data").exists());
+    assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
+}
+
+#[tokio::test]
+async fn config_command_shows_sources_and_redacts_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("aragora.toml");
+    std::fs::write(&file, "rate_limit_rpm = 300\n").unwrap();
+    let out = command(
+        dir.path(),
+        &[
+            ("ARAGORA_JWT_SECRET", "s3cr3t-s3cr3t-s3cr3t-s3cr3t-s3cr3t"),
+            ("ARAGORA_API_TOKEN", "tok-0123456789abcdef"),
+            ("ARAGORA_DATABASE_URL", "postgres://app:hunter2@db.internal:5432/aragora"),
+            ("ARAGORA_REDIS_URL", "redis://:redispw@cache:6379/0"),
+        ],
+    )
+    .args(["config", "--config", file.to_str().unwrap()])
+    .output()
+    .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for secret in ["s3cr3t", "tok-0123", "hunter2", "redispw"] {
+        assert!(!text.contains(secret), "{secret} leaked:\n{text}");
+    }
+    assert!(text.contains("rate_limit_rpm = \"300\"  # "), "{text}");
+    assert!(text.contains("db.internal:5432/aragora"), "{text}");
+    assert!(text.contains("jwt_secret = \"[redacted]\"  # ARAGORA_JWT_SECRET"), "{text}");
+}
+
+#[tokio::test]
+async fn migrate_command_creates_the_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = command(dir.path(), &[]).arg("migrate").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(dir.path().join("data/aragora.db").exists());
+    // Idempotent.
+    let again = command(dir.path(), &[]).arg("migrate").output().unwrap();
+    assert!(again.status.success());
+}
+
+#[tokio::test]
+async fn health_command_exit_codes_follow_the_runbook_script() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &[]);
+    server.wait_healthy().await;
+    let healthy = command(dir.path(), &[])
+        .args(["health", "--url", &server.url("/api/health")])
+        .output()
+        .unwrap();
+    assert_eq!(healthy.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&healthy.stdout).contains("OK"));
+
+    let unreachable = command(dir.path(), &[])
+        .args(["health", "--url", &format!("http://127.0.0.1:{}/api/health", free_port())])
+        .output()
+        .unwrap();
+    assert_eq!(unreachable.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&unreachable.stdout).contains("CRITICAL"));
+
+    // Redis configured but dead: degraded → 1.
+    let dir2 = tempfile::tempdir().unwrap();
+    let dead_redis = format!("redis://127.0.0.1:{}/0", free_port());
+    let mut degraded = Server::start(dir2.path(), &[("ARAGORA_REDIS_URL", dead_redis.as_str())]);
+    degraded.wait_healthy().await;
+    let out = command(dir2.path(), &[])
+        .args(["health", "--url", &degraded.url("/api/health")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[tokio::test]
+async fn log_dir_splits_api_and_websocket_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    let mut server = Server::start(dir.path(), &[("ARAGORA_LOG_DIR", logs.to_str().unwrap())]);
+    server.wait_healthy().await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/ws", server.ws_port))
+        .await
+        .unwrap();
+    ws.next().await.unwrap().unwrap();
+    drop(ws);
+    server.signal(Signal::SIGTERM);
+    let (code, stdout, _) = server.wait_exit(Duration::from_secs(12));
+    assert_eq!(code, 0);
+    assert!(stdout.trim().is_empty(), "with a log dir nothing goes to stdout: {stdout}");
+    let api = std::fs::read_to_string(logs.join("api.log")).unwrap();
+    assert!(api.contains("/api/health") && api.contains("duration_ms="), "{api}");
+    let websocket = std::fs::read_to_string(logs.join("websocket.log")).unwrap();
+    assert!(websocket.contains("websocket connected"), "{websocket}");
+    assert!(!api.contains("websocket connected"));
+    for line in api.lines().chain(websocket.lines()) {
+        serde_json::from_str::<serde_json::Value>(line).unwrap();
+    }
+}
