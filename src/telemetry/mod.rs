@@ -1,5 +1,7 @@
-//! Telemetry: structured logs and metrics.
+//! Telemetry: structured JSON logs (one object per line, split by area when a log directory
+//! is set) and Prometheus metrics.
 
+pub mod logging;
 pub mod metrics;
 
 use crate::config::Config;
@@ -7,9 +9,8 @@ use crate::config::Config;
 /// Install the process-wide logger for `config` (JSON lines on stdout, or split files in
 /// `log_dir`).
 pub fn init_logging(config: &Config) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&config.log_level)?)
-        .try_init()
-        .map_err(|e| anyhow::anyhow!("{e}"))
+    logging::init(&logging::LogSettings {
+        dir: config.log_dir.clone(),
+        filter: config.log_level.clone(),
+    })
 }

@@ -1,0 +1,920 @@
+//! Structured JSON logging.
+//!
+//! Every log line is one JSON object, written with a single `write` call:
+//!
+//! ```text
+//! {"timestamp":"2025-01-02T03:04:05.678Z","level":"INFO","logger":"aragora::http","message":"request done debate_id=abc123 duration_ms=5234","correlation_id":"c-1","debate_id":"abc123","duration_ms":5234,"status":200}
+//! ```
+//!
+//! * `timestamp` is RFC 3339 UTC with millisecond precision and a `Z` suffix.
+//! * `level` is upper case: `TRACE`, `DEBUG`, `INFO`, `WARN`, `ERROR`.
+//! * `logger` is the event's target as written (`aragora::http`, not `aragora.http`). Records
+//!   from crates that use the `log` facade carry their original target.
+//! * `message` is the event's message; then come the fields of every enclosing span (root first,
+//!   inner spans overriding outer ones) and finally the event's own fields (overriding all spans).
+//!   Integers, floats and booleans stay JSON numbers/booleans; strings, `?Debug` and `%Display`
+//!   values become strings. A span or event field named like one of the four fixed keys is
+//!   written as `field_<name>` so no key appears twice.
+//! * For operators who grep: when a line carries a `debate_id` or `duration_ms` field and the
+//!   message does not already contain `debate_id=` / `duration_ms=`, the message gets
+//!   ` debate_id=<id>` / ` duration_ms=<n>` appended (once).
+//!
+//! Destinations ([`LogSettings::dir`]): `None` writes every line to stdout. A directory splits
+//! lines by target into four files there, opened in append mode (created if missing), so
+//! logrotate's `copytruncate` and an external `tail -f` keep working:
+//!
+//! | target prefix (module boundary) | file            |
+//! |---------------------------------|-----------------|
+//! | `aragora::ws`                   | `websocket.log` |
+//! | `aragora::debate`               | `debate.log`    |
+//! | `aragora::agents`               | `agent.log`     |
+//! | anything else                   | `api.log`       |
+//!
+//! Never log secrets; pass keys through [`mask`] first.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use anyhow::Context as _;
+use chrono::{SecondsFormat, Utc};
+use serde_json::Value;
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Metadata, Subscriber};
+use tracing_log::NormalizeEvent;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// The filter the server uses when none is configured.
+pub const DEFAULT_FILTER: &str = "info,sqlx=warn,hyper=warn,tower_http=warn";
+
+/// Where log lines go and which ones are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    /// `None`: every line to stdout. `Some(dir)`: split into `websocket.log`, `debate.log`,
+    /// `agent.log` and `api.log` in `dir` (created if missing).
+    pub dir: Option<PathBuf>,
+    /// `tracing_subscriber::EnvFilter` directives, e.g. [`DEFAULT_FILTER`].
+    pub filter: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            filter: DEFAULT_FILTER.to_owned(),
+        }
+    }
+}
+
+/// Installs the global subscriber: registry + `EnvFilter` + [`JsonLogLayer`], and bridges the
+/// `log` facade into it.
+///
+/// Fails (without panicking) when the filter is invalid, when the log directory or files cannot
+/// be created, or when a global subscriber is already installed (e.g. on a second call).
+pub fn init(settings: &LogSettings) -> anyhow::Result<()> {
+    let filter = parse_filter(&settings.filter)?;
+    let (stdout, files) = match &settings.dir {
+        None => (Some(JsonLogLayer::stdout()), None),
+        Some(dir) => (None, Some(layer_for_dir(dir)?)),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(stdout)
+        .with(files)
+        .try_init()
+        .context("cannot install the global log subscriber (logging already initialised?)")
+}
+
+/// Parses `filter` as `EnvFilter` directives; the error names the offending value.
+pub fn parse_filter(filter: &str) -> anyhow::Result<EnvFilter> {
+    EnvFilter::builder()
+        .parse(filter)
+        .with_context(|| format!("invalid log filter {filter:?}"))
+}
+
+/// A layer writing to the four per-area files in `dir` (see the module docs), creating the
+/// directory and files if missing and appending to existing ones.
+pub fn layer_for_dir(dir: &Path) -> anyhow::Result<JsonLogLayer<DirWriter>> {
+    Ok(JsonLogLayer::with_writer(DirWriter::open(dir)?))
+}
+
+/// Masks a secret (API key, rate-limit key) for logging: the first 4 characters followed by
+/// `…***` when the secret is longer than 8 characters, otherwise just `***`. The marker does not
+/// depend on the secret's length, so the output reveals neither the key nor its size.
+pub fn mask(secret: &str) -> String {
+    if secret.chars().count() > 8 {
+        let head: String = secret.chars().take(4).collect();
+        format!("{head}…***")
+    } else {
+        "***".to_owned()
+    }
+}
+
+/// The file (within a log directory) that lines with this target go to.
+pub fn file_for_target(target: &str) -> &'static str {
+    let under = |prefix: &str| {
+        target
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+    };
+    if under("aragora::ws") {
+        WEBSOCKET_LOG
+    } else if under("aragora::debate") {
+        DEBATE_LOG
+    } else if under("aragora::agents") {
+        AGENT_LOG
+    } else {
+        API_LOG
+    }
+}
+
+const WEBSOCKET_LOG: &str = "websocket.log";
+const DEBATE_LOG: &str = "debate.log";
+const AGENT_LOG: &str = "agent.log";
+const API_LOG: &str = "api.log";
+
+/// A `tracing_subscriber` layer that writes one JSON object per event (see the module docs).
+///
+/// `W` is the sink: anything implementing [`MakeWriter`]. The layer formats the whole line
+/// first and hands it to the writer in one `write_all`, choosing the writer with
+/// [`MakeWriter::make_writer_for`] so sinks can route by target.
+#[derive(Debug, Clone)]
+pub struct JsonLogLayer<W> {
+    make_writer: W,
+}
+
+impl<W> JsonLogLayer<W>
+where
+    W: for<'a> MakeWriter<'a> + 'static,
+{
+    /// A layer writing to `make_writer`, e.g. a [`SharedBuffer`] in tests.
+    pub fn with_writer(make_writer: W) -> Self {
+        Self { make_writer }
+    }
+}
+
+impl JsonLogLayer<fn() -> io::Stdout> {
+    /// A layer writing every line to stdout.
+    pub fn stdout() -> Self {
+        Self::with_writer(io::stdout as fn() -> io::Stdout)
+    }
+}
+
+impl<S, W> Layer<S> for JsonLogLayer<W>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'a> MakeWriter<'a> + 'static,
+{
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else { return };
+        let mut extensions = span.extensions_mut();
+        // Another JsonLogLayer on the same registry may already have stored the fields.
+        if extensions.get_mut::<SpanFields>().is_none() {
+            let mut fields = Fields::default();
+            attrs.record(&mut FieldVisitor(&mut fields));
+            extensions.insert(SpanFields(fields));
+        }
+    }
+
+    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else { return };
+        let mut extensions = span.extensions_mut();
+        match extensions.get_mut::<SpanFields>() {
+            Some(SpanFields(fields)) => values.record(&mut FieldVisitor(fields)),
+            None => {
+                let mut fields = Fields::default();
+                values.record(&mut FieldVisitor(&mut fields));
+                extensions.insert(SpanFields(fields));
+            }
+        }
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        let timestamp = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
+        // Records bridged from the `log` crate carry their real target in `log.*` fields.
+        let normalized = event.normalized_metadata();
+        let meta: &Metadata<'_> = normalized.as_ref().unwrap_or_else(|| event.metadata());
+
+        let mut event_fields = Fields::default();
+        event.record(&mut FieldVisitor(&mut event_fields));
+        if event.is_log() {
+            event_fields.0.retain(|(name, _)| !name.starts_with("log."));
+        }
+        let mut message = match event_fields.remove("message") {
+            Some(Value::String(text)) => text,
+            Some(other) => other.to_string(),
+            None => String::new(),
+        };
+
+        let mut fields = Fields::default();
+        if let Some(scope) = ctx.event_scope(event) {
+            for span in scope.from_root() {
+                if let Some(SpanFields(span_fields)) = span.extensions().get::<SpanFields>() {
+                    fields.merge(span_fields.0.iter().cloned());
+                }
+            }
+        }
+        fields.merge(event_fields.0);
+
+        append_for_grep(&mut message, &fields, "debate_id");
+        append_for_grep(&mut message, &fields, "duration_ms");
+
+        let mut line = Vec::with_capacity(256);
+        line.push(b'{');
+        push_entry(&mut line, "timestamp", &Value::String(timestamp));
+        line.push(b',');
+        push_entry(&mut line, "level", &Value::from(meta.level().as_str()));
+        line.push(b',');
+        push_entry(&mut line, "logger", &Value::from(meta.target()));
+        line.push(b',');
+        push_entry(&mut line, "message", &Value::String(message));
+        for (name, value) in &fields.0 {
+            line.push(b',');
+            if RESERVED_KEYS.contains(name) {
+                push_entry(&mut line, &format!("field_{name}"), value);
+            } else {
+                push_entry(&mut line, name, value);
+            }
+        }
+        line.extend_from_slice(b"}\n");
+
+        // One write per line; a failed write cannot be logged anywhere, so it is dropped.
+        let mut writer = self.make_writer.make_writer_for(meta);
+        let _ = writer.write_all(&line);
+    }
+}
+
+const RESERVED_KEYS: [&str; 4] = ["timestamp", "level", "logger", "message"];
+
+fn push_entry(line: &mut Vec<u8>, key: &str, value: &Value) {
+    // Serializing a `str` or a `Value` into a `Vec` cannot fail.
+    serde_json::to_writer(&mut *line, key).expect("JSON into a Vec");
+    line.push(b':');
+    serde_json::to_writer(&mut *line, value).expect("JSON into a Vec");
+}
+
+/// Appends ` key=<value>` to `message` when `fields` has `key` and the message has no
+/// `key=` of its own (at a word boundary, so `old_debate_id=` does not count).
+fn append_for_grep(message: &mut String, fields: &Fields, key: &str) {
+    let Some(value) = fields.get(key) else { return };
+    let needle = format!("{key}=");
+    let already = message.match_indices(&needle).any(|(at, _)| {
+        message[..at]
+            .chars()
+            .next_back()
+            .is_none_or(|c| !(c.is_alphanumeric() || c == '_'))
+    });
+    if already {
+        return;
+    }
+    if !message.is_empty() {
+        message.push(' ');
+    }
+    message.push_str(&needle);
+    match value {
+        Value::String(text) => message.push_str(text),
+        other => message.push_str(&other.to_string()),
+    }
+}
+
+/// Field name/value pairs in first-recorded order; recording a name again replaces its value
+/// in place.
+#[derive(Debug, Clone, Default)]
+struct Fields(Vec<(&'static str, Value)>);
+
+impl Fields {
+    fn set(&mut self, name: &'static str, value: Value) {
+        match self.0.iter_mut().find(|(existing, _)| *existing == name) {
+            Some((_, slot)) => *slot = value,
+            None => self.0.push((name, value)),
+        }
+    }
+
+    fn merge(&mut self, other: impl IntoIterator<Item = (&'static str, Value)>) {
+        for (name, value) in other {
+            self.set(name, value);
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<&Value> {
+        self.0.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+
+    fn remove(&mut self, name: &str) -> Option<Value> {
+        let at = self.0.iter().position(|(n, _)| *n == name)?;
+        Some(self.0.remove(at).1)
+    }
+}
+
+/// A span's recorded fields, kept in the span's extensions.
+#[derive(Debug)]
+struct SpanFields(Fields);
+
+/// Records tracing field values as JSON values, keeping numbers and booleans typed.
+struct FieldVisitor<'a>(&'a mut Fields);
+
+impl Visit for FieldVisitor<'_> {
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        let json = serde_json::Number::from_f64(value)
+            .map_or_else(|| Value::String(value.to_string()), Value::Number);
+        self.0.set(field.name(), json);
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.set(field.name(), Value::from(value));
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.set(field.name(), Value::from(value));
+    }
+
+    fn record_i128(&mut self, field: &Field, value: i128) {
+        let json = if let Ok(small) = i64::try_from(value) {
+            Value::from(small)
+        } else if let Ok(unsigned) = u64::try_from(value) {
+            Value::from(unsigned)
+        } else {
+            Value::String(value.to_string())
+        };
+        self.0.set(field.name(), json);
+    }
+
+    fn record_u128(&mut self, field: &Field, value: u128) {
+        let json =
+            u64::try_from(value).map_or_else(|_| Value::String(value.to_string()), Value::from);
+        self.0.set(field.name(), json);
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.set(field.name(), Value::Bool(value));
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.set(field.name(), Value::from(value));
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.0.set(field.name(), Value::String(value.to_string()));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.0
+            .set(field.name(), Value::String(format!("{value:?}")));
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The file sink: four append-mode files in one directory, chosen by target
+/// ([`file_for_target`]). Each file sits behind a mutex so a line is never interleaved with
+/// another from this process; `O_APPEND` keeps whole lines from other processes apart and lets
+/// `copytruncate` rotation work.
+#[derive(Debug)]
+pub struct DirWriter {
+    websocket: Mutex<File>,
+    debate: Mutex<File>,
+    agent: Mutex<File>,
+    api: Mutex<File>,
+}
+
+impl DirWriter {
+    /// Creates `dir` if needed and opens (creating or appending to) the four log files.
+    pub fn open(dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create log directory {}", dir.display()))?;
+        let open = |name: &str| -> anyhow::Result<Mutex<File>> {
+            let path = dir.join(name);
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .with_context(|| format!("cannot open log file {}", path.display()))?;
+            Ok(Mutex::new(file))
+        };
+        Ok(Self {
+            websocket: open(WEBSOCKET_LOG)?,
+            debate: open(DEBATE_LOG)?,
+            agent: open(AGENT_LOG)?,
+            api: open(API_LOG)?,
+        })
+    }
+
+    fn file_for(&self, target: &str) -> &Mutex<File> {
+        match file_for_target(target) {
+            WEBSOCKET_LOG => &self.websocket,
+            DEBATE_LOG => &self.debate,
+            AGENT_LOG => &self.agent,
+            _ => &self.api,
+        }
+    }
+}
+
+impl<'a> MakeWriter<'a> for DirWriter {
+    type Writer = LockedWriter<'a, File>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        LockedWriter(lock(&self.api))
+    }
+
+    fn make_writer_for(&'a self, meta: &Metadata<'_>) -> Self::Writer {
+        LockedWriter(lock(self.file_for(meta.target())))
+    }
+}
+
+/// A writer holding a sink's lock for as long as it lives (one log line).
+#[derive(Debug)]
+pub struct LockedWriter<'a, T>(MutexGuard<'a, T>);
+
+impl<T: Write> Write for LockedWriter<'_, T> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.0.write_all(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// An in-memory sink for tests: clones share one buffer.
+#[derive(Debug, Clone, Default)]
+pub struct SharedBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl SharedBuffer {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Everything written so far, as text.
+    pub fn contents(&self) -> String {
+        String::from_utf8_lossy(&lock(&self.0)).into_owned()
+    }
+
+    /// The lines written so far, without their newlines.
+    pub fn lines(&self) -> Vec<String> {
+        self.contents().lines().map(str::to_owned).collect()
+    }
+}
+
+impl<'a> MakeWriter<'a> for SharedBuffer {
+    type Writer = LockedWriter<'a, Vec<u8>>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        LockedWriter(lock(&self.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::sync::Barrier;
+
+    use serde_json::json;
+    use tracing::{debug, error, info, info_span, trace, warn};
+    use tracing_subscriber::Registry;
+
+    fn subscriber(buf: &SharedBuffer) -> impl Subscriber + Send + Sync + use<> {
+        tracing_subscriber::registry().with(JsonLogLayer::with_writer(buf.clone()))
+    }
+
+    /// Runs `f` under a fresh subscriber and returns the raw lines it logged.
+    fn capture_raw(f: impl FnOnce()) -> Vec<String> {
+        let buf = SharedBuffer::new();
+        tracing::subscriber::with_default(subscriber(&buf), f);
+        let contents = buf.contents();
+        assert!(
+            contents.is_empty() || contents.ends_with('\n'),
+            "{contents:?}"
+        );
+        buf.lines()
+    }
+
+    fn capture(f: impl FnOnce()) -> Vec<Value> {
+        capture_raw(f)
+            .iter()
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+            .collect()
+    }
+
+    fn read_lines(path: &Path) -> Vec<Value> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn span_fields_appear_root_first_and_inner_spans_override() {
+        let raw = capture_raw(|| {
+            let outer = info_span!(
+                "request",
+                correlation_id = "c-42",
+                agent = "outer",
+                method = "POST",
+                route = tracing::field::Empty
+            );
+            let _outer = outer.enter();
+            outer.record("route", "/api/debates");
+            let inner = info_span!("turn", agent = "claude", debate_id = "abc123");
+            let _inner = inner.enter();
+            info!(target: "aragora::debate", status = 201, "turn finished");
+        });
+        assert_eq!(raw.len(), 1);
+        let line: Value = serde_json::from_str(&raw[0]).unwrap();
+        assert_eq!(line["correlation_id"], "c-42");
+        assert_eq!(line["agent"], "claude", "inner span overrides outer");
+        assert_eq!(line["method"], "POST");
+        assert_eq!(line["route"], "/api/debates", "recorded after creation");
+        assert_eq!(line["debate_id"], "abc123");
+        assert_eq!(line["status"], 201);
+        // Fixed keys first, then root span fields, inner span fields, event fields.
+        let order = [
+            "\"timestamp\"",
+            "\"level\"",
+            "\"logger\"",
+            "\"message\"",
+            "\"correlation_id\"",
+            "\"agent\"",
+            "\"method\"",
+            "\"route\"",
+            "\"debate_id\"",
+            "\"status\"",
+        ];
+        let positions: Vec<usize> = order.iter().map(|k| raw[0].find(k).unwrap()).collect();
+        assert!(positions.is_sorted(), "{}", raw[0]);
+        assert_eq!(raw[0].matches("\"agent\"").count(), 1);
+    }
+
+    #[test]
+    fn event_fields_override_span_fields_and_spans_end_cleanly() {
+        let lines = capture(|| {
+            let span = info_span!("request", status = "pending", agent = "a");
+            span.in_scope(|| warn!(status = 503, "upstream failed"));
+            info!("outside any span");
+        });
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["status"], 503);
+        assert_eq!(lines[0]["agent"], "a");
+        assert_eq!(lines[1].get("agent"), None, "span fields do not leak");
+        assert_eq!(lines[1]["message"], "outside any span");
+    }
+
+    #[test]
+    fn level_logger_and_timestamp_format() {
+        let raw = capture_raw(|| {
+            trace!(target: "aragora::http", "t");
+            debug!(target: "aragora::http", "d");
+            info!(target: "aragora::ws::conn", "i");
+            warn!(target: "aragora::debate::engine", "w");
+            error!(target: "aragora::agents::openai", "e");
+        });
+        let lines: Vec<Value> = raw
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let levels: Vec<&str> = lines.iter().map(|l| l["level"].as_str().unwrap()).collect();
+        assert_eq!(levels, ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"]);
+        let loggers: Vec<&str> = lines
+            .iter()
+            .map(|l| l["logger"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            loggers,
+            [
+                "aragora::http",
+                "aragora::http",
+                "aragora::ws::conn",
+                "aragora::debate::engine",
+                "aragora::agents::openai"
+            ]
+        );
+        let messages: Vec<&str> = lines
+            .iter()
+            .map(|l| l["message"].as_str().unwrap())
+            .collect();
+        assert_eq!(messages, ["t", "d", "i", "w", "e"]);
+        for (line, text) in lines.iter().zip(&raw) {
+            assert!(text.starts_with("{\"timestamp\":\""), "{text}");
+            let ts = line["timestamp"].as_str().unwrap();
+            // e.g. 2025-01-02T03:04:05.678Z
+            assert_eq!(ts.len(), 24, "{ts}");
+            assert!(ts.ends_with('Z'), "{ts}");
+            assert_eq!(&ts[19..20], ".", "{ts}");
+            assert!(ts[20..23].bytes().all(|b| b.is_ascii_digit()), "{ts}");
+            let parsed = chrono::DateTime::parse_from_rfc3339(ts).unwrap();
+            assert_eq!(parsed.offset().local_minus_utc(), 0);
+            let age = Utc::now() - parsed.with_timezone(&Utc);
+            assert!(age.num_seconds().abs() < 60, "{ts}");
+        }
+        // Default target is the module path.
+        let lines = capture(|| info!("x"));
+        assert_eq!(lines[0]["logger"], module_path!());
+    }
+
+    #[test]
+    fn debate_id_and_duration_ms_are_appended_to_the_message_once() {
+        let raw = capture_raw(|| {
+            let span = info_span!("debate", debate_id = "abc123");
+            let _g = span.enter();
+            info!(duration_ms = 5234_u64, "round complete");
+            info!(
+                duration_ms = 12,
+                "already has debate_id=abc123 and duration_ms=12"
+            );
+            info!("plain");
+            info!(old_debate_id = 1, "saw old_debate_id=1");
+        });
+        let lines: Vec<Value> = raw
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(
+            lines[0]["message"],
+            "round complete debate_id=abc123 duration_ms=5234"
+        );
+        assert_eq!(lines[0]["duration_ms"], 5234);
+        assert_eq!(
+            lines[1]["message"],
+            "already has debate_id=abc123 and duration_ms=12"
+        );
+        assert_eq!(lines[2]["message"], "plain debate_id=abc123");
+        assert_eq!(lines[3]["message"], "saw old_debate_id=1 debate_id=abc123");
+        for line in &raw {
+            assert!(line.contains("debate_id=abc123"), "{line}");
+        }
+        // What an operator's grep sees.
+        let slow: Vec<&String> = raw
+            .iter()
+            .filter(|l| {
+                l.match_indices("duration_ms=").any(|(at, n)| {
+                    let digits: String = l[at + n.len()..]
+                        .chars()
+                        .take_while(char::is_ascii_digit)
+                        .collect();
+                    digits.len() == 4 && (b'5'..=b'9').contains(&digits.as_bytes()[0])
+                })
+            })
+            .collect();
+        assert_eq!(slow, [&raw[0]]);
+        assert_eq!(raw[0].matches("debate_id=abc123").count(), 1);
+        assert_eq!(raw[1].matches("duration_ms=12").count(), 1);
+
+        // Field without a message: no leading space.
+        let lines = capture(|| info!(debate_id = "d-1"));
+        assert_eq!(lines[0]["message"], "debate_id=d-1");
+    }
+
+    #[test]
+    fn field_types_are_preserved() {
+        #[derive(Debug)]
+        struct Opaque {
+            _n: u8,
+        }
+        let lines = capture(|| {
+            info!(
+                count = -3_i64,
+                big = u64::MAX,
+                huge = u128::MAX,
+                ratio = 0.25_f64,
+                nan = f64::NAN,
+                ok = true,
+                name = "gpt",
+                shown = %"display",
+                opaque = ?Opaque { _n: 7 },
+                "types"
+            );
+        });
+        let line = &lines[0];
+        assert_eq!(line["count"], json!(-3));
+        assert_eq!(line["big"], json!(u64::MAX));
+        assert_eq!(line["huge"], json!(u128::MAX.to_string()));
+        assert_eq!(line["ratio"], json!(0.25));
+        assert_eq!(line["nan"], json!("NaN"));
+        assert_eq!(line["ok"], json!(true));
+        assert_eq!(line["name"], json!("gpt"));
+        assert_eq!(line["shown"], json!("display"));
+        assert_eq!(line["opaque"], json!("Opaque { _n: 7 }"));
+        assert!(line["count"].is_i64() && line["big"].is_u64() && line["ratio"].is_f64());
+    }
+
+    #[test]
+    fn special_characters_stay_on_one_line_and_reserved_names_do_not_collide() {
+        let raw = capture_raw(|| {
+            let span = info_span!("s", level = "span-level");
+            let _g = span.enter();
+            info!(note = "quote \" newline \n tab \t", "multi\nline \"msg\"");
+        });
+        assert_eq!(raw.len(), 1);
+        let line: Value = serde_json::from_str(&raw[0]).unwrap();
+        assert_eq!(line["message"], "multi\nline \"msg\"");
+        assert_eq!(line["note"], "quote \" newline \n tab \t");
+        assert_eq!(line["level"], "INFO");
+        assert_eq!(line["field_level"], "span-level");
+        assert_eq!(raw[0].matches("\"level\"").count(), 1);
+    }
+
+    #[test]
+    fn dir_layer_splits_lines_into_four_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("nested/logs");
+        // Existing content is kept (append mode).
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("api.log"), "{\"previous\":true}\n").unwrap();
+
+        let layer = layer_for_dir(&dir).unwrap();
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+            info!(target: "aragora::ws::conn", "ws line");
+            info!(target: "aragora::debate::engine", debate_id = "d1", "debate line");
+            info!(target: "aragora::agents::openai", agent = "gpt", "agent line");
+            info!(target: "aragora::http", status = 200, "api line");
+            info!(target: "aragora::wsx", "not websocket");
+            info!(target: "aragora::debate", "debate root");
+        });
+
+        let expect = [
+            ("websocket.log", vec!["ws line"]),
+            (
+                "debate.log",
+                vec!["debate line debate_id=d1", "debate root"],
+            ),
+            ("agent.log", vec!["agent line"]),
+            ("api.log", vec!["api line", "not websocket"]),
+        ];
+        for (file, messages) in expect {
+            let lines = read_lines(&dir.join(file));
+            let lines: Vec<&Value> = lines
+                .iter()
+                .filter(|l| l.get("previous").is_none())
+                .collect();
+            let got: Vec<&str> = lines
+                .iter()
+                .map(|l| l["message"].as_str().unwrap())
+                .collect();
+            assert_eq!(got, messages, "{file}");
+        }
+        let api = read_lines(&dir.join("api.log"));
+        assert_eq!(api[0], json!({"previous": true}));
+        assert_eq!(api[1]["logger"], "aragora::http");
+        assert_eq!(api[1]["status"], 200);
+        let names: Vec<String> = {
+            let mut n: Vec<String> = std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            n.sort();
+            n
+        };
+        assert_eq!(
+            names,
+            ["agent.log", "api.log", "debate.log", "websocket.log"]
+        );
+    }
+
+    #[test]
+    fn file_routing_respects_module_boundaries() {
+        assert_eq!(file_for_target("aragora::ws"), "websocket.log");
+        assert_eq!(file_for_target("aragora::ws::conn"), "websocket.log");
+        assert_eq!(file_for_target("aragora::wsx"), "api.log");
+        assert_eq!(file_for_target("aragora::debate::engine"), "debate.log");
+        assert_eq!(file_for_target("aragora::agents::openai"), "agent.log");
+        assert_eq!(file_for_target("aragora::agent"), "api.log");
+        assert_eq!(file_for_target("tower_http::trace"), "api.log");
+    }
+
+    #[test]
+    fn concurrent_writers_never_interleave_lines() {
+        let tmp = tempfile::tempdir().unwrap();
+        let layer = layer_for_dir(tmp.path()).unwrap();
+        let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
+        const THREADS: usize = 8;
+        const PER_THREAD: usize = 200;
+        let barrier = Arc::new(Barrier::new(THREADS));
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let dispatch = dispatch.clone();
+                let barrier = Arc::clone(&barrier);
+                std::thread::spawn(move || {
+                    tracing::dispatcher::with_default(&dispatch, || {
+                        barrier.wait();
+                        for i in 0..PER_THREAD {
+                            info!(target: "aragora::http", thread = t, i, pad = "x".repeat(500), "line");
+                        }
+                    });
+                })
+            })
+            .collect();
+        for handle in handles {
+            handle.join().unwrap();
+        }
+        let lines = read_lines(&tmp.path().join("api.log"));
+        assert_eq!(lines.len(), THREADS * PER_THREAD);
+        for t in 0..THREADS {
+            let count = lines.iter().filter(|l| l["thread"] == t).count();
+            assert_eq!(count, PER_THREAD);
+        }
+    }
+
+    #[test]
+    fn copytruncate_rotation_keeps_writing_from_the_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let layer = layer_for_dir(tmp.path()).unwrap();
+        let api = tmp.path().join("api.log");
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+            info!(target: "aragora::http", "before rotation");
+            // What logrotate's copytruncate does to the live file.
+            OpenOptions::new()
+                .write(true)
+                .open(&api)
+                .unwrap()
+                .set_len(0)
+                .unwrap();
+            info!(target: "aragora::http", "after rotation");
+        });
+        let text = std::fs::read_to_string(&api).unwrap();
+        assert!(text.starts_with('{'), "no hole of NULs: {text:?}");
+        let lines = read_lines(&api);
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0]["message"], "after rotation");
+    }
+
+    #[test]
+    fn invalid_filter_is_an_error_naming_the_value() {
+        let settings = LogSettings {
+            dir: None,
+            filter: "info,sqlx=loudest".to_owned(),
+        };
+        let err = init(&settings).unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains("info,sqlx=loudest"), "{text}");
+        assert!(parse_filter(DEFAULT_FILTER).is_ok());
+        assert!(parse_filter("aragora::http=debug,warn").is_ok());
+    }
+
+    #[test]
+    fn init_installs_the_global_subscriber_once() {
+        // The only test that installs a global subscriber (others use scoped ones).
+        let tmp = tempfile::tempdir().unwrap();
+        let settings = LogSettings {
+            dir: Some(tmp.path().join("logs")),
+            filter: "info,aragora::quiet=warn".to_owned(),
+        };
+        init(&settings).unwrap();
+        // A fresh thread has no scoped subscriber, so it uses the global one.
+        std::thread::spawn(|| {
+            info!(target: "aragora::debate::engine", debate_id = "g1", "global");
+            info!(target: "aragora::quiet", "filtered out");
+            debug!(target: "aragora::debate::engine", "below info");
+        })
+        .join()
+        .unwrap();
+        let lines = read_lines(&tmp.path().join("logs/debate.log"));
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(lines[0]["message"], "global debate_id=g1");
+        assert!(read_lines(&tmp.path().join("logs/api.log")).is_empty());
+
+        let err = init(&LogSettings::default()).unwrap_err();
+        assert!(format!("{err:#}").contains("already"), "{err:#}");
+    }
+
+    #[test]
+    fn mask_hides_secrets() {
+        assert_eq!(mask("sk-abcdefghijklmnop"), "sk-a…***");
+        assert_eq!(mask("sk-abcdefghijklmnopqrstuvwxyz0123456789"), "sk-a…***");
+        assert_eq!(mask("123456789"), "1234…***");
+        assert_eq!(mask("12345678"), "***");
+        assert_eq!(mask(""), "***");
+        assert_eq!(mask("ключ-секретный"), "ключ…***");
+    }
+
+    #[test]
+    fn two_layers_on_one_registry_share_span_fields() {
+        let a = SharedBuffer::new();
+        let b = SharedBuffer::new();
+        let subscriber = Registry::default()
+            .with(JsonLogLayer::with_writer(a.clone()))
+            .with(JsonLogLayer::with_writer(b.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            let span = info_span!("s", correlation_id = "c");
+            span.in_scope(|| info!("x"));
+        });
+        for buf in [a, b] {
+            let lines = buf.lines();
+            assert_eq!(lines.len(), 1);
+            let line: Value = serde_json::from_str(&lines[0]).unwrap();
+            assert_eq!(line["correlation_id"], "c");
+        }
+    }
+}
