@@ -30,7 +30,8 @@ pub struct TestApp {
     pub state: AppState,
     pub shutdown: CancellationToken,
     pub handle: JoinHandle<std::io::Result<()>>,
-    pub dir: TempDir,
+    /// Holds the data and lock dirs until the app is dropped.
+    _dir: TempDir,
 }
 
 impl TestApp {
@@ -93,7 +94,7 @@ pub async fn spawn_app_with(env: &[(&str, &str)]) -> TestApp {
         state,
         shutdown,
         handle,
-        dir,
+        _dir: dir,
     }
 }
 

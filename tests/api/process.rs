@@ -25,12 +25,22 @@ impl Server {
     fn start(dir: &Path, extra_env: &[(&str, &str)]) -> Server {
         let (api_port, ws_port) = (free_port(), free_port());
         let child = command(dir, extra_env)
-            .args(["serve", "--api-port", &api_port.to_string(), "--ws-port", &ws_port.to_string()])
+            .args([
+                "serve",
+                "--api-port",
+                &api_port.to_string(),
+                "--ws-port",
+                &ws_port.to_string(),
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("binary starts");
-        Server { child, api_port, ws_port }
+        Server {
+            child,
+            api_port,
+            ws_port,
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -125,15 +135,19 @@ async fn sigterm_drains_closes_websockets_with_1001_and_exits_0() {
         .unwrap();
     assert_eq!(r.status(), 200);
 
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/ws", server.ws_port))
-        .await
-        .unwrap();
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/ws", server.ws_port))
+            .await
+            .unwrap();
     ws.next().await.unwrap().unwrap(); // connection_info
 
     let started = Instant::now();
     server.signal(Signal::SIGTERM);
     let close = loop {
-        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap() {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap()
+        {
             Some(Ok(Message::Close(frame))) => break frame.unwrap(),
             Some(Ok(_)) => continue,
             other => panic!("expected a close frame, got {other:?}"),
@@ -155,11 +169,22 @@ async fn sigterm_drains_closes_websockets_with_1001_and_exits_0() {
         .iter()
         .find(|l| l["correlation_id"] == "corr-proc-test")
         .expect("request line with the caller's correlation id");
-    assert!(request["message"].as_str().unwrap().contains("duration_ms="), "{request}");
+    assert!(
+        request["message"]
+            .as_str()
+            .unwrap()
+            .contains("duration_ms="),
+        "{request}"
+    );
     assert_eq!(request["route"], "/api/health");
     assert_eq!(request["status"], 200);
     assert!(request["timestamp"].as_str().unwrap().ends_with('Z'));
-    assert!(lines.iter().any(|l| l["message"].as_str().unwrap_or("").contains("shutdown complete")));
+    assert!(lines.iter().any(|l| {
+        l["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("shutdown complete")
+    }));
 }
 
 #[tokio::test]
@@ -168,34 +193,68 @@ async fn a_second_server_on_the_same_port_is_refused_clearly() {
     let mut first = Server::start(dir.path(), &[]);
     first.wait_healthy().await;
     let second = command(dir.path(), &[])
-        .args(["serve", "--api-port", &first.api_port.to_string(), "--ws-port", &free_port().to_string()])
+        .args([
+            "serve",
+            "--api-port",
+            &first.api_port.to_string(),
+            "--ws-port",
+            &free_port().to_string(),
+        ])
         .output()
         .unwrap();
     assert_eq!(second.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(
-        stderr.contains(&format!("another aragora server (pid {})", first.child.id())),
+        stderr.contains(&format!(
+            "another aragora server (pid {})",
+            first.child.id()
+        )),
         "{stderr}"
     );
     // The first one is unharmed and still holds its lock.
-    assert_eq!(reqwest::get(first.url("/api/health")).await.unwrap().status(), 200);
-    assert!(dir.path().join(format!("aragora_{}.lock", first.api_port)).exists());
+    assert_eq!(
+        reqwest::get(first.url("/api/health"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert!(
+        dir.path()
+            .join(format!("aragora_{}.lock", first.api_port))
+            .exists()
+    );
 }
 
 #[tokio::test]
 async fn a_stale_lock_from_a_dead_process_is_taken_over() {
     let dir = tempfile::tempdir().unwrap();
     let api_port = free_port();
-    std::fs::write(dir.path().join(format!("aragora_{api_port}.lock")), "999999999\n").unwrap();
+    std::fs::write(
+        dir.path().join(format!("aragora_{api_port}.lock")),
+        "999999999\n",
+    )
+    .unwrap();
     let child = command(dir.path(), &[])
-        .args(["serve", "--api-port", &api_port.to_string(), "--ws-port", &free_port().to_string()])
+        .args([
+            "serve",
+            "--api-port",
+            &api_port.to_string(),
+            "--ws-port",
+            &free_port().to_string(),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut server = Server { child, api_port, ws_port: 0 };
+    let mut server = Server {
+        child,
+        api_port,
+        ws_port: 0,
+    };
     server.wait_healthy().await;
-    let lock = std::fs::read_to_string(dir.path().join(format!("aragora_{api_port}.lock"))).unwrap();
+    let lock =
+        std::fs::read_to_string(dir.path().join(format!("aragora_{api_port}.lock"))).unwrap();
     assert_eq!(lock.trim(), server.child.id().to_string());
 }
 
@@ -203,10 +262,22 @@ async fn a_stale_lock_from_a_dead_process_is_taken_over() {
 async fn bad_configuration_stops_the_start_with_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
-        ("ARAGORA_DB_POOL_SIZE", "lots", "ARAGORA_DB_POOL_SIZE=\"lots\" is not valid: expected a whole number from 1 to 1000"),
-        ("ARAGORA_RATE_LIMIT_WHITELIST", "10.0.0.0/33", "ARAGORA_RATE_LIMIT_WHITELIST=\"10.0.0.0/33\""),
+        (
+            "ARAGORA_DB_POOL_SIZE",
+            "lots",
+            "ARAGORA_DB_POOL_SIZE=\"lots\" is not valid: expected a whole number from 1 to 1000",
+        ),
+        (
+            "ARAGORA_RATE_LIMIT_WHITELIST",
+            "10.0.0.0/33",
+            "ARAGORA_RATE_LIMIT_WHITELIST=\"10.0.0.0/33\"",
+        ),
         ("ARAGORA_ENV", "production", "ARAGORA_JWT_SECRET"),
-        ("SUPABASE_URL", "https://abc.supabase.co", "Supabase is Postgres"),
+        (
+            "SUPABASE_URL",
+            "https://abc.supabase.co",
+            "Supabase is Postgres",
+        ),
     ];
     for (var, value, expected) in cases {
         let out = command(dir.path(), &[(var, value)])
@@ -233,7 +304,10 @@ async fn config_command_shows_sources_and_redacts_secrets() {
         &[
             ("ARAGORA_JWT_SECRET", "s3cr3t-s3cr3t-s3cr3t-s3cr3t-s3cr3t"),
             ("ARAGORA_API_TOKEN", "tok-0123456789abcdef"),
-            ("ARAGORA_DATABASE_URL", "postgres://app:hunter2@db.internal:5432/aragora"),
+            (
+                "ARAGORA_DATABASE_URL",
+                "postgres://app:hunter2@db.internal:5432/aragora",
+            ),
             ("ARAGORA_REDIS_URL", "redis://:redispw@cache:6379/0"),
         ],
     )
@@ -247,14 +321,21 @@ async fn config_command_shows_sources_and_redacts_secrets() {
     }
     assert!(text.contains("rate_limit_rpm = \"300\"  # "), "{text}");
     assert!(text.contains("db.internal:5432/aragora"), "{text}");
-    assert!(text.contains("jwt_secret = \"[redacted]\"  # ARAGORA_JWT_SECRET"), "{text}");
+    assert!(
+        text.contains("jwt_secret = \"[redacted]\"  # ARAGORA_JWT_SECRET"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
 async fn migrate_command_creates_the_schema() {
     let dir = tempfile::tempdir().unwrap();
     let out = command(dir.path(), &[]).arg("migrate").output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(dir.path().join("data/aragora.db").exists());
     // Idempotent.
     let again = command(dir.path(), &[]).arg("migrate").output().unwrap();
@@ -274,7 +355,11 @@ async fn health_command_exit_codes_follow_the_runbook_script() {
     assert!(String::from_utf8_lossy(&healthy.stdout).contains("OK"));
 
     let unreachable = command(dir.path(), &[])
-        .args(["health", "--url", &format!("http://127.0.0.1:{}/api/health", free_port())])
+        .args([
+            "health",
+            "--url",
+            &format!("http://127.0.0.1:{}/api/health", free_port()),
+        ])
         .output()
         .unwrap();
     assert_eq!(unreachable.status.code(), Some(2));
@@ -289,7 +374,12 @@ async fn health_command_exit_codes_follow_the_runbook_script() {
         .args(["health", "--url", &degraded.url("/api/health")])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[tokio::test]
@@ -298,17 +388,24 @@ async fn log_dir_splits_api_and_websocket_logs() {
     let logs = dir.path().join("logs");
     let mut server = Server::start(dir.path(), &[("ARAGORA_LOG_DIR", logs.to_str().unwrap())]);
     server.wait_healthy().await;
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/ws", server.ws_port))
-        .await
-        .unwrap();
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/ws", server.ws_port))
+            .await
+            .unwrap();
     ws.next().await.unwrap().unwrap();
     drop(ws);
     server.signal(Signal::SIGTERM);
     let (code, stdout, _) = server.wait_exit(Duration::from_secs(12));
     assert_eq!(code, 0);
-    assert!(stdout.trim().is_empty(), "with a log dir nothing goes to stdout: {stdout}");
+    assert!(
+        stdout.trim().is_empty(),
+        "with a log dir nothing goes to stdout: {stdout}"
+    );
     let api = std::fs::read_to_string(logs.join("api.log")).unwrap();
-    assert!(api.contains("/api/health") && api.contains("duration_ms="), "{api}");
+    assert!(
+        api.contains("/api/health") && api.contains("duration_ms="),
+        "{api}"
+    );
     let websocket = std::fs::read_to_string(logs.join("websocket.log")).unwrap();
     assert!(websocket.contains("websocket connected"), "{websocket}");
     assert!(!api.contains("websocket connected"));
