@@ -6,5 +6,6 @@ mod health;
 mod helpers;
 mod pipeline;
 mod process;
+mod shutdown;
 mod store;
 mod ws;
