@@ -38,7 +38,9 @@ async fn main() {
         use tracing_subscriber::layer::SubscriberExt;
         let subscriber = tracing_subscriber::registry()
             .with(tracing_subscriber::EnvFilter::new("info"))
-            .with(JsonLogLayer::with_writer(std::io::sink as fn() -> std::io::Sink));
+            .with(JsonLogLayer::with_writer(
+                std::io::sink as fn() -> std::io::Sink,
+            ));
         tracing::subscriber::set_global_default(subscriber).unwrap();
     }
     let app = Application::build(config).await.unwrap();
@@ -47,8 +49,13 @@ async fn main() {
     let server = tokio::spawn(app.run());
     let rss_idle = resident_memory_bytes();
 
-    println!("aragora http_pipeline bench: {REQUESTS} requests per route, {CONCURRENCY} keep-alive connections");
-    println!("{:<22} {:>10} {:>10} {:>10} {:>10}", "route", "req/s", "p50 µs", "p99 µs", "max µs");
+    println!(
+        "aragora http_pipeline bench: {REQUESTS} requests per route, {CONCURRENCY} keep-alive connections"
+    );
+    println!(
+        "{:<22} {:>10} {:>10} {:>10} {:>10}",
+        "route", "req/s", "p50 µs", "p99 µs", "max µs"
+    );
     for route in ["/api/health/live", "/api/health", "/api/nope"] {
         let url = format!("http://{addr}{route}");
         run(&url, WARMUP).await;
@@ -83,7 +90,10 @@ async fn run(url: &str, n: usize) -> (Duration, Vec<Duration>) {
         let url = url.clone();
         let share = n / CONCURRENCY + usize::from(w < n % CONCURRENCY);
         workers.push(tokio::spawn(async move {
-            let client = reqwest::Client::builder().pool_max_idle_per_host(1).build().unwrap();
+            let client = reqwest::Client::builder()
+                .pool_max_idle_per_host(1)
+                .build()
+                .unwrap();
             let mut latencies = Vec::with_capacity(share);
             for _ in 0..share {
                 let t = Instant::now();

@@ -8,6 +8,19 @@ use serde_json::json;
 use crate::http::correlation;
 use crate::store::StoreError;
 
+/// The error body every failed request gets (contract §3). Extra fields (`field`,
+/// `retry_after`) appear when they help.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// A human sentence.
+    pub error: String,
+    /// Stable snake_case code for programs.
+    #[schema(example = "not_found")]
+    pub code: String,
+    #[schema(example = "corr-0123456789ab")]
+    pub correlation_id: Option<String>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]

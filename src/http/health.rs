@@ -4,20 +4,89 @@
 
 use std::time::{Duration, Instant};
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
-use serde_json::{Value, json};
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::app::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/health", get(get_health))
-        .route("/health/live", get(get_live))
-        .route("/health/ready", get(get_ready))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(get_health))
+        .routes(routes!(get_live))
+        .routes(routes!(get_ready))
+}
+
+/// `GET /api/health` body (contract §3).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthResponse {
+    /// `healthy` (200), `degraded` (200) or `unhealthy` (503).
+    #[schema(example = "healthy")]
+    pub status: &'static str,
+    pub version: &'static str,
+    pub uptime_seconds: u64,
+    pub checks: HealthChecks,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthChecks {
+    pub database: DependencyCheck,
+    pub redis: DependencyCheck,
+    pub websocket: WebsocketCheck,
+    pub circuit_breakers: BreakerCounts,
+    /// Resident memory of the process, MiB.
+    pub memory_mb: u64,
+    pub active_debates: usize,
+}
+
+/// One dependency: `ok` with its latency, `error` with a public reason, or `disabled`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DependencyCheck {
+    #[schema(example = "ok")]
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'static str>,
+    /// Database only: `sqlite` or `postgres`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend: Option<&'static str>,
+    /// Database only: the connection pool.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool: Option<PoolCheck>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PoolCheck {
+    pub size: u32,
+    pub idle: u32,
+    pub max: u32,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebsocketCheck {
+    pub status: &'static str,
+    pub connections: usize,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BreakerCounts {
+    pub open: usize,
+    pub half_open: usize,
+}
+
+/// `{"status": …}` bodies of the liveness and readiness probes.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProbeResponse {
+    #[schema(example = "ready")]
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
 }
 
 /// Outcome of one dependency check.
@@ -64,15 +133,34 @@ async fn check_redis(state: &AppState) -> Check {
     check
 }
 
-fn render(check: &Check, public_error: &str) -> Value {
-    match check {
-        Check::Ok(latency) => json!({"status": "ok", "latency_ms": latency.as_millis() as u64}),
-        // Details (hosts, users) go to the log, not to this public endpoint.
-        Check::Failed(_) => json!({"status": "error", "error": public_error}),
-        Check::Disabled => json!({"status": "disabled"}),
+impl DependencyCheck {
+    /// Details of a failure (hosts, users) go to the log, not to this public endpoint.
+    fn from_check(check: &Check, public_error: &'static str) -> Self {
+        let (status, latency_ms, error) = match check {
+            Check::Ok(latency) => ("ok", Some(latency.as_millis() as u64), None),
+            Check::Failed(_) => ("error", None, Some(public_error)),
+            Check::Disabled => ("disabled", None, None),
+        };
+        DependencyCheck {
+            status,
+            latency_ms,
+            error,
+            backend: None,
+            pool: None,
+        }
     }
 }
 
+/// Service health with each dependency check.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "health",
+    responses(
+        (status = 200, description = "healthy or degraded", body = HealthResponse),
+        (status = 503, description = "unhealthy: the database does not answer", body = HealthResponse),
+    )
+)]
 pub async fn get_health(State(state): State<AppState>) -> Response {
     let (database, redis) = tokio::join!(check_database(&state), check_redis(&state));
     let (open, half_open) = state.runtime.breaker_counts();
@@ -83,23 +171,31 @@ pub async fn get_health(State(state): State<AppState>) -> Response {
     } else {
         "healthy"
     };
-    let mut database_json = render(&database, "database unreachable");
-    database_json["backend"] = json!(state.store.backend().as_str());
     let pool = state.store.pool_status();
-    database_json["pool"] = json!({"size": pool.size, "idle": pool.idle, "max": pool.max});
-    let body = json!({
-        "status": status,
-        "version": env!("CARGO_PKG_VERSION"),
-        "uptime_seconds": state.started_at.elapsed().as_secs(),
-        "checks": {
-            "database": database_json,
-            "redis": render(&redis, "redis unreachable"),
-            "websocket": {"status": "ok", "connections": state.ws.connections()},
-            "circuit_breakers": {"open": open, "half_open": half_open},
-            "memory_mb": resident_memory_mb(),
-            "active_debates": state.runtime.active_debates(),
-        }
-    });
+    let body = HealthResponse {
+        status,
+        version: env!("CARGO_PKG_VERSION"),
+        uptime_seconds: state.started_at.elapsed().as_secs(),
+        checks: HealthChecks {
+            database: DependencyCheck {
+                backend: Some(state.store.backend().as_str()),
+                pool: Some(PoolCheck {
+                    size: pool.size,
+                    idle: pool.idle,
+                    max: pool.max,
+                }),
+                ..DependencyCheck::from_check(&database, "database unreachable")
+            },
+            redis: DependencyCheck::from_check(&redis, "redis unreachable"),
+            websocket: WebsocketCheck {
+                status: "ok",
+                connections: state.ws.connections(),
+            },
+            circuit_breakers: BreakerCounts { open, half_open },
+            memory_mb: resident_memory_mb(),
+            active_debates: state.runtime.active_debates(),
+        },
+    };
     let code = if status == "unhealthy" {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
@@ -109,27 +205,48 @@ pub async fn get_health(State(state): State<AppState>) -> Response {
 }
 
 /// Liveness: the process is up and serving; never touches a dependency.
-async fn get_live() -> Json<Value> {
-    Json(json!({"status": "alive"}))
+#[utoipa::path(
+    get,
+    path = "/health/live",
+    tag = "health",
+    responses((status = 200, description = "alive", body = ProbeResponse))
+)]
+pub async fn get_live() -> Json<ProbeResponse> {
+    Json(ProbeResponse {
+        status: "alive",
+        reason: None,
+    })
 }
 
 /// Readiness: the database answers and the server is not draining. Load balancers stop
 /// sending traffic as soon as shutdown starts.
-async fn get_ready(State(state): State<AppState>) -> Response {
-    if state.shutdown.is_cancelled() {
-        return (
+#[utoipa::path(
+    get,
+    path = "/health/ready",
+    tag = "health",
+    responses(
+        (status = 200, description = "ready", body = ProbeResponse),
+        (status = 503, description = "not_ready or shutting_down", body = ProbeResponse),
+    )
+)]
+pub async fn get_ready(State(state): State<AppState>) -> Response {
+    let unavailable = |status, reason| {
+        (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "shutting_down"})),
+            Json(ProbeResponse { status, reason }),
         )
-            .into_response();
+            .into_response()
+    };
+    if state.shutdown.is_cancelled() {
+        return unavailable("shutting_down", None);
     }
     match check_database(&state).await {
-        Check::Failed(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not_ready", "reason": "database unreachable"})),
-        )
-            .into_response(),
-        _ => Json(json!({"status": "ready"})).into_response(),
+        Check::Failed(_) => unavailable("not_ready", Some("database unreachable")),
+        _ => Json(ProbeResponse {
+            status: "ready",
+            reason: None,
+        })
+        .into_response(),
     }
 }
 

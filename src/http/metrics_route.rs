@@ -1,19 +1,30 @@
 //! `GET /api/metrics`: Prometheus text exposition; 404 when METRICS_ENABLED=false.
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::app::AppState;
 use crate::error::error_response;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/metrics", get(get_metrics))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(get_metrics))
 }
 
-async fn get_metrics(State(state): State<AppState>) -> Response {
+/// Prometheus text exposition of the server's metrics.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "observability",
+    responses(
+        (status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain", body = String),
+        (status = 404, description = "METRICS_ENABLED=false", body = crate::error::ErrorBody),
+    )
+)]
+pub async fn get_metrics(State(state): State<AppState>) -> Response {
     let Some(handle) = state.metrics.as_ref() else {
         return error_response(
             StatusCode::NOT_FOUND,

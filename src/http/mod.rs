@@ -4,6 +4,7 @@
 pub mod correlation;
 mod health;
 mod metrics_route;
+mod openapi;
 mod pipeline;
 
 use axum::Router;
@@ -13,25 +14,37 @@ use axum::routing::get;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::app::AppState;
 use crate::config::Config;
 
 pub use health::{resident_memory_bytes, resident_memory_mb};
 
-/// Routes below `/api`, mounted at both `/api` and `/api/v1`.
-fn api_routes() -> Router<AppState> {
-    Router::new()
+/// Routes below `/api`, mounted at both `/api` and `/api/v1`. Every handler registered
+/// here with `routes!` is described in the OpenAPI document from its own annotations.
+fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
         .merge(health::router())
         .merge(metrics_route::router())
+        .merge(openapi::router())
+}
+
+/// The OpenAPI document of the whole API, generated from the handlers.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    let (_, document) = OpenApiRouter::<AppState>::with_openapi(openapi::ApiDoc::openapi())
+        .nest("/api", api_routes())
+        .split_for_parts();
+    document
 }
 
 /// The whole HTTP application for the API port.
 pub fn router(state: AppState) -> Router {
     let config = state.config.clone();
     Router::new()
-        .nest("/api", api_routes())
-        .nest("/api/v1", api_routes())
+        .nest("/api", Router::from(api_routes()))
+        .nest("/api/v1", Router::from(api_routes()))
         // One base URL reaches the WebSocket too (contract §5).
         .route("/ws", get(crate::ws::upgrade))
         .fallback(pipeline::not_found)

@@ -4,6 +4,7 @@
 
 mod health;
 mod helpers;
+mod openapi;
 mod pipeline;
 mod process;
 mod shutdown;

@@ -3,7 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::helpers::{Proxy, fresh_postgres_schema, postgres_url, spawn_app_with, with_search_path};
+use crate::helpers::{
+    Proxy, fresh_postgres_schema, postgres_url, spawn_app_with, with_search_path,
+};
 
 #[tokio::test]
 async fn in_flight_requests_finish_and_new_connections_are_refused() {
@@ -11,9 +13,17 @@ async fn in_flight_requests_finish_and_new_connections_are_refused() {
     // request that is reliably still in flight when shutdown starts.
     let (schema, _) = fresh_postgres_schema().await;
     let upstream = postgres_url();
-    let host_port = upstream.split('@').nth(1).and_then(|r| r.split('/').next()).unwrap().to_owned();
+    let host_port = upstream
+        .split('@')
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .unwrap()
+        .to_owned();
     let proxy = Proxy::start(&host_port).await;
-    let url = with_search_path(&upstream.replace(&host_port, &proxy.addr.to_string()), &schema);
+    let url = with_search_path(
+        &upstream.replace(&host_port, &proxy.addr.to_string()),
+        &schema,
+    );
     let app = spawn_app_with(&[
         ("ARAGORA_DATABASE_URL", url.as_str()),
         ("ARAGORA_HEALTH_CHECK_TIMEOUT_MS", "1500"),
@@ -33,9 +43,15 @@ async fn in_flight_requests_finish_and_new_connections_are_refused() {
         .timeout(Duration::from_secs(2))
         .send()
         .await;
-    assert!(refused.is_err(), "new connections are refused once shutdown starts");
+    assert!(
+        refused.is_err(),
+        "new connections are refused once shutdown starts"
+    );
 
-    let response = in_flight.await.unwrap().expect("the in-flight request got an answer");
+    let response = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight request got an answer");
     assert_eq!(response.status(), 503);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["status"], "not_ready");
@@ -49,9 +65,17 @@ async fn shutdown_budget_bounds_a_stuck_drain() {
     // The in-flight request outlives a 1 s shutdown budget: run() returns anyway.
     let (schema, _) = fresh_postgres_schema().await;
     let upstream = postgres_url();
-    let host_port = upstream.split('@').nth(1).and_then(|r| r.split('/').next()).unwrap().to_owned();
+    let host_port = upstream
+        .split('@')
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .unwrap()
+        .to_owned();
     let proxy = Proxy::start(&host_port).await;
-    let url = with_search_path(&upstream.replace(&host_port, &proxy.addr.to_string()), &schema);
+    let url = with_search_path(
+        &upstream.replace(&host_port, &proxy.addr.to_string()),
+        &schema,
+    );
     let app = spawn_app_with(&[
         ("ARAGORA_DATABASE_URL", url.as_str()),
         ("ARAGORA_HEALTH_CHECK_TIMEOUT_MS", "20000"),
@@ -65,5 +89,8 @@ async fn shutdown_budget_bounds_a_stuck_drain() {
     let started = Instant::now();
     app.stop().await.unwrap();
     let took = started.elapsed();
-    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(3), "took {took:?}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "took {took:?}"
+    );
 }

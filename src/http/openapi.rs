@@ -1,0 +1,48 @@
+//! `GET /api/openapi.json`: the OpenAPI 3.1 document, generated once from the handlers'
+//! annotations (see `http::openapi_document`), never written by hand.
+
+use std::sync::OnceLock;
+
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::app::AppState;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Aragora API",
+        description = "Structured debates between LLM agents, streamed live. Every path is also \\
+                       served under /api/v1. Errors share one body: ErrorBody."
+    ),
+    components(schemas(crate::error::ErrorBody)),
+    tags(
+        (name = "health", description = "Liveness, readiness and dependency checks"),
+        (name = "observability", description = "Metrics and the API description"),
+    )
+)]
+pub struct ApiDoc;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(get_openapi))
+}
+
+/// This document.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "observability",
+    responses((status = 200, description = "OpenAPI 3.1 document", content_type = "application/json"))
+)]
+pub async fn get_openapi() -> Response {
+    static DOCUMENT: OnceLock<String> = OnceLock::new();
+    let json = DOCUMENT.get_or_init(|| {
+        super::openapi_document()
+            .to_json()
+            .expect("the OpenAPI document serialises")
+    });
+    ([(header::CONTENT_TYPE, "application/json")], json.clone()).into_response()
+}
