@@ -4,6 +4,7 @@
 //! (state and start-up) → `http` (REST API) and `ws` (WebSocket server), over `store`
 //! (SQLite/Postgres) and `telemetry` (logs, metrics).
 
+pub mod agents;
 pub mod app;
 pub mod cli;
 pub mod config;
