@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod lockfile;
+pub mod ratings;
 pub mod redis_client;
 pub mod store;
 pub mod telemetry;
