@@ -156,6 +156,29 @@ pub struct NewEvent {
     pub data: serde_json::Value,
 }
 
+/// One row of the Elo leaderboard. `domain: None` is the agent's overall rating; a domain
+/// rating is kept separately for debates tagged with that domain.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Rating {
+    pub agent: String,
+    pub domain: Option<String>,
+    pub rating: f64,
+    pub games: i64,
+    pub wins: i64,
+    pub losses: i64,
+    pub draws: i64,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The outcome of one pairing inside a debate: `score_a` is 1.0 when `a` won, 0.5 for a draw
+/// and 0.0 when `b` won (any value in 0..=1 is accepted by the Elo arithmetic).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MatchResult {
+    pub a: String,
+    pub b: String,
+    pub score_a: f64,
+}
+
 /// The storage contract every backend fulfils.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -201,6 +224,37 @@ pub trait Store: Send + Sync + 'static {
 
     /// Debates in `queued` or `running` — what a restart must resume or close.
     async fn unfinished_debates(&self) -> StoreResult<Vec<DebateRecord>>;
+
+    /// Apply a debate's match results to the Elo ratings in one transaction: every match, in
+    /// order, to the overall rating and — when `domain` is given — to that domain's rating
+    /// too. Agents without a rating start at [`crate::ratings::INITIAL_RATING`]. Idempotent
+    /// per `debate_id`: a debate already rated changes nothing and returns `Ok(false)`;
+    /// otherwise `Ok(true)` (also for an empty `matches`, which still marks the debate rated).
+    /// `Some("")` means the overall rating only. A match of an agent against itself or with a
+    /// score outside 0..=1 is rejected (`Database(InvalidArgument)`) before anything is written.
+    async fn apply_match_results(
+        &self,
+        debate_id: &str,
+        domain: Option<&str>,
+        matches: &[MatchResult],
+    ) -> StoreResult<bool>;
+
+    /// The leaderboard of `domain` (`None` or `Some("")`: overall): highest rating first, ties
+    /// by agent name (byte order on both backends). `limit` 0 means 50; at most 500.
+    async fn ratings(&self, domain: Option<&str>, limit: u32) -> StoreResult<Vec<Rating>>;
+
+    /// The debate's events whose kind is one of `kinds`, ascending by seq, skipping `offset`
+    /// matching events. `limit` 0 means 100; at most 1000. Empty `kinds` matches nothing.
+    async fn events_of_kinds(
+        &self,
+        debate_id: &str,
+        kinds: &[&str],
+        limit: u32,
+        offset: u32,
+    ) -> StoreResult<Vec<StoredEvent>>;
+
+    /// Number of debates per status, by status name; statuses with no debates are absent.
+    async fn count_debates_by_status(&self) -> StoreResult<Vec<(String, i64)>>;
 }
 
 pub type DynStore = Arc<dyn Store>;
@@ -214,6 +268,123 @@ fn clamp_limit(limit: u32) -> u32 {
         DEFAULT_PAGE
     } else {
         limit.min(MAX_PAGE)
+    }
+}
+
+/// `ratings` page: 0 means 50, at most 500.
+fn clamp_ratings_limit(limit: u32) -> u32 {
+    if limit == 0 { 50 } else { limit.min(500) }
+}
+
+/// `events_of_kinds` page: 0 means 100, at most 1000.
+fn clamp_events_limit(limit: u32) -> u32 {
+    if limit == 0 { 100 } else { limit.min(1000) }
+}
+
+/// The stored key of a rating's domain: '' is the overall rating (a NOT NULL key column, so
+/// the primary key (agent, domain) holds), and `Some("")` is read as overall too.
+fn domain_key(domain: Option<&str>) -> &str {
+    domain.unwrap_or("")
+}
+
+fn domain_from_key(key: String) -> Option<String> {
+    if key.is_empty() { None } else { Some(key) }
+}
+
+/// One (agent, domain) row while a debate's matches are applied to it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Tally {
+    rating: f64,
+    games: i64,
+    wins: i64,
+    losses: i64,
+    draws: i64,
+}
+
+impl Tally {
+    const NEW: Tally = Tally {
+        rating: crate::ratings::INITIAL_RATING,
+        games: 0,
+        wins: 0,
+        losses: 0,
+        draws: 0,
+    };
+
+    fn record(&mut self, rating: f64, score: f64) {
+        self.rating = rating;
+        self.games += 1;
+        if score > 0.5 {
+            self.wins += 1;
+        } else if score < 0.5 {
+            self.losses += 1;
+        } else {
+            self.draws += 1;
+        }
+    }
+}
+
+/// Rows a batch touches, keyed (domain key, agent) — sorted, which is also the order rows are
+/// created and locked in, so concurrent batches cannot deadlock.
+type Tallies = std::collections::BTreeMap<(String, String), Tally>;
+
+/// Rejects what the Elo arithmetic cannot mean, before a transaction starts.
+fn check_matches(matches: &[MatchResult]) -> StoreResult<()> {
+    for m in matches {
+        let bad = if m.a == m.b {
+            Some("an agent cannot play itself")
+        } else if !(0.0..=1.0).contains(&m.score_a) {
+            Some("score_a must be within 0..=1")
+        } else {
+            None
+        };
+        if let Some(why) = bad {
+            return Err(StoreError::Database(sqlx::Error::InvalidArgument(format!(
+                "match {} vs {} (score {}): {why}",
+                m.a, m.b, m.score_a
+            ))));
+        }
+    }
+    Ok(())
+}
+
+/// The domain keys a batch rates under: always overall (''), plus the domain if any.
+fn rating_scopes(domain: Option<&str>) -> Vec<String> {
+    let mut scopes = vec![String::new()];
+    if let Some(d) = domain.filter(|d| !d.is_empty()) {
+        scopes.push(d.to_owned());
+    }
+    scopes
+}
+
+/// Distinct agents of a batch, sorted.
+fn match_agents(matches: &[MatchResult]) -> Vec<String> {
+    let set: std::collections::BTreeSet<&str> = matches
+        .iter()
+        .flat_map(|m| [m.a.as_str(), m.b.as_str()])
+        .collect();
+    set.into_iter().map(str::to_owned).collect()
+}
+
+/// Applies every match, in order, under every scope. `tallies` holds the current row of each
+/// (scope, agent) of the batch; a missing one starts from [`Tally::NEW`].
+fn apply_matches(tallies: &mut Tallies, scopes: &[String], matches: &[MatchResult]) {
+    for scope in scopes {
+        for m in matches {
+            let a = tallies
+                .get(&(scope.clone(), m.a.clone()))
+                .copied()
+                .unwrap_or(Tally::NEW);
+            let b = tallies
+                .get(&(scope.clone(), m.b.clone()))
+                .copied()
+                .unwrap_or(Tally::NEW);
+            let (ra, rb) =
+                crate::ratings::update(a.rating, b.rating, m.score_a, crate::ratings::K_FACTOR);
+            let entry = tallies.entry((scope.clone(), m.a.clone())).or_insert(a);
+            entry.record(ra, m.score_a);
+            let entry = tallies.entry((scope.clone(), m.b.clone())).or_insert(b);
+            entry.record(rb, 1.0 - m.score_a);
+        }
     }
 }
 

@@ -81,6 +81,41 @@ impl From<EventRow> for StoredEvent {
     }
 }
 
+#[derive(sqlx::FromRow)]
+struct RatingRow {
+    agent: String,
+    domain: String,
+    rating: f64,
+    games: i64,
+    wins: i64,
+    losses: i64,
+    draws: i64,
+    updated_at: DateTime<Utc>,
+}
+
+impl From<RatingRow> for Rating {
+    fn from(r: RatingRow) -> Self {
+        Rating {
+            agent: r.agent,
+            domain: domain_from_key(r.domain),
+            rating: r.rating,
+            games: r.games,
+            wins: r.wins,
+            losses: r.losses,
+            draws: r.draws,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+/// Deadlock (40P01) or serialization failure (40001): the transaction was rolled back and is
+/// safe to run again. Rows are locked in one global order, so this is a safety net only.
+fn is_retryable(err: &sqlx::Error) -> bool {
+    err.as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|c| c == "40P01" || c == "40001")
+}
+
 impl PostgresStore {
     /// Accepts `postgres://` / `postgresql://` URLs as sqlx parses them; the `options` query
     /// parameter (e.g. `?options=-c%20search_path%3Dmy_schema`) is passed to the server at
@@ -96,6 +131,125 @@ impl PostgresStore {
             .acquire_timeout(pool.acquire_timeout)
             .connect_lazy_with(opts);
         Ok(Self { pool })
+    }
+}
+
+impl PostgresStore {
+    /// One attempt at [`Store::apply_match_results`]; `Ok(false)` when the debate was rated.
+    async fn try_apply_matches(
+        &self,
+        debate_id: &str,
+        domain: Option<&str>,
+        matches: &[MatchResult],
+    ) -> sqlx::Result<bool> {
+        let scopes = rating_scopes(domain);
+        let agents = match_agents(matches);
+        let now = now_micros();
+        let mut tx = self.pool.begin().await?;
+        // A concurrent call for the same debate blocks on this key until the first commits,
+        // then sees the conflict; a rolled-back first call leaves the key free.
+        let fresh = sqlx::query(
+            "INSERT INTO rated_debates (debate_id, domain, matches, rated_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (debate_id) DO NOTHING",
+        )
+        .bind(debate_id)
+        .bind(domain_key(domain))
+        .bind(i32::try_from(matches.len()).unwrap_or(i32::MAX))
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !fresh {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        if agents.is_empty() {
+            tx.commit().await?;
+            return Ok(true);
+        }
+        // Every (scope, agent) row of the batch, in byte order (= COLLATE "C"): rows are
+        // created and then locked in this one global order, so batches never deadlock.
+        let mut keys: Vec<(String, String)> = scopes
+            .iter()
+            .flat_map(|d| agents.iter().map(move |a| (d.clone(), a.clone())))
+            .collect();
+        keys.sort();
+        let (key_domains, key_agents): (Vec<String>, Vec<String>) = keys.into_iter().unzip();
+        sqlx::query(
+            "INSERT INTO ratings (agent, domain, rating, games, wins, losses, draws, updated_at) \
+             SELECT k.agent, k.domain, $3, 0, 0, 0, 0, $4 \
+             FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS k(agent, domain, ord) \
+             ORDER BY k.ord ON CONFLICT (agent, domain) DO NOTHING",
+        )
+        .bind(&key_agents)
+        .bind(&key_domains)
+        .bind(crate::ratings::INITIAL_RATING)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        // The rows now exist; lock them. Under READ COMMITTED a row another batch updated
+        // while we waited is re-read at its committed value, so no update is lost.
+        let rows: Vec<(String, String, f64, i64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT domain, agent, rating, games, wins, losses, draws FROM ratings \
+             WHERE domain = ANY($1) AND agent = ANY($2) \
+             ORDER BY domain COLLATE \"C\", agent COLLATE \"C\" FOR UPDATE",
+        )
+        .bind(&scopes)
+        .bind(&agents)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut tallies: Tallies = rows
+            .into_iter()
+            .map(|(domain, agent, rating, games, wins, losses, draws)| {
+                let tally = Tally {
+                    rating,
+                    games,
+                    wins,
+                    losses,
+                    draws,
+                };
+                ((domain, agent), tally)
+            })
+            .collect();
+        apply_matches(&mut tallies, &scopes, matches);
+        let mut cols = (
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        );
+        for ((domain, agent), t) in tallies {
+            cols.0.push(agent);
+            cols.1.push(domain);
+            cols.2.push(t.rating);
+            cols.3.push(t.games);
+            cols.4.push(t.wins);
+            cols.5.push(t.losses);
+            cols.6.push(t.draws);
+        }
+        sqlx::query(
+            "UPDATE ratings AS r SET rating = u.rating, games = u.games, wins = u.wins, \
+             losses = u.losses, draws = u.draws, updated_at = $8 \
+             FROM UNNEST($1::text[], $2::text[], $3::float8[], $4::int8[], $5::int8[], \
+             $6::int8[], $7::int8[]) AS u(agent, domain, rating, games, wins, losses, draws) \
+             WHERE r.agent = u.agent AND r.domain = u.domain",
+        )
+        .bind(&cols.0)
+        .bind(&cols.1)
+        .bind(&cols.2)
+        .bind(&cols.3)
+        .bind(&cols.4)
+        .bind(&cols.5)
+        .bind(&cols.6)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
     }
 }
 
@@ -119,9 +273,11 @@ impl Store for PostgresStore {
     }
 
     async fn migrate(&self) -> StoreResult<()> {
-        sqlx::migrate!("./migrations/postgres")
-            .run(&self.pool)
-            .await?;
+        let mut migrator = sqlx::migrate!("./migrations/postgres");
+        // Migrations are additive, so a binary older than the schema still works: applied
+        // versions it does not know (a newer binary's) are not an error.
+        migrator.set_ignore_missing(true);
+        migrator.run(&self.pool).await?;
         Ok(())
     }
 
@@ -310,5 +466,70 @@ impl Store for PostgresStore {
             .fetch_all(&self.pool)
             .await?;
         Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    async fn apply_match_results(
+        &self,
+        debate_id: &str,
+        domain: Option<&str>,
+        matches: &[MatchResult],
+    ) -> StoreResult<bool> {
+        check_matches(matches)?;
+        let mut attempts = 0;
+        loop {
+            match self.try_apply_matches(debate_id, domain, matches).await {
+                Ok(fresh) => return Ok(fresh),
+                Err(e) if is_retryable(&e) && attempts < 5 => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(10 * attempts)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    async fn ratings(&self, domain: Option<&str>, limit: u32) -> StoreResult<Vec<Rating>> {
+        // COLLATE "C": ties break in byte order, as SQLite's BINARY collation does.
+        let rows = sqlx::query_as::<_, RatingRow>(
+            "SELECT agent, domain, rating, games, wins, losses, draws, updated_at FROM ratings \
+             WHERE domain = $1 ORDER BY rating DESC, agent COLLATE \"C\" ASC LIMIT $2",
+        )
+        .bind(domain_key(domain))
+        .bind(i64::from(clamp_ratings_limit(limit)))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    async fn events_of_kinds(
+        &self,
+        debate_id: &str,
+        kinds: &[&str],
+        limit: u32,
+        offset: u32,
+    ) -> StoreResult<Vec<StoredEvent>> {
+        if kinds.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query_as::<_, EventRow>(
+            "SELECT debate_id, seq, kind, round, agent, data, created_at FROM debate_events \
+             WHERE debate_id = $1 AND kind = ANY($2) ORDER BY seq LIMIT $3 OFFSET $4",
+        )
+        .bind(debate_id)
+        .bind(kinds)
+        .bind(i64::from(clamp_events_limit(limit)))
+        .bind(i64::from(offset))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    async fn count_debates_by_status(&self) -> StoreResult<Vec<(String, i64)>> {
+        let counts = sqlx::query_as::<_, (String, i64)>(
+            "SELECT status, COUNT(*) FROM debates GROUP BY status ORDER BY status COLLATE \"C\"",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(counts)
     }
 }

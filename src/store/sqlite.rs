@@ -87,6 +87,35 @@ impl EventRow {
     }
 }
 
+#[derive(sqlx::FromRow)]
+struct RatingRow {
+    agent: String,
+    domain: String,
+    rating: f64,
+    games: i64,
+    wins: i64,
+    losses: i64,
+    draws: i64,
+    updated_at: String,
+}
+
+impl RatingRow {
+    fn into_rating(self) -> StoreResult<Rating> {
+        Ok(Rating {
+            agent: self.agent,
+            domain: domain_from_key(self.domain),
+            rating: self.rating,
+            games: self.games,
+            wins: self.wins,
+            losses: self.losses,
+            draws: self.draws,
+            updated_at: parse_ts(&self.updated_at)?,
+        })
+    }
+}
+
+const EVENT_COLUMNS: &str = "debate_id, seq, kind, round, agent, data, created_at";
+
 fn records(rows: Vec<DebateRow>) -> StoreResult<Vec<DebateRecord>> {
     rows.into_iter().map(DebateRow::into_record).collect()
 }
@@ -196,6 +225,90 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// One attempt at [`Store::apply_match_results`]; `Ok(false)` when the debate was rated.
+    async fn try_apply_matches(
+        &self,
+        debate_id: &str,
+        domain: Option<&str>,
+        matches: &[MatchResult],
+    ) -> sqlx::Result<bool> {
+        let scopes = rating_scopes(domain);
+        let agents = match_agents(matches);
+        let now = format_ts(now_micros());
+        // BEGIN IMMEDIATE takes the database write lock before the ratings are read, so two
+        // batches cannot both read the same rating and overwrite each other's update.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let fresh = sqlx::query(
+            "INSERT INTO rated_debates (debate_id, domain, matches, rated_at) \
+             VALUES (?, ?, ?, ?) ON CONFLICT (debate_id) DO NOTHING",
+        )
+        .bind(debate_id)
+        .bind(domain_key(domain))
+        .bind(i64::try_from(matches.len()).unwrap_or(i64::MAX))
+        .bind(&now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !fresh {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        let mut tallies = Tallies::new();
+        if !agents.is_empty() {
+            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "SELECT domain, agent, rating, games, wins, losses, draws FROM ratings \
+                 WHERE domain IN (",
+            );
+            let mut list = qb.separated(", ");
+            for scope in &scopes {
+                list.push_bind(scope);
+            }
+            qb.push(") AND agent IN (");
+            let mut list = qb.separated(", ");
+            for agent in &agents {
+                list.push_bind(agent);
+            }
+            qb.push(")");
+            let rows: Vec<(String, String, f64, i64, i64, i64, i64)> =
+                qb.build_query_as().fetch_all(&mut *tx).await?;
+            for (domain, agent, rating, games, wins, losses, draws) in rows {
+                let tally = Tally {
+                    rating,
+                    games,
+                    wins,
+                    losses,
+                    draws,
+                };
+                tallies.insert((domain, agent), tally);
+            }
+        }
+        apply_matches(&mut tallies, &scopes, matches);
+        for ((domain, agent), t) in &tallies {
+            sqlx::query(
+                "INSERT INTO ratings (agent, domain, rating, games, wins, losses, draws, \
+                 updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (agent, domain) DO UPDATE SET rating = excluded.rating, \
+                 games = excluded.games, wins = excluded.wins, losses = excluded.losses, \
+                 draws = excluded.draws, updated_at = excluded.updated_at",
+            )
+            .bind(agent)
+            .bind(domain)
+            .bind(t.rating)
+            .bind(t.games)
+            .bind(t.wins)
+            .bind(t.losses)
+            .bind(t.draws)
+            .bind(&now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     fn backend(&self) -> Backend {
@@ -216,9 +329,11 @@ impl Store for SqliteStore {
     }
 
     async fn migrate(&self) -> StoreResult<()> {
-        sqlx::migrate!("./migrations/sqlite")
-            .run(&self.pool)
-            .await?;
+        let mut migrator = sqlx::migrate!("./migrations/sqlite");
+        // Migrations are additive, so a binary older than the schema still works: applied
+        // versions it does not know (a newer binary's) are not an error.
+        migrator.set_ignore_missing(true);
+        migrator.run(&self.pool).await?;
         Ok(())
     }
 
@@ -377,5 +492,75 @@ impl Store for SqliteStore {
             .fetch_all(&self.pool)
             .await?;
         records(rows)
+    }
+
+    async fn apply_match_results(
+        &self,
+        debate_id: &str,
+        domain: Option<&str>,
+        matches: &[MatchResult],
+    ) -> StoreResult<bool> {
+        check_matches(matches)?;
+        let mut attempts = 0;
+        loop {
+            match self.try_apply_matches(debate_id, domain, matches).await {
+                Ok(fresh) => return Ok(fresh),
+                Err(e) if is_busy(&e) && attempts < 5 => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(10 * attempts)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    async fn ratings(&self, domain: Option<&str>, limit: u32) -> StoreResult<Vec<Rating>> {
+        let rows = sqlx::query_as::<_, RatingRow>(
+            "SELECT agent, domain, rating, games, wins, losses, draws, updated_at FROM ratings \
+             WHERE domain = ? ORDER BY rating DESC, agent ASC LIMIT ?",
+        )
+        .bind(domain_key(domain))
+        .bind(i64::from(clamp_ratings_limit(limit)))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(RatingRow::into_rating).collect()
+    }
+
+    async fn events_of_kinds(
+        &self,
+        debate_id: &str,
+        kinds: &[&str],
+        limit: u32,
+        offset: u32,
+    ) -> StoreResult<Vec<StoredEvent>> {
+        if kinds.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
+            "SELECT {EVENT_COLUMNS} FROM debate_events WHERE debate_id = "
+        ));
+        qb.push_bind(debate_id).push(" AND kind IN (");
+        let mut list = qb.separated(", ");
+        for kind in kinds {
+            list.push_bind(*kind);
+        }
+        qb.push(") ORDER BY seq LIMIT ")
+            .push_bind(i64::from(clamp_events_limit(limit)))
+            .push(" OFFSET ")
+            .push_bind(i64::from(offset));
+        let rows = qb
+            .build_query_as::<EventRow>()
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter().map(EventRow::into_event).collect()
+    }
+
+    async fn count_debates_by_status(&self) -> StoreResult<Vec<(String, i64)>> {
+        let counts = sqlx::query_as::<_, (String, i64)>(
+            "SELECT status, COUNT(*) FROM debates GROUP BY status ORDER BY status",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(counts)
     }
 }

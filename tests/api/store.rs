@@ -7,9 +7,10 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use aragora::ratings::{INITIAL_RATING, K_FACTOR};
 use aragora::store::{
-    self, DebateQuery, DebateRecord, DebateUpdate, DynStore, NewDebate, NewEvent, PoolSettings,
-    PostgresStore, StoreError,
+    self, DebateQuery, DebateRecord, DebateUpdate, DynStore, MatchResult, NewDebate, NewEvent,
+    PoolSettings, PostgresStore, Rating, StoreError,
 };
 use chrono::{TimeZone, Utc};
 use serde_json::json;
@@ -139,6 +140,23 @@ suite! {
     unfinished_debates_oldest_first => sqlite_unfinished_debates_oldest_first,
         postgres_unfinished_debates_oldest_first;
     ping_and_pool_status => sqlite_ping_and_pool_status, postgres_ping_and_pool_status;
+    first_win_moves_sixteen => sqlite_first_win_moves_sixteen,
+        postgres_first_win_moves_sixteen;
+    draws_are_counted => sqlite_draws_are_counted, postgres_draws_are_counted;
+    domain_ratings_are_separate => sqlite_domain_ratings_are_separate,
+        postgres_domain_ratings_are_separate;
+    rating_is_idempotent_per_debate => sqlite_rating_is_idempotent_per_debate,
+        postgres_rating_is_idempotent_per_debate;
+    invalid_matches_write_nothing => sqlite_invalid_matches_write_nothing,
+        postgres_invalid_matches_write_nothing;
+    ratings_order_and_limit => sqlite_ratings_order_and_limit,
+        postgres_ratings_order_and_limit;
+    concurrent_debates_lose_no_update => sqlite_concurrent_debates_lose_no_update,
+        postgres_concurrent_debates_lose_no_update;
+    events_of_kinds_filters_orders_pages => sqlite_events_of_kinds_filters_orders_pages,
+        postgres_events_of_kinds_filters_orders_pages;
+    count_debates_by_status_groups => sqlite_count_debates_by_status_groups,
+        postgres_count_debates_by_status_groups;
 }
 
 fn new_debate(id: &str, owner: Option<&str>) -> NewDebate {
@@ -617,6 +635,440 @@ async fn ping_and_pool_status(s: &DynStore) {
     assert!(status.idle <= status.size, "{status:?}");
 }
 
+fn game(a: &str, b: &str, score_a: f64) -> MatchResult {
+    MatchResult {
+        a: a.into(),
+        b: b.into(),
+        score_a,
+    }
+}
+
+/// (agent, rating, games, wins, losses, draws) of a leaderboard, for compact assertions.
+fn board(ratings: &[Rating]) -> Vec<(String, f64, i64, i64, i64, i64)> {
+    ratings
+        .iter()
+        .map(|r| {
+            (
+                r.agent.clone(),
+                r.rating,
+                r.games,
+                r.wins,
+                r.losses,
+                r.draws,
+            )
+        })
+        .collect()
+}
+
+fn row(
+    agent: &str,
+    rating: f64,
+    games: i64,
+    w: i64,
+    l: i64,
+    d: i64,
+) -> (String, f64, i64, i64, i64, i64) {
+    (agent.into(), rating, games, w, l, d)
+}
+
+async fn first_win_moves_sixteen(s: &DynStore) {
+    assert!(s.ratings(None, 0).await.unwrap().is_empty());
+    let before = Utc::now() - chrono::Duration::seconds(1);
+    assert!(
+        s.apply_match_results("d1", None, &[game("alpha", "beta", 1.0)])
+            .await
+            .unwrap()
+    );
+    let overall = s.ratings(None, 0).await.unwrap();
+    assert_eq!(
+        board(&overall),
+        [
+            row("alpha", INITIAL_RATING + 16.0, 1, 1, 0, 0),
+            row("beta", INITIAL_RATING - 16.0, 1, 0, 1, 0),
+        ]
+    );
+    assert!(overall.iter().all(|r| r.domain.is_none()));
+    assert!(overall.iter().all(|r| r.updated_at >= before));
+    // The loser winning back: a second debate moves from the updated ratings.
+    assert!(
+        s.apply_match_results("d2", None, &[game("alpha", "beta", 0.0)])
+            .await
+            .unwrap()
+    );
+    let (a, b) = aragora::ratings::update(1516.0, 1484.0, 0.0, K_FACTOR);
+    assert!(b - 1484.0 > 16.0, "an upset moves more than 16");
+    assert_eq!(
+        board(&s.ratings(None, 0).await.unwrap()),
+        [row("beta", b, 2, 1, 1, 0), row("alpha", a, 2, 1, 1, 0)]
+    );
+}
+
+async fn draws_are_counted(s: &DynStore) {
+    // Newcomers drawing stay at 1500.
+    s.apply_match_results("d1", None, &[game("alpha", "beta", 0.5)])
+        .await
+        .unwrap();
+    assert_eq!(
+        board(&s.ratings(None, 0).await.unwrap()),
+        [
+            row("alpha", 1500.0, 1, 0, 0, 1),
+            row("beta", 1500.0, 1, 0, 0, 1),
+        ]
+    );
+    // A draw against a weaker player costs rating; matches in one debate apply in order.
+    s.apply_match_results(
+        "d2",
+        None,
+        &[game("alpha", "gamma", 1.0), game("gamma", "beta", 0.5)],
+    )
+    .await
+    .unwrap();
+    let (alpha, gamma) = aragora::ratings::update(1500.0, 1500.0, 1.0, K_FACTOR);
+    let (gamma, beta) = aragora::ratings::update(gamma, 1500.0, 0.5, K_FACTOR);
+    assert!(
+        beta < 1500.0 && gamma > 1484.0,
+        "the stronger side of a draw loses points"
+    );
+    assert_eq!(
+        board(&s.ratings(None, 0).await.unwrap()),
+        [
+            row("alpha", alpha, 2, 1, 0, 1),
+            row("beta", beta, 2, 0, 0, 2),
+            row("gamma", gamma, 2, 0, 1, 1),
+        ]
+    );
+}
+
+async fn domain_ratings_are_separate(s: &DynStore) {
+    s.apply_match_results("d1", Some("math"), &[game("alpha", "beta", 1.0)])
+        .await
+        .unwrap();
+    s.apply_match_results("d2", None, &[game("alpha", "beta", 0.0)])
+        .await
+        .unwrap();
+    s.apply_match_results("d3", Some("law"), &[game("beta", "gamma", 0.5)])
+        .await
+        .unwrap();
+
+    let math = s.ratings(Some("math"), 0).await.unwrap();
+    assert_eq!(
+        board(&math),
+        [
+            row("alpha", 1516.0, 1, 1, 0, 0),
+            row("beta", 1484.0, 1, 0, 1, 0)
+        ]
+    );
+    assert!(math.iter().all(|r| r.domain.as_deref() == Some("math")));
+
+    let law = s.ratings(Some("law"), 0).await.unwrap();
+    assert_eq!(
+        board(&law),
+        [
+            row("beta", 1500.0, 1, 0, 0, 1),
+            row("gamma", 1500.0, 1, 0, 0, 1)
+        ]
+    );
+
+    // Overall saw all three debates, in order.
+    let (alpha, beta) = aragora::ratings::update(1516.0, 1484.0, 0.0, K_FACTOR);
+    let (beta, gamma) = aragora::ratings::update(beta, 1500.0, 0.5, K_FACTOR);
+    let overall = s.ratings(None, 0).await.unwrap();
+    assert_eq!(
+        board(&overall),
+        [
+            row("beta", beta, 3, 1, 1, 1),
+            row("gamma", gamma, 1, 0, 0, 1),
+            row("alpha", alpha, 2, 1, 1, 0),
+        ]
+    );
+    assert!(overall.iter().all(|r| r.domain.is_none()));
+    // Some("") is the overall board, not a domain of its own.
+    assert_eq!(s.ratings(Some(""), 0).await.unwrap(), overall);
+    assert!(s.ratings(Some("poetry"), 0).await.unwrap().is_empty());
+}
+
+async fn rating_is_idempotent_per_debate(s: &DynStore) {
+    let matches = [game("alpha", "beta", 1.0), game("beta", "gamma", 0.0)];
+    assert!(
+        s.apply_match_results("d1", Some("math"), &matches)
+            .await
+            .unwrap()
+    );
+    let overall = s.ratings(None, 0).await.unwrap();
+    let math = s.ratings(Some("math"), 0).await.unwrap();
+    // Replays — same or different matches, any domain — change nothing, timestamps included.
+    assert!(
+        !s.apply_match_results("d1", Some("math"), &matches)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.apply_match_results("d1", None, &[game("gamma", "delta", 1.0)])
+            .await
+            .unwrap()
+    );
+    assert!(!s.apply_match_results("d1", Some("law"), &[]).await.unwrap());
+    assert_eq!(s.ratings(None, 0).await.unwrap(), overall);
+    assert_eq!(s.ratings(Some("math"), 0).await.unwrap(), math);
+    assert!(s.ratings(Some("law"), 0).await.unwrap().is_empty());
+
+    // A debate with no matches is still marked rated.
+    assert!(s.apply_match_results("d2", None, &[]).await.unwrap());
+    assert!(
+        !s.apply_match_results("d2", None, &[game("alpha", "beta", 1.0)])
+            .await
+            .unwrap()
+    );
+    assert_eq!(s.ratings(None, 0).await.unwrap(), overall);
+
+    // Concurrent replays of one new debate: exactly one applies.
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.apply_match_results("d3", None, &[game("delta", "alpha", 1.0)])
+                .await
+                .unwrap()
+        }));
+    }
+    let mut applied = 0;
+    for t in tasks {
+        applied += usize::from(t.await.unwrap());
+    }
+    assert_eq!(applied, 1);
+    let delta = s.ratings(None, 0).await.unwrap();
+    let delta = delta.iter().find(|r| r.agent == "delta").unwrap();
+    assert_eq!((delta.games, delta.wins), (1, 1));
+}
+
+async fn invalid_matches_write_nothing(s: &DynStore) {
+    for bad in [
+        game("alpha", "alpha", 1.0),
+        game("alpha", "beta", 1.5),
+        game("alpha", "beta", -0.1),
+        game("alpha", "beta", f64::NAN),
+    ] {
+        let err = s
+            .apply_match_results("d1", None, &[game("alpha", "gamma", 1.0), bad.clone()])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::Database(sqlx::Error::InvalidArgument(_))),
+            "{bad:?}: {err:?}"
+        );
+    }
+    assert!(s.ratings(None, 0).await.unwrap().is_empty());
+    // The failed calls did not mark d1 rated.
+    assert!(
+        s.apply_match_results("d1", None, &[game("alpha", "gamma", 1.0)])
+            .await
+            .unwrap()
+    );
+}
+
+async fn ratings_order_and_limit(s: &DynStore) {
+    // Two equal pairs make ties at 1516 and 1484; mixed case checks byte order of names on
+    // both backends ("Zed" < "alpha" < "zed").
+    s.apply_match_results("d1", None, &[game("zed", "Zed", 1.0)])
+        .await
+        .unwrap();
+    s.apply_match_results("d2", None, &[game("alpha", "mid", 1.0)])
+        .await
+        .unwrap();
+    s.apply_match_results(
+        "d3",
+        None,
+        &[game("top", "mid", 1.0), game("top", "Zed", 1.0)],
+    )
+    .await
+    .unwrap();
+    let all = s.ratings(None, 0).await.unwrap();
+    let names: Vec<&str> = all.iter().map(|r| r.agent.as_str()).collect();
+    assert_eq!(names, ["top", "alpha", "zed", "Zed", "mid"]);
+    assert!(all.windows(2).all(|w| w[0].rating >= w[1].rating));
+    assert_eq!(all[1].rating, all[2].rating, "a tie, broken by name");
+
+    let top2 = s.ratings(None, 2).await.unwrap();
+    assert_eq!(top2, all[..2].to_vec());
+    assert_eq!(s.ratings(None, 1).await.unwrap(), all[..1].to_vec());
+
+    // 0 means 50; anything above 500 is 500.
+    let many: Vec<MatchResult> = (0..300)
+        .map(|i| game(&format!("w{i:03}"), &format!("l{i:03}"), 1.0))
+        .collect();
+    s.apply_match_results("d4", Some("bulk"), &many)
+        .await
+        .unwrap();
+    assert_eq!(s.ratings(Some("bulk"), 0).await.unwrap().len(), 50);
+    let capped = s.ratings(Some("bulk"), 10_000).await.unwrap();
+    assert_eq!(capped.len(), 500);
+    assert_eq!(capped[0].agent, "w000");
+    assert_eq!(capped[299].agent, "w299");
+    assert_eq!(capped[300].agent, "l000");
+    // 605 agents rated overall; the overall board is capped too.
+    assert_eq!(s.ratings(None, 10_000).await.unwrap().len(), 500);
+}
+
+async fn concurrent_debates_lose_no_update(s: &DynStore) {
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.apply_match_results(&format!("d{i}"), Some("chess"), &[game("a", "b", 1.0)])
+                .await
+                .unwrap()
+        }));
+    }
+    for task in tasks {
+        assert!(task.await.unwrap());
+    }
+    // Identical matches applied one after another give one deterministic result.
+    let (mut a, mut b) = (INITIAL_RATING, INITIAL_RATING);
+    for _ in 0..10 {
+        (a, b) = aragora::ratings::update(a, b, 1.0, K_FACTOR);
+    }
+    let expected = [row("a", a, 10, 10, 0, 0), row("b", b, 10, 0, 10, 0)];
+    assert_eq!(board(&s.ratings(None, 0).await.unwrap()), expected);
+    assert_eq!(board(&s.ratings(Some("chess"), 0).await.unwrap()), expected);
+}
+
+async fn events_of_kinds_filters_orders_pages(s: &DynStore) {
+    const KINDS: [&str; 5] = [
+        "debate_started",
+        "agent_message",
+        "critique",
+        "vote",
+        "round_end",
+    ];
+    s.create_debate(&new_debate("d1", None)).await.unwrap();
+    s.create_debate(&new_debate("d2", None)).await.unwrap();
+    let mut appended = Vec::new();
+    for i in 0..30 {
+        let e = NewEvent {
+            kind: KINDS[i % KINDS.len()].into(),
+            ..event(i)
+        };
+        appended.push(s.append_event("d1", &e).await.unwrap());
+        // Another debate's transcript interleaves and must not leak in.
+        s.append_event("d2", &e).await.unwrap();
+    }
+    let transcript = ["agent_message", "critique", "vote"];
+    let expected: Vec<_> = appended
+        .iter()
+        .filter(|e| transcript.contains(&e.kind.as_str()))
+        .cloned()
+        .collect();
+    assert_eq!(expected.len(), 18);
+
+    let got = s.events_of_kinds("d1", &transcript, 0, 0).await.unwrap();
+    assert_eq!(got, expected);
+    assert!(got.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert!(got.iter().all(|e| e.debate_id == "d1"));
+
+    // Paging walks the filtered sequence, not the raw log.
+    let mut paged = Vec::new();
+    for offset in (0..20).step_by(4) {
+        let page = s
+            .events_of_kinds("d1", &transcript, 4, offset)
+            .await
+            .unwrap();
+        assert_eq!(
+            page.len(),
+            if offset < 16 { 4 } else { 2 },
+            "offset {offset}"
+        );
+        paged.extend(page);
+    }
+    assert_eq!(paged, expected);
+    assert!(
+        s.events_of_kinds("d1", &transcript, 4, 18)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let votes = s.events_of_kinds("d1", &["vote"], 0, 0).await.unwrap();
+    assert_eq!(
+        votes.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [4, 9, 14, 19, 24, 29]
+    );
+    // Duplicated and unknown kinds are harmless; nothing matches an empty list.
+    assert_eq!(
+        s.events_of_kinds("d1", &["vote", "vote", "nope"], 0, 0)
+            .await
+            .unwrap(),
+        votes
+    );
+    assert!(s.events_of_kinds("d1", &[], 0, 0).await.unwrap().is_empty());
+    assert!(
+        s.events_of_kinds("missing", &transcript, 0, 0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Kinds are bound, never spliced into SQL.
+    assert!(
+        s.events_of_kinds(
+            "d1",
+            &["vote') OR ('1'='1", "x'; DROP TABLE debate_events; --"],
+            0,
+            0
+        )
+        .await
+        .unwrap()
+        .is_empty()
+    );
+    assert_eq!(s.last_seq("d1").await.unwrap(), 30);
+
+    // limit 0 means 100; larger limits return everything up to the cap.
+    s.create_debate(&new_debate("d3", None)).await.unwrap();
+    for i in 0..110 {
+        s.append_event("d3", &event(i)).await.unwrap();
+    }
+    let first = s
+        .events_of_kinds("d3", &["agent_message"], 0, 0)
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 100);
+    assert_eq!(first.last().unwrap().seq, 100);
+    let all = s
+        .events_of_kinds("d3", &["agent_message"], 5000, 0)
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 110);
+}
+
+async fn count_debates_by_status_groups(s: &DynStore) {
+    assert!(s.count_debates_by_status().await.unwrap().is_empty());
+    create_many(s, "d", 6).await;
+    for (id, status) in [
+        ("d-00", "completed"),
+        ("d-01", "running"),
+        ("d-02", "completed"),
+        ("d-03", "failed"),
+    ] {
+        s.update_debate(
+            id,
+            &DebateUpdate {
+                status: Some(status.into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let counts = s.count_debates_by_status().await.unwrap();
+    assert_eq!(
+        counts,
+        [
+            ("completed".to_string(), 2),
+            ("failed".to_string(), 1),
+            ("queued".to_string(), 2),
+            ("running".to_string(), 1),
+        ]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_search_path_from_url_isolates_schema() {
     let h = Harness::postgres().await;
@@ -679,6 +1131,45 @@ async fn postgres_two_pools_append_contiguously() {
         .collect();
     assert_eq!(seqs, (1..=200).collect::<Vec<i64>>());
     other.close().await;
+    h.store.close().await;
+}
+
+/// A migration this binary does not know, as a newer binary would have recorded it.
+const FOREIGN_MIGRATION: &str = "INSERT INTO _sqlx_migrations \
+     (version, description, success, checksum, execution_time) \
+     VALUES (99990101000000, 'from a newer binary', TRUE, X'00', 0)";
+
+/// Migrations are additive, so a binary must still start (and migrate) against a schema a
+/// newer binary has already moved ahead.
+#[tokio::test]
+async fn sqlite_migrate_tolerates_newer_schema() {
+    let h = Harness::sqlite().await;
+    let mut conn = sqlx::SqliteConnection::connect(&h.url).await.unwrap();
+    sqlx::query(FOREIGN_MIGRATION)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.ok();
+    h.store
+        .migrate()
+        .await
+        .expect("migrate against a newer schema");
+    h.store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_migrate_tolerates_newer_schema() {
+    let h = Harness::postgres().await;
+    let mut conn = PgConnection::connect(&h.url).await.unwrap();
+    sqlx::query(&FOREIGN_MIGRATION.replace("X'00'", "'\\x00'::bytea"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.ok();
+    h.store
+        .migrate()
+        .await
+        .expect("migrate against a newer schema");
     h.store.close().await;
 }
 
