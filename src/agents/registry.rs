@@ -1,5 +1,1244 @@
-//! Placeholder: replaced by the agent registry.
-pub struct Agent;
-pub struct AgentRegistry;
-pub struct AgentSpec;
-pub struct UnknownAgent;
+//! Agent names → provider + model, from `config/agents.toml` (compiled in as the default,
+//! or an operator's copy), plus the dynamic names `ollama:<model>` and `demo:<ms>`.
+//!
+//! Providers are built once from the environment (API keys, base URL overrides); the
+//! environment is injected so tests never touch the process environment. Every agent name
+//! gets one circuit breaker, created on first use and shared by every debate and every
+//! [`Agent`] value resolved for that name.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use utoipa::ToSchema;
+
+use super::anthropic::Anthropic;
+use super::demo::DemoProvider;
+use super::gemini::Gemini;
+use super::openai::OpenAiCompatible;
+use super::resilience::{
+    BreakerConfig, BreakerSnapshot, BreakerState, CallOutcome, CircuitBreaker, RetryPolicy,
+    call_with_resilience,
+};
+use super::{AgentError, CompletionRequest, DeltaSink, Provider};
+
+/// The compiled-in `config/agents.toml`.
+pub const DEFAULT_AGENTS_TOML: &str = include_str!("../../config/agents.toml");
+
+/// Provider ids an `agents.toml` entry may name.
+pub const PROVIDER_IDS: [&str; 9] = [
+    "anthropic",
+    "openai",
+    "gemini",
+    "xai",
+    "mistral",
+    "deepseek",
+    "openrouter",
+    "ollama",
+    "demo",
+];
+
+/// One agent name's provider and model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AgentSpec {
+    pub name: String,
+    pub provider: String,
+    pub model: String,
+}
+
+impl AgentSpec {
+    /// The dynamic names: `ollama:<model>` and `demo:<ms>`.
+    pub fn dynamic(name: &str) -> Option<AgentSpec> {
+        if let Some(model) = name.strip_prefix("ollama:") {
+            let model = model.trim();
+            if model.is_empty() || model.chars().any(char::is_whitespace) {
+                return None;
+            }
+            return Some(AgentSpec {
+                name: name.to_owned(),
+                provider: "ollama".into(),
+                model: model.to_owned(),
+            });
+        }
+        if name.starts_with("demo:") && DemoProvider::parse_model(name).is_some() {
+            return Some(AgentSpec {
+                name: name.to_owned(),
+                provider: "demo".into(),
+                model: name.to_owned(),
+            });
+        }
+        None
+    }
+}
+
+/// Where a provider is reached (for diagnostics; never contains the key itself).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProviderEndpoint {
+    pub id: &'static str,
+    /// Empty for `demo`.
+    pub base_url: String,
+    /// The variable the key comes from (None: no key needed).
+    pub key_env: Option<&'static str>,
+    pub key_required: bool,
+    pub key_set: bool,
+}
+
+impl ProviderEndpoint {
+    /// Credentials present, or none needed.
+    pub fn available(&self) -> bool {
+        !self.key_required || self.key_set
+    }
+}
+
+/// (id, key variable, key required, base URL override variable, default base URL)
+const ENDPOINTS: [(&str, &str, bool, &str, &str); 7] = [
+    (
+        "anthropic",
+        "ANTHROPIC_API_KEY",
+        true,
+        "ARAGORA_ANTHROPIC_BASE_URL",
+        "https://api.anthropic.com",
+    ),
+    (
+        "openai",
+        "OPENAI_API_KEY",
+        true,
+        "ARAGORA_OPENAI_BASE_URL",
+        "https://api.openai.com/v1",
+    ),
+    (
+        "gemini",
+        "GEMINI_API_KEY",
+        true,
+        "ARAGORA_GEMINI_BASE_URL",
+        "https://generativelanguage.googleapis.com",
+    ),
+    (
+        "xai",
+        "XAI_API_KEY",
+        true,
+        "ARAGORA_XAI_BASE_URL",
+        "https://api.x.ai/v1",
+    ),
+    (
+        "mistral",
+        "MISTRAL_API_KEY",
+        true,
+        "ARAGORA_MISTRAL_BASE_URL",
+        "https://api.mistral.ai/v1",
+    ),
+    (
+        "deepseek",
+        "DEEPSEEK_API_KEY",
+        true,
+        "ARAGORA_DEEPSEEK_BASE_URL",
+        "https://api.deepseek.com/v1",
+    ),
+    (
+        "openrouter",
+        "OPENROUTER_API_KEY",
+        true,
+        "ARAGORA_OPENROUTER_BASE_URL",
+        "https://openrouter.ai/api/v1",
+    ),
+];
+
+/// Non-empty, trimmed value of an environment variable.
+fn env_value(env: &dyn Fn(&str) -> Option<String>, key: &str) -> Option<String> {
+    env(key)
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+/// `OLLAMA_HOST` as a base URL: `host[:port]` without a scheme gets `http://` and, without
+/// a port, Ollama's 11434 (as the ollama CLI does).
+fn ollama_host_url(host: &str) -> String {
+    let host = host.trim().trim_end_matches('/');
+    if host.contains("://") {
+        return host.to_owned();
+    }
+    let authority = host.split('/').next().unwrap_or(host);
+    let has_port = match authority.rsplit_once(':') {
+        // `[::1]:11434` has a port, `[::1]` has not.
+        Some((before, port)) => {
+            !port.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && (!before.contains(':') || before.ends_with(']'))
+        }
+        None => false,
+    };
+    if has_port {
+        format!("http://{host}")
+    } else {
+        format!("http://{authority}:11434{}", &host[authority.len()..])
+    }
+}
+
+/// Every provider's endpoint as the environment configures it.
+pub fn provider_endpoints(env: &dyn Fn(&str) -> Option<String>) -> Vec<ProviderEndpoint> {
+    let mut out: Vec<ProviderEndpoint> = ENDPOINTS
+        .iter()
+        .map(
+            |&(id, key_env, key_required, base_env, default)| ProviderEndpoint {
+                id,
+                base_url: env_value(env, base_env)
+                    .unwrap_or_else(|| default.to_owned())
+                    .trim_end_matches('/')
+                    .to_owned(),
+                key_env: Some(key_env),
+                key_required,
+                key_set: env_value(env, key_env).is_some(),
+            },
+        )
+        .collect();
+    let ollama = env_value(env, "ARAGORA_OLLAMA_BASE_URL")
+        .map(|u| u.trim_end_matches('/').to_owned())
+        .unwrap_or_else(|| {
+            let host = env_value(env, "OLLAMA_HOST").unwrap_or_else(|| "localhost:11434".into());
+            format!("{}/v1", ollama_host_url(&host))
+        });
+    out.push(ProviderEndpoint {
+        id: "ollama",
+        base_url: ollama,
+        key_env: Some("OLLAMA_API_KEY"),
+        key_required: false,
+        key_set: env_value(env, "OLLAMA_API_KEY").is_some(),
+    });
+    out.push(ProviderEndpoint {
+        id: "demo",
+        base_url: String::new(),
+        key_env: None,
+        key_required: false,
+        key_set: false,
+    });
+    out
+}
+
+fn build_provider(
+    ep: &ProviderEndpoint,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Arc<dyn Provider> {
+    let key = ep.key_env.and_then(|k| env_value(env, k));
+    let base = ep.base_url.clone();
+    match ep.id {
+        "anthropic" => Arc::new(Anthropic::new(base, key)),
+        "gemini" => Arc::new(Gemini::new(base, key)),
+        "demo" => Arc::new(DemoProvider::new()),
+        id => Arc::new(OpenAiCompatible::new(
+            id,
+            base,
+            key,
+            ep.key_env.unwrap_or(""),
+            ep.key_required,
+        )),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// agents.toml
+// ---------------------------------------------------------------------------------------
+
+/// Why the registry could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("cannot read agents file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{source_name}: invalid TOML: {message}")]
+    Toml {
+        source_name: String,
+        message: String,
+    },
+    #[error("{source_name}: {message}")]
+    Structure {
+        source_name: String,
+        message: String,
+    },
+    #[error("{source_name}: agent `{agent}` ([agents.{agent}]): {message}")]
+    Entry {
+        source_name: String,
+        agent: String,
+        message: String,
+    },
+}
+
+/// Parse an `agents.toml` text. `source_name` (a path, or "built-in agents.toml") is used
+/// in errors.
+pub fn parse_agents_toml(text: &str, source_name: &str) -> Result<Vec<AgentSpec>, RegistryError> {
+    let structure = |message: String| RegistryError::Structure {
+        source_name: source_name.to_owned(),
+        message,
+    };
+    let table: toml::Table = toml::from_str(text).map_err(|e| RegistryError::Toml {
+        source_name: source_name.to_owned(),
+        message: e.to_string().trim().to_owned(),
+    })?;
+    if let Some(key) = table.keys().find(|k| *k != "agents") {
+        return Err(structure(format!(
+            "unknown top-level key `{key}` (expected [agents.<name>] tables)"
+        )));
+    }
+    let Some(agents) = table.get("agents") else {
+        return Ok(Vec::new());
+    };
+    let agents = agents
+        .as_table()
+        .ok_or_else(|| structure("`agents` must be a table of [agents.<name>] entries".into()))?;
+
+    let mut specs = Vec::with_capacity(agents.len());
+    for (name, entry) in agents {
+        let fail = |message: String| RegistryError::Entry {
+            source_name: source_name.to_owned(),
+            agent: name.clone(),
+            message,
+        };
+        if name.trim().is_empty() || name.chars().any(|c| c.is_whitespace() || c == ':') {
+            return Err(fail(
+                "invalid name: names may not be empty or contain whitespace or `:` \
+                 (reserved for ollama:<model> and demo:<ms>)"
+                    .into(),
+            ));
+        }
+        let entry = entry
+            .as_table()
+            .ok_or_else(|| fail("must be a table with `provider` and `model`".into()))?;
+        if let Some(key) = entry.keys().find(|k| *k != "provider" && *k != "model") {
+            return Err(fail(format!(
+                "unknown key `{key}` (expected `provider` and `model`)"
+            )));
+        }
+        let string = |key: &str| -> Result<String, RegistryError> {
+            match entry.get(key) {
+                None => Err(fail(format!("missing `{key}`"))),
+                Some(toml::Value::String(s)) if !s.trim().is_empty() => Ok(s.trim().to_owned()),
+                Some(toml::Value::String(_)) => Err(fail(format!("`{key}` is empty"))),
+                Some(other) => Err(fail(format!(
+                    "`{key}` must be a string, not {}",
+                    other.type_str()
+                ))),
+            }
+        };
+        let provider = string("provider")?;
+        if !PROVIDER_IDS.contains(&provider.as_str()) {
+            return Err(fail(format!(
+                "unknown provider `{provider}` (known: {})",
+                PROVIDER_IDS.join(", ")
+            )));
+        }
+        let model = string("model")?;
+        if provider == "demo" && DemoProvider::parse_model(&model).is_none() {
+            return Err(fail(format!(
+                "invalid demo model `{model}` (use `demo` or `demo:<ms>`)"
+            )));
+        }
+        specs.push(AgentSpec {
+            name: name.clone(),
+            provider,
+            model,
+        });
+    }
+    Ok(specs)
+}
+
+// ---------------------------------------------------------------------------------------
+// Registry
+// ---------------------------------------------------------------------------------------
+
+/// `resolve` got a name that is neither configured nor dynamic.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unknown agent `{name}`; known agents: {} (or `ollama:<model>`, `demo:<ms>`)",
+    known.join(", ")
+)]
+pub struct UnknownAgent {
+    pub name: String,
+    pub known: Vec<String>,
+}
+
+/// One configured agent for `GET /api/agents`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct AgentInfo {
+    pub name: String,
+    pub provider: String,
+    pub model: String,
+    /// Credentials present (or none needed).
+    pub available: bool,
+    pub circuit: BreakerState,
+}
+
+#[derive(Clone)]
+struct Entry {
+    provider_id: String,
+    model: String,
+    provider: Arc<dyn Provider>,
+    available: bool,
+}
+
+/// Agent names, their providers and breakers. Build once at start-up and share (`Arc`).
+pub struct AgentRegistry {
+    entries: BTreeMap<String, Entry>,
+    /// Built-in providers by id (for dynamic names).
+    providers: BTreeMap<&'static str, (Arc<dyn Provider>, ProviderEndpoint)>,
+    breakers: Mutex<BTreeMap<String, Arc<CircuitBreaker>>>,
+    breaker_config: BreakerConfig,
+    retry: RetryPolicy,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for AgentRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentRegistry")
+            .field("agents", &self.known_names())
+            .field("breaker_config", &self.breaker_config)
+            .field("retry", &self.retry)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl AgentRegistry {
+    /// Load `agents_toml` (None: the compiled-in default) and build the providers from
+    /// `env`. `timeout` bounds each agent call (retries included).
+    pub fn load(
+        agents_toml: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+        breaker: BreakerConfig,
+        retry: RetryPolicy,
+        timeout: Duration,
+    ) -> Result<AgentRegistry, RegistryError> {
+        let specs = match agents_toml {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| RegistryError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                parse_agents_toml(&text, &path.display().to_string())?
+            }
+            None => parse_agents_toml(DEFAULT_AGENTS_TOML, "built-in agents.toml")?,
+        };
+        Ok(Self::from_specs(specs, env, breaker, retry, timeout))
+    }
+
+    /// A registry from an `agents.toml` text (tests, embedded configs).
+    pub fn from_toml_str(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+        breaker: BreakerConfig,
+        retry: RetryPolicy,
+        timeout: Duration,
+    ) -> Result<AgentRegistry, RegistryError> {
+        let specs = parse_agents_toml(text, "agents.toml")?;
+        Ok(Self::from_specs(specs, env, breaker, retry, timeout))
+    }
+
+    /// A registry with no configured names (dynamic names still resolve; demo needs no
+    /// environment). Add agents with [`with_provider`](Self::with_provider).
+    pub fn empty(breaker: BreakerConfig, retry: RetryPolicy, timeout: Duration) -> AgentRegistry {
+        Self::from_specs(Vec::new(), &|_| None, breaker, retry, timeout)
+    }
+
+    fn from_specs(
+        specs: Vec<AgentSpec>,
+        env: &dyn Fn(&str) -> Option<String>,
+        breaker_config: BreakerConfig,
+        retry: RetryPolicy,
+        timeout: Duration,
+    ) -> AgentRegistry {
+        let providers: BTreeMap<&'static str, (Arc<dyn Provider>, ProviderEndpoint)> =
+            provider_endpoints(env)
+                .into_iter()
+                .map(|ep| (ep.id, (build_provider(&ep, env), ep)))
+                .collect();
+        let entries = specs
+            .into_iter()
+            .map(|spec| {
+                // parse_agents_toml only lets known provider ids through.
+                let (provider, ep) = &providers[spec.provider.as_str()];
+                let entry = Entry {
+                    provider_id: spec.provider,
+                    model: spec.model,
+                    provider: Arc::clone(provider),
+                    available: ep.available(),
+                };
+                (spec.name, entry)
+            })
+            .collect();
+        AgentRegistry {
+            entries,
+            providers,
+            breakers: Mutex::new(BTreeMap::new()),
+            breaker_config,
+            retry,
+            timeout,
+        }
+    }
+
+    /// Register (or replace) `name` with a custom provider, e.g. a scripted fake in tests.
+    /// Its availability is `provider.available()`.
+    pub fn with_provider(
+        mut self,
+        name: impl Into<String>,
+        provider: Arc<dyn Provider>,
+        model: impl Into<String>,
+    ) -> AgentRegistry {
+        let name = name.into().trim().to_owned();
+        self.lock_breakers().remove(&name);
+        let entry = Entry {
+            provider_id: provider.id().to_owned(),
+            model: model.into(),
+            available: provider.available(),
+            provider,
+        };
+        self.entries.insert(name, entry);
+        self
+    }
+
+    pub fn breaker_config(&self) -> BreakerConfig {
+        self.breaker_config
+    }
+
+    pub fn retry_policy(&self) -> RetryPolicy {
+        self.retry
+    }
+
+    /// Budget of one agent call.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Configured names, sorted.
+    pub fn known_names(&self) -> Vec<String> {
+        self.entries.keys().cloned().collect()
+    }
+
+    /// Where each built-in provider is reached, per the environment.
+    pub fn endpoints(&self) -> Vec<ProviderEndpoint> {
+        self.providers.values().map(|(_, ep)| ep.clone()).collect()
+    }
+
+    /// The provider and model a name stands for (configured or dynamic).
+    pub fn spec(&self, name: &str) -> Option<AgentSpec> {
+        let name = name.trim();
+        match self.entries.get(name) {
+            Some(e) => Some(AgentSpec {
+                name: name.to_owned(),
+                provider: e.provider_id.clone(),
+                model: e.model.clone(),
+            }),
+            None => AgentSpec::dynamic(name),
+        }
+    }
+
+    /// An agent by name (trimmed, case-sensitive): a configured name, `ollama:<model>`
+    /// or `demo:<ms>`.
+    pub fn resolve(&self, name: &str) -> Result<Agent, UnknownAgent> {
+        let name = name.trim();
+        let entry = match self.entries.get(name) {
+            Some(entry) => entry.clone(),
+            None => {
+                let spec = AgentSpec::dynamic(name).ok_or_else(|| UnknownAgent {
+                    name: name.to_owned(),
+                    known: self.known_names(),
+                })?;
+                let (provider, ep) = &self.providers[spec.provider.as_str()];
+                Entry {
+                    provider_id: spec.provider,
+                    model: spec.model,
+                    provider: Arc::clone(provider),
+                    available: ep.available(),
+                }
+            }
+        };
+        Ok(Agent {
+            name: Arc::from(name),
+            provider_id: Arc::from(entry.provider_id.as_str()),
+            model: Arc::from(entry.model.as_str()),
+            provider: entry.provider,
+            available: entry.available,
+            breaker: self.breaker_for(name),
+            retry: self.retry,
+            timeout: self.timeout,
+        })
+    }
+
+    /// Every configured agent with its availability and breaker state.
+    pub fn list(&self) -> Vec<AgentInfo> {
+        let breakers = self.lock_breakers();
+        self.entries
+            .iter()
+            .map(|(name, e)| AgentInfo {
+                name: name.clone(),
+                provider: e.provider_id.clone(),
+                model: e.model.clone(),
+                available: e.available,
+                circuit: breakers
+                    .get(name)
+                    .map_or(BreakerState::Closed, |b| b.state()),
+            })
+            .collect()
+    }
+
+    /// Snapshots of every breaker created so far (agents that have been resolved), by name.
+    pub fn breakers(&self) -> Vec<(String, BreakerSnapshot)> {
+        self.lock_breakers()
+            .iter()
+            .map(|(name, b)| (name.clone(), b.snapshot()))
+            .collect()
+    }
+
+    /// (open, half-open) breakers, for health.
+    pub fn breaker_counts(&self) -> (usize, usize) {
+        let breakers = self.lock_breakers();
+        breakers
+            .values()
+            .fold((0, 0), |(open, half), b| match b.state() {
+                BreakerState::Open => (open + 1, half),
+                BreakerState::HalfOpen => (open, half + 1),
+                BreakerState::Closed => (open, half),
+            })
+    }
+
+    /// Close `name`'s breaker (operator action). False if the name is unknown.
+    pub fn reset_breaker(&self, name: &str) -> bool {
+        let name = name.trim();
+        if let Some(b) = self.lock_breakers().get(name) {
+            b.reset();
+            return true;
+        }
+        self.entries.contains_key(name) || AgentSpec::dynamic(name).is_some()
+    }
+
+    fn breaker_for(&self, name: &str) -> Arc<CircuitBreaker> {
+        let mut breakers = self.lock_breakers();
+        Arc::clone(
+            breakers
+                .entry(name.to_owned())
+                .or_insert_with(|| Arc::new(CircuitBreaker::new(name, self.breaker_config))),
+        )
+    }
+
+    fn lock_breakers(&self) -> MutexGuard<'_, BTreeMap<String, Arc<CircuitBreaker>>> {
+        self.breakers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A resolved agent: provider, model, the name's shared breaker and the call policy.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Agent {
+    name: Arc<str>,
+    provider_id: Arc<str>,
+    model: Arc<str>,
+    provider: Arc<dyn Provider>,
+    available: bool,
+    breaker: Arc<CircuitBreaker>,
+    retry: RetryPolicy,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("name", &self.name)
+            .field("provider", &self.provider_id)
+            .field("model", &self.model)
+            .field("available", &self.available)
+            .finish()
+    }
+}
+
+impl Agent {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn provider_id(&self) -> &str {
+        &self.provider_id
+    }
+
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    /// Credentials present (or none needed).
+    pub fn available(&self) -> bool {
+        self.available
+    }
+
+    pub fn breaker_state(&self) -> BreakerState {
+        self.breaker.state()
+    }
+
+    pub fn breaker(&self) -> &Arc<CircuitBreaker> {
+        &self.breaker
+    }
+
+    /// Budget of one call (retries included).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The same agent with another call budget (e.g. a debate's remaining time).
+    pub fn with_timeout(mut self, timeout: Duration) -> Agent {
+        self.timeout = timeout;
+        self
+    }
+
+    /// One call with retries, the breaker, the timeout and cancellation
+    /// (see [`call_with_resilience`]).
+    pub async fn call(
+        &self,
+        request: &CompletionRequest,
+        deltas: Option<&DeltaSink>,
+        cancel: &CancellationToken,
+    ) -> Result<CallOutcome, AgentError> {
+        call_with_resilience(
+            &self.name,
+            self.provider.as_ref(),
+            &self.model,
+            request,
+            deltas,
+            &self.breaker,
+            &self.retry,
+            self.timeout,
+            cancel,
+        )
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::agents::{Completion, Usage};
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k: &str| map.get(k).cloned()
+    }
+
+    fn registry(env: &dyn Fn(&str) -> Option<String>) -> AgentRegistry {
+        AgentRegistry::load(
+            None,
+            env,
+            BreakerConfig::default(),
+            RetryPolicy::default(),
+            Duration::from_secs(30),
+        )
+        .expect("built-in agents.toml is valid")
+    }
+
+    fn from_str(text: &str) -> Result<AgentRegistry, RegistryError> {
+        AgentRegistry::from_toml_str(
+            text,
+            &no_env,
+            BreakerConfig::default(),
+            RetryPolicy::default(),
+            Duration::from_secs(30),
+        )
+    }
+
+    /// Always fails with a 503 and counts calls.
+    struct Failing(AtomicU32);
+
+    #[async_trait]
+    impl Provider for Failing {
+        fn id(&self) -> &str {
+            "fake"
+        }
+        fn available(&self) -> bool {
+            true
+        }
+        async fn complete(
+            &self,
+            _model: &str,
+            _request: &CompletionRequest,
+            _deltas: Option<&DeltaSink>,
+        ) -> Result<Completion, AgentError> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Err(AgentError::Server {
+                status: 503,
+                message: "down".into(),
+            })
+        }
+    }
+
+    /// Echoes the model it was called with.
+    struct Echo;
+
+    #[async_trait]
+    impl Provider for Echo {
+        fn id(&self) -> &str {
+            "echo"
+        }
+        fn available(&self) -> bool {
+            false
+        }
+        async fn complete(
+            &self,
+            model: &str,
+            request: &CompletionRequest,
+            _deltas: Option<&DeltaSink>,
+        ) -> Result<Completion, AgentError> {
+            let text = format!("{model}: {}", request.messages[0].content);
+            Ok(Completion {
+                usage: Usage::estimate("", &text),
+                text,
+                model: model.to_owned(),
+                finish_reason: None,
+            })
+        }
+    }
+
+    #[test]
+    fn built_in_agents_toml_maps_names_to_providers() {
+        let r = registry(&no_env);
+        let expect = [
+            ("claude", "anthropic", "claude-sonnet-4-5"),
+            ("gpt-4", "openai", "gpt-4o"),
+            ("gpt-4o-mini", "openai", "gpt-4o-mini"),
+            ("gemini", "gemini", "gemini-2.5-pro"),
+            ("grok", "xai", "grok-4"),
+            ("mistral", "mistral", "mistral-large-latest"),
+            ("deepseek", "deepseek", "deepseek-chat"),
+            ("demo", "demo", "demo"),
+        ];
+        for (name, provider, model) in expect {
+            let agent = r.resolve(name).unwrap();
+            assert_eq!(agent.name(), name);
+            assert_eq!(agent.provider_id(), provider, "{name}");
+            assert_eq!(agent.model(), model, "{name}");
+        }
+        let openrouter = r.resolve("openrouter").unwrap();
+        assert_eq!(openrouter.provider_id(), "openrouter");
+        assert!(!openrouter.model().is_empty());
+        assert_eq!(r.known_names().len(), 9);
+        let mut sorted = r.known_names();
+        sorted.sort();
+        assert_eq!(sorted, r.known_names());
+    }
+
+    #[test]
+    fn dynamic_names_resolve() {
+        let r = registry(&no_env);
+        let a = r.resolve("ollama:llama3.1:8b").unwrap();
+        assert_eq!(
+            (a.provider_id(), a.model(), a.name()),
+            ("ollama", "llama3.1:8b", "ollama:llama3.1:8b")
+        );
+        assert!(a.available(), "ollama needs no key");
+        let d = r.resolve("demo:250").unwrap();
+        assert_eq!((d.provider_id(), d.model()), ("demo", "demo:250"));
+        assert!(d.available());
+        for bad in ["ollama:", "demo:", "demo:fast", "demo:-5"] {
+            assert!(r.resolve(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn unknown_agent_lists_known_names_and_names_are_trimmed_case_sensitive() {
+        let r = registry(&no_env);
+        assert_eq!(r.resolve("  claude \n").unwrap().name(), "claude");
+        let err = r.resolve("Claude").unwrap_err();
+        assert_eq!(err.name, "Claude");
+        assert_eq!(err.known, r.known_names());
+        let msg = err.to_string();
+        assert!(msg.contains("unknown agent `Claude`"), "{msg}");
+        for name in ["claude", "gpt-4", "gemini", "demo", "ollama:<model>"] {
+            assert!(msg.contains(name), "{msg} lacks {name}");
+        }
+    }
+
+    #[test]
+    fn keys_in_env_make_agents_available() {
+        let env = env_of(&[("ANTHROPIC_API_KEY", "sk-ant"), ("XAI_API_KEY", "  ")]);
+        let r = registry(&env);
+        let list: HashMap<String, AgentInfo> =
+            r.list().into_iter().map(|i| (i.name.clone(), i)).collect();
+        assert_eq!(list.len(), 9);
+        assert!(list["claude"].available);
+        assert!(!list["gpt-4"].available);
+        assert!(!list["gemini"].available);
+        assert!(!list["grok"].available, "blank key is no key");
+        assert!(list["demo"].available);
+        assert_eq!(list["claude"].circuit, BreakerState::Closed);
+        assert_eq!(list["claude"].provider, "anthropic");
+        assert!(r.resolve("claude").unwrap().available());
+        assert!(!r.resolve("mistral").unwrap().available());
+
+        let json = serde_json::to_value(&list["claude"]).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"name": "claude", "provider": "anthropic",
+                "model": "claude-sonnet-4-5", "available": true, "circuit": "closed"})
+        );
+
+        let all = env_of(&[
+            ("OPENAI_API_KEY", "a"),
+            ("GEMINI_API_KEY", "b"),
+            ("MISTRAL_API_KEY", "c"),
+            ("DEEPSEEK_API_KEY", "d"),
+            ("OPENROUTER_API_KEY", "e"),
+            ("XAI_API_KEY", "f"),
+            ("ANTHROPIC_API_KEY", "g"),
+        ]);
+        assert!(registry(&all).list().iter().all(|i| i.available));
+    }
+
+    #[test]
+    fn default_base_urls() {
+        let eps: HashMap<&str, ProviderEndpoint> = provider_endpoints(&no_env)
+            .into_iter()
+            .map(|e| (e.id, e))
+            .collect();
+        let expect = [
+            ("anthropic", "https://api.anthropic.com"),
+            ("openai", "https://api.openai.com/v1"),
+            ("gemini", "https://generativelanguage.googleapis.com"),
+            ("xai", "https://api.x.ai/v1"),
+            ("mistral", "https://api.mistral.ai/v1"),
+            ("deepseek", "https://api.deepseek.com/v1"),
+            ("openrouter", "https://openrouter.ai/api/v1"),
+            ("ollama", "http://localhost:11434/v1"),
+        ];
+        for (id, url) in expect {
+            assert_eq!(eps[id].base_url, url, "{id}");
+        }
+        assert_eq!(eps["openai"].key_env, Some("OPENAI_API_KEY"));
+        assert!(eps["anthropic"].key_required && !eps["anthropic"].key_set);
+        assert!(!eps["ollama"].key_required);
+        assert_eq!(eps.len(), PROVIDER_IDS.len());
+    }
+
+    #[test]
+    fn base_urls_are_overridable() {
+        let env = env_of(&[
+            ("ARAGORA_ANTHROPIC_BASE_URL", "http://127.0.0.1:9001/"),
+            ("ARAGORA_OPENAI_BASE_URL", "http://proxy.local/openai/v1"),
+            ("ARAGORA_GEMINI_BASE_URL", "http://127.0.0.1:9003"),
+            ("ARAGORA_XAI_BASE_URL", "http://x/v1"),
+            ("ARAGORA_MISTRAL_BASE_URL", "http://m/v1"),
+            ("ARAGORA_DEEPSEEK_BASE_URL", "http://d/v1"),
+            ("ARAGORA_OPENROUTER_BASE_URL", "http://o/api/v1"),
+            ("OLLAMA_HOST", "gpu-box:11500"),
+        ]);
+        let r = registry(&env);
+        let eps: HashMap<&str, ProviderEndpoint> =
+            r.endpoints().into_iter().map(|e| (e.id, e)).collect();
+        assert_eq!(eps["anthropic"].base_url, "http://127.0.0.1:9001");
+        assert_eq!(eps["openai"].base_url, "http://proxy.local/openai/v1");
+        assert_eq!(eps["gemini"].base_url, "http://127.0.0.1:9003");
+        assert_eq!(eps["xai"].base_url, "http://x/v1");
+        assert_eq!(eps["mistral"].base_url, "http://m/v1");
+        assert_eq!(eps["deepseek"].base_url, "http://d/v1");
+        assert_eq!(eps["openrouter"].base_url, "http://o/api/v1");
+        assert_eq!(eps["ollama"].base_url, "http://gpu-box:11500/v1");
+
+        let ollama = |pairs: &[(&str, &str)]| {
+            provider_endpoints(&env_of(pairs))
+                .into_iter()
+                .find(|e| e.id == "ollama")
+                .unwrap()
+                .base_url
+        };
+        assert_eq!(
+            ollama(&[("OLLAMA_HOST", "https://ollama.example.com/")]),
+            "https://ollama.example.com/v1"
+        );
+        assert_eq!(
+            ollama(&[("OLLAMA_HOST", "10.0.0.5")]),
+            "http://10.0.0.5:11434/v1"
+        );
+        assert_eq!(ollama(&[("OLLAMA_HOST", "[::1]")]), "http://[::1]:11434/v1");
+        assert_eq!(
+            ollama(&[("OLLAMA_HOST", "[::1]:8080")]),
+            "http://[::1]:8080/v1"
+        );
+        assert_eq!(
+            ollama(&[
+                ("OLLAMA_HOST", "ignored:1"),
+                ("ARAGORA_OLLAMA_BASE_URL", "http://ollama:11434/v1/"),
+            ]),
+            "http://ollama:11434/v1"
+        );
+    }
+
+    #[test]
+    fn invalid_agents_toml_errors_name_the_entry() {
+        let err = from_str("[agents.foo]\nprovider = \"acme\"\nmodel = \"x\"\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(&err, RegistryError::Entry { agent, .. } if agent == "foo"));
+        assert!(
+            msg.contains("`foo`") && msg.contains("unknown provider `acme`"),
+            "{msg}"
+        );
+
+        let msg = from_str("[agents.bar]\nprovider = \"openai\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("`bar`") && msg.contains("missing `model`"),
+            "{msg}"
+        );
+
+        let msg = from_str("[agents.baz]\nprovider = \"openai\"\nmodle = \"gpt\"\nmodel = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("`baz`") && msg.contains("unknown key `modle`"),
+            "{msg}"
+        );
+
+        let msg = from_str("[agents.qux]\nprovider = \"openai\"\nmodel = 4\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("`qux`") && msg.contains("must be a string"),
+            "{msg}"
+        );
+
+        let msg = from_str("[agents.slow]\nprovider = \"demo\"\nmodel = \"demo:soon\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("`slow`") && msg.contains("invalid demo model"),
+            "{msg}"
+        );
+
+        let msg = from_str("[agents.\"a:b\"]\nprovider = \"demo\"\nmodel = \"demo\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("`a:b`") && msg.contains("invalid name"),
+            "{msg}"
+        );
+
+        let err = from_str("[agents.claude\nprovider = ").unwrap_err();
+        assert!(matches!(err, RegistryError::Toml { .. }), "{err}");
+        assert!(err.to_string().contains("invalid TOML"));
+
+        let err =
+            from_str("[agent.claude]\nprovider = \"anthropic\"\nmodel = \"m\"\n").unwrap_err();
+        assert!(
+            err.to_string().contains("unknown top-level key `agent`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn loads_an_operator_file_from_a_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agents.toml");
+        std::fs::write(
+            &path,
+            "# mine\n[agents.local]\nprovider = \"ollama\"\nmodel = \"qwen2.5\"\n\
+             [agents.slow-demo]\nprovider = \"demo\"\nmodel = \"demo:50\"\n",
+        )
+        .unwrap();
+        let r = AgentRegistry::load(
+            Some(&path),
+            &no_env,
+            BreakerConfig::default(),
+            RetryPolicy::default(),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        assert_eq!(r.known_names(), vec!["local", "slow-demo"]);
+        assert_eq!(r.resolve("local").unwrap().model(), "qwen2.5");
+        assert!(
+            r.resolve("claude").is_err(),
+            "the file replaces the default"
+        );
+
+        std::fs::write(
+            &path,
+            "[agents.broken]\nprovider = \"nope\"\nmodel = \"m\"\n",
+        )
+        .unwrap();
+        let err = AgentRegistry::load(
+            Some(&path),
+            &no_env,
+            BreakerConfig::default(),
+            RetryPolicy::default(),
+            Duration::from_secs(5),
+        )
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&path.display().to_string()) && msg.contains("`broken`"),
+            "{msg}"
+        );
+
+        let missing = dir.path().join("missing.toml");
+        let err = AgentRegistry::load(
+            Some(&missing),
+            &no_env,
+            BreakerConfig::default(),
+            RetryPolicy::default(),
+            Duration::from_secs(5),
+        )
+        .unwrap_err();
+        assert!(matches!(err, RegistryError::Read { .. }));
+        assert!(err.to_string().contains("missing.toml"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn resolved_agents_share_one_breaker_per_name() {
+        let failing = Arc::new(Failing(AtomicU32::new(0)));
+        let r = AgentRegistry::load(
+            None,
+            &no_env,
+            BreakerConfig {
+                failure_threshold: 2,
+                ..BreakerConfig::default()
+            },
+            RetryPolicy::none(),
+            Duration::from_secs(5),
+        )
+        .unwrap()
+        .with_provider("flaky", failing.clone(), "m1");
+        let first = r.resolve("flaky").unwrap();
+        let second = r.resolve(" flaky ").unwrap();
+        assert!(Arc::ptr_eq(first.breaker(), second.breaker()));
+        assert!(r.breakers().iter().any(|(n, _)| n == "flaky"));
+        let cancel = CancellationToken::new();
+        let req = CompletionRequest::single("s", "p");
+
+        assert!(first.call(&req, None, &cancel).await.is_err());
+        assert!(second.call(&req, None, &cancel).await.is_err());
+        assert_eq!(failing.0.load(Ordering::SeqCst), 2);
+        // Opened by calls through two different Agent values; a third resolve sees it.
+        let third = r.resolve("flaky").unwrap();
+        assert_eq!(third.breaker_state(), BreakerState::Open);
+        assert!(matches!(
+            third.call(&req, None, &cancel).await,
+            Err(AgentError::CircuitOpen(_))
+        ));
+        assert_eq!(failing.0.load(Ordering::SeqCst), 2);
+
+        assert_eq!(r.breaker_counts(), (1, 0));
+        let info = r.list().into_iter().find(|i| i.name == "flaky").unwrap();
+        assert_eq!(info.circuit, BreakerState::Open);
+        assert_eq!(info.provider, "fake");
+        let (_, snap) = r
+            .breakers()
+            .into_iter()
+            .find(|(n, _)| n == "flaky")
+            .unwrap();
+        assert_eq!(snap.state, BreakerState::Open);
+        assert_eq!(snap.consecutive_failures, 2);
+
+        // Another name is unaffected.
+        assert_eq!(
+            r.resolve("demo").unwrap().breaker_state(),
+            BreakerState::Closed
+        );
+
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(r.breaker_counts(), (0, 1));
+
+        assert!(r.reset_breaker("flaky"));
+        assert_eq!(first.breaker_state(), BreakerState::Closed);
+        assert_eq!(r.breaker_counts(), (0, 0));
+        assert!(r.reset_breaker("claude"), "known but never used");
+        assert!(!r.reset_breaker("nobody"));
+    }
+
+    #[tokio::test]
+    async fn custom_providers_and_demo_calls_go_through_the_registry() {
+        let r = AgentRegistry::empty(
+            BreakerConfig::default(),
+            RetryPolicy::default(),
+            Duration::from_secs(5),
+        )
+        .with_provider("scripted", Arc::new(Echo), "echo-1");
+        assert_eq!(r.known_names(), vec!["scripted"]);
+        let agent = r.resolve("scripted").unwrap();
+        assert_eq!((agent.provider_id(), agent.model()), ("echo", "echo-1"));
+        assert!(!agent.available());
+        let cancel = CancellationToken::new();
+        let out = agent
+            .call(&CompletionRequest::single("s", "hello"), None, &cancel)
+            .await
+            .unwrap();
+        assert_eq!(out.completion.text, "echo-1: hello");
+        assert_eq!(out.attempts, 1);
+
+        // Dynamic demo works in an empty registry.
+        let demo = r.resolve("demo:0").unwrap();
+        let req = CompletionRequest::single(
+            "Aragora-Phase: proposal\nAragora-Stance: skeptic\nAragora-Seat: demo:0",
+            "Task: Pick a database",
+        );
+        let out = demo.call(&req, None, &cancel).await.unwrap();
+        assert!(out.completion.text.starts_with("[demo]"));
+        assert!(out.completion.text.contains("Pick a database"));
+    }
+
+    #[test]
+    fn registry_agents_and_call_futures_can_cross_threads() {
+        fn send_sync<T: Send + Sync>(_: &T) {}
+        fn send<T: Send>(_: &T) {}
+        let r = registry(&no_env);
+        send_sync(&r);
+        let agent = r.resolve("demo").unwrap();
+        send_sync(&agent);
+        let req = CompletionRequest::single("s", "p");
+        let cancel = CancellationToken::new();
+        let fut = agent.call(&req, None, &cancel);
+        send(&fut);
+        drop(fut);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn registry_timeout_bounds_slow_agents() {
+        let r = AgentRegistry::load(
+            None,
+            &no_env,
+            BreakerConfig::default(),
+            RetryPolicy::default(),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        let slow = r.resolve("demo:5000").unwrap();
+        let started = tokio::time::Instant::now();
+        let err = slow
+            .call(
+                &CompletionRequest::single("s", "p"),
+                None,
+                &CancellationToken::new(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err, AgentError::Timeout(Duration::from_secs(1)));
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+
+        let patient = slow.with_timeout(Duration::from_secs(10));
+        let out = patient
+            .call(
+                &CompletionRequest::single("s", "p"),
+                None,
+                &CancellationToken::new(),
+            )
+            .await
+            .unwrap();
+        assert!(out.latency >= Duration::from_secs(5));
+    }
+}
