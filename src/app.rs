@@ -5,7 +5,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -13,39 +12,14 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::agents::{AgentRegistry, BreakerConfig, RetryPolicy};
 use crate::config::Config;
+use crate::debate::bus::LocalBus;
+use crate::debate::manager::{DebateManager, ManagerSettings};
 use crate::lockfile::{LockError, PidLock};
 use crate::redis_client::RedisHandle;
 use crate::store::{self, DynStore, PoolSettings, StoreError};
 use crate::ws::WsHub;
-
-/// Counters the engine and agents publish for health and metrics.
-#[derive(Debug, Default)]
-pub struct RuntimeStats {
-    active_debates: AtomicUsize,
-    breakers_open: AtomicUsize,
-    breakers_half_open: AtomicUsize,
-}
-
-impl RuntimeStats {
-    pub fn active_debates(&self) -> usize {
-        self.active_debates.load(Ordering::Relaxed)
-    }
-    pub fn set_active_debates(&self, n: usize) {
-        self.active_debates.store(n, Ordering::Relaxed);
-    }
-    /// (open, half_open) circuit breakers.
-    pub fn breaker_counts(&self) -> (usize, usize) {
-        (
-            self.breakers_open.load(Ordering::Relaxed),
-            self.breakers_half_open.load(Ordering::Relaxed),
-        )
-    }
-    pub fn set_breaker_counts(&self, open: usize, half_open: usize) {
-        self.breakers_open.store(open, Ordering::Relaxed);
-        self.breakers_half_open.store(half_open, Ordering::Relaxed);
-    }
-}
 
 /// Everything a handler can reach. Cheap to clone: all fields are shared.
 #[derive(Clone)]
@@ -54,7 +28,8 @@ pub struct AppState {
     pub store: DynStore,
     pub redis: Option<RedisHandle>,
     pub ws: Arc<WsHub>,
-    pub runtime: Arc<RuntimeStats>,
+    /// Debate queue, workers and the agent registry.
+    pub debates: Arc<DebateManager>,
     pub metrics: Option<PrometheusHandle>,
     pub started_at: Instant,
     /// Cancelled when shutdown starts.
@@ -71,6 +46,8 @@ pub enum BuildError {
     Store(#[source] StoreError),
     #[error("cannot apply database migrations: {0}")]
     Migrate(#[source] StoreError),
+    #[error("invalid agent configuration: {0}")]
+    Agents(String),
     #[error("invalid redis URL: {0}")]
     Redis(String),
     #[error("cannot listen on {addr}: {source}")]
@@ -99,12 +76,36 @@ pub async fn open_store(config: &Config) -> Result<DynStore, StoreError> {
     store::connect(config.database_url.expose(), pool).await
 }
 
+/// The agent registry for `config` (agents file, provider keys, resilience policy).
+pub fn load_agents(config: &Config) -> Result<AgentRegistry, String> {
+    let breaker = BreakerConfig {
+        failure_threshold: config.breaker_failure_threshold,
+        open_for: config.breaker_open,
+        success_threshold: config.breaker_success_threshold,
+        ..BreakerConfig::default()
+    };
+    let retry = RetryPolicy {
+        max_attempts: config.agent_max_attempts,
+        ..RetryPolicy::default()
+    };
+    let providers = config.providers.clone();
+    AgentRegistry::load(
+        config.agents_file.as_deref(),
+        &move |name: &str| providers.get(name),
+        breaker,
+        retry,
+        config.agent_timeout,
+    )
+    .map_err(|e| e.to_string())
+}
+
 impl Application {
     pub async fn build(config: Config) -> Result<Application, BuildError> {
         let host = config.bind_host().to_owned();
         // The lock comes first so a second start says "already running", not "address in use".
         let lock = PidLock::acquire(&config.lock_dir, config.api_port)?;
 
+        let agents = Arc::new(load_agents(&config).map_err(BuildError::Agents)?);
         let store = open_store(&config).await.map_err(BuildError::Store)?;
         store.migrate().await.map_err(BuildError::Migrate)?;
 
@@ -128,16 +129,34 @@ impl Application {
             .metrics_enabled
             .then(crate::telemetry::metrics::install);
 
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let debates = DebateManager::new(
+            store.clone(),
+            agents,
+            Arc::new(LocalBus::new(4096)),
+            ManagerSettings {
+                max_concurrent: config.max_concurrent_debates as usize,
+                queue_size: config.debate_queue_size as usize,
+                default_agents: config.default_agents.clone(),
+                default_rounds: config.default_rounds,
+                threshold: config.consensus_threshold,
+                debate_timeout: config.debate_timeout,
+                instance_id: config.instance_id.clone(),
+            },
+            shutdown.clone(),
+            tasks.clone(),
+        );
         let state = AppState {
             config: Arc::new(config),
             store,
             redis,
             ws: Arc::new(WsHub::new()),
-            runtime: Arc::new(RuntimeStats::default()),
+            debates,
             metrics,
             started_at: Instant::now(),
-            shutdown: CancellationToken::new(),
-            tasks: TaskTracker::new(),
+            shutdown,
+            tasks,
         };
         Ok(Application {
             state,
@@ -188,6 +207,7 @@ impl Application {
         if !state.config.auth_enabled() {
             tracing::warn!("auth is off: no ARAGORA_JWT_SECRET or ARAGORA_API_TOKEN configured");
         }
+        state.debates.start();
         let token = state.shutdown.clone();
         let api = axum::serve(
             api_listener,

@@ -40,6 +40,23 @@ enum Command {
         #[arg(long)]
         ws_port: Option<u16>,
     },
+    /// Run one debate in the terminal and print it live (no server or database needed).
+    Debate {
+        /// The question or task to debate.
+        task: String,
+        /// Comma-separated agent names (2-10), e.g. `demo,demo,demo` or `claude,gpt-4`.
+        #[arg(long, value_delimiter = ',', default_value = "demo,demo,demo")]
+        agents: Vec<String>,
+        /// Rounds.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+        rounds: u32,
+        /// Earliest round at which consensus or convergence may end the debate.
+        #[arg(long, default_value_t = 1)]
+        min_rounds: u32,
+        /// majority, threshold, unanimous, judge or none.
+        #[arg(long, default_value = "threshold")]
+        consensus: String,
+    },
     /// Apply database migrations and exit.
     Migrate,
     /// Print the effective configuration (secrets redacted) and where each value comes from.
@@ -54,6 +71,7 @@ enum Command {
 
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
+    crate::agents::http::install_crypto_provider();
     let flags = match &cli.command {
         Command::Serve {
             host,
@@ -82,6 +100,29 @@ pub fn run() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Migrate => block_on(migrate(config)),
+        Command::Debate {
+            task,
+            agents,
+            rounds,
+            min_rounds,
+            consensus,
+        } => {
+            let consensus = match consensus.parse() {
+                Ok(mode) => mode,
+                Err(err) => {
+                    eprintln!("aragora: --consensus: {err}");
+                    return ExitCode::from(2);
+                }
+            };
+            let options = crate::debate_cli::Options {
+                task,
+                agents: agents.into_iter().map(|a| a.trim().to_owned()).collect(),
+                rounds,
+                min_rounds,
+                consensus,
+            };
+            block_on(async move { crate::debate_cli::run_cli(&config, options).await })
+        }
         Command::Serve { .. } => block_on(serve(config)),
         Command::Health { .. } => unreachable!("handled above"),
     }

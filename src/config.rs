@@ -100,7 +100,58 @@ const SETTINGS: &[Setting] = &[
         "health_check_timeout_ms",
         &["ARAGORA_HEALTH_CHECK_TIMEOUT_MS"],
     ),
+    s("instance_id", &["ARAGORA_INSTANCE_ID"]),
+    s("agents_file", &["ARAGORA_AGENTS_FILE"]),
+    s("default_agents", &["ARAGORA_DEFAULT_AGENTS"]),
+    s("default_rounds", &["ARAGORA_DEFAULT_ROUNDS"]),
+    s("debate_queue_size", &["ARAGORA_DEBATE_QUEUE_SIZE"]),
+    s("agent_max_attempts", &["ARAGORA_AGENT_MAX_ATTEMPTS"]),
+    s(
+        "breaker_failure_threshold",
+        &["ARAGORA_BREAKER_FAILURE_THRESHOLD"],
+    ),
+    s("breaker_open_seconds", &["ARAGORA_BREAKER_OPEN_SECONDS"]),
+    s(
+        "breaker_success_threshold",
+        &["ARAGORA_BREAKER_SUCCESS_THRESHOLD"],
+    ),
 ];
+
+/// Provider credentials and endpoints, read from the environment only (contract §2).
+pub const PROVIDER_ENV: &[&str] = &[
+    "ANTHROPIC_API_KEY",
+    "OPENAI_API_KEY",
+    "GEMINI_API_KEY",
+    "XAI_API_KEY",
+    "MISTRAL_API_KEY",
+    "DEEPSEEK_API_KEY",
+    "OPENROUTER_API_KEY",
+    "OLLAMA_HOST",
+    "ARAGORA_ANTHROPIC_BASE_URL",
+    "ARAGORA_OPENAI_BASE_URL",
+    "ARAGORA_GEMINI_BASE_URL",
+    "ARAGORA_XAI_BASE_URL",
+    "ARAGORA_MISTRAL_BASE_URL",
+    "ARAGORA_DEEPSEEK_BASE_URL",
+    "ARAGORA_OPENROUTER_BASE_URL",
+    "ARAGORA_OLLAMA_BASE_URL",
+];
+
+/// The provider variables that are set. `Debug` shows names only: most are keys.
+#[derive(Clone, Default)]
+pub struct ProviderEnv(BTreeMap<&'static str, String>);
+
+impl ProviderEnv {
+    pub fn get(&self, name: &str) -> Option<String> {
+        self.0.get(name).cloned()
+    }
+}
+
+impl fmt::Debug for ProviderEnv {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.0.keys()).finish()
+    }
+}
 
 /// Where a value came from; names the thing an operator has to change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -250,6 +301,27 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Budget of each health check.
     pub health_check_timeout: Duration,
+    /// Identity of this server among several sharing one database; debates it accepted
+    /// are the ones it recovers after a restart.
+    pub instance_id: String,
+    /// Operator's agents file; `None` uses the compiled-in config/agents.toml.
+    pub agents_file: Option<PathBuf>,
+    /// Agents of a debate request that names none.
+    pub default_agents: Vec<String>,
+    /// Rounds of a debate request that names none.
+    pub default_rounds: u32,
+    /// Debates that may wait for a free slot (503 beyond).
+    pub debate_queue_size: u32,
+    /// Attempts per agent call (1 = no retries).
+    pub agent_max_attempts: u32,
+    /// Consecutive failures that open an agent's circuit breaker.
+    pub breaker_failure_threshold: u32,
+    /// Seconds an open breaker waits before a half-open probe.
+    pub breaker_open: Duration,
+    /// Successful probes that close a half-open breaker.
+    pub breaker_success_threshold: u32,
+    /// Provider keys and base URLs from the environment.
+    pub providers: ProviderEnv,
     /// Where each value came from, for `aragora config`.
     sources: Sources,
 }
@@ -340,7 +412,20 @@ impl Config {
             );
         }
 
-        Self::from_layers(layers)
+        let providers = ProviderEnv(
+            PROVIDER_ENV
+                .iter()
+                .filter_map(|name| {
+                    env(name)
+                        .filter(|v| !v.trim().is_empty())
+                        .map(|v| (*name, v))
+                })
+                .collect(),
+        );
+        Ok(Config {
+            providers,
+            ..Self::from_layers(layers)?
+        })
     }
 
     fn from_layers(mut layers: Layers) -> Result<Config, ConfigError> {
@@ -486,6 +571,31 @@ impl Config {
                 10,
                 60_000,
             )?),
+            instance_id: p.text("instance_id").unwrap_or_else(|| {
+                let host = nix::unistd::gethostname()
+                    .ok()
+                    .and_then(|h| h.into_string().ok())
+                    .unwrap_or_else(|| "localhost".into());
+                format!(
+                    "{host}:{}",
+                    layers.get("api_port").map_or("8080", |(v, _)| v.as_str())
+                )
+            }),
+            agents_file: p.text("agents_file").map(PathBuf::from),
+            default_agents: {
+                let agents = p.list("default_agents");
+                if !(2..=10).contains(&agents.len()) {
+                    return Err(p.invalid("default_agents", "2 to 10 comma-separated agent names"));
+                }
+                agents
+            },
+            default_rounds: p.int("default_rounds", 1, 20)? as u32,
+            debate_queue_size: p.int("debate_queue_size", 1, 100_000)? as u32,
+            agent_max_attempts: p.int("agent_max_attempts", 1, 10)? as u32,
+            breaker_failure_threshold: p.int("breaker_failure_threshold", 1, 1000)? as u32,
+            breaker_open: Duration::from_secs(p.int("breaker_open_seconds", 1, 86_400)?),
+            breaker_success_threshold: p.int("breaker_success_threshold", 1, 100)? as u32,
+            providers: ProviderEnv::default(),
             sources: Sources::default(),
         };
         Ok(Config {
@@ -514,6 +624,16 @@ impl Config {
                 _ => ("(unset)".to_owned(), "default".to_owned()),
             };
             out.push_str(&format!("{} = {value}  # {source}\n", setting.key));
+        }
+        for (name, value) in &self.providers.0 {
+            let shown = if name.ends_with("_KEY") {
+                "[redacted]"
+            } else {
+                value.as_str()
+            };
+            out.push_str(&format!(
+                "# provider: {name} = \"{shown}\"  # environment\n"
+            ));
         }
         out
     }

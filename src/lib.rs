@@ -8,6 +8,8 @@ pub mod agents;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod debate;
+pub mod debate_cli;
 pub mod error;
 pub mod http;
 pub mod lockfile;

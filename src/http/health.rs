@@ -163,7 +163,7 @@ impl DependencyCheck {
 )]
 pub async fn get_health(State(state): State<AppState>) -> Response {
     let (database, redis) = tokio::join!(check_database(&state), check_redis(&state));
-    let (open, half_open) = state.runtime.breaker_counts();
+    let (open, half_open) = state.debates.agents().breaker_counts();
     let status = if matches!(database, Check::Failed(_)) {
         "unhealthy"
     } else if matches!(redis, Check::Failed(_)) || open > 0 {
@@ -193,7 +193,7 @@ pub async fn get_health(State(state): State<AppState>) -> Response {
             },
             circuit_breakers: BreakerCounts { open, half_open },
             memory_mb: resident_memory_mb(),
-            active_debates: state.runtime.active_debates(),
+            active_debates: state.debates.active(),
         },
     };
     let code = if status == "unhealthy" {

@@ -1,8 +1,11 @@
 //! The REST API. One module per resource, each owning its `router()`; this module composes
 //! them under `/api` and the `/api/v1` alias and wraps them in the request pipeline.
 
+mod agents;
 pub mod correlation;
+mod debates;
 mod health;
+mod leaderboard;
 mod metrics_route;
 mod openapi;
 mod pipeline;
@@ -29,6 +32,9 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(health::router())
         .merge(metrics_route::router())
         .merge(openapi::router())
+        .merge(debates::router())
+        .merge(agents::router())
+        .merge(leaderboard::router())
 }
 
 /// The OpenAPI document of the whole API, generated from the handlers.

@@ -22,6 +22,8 @@ use crate::app::AppState;
     tags(
         (name = "health", description = "Liveness, readiness and dependency checks"),
         (name = "observability", description = "Metrics and the API description"),
+        (name = "debates", description = "Debates, their transcripts and the leaderboard"),
+        (name = "agents", description = "Agents, circuit breakers and test calls"),
     )
 )]
 pub struct ApiDoc;

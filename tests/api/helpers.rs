@@ -14,6 +14,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+/// An HTTP client for tests (TLS backend installed first, as the binary does).
+pub fn http() -> reqwest::Client {
+    aragora::agents::http::install_crypto_provider();
+    reqwest::Client::new()
+}
+
 pub fn postgres_url() -> String {
     std::env::var("ARAGORA_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
@@ -90,7 +96,7 @@ pub async fn spawn_app_with(env: &[(&str, &str)]) -> TestApp {
     TestApp {
         api,
         ws,
-        client: reqwest::Client::new(),
+        client: http(),
         state,
         shutdown,
         handle,

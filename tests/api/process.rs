@@ -50,7 +50,10 @@ impl Server {
     async fn wait_healthy(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if let Ok(r) = reqwest::get(self.url("/api/health")).await
+            if let Ok(r) = crate::helpers::http()
+                .get(self.url("/api/health"))
+                .send()
+                .await
                 && r.status() == 200
             {
                 return;
@@ -127,7 +130,7 @@ async fn sigterm_drains_closes_websockets_with_1001_and_exits_0() {
         std::fs::read_to_string(&lock).unwrap().trim(),
         server.child.id().to_string()
     );
-    let r = reqwest::Client::new()
+    let r = crate::helpers::http()
         .get(server.url("/api/health"))
         .header("X-Correlation-ID", "corr-proc-test")
         .send()
@@ -213,7 +216,9 @@ async fn a_second_server_on_the_same_port_is_refused_clearly() {
     );
     // The first one is unharmed and still holds its lock.
     assert_eq!(
-        reqwest::get(first.url("/api/health"))
+        crate::helpers::http()
+            .get(first.url("/api/health"))
+            .send()
             .await
             .unwrap()
             .status(),

@@ -38,7 +38,7 @@ async fn in_flight_requests_finish_and_new_connections_are_refused() {
     app.shutdown.cancel();
     tokio::time::sleep(Duration::from_millis(100)).await;
 
-    let refused = reqwest::Client::new()
+    let refused = crate::helpers::http()
         .get(app.url("/api/health/live"))
         .timeout(Duration::from_secs(2))
         .send()

@@ -1,0 +1,212 @@
+//! Convergence detection without network: TF-IDF cosine similarity of each agent's answer
+//! against its previous round (Jaccard for very short texts). ≥ 0.85 converged, < 0.40
+//! diverging, in between refining.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::Serialize;
+
+pub const CONVERGED_AT: f64 = 0.85;
+pub const DIVERGING_BELOW: f64 = 0.40;
+/// Below this many tokens TF-IDF is noise; Jaccard is used instead.
+const SHORT_TEXT_TOKENS: usize = 8;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConvergenceStatus {
+    Converged,
+    Refining,
+    Diverging,
+}
+
+impl ConvergenceStatus {
+    pub fn of(similarity: f64) -> Self {
+        if similarity >= CONVERGED_AT {
+            ConvergenceStatus::Converged
+        } else if similarity < DIVERGING_BELOW {
+            ConvergenceStatus::Diverging
+        } else {
+            ConvergenceStatus::Refining
+        }
+    }
+}
+
+/// One round's report: per-seat similarity to its previous answer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConvergenceReport {
+    pub round: u32,
+    pub status: ConvergenceStatus,
+    pub per_agent: BTreeMap<String, f64>,
+    pub min: f64,
+    pub mean: f64,
+}
+
+pub fn tokens(text: &str) -> Vec<String> {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|t| !t.is_empty())
+        .map(str::to_lowercase)
+        .collect()
+}
+
+fn jaccard(a: &[String], b: &[String]) -> f64 {
+    let sa: HashSet<&String> = a.iter().collect();
+    let sb: HashSet<&String> = b.iter().collect();
+    if sa.is_empty() && sb.is_empty() {
+        return 1.0;
+    }
+    sa.intersection(&sb).count() as f64 / sa.union(&sb).count() as f64
+}
+
+/// Similarity of `previous` → `current` for every seat present in both, with IDF taken over
+/// all answers of both rounds (so words every agent uses weigh little).
+pub fn compare(
+    round: u32,
+    previous: &BTreeMap<String, String>,
+    current: &BTreeMap<String, String>,
+) -> Option<ConvergenceReport> {
+    let docs: Vec<Vec<String>> = previous
+        .values()
+        .chain(current.values())
+        .map(|t| tokens(t))
+        .collect();
+    let n = docs.len() as f64;
+    let mut df: HashMap<&str, f64> = HashMap::new();
+    for doc in &docs {
+        for term in doc.iter().map(String::as_str).collect::<HashSet<_>>() {
+            *df.entry(term).or_default() += 1.0;
+        }
+    }
+    // Smoothed IDF: never zero, so text shared by everyone still counts a little.
+    let idf = |t: &str| ((1.0 + n) / (1.0 + df.get(t).copied().unwrap_or(0.0))).ln() + 1.0;
+    fn vector<'a>(doc: &'a [String], idf: &dyn Fn(&str) -> f64) -> HashMap<&'a str, f64> {
+        let mut tf: HashMap<&str, f64> = HashMap::new();
+        for t in doc {
+            *tf.entry(t.as_str()).or_default() += 1.0;
+        }
+        tf.into_iter().map(|(t, f)| (t, f * idf(t))).collect()
+    }
+    let cosine = |a: &HashMap<&str, f64>, b: &HashMap<&str, f64>| {
+        let dot: f64 = a.iter().filter_map(|(t, x)| b.get(t).map(|y| x * y)).sum();
+        let na = a.values().map(|x| x * x).sum::<f64>().sqrt();
+        let nb = b.values().map(|x| x * x).sum::<f64>().sqrt();
+        if na == 0.0 || nb == 0.0 {
+            0.0
+        } else {
+            (dot / (na * nb)).clamp(0.0, 1.0)
+        }
+    };
+
+    let mut per_agent = BTreeMap::new();
+    for (seat, now) in current {
+        let Some(before) = previous.get(seat) else {
+            continue;
+        };
+        let (ta, tb) = (tokens(before), tokens(now));
+        let sim = if ta.len().min(tb.len()) < SHORT_TEXT_TOKENS {
+            jaccard(&ta, &tb)
+        } else {
+            cosine(&vector(&ta, &idf), &vector(&tb, &idf))
+        };
+        per_agent.insert(seat.clone(), (sim * 1000.0).round() / 1000.0);
+    }
+    if per_agent.is_empty() {
+        return None;
+    }
+    let min = per_agent.values().copied().fold(f64::INFINITY, f64::min);
+    let mean = per_agent.values().sum::<f64>() / per_agent.len() as f64;
+    let status = if min >= CONVERGED_AT {
+        ConvergenceStatus::Converged
+    } else if mean < DIVERGING_BELOW {
+        ConvergenceStatus::Diverging
+    } else {
+        ConvergenceStatus::Refining
+    };
+    Some(ConvergenceReport {
+        round,
+        status,
+        per_agent,
+        min,
+        mean: (mean * 1000.0).round() / 1000.0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn identical_answers_converge_and_unrelated_ones_diverge() {
+        let text = "We should adopt a modular monolith first and split services only where scaling demands it";
+        let prev = map(&[
+            ("a", text),
+            (
+                "b",
+                "Use microservices for every bounded context to scale teams independently",
+            ),
+        ]);
+        let same = map(&[
+            ("a", text),
+            (
+                "b",
+                "Use microservices for every bounded context to scale teams independently",
+            ),
+        ]);
+        let r = compare(2, &prev, &same).unwrap();
+        assert_eq!(r.status, ConvergenceStatus::Converged);
+        assert_eq!(r.min, 1.0);
+
+        let changed = map(&[
+            (
+                "a",
+                "Rewrite everything in assembly language tonight because caffeine demands sacrifice",
+            ),
+            (
+                "b",
+                "Bananas are yellow fruit grown in tropical climates around the equator region",
+            ),
+        ]);
+        let r = compare(2, &prev, &changed).unwrap();
+        assert_eq!(r.status, ConvergenceStatus::Diverging, "{r:?}");
+    }
+
+    #[test]
+    fn small_edits_are_refining_or_converged() {
+        let prev = map(&[(
+            "a",
+            "Adopt a modular monolith first, then extract services where load and team boundaries demand it, measuring latency before each split",
+        )]);
+        let cur = map(&[(
+            "a",
+            "Adopt a modular monolith first, then extract services where load and team boundaries demand it, measuring cost and latency before each split",
+        )]);
+        let r = compare(2, &prev, &cur).unwrap();
+        assert!(r.min >= 0.85, "{r:?}");
+        let cur = map(&[(
+            "a",
+            "Adopt a modular monolith first, then extract services where team boundaries demand it; keep one shared database and review the operational cost every quarter",
+        )]);
+        let r = compare(2, &prev, &cur).unwrap();
+        assert!(r.min > 0.4 && r.min < 0.85, "{r:?}");
+    }
+
+    #[test]
+    fn short_texts_use_jaccard() {
+        let prev = map(&[("a", "yes use it")]);
+        let cur = map(&[("a", "yes use it now")]);
+        let r = compare(2, &prev, &cur).unwrap();
+        assert_eq!(r.per_agent["a"], 0.75);
+    }
+
+    #[test]
+    fn seats_missing_a_previous_answer_are_skipped() {
+        let r = compare(2, &map(&[("a", "x")]), &map(&[("b", "y")]));
+        assert!(r.is_none());
+    }
+}

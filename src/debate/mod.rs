@@ -1,0 +1,62 @@
+//! The debate engine: agents propose, critique each other, revise and vote over rounds until
+//! consensus, convergence or the round limit.
+//!
+//! Rule: no HTTP in here. The engine talks to agents through `DebateAgent` and records every
+//! step through `EventSink` as it happens; the manager (queue, concurrency, persistence of
+//! the debate record) and the HTTP layer sit on top.
+
+pub mod bus;
+pub mod consensus;
+pub mod convergence;
+pub mod engine;
+pub mod json;
+pub mod manager;
+pub mod prompts;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::agents::{AgentError, Completion, CompletionRequest, DeltaSink};
+
+pub use consensus::ConsensusMode;
+pub use engine::{DebateInput, DebateOutcome, DebateSettings, FinalStatus, Seat, run};
+
+/// What the engine needs of an agent.
+#[async_trait]
+pub trait DebateAgent: Send + Sync {
+    /// The configured agent name (`claude`, `demo`, `ollama:llama3`).
+    fn name(&self) -> &str;
+    fn provider(&self) -> &str;
+    fn model(&self) -> &str;
+    /// One call under the agent's own timeout, retry and circuit-breaker policy.
+    async fn call(
+        &self,
+        request: &CompletionRequest,
+        deltas: Option<&DeltaSink>,
+        cancel: &CancellationToken,
+    ) -> Result<AgentReply, AgentError>;
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentReply {
+    pub completion: Completion,
+    pub latency: Duration,
+}
+
+/// Where the engine records what happens. `record` is durable (it must be persisted before
+/// it returns); token deltas are live-only.
+#[async_trait]
+pub trait EventSink: Send + Sync {
+    async fn record(
+        &self,
+        kind: &str,
+        round: Option<u32>,
+        agent: Option<&str>,
+        data: Value,
+    ) -> Result<(), String>;
+
+    fn token_delta(&self, round: u32, agent: &str, delta: &str);
+}

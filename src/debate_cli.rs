@@ -1,0 +1,195 @@
+//! `aragora debate "<task>" --agents a,b[,c] [--rounds N]`: one debate in the terminal,
+//! printed live (answers stream token by token), then the result. Needs no server and no
+//! database: events go to the terminal only.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::agents::AgentRegistry;
+use crate::config::Config;
+use crate::debate::manager::RegistryAgent;
+use crate::debate::prompts::STANCES;
+use crate::debate::{
+    ConsensusMode, DebateAgent, DebateInput, DebateSettings, EventSink, Seat, run,
+};
+
+pub struct Options {
+    pub task: String,
+    pub agents: Vec<String>,
+    pub rounds: u32,
+    pub min_rounds: u32,
+    pub consensus: ConsensusMode,
+}
+
+/// Prints each event as it happens. Agents of a phase answer concurrently, so their token
+/// deltas would interleave word by word; the terminal shows each message whole as soon as it
+/// is complete instead (the WebSocket stream carries the deltas).
+struct Printer;
+
+impl Printer {
+    fn out(&self, text: &str) {
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout.write_all(text.as_bytes());
+        let _ = stdout.flush();
+    }
+}
+
+#[async_trait]
+impl EventSink for Printer {
+    async fn record(
+        &self,
+        kind: &str,
+        round: Option<u32>,
+        agent: Option<&str>,
+        data: Value,
+    ) -> Result<(), String> {
+        let agent = agent.unwrap_or("");
+        let s = |k: &str| data.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+        let line = match kind {
+            "debate_start" => format!("Debate: {}\n", s("task")),
+            "round_start" => format!("\n=== Round {} ===\n", round.unwrap_or(0)),
+            "agent_message" => format!("\n[{agent}] {}:\n{}\n", s("role"), s("content")),
+            "critique" => {
+                let target = data.get("target").and_then(Value::as_str).unwrap_or("all");
+                format!("  {agent} critiques {target}: {}\n", s("text"))
+            }
+            "vote" => match data.get("choice").and_then(Value::as_str) {
+                Some(choice) => format!(
+                    "  {agent} votes {choice} (confidence {:.2}): {}\n",
+                    data.get("confidence")
+                        .and_then(Value::as_f64)
+                        .unwrap_or(0.0),
+                    s("reasoning")
+                ),
+                None => format!("  {agent} cast an unparseable vote: {}\n", s("error")),
+            },
+            "convergence" => format!(
+                "  convergence: {} (min similarity {})\n",
+                s("status"),
+                data.get("min").cloned().unwrap_or_default()
+            ),
+            "consensus" => format!(
+                "  consensus: {} (winner {}, share {})\n",
+                if data.get("reached") == Some(&Value::Bool(true)) {
+                    "reached"
+                } else {
+                    "not reached"
+                },
+                data.get("winner").and_then(Value::as_str).unwrap_or("none"),
+                data.get("share").cloned().unwrap_or(Value::Null)
+            ),
+            "agent_error" | "circuit_open" => {
+                format!("  ! {agent} failed in {}: {}\n", s("phase"), s("error"))
+            }
+            "debate_end" => format!("\nDebate ended: {}\n", s("status")),
+            _ => String::new(),
+        };
+        self.out(&line);
+        Ok(())
+    }
+
+    fn token_delta(&self, _round: u32, _agent: &str, _delta: &str) {}
+}
+
+pub async fn run_cli(config: &Config, options: Options) -> ExitCode {
+    let registry = match crate::app::load_agents(config) {
+        Ok(r) => Arc::new(r),
+        Err(err) => {
+            eprintln!("aragora: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    match build_seats(&registry, &options.agents) {
+        Ok(seats) => {
+            let input = DebateInput {
+                task: options.task,
+                judge: (options.consensus == ConsensusMode::Judge).then(|| seats[0].agent.clone()),
+                seats,
+                settings: DebateSettings {
+                    rounds: options.rounds,
+                    min_rounds: options.min_rounds.min(options.rounds),
+                    mode: options.consensus,
+                    threshold: config.consensus_threshold,
+                    timeout: config.debate_timeout,
+                },
+            };
+            let cancel = CancellationToken::new();
+            let ctrl_c = cancel.clone();
+            tokio::spawn(async move {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    ctrl_c.cancel();
+                }
+            });
+            let printer = Arc::new(Printer);
+            let outcome = run(input, printer, cancel).await;
+            let r = &outcome.result;
+            println!("\nStatus: {}", outcome.status.as_str());
+            if let Some(err) = &outcome.error {
+                println!("Reason: {err}");
+            }
+            println!("Rounds used: {}", outcome.rounds_used);
+            println!("Consensus reached: {}", r["consensus_reached"]);
+            if let Some(w) = r["winner"].as_str() {
+                println!("Winner: {w} (confidence {})", r["confidence"]);
+            }
+            if let Some(answer) = r["final_answer"].as_str() {
+                println!("\nFinal answer:\n{answer}");
+            }
+            if let Some(dissent) = r["dissent"].as_array().filter(|d| !d.is_empty()) {
+                println!("\nDissent:");
+                for d in dissent {
+                    println!(
+                        "  {} voted {}: {}",
+                        d["agent"].as_str().unwrap_or(""),
+                        d["voted_for"],
+                        d["reasoning"].as_str().unwrap_or("")
+                    );
+                }
+            }
+            println!(
+                "\nTokens: {} in, {} out{}",
+                outcome.usage.input_tokens,
+                outcome.usage.output_tokens,
+                if outcome.usage.estimated {
+                    " (some estimated)"
+                } else {
+                    ""
+                }
+            );
+            match outcome.status.as_str() {
+                "completed" | "no_consensus" => ExitCode::SUCCESS,
+                _ => ExitCode::FAILURE,
+            }
+        }
+        Err(err) => {
+            eprintln!("aragora: {err}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn build_seats(registry: &AgentRegistry, names: &[String]) -> Result<Vec<Seat>, String> {
+    if !(2..=10).contains(&names.len()) {
+        return Err(format!("--agents needs 2 to 10 names, got {}", names.len()));
+    }
+    let mut seats = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let agent = registry.resolve(name).map_err(|e| e.to_string())?;
+        let n = names[..=i].iter().filter(|x| *x == name).count();
+        seats.push(Seat {
+            name: if n == 1 {
+                name.clone()
+            } else {
+                format!("{name}#{n}")
+            },
+            agent: Arc::new(RegistryAgent(agent)) as Arc<dyn DebateAgent>,
+            stance: STANCES[i % STANCES.len()].to_owned(),
+        });
+    }
+    Ok(seats)
+}

@@ -1,0 +1,154 @@
+//! Agents API: the configured agents, their circuit breakers, an operator reset, and a
+//! one-off test call (`/api/debug/agent-test`).
+
+use std::time::Instant;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::agents::CompletionRequest;
+use crate::app::AppState;
+use crate::error::{ApiError, ErrorBody};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_agents))
+        .routes(routes!(list_circuit_breakers))
+        .routes(routes!(reset_circuit))
+        .routes(routes!(test_agent))
+}
+
+/// Configured agents: name, provider, model, available (key present), circuit state.
+#[utoipa::path(get, path = "/agents", tag = "agents", responses((status = 200, description = "`{\"agents\": [...]}`")))]
+pub async fn list_agents(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({"agents": state.debates.agents().list()}))
+}
+
+/// Every agent's circuit breaker.
+#[utoipa::path(
+    get,
+    path = "/agents/circuit-breakers",
+    tag = "agents",
+    responses((status = 200, description = "`{\"circuit_breakers\": [...], \"open\", \"half_open\"}`"))
+)]
+pub async fn list_circuit_breakers(State(state): State<AppState>) -> Json<Value> {
+    breakers_json(&state)
+}
+
+pub fn breakers_json(state: &AppState) -> Json<Value> {
+    let registry = state.debates.agents();
+    let breakers: Vec<Value> = registry
+        .breakers()
+        .into_iter()
+        .map(|(name, snapshot)| {
+            let mut v = serde_json::to_value(&snapshot).unwrap_or_default();
+            v["agent"] = json!(name);
+            v
+        })
+        .collect();
+    let (open, half_open) = registry.breaker_counts();
+    Json(json!({"circuit_breakers": breakers, "open": open, "half_open": half_open}))
+}
+
+/// Close an agent's circuit breaker (operator action).
+#[utoipa::path(
+    post,
+    path = "/agents/{name}/reset-circuit",
+    tag = "agents",
+    params(("name" = String, Path, description = "agent name")),
+    responses((status = 200, description = "breaker closed"), (status = 404, description = "unknown agent", body = ErrorBody))
+)]
+pub async fn reset_circuit(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let registry = state.debates.agents();
+    if !registry.reset_breaker(&name) {
+        let known = registry.known_names().join(", ");
+        return Err(ApiError::NotFound(format!(
+            "unknown agent `{name}`; known agents: {known}"
+        )));
+    }
+    tracing::warn!(target: "aragora::agents", agent = %name, "circuit_breaker {name} reset by operator");
+    Ok(Json(json!({"agent": name, "state": "closed"})))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentTestRequest {
+    /// Agent name.
+    pub agent: String,
+    /// Prompt (default "Say hello").
+    pub prompt: Option<String>,
+}
+
+/// Call one agent once and report the answer, latency, tokens and circuit state. The body is
+/// read as JSON whatever its Content-Type, so `curl -d '{"agent":"claude"}'` works.
+#[utoipa::path(
+    post,
+    path = "/debug/agent-test",
+    tag = "agents",
+    request_body = AgentTestRequest,
+    responses(
+        (status = 200, description = "`{\"ok\", \"response\", \"latency_ms\", \"tokens\", \"circuit_state\"}`; ok=false with `error` when the call failed"),
+        (status = 422, description = "unknown agent or bad body", body = ErrorBody),
+    )
+)]
+pub async fn test_agent(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let request: AgentTestRequest =
+        serde_json::from_slice(&body).map_err(|e| ApiError::Validation {
+            field: "agent".into(),
+            message: format!(
+                "body must be JSON like {{\"agent\": \"claude\", \"prompt\": \"Say hello\"}}: {e}"
+            ),
+        })?;
+    let registry = state.debates.agents();
+    let agent = registry
+        .resolve(request.agent.trim())
+        .map_err(|e| ApiError::Validation {
+            field: "agent".into(),
+            message: e.to_string(),
+        })?;
+    let prompt = request.prompt.unwrap_or_else(|| "Say hello".into());
+    let call = CompletionRequest {
+        max_tokens: 256,
+        ..CompletionRequest::single(
+            "You are being tested by an operator. Answer briefly.",
+            prompt,
+        )
+    };
+    let started = Instant::now();
+    let result = agent.call(&call, None, &CancellationToken::new()).await;
+    let latency_ms = started.elapsed().as_millis() as u64;
+    let base = json!({
+        "agent": agent.name(),
+        "provider": agent.provider_id(),
+        "model": agent.model(),
+        "latency_ms": latency_ms,
+        "circuit_state": agent.breaker_state(),
+    });
+    let mut out = base;
+    match result {
+        Ok(outcome) => {
+            out["ok"] = json!(true);
+            out["response"] = json!(outcome.completion.text);
+            out["tokens"] = json!(outcome.completion.usage);
+            out["attempts"] = json!(outcome.attempts);
+        }
+        Err(err) => {
+            out["ok"] = json!(false);
+            out["error"] = json!({"kind": err.kind(), "message": err.to_string()});
+        }
+    }
+    out["circuit_state"] = json!(agent.breaker_state());
+    Ok(Json(out))
+}

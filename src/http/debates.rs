@@ -1,0 +1,338 @@
+//! Debates API (contract §3): create (202, queued), list with status filter and cursor or
+//! offset paging, read one, its messages and its durable event log, cancel.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::correlation;
+use crate::app::AppState;
+use crate::debate::manager::{CancelError, CreateError, DebateRequest};
+use crate::error::{ApiError, ErrorBody};
+use crate::store::{DebateQuery, DebateRecord, StoreError, StoredEvent};
+
+pub const STATUSES: [&str; 7] = [
+    "queued",
+    "running",
+    "completed",
+    "no_consensus",
+    "timeout",
+    "failed",
+    "cancelled",
+];
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_debate, list_debates))
+        .routes(routes!(get_debate))
+        .routes(routes!(list_messages))
+        .routes(routes!(list_events))
+        .routes(routes!(cancel_debate))
+}
+
+/// The debate record as the API shows it.
+pub fn debate_json(d: &DebateRecord) -> Value {
+    let duration = match (d.started_at, d.finished_at) {
+        (Some(s), Some(f)) => Some(((f - s).num_milliseconds() as f64) / 1000.0),
+        _ => None,
+    };
+    json!({
+        "id": d.id,
+        "task": d.task,
+        "status": d.status,
+        "agents": d.agents,
+        "rounds": d.rounds,
+        "rounds_used": d.rounds_used,
+        "consensus": d.consensus,
+        "consensus_threshold": d.options.get("consensus_threshold"),
+        "judge": d.options.get("judge"),
+        "domain": d.options.get("domain"),
+        "metadata": d.options.get("metadata"),
+        "created_at": d.created_at,
+        "started_at": d.started_at,
+        "finished_at": d.finished_at,
+        "duration_seconds": duration,
+        "correlation_id": d.correlation_id,
+        "result": d.result,
+        "error": d.error,
+        "usage": d.result.as_ref().and_then(|r| r.get("usage")),
+    })
+}
+
+fn event_json(e: &StoredEvent) -> Value {
+    json!({
+        "type": e.kind,
+        "debate_id": e.debate_id,
+        "seq": e.seq,
+        "timestamp": e.timestamp,
+        "round": e.round,
+        "agent": e.agent,
+        "data": e.data,
+    })
+}
+
+fn cursor_error(err: StoreError) -> ApiError {
+    match err {
+        StoreError::Corrupt(msg) if msg.contains("cursor") => {
+            ApiError::BadRequest(format!("invalid `cursor`: {msg}"))
+        }
+        other => other.into(),
+    }
+}
+
+/// Start a debate; it runs in the background.
+#[utoipa::path(
+    post,
+    path = "/debates",
+    tag = "debates",
+    request_body = DebateRequest,
+    responses(
+        (status = 202, description = "accepted and queued: `{\"debate_id\", \"status\": \"queued\"}`"),
+        (status = 422, description = "invalid field (named in `field`); unknown agents list the known ones", body = ErrorBody),
+        (status = 503, description = "queue full; see Retry-After", body = ErrorBody),
+    )
+)]
+pub async fn create_debate(
+    State(state): State<AppState>,
+    Json(request): Json<DebateRequest>,
+) -> Result<Response, ApiError> {
+    let record = state
+        .debates
+        .create(request, None, correlation::current())
+        .await
+        .map_err(|e| match e {
+            CreateError::Invalid { field, message } => ApiError::Validation { field, message },
+            CreateError::QueueFull { retry_after, .. } => ApiError::Unavailable {
+                message: e.to_string(),
+                retry_after: Some(retry_after),
+            },
+            CreateError::ShuttingDown => ApiError::Unavailable {
+                message: e.to_string(),
+                retry_after: Some(5),
+            },
+            CreateError::Store(err) => err.into(),
+        })?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"debate_id": record.id, "status": record.status, "created_at": record.created_at})),
+    )
+        .into_response())
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ListParams {
+    /// queued, running, completed, no_consensus, timeout, failed or cancelled.
+    status: Option<String>,
+    /// 1–200 (default 50).
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+    offset: Option<u32>,
+}
+
+/// Debates, newest first.
+#[utoipa::path(
+    get,
+    path = "/debates",
+    tag = "debates",
+    params(ListParams),
+    responses(
+        (status = 200, description = "`{\"debates\": [...], \"next_cursor\"}`"),
+        (status = 400, description = "bad status, limit or cursor", body = ErrorBody),
+    )
+)]
+pub async fn list_debates(
+    State(state): State<AppState>,
+    Query(params): Query<ListParams>,
+) -> Result<Json<Value>, ApiError> {
+    if let Some(status) = &params.status
+        && !STATUSES.contains(&status.as_str())
+    {
+        return Err(ApiError::BadRequest(format!(
+            "invalid `status` `{status}`; expected one of {}",
+            STATUSES.join(", ")
+        )));
+    }
+    if let Some(limit) = params.limit
+        && !(1..=200).contains(&limit)
+    {
+        return Err(ApiError::BadRequest(format!(
+            "invalid `limit` {limit}; expected 1 to 200"
+        )));
+    }
+    let page = state
+        .store
+        .list_debates(&DebateQuery {
+            status: params.status,
+            owner_id: None,
+            limit: params.limit.unwrap_or(50),
+            offset: params.offset,
+            cursor: params.cursor,
+        })
+        .await
+        .map_err(cursor_error)?;
+    Ok(Json(json!({
+        "debates": page.debates.iter().map(debate_json).collect::<Vec<_>>(),
+        "next_cursor": page.next_cursor,
+    })))
+}
+
+async fn load(state: &AppState, id: &str) -> Result<DebateRecord, ApiError> {
+    state
+        .store
+        .get_debate(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("debate {id} not found")))
+}
+
+/// One debate with its result.
+#[utoipa::path(
+    get,
+    path = "/debates/{id}",
+    tag = "debates",
+    params(("id" = String, Path, description = "debate id")),
+    responses((status = 200, description = "the debate record"), (status = 404, body = ErrorBody))
+)]
+pub async fn get_debate(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(debate_json(&load(&state, &id).await?)))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct PageParams {
+    /// 1–1000 (default 100).
+    limit: Option<u32>,
+    offset: Option<u32>,
+}
+
+/// Proposals, revisions, syntheses, critiques and votes in order.
+#[utoipa::path(
+    get,
+    path = "/debates/{id}/messages",
+    tag = "debates",
+    params(("id" = String, Path, description = "debate id"), PageParams),
+    responses((status = 200, description = "`{\"messages\": [...]}`"), (status = 404, body = ErrorBody))
+)]
+pub async fn list_messages(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(params): Query<PageParams>,
+) -> Result<Json<Value>, ApiError> {
+    load(&state, &id).await?;
+    let limit = params.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "invalid `limit` {limit}; expected 1 to 1000"
+        )));
+    }
+    let events = state
+        .store
+        .events_of_kinds(
+            &id,
+            &["agent_message", "critique", "vote"],
+            limit,
+            params.offset.unwrap_or(0),
+        )
+        .await?;
+    let messages: Vec<Value> = events
+        .iter()
+        .map(|e| {
+            let kind = match e.kind.as_str() {
+                "agent_message" => e
+                    .data
+                    .get("role")
+                    .and_then(Value::as_str)
+                    .unwrap_or("message")
+                    .to_owned(),
+                other => other.to_owned(),
+            };
+            json!({"seq": e.seq, "round": e.round, "agent": e.agent, "type": kind,
+                   "timestamp": e.timestamp, "data": e.data})
+        })
+        .collect();
+    Ok(Json(json!({"debate_id": id, "messages": messages})))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct EventParams {
+    /// Return events with seq greater than this (default 0).
+    since: Option<i64>,
+    /// 1–1000 (default 500).
+    limit: Option<u32>,
+}
+
+/// The durable event log: the same events, with the same seq, as the WebSocket streams.
+#[utoipa::path(
+    get,
+    path = "/debates/{id}/events",
+    tag = "debates",
+    params(("id" = String, Path, description = "debate id"), EventParams),
+    responses((status = 200, description = "`{\"events\": [...], \"last_seq\"}`"), (status = 404, body = ErrorBody))
+)]
+pub async fn list_events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(params): Query<EventParams>,
+) -> Result<Json<Value>, ApiError> {
+    load(&state, &id).await?;
+    let limit = params.limit.unwrap_or(500);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "invalid `limit` {limit}; expected 1 to 1000"
+        )));
+    }
+    let since = params.since.unwrap_or(0);
+    if since < 0 {
+        return Err(ApiError::BadRequest(
+            "invalid `since`; expected a seq ≥ 0".into(),
+        ));
+    }
+    let events = state.store.events_since(&id, since, limit).await?;
+    let last_seq = state.store.last_seq(&id).await?;
+    Ok(Json(json!({
+        "debate_id": id,
+        "events": events.iter().map(event_json).collect::<Vec<_>>(),
+        "last_seq": last_seq,
+    })))
+}
+
+/// Cancel a queued or running debate.
+#[utoipa::path(
+    post,
+    path = "/debates/{id}/cancel",
+    tag = "debates",
+    params(("id" = String, Path, description = "debate id")),
+    responses(
+        (status = 202, description = "cancellation accepted"),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "already finished", body = ErrorBody),
+    )
+)]
+pub async fn cancel_debate(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let record = state.debates.cancel(&id).await.map_err(|e| match e {
+        CancelError::NotFound(_) => ApiError::NotFound(e.to_string()),
+        CancelError::AlreadyFinished { .. } => ApiError::Conflict(e.to_string()),
+        CancelError::Store(err) => err.into(),
+    })?;
+    let status = if record.status == "cancelled" {
+        "cancelled"
+    } else {
+        "cancelling"
+    };
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"debate_id": id, "status": status})),
+    )
+        .into_response())
+}
