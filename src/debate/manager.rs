@@ -264,7 +264,7 @@ impl DebateManager {
         }
         for name in &agents {
             if let Err(unknown) = self.agents.resolve(name) {
-                return Err(invalid("agents", unknown.to_string()));
+                return Err(invalid("agents", format!("`agents`: {unknown}")));
             }
         }
         let rounds = request.rounds.unwrap_or(self.settings.default_rounds);
@@ -300,7 +300,7 @@ impl DebateManager {
             (Some(j), _) => {
                 let j = j.trim().to_owned();
                 if let Err(unknown) = self.agents.resolve(&j) {
-                    return Err(invalid("judge", unknown.to_string()));
+                    return Err(invalid("judge", format!("`judge`: {unknown}")));
                 }
                 Some(j)
             }
@@ -473,6 +473,16 @@ impl DebateManager {
         let recorder = Arc::new(Recorder::new(self.store.clone(), self.bus.clone(), &id));
         let outcome = engine::run(input, recorder, cancel).await;
 
+        // Ratings first: whoever sees the final status also sees the ratings it produced.
+        let domain = record.options.get("domain").and_then(Value::as_str);
+        if !outcome.matches.is_empty()
+            && let Err(err) = self
+                .store
+                .apply_match_results(&id, domain, &outcome.matches)
+                .await
+        {
+            tracing::error!(target: "aragora::debate", debate_id = %id, error = %err, "rating update failed");
+        }
         let mut result = outcome.result.clone();
         result["usage"] = serde_json::to_value(outcome.usage).unwrap_or_default();
         self.store
@@ -488,15 +498,6 @@ impl DebateManager {
                 },
             )
             .await?;
-        let domain = record.options.get("domain").and_then(Value::as_str);
-        if !outcome.matches.is_empty()
-            && let Err(err) = self
-                .store
-                .apply_match_results(&id, domain, &outcome.matches)
-                .await
-        {
-            tracing::error!(target: "aragora::debate", debate_id = %id, error = %err, "rating update failed");
-        }
         metrics::counter!("aragora_debates_total", "status" => outcome.status.as_str())
             .increment(1);
         if outcome.status == FinalStatus::Completed {
