@@ -368,48 +368,42 @@ fn message_data(role: &str, seat: &Seat, reply: &AgentReply) -> Value {
 }
 
 async fn answer_phase(ctx: &Ctx<'_>, state: &mut State, round: u32) -> Result<(), Abort> {
-    let phase = if round == 1 {
-        Phase::Proposal
-    } else {
-        Phase::Revision
-    };
-    let calls = ctx
-        .seats
-        .iter()
-        .filter(|s| round == 1 || state.answers.contains_key(&s.name))
-        .map(|seat| {
-            let request = match phase {
-                Phase::Proposal => prompts::proposal(ctx.task, &seat.name, &seat.stance),
-                _ => {
-                    let others: BTreeMap<_, _> = state
-                        .answers
-                        .iter()
-                        .filter(|(k, _)| **k != seat.name)
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect();
-                    prompts::revision(
-                        ctx.task,
-                        &seat.name,
-                        &seat.stance,
-                        &state.answers[&seat.name],
-                        state
-                            .critiques_for
-                            .get(&seat.name)
-                            .map(Vec::as_slice)
-                            .unwrap_or_default(),
-                        &others,
-                    )
-                }
-            };
-            async move {
+    // A seat with an answer revises it; a seat without one (round 1, or it failed before)
+    // proposes afresh.
+    let calls = ctx.seats.iter().map(|seat| {
+        let (phase, request) = match state.answers.get(&seat.name) {
+            None => (
+                Phase::Proposal,
+                prompts::proposal(ctx.task, &seat.name, &seat.stance),
+            ),
+            Some(own) => {
+                let others: BTreeMap<_, _> = state
+                    .answers
+                    .iter()
+                    .filter(|(k, _)| **k != seat.name)
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                let critiques = state
+                    .critiques_for
+                    .get(&seat.name)
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
                 (
-                    seat,
-                    call_seat(ctx, &seat.agent, &seat.name, round, phase, request).await,
+                    Phase::Revision,
+                    prompts::revision(ctx.task, &seat.name, &seat.stance, own, critiques, &others),
                 )
             }
-        });
+        };
+        async move {
+            (
+                seat,
+                phase,
+                call_seat(ctx, &seat.agent, &seat.name, round, phase, request).await,
+            )
+        }
+    });
     let mut answered = 0;
-    for (seat, reply) in join_all(calls).await {
+    for (seat, phase, reply) in join_all(calls).await {
         let Some(reply) = reply? else { continue };
         add_usage(state, &reply);
         ctx.emit(

@@ -8,6 +8,7 @@ mod helpers;
 mod openapi;
 mod pipeline;
 mod process;
+mod providers;
 mod shutdown;
 mod store;
 mod ws;
