@@ -1,7 +1,6 @@
 //! The real `aragora` binary: start-up, signals, lock file, configuration errors, the
 //! `config`, `migrate` and `health` subcommands, and the log files.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -19,6 +18,9 @@ struct Server {
     child: Child,
     api_port: u16,
     ws_port: u16,
+    /// stdout/stderr go to files: a pipe nobody drains would fill up and block the server.
+    out: std::path::PathBuf,
+    err: std::path::PathBuf,
 }
 
 impl Server {
@@ -75,8 +77,8 @@ impl Server {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                let out = read_all(self.child.stdout.take());
-                let err = read_all(self.child.stderr.take());
+                let out = std::fs::read_to_string(&self.out).unwrap_or_default();
+                let err = std::fs::read_to_string(&self.err).unwrap_or_default();
                 return (status.code().unwrap_or(-1), out, err);
             }
             if Instant::now() > deadline {
@@ -93,17 +95,6 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn read_all(pipe: Option<impl std::io::Read>) -> String {
-    let mut s = String::new();
-    if let Some(p) = pipe {
-        for line in BufReader::new(p).lines().map_while(Result::ok) {
-            s.push_str(&line);
-            s.push('\n');
-        }
-    }
-    s
 }
 
 /// A command with a clean, test-local environment (no inherited ARAGORA_* settings).
@@ -416,5 +407,66 @@ async fn log_dir_splits_api_and_websocket_logs() {
     assert!(!api.contains("websocket connected"));
     for line in api.lines().chain(websocket.lines()) {
         serde_json::from_str::<serde_json::Value>(line).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn kill_9_loses_no_accepted_debate() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("ARAGORA_INSTANCE_ID", "test-instance"), ("ARAGORA_MAX_CONCURRENT_DEBATES", "1")];
+    let mut server = Server::start(dir.path(), &env);
+    server.wait_healthy().await;
+    let client = crate::helpers::http();
+    let post = |body: serde_json::Value| client.post(server.url("/api/debates")).json(&body).send();
+    let running: serde_json::Value = post(serde_json::json!({"task": "slow", "agents": ["demo:5000", "demo:5000"], "rounds": 3}))
+        .await.unwrap().json().await.unwrap();
+    let running = running["debate_id"].as_str().unwrap().to_owned();
+    let queued: serde_json::Value = post(serde_json::json!({"task": "fast", "agents": ["demo", "demo"], "rounds": 1}))
+        .await.unwrap().json().await.unwrap();
+    let queued = queued["debate_id"].as_str().unwrap().to_owned();
+    let get = |id: String, url: String| {
+        let c = client.clone();
+        async move { c.get(format!("{url}/api/debates/{id}")).send().await.unwrap().json::<serde_json::Value>().await.unwrap() }
+    };
+    let base = format!("http://127.0.0.1:{}", server.api_port);
+    for _ in 0..100 {
+        if get(running.clone(), base.clone()).await["status"] == "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let events_before: serde_json::Value = client
+        .get(format!("{base}/api/debates/{running}/events")).send().await.unwrap().json().await.unwrap();
+    let seq_before = events_before["last_seq"].as_i64().unwrap();
+    assert!(seq_before >= 3);
+
+    server.signal(Signal::SIGKILL);
+    let _ = server.wait_exit(Duration::from_secs(5));
+
+    // Same data dir and instance id; the stale lock file is taken over.
+    let mut again = Server::start(dir.path(), &env);
+    again.wait_healthy().await;
+    let base = format!("http://127.0.0.1:{}", again.api_port);
+    let mut interrupted = serde_json::Value::Null;
+    let mut finished = serde_json::Value::Null;
+    for _ in 0..200 {
+        interrupted = get(running.clone(), base.clone()).await;
+        finished = get(queued.clone(), base.clone()).await;
+        if interrupted["status"] == "failed" && finished["status"] == "completed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(interrupted["status"], "failed", "{interrupted}");
+    assert!(interrupted["error"].as_str().unwrap().contains("interrupted"));
+    assert_eq!(finished["status"], "completed", "the queued debate ran after the restart: {finished}");
+    // The transcript written before the crash is all there, closed by a debate_end.
+    let events: serde_json::Value = client
+        .get(format!("{base}/api/debates/{running}/events")).send().await.unwrap().json().await.unwrap();
+    let list = events["events"].as_array().unwrap();
+    assert_eq!(list.len() as i64, seq_before + 1);
+    assert_eq!(list.last().unwrap()["type"], "debate_end");
+    for (i, e) in list.iter().enumerate() {
+        assert_eq!(e["seq"], i as i64 + 1);
     }
 }
