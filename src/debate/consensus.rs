@@ -174,13 +174,20 @@ pub fn tally(votes: &[Vote]) -> Tally {
 }
 
 /// Whether the tally is a consensus under `mode`.
+/// Decided on the exact share, not the rounded `Tally::share` (which is for display): a
+/// share of 0.5998 must not pass a 0.6 threshold, nor 0.5002 fail a majority.
 pub fn reached(mode: ConsensusMode, tally: &Tally, threshold: f64) -> bool {
-    if tally.leader.is_none() {
+    let Some(leader) = &tally.leader else {
         return false;
-    }
+    };
+    let total: f64 = tally.weights.values().sum();
+    let share = match tally.weights.get(leader) {
+        Some(w) if total > 0.0 => w / total,
+        _ => return false,
+    };
     match mode {
-        ConsensusMode::Majority => tally.share > 0.5,
-        ConsensusMode::Threshold => tally.share + 1e-9 >= threshold,
+        ConsensusMode::Majority => share > 0.5,
+        ConsensusMode::Threshold => share + 1e-9 >= threshold,
         ConsensusMode::Unanimous => {
             tally.invalid_votes == 0 && tally.weights.len() == 1 && tally.valid_votes >= 2
         }

@@ -184,10 +184,15 @@ pub async fn run(
             ctx.emit("debate_start", None, None, start).await?;
             run_rounds(&ctx, &mut state).await
         };
+        // Biased, cancellation first: once the token is cancelled (or the time is up) the body
+        // must not be polled again. Agents return early on cancellation, so an unbiased
+        // select that happened to poll the body first would run the rest of the debate
+        // (recording rounds and calling agents) within that single poll.
         tokio::select! {
-            r = body => Stop::Done(r),
-            _ = tokio::time::sleep(input.settings.timeout) => Stop::TimedOut,
+            biased;
             _ = cancel.cancelled() => Stop::Cancelled,
+            _ = tokio::time::sleep(input.settings.timeout) => Stop::TimedOut,
+            r = body => Stop::Done(r),
         }
     };
     let (status, error) = match stop {
@@ -243,6 +248,9 @@ pub async fn run(
 async fn run_rounds(ctx: &Ctx<'_>, state: &mut State) -> Result<(), Abort> {
     let settings = ctx.settings;
     for round in 1..=settings.rounds {
+        if ctx.cancel.is_cancelled() {
+            return Ok(());
+        }
         ctx.emit(
             "round_start",
             Some(round),
@@ -251,12 +259,20 @@ async fn run_rounds(ctx: &Ctx<'_>, state: &mut State) -> Result<(), Abort> {
         )
         .await?;
         let previous = state.answers.clone();
-        answer_phase(ctx, state, round).await?;
+        let answered = answer_phase(ctx, state, round).await?;
         state.rounds_used = round;
 
+        // Only seats that answered this round are measured: a seat whose revision failed
+        // keeps its old answer, and comparing that with itself is no sign of convergence.
+        let current: BTreeMap<String, String> = state
+            .answers
+            .iter()
+            .filter(|(seat, _)| answered.contains(*seat))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let mut converged = false;
         if round > 1
-            && let Some(report) = convergence::compare(round, &previous, &state.answers)
+            && let Some(report) = convergence::compare(round, &previous, &current)
         {
             ctx.emit(
                 "convergence",
@@ -269,7 +285,13 @@ async fn run_rounds(ctx: &Ctx<'_>, state: &mut State) -> Result<(), Abort> {
             state.convergence = Some(report);
         }
 
+        if ctx.cancel.is_cancelled() {
+            return Ok(());
+        }
         critique_phase(ctx, state, round).await?;
+        if ctx.cancel.is_cancelled() {
+            return Ok(());
+        }
         if settings.mode.votes() {
             vote_phase(ctx, state, round).await?;
         }
@@ -281,6 +303,9 @@ async fn run_rounds(ctx: &Ctx<'_>, state: &mut State) -> Result<(), Abort> {
             tracing::info!(target: "aragora::debate", round, "answers converged; ending early");
             break;
         }
+    }
+    if ctx.cancel.is_cancelled() {
+        return Ok(());
     }
     match settings.mode {
         ConsensusMode::Judge => judge_phase(ctx, state).await?,
@@ -367,9 +392,9 @@ fn message_data(role: &str, seat: &Seat, reply: &AgentReply) -> Value {
     })
 }
 
-async fn answer_phase(ctx: &Ctx<'_>, state: &mut State, round: u32) -> Result<(), Abort> {
-    // A seat with an answer revises it; a seat without one (round 1, or it failed before)
-    // proposes afresh.
+/// Returns the seats that answered. A seat with an answer revises it; a seat without one
+/// (round 1, or it failed before) proposes afresh.
+async fn answer_phase(ctx: &Ctx<'_>, state: &mut State, round: u32) -> Result<Vec<String>, Abort> {
     let calls = ctx.seats.iter().map(|seat| {
         let (phase, request) = match state.answers.get(&seat.name) {
             None => (
@@ -402,7 +427,7 @@ async fn answer_phase(ctx: &Ctx<'_>, state: &mut State, round: u32) -> Result<()
             )
         }
     });
-    let mut answered = 0;
+    let mut answered = Vec::new();
     for (seat, phase, reply) in join_all(calls).await {
         let Some(reply) = reply? else { continue };
         add_usage(state, &reply);
@@ -416,17 +441,18 @@ async fn answer_phase(ctx: &Ctx<'_>, state: &mut State, round: u32) -> Result<()
         state
             .answers
             .insert(seat.name.clone(), reply.completion.text);
-        answered += 1;
+        answered.push(seat.name.clone());
     }
     if ctx.cancel.is_cancelled() {
-        return Ok(());
+        return Ok(answered);
     }
-    if answered < 2 {
+    if answered.len() < 2 {
         return Err(Abort::Failed(format!(
-            "only {answered} agent(s) answered in round {round}; a debate needs at least two working agents"
+            "only {} agent(s) answered in round {round}; a debate needs at least two working agents",
+            answered.len()
         )));
     }
-    Ok(())
+    Ok(answered)
 }
 
 async fn critique_phase(ctx: &Ctx<'_>, state: &mut State, round: u32) -> Result<(), Abort> {

@@ -13,6 +13,9 @@ pub mod json;
 pub mod manager;
 pub mod prompts;
 
+#[cfg(test)]
+mod engine_tests;
+
 use std::time::Duration;
 
 use async_trait::async_trait;

@@ -413,20 +413,42 @@ async fn log_dir_splits_api_and_websocket_logs() {
 #[tokio::test]
 async fn kill_9_loses_no_accepted_debate() {
     let dir = tempfile::tempdir().unwrap();
-    let env = [("ARAGORA_INSTANCE_ID", "test-instance"), ("ARAGORA_MAX_CONCURRENT_DEBATES", "1")];
+    let env = [
+        ("ARAGORA_INSTANCE_ID", "test-instance"),
+        ("ARAGORA_MAX_CONCURRENT_DEBATES", "1"),
+    ];
     let mut server = Server::start(dir.path(), &env);
     server.wait_healthy().await;
     let client = crate::helpers::http();
     let post = |body: serde_json::Value| client.post(server.url("/api/debates")).json(&body).send();
-    let running: serde_json::Value = post(serde_json::json!({"task": "slow", "agents": ["demo:5000", "demo:5000"], "rounds": 3}))
-        .await.unwrap().json().await.unwrap();
+    let running: serde_json::Value = post(
+        serde_json::json!({"task": "slow", "agents": ["demo:5000", "demo:5000"], "rounds": 3}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
     let running = running["debate_id"].as_str().unwrap().to_owned();
-    let queued: serde_json::Value = post(serde_json::json!({"task": "fast", "agents": ["demo", "demo"], "rounds": 1}))
-        .await.unwrap().json().await.unwrap();
+    let queued: serde_json::Value =
+        post(serde_json::json!({"task": "fast", "agents": ["demo", "demo"], "rounds": 1}))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
     let queued = queued["debate_id"].as_str().unwrap().to_owned();
     let get = |id: String, url: String| {
         let c = client.clone();
-        async move { c.get(format!("{url}/api/debates/{id}")).send().await.unwrap().json::<serde_json::Value>().await.unwrap() }
+        async move {
+            c.get(format!("{url}/api/debates/{id}"))
+                .send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
     };
     let base = format!("http://127.0.0.1:{}", server.api_port);
     for _ in 0..100 {
@@ -436,7 +458,13 @@ async fn kill_9_loses_no_accepted_debate() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let events_before: serde_json::Value = client
-        .get(format!("{base}/api/debates/{running}/events")).send().await.unwrap().json().await.unwrap();
+        .get(format!("{base}/api/debates/{running}/events"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let seq_before = events_before["last_seq"].as_i64().unwrap();
     assert!(seq_before >= 3);
 
@@ -458,11 +486,25 @@ async fn kill_9_loses_no_accepted_debate() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(interrupted["status"], "failed", "{interrupted}");
-    assert!(interrupted["error"].as_str().unwrap().contains("interrupted"));
-    assert_eq!(finished["status"], "completed", "the queued debate ran after the restart: {finished}");
+    assert!(
+        interrupted["error"]
+            .as_str()
+            .unwrap()
+            .contains("interrupted")
+    );
+    assert_eq!(
+        finished["status"], "completed",
+        "the queued debate ran after the restart: {finished}"
+    );
     // The transcript written before the crash is all there, closed by a debate_end.
     let events: serde_json::Value = client
-        .get(format!("{base}/api/debates/{running}/events")).send().await.unwrap().json().await.unwrap();
+        .get(format!("{base}/api/debates/{running}/events"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let list = events["events"].as_array().unwrap();
     assert_eq!(list.len() as i64, seq_before + 1);
     assert_eq!(list.last().unwrap()["type"], "debate_end");
