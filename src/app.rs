@@ -13,13 +13,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::agents::{AgentRegistry, BreakerConfig, RetryPolicy};
+use crate::bus::{EventBus, LocalBus, RedisBus};
 use crate::config::Config;
-use crate::debate::bus::LocalBus;
 use crate::debate::manager::{DebateManager, ManagerSettings};
 use crate::lockfile::{LockError, PidLock};
 use crate::redis_client::RedisHandle;
 use crate::store::{self, DynStore, PoolSettings, StoreError};
-use crate::ws::WsHub;
+use crate::ws::{WsHub, WsLimits};
 
 /// Everything a handler can reach. Cheap to clone: all fields are shared.
 #[derive(Clone)]
@@ -76,6 +76,9 @@ pub async fn open_store(config: &Config) -> Result<DynStore, StoreError> {
     store::connect(config.database_url.expose(), pool).await
 }
 
+/// Live events buffered for the fan-out dispatcher.
+const BUS_CAPACITY: usize = 16_384;
+
 /// The agent registry for `config` (agents file, provider keys, resilience policy).
 pub fn load_agents(config: &Config) -> Result<AgentRegistry, String> {
     let breaker = BreakerConfig {
@@ -131,10 +134,22 @@ impl Application {
 
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
+        // Live events: in-process, or across instances through Redis when it is configured.
+        let bus: Arc<dyn EventBus> = match (&redis, &config.redis_url) {
+            (Some(_), Some(url)) => RedisBus::start(
+                redis::Client::open(url.expose()).map_err(|e| BuildError::Redis(e.to_string()))?,
+                config.event_bus_channel.clone(),
+                config.instance_id.clone(),
+                BUS_CAPACITY,
+                &tasks,
+                shutdown.clone(),
+            ),
+            _ => Arc::new(LocalBus::new(BUS_CAPACITY)),
+        };
         let debates = DebateManager::new(
             store.clone(),
             agents,
-            Arc::new(LocalBus::new(4096)),
+            bus,
             ManagerSettings {
                 max_concurrent: config.max_concurrent_debates as usize,
                 queue_size: config.debate_queue_size as usize,
@@ -147,11 +162,18 @@ impl Application {
             shutdown.clone(),
             tasks.clone(),
         );
+        let ws = Arc::new(WsHub::new(WsLimits {
+            max_connections: config.ws_max_connections as usize,
+            max_per_ip: config.ws_max_per_ip as usize,
+            max_message_bytes: crate::ws::MAX_MESSAGE_BYTES,
+            send_queue: config.ws_send_queue as usize,
+            slow_after: config.ws_slow_consumer,
+        }));
         let state = AppState {
             config: Arc::new(config),
             store,
             redis,
-            ws: Arc::new(WsHub::new()),
+            ws,
             debates,
             metrics,
             started_at: Instant::now(),
@@ -208,6 +230,13 @@ impl Application {
             tracing::warn!("auth is off: no ARAGORA_JWT_SECRET or ARAGORA_API_TOKEN configured");
         }
         state.debates.start();
+        state.tasks.spawn(
+            state
+                .ws
+                .fanout
+                .clone()
+                .dispatch(state.debates.bus().clone(), state.shutdown.clone()),
+        );
         let token = state.shutdown.clone();
         let api = axum::serve(
             api_listener,

@@ -115,6 +115,9 @@ const SETTINGS: &[Setting] = &[
         "breaker_success_threshold",
         &["ARAGORA_BREAKER_SUCCESS_THRESHOLD"],
     ),
+    s("ws_send_queue", &["ARAGORA_WS_SEND_QUEUE"]),
+    s("ws_slow_consumer_ms", &["ARAGORA_WS_SLOW_CONSUMER_MS"]),
+    s("event_bus_channel", &["ARAGORA_EVENT_BUS_CHANNEL"]),
 ];
 
 /// Provider credentials and endpoints, read from the environment only (contract §2).
@@ -320,6 +323,12 @@ pub struct Config {
     pub breaker_open: Duration,
     /// Successful probes that close a half-open breaker.
     pub breaker_success_threshold: u32,
+    /// Frames one WebSocket connection may have waiting to be written.
+    pub ws_send_queue: u32,
+    /// How long a full send queue may stay full before the client is closed with 4008.
+    pub ws_slow_consumer: Duration,
+    /// Redis pub/sub channel of the cross-instance event bus.
+    pub event_bus_channel: String,
     /// Provider keys and base URLs from the environment.
     pub providers: ProviderEnv,
     /// Where each value came from, for `aragora config`.
@@ -595,6 +604,11 @@ impl Config {
             breaker_failure_threshold: p.int("breaker_failure_threshold", 1, 1000)? as u32,
             breaker_open: Duration::from_secs(p.int("breaker_open_seconds", 1, 86_400)?),
             breaker_success_threshold: p.int("breaker_success_threshold", 1, 100)? as u32,
+            ws_send_queue: p.int("ws_send_queue", 16, 1_000_000)? as u32,
+            ws_slow_consumer: Duration::from_millis(p.int("ws_slow_consumer_ms", 10, 600_000)?),
+            event_bus_channel: p
+                .text("event_bus_channel")
+                .unwrap_or_else(|| "aragora:events".into()),
             providers: ProviderEnv::default(),
             sources: Sources::default(),
         };

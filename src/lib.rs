@@ -6,6 +6,7 @@
 
 pub mod agents;
 pub mod app;
+pub mod bus;
 pub mod cli;
 pub mod config;
 pub mod debate;

@@ -18,12 +18,12 @@ use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::bus::{EventBus, LiveEvent};
 use super::consensus::ConsensusMode;
 use super::engine::{self, DebateInput, DebateSettings, FinalStatus, Seat};
 use super::prompts::STANCES;
 use super::{AgentReply, DebateAgent, EventSink};
 use crate::agents::{Agent, AgentError, AgentRegistry, CompletionRequest, DeltaSink};
+use crate::bus::{EventBus, LiveEvent};
 use crate::store::{DebateRecord, DebateUpdate, DynStore, NewDebate, NewEvent, StoreError};
 
 pub const MIN_AGENTS: usize = 2;

@@ -5,7 +5,6 @@
 //! step through `EventSink` as it happens; the manager (queue, concurrency, persistence of
 //! the debate record) and the HTTP layer sit on top.
 
-pub mod bus;
 pub mod consensus;
 pub mod convergence;
 pub mod engine;

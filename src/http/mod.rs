@@ -9,6 +9,7 @@ mod leaderboard;
 mod metrics_route;
 mod openapi;
 mod pipeline;
+mod ws_stats;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -35,6 +36,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(debates::router())
         .merge(agents::router())
         .merge(leaderboard::router())
+        .merge(ws_stats::router())
 }
 
 /// The OpenAPI document of the whole API, generated from the handlers.

@@ -1,53 +1,141 @@
 //! The WebSocket server (contract §5): served on the WS port at `/ws` and `/`, and at `/ws` on
-//! the API port. Each connection gets `connection_info`, answers `ping` with `pong`, sends a
-//! heartbeat, and is closed with 1001 on shutdown and 1012 on a SIGUSR1 reload.
+//! the API port. Clients subscribe to debates and get the durable events they missed from
+//! the store, then live events, in seq order, with no gap and no duplicate at the seam.
 //!
-//! Rule: every connection task is tracked, so shutdown can wait for the close frames to go out.
+//! Rules: every connection has a bounded send queue, and a client that cannot keep up is
+//! closed with 4008 naming its last delivered seq — nothing is dropped silently and one slow
+//! client never delays another. Every connection task is tracked so shutdown can send 1001.
 
-use std::net::SocketAddr;
+mod connection;
+pub mod fanout;
+mod subscription;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, State};
-use axum::response::Response;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::app::AppState;
+use crate::error::error_response;
+pub use fanout::Fanout;
 
 /// Largest inbound message (close 1009 beyond).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(15);
+pub const PING_INTERVAL: Duration = Duration::from_secs(30);
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Subscriptions one connection may hold.
+pub const MAX_SUBSCRIPTIONS: usize = 100;
 
 pub mod close_code {
     pub const NORMAL: u16 = 1000;
     pub const GOING_AWAY: u16 = 1001;
     pub const TOO_BIG: u16 = 1009;
     pub const SERVICE_RESTART: u16 = 1012;
+    pub const SLOW_CONSUMER: u16 = 4008;
+    pub const LIMITS: u16 = 4029;
 }
 
-/// Connection bookkeeping shared by both listeners.
+/// Connection limits and back-pressure settings.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct WsLimits {
+    pub max_connections: usize,
+    pub max_per_ip: usize,
+    pub max_message_bytes: usize,
+    /// Frames one connection may have waiting to be written.
+    pub send_queue: usize,
+    /// How long a full send queue may stay full before the client counts as too slow.
+    #[serde(rename = "slow_consumer_after_ms", serialize_with = "as_millis")]
+    pub slow_after: Duration,
+}
+
+fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_millis() as u64)
+}
+
+/// Connection bookkeeping and counters shared by both listeners.
 pub struct WsHub {
+    pub limits: WsLimits,
+    pub fanout: Arc<Fanout>,
     connections: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    per_ip_peak: AtomicUsize,
+    connections_peak: AtomicUsize,
     next_client: AtomicU64,
+    subscriptions: AtomicUsize,
+    messages_sent: AtomicU64,
+    slow_dropped: AtomicU64,
+    rejected: AtomicU64,
+    errors: AtomicU64,
     /// Bumped by SIGUSR1: every live connection closes with 1012.
     reload: watch::Sender<u64>,
 }
 
-impl Default for WsHub {
-    fn default() -> Self {
-        Self::new()
+/// `GET /api/ws/stats` body.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct WsStats {
+    pub connections: usize,
+    pub connections_peak: usize,
+    /// Most connections one client IP holds now.
+    pub per_ip_max: usize,
+    /// Most connections one client IP has held since start.
+    pub per_ip_peak: usize,
+    pub subscriptions: usize,
+    pub watched_debates: usize,
+    pub messages_sent: u64,
+    pub slow_clients_dropped: u64,
+    pub rejected_connections: u64,
+    pub errors: u64,
+    #[schema(value_type = Object)]
+    pub limits: WsLimits,
+}
+
+/// Decrements the per-IP and total counts however the connection ends.
+pub struct Admission {
+    hub: Arc<WsHub>,
+    ip: IpAddr,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.hub.connections.fetch_sub(1, Ordering::Relaxed);
+        let mut per_ip = self.hub.per_ip.lock().expect("per-ip lock");
+        if let Some(n) = per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+        metrics::gauge!("aragora_websocket_connections").decrement(1.0);
     }
 }
 
 impl WsHub {
-    pub fn new() -> Self {
+    pub fn new(limits: WsLimits) -> Self {
         WsHub {
+            limits,
+            fanout: Arc::new(Fanout::default()),
             connections: AtomicUsize::new(0),
+            per_ip: Mutex::new(HashMap::new()),
+            per_ip_peak: AtomicUsize::new(0),
+            connections_peak: AtomicUsize::new(0),
             next_client: AtomicU64::new(1),
+            subscriptions: AtomicUsize::new(0),
+            messages_sent: AtomicU64::new(0),
+            slow_dropped: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
             reload: watch::channel(0).0,
         }
     }
@@ -61,6 +149,63 @@ impl WsHub {
         self.reload.send_modify(|generation| *generation += 1);
         tracing::info!(target: "aragora::ws", "websocket reload: closing all connections with 1012");
     }
+
+    /// Count a new connection, or say which limit it exceeds.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admission, String> {
+        let mut per_ip = self.per_ip.lock().expect("per-ip lock");
+        let total = self.connections.load(Ordering::Relaxed);
+        if total >= self.limits.max_connections {
+            return Err(format!(
+                "server connection limit ({}) reached",
+                self.limits.max_connections
+            ));
+        }
+        let mine = per_ip.entry(ip).or_default();
+        if *mine >= self.limits.max_per_ip {
+            return Err(format!(
+                "per-client connection limit ({}) reached",
+                self.limits.max_per_ip
+            ));
+        }
+        *mine += 1;
+        self.per_ip_peak.fetch_max(*mine, Ordering::Relaxed);
+        let now = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
+        self.connections_peak.fetch_max(now, Ordering::Relaxed);
+        metrics::gauge!("aragora_websocket_connections").increment(1.0);
+        Ok(Admission {
+            hub: self.clone(),
+            ip,
+        })
+    }
+
+    fn count_error(&self) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("aragora_ws_connection_errors_total").increment(1);
+    }
+
+    pub fn stats(&self) -> WsStats {
+        let per_ip_max = self
+            .per_ip
+            .lock()
+            .expect("per-ip lock")
+            .values()
+            .copied()
+            .max()
+            .unwrap_or(0);
+        WsStats {
+            connections: self.connections(),
+            connections_peak: self.connections_peak.load(Ordering::Relaxed),
+            per_ip_max,
+            per_ip_peak: self.per_ip_peak.load(Ordering::Relaxed),
+            subscriptions: self.subscriptions.load(Ordering::Relaxed),
+            watched_debates: self.fanout.watched_debates(),
+            messages_sent: self.messages_sent.load(Ordering::Relaxed),
+            slow_clients_dropped: self.slow_dropped.load(Ordering::Relaxed),
+            rejected_connections: self.rejected.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            limits: self.limits,
+        }
+    }
 }
 
 /// Router for the dedicated WebSocket port.
@@ -71,131 +216,42 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// `?debate_id=…&since=…` subscribes on connect; `token` is for auth and never logged.
+#[derive(Debug, Default, Deserialize)]
+pub struct ConnectQuery {
+    debate_id: Option<String>,
+    since: Option<i64>,
+    replay_from_seq: Option<i64>,
+}
+
 pub async fn upgrade(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(query): Query<ConnectQuery>,
     ws: WebSocketUpgrade,
 ) -> Response {
+    let initial = match query.debate_id {
+        Some(id) => {
+            let since = query.since.or(query.replay_from_seq).unwrap_or(0);
+            if since < 0 {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "`since` must be a seq ≥ 0",
+                );
+            }
+            Some((id, since))
+        }
+        None => None,
+    };
     let tasks = state.tasks.clone();
     ws.max_message_size(MAX_MESSAGE_BYTES)
         .max_frame_size(MAX_MESSAGE_BYTES)
-        .on_upgrade(move |socket| tasks.track_future(serve_connection(socket, state, peer)))
-}
-
-/// Decrements the live-connection count however the connection ends.
-struct ConnectionGuard<'a>(&'a WsHub);
-
-impl Drop for ConnectionGuard<'_> {
-    fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::Relaxed);
-        metrics::gauge!("aragora_websocket_connections").decrement(1.0);
-    }
-}
-
-async fn serve_connection(mut socket: WebSocket, state: AppState, peer: SocketAddr) {
-    let hub = &state.ws;
-    hub.connections.fetch_add(1, Ordering::Relaxed);
-    metrics::gauge!("aragora_websocket_connections").increment(1.0);
-    let _guard = ConnectionGuard(hub);
-    let client_id = format!("ws-{}", hub.next_client.fetch_add(1, Ordering::Relaxed));
-    let mut reload = hub.reload.subscribe();
-    tracing::info!(target: "aragora::ws", %client_id, peer = %peer.ip(), "websocket connected");
-
-    let info = json!({
-        "type": "connection_info",
-        "data": {
-            "client_id": client_id,
-            "authenticated": false,
-            "server_version": env!("CARGO_PKG_VERSION"),
-            "heartbeat_interval_s": HEARTBEAT_INTERVAL.as_secs(),
-        }
-    });
-    if send_json(&mut socket, &info).await.is_err() {
-        return;
-    }
-    let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
-    heartbeat.tick().await;
-
-    let close = loop {
-        tokio::select! {
-            _ = state.shutdown.cancelled() => break Some((close_code::GOING_AWAY, "server shutting down")),
-            _ = reload.changed() => break Some((close_code::SERVICE_RESTART, "websocket reload; reconnect")),
-            _ = heartbeat.tick() => {
-                let beat = json!({"type": "heartbeat", "ts": now_millis()});
-                if send_json(&mut socket, &beat).await.is_err() {
-                    break None;
-                }
-            }
-            incoming = socket.recv() => match incoming {
-                Some(Ok(Message::Text(text))) => {
-                    if let Some(reply) = handle_text(&text) && send_json(&mut socket, &reply).await.is_err() {
-                        break None;
-                    }
-                }
-                Some(Ok(Message::Binary(_))) => {
-                    let reply = error_frame("binary_not_supported", "send JSON text frames");
-                    if send_json(&mut socket, &reply).await.is_err() {
-                        break None;
-                    }
-                }
-                Some(Ok(Message::Close(_))) | None => break None,
-                Some(Ok(_)) => {}
-                Some(Err(err)) => {
-                    tracing::debug!(target: "aragora::ws", %client_id, error = %err, "websocket read error");
-                    let too_big = err.to_string().to_ascii_lowercase().contains("too long")
-                        || err.to_string().to_ascii_lowercase().contains("too big");
-                    if too_big {
-                        break Some((close_code::TOO_BIG, "message larger than 64 KiB"));
-                    }
-                    break None;
-                }
-            }
-        }
-    };
-    if let Some((code, reason)) = close {
-        let _ = socket
-            .send(Message::Close(Some(CloseFrame {
-                code,
-                reason: reason.into(),
-            })))
-            .await;
-        // Give the peer a moment to answer the close handshake.
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            while let Some(Ok(msg)) = socket.recv().await {
-                if matches!(msg, Message::Close(_)) {
-                    break;
-                }
-            }
+        .on_failed_upgrade(
+            |err| tracing::debug!(target: "aragora::ws", error = %err, "websocket upgrade failed"),
+        )
+        .on_upgrade(move |socket| {
+            tasks.track_future(connection::serve(socket, state, peer, initial))
         })
-        .await;
-    }
-    tracing::info!(target: "aragora::ws", %client_id, "websocket disconnected");
-}
-
-fn handle_text(text: &str) -> Option<Value> {
-    let Ok(msg) = serde_json::from_str::<Value>(text) else {
-        return Some(error_frame("invalid_json", "message is not valid JSON"));
-    };
-    match msg.get("type").and_then(Value::as_str) {
-        Some("ping") => {
-            Some(json!({"type": "pong", "ts": msg.get("ts").cloned().unwrap_or(Value::Null)}))
-        }
-        Some(other) => Some(error_frame(
-            "unsupported",
-            &format!("message type `{other}` is not supported by this server"),
-        )),
-        None => Some(error_frame("invalid_message", "message has no `type`")),
-    }
-}
-
-fn error_frame(code: &str, message: &str) -> Value {
-    json!({"type": "error", "data": {"code": code, "message": message}})
-}
-
-async fn send_json(socket: &mut WebSocket, value: &Value) -> Result<(), axum::Error> {
-    socket.send(Message::Text(value.to_string().into())).await
-}
-
-fn now_millis() -> i64 {
-    chrono::Utc::now().timestamp_millis()
+        .into_response()
 }

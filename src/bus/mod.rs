@@ -1,6 +1,13 @@
-//! Live fan-out of debate events to watchers (WebSocket clients). Durable events carry their
-//! store seq; token deltas are ephemeral. The in-process backend is a broadcast channel; the
-//! WebSocket layer replays from the store, so a lagging receiver loses nothing durable.
+//! The event bus: live fan-out of debate events to watchers (WebSocket clients), within one
+//! process (`LocalBus`) or across instances sharing Redis (`RedisBus`).
+//!
+//! Rule: the bus is best effort and holds nothing durable. Durable events carry their store
+//! seq, and watchers fill any gap (lag, a Redis outage, an event produced on another instance
+//! while they were connecting) from the store; token deltas are ephemeral.
+
+mod redis;
+
+pub use self::redis::RedisBus;
 
 use std::sync::Arc;
 
@@ -12,7 +19,7 @@ use tokio::sync::broadcast;
 use crate::store::StoredEvent;
 
 /// The WebSocket envelope (contract §5).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct LiveEvent {
     #[serde(rename = "type")]
     pub kind: String,
@@ -24,7 +31,7 @@ pub struct LiveEvent {
     pub round: Option<i32>,
     pub agent: Option<String>,
     pub data: Value,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ephemeral: bool,
 }
 
@@ -43,10 +50,39 @@ impl From<&StoredEvent> for LiveEvent {
     }
 }
 
+/// The `kind` of a marker event telling watchers that events may have been missed (Redis
+/// reconnected): they re-read the store from their last seq. Never stored, never sent.
+pub const RESYNC: &str = "__resync";
+
+impl LiveEvent {
+    pub fn resync() -> LiveEvent {
+        LiveEvent {
+            kind: RESYNC.into(),
+            debate_id: String::new(),
+            seq: None,
+            timestamp: chrono::Utc::now(),
+            round: None,
+            agent: None,
+            data: Value::Null,
+            ephemeral: true,
+        }
+    }
+
+    pub fn is_resync(&self) -> bool {
+        self.kind == RESYNC
+    }
+}
+
 /// Publish/subscribe for live events.
 pub trait EventBus: Send + Sync + 'static {
     fn publish(&self, event: LiveEvent);
     fn subscribe(&self) -> broadcast::Receiver<Arc<LiveEvent>>;
+    /// `local` or `redis`.
+    fn backend(&self) -> &'static str;
+    /// Whether the cross-instance link is up (always true for the local bus).
+    fn connected(&self) -> bool {
+        true
+    }
 }
 
 /// In-process bus: one broadcast channel for all debates.
@@ -70,5 +106,9 @@ impl EventBus for LocalBus {
 
     fn subscribe(&self) -> broadcast::Receiver<Arc<LiveEvent>> {
         self.tx.subscribe()
+    }
+
+    fn backend(&self) -> &'static str {
+        "local"
     }
 }

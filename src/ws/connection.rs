@@ -1,0 +1,329 @@
+//! One WebSocket connection: a writer fed by a bounded queue, the client's messages, the
+//! heartbeat and protocol pings, and the close codes.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures::stream::SplitSink;
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::subscription::{self, Out};
+use super::{HEARTBEAT_INTERVAL, IDLE_TIMEOUT, MAX_SUBSCRIPTIONS, PING_INTERVAL, close_code};
+use crate::app::AppState;
+
+type Sink = SplitSink<WebSocket, Message>;
+
+/// Why the connection ends, and the close frame it gets.
+struct Close(u16, String);
+
+pub async fn serve(
+    socket: WebSocket,
+    state: AppState,
+    peer: SocketAddr,
+    initial: Option<(String, i64)>,
+) {
+    let hub = state.ws.clone();
+    let (mut sink, mut stream) = socket.split();
+    let _admission = match hub.admit(peer.ip()) {
+        Ok(a) => a,
+        Err(reason) => {
+            hub.rejected.fetch_add(1, Ordering::Relaxed);
+            hub.count_error();
+            tracing::warn!(target: "aragora::ws", peer = %peer.ip(), %reason, "websocket connection refused");
+            let _ = close(&mut sink, Close(close_code::LIMITS, reason)).await;
+            return;
+        }
+    };
+    let client_id = format!("ws-{}", hub.next_client.fetch_add(1, Ordering::Relaxed));
+    let span = tracing::info_span!("ws", %client_id);
+    let _enter = span.enter();
+    tracing::info!(target: "aragora::ws", peer = %peer.ip(), "websocket connected");
+    drop(_enter);
+
+    let info = json!({
+        "type": "connection_info",
+        "data": {
+            "client_id": client_id,
+            "authenticated": false,
+            "server_version": env!("CARGO_PKG_VERSION"),
+            "heartbeat_interval_s": HEARTBEAT_INTERVAL.as_secs(),
+        }
+    });
+    if sink
+        .send(Message::Text(info.to_string().into()))
+        .await
+        .is_err()
+    {
+        return;
+    }
+
+    let (tx, mut rx) = mpsc::channel::<Out>(hub.limits.send_queue);
+    let slow = CancellationToken::new();
+    let ended = CancellationToken::new();
+    let mut subs: HashMap<String, CancellationToken> = HashMap::new();
+    let mut delivered: HashMap<Arc<str>, i64> = HashMap::new();
+    let mut reload = hub.reload.subscribe();
+    let start = |subs: &mut HashMap<String, CancellationToken>, debate_id: String, since: i64| {
+        let token = ended.child_token();
+        subs.insert(debate_id.clone(), token.clone());
+        state.tasks.spawn(subscription::run(
+            state.clone(),
+            debate_id,
+            since,
+            tx.clone(),
+            slow.clone(),
+            token,
+        ));
+    };
+    if let Some((debate_id, since)) = initial {
+        start(&mut subs, debate_id, since);
+    }
+
+    let mut heartbeat =
+        tokio::time::interval_at(Instant::now() + HEARTBEAT_INTERVAL, HEARTBEAT_INTERVAL);
+    let mut ping = tokio::time::interval_at(Instant::now() + PING_INTERVAL, PING_INTERVAL);
+    let mut last_heard = Instant::now();
+
+    let reason: Option<Close> = loop {
+        tokio::select! {
+            biased;
+            _ = state.shutdown.cancelled() => break Some(Close(close_code::GOING_AWAY, "server shutting down".into())),
+            _ = reload.changed() => break Some(Close(close_code::SERVICE_RESTART, "websocket reload; reconnect and resume with since".into())),
+            _ = slow.cancelled() => {
+                hub.slow_dropped.fetch_add(1, Ordering::Relaxed);
+                break Some(Close(close_code::SLOW_CONSUMER, slow_reason(&delivered)));
+            }
+            out = rx.recv() => {
+                let Some(out) = out else { break None };
+                let (text, mark) = match out {
+                    Out::Event { debate_id, seq, json } => (json, seq.map(|s| (debate_id, s))),
+                    Out::Control(json) => (json, None),
+                };
+                // A client that stops reading blocks this send; the slow signal still wins.
+                let sent = tokio::select! {
+                    r = sink.send(Message::Text(text)) => r.is_ok(),
+                    _ = slow.cancelled() => {
+                        hub.slow_dropped.fetch_add(1, Ordering::Relaxed);
+                        break Some(Close(close_code::SLOW_CONSUMER, slow_reason(&delivered)));
+                    }
+                };
+                if !sent {
+                    break None;
+                }
+                hub.messages_sent.fetch_add(1, Ordering::Relaxed);
+                if let Some((debate_id, seq)) = mark {
+                    delivered.insert(debate_id, seq);
+                }
+            }
+            incoming = stream.next() => {
+                last_heard = Instant::now();
+                match incoming {
+                    Some(Ok(Message::Text(text))) => {
+                        if let Some(reply) = handle_text(&text, &mut subs, &start)
+                            && sink.send(Message::Text(reply.to_string().into())).await.is_err()
+                        {
+                            break None;
+                        }
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        let reply = error_frame("binary_not_supported", "send JSON text frames", None);
+                        if sink.send(Message::Text(reply.to_string().into())).await.is_err() {
+                            break None;
+                        }
+                    }
+                    Some(Ok(Message::Close(_))) | None => break None,
+                    Some(Ok(_)) => {}
+                    Some(Err(err)) => {
+                        hub.count_error();
+                        let text = err.to_string().to_ascii_lowercase();
+                        if text.contains("too long") || text.contains("too big") || text.contains("capacity") {
+                            break Some(Close(close_code::TOO_BIG, "message larger than 64 KiB".into()));
+                        }
+                        tracing::debug!(target: "aragora::ws", %client_id, error = %err, "websocket read error");
+                        break None;
+                    }
+                }
+            }
+            _ = heartbeat.tick() => {
+                let beat = json!({"type": "heartbeat", "ts": chrono::Utc::now().timestamp_millis()});
+                if sink.send(Message::Text(beat.to_string().into())).await.is_err() {
+                    break None;
+                }
+            }
+            _ = ping.tick() => {
+                if sink.send(Message::Ping(Vec::new().into())).await.is_err() {
+                    break None;
+                }
+            }
+            _ = tokio::time::sleep_until(last_heard + IDLE_TIMEOUT) => {
+                break Some(Close(close_code::GOING_AWAY, format!("no traffic from the client for {} s", IDLE_TIMEOUT.as_secs())));
+            }
+        }
+    };
+    ended.cancel();
+    if let Some(reason) = reason {
+        if reason.0 == close_code::SLOW_CONSUMER {
+            tracing::warn!(target: "aragora::ws", %client_id, reason = %reason.1, "slow websocket client dropped");
+        }
+        let _ = close(&mut sink, reason).await;
+        // Give the peer a moment to answer the close handshake.
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Some(Ok(msg)) = stream.next().await {
+                if matches!(msg, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+    tracing::info!(target: "aragora::ws", %client_id, "websocket disconnected");
+}
+
+/// Send a close frame without waiting forever on a peer that stopped reading.
+async fn close(sink: &mut Sink, Close(code, reason): Close) -> Result<(), ()> {
+    let frame = Message::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from(truncate(&reason, 123)),
+    }));
+    match tokio::time::timeout(Duration::from_secs(1), sink.send(frame)).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
+/// The 4008 reason: the last seq delivered per debate, so the client resumes with `since`.
+fn slow_reason(delivered: &HashMap<Arc<str>, i64>) -> String {
+    match delivered.len() {
+        0 => "slow consumer; last seq 0".to_owned(),
+        1 => {
+            let seq = delivered.values().next().copied().unwrap_or(0);
+            format!("slow consumer; last seq {seq}")
+        }
+        _ => {
+            let mut parts: Vec<String> =
+                delivered.iter().map(|(d, s)| format!("{d}:{s}")).collect();
+            parts.sort();
+            truncate(&format!("slow consumer; last seq {}", parts.join(",")), 123)
+        }
+    }
+}
+
+pub fn error_frame(code: &str, message: &str, debate_id: Option<&str>) -> Value {
+    let mut data = json!({"code": code, "message": message});
+    if let Some(id) = debate_id {
+        data["debate_id"] = json!(id);
+    }
+    json!({"type": "error", "data": data})
+}
+
+fn handle_text(
+    text: &str,
+    subs: &mut HashMap<String, CancellationToken>,
+    start: &impl Fn(&mut HashMap<String, CancellationToken>, String, i64),
+) -> Option<Value> {
+    let Ok(msg) = serde_json::from_str::<Value>(text) else {
+        return Some(error_frame(
+            "invalid_json",
+            "message is not valid JSON",
+            None,
+        ));
+    };
+    // Subscriptions that ended by themselves (unknown debate, slow) no longer count.
+    subs.retain(|_, token| !token.is_cancelled());
+    match msg.get("type").and_then(Value::as_str) {
+        Some("ping") => {
+            Some(json!({"type": "pong", "ts": msg.get("ts").cloned().unwrap_or(Value::Null)}))
+        }
+        Some("subscribe") => {
+            let Some(debate_id) = msg
+                .get("debate_id")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+            else {
+                return Some(error_frame(
+                    "invalid_message",
+                    "`subscribe` needs a `debate_id`",
+                    None,
+                ));
+            };
+            let since = match msg.get("since").or_else(|| msg.get("replay_from_seq")) {
+                None | Some(Value::Null) => 0,
+                Some(v) => match v.as_i64() {
+                    Some(n) if n >= 0 => n,
+                    _ => {
+                        return Some(error_frame(
+                            "invalid_message",
+                            "`since` must be a seq ≥ 0",
+                            Some(&debate_id),
+                        ));
+                    }
+                },
+            };
+            if subs.contains_key(&debate_id) {
+                return Some(error_frame(
+                    "already_subscribed",
+                    "already subscribed to this debate; unsubscribe first",
+                    Some(&debate_id),
+                ));
+            }
+            if subs.len() >= MAX_SUBSCRIPTIONS {
+                return Some(error_frame(
+                    "too_many_subscriptions",
+                    &format!("at most {MAX_SUBSCRIPTIONS} subscriptions per connection"),
+                    Some(&debate_id),
+                ));
+            }
+            start(subs, debate_id, since);
+            None
+        }
+        Some("unsubscribe") => {
+            let Some(debate_id) = msg.get("debate_id").and_then(Value::as_str) else {
+                return Some(error_frame(
+                    "invalid_message",
+                    "`unsubscribe` needs a `debate_id`",
+                    None,
+                ));
+            };
+            match subs.remove(debate_id) {
+                Some(token) => {
+                    token.cancel();
+                    Some(json!({"type": "unsubscribed", "debate_id": debate_id}))
+                }
+                None => Some(error_frame(
+                    "not_subscribed",
+                    "not subscribed to this debate",
+                    Some(debate_id),
+                )),
+            }
+        }
+        Some(other) => Some(error_frame(
+            "unsupported",
+            &format!("message type `{other}` is not supported"),
+            None,
+        )),
+        None => Some(error_frame(
+            "invalid_message",
+            "message has no `type`",
+            None,
+        )),
+    }
+}
