@@ -120,7 +120,7 @@ impl Application {
         };
 
         let api_listener = bind(&host, config.api_port).await?;
-        let ws_listener = bind(&host, config.ws_port).await?;
+        let ws_listener = bind_ws(&host, config.ws_port, config.ws_socket_send_buffer).await?;
         let api_addr = api_listener
             .local_addr()
             .expect("bound socket has an address");
@@ -229,7 +229,7 @@ impl Application {
         if !state.config.auth_enabled() {
             tracing::warn!("auth is off: no ARAGORA_JWT_SECRET or ARAGORA_API_TOKEN configured");
         }
-        state.debates.start();
+        state.debates.start().await;
         state.tasks.spawn(
             state
                 .ws
@@ -293,4 +293,39 @@ async fn bind(host: &str, port: u16) -> Result<TcpListener, BuildError> {
     TcpListener::bind(&addr)
         .await
         .map_err(|source| BuildError::Bind { addr, source })
+}
+
+/// The WebSocket listener. Accepted sockets inherit its send buffer size: a fixed, modest
+/// kernel buffer per connection bounds the memory a client that stops reading can pin, and
+/// makes the send queue (and the 4008 close) the place where back-pressure shows.
+async fn bind_ws(host: &str, port: u16, send_buffer: u32) -> Result<TcpListener, BuildError> {
+    let addr = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    let bind_err = |source| BuildError::Bind {
+        addr: addr.clone(),
+        source,
+    };
+    let resolved = tokio::net::lookup_host(&addr)
+        .await
+        .map_err(bind_err)?
+        .next()
+        .ok_or_else(|| {
+            bind_err(std::io::Error::new(
+                std::io::ErrorKind::AddrNotAvailable,
+                "no address",
+            ))
+        })?;
+    let socket = if resolved.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(bind_err)?;
+    socket.set_reuseaddr(true).map_err(bind_err)?;
+    socket.set_send_buffer_size(send_buffer).map_err(bind_err)?;
+    socket.bind(resolved).map_err(bind_err)?;
+    socket.listen(1024).map_err(bind_err)
 }

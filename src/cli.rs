@@ -57,6 +57,14 @@ enum Command {
         #[arg(long, default_value = "threshold")]
         consensus: String,
     },
+    /// Print a running debate live from a server; reconnects and resumes without gaps.
+    Watch {
+        /// The debate id.
+        debate_id: String,
+        /// WebSocket URL of the server.
+        #[arg(long, default_value = "ws://127.0.0.1:8766/ws")]
+        server: String,
+    },
     /// Apply database migrations and exit.
     Migrate,
     /// Print the effective configuration (secrets redacted) and where each value comes from.
@@ -86,6 +94,10 @@ pub fn run() -> ExitCode {
     };
     if let Command::Health { url } = &cli.command {
         return health(url);
+    }
+    if let Command::Watch { debate_id, server } = &cli.command {
+        let (server, debate_id) = (server.clone(), debate_id.clone());
+        return block_on(async move { crate::watch::run(&server, &debate_id).await });
     }
     let config = match Config::load(cli.config.as_deref(), &flags) {
         Ok(config) => config,
@@ -124,7 +136,7 @@ pub fn run() -> ExitCode {
             block_on(async move { crate::debate_cli::run_cli(&config, options).await })
         }
         Command::Serve { .. } => block_on(serve(config)),
-        Command::Health { .. } => unreachable!("handled above"),
+        Command::Health { .. } | Command::Watch { .. } => unreachable!("handled above"),
     }
 }
 

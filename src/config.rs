@@ -118,6 +118,7 @@ const SETTINGS: &[Setting] = &[
     s("ws_send_queue", &["ARAGORA_WS_SEND_QUEUE"]),
     s("ws_slow_consumer_ms", &["ARAGORA_WS_SLOW_CONSUMER_MS"]),
     s("event_bus_channel", &["ARAGORA_EVENT_BUS_CHANNEL"]),
+    s("ws_socket_send_buffer", &["ARAGORA_WS_SOCKET_SEND_BUFFER"]),
 ];
 
 /// Provider credentials and endpoints, read from the environment only (contract §2).
@@ -327,6 +328,8 @@ pub struct Config {
     pub ws_send_queue: u32,
     /// How long a full send queue may stay full before the client is closed with 4008.
     pub ws_slow_consumer: Duration,
+    /// Kernel send buffer of each WebSocket connection on the WS port, bytes.
+    pub ws_socket_send_buffer: u32,
     /// Redis pub/sub channel of the cross-instance event bus.
     pub event_bus_channel: String,
     /// Provider keys and base URLs from the environment.
@@ -606,6 +609,7 @@ impl Config {
             breaker_success_threshold: p.int("breaker_success_threshold", 1, 100)? as u32,
             ws_send_queue: p.int("ws_send_queue", 16, 1_000_000)? as u32,
             ws_slow_consumer: Duration::from_millis(p.int("ws_slow_consumer_ms", 10, 600_000)?),
+            ws_socket_send_buffer: p.int("ws_socket_send_buffer", 4096, 64 << 20)? as u32,
             event_bus_channel: p
                 .text("event_bus_channel")
                 .unwrap_or_else(|| "aragora:events".into()),

@@ -48,52 +48,56 @@ impl EventSink for Printer {
         agent: Option<&str>,
         data: Value,
     ) -> Result<(), String> {
-        let agent = agent.unwrap_or("");
-        let s = |k: &str| data.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
-        let line = match kind {
-            "debate_start" => format!("Debate: {}\n", s("task")),
-            "round_start" => format!("\n=== Round {} ===\n", round.unwrap_or(0)),
-            "agent_message" => format!("\n[{agent}] {}:\n{}\n", s("role"), s("content")),
-            "critique" => {
-                let target = data.get("target").and_then(Value::as_str).unwrap_or("all");
-                format!("  {agent} critiques {target}: {}\n", s("text"))
-            }
-            "vote" => match data.get("choice").and_then(Value::as_str) {
-                Some(choice) => format!(
-                    "  {agent} votes {choice} (confidence {:.2}): {}\n",
-                    data.get("confidence")
-                        .and_then(Value::as_f64)
-                        .unwrap_or(0.0),
-                    s("reasoning")
-                ),
-                None => format!("  {agent} cast an unparseable vote: {}\n", s("error")),
-            },
-            "convergence" => format!(
-                "  convergence: {} (min similarity {})\n",
-                s("status"),
-                data.get("min").cloned().unwrap_or_default()
-            ),
-            "consensus" => format!(
-                "  consensus: {} (winner {}, share {})\n",
-                if data.get("reached") == Some(&Value::Bool(true)) {
-                    "reached"
-                } else {
-                    "not reached"
-                },
-                data.get("winner").and_then(Value::as_str).unwrap_or("none"),
-                data.get("share").cloned().unwrap_or(Value::Null)
-            ),
-            "agent_error" | "circuit_open" => {
-                format!("  ! {agent} failed in {}: {}\n", s("phase"), s("error"))
-            }
-            "debate_end" => format!("\nDebate ended: {}\n", s("status")),
-            _ => String::new(),
-        };
-        self.out(&line);
+        self.out(&format_event(kind, round, agent, &data));
         Ok(())
     }
 
     fn token_delta(&self, _round: u32, _agent: &str, _delta: &str) {}
+}
+
+/// One event as a terminal line (or lines), shared by `aragora debate` and `aragora watch`.
+pub fn format_event(kind: &str, round: Option<u32>, agent: Option<&str>, data: &Value) -> String {
+    let agent = agent.unwrap_or("");
+    let s = |k: &str| data.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+    match kind {
+        "debate_start" => format!("Debate: {}\n", s("task")),
+        "round_start" => format!("\n=== Round {} ===\n", round.unwrap_or(0)),
+        "agent_message" => format!("\n[{agent}] {}:\n{}\n", s("role"), s("content")),
+        "critique" => {
+            let target = data.get("target").and_then(Value::as_str).unwrap_or("all");
+            format!("  {agent} critiques {target}: {}\n", s("text"))
+        }
+        "vote" => match data.get("choice").and_then(Value::as_str) {
+            Some(choice) => format!(
+                "  {agent} votes {choice} (confidence {:.2}): {}\n",
+                data.get("confidence")
+                    .and_then(Value::as_f64)
+                    .unwrap_or(0.0),
+                s("reasoning")
+            ),
+            None => format!("  {agent} cast an unparseable vote: {}\n", s("error")),
+        },
+        "convergence" => format!(
+            "  convergence: {} (min similarity {})\n",
+            s("status"),
+            data.get("min").cloned().unwrap_or_default()
+        ),
+        "consensus" => format!(
+            "  consensus: {} (winner {}, share {})\n",
+            if data.get("reached") == Some(&Value::Bool(true)) {
+                "reached"
+            } else {
+                "not reached"
+            },
+            data.get("winner").and_then(Value::as_str).unwrap_or("none"),
+            data.get("share").cloned().unwrap_or(Value::Null)
+        ),
+        "agent_error" | "circuit_open" => {
+            format!("  ! {agent} failed in {}: {}\n", s("phase"), s("error"))
+        }
+        "debate_end" => format!("\nDebate ended: {}\n", s("status")),
+        _ => String::new(),
+    }
 }
 
 pub async fn run_cli(config: &Config, options: Options) -> ExitCode {

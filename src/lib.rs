@@ -18,4 +18,5 @@ pub mod ratings;
 pub mod redis_client;
 pub mod store;
 pub mod telemetry;
+pub mod watch;
 pub mod ws;

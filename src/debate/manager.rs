@@ -149,15 +149,33 @@ impl DebateManager {
     }
 
     /// Start the workers, then re-queue or close what this instance left unfinished.
-    pub fn start(self: &Arc<Self>) {
+    pub async fn start(self: &Arc<Self>) {
         for _ in 0..self.settings.max_concurrent {
             let me = self.clone();
             self.tasks.spawn(async move { me.worker().await });
         }
+        // Read what is left over *before* the server accepts new debates, so a debate
+        // created now is never mistaken for one to recover (and run twice).
+        let leftovers = match tokio::time::timeout(
+            Duration::from_secs(10),
+            self.store.unfinished_debates(),
+        )
+        .await
+        {
+            Ok(Ok(records)) => records,
+            Ok(Err(err)) => {
+                tracing::error!(target: "aragora::debate", error = %err, "cannot list unfinished debates; none recovered");
+                return;
+            }
+            Err(_) => {
+                tracing::error!(target: "aragora::debate", "listing unfinished debates timed out; none recovered");
+                return;
+            }
+        };
         let me = self.clone();
         self.tasks.spawn(async move {
             tokio::select! {
-                result = me.recover() => if let Err(err) = result {
+                result = me.recover(leftovers) => if let Err(err) = result {
                     tracing::error!(target: "aragora::debate", error = %err, "recovering unfinished debates failed");
                 },
                 // A hung database must not hold shutdown hostage.
@@ -442,6 +460,11 @@ impl DebateManager {
                 return;
             }
         };
+        if record.status != "queued" {
+            // Only a queued debate may start: never run one twice.
+            tracing::warn!(target: "aragora::debate", debate_id = id, status = %record.status, "skipping a debate that is no longer queued");
+            return;
+        }
         let span = tracing::info_span!("debate", debate_id = %id, correlation_id = record.correlation_id.as_deref().unwrap_or(""));
         let _ = tracing::Instrument::instrument(self.execute(record, cancel), span).await;
     }
@@ -562,8 +585,8 @@ impl DebateManager {
 
     /// After a restart: debates this instance accepted but never started are queued again;
     /// debates it was running end `failed` with reason `interrupted` (their transcript kept).
-    pub async fn recover(&self) -> Result<(), StoreError> {
-        for record in self.store.unfinished_debates().await? {
+    pub async fn recover(&self, leftovers: Vec<DebateRecord>) -> Result<(), StoreError> {
+        for record in leftovers {
             let runner = record.options.get("runner").and_then(Value::as_str);
             if runner != Some(self.settings.instance_id.as_str()) {
                 continue;

@@ -111,6 +111,11 @@ pub async fn serve(
                 let sent = tokio::select! {
                     r = sink.send(Message::Text(text)) => r.is_ok(),
                     _ = slow.cancelled() => {
+                        // The interrupted frame is already in the write buffer and goes out
+                        // before the close frame, so it counts as delivered.
+                        if let Some((debate_id, seq)) = mark {
+                            delivered.insert(debate_id, seq);
+                        }
                         hub.slow_dropped.fetch_add(1, Ordering::Relaxed);
                         break Some(Close(close_code::SLOW_CONSUMER, slow_reason(&delivered)));
                     }
@@ -127,10 +132,11 @@ pub async fn serve(
                 last_heard = Instant::now();
                 match incoming {
                     Some(Ok(Message::Text(text))) => {
-                        if let Some(reply) = handle_text(&text, &mut subs, &start)
-                            && sink.send(Message::Text(reply.to_string().into())).await.is_err()
-                        {
-                            break None;
+                        if let Some(reply) = handle_text(&text, &mut subs, &start) {
+                            if sink.send(Message::Text(reply.to_string().into())).await.is_err() {
+                                break None;
+                            }
+                            hub.messages_sent.fetch_add(1, Ordering::Relaxed);
                         }
                     }
                     Some(Ok(Message::Binary(_))) => {
@@ -157,6 +163,7 @@ pub async fn serve(
                 if sink.send(Message::Text(beat.to_string().into())).await.is_err() {
                     break None;
                 }
+                hub.messages_sent.fetch_add(1, Ordering::Relaxed);
             }
             _ = ping.tick() => {
                 if sink.send(Message::Ping(Vec::new().into())).await.is_err() {

@@ -12,3 +12,4 @@ mod providers;
 mod shutdown;
 mod store;
 mod ws;
+mod ws_live;
