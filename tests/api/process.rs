@@ -526,3 +526,280 @@ async fn kill_9_loses_no_accepted_debate() {
         assert_eq!(e["seq"], i as i64 + 1);
     }
 }
+
+async fn ws_connect(
+    port: u16,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws"))
+        .await
+        .unwrap();
+    ws.next().await.unwrap().unwrap(); // connection_info
+    ws
+}
+
+async fn ws_send(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    v: serde_json::Value,
+) {
+    use futures::SinkExt;
+    ws.send(Message::Text(v.to_string().into())).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_client_on_instance_b_sees_a_debate_running_on_instance_a() {
+    // Two `aragora serve` processes sharing one Postgres schema and one Redis channel.
+    let (schema, db_url) = crate::helpers::fresh_postgres_schema().await;
+    let channel = format!("aragora:test:{schema}");
+    let redis = crate::helpers::redis_url();
+    let shared = |id: &'static str| {
+        vec![
+            ("ARAGORA_DATABASE_URL", db_url.clone()),
+            ("ARAGORA_REDIS_URL", redis.clone()),
+            ("ARAGORA_EVENT_BUS_CHANNEL", channel.clone()),
+            ("ARAGORA_INSTANCE_ID", id.to_owned()),
+        ]
+    };
+    let env_a = shared("instance-a");
+    let env_b = shared("instance-b");
+
+    let dir_a = tempfile::tempdir().unwrap();
+    let dir_b = tempfile::tempdir().unwrap();
+    let refs_a: Vec<(&str, &str)> = env_a.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let refs_b: Vec<(&str, &str)> = env_b.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut a = Server::start(dir_a.path(), &refs_a);
+    let mut b = Server::start(dir_b.path(), &refs_b);
+    a.wait_healthy().await;
+    b.wait_healthy().await;
+    let stats: serde_json::Value = crate::helpers::http()
+        .get(b.url("/api/ws/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["event_bus"]["backend"], "redis");
+
+    // The debate runs on A; it is slow enough that B's client joins while it is live.
+    let created: serde_json::Value = crate::helpers::http()
+        .post(a.url("/api/debates"))
+        .json(&serde_json::json!({"task": "cross-instance", "agents": ["demo:40", "demo:40", "demo:40"], "rounds": 3, "min_rounds": 3}))
+        .send().await.unwrap().json().await.unwrap();
+    let id = created["debate_id"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut ws = ws_connect(b.ws_port).await;
+    ws_send(
+        &mut ws,
+        serde_json::json!({"type": "subscribe", "debate_id": id, "since": 0}),
+    )
+    .await;
+    let mut seqs = Vec::new();
+    let mut live_deltas = 0;
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let Message::Text(t) = msg else { continue };
+        let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+        if v["type"] == "token_delta" {
+            live_deltas += 1;
+        }
+        if let Some(seq) = v["seq"].as_i64() {
+            seqs.push(seq);
+            if v["type"] == "debate_end" {
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        seqs,
+        (1..=*seqs.last().unwrap()).collect::<Vec<_>>(),
+        "complete and in order"
+    );
+    assert!(seqs.len() > 30);
+    assert!(
+        live_deltas > 0,
+        "token deltas from A reached B live through Redis"
+    );
+    let events: serde_json::Value = crate::helpers::http()
+        .get(a.url(&format!("/api/debates/{id}/events?limit=1000")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(events["last_seq"], *seqs.last().unwrap());
+}
+
+#[tokio::test]
+async fn sigusr1_closes_websockets_with_1012_while_rest_and_debates_carry_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &[]);
+    server.wait_healthy().await;
+    let client = crate::helpers::http();
+    let created: serde_json::Value = client
+        .post(server.url("/api/debates"))
+        .json(&serde_json::json!({"task": "t", "agents": ["demo:100", "demo:100"], "rounds": 2, "min_rounds": 2}))
+        .send().await.unwrap().json().await.unwrap();
+    let id = created["debate_id"].as_str().unwrap().to_owned();
+    let mut ws = ws_connect(server.ws_port).await;
+    server.signal(Signal::SIGUSR1);
+    let close = loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap()
+        {
+            Some(Ok(Message::Close(frame))) => break frame.unwrap(),
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(u16::from(close.code), 1012);
+    assert_eq!(
+        client
+            .get(server.url("/api/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // Reconnecting works and the debate finished normally.
+    let _again = ws_connect(server.ws_port).await;
+    let mut status = serde_json::Value::Null;
+    for _ in 0..100 {
+        let d: serde_json::Value = client
+            .get(server.url(&format!("/api/debates/{id}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        status = d["status"].clone();
+        if status != "running" && status != "queued" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        matches!(status.as_str(), Some("completed" | "no_consensus")),
+        "{status}"
+    );
+    server.signal(Signal::SIGTERM);
+    let (code, _, _) = server.wait_exit(Duration::from_secs(12));
+    assert_eq!(code, 0);
+}
+
+#[tokio::test]
+async fn watch_survives_a_server_restart_without_gap_or_duplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("ARAGORA_INSTANCE_ID", "watch-test")];
+    let mut server = Server::start(dir.path(), &env);
+    server.wait_healthy().await;
+    let (api_port, ws_port) = (server.api_port, server.ws_port);
+    let created: serde_json::Value = crate::helpers::http()
+        .post(server.url("/api/debates"))
+        .json(&serde_json::json!({"task": "watched", "agents": ["demo:150", "demo:150"], "rounds": 4, "min_rounds": 4}))
+        .send().await.unwrap().json().await.unwrap();
+    let id = created["debate_id"].as_str().unwrap().to_owned();
+
+    let out_path = dir.path().join("watch.out");
+    let mut watch = Command::new(BIN)
+        .args([
+            "watch",
+            &id,
+            "--server",
+            &format!("ws://127.0.0.1:{ws_port}/ws"),
+        ])
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(dir.path().join("watch.err")).unwrap())
+        .spawn()
+        .unwrap();
+    // Let it print some events, then restart the server on the same ports.
+    for _ in 0..100 {
+        if std::fs::read_to_string(&out_path)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with('#'))
+            .count()
+            >= 5
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.signal(Signal::SIGTERM);
+    let (code, _, _) = server.wait_exit(Duration::from_secs(12));
+    assert_eq!(code, 0);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let out = dir.path().join("second.out");
+    let child = command(dir.path(), &env)
+        .args([
+            "serve",
+            "--api-port",
+            &api_port.to_string(),
+            "--ws-port",
+            &ws_port.to_string(),
+        ])
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(dir.path().join("second.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut again = Server {
+        child,
+        api_port,
+        ws_port,
+        out,
+        err: dir.path().join("second.err"),
+    };
+    again.wait_healthy().await;
+
+    // The interrupted debate is closed on restart; watch prints through debate_end and exits.
+    let mut exited = None;
+    for _ in 0..300 {
+        if let Some(status) = watch.try_wait().unwrap() {
+            exited = Some(status);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = exited.unwrap_or_else(|| {
+        let _ = watch.kill();
+        panic!(
+            "watch did not finish: {}",
+            std::fs::read_to_string(&out_path).unwrap_or_default()
+        )
+    });
+    assert!(status.success());
+    let printed = std::fs::read_to_string(&out_path).unwrap();
+    let seqs: Vec<i64> = printed
+        .lines()
+        .filter_map(|l| l.strip_prefix('#'))
+        .map(|l| l.split_whitespace().next().unwrap().parse().unwrap())
+        .collect();
+    let events: serde_json::Value = crate::helpers::http()
+        .get(again.url(&format!("/api/debates/{id}/events?limit=1000")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let last = events["last_seq"].as_i64().unwrap();
+    assert_eq!(
+        seqs,
+        (1..=last).collect::<Vec<_>>(),
+        "no gap, no duplicate:\n{printed}"
+    );
+    let err = std::fs::read_to_string(dir.path().join("watch.err")).unwrap();
+    assert!(
+        err.contains("resuming after seq"),
+        "watch reconnected: {err}"
+    );
+}
