@@ -59,6 +59,7 @@ pub enum BuildError {
 
 pub struct Application {
     state: AppState,
+    leftovers: Vec<crate::store::DebateRecord>,
     api_listener: TcpListener,
     ws_listener: TcpListener,
     api_addr: SocketAddr,
@@ -111,6 +112,11 @@ impl Application {
         let agents = Arc::new(load_agents(&config).map_err(BuildError::Agents)?);
         let store = open_store(&config).await.map_err(BuildError::Store)?;
         store.migrate().await.map_err(BuildError::Migrate)?;
+        // What a previous run left unfinished, read before anything new can be accepted.
+        let leftovers = store
+            .unfinished_debates()
+            .await
+            .map_err(BuildError::Store)?;
 
         let redis = match &config.redis_url {
             Some(url) => {
@@ -182,6 +188,7 @@ impl Application {
         };
         Ok(Application {
             state,
+            leftovers,
             api_listener,
             ws_listener,
             api_addr,
@@ -213,6 +220,7 @@ impl Application {
     pub async fn run(self) -> std::io::Result<()> {
         let Application {
             state,
+            leftovers,
             api_listener,
             ws_listener,
             api_addr,
@@ -229,7 +237,7 @@ impl Application {
         if !state.config.auth_enabled() {
             tracing::warn!("auth is off: no ARAGORA_JWT_SECRET or ARAGORA_API_TOKEN configured");
         }
-        state.debates.start().await;
+        state.debates.start(leftovers);
         state.tasks.spawn(
             state
                 .ws

@@ -149,29 +149,13 @@ impl DebateManager {
     }
 
     /// Start the workers, then re-queue or close what this instance left unfinished.
-    pub async fn start(self: &Arc<Self>) {
+    /// Start the workers, then re-queue or close `leftovers`: the unfinished debates listed
+    /// before the server accepted any request (so a new debate is never taken for one).
+    pub fn start(self: &Arc<Self>, leftovers: Vec<DebateRecord>) {
         for _ in 0..self.settings.max_concurrent {
             let me = self.clone();
             self.tasks.spawn(async move { me.worker().await });
         }
-        // Read what is left over *before* the server accepts new debates, so a debate
-        // created now is never mistaken for one to recover (and run twice).
-        let leftovers = match tokio::time::timeout(
-            Duration::from_secs(10),
-            self.store.unfinished_debates(),
-        )
-        .await
-        {
-            Ok(Ok(records)) => records,
-            Ok(Err(err)) => {
-                tracing::error!(target: "aragora::debate", error = %err, "cannot list unfinished debates; none recovered");
-                return;
-            }
-            Err(_) => {
-                tracing::error!(target: "aragora::debate", "listing unfinished debates timed out; none recovered");
-                return;
-            }
-        };
         let me = self.clone();
         self.tasks.spawn(async move {
             tokio::select! {
@@ -585,7 +569,7 @@ impl DebateManager {
 
     /// After a restart: debates this instance accepted but never started are queued again;
     /// debates it was running end `failed` with reason `interrupted` (their transcript kept).
-    pub async fn recover(&self, leftovers: Vec<DebateRecord>) -> Result<(), StoreError> {
+    async fn recover(&self, leftovers: Vec<DebateRecord>) -> Result<(), StoreError> {
         for record in leftovers {
             let runner = record.options.get("runner").and_then(Value::as_str);
             if runner != Some(self.settings.instance_id.as_str()) {
