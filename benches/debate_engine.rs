@@ -25,8 +25,8 @@ use tokio_util::sync::CancellationToken;
 
 use aragora::agents::AgentRegistry;
 use aragora::app::{Application, load_agents};
+use aragora::bus::LocalBus;
 use aragora::config::{Config, Flags};
-use aragora::debate::bus::LocalBus;
 use aragora::debate::manager::{Recorder, RegistryAgent};
 use aragora::debate::prompts::STANCES;
 use aragora::debate::{
