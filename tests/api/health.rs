@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::helpers::{
-    Proxy, fresh_postgres_schema, redis_url, spawn_app, spawn_app_with, with_search_path,
+    Proxy, fresh_postgres_schema, redis_url, spawn_app, spawn_app_behind_db_proxy, spawn_app_with,
 };
 
 #[tokio::test]
@@ -93,18 +93,7 @@ async fn postgres_backend_reports_ok() {
 
 #[tokio::test]
 async fn dead_database_is_unhealthy_503_within_a_second() {
-    let (schema, _) = fresh_postgres_schema().await;
-    let upstream = crate::helpers::postgres_url();
-    let host_port = upstream
-        .split('@')
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .unwrap()
-        .to_owned();
-    let proxy = Proxy::start(&host_port).await;
-    let via_proxy = upstream.replace(&host_port, &proxy.addr.to_string());
-    let url = with_search_path(&via_proxy, &schema);
-    let app = spawn_app_with(&[("ARAGORA_DATABASE_URL", url.as_str())]).await;
+    let (app, proxy) = spawn_app_behind_db_proxy(&[]).await;
     assert_eq!(app.get("/api/health").await.status(), 200);
 
     proxy.cut();
@@ -125,22 +114,7 @@ async fn dead_database_is_unhealthy_503_within_a_second() {
 
 #[tokio::test]
 async fn hanging_database_still_answers_within_the_check_budget() {
-    let (schema, _) = fresh_postgres_schema().await;
-    let upstream = crate::helpers::postgres_url();
-    let host_port = upstream
-        .split('@')
-        .nth(1)
-        .and_then(|r| r.split('/').next())
-        .unwrap()
-        .to_owned();
-    let proxy = Proxy::start(&host_port).await;
-    let url = with_search_path(
-        &upstream.replace(&host_port, &proxy.addr.to_string()),
-        &schema,
-    );
-    // Existing connections are dropped, new ones are accepted and never answered.
-    let app = spawn_app_with(&[
-        ("ARAGORA_DATABASE_URL", url.as_str()),
+    let (app, proxy) = spawn_app_behind_db_proxy(&[
         ("ARAGORA_DB_POOL_SIZE", "1"),
         ("ARAGORA_DB_MAX_OVERFLOW", "0"),
     ])

@@ -124,6 +124,27 @@ pub async fn fresh_postgres_schema() -> (String, String) {
     (schema.clone(), with_search_path(&postgres_url(), &schema))
 }
 
+/// A server whose Postgres connections run through a `Proxy` the test can cut or
+/// blackhole, in a fresh schema; `extra` adds settings.
+pub async fn spawn_app_behind_db_proxy(extra: &[(&str, &str)]) -> (TestApp, Proxy) {
+    let (schema, _) = fresh_postgres_schema().await;
+    let upstream = postgres_url();
+    let host_port = upstream
+        .split('@')
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .expect("host:port in the test database URL")
+        .to_owned();
+    let proxy = Proxy::start(&host_port).await;
+    let url = with_search_path(
+        &upstream.replace(&host_port, &proxy.addr.to_string()),
+        &schema,
+    );
+    let mut env = vec![("ARAGORA_DATABASE_URL", url.as_str())];
+    env.extend_from_slice(extra);
+    (spawn_app_with(&env).await, proxy)
+}
+
 pub fn with_search_path(url: &str, schema: &str) -> String {
     let sep = if url.contains('?') { '&' } else { '?' };
     format!("{url}{sep}options=-c%20search_path%3D{schema}")

@@ -4,9 +4,7 @@
 use reqwest::header::{ACCESS_CONTROL_ALLOW_ORIGIN, ORIGIN};
 use serde_json::Value;
 
-use crate::helpers::{
-    Proxy, fresh_postgres_schema, postgres_url, spawn_app, spawn_app_with, with_search_path,
-};
+use crate::helpers::{spawn_app, spawn_app_behind_db_proxy, spawn_app_with};
 
 fn correlation_header(r: &reqwest::Response) -> String {
     r.headers()
@@ -126,21 +124,7 @@ async fn oversized_body_is_json_413() {
 async fn slow_request_times_out_with_json_503() {
     // The database is blackholed and the health check budget is longer than the request
     // budget, so the request deadline is what ends the request.
-    let (schema, _) = fresh_postgres_schema().await;
-    let upstream = postgres_url();
-    let host_port = upstream
-        .split('@')
-        .nth(1)
-        .and_then(|r| r.split('/').next())
-        .unwrap()
-        .to_owned();
-    let proxy = Proxy::start(&host_port).await;
-    let url = with_search_path(
-        &upstream.replace(&host_port, &proxy.addr.to_string()),
-        &schema,
-    );
-    let app = spawn_app_with(&[
-        ("ARAGORA_DATABASE_URL", url.as_str()),
+    let (app, proxy) = spawn_app_behind_db_proxy(&[
         ("ARAGORA_REQUEST_TIMEOUT_SECONDS", "1"),
         ("ARAGORA_HEALTH_CHECK_TIMEOUT_MS", "5000"),
     ])

@@ -3,29 +3,13 @@
 
 use std::time::{Duration, Instant};
 
-use crate::helpers::{
-    Proxy, fresh_postgres_schema, postgres_url, spawn_app_with, with_search_path,
-};
+use crate::helpers::spawn_app_behind_db_proxy;
 
 #[tokio::test]
 async fn in_flight_requests_finish_and_new_connections_are_refused() {
     // A blackholed database makes /api/health/ready take the whole 1.5 s check budget: a
     // request that is reliably still in flight when shutdown starts.
-    let (schema, _) = fresh_postgres_schema().await;
-    let upstream = postgres_url();
-    let host_port = upstream
-        .split('@')
-        .nth(1)
-        .and_then(|r| r.split('/').next())
-        .unwrap()
-        .to_owned();
-    let proxy = Proxy::start(&host_port).await;
-    let url = with_search_path(
-        &upstream.replace(&host_port, &proxy.addr.to_string()),
-        &schema,
-    );
-    let app = spawn_app_with(&[
-        ("ARAGORA_DATABASE_URL", url.as_str()),
+    let (app, proxy) = spawn_app_behind_db_proxy(&[
         ("ARAGORA_HEALTH_CHECK_TIMEOUT_MS", "1500"),
         ("ARAGORA_SHUTDOWN_TIMEOUT_SECONDS", "10"),
     ])
@@ -63,21 +47,7 @@ async fn in_flight_requests_finish_and_new_connections_are_refused() {
 #[tokio::test]
 async fn shutdown_budget_bounds_a_stuck_drain() {
     // The in-flight request outlives a 1 s shutdown budget: run() returns anyway.
-    let (schema, _) = fresh_postgres_schema().await;
-    let upstream = postgres_url();
-    let host_port = upstream
-        .split('@')
-        .nth(1)
-        .and_then(|r| r.split('/').next())
-        .unwrap()
-        .to_owned();
-    let proxy = Proxy::start(&host_port).await;
-    let url = with_search_path(
-        &upstream.replace(&host_port, &proxy.addr.to_string()),
-        &schema,
-    );
-    let app = spawn_app_with(&[
-        ("ARAGORA_DATABASE_URL", url.as_str()),
+    let (app, proxy) = spawn_app_behind_db_proxy(&[
         ("ARAGORA_HEALTH_CHECK_TIMEOUT_MS", "20000"),
         ("ARAGORA_REQUEST_TIMEOUT_SECONDS", "60"),
         ("ARAGORA_SHUTDOWN_TIMEOUT_SECONDS", "1"),
