@@ -19,6 +19,11 @@ const DEBATE_COLUMNS: &str = "id, task, status, agents, rounds, rounds_used, con
 
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// Every write goes through this one connection. SQLite allows one writer at a time;
+    /// with writers spread over the pool they contended for the lock and slept in the busy
+    /// handler (≈10 ms naps), while queueing here is an async wait in arrival order. Reads
+    /// keep the whole pool (WAL lets them run beside the writer).
+    writer: SqlitePool,
 }
 
 #[derive(sqlx::FromRow)]
@@ -167,8 +172,19 @@ impl SqliteStore {
                 .max_lifetime(None);
         }
         // Local file open: bounded by acquire_timeout, and surfaces a bad path at startup.
-        let pool = pool_opts.connect_with(opts).await?;
-        Ok(Self { pool })
+        let pool = pool_opts.connect_with(opts.clone()).await?;
+        let writer = if in_memory {
+            // One shared in-memory database: its pool already serialises access.
+            pool.clone()
+        } else {
+            SqlitePoolOptions::new()
+                .min_connections(1)
+                .max_connections(1)
+                .acquire_timeout(pool.options().get_acquire_timeout())
+                .connect_with(opts)
+                .await?
+        };
+        Ok(Self { pool, writer })
     }
 
     async fn fetch_debate(&self, id: &str) -> StoreResult<Option<DebateRecord>> {
@@ -188,7 +204,7 @@ impl SqliteStore {
     ) -> sqlx::Result<Option<StoredEvent>> {
         // BEGIN IMMEDIATE takes the write lock up front (waiting via busy_timeout), so the
         // read-increment-insert below cannot interleave with another appender.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let seq: Option<i64> = sqlx::query_scalar(
             "UPDATE debates SET last_seq = last_seq + 1 WHERE id = ? RETURNING last_seq",
         )
@@ -238,7 +254,7 @@ impl SqliteStore {
         let now = format_ts(now_micros());
         // BEGIN IMMEDIATE takes the database write lock before the ratings are read, so two
         // batches cannot both read the same rating and overwrite each other's update.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let fresh = sqlx::query(
             "INSERT INTO rated_debates (debate_id, domain, matches, rated_at) \
              VALUES (?, ?, ?, ?) ON CONFLICT (debate_id) DO NOTHING",
@@ -333,11 +349,12 @@ impl Store for SqliteStore {
         // Migrations are additive, so a binary older than the schema still works: applied
         // versions it does not know (a newer binary's) are not an error.
         migrator.set_ignore_missing(true);
-        migrator.run(&self.pool).await?;
+        migrator.run(&self.writer).await?;
         Ok(())
     }
 
     async fn close(&self) {
+        self.writer.close().await;
         self.pool.close().await;
     }
 
@@ -358,7 +375,7 @@ impl Store for SqliteStore {
         .bind(&new.correlation_id)
         .bind(Json(&new.options))
         .bind(format_ts(created_at))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::Conflict(format!(
@@ -405,7 +422,7 @@ impl Store for SqliteStore {
             .bind(update.started_at.map(format_ts))
             .bind(update.finished_at.map(format_ts))
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.writer)
             .await?;
         row.ok_or_else(|| StoreError::NotFound(format!("debate {id}")))?
             .into_record()
