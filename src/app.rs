@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::debate::bus::LocalBus;
 use crate::debate::manager::{DebateManager, ManagerSettings};
 use crate::lockfile::{LockError, PidLock};
+use crate::ratelimit::RateLimiter;
 use crate::redis_client::RedisHandle;
 use crate::store::{self, DynStore, PoolSettings, StoreError};
 use crate::ws::WsHub;
@@ -31,6 +32,8 @@ pub struct AppState {
     /// Debate queue, workers and the agent registry.
     pub debates: Arc<DebateManager>,
     pub metrics: Option<PrometheusHandle>,
+    /// Rate limits: rules, backends, SIGHUP reload.
+    pub ratelimit: Arc<RateLimiter>,
     pub started_at: Instant,
     /// Cancelled when shutdown starts.
     pub shutdown: CancellationToken,
@@ -116,6 +119,8 @@ impl Application {
             None => None,
         };
 
+        let ratelimit = Arc::new(RateLimiter::new(&config).map_err(BuildError::Redis)?);
+
         let api_listener = bind(&host, config.api_port).await?;
         let ws_listener = bind(&host, config.ws_port).await?;
         let api_addr = api_listener
@@ -154,6 +159,7 @@ impl Application {
             ws: Arc::new(WsHub::new()),
             debates,
             metrics,
+            ratelimit,
             started_at: Instant::now(),
             shutdown,
             tasks,
@@ -208,6 +214,9 @@ impl Application {
             tracing::warn!("auth is off: no ARAGORA_JWT_SECRET or ARAGORA_API_TOKEN configured");
         }
         state.debates.start();
+        state
+            .ratelimit
+            .start(&state.tasks, state.shutdown.clone());
         let token = state.shutdown.clone();
         let api = axum::serve(
             api_listener,
