@@ -29,10 +29,18 @@ fn report(name: &str, elapsed: Duration, mut lat: Vec<Duration>) {
     );
 }
 
-async fn decisions(limiter: Arc<dyn Limiter>, total: usize, tasks: usize) -> (Duration, Vec<Duration>) {
+async fn decisions(
+    limiter: Arc<dyn Limiter>,
+    total: usize,
+    tasks: usize,
+) -> (Duration, Vec<Duration>) {
     // Large quota: every decision is a full GCRA update, never a short-circuit denial.
     let quota = Quota::per_minute(1_000_000);
-    let keys: Arc<Vec<String>> = Arc::new((0..KEYS).map(|i| format!("ip:10.0.{}.{}", i / 256, i % 256)).collect());
+    let keys: Arc<Vec<String>> = Arc::new(
+        (0..KEYS)
+            .map(|i| format!("ip:10.0.{}.{}", i / 256, i % 256))
+            .collect(),
+    );
     let started = Instant::now();
     let handles: Vec<_> = (0..tasks)
         .map(|t| {
@@ -58,7 +66,10 @@ async fn decisions(limiter: Arc<dyn Limiter>, total: usize, tasks: usize) -> (Du
 }
 
 async fn http_run(url: &str, total: usize) -> (Duration, Vec<Duration>) {
-    let client = reqwest::Client::builder().pool_max_idle_per_host(CONCURRENCY).build().unwrap();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(CONCURRENCY)
+        .build()
+        .unwrap();
     let started = Instant::now();
     let handles: Vec<_> = (0..CONCURRENCY)
         .map(|_| {
@@ -84,11 +95,21 @@ async fn http_run(url: &str, total: usize) -> (Duration, Vec<Duration>) {
     (started.elapsed(), all)
 }
 
-async fn app(disabled: bool) -> (std::net::SocketAddr, tokio_util::sync::CancellationToken, tempfile::TempDir) {
+async fn app(
+    disabled: bool,
+) -> (
+    std::net::SocketAddr,
+    tokio_util::sync::CancellationToken,
+    tempfile::TempDir,
+) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data").display().to_string();
     let lock = dir.path().display().to_string();
-    let flags = Flags { host: None, api_port: Some(0), ws_port: Some(0) };
+    let flags = Flags {
+        host: None,
+        api_port: Some(0),
+        ws_port: Some(0),
+    };
     let config = Config::load_with(None, &flags, |k| match k {
         "ARAGORA_DATA_DIR" => Some(data.clone()),
         "ARAGORA_LOCK_DIR" => Some(lock.clone()),
@@ -108,7 +129,10 @@ async fn app(disabled: bool) -> (std::net::SocketAddr, tokio_util::sync::Cancell
 async fn main() {
     aragora::agents::http::install_crypto_provider();
     println!("aragora ratelimit bench: {KEYS} keys, quota 1,000,000/min (always allowed)");
-    println!("{:<34} {:>12} {:>10} {:>10}", "case", "decisions/s", "p50 µs", "p99 µs");
+    println!(
+        "{:<34} {:>12} {:>10} {:>10}",
+        "case", "decisions/s", "p50 µs", "p99 µs"
+    );
 
     let memory: Arc<dyn Limiter> = Arc::new(MemoryLimiter::new());
     decisions(memory.clone(), 100_000, 1).await;
@@ -117,7 +141,8 @@ async fn main() {
     let (e, l) = decisions(memory.clone(), 1_000_000, CONCURRENCY).await;
     report(&format!("memory, {CONCURRENCY} tasks"), e, l);
 
-    let url = std::env::var("ARAGORA_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into());
+    let url = std::env::var("ARAGORA_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into());
     let prefix = format!("bench:rl:{}:", std::process::id());
     let redis = Arc::new(RedisLimiter::new(&url, &prefix, Duration::from_secs(1)).unwrap());
     if redis.ping().await.is_ok() {
@@ -126,14 +151,23 @@ async fn main() {
         let (e, l) = decisions(redis.clone(), 20_000, 1).await;
         report("redis, 1 task (sequential)", e, l);
         let (e, l) = decisions(redis.clone(), 100_000, CONCURRENCY).await;
-        report(&format!("redis, {CONCURRENCY} tasks (one connection)"), e, l);
+        report(
+            &format!("redis, {CONCURRENCY} tasks (one connection)"),
+            e,
+            l,
+        );
     } else {
         println!("redis: not reachable at {url}; skipped");
     }
 
     println!();
-    println!("end to end, GET /api/nope (404 under the default rule), {CONCURRENCY} keep-alive connections");
-    println!("{:<34} {:>12} {:>10} {:>10}", "case", "req/s", "p50 µs", "p99 µs");
+    println!(
+        "end to end, GET /api/nope (404 under the default rule), {CONCURRENCY} keep-alive connections"
+    );
+    println!(
+        "{:<34} {:>12} {:>10} {:>10}",
+        "case", "req/s", "p50 µs", "p99 µs"
+    );
     {
         use tracing_subscriber::layer::SubscriberExt;
         let subscriber = tracing_subscriber::registry()
@@ -146,7 +180,10 @@ async fn main() {
     let (on, on_token, _d1) = app(false).await;
     let (off, off_token, _d2) = app(true).await;
     for round in 0..2 {
-        for (name, addr) in [("limiter on (memory)", on), ("ARAGORA_RATE_LIMIT_DISABLED=1", off)] {
+        for (name, addr) in [
+            ("limiter on (memory)", on),
+            ("ARAGORA_RATE_LIMIT_DISABLED=1", off),
+        ] {
             let url = format!("http://{addr}/api/nope");
             http_run(&url, 2_000).await;
             let (e, l) = http_run(&url, 20_000).await;

@@ -214,9 +214,7 @@ impl Application {
             tracing::warn!("auth is off: no ARAGORA_JWT_SECRET or ARAGORA_API_TOKEN configured");
         }
         state.debates.start();
-        state
-            .ratelimit
-            .start(&state.tasks, state.shutdown.clone());
+        state.ratelimit.start(&state.tasks, state.shutdown.clone());
         let token = state.shutdown.clone();
         let api = axum::serve(
             api_listener,

@@ -572,7 +572,9 @@ impl Config {
             rate_limit_agent_test_rpm: p.int("rate_limit_agent_test_rpm", 1, 1_000_000)? as u32,
             rate_limit_prefix: {
                 let prefix = p.text("rate_limit_prefix").unwrap_or_default();
-                if prefix.is_empty() || prefix.len() > 100 || prefix.chars().any(char::is_whitespace)
+                if prefix.is_empty()
+                    || prefix.len() > 100
+                    || prefix.chars().any(char::is_whitespace)
                 {
                     return Err(p.invalid(
                         "rate_limit_prefix",

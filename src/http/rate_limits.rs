@@ -44,7 +44,7 @@ pub struct RateLimitStatus {
     pub key: String,
     pub client_ip: String,
     pub whitelisted: bool,
-    pub rules: BTreeMap<&'static str, RuleStatus>,
+    pub rules: BTreeMap<String, RuleStatus>,
 }
 
 /// The caller's own rate-limit state (this request already counted).
@@ -77,7 +77,7 @@ pub async fn get_rate_limit_status(
         };
         let d = limiter.peek(rule, &key).await;
         rules.insert(
-            rule.name(),
+            rule.name().to_owned(),
             RuleStatus {
                 limit: d.limit,
                 remaining: d.remaining,

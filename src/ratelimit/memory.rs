@@ -14,8 +14,12 @@ use governor::state::keyed::DefaultKeyedStateStore;
 
 use super::{Backend, Decision, Limiter, LimiterError, Quota, Rule};
 
-type Keyed =
-    governor::RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock, StateInformationMiddleware>;
+type Keyed = governor::RateLimiter<
+    String,
+    DefaultKeyedStateStore<String>,
+    DefaultClock,
+    StateInformationMiddleware,
+>;
 
 struct Bucket {
     quota: Quota,
@@ -51,8 +55,9 @@ impl MemoryLimiter {
                 let gov = governor::Quota::with_period(quota.interval())
                     .expect("interval is positive")
                     .allow_burst(limit);
-                let limiter = Arc::new(
-                    governor::RateLimiter::keyed(gov).with_middleware::<StateInformationMiddleware>(),
+                let limiter: Arc<Keyed> = Arc::new(
+                    governor::RateLimiter::keyed(gov)
+                        .with_middleware::<StateInformationMiddleware>(),
                 );
                 buckets.insert(
                     rule,
@@ -126,7 +131,8 @@ impl MemoryLimiter {
             Ok(snapshot) => {
                 let remaining = snapshot.remaining_burst_capacity().min(quota.limit);
                 let reset_after = quota.interval() * (quota.limit - remaining);
-                self.full_at.insert((rule, key), Instant::now() + reset_after);
+                self.full_at
+                    .insert((rule, key), Instant::now() + reset_after);
                 Decision {
                     allowed: true,
                     limit: quota.limit,

@@ -60,7 +60,12 @@ pub enum Rule {
 }
 
 impl Rule {
-    pub const ALL: [Rule; 4] = [Rule::Default, Rule::DebateCreate, Rule::Login, Rule::AgentTest];
+    pub const ALL: [Rule; 4] = [
+        Rule::Default,
+        Rule::DebateCreate,
+        Rule::Login,
+        Rule::AgentTest,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -313,18 +318,47 @@ impl Settings {
                 out.push(format!("{name}: {a} -> {b}"));
             }
         };
-        diff("rate_limit_disabled", old.disabled.to_string(), self.disabled.to_string());
-        diff("rate_limit_rpm", old.default_rpm.to_string(), self.default_rpm.to_string());
-        diff("rate_limit_debate_rpm", old.debate_rpm.to_string(), self.debate_rpm.to_string());
-        diff("rate_limit_login_rpm", old.login_rpm.to_string(), self.login_rpm.to_string());
+        diff(
+            "rate_limit_disabled",
+            old.disabled.to_string(),
+            self.disabled.to_string(),
+        );
+        diff(
+            "rate_limit_rpm",
+            old.default_rpm.to_string(),
+            self.default_rpm.to_string(),
+        );
+        diff(
+            "rate_limit_debate_rpm",
+            old.debate_rpm.to_string(),
+            self.debate_rpm.to_string(),
+        );
+        diff(
+            "rate_limit_login_rpm",
+            old.login_rpm.to_string(),
+            self.login_rpm.to_string(),
+        );
         diff(
             "rate_limit_agent_test_rpm",
             old.agent_test_rpm.to_string(),
             self.agent_test_rpm.to_string(),
         );
-        let nets = |n: &[IpNet]| n.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(",");
-        diff("rate_limit_whitelist", nets(&old.whitelist), nets(&self.whitelist));
-        diff("trusted_proxies", nets(&old.trusted_proxies), nets(&self.trusted_proxies));
+        let nets = |n: &[IpNet]| {
+            n.iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        diff(
+            "rate_limit_whitelist",
+            nets(&old.whitelist),
+            nets(&self.whitelist),
+        );
+        diff(
+            "trusted_proxies",
+            nets(&old.trusted_proxies),
+            nets(&self.trusted_proxies),
+        );
         out
     }
 }
@@ -332,6 +366,7 @@ impl Settings {
 /// Outcome of the last SIGHUP reload.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ReloadReport {
+    #[schema(value_type = String, format = DateTime)]
     pub at: DateTime<Utc>,
     /// `ok` or `error` (the previous settings stay in force).
     #[schema(example = "ok")]
@@ -348,7 +383,9 @@ pub struct HitSummary {
     pub rule: Rule,
     pub key: String,
     pub hits: u64,
+    #[schema(value_type = String, format = DateTime)]
     pub first_hit: DateTime<Utc>,
+    #[schema(value_type = String, format = DateTime)]
     pub last_hit: DateTime<Utc>,
 }
 
@@ -455,13 +492,14 @@ impl RateLimiter {
     }
 
     fn redis_succeeded(&self) {
+        // Only on the transition: this runs on every decision.
         if !self.redis_ok.swap(true, Ordering::AcqRel) {
+            metrics::gauge!("aragora_redis_up").set(1.0);
             tracing::info!(
                 target: "aragora::ratelimit",
                 "rate_limit backend: redis answers again; limits are shared through redis again"
             );
         }
-        metrics::gauge!("aragora_redis_up").set(1.0);
     }
 
     fn redis_failed(&self, err: &LimiterError) {
@@ -666,7 +704,10 @@ fn ceil_secs(d: Duration) -> u64 {
 
 fn set_headers(headers: &mut HeaderMap, decision: &Decision) {
     headers.insert("x-ratelimit-limit", HeaderValue::from(decision.limit));
-    headers.insert("x-ratelimit-remaining", HeaderValue::from(decision.remaining));
+    headers.insert(
+        "x-ratelimit-remaining",
+        HeaderValue::from(decision.remaining),
+    );
     headers.insert(
         "x-ratelimit-reset",
         HeaderValue::from(ceil_secs(decision.reset_after)),
@@ -787,10 +828,21 @@ mod tests {
             .collect();
         assert_eq!(
             got,
-            vec![(true, 4), (true, 3), (true, 2), (true, 1), (true, 0), (false, 0), (false, 0)]
+            vec![
+                (true, 4),
+                (true, 3),
+                (true, 2),
+                (true, 1),
+                (true, 0),
+                (false, 0),
+                (false, 0)
+            ]
         );
         let denied = m.check_now(Rule::Default, "ip:1.2.3.4", q);
-        assert!(denied.retry_after > Duration::from_secs(11) && denied.retry_after <= Duration::from_secs(12));
+        assert!(
+            denied.retry_after > Duration::from_secs(11)
+                && denied.retry_after <= Duration::from_secs(12)
+        );
         // Other keys and other rules have their own buckets.
         assert!(m.check_now(Rule::Default, "ip:1.2.3.5", q).allowed);
         assert!(m.check_now(Rule::Login, "ip:1.2.3.4", q).allowed);
@@ -806,7 +858,10 @@ mod tests {
             let d = m.peek(Rule::Default, "k", q).await.unwrap();
             assert_eq!(d.remaining, 8);
         }
-        assert_eq!(m.peek(Rule::Default, "other", q).await.unwrap().remaining, 10);
+        assert_eq!(
+            m.peek(Rule::Default, "other", q).await.unwrap().remaining,
+            10
+        );
     }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
@@ -831,13 +886,22 @@ mod tests {
         let proxy: IpAddr = "10.1.2.3".parse().unwrap();
         // Right-most untrusted hop wins: the client can prepend anything it likes.
         let h = headers(&[("x-forwarded-for", "6.6.6.6, 198.51.100.7, 10.9.9.9")]);
-        assert_eq!(client_ip(proxy, &h, &trusted), "198.51.100.7".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_ip(proxy, &h, &trusted),
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
         let h = headers(&[("x-real-ip", "198.51.100.8")]);
-        assert_eq!(client_ip(proxy, &h, &trusted), "198.51.100.8".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_ip(proxy, &h, &trusted),
+            "198.51.100.8".parse::<IpAddr>().unwrap()
+        );
         assert_eq!(client_ip(proxy, &HeaderMap::new(), &trusted), proxy);
         // IPv4-mapped IPv6 peers are matched as IPv4.
         let mapped: IpAddr = "::ffff:10.1.2.3".parse().unwrap();
-        assert_eq!(client_ip(mapped, &h, &trusted), "198.51.100.8".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_ip(mapped, &h, &trusted),
+            "198.51.100.8".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[test]
@@ -873,7 +937,10 @@ mod tests {
         assert_eq!(rule_for(&post, "/api/debates"), Some(Rule::DebateCreate));
         assert_eq!(rule_for(&post, "/api/v1/debates"), Some(Rule::DebateCreate));
         assert_eq!(rule_for(&post, "/api/auth/login"), Some(Rule::Login));
-        assert_eq!(rule_for(&post, "/api/v1/debug/agent-test"), Some(Rule::AgentTest));
+        assert_eq!(
+            rule_for(&post, "/api/v1/debug/agent-test"),
+            Some(Rule::AgentTest)
+        );
         assert_eq!(rule_for(&get, "/api/v1x"), Some(Rule::Default));
         assert_eq!(rule_for(&get, "/api/nope"), Some(Rule::Default));
     }

@@ -52,7 +52,10 @@ async fn memory_backend_counts_down_then_answers_429_with_the_contract_body() {
             .unwrap();
         assert_eq!(r.status(), 200);
         assert_eq!(header(&r, "x-ratelimit-limit").as_deref(), Some("3"));
-        assert_eq!(header(&r, "x-ratelimit-remaining").as_deref(), Some(expected));
+        assert_eq!(
+            header(&r, "x-ratelimit-remaining").as_deref(),
+            Some(expected)
+        );
         let reset: u64 = header(&r, "x-ratelimit-reset").unwrap().parse().unwrap();
         assert!((1..=60).contains(&reset), "reset {reset}");
     }
@@ -69,7 +72,10 @@ async fn memory_backend_counts_down_then_answers_429_with_the_contract_body() {
     let retry: u64 = header(&r, "retry-after").unwrap().parse().unwrap();
     assert!((1..=20).contains(&retry), "Retry-After {retry}");
     assert_eq!(header(&r, "x-ratelimit-remaining").as_deref(), Some("0"));
-    assert_eq!(header(&r, "x-correlation-id").as_deref(), Some("corr-ratelimit01"));
+    assert_eq!(
+        header(&r, "x-correlation-id").as_deref(),
+        Some("corr-ratelimit01")
+    );
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["code"], "rate_limited");
     assert_eq!(body["correlation_id"], "corr-ratelimit01");
@@ -78,7 +84,12 @@ async fn memory_backend_counts_down_then_answers_429_with_the_contract_body() {
     assert!(body["error"].as_str().unwrap().contains("per minute"));
 
     // Health and metrics are never limited and carry no rate-limit headers.
-    for path in ["/api/health", "/api/health/live", "/api/v1/health/ready", "/api/metrics"] {
+    for path in [
+        "/api/health",
+        "/api/health/live",
+        "/api/v1/health/ready",
+        "/api/metrics",
+    ] {
         let r = app
             .client
             .get(app.url(path))
@@ -160,7 +171,10 @@ async fn whitelisted_ipv4_clients_are_exempt() {
     let status: Value = r.json().await.unwrap();
     assert_eq!(status["whitelisted"], true);
     let config = json_of(app.get("/api/rate-limits/config").await).await;
-    assert_eq!(config["whitelist"], serde_json::json!(["10.0.0.0/8", "127.0.0.0/8"]));
+    assert_eq!(
+        config["whitelist"],
+        serde_json::json!(["10.0.0.0/8", "127.0.0.0/8"])
+    );
     app.stop().await.unwrap();
 }
 
@@ -274,11 +288,14 @@ async fn redis_backend_limits_and_keys_expire() {
     assert_eq!(statuses(&app, "/api/leaderboard", 3).await, [200, 200, 429]);
     let mut conn = redis_conn().await;
     let key = format!("{prefix}default:ip:127.0.0.1");
-    let ttl: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut conn).await.unwrap();
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     assert!(ttl > 0 && ttl <= 61_000, "key {key} has TTL {ttl}");
     app.stop().await.unwrap();
 }
-
 
 #[tokio::test]
 async fn two_instances_sharing_redis_enforce_one_limit() {
@@ -371,7 +388,12 @@ impl Server {
     async fn wait_up(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if http().get(self.url("/api/health/live")).send().await.is_ok() {
+            if http()
+                .get(self.url("/api/health/live"))
+                .send()
+                .await
+                .is_ok()
+            {
                 return;
             }
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -411,7 +433,14 @@ struct RedisServer(Child);
 impl RedisServer {
     fn start(port: u16, dir: &Path) -> RedisServer {
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .args(["--daemonize", "no", "--bind", "127.0.0.1"])
             .current_dir(dir)
             .stdout(std::fs::File::create(dir.join(format!("redis-{port}.log"))).unwrap())
@@ -423,12 +452,21 @@ impl RedisServer {
 
     async fn wait_ready(port: u16) {
         let url = format!("redis://127.0.0.1:{port}/0");
-        eventually(Duration::from_secs(10), "redis-server to accept connections", async || {
-            match redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await {
-                Ok(mut c) => redis::cmd("PING").query_async::<String>(&mut c).await.is_ok(),
+        eventually(
+            Duration::from_secs(10),
+            "redis-server to accept connections",
+            async || match redis::Client::open(url.as_str())
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+            {
+                Ok(mut c) => redis::cmd("PING")
+                    .query_async::<String>(&mut c)
+                    .await
+                    .is_ok(),
                 Err(_) => false,
-            }
-        })
+            },
+        )
         .await;
     }
 
@@ -483,9 +521,19 @@ async fn redis_outage_falls_back_to_memory_and_recovers_by_itself() {
     // The API stays up; decisions move to memory, which still enforces the limit.
     let mut codes = Vec::new();
     for _ in 0..4 {
-        codes.push(server.get_as_client("/api/leaderboard").await.status().as_u16());
+        codes.push(
+            server
+                .get_as_client("/api/leaderboard")
+                .await
+                .status()
+                .as_u16(),
+        );
     }
-    assert_eq!(codes, [200, 200, 200, 429], "memory fallback enforces the limit");
+    assert_eq!(
+        codes,
+        [200, 200, 200, 429],
+        "memory fallback enforces the limit"
+    );
     let health: Value = server.json("/api/health").await;
     assert_eq!(health["status"], "degraded");
     assert_eq!(health["checks"]["redis"]["status"], "error");
@@ -498,10 +546,14 @@ async fn redis_outage_falls_back_to_memory_and_recovers_by_itself() {
     let redis = RedisServer::start(redis_port, dir.path());
     RedisServer::wait_ready(redis_port).await;
     // No traffic needed: the limiter probes Redis by itself.
-    eventually(Duration::from_secs(10), "the limiter to return to redis", async || {
-        let config = server.json("/api/rate-limits/config").await;
-        config["active_backend"] == "redis"
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the limiter to return to redis",
+        async || {
+            let config = server.json("/api/rate-limits/config").await;
+            config["active_backend"] == "redis"
+        },
+    )
     .await;
     let health: Value = server.json("/api/health").await;
     assert_eq!(health["status"], "healthy");
@@ -532,13 +584,23 @@ async fn sighup_reloads_limits_and_whitelist_without_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("aragora.toml");
     let observer = "trusted_proxies = \"127.0.0.1/32\"\n";
-    std::fs::write(&file, format!("{observer}rate_limit_rpm = 2\nrate_limit_whitelist = \"127.0.0.1\"\n")).unwrap();
+    std::fs::write(
+        &file,
+        format!("{observer}rate_limit_rpm = 2\nrate_limit_whitelist = \"127.0.0.1\"\n"),
+    )
+    .unwrap();
     let mut server = Server::start(dir.path(), &["--config", file.to_str().unwrap()], &[]);
     server.wait_up().await;
     let codes: Vec<u16> = {
         let mut v = Vec::new();
         for _ in 0..3 {
-            v.push(server.get_as_client("/api/leaderboard").await.status().as_u16());
+            v.push(
+                server
+                    .get_as_client("/api/leaderboard")
+                    .await
+                    .status()
+                    .as_u16(),
+            );
         }
         v
     };
@@ -546,7 +608,9 @@ async fn sighup_reloads_limits_and_whitelist_without_a_restart() {
 
     std::fs::write(
         &file,
-        format!("{observer}rate_limit_rpm = 50\nrate_limit_whitelist = \"127.0.0.1,192.0.2.0/24\"\n"),
+        format!(
+            "{observer}rate_limit_rpm = 50\nrate_limit_whitelist = \"127.0.0.1,192.0.2.0/24\"\n"
+        ),
     )
     .unwrap();
     kill(Pid::from_raw(server.child.id() as i32), Signal::SIGHUP).unwrap();
@@ -558,9 +622,15 @@ async fn sighup_reloads_limits_and_whitelist_without_a_restart() {
     let config: Value = server.json("/api/rate-limits/config").await;
     assert_eq!(config["rules"][0]["name"], "default");
     assert_eq!(config["rules"][0]["limit"], 50);
-    assert_eq!(config["whitelist"], serde_json::json!(["127.0.0.1/32", "192.0.2.0/24"]));
+    assert_eq!(
+        config["whitelist"],
+        serde_json::json!(["127.0.0.1/32", "192.0.2.0/24"])
+    );
     let changes = config["last_reload"]["changes"].as_array().unwrap();
-    assert!(changes.iter().any(|c| c == "rate_limit_rpm: 2 -> 50"), "{changes:?}");
+    assert!(
+        changes.iter().any(|c| c == "rate_limit_rpm: 2 -> 50"),
+        "{changes:?}"
+    );
     let r = server.get_as_client("/api/leaderboard").await;
     assert_eq!(r.status(), 200);
     assert_eq!(header(&r, "x-ratelimit-limit").as_deref(), Some("50"));
@@ -578,7 +648,12 @@ async fn sighup_reloads_limits_and_whitelist_without_a_restart() {
     .await;
     let config: Value = server.json("/api/rate-limits/config").await;
     assert_eq!(config["rules"][0]["limit"], 50);
-    assert!(config["last_reload"]["error"].as_str().unwrap().contains("10.0.0.300/8"));
+    assert!(
+        config["last_reload"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("10.0.0.300/8")
+    );
     assert!(server.child.try_wait().unwrap().is_none(), "still running");
 
     let log = server.log();
@@ -586,9 +661,15 @@ async fn sighup_reloads_limits_and_whitelist_without_a_restart() {
         .lines()
         .find(|l| l.contains("rate_limit exceeded"))
         .expect("a rate_limit log line");
-    assert!(hit.contains("rule=default") && hit.contains("ip:198.51.100.x"), "{hit}");
+    assert!(
+        hit.contains("rule=default") && hit.contains("ip:198.51.100.x"),
+        "{hit}"
+    );
     assert!(!hit.contains(LIMITED_CLIENT), "key not masked: {hit}");
-    assert!(log.contains("rate_limit settings reloaded: rate_limit_rpm: 2 -> 50"), "{log}");
+    assert!(
+        log.contains("rate_limit settings reloaded: rate_limit_rpm: 2 -> 50"),
+        "{log}"
+    );
     assert!(log.contains("rate_limit reload failed"), "{log}");
 }
 
