@@ -110,8 +110,7 @@ fn command(dir: &Path, extra_env: &[(&str, &str)]) -> Command {
         .env("ARAGORA_LOCK_DIR", dir)
         .env("ARAGORA_SHUTDOWN_TIMEOUT_SECONDS", "10")
         // Polling loops must never meet a rate limit (tests/api/ratelimit.rs covers them).
-        .env("ARAGORA_RATE_LIMIT_RPM", "1000000")
-        .env("ARAGORA_RATE_LIMIT_DEBATE_RPM", "1000000");
+        .env("ARAGORA_RATE_LIMIT_DISABLED", "1");
     for (k, v) in extra_env {
         cmd.env(k, v);
     }
