@@ -17,6 +17,7 @@ use crate::bus::{EventBus, LocalBus, RedisBus};
 use crate::config::Config;
 use crate::debate::manager::{DebateManager, ManagerSettings};
 use crate::lockfile::{LockError, PidLock};
+use crate::ratelimit::RateLimiter;
 use crate::redis_client::RedisHandle;
 use crate::store::{self, DynStore, PoolSettings, StoreError};
 use crate::ws::{WsHub, WsLimits};
@@ -31,6 +32,8 @@ pub struct AppState {
     /// Debate queue, workers and the agent registry.
     pub debates: Arc<DebateManager>,
     pub metrics: Option<PrometheusHandle>,
+    /// Rate limits: rules, backends, SIGHUP reload.
+    pub ratelimit: Arc<RateLimiter>,
     pub started_at: Instant,
     /// Cancelled when shutdown starts.
     pub shutdown: CancellationToken,
@@ -125,6 +128,8 @@ impl Application {
             None => None,
         };
 
+        let ratelimit = Arc::new(RateLimiter::new(&config).map_err(BuildError::Redis)?);
+
         let api_listener = bind(&host, config.api_port).await?;
         let ws_listener = bind_ws(&host, config.ws_port, config.ws_socket_send_buffer).await?;
         let api_addr = api_listener
@@ -182,6 +187,7 @@ impl Application {
             ws,
             debates,
             metrics,
+            ratelimit,
             started_at: Instant::now(),
             shutdown,
             tasks,
@@ -245,6 +251,7 @@ impl Application {
                 .clone()
                 .dispatch(state.debates.bus().clone(), state.shutdown.clone()),
         );
+        state.ratelimit.start(&state.tasks, state.shutdown.clone());
         let token = state.shutdown.clone();
         let api = axum::serve(
             api_listener,

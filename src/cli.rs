@@ -181,7 +181,7 @@ async fn serve(config: Config) -> ExitCode {
 }
 
 /// SIGTERM/SIGINT: graceful shutdown. SIGUSR1: reload the WebSocket side (close all with
-/// 1012). SIGHUP: reload hook for runtime-tunable settings.
+/// 1012). SIGHUP: reload rate limits, whitelist and trusted proxies from the configuration.
 async fn handle_signals(state: crate::app::AppState) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int), Ok(mut usr1), Ok(mut hup)) = (
@@ -205,7 +205,9 @@ async fn handle_signals(state: crate::app::AppState) {
             }
             _ = usr1.recv() => state.ws.reload(),
             _ = hup.recv() => {
-                tracing::info!("SIGHUP received: nothing in this build is reloadable at runtime yet");
+                tracing::info!("SIGHUP received: reloading rate-limit settings");
+                // Errors are logged and recorded by reload(); the old settings stay.
+                let _ = state.ratelimit.reload();
             }
         }
     }

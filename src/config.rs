@@ -62,6 +62,16 @@ const SETTINGS: &[Setting] = &[
     s("rate_limit_debate_rpm", &["ARAGORA_RATE_LIMIT_DEBATE_RPM"]),
     s("rate_limit_whitelist", &["ARAGORA_RATE_LIMIT_WHITELIST"]),
     s("rate_limit_disabled", &["ARAGORA_RATE_LIMIT_DISABLED"]),
+    s("rate_limit_login_rpm", &["ARAGORA_RATE_LIMIT_LOGIN_RPM"]),
+    s(
+        "rate_limit_agent_test_rpm",
+        &["ARAGORA_RATE_LIMIT_AGENT_TEST_RPM"],
+    ),
+    s("rate_limit_prefix", &["ARAGORA_RATE_LIMIT_PREFIX"]),
+    s(
+        "rate_limit_redis_timeout_ms",
+        &["ARAGORA_RATE_LIMIT_REDIS_TIMEOUT_MS"],
+    ),
     s("trusted_proxies", &["ARAGORA_TRUSTED_PROXIES"]),
     s("allowed_origins", &["ARAGORA_ALLOWED_ORIGINS"]),
     s("agent_timeout_seconds", &["ARAGORA_AGENT_TIMEOUT_SECONDS"]),
@@ -267,6 +277,14 @@ pub struct Config {
     pub rate_limit_whitelist: Vec<IpNet>,
     /// Turn rate limiting off entirely.
     pub rate_limit_disabled: bool,
+    /// Login attempts per client IP per minute (POST /api/auth/login).
+    pub rate_limit_login_rpm: u32,
+    /// Agent test calls per client per minute (POST /api/debug/agent-test).
+    pub rate_limit_agent_test_rpm: u32,
+    /// Prefix of every rate-limit key in Redis (several deployments can share one Redis).
+    pub rate_limit_prefix: String,
+    /// Budget of one rate-limit decision in Redis; past it the decision is made in memory.
+    pub rate_limit_redis_timeout: Duration,
     /// Proxies whose X-Forwarded-For / X-Real-IP are believed.
     pub trusted_proxies: Vec<IpNet>,
     /// CORS allowlist (exact origins such as `https://admin.example.com`).
@@ -334,6 +352,8 @@ pub struct Config {
     pub event_bus_channel: String,
     /// Provider keys and base URLs from the environment.
     pub providers: ProviderEnv,
+    /// The `--config` file this was loaded from (SIGHUP re-reads it).
+    pub config_file: Option<PathBuf>,
     /// Where each value came from, for `aragora config`.
     sources: Sources,
 }
@@ -436,6 +456,7 @@ impl Config {
         );
         Ok(Config {
             providers,
+            config_file: file.map(Path::to_path_buf),
             ..Self::from_layers(layers)?
         })
     }
@@ -559,6 +580,26 @@ impl Config {
             rate_limit_debate_rpm: p.int("rate_limit_debate_rpm", 1, 1_000_000)? as u32,
             rate_limit_whitelist: p.cidrs("rate_limit_whitelist")?,
             rate_limit_disabled: p.boolean("rate_limit_disabled")?,
+            rate_limit_login_rpm: p.int("rate_limit_login_rpm", 1, 1_000_000)? as u32,
+            rate_limit_agent_test_rpm: p.int("rate_limit_agent_test_rpm", 1, 1_000_000)? as u32,
+            rate_limit_prefix: {
+                let prefix = p.text("rate_limit_prefix").unwrap_or_default();
+                if prefix.is_empty()
+                    || prefix.len() > 100
+                    || prefix.chars().any(char::is_whitespace)
+                {
+                    return Err(p.invalid(
+                        "rate_limit_prefix",
+                        "1 to 100 characters without spaces, such as aragora:rl:",
+                    ));
+                }
+                prefix
+            },
+            rate_limit_redis_timeout: Duration::from_millis(p.int(
+                "rate_limit_redis_timeout_ms",
+                1,
+                10_000,
+            )?),
             trusted_proxies: p.cidrs("trusted_proxies")?,
             allowed_origins: p.origins("allowed_origins")?,
             agent_timeout: Duration::from_secs(p.int("agent_timeout_seconds", 1, 3600)?),
@@ -614,6 +655,7 @@ impl Config {
                 .text("event_bus_channel")
                 .unwrap_or_else(|| "aragora:events".into()),
             providers: ProviderEnv::default(),
+            config_file: None,
             sources: Sources::default(),
         };
         Ok(Config {

@@ -121,7 +121,15 @@ async fn check_redis(state: &AppState) -> Check {
     let Some(redis) = &state.redis else {
         return Check::Disabled;
     };
-    let check = timed(state.config.health_check_timeout, redis.ping()).await;
+    let mut check = timed(state.config.health_check_timeout, redis.ping()).await;
+    // Redis answering PING is not enough while the rate limiter still decides in memory:
+    // give it the chance to switch back now, and report what it actually uses.
+    if matches!(check, Check::Ok(_))
+        && state.ratelimit.redis_failing()
+        && !state.ratelimit.probe_redis().await
+    {
+        check = Check::Failed("the rate limiter cannot use redis".into());
+    }
     metrics::gauge!("aragora_redis_up").set(if matches!(check, Check::Ok(_)) {
         1.0
     } else {

@@ -9,6 +9,7 @@ mod leaderboard;
 mod metrics_route;
 mod openapi;
 mod pipeline;
+mod rate_limits;
 mod ws_stats;
 
 use axum::Router;
@@ -37,6 +38,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(agents::router())
         .merge(leaderboard::router())
         .merge(ws_stats::router())
+        .merge(rate_limits::router())
 }
 
 /// The OpenAPI document of the whole API, generated from the handlers.
@@ -59,6 +61,12 @@ pub fn router(state: AppState) -> Router {
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(RequestBodyLimitLayer::new(config.max_body_bytes))
+        // Inside the pipeline (429s get correlation ids and the log line) and inside CORS
+        // (browsers can read a 429; preflights are answered before it).
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::ratelimit::middleware,
+        ))
         .layer(cors(&config))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -77,6 +77,14 @@ pub async fn spawn_app_with(env: &[(&str, &str)]) -> TestApp {
         dir.path().join("data").display().to_string(),
     );
     vars.insert("ARAGORA_LOCK_DIR".into(), dir.path().display().to_string());
+    // Limits high enough that polling tests never meet them; ratelimit.rs sets its own.
+    for var in [
+        "ARAGORA_RATE_LIMIT_RPM",
+        "ARAGORA_RATE_LIMIT_DEBATE_RPM",
+        "ARAGORA_RATE_LIMIT_AGENT_TEST_RPM",
+    ] {
+        vars.insert(var.into(), "1000000".into());
+    }
     for (k, v) in env {
         vars.insert((*k).into(), (*v).into());
     }

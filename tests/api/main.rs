@@ -9,6 +9,7 @@ mod openapi;
 mod pipeline;
 mod process;
 mod providers;
+mod ratelimit;
 mod shutdown;
 mod store;
 mod ws;

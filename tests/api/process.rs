@@ -108,7 +108,9 @@ fn command(dir: &Path, extra_env: &[(&str, &str)]) -> Command {
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("ARAGORA_DATA_DIR", dir.join("data"))
         .env("ARAGORA_LOCK_DIR", dir)
-        .env("ARAGORA_SHUTDOWN_TIMEOUT_SECONDS", "10");
+        .env("ARAGORA_SHUTDOWN_TIMEOUT_SECONDS", "10")
+        // Polling loops must never meet a rate limit (tests/api/ratelimit.rs covers them).
+        .env("ARAGORA_RATE_LIMIT_DISABLED", "1");
     for (k, v) in extra_env {
         cmd.env(k, v);
     }
