@@ -2,6 +2,8 @@
 //! them under `/api` and the `/api/v1` alias and wraps them in the request pipeline.
 
 mod agents;
+mod auth;
+mod billing;
 pub mod correlation;
 mod debates;
 mod health;
@@ -24,6 +26,7 @@ use utoipa_axum::router::OpenApiRouter;
 use crate::app::AppState;
 use crate::config::Config;
 
+pub use auth::valid_email;
 pub use health::{resident_memory_bytes, resident_memory_mb};
 
 /// Routes below `/api`, mounted at both `/api` and `/api/v1`. Every handler registered
@@ -37,6 +40,8 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(agents::router())
         .merge(leaderboard::router())
         .merge(ws_stats::router())
+        .merge(auth::router())
+        .merge(billing::router())
 }
 
 /// The OpenAPI document of the whole API, generated from the handlers.
@@ -59,6 +64,11 @@ pub fn router(state: AppState) -> Router {
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(RequestBodyLimitLayer::new(config.max_body_bytes))
+        // Credentials are resolved once here; CORS (outside) answers preflights first.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::extractors::authenticate,
+        ))
         .layer(cors(&config))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
