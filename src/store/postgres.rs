@@ -771,8 +771,8 @@ impl Store for PostgresStore {
              WHERE principal_id = $1 AND created_at >= $2 AND created_at < $3",
         )
         .bind(principal_id)
-        .bind(&from)
-        .bind(&to)
+        .bind(from)
+        .bind(to)
         .fetch_one(&self.pool)
         .await?;
         let rows = sqlx::query_as::<_, (String, String, i64, i64, i64, f64, bool)>(
@@ -782,8 +782,8 @@ impl Store for PostgresStore {
              GROUP BY provider, model ORDER BY provider COLLATE \"C\", model COLLATE \"C\"",
         )
         .bind(principal_id)
-        .bind(&from)
-        .bind(&to)
+        .bind(from)
+        .bind(to)
         .fetch_all(&self.pool)
         .await?;
         Ok(UsageSummary {
