@@ -922,6 +922,31 @@ mod tests {
     }
 
     #[test]
+    fn account_settings_default_safe_and_validate() {
+        let c = load(&[]).unwrap();
+        assert_eq!(c.access_token_ttl, Duration::from_secs(900));
+        assert_eq!(c.refresh_token_ttl, Duration::from_secs(30 * 86_400));
+        assert_eq!((c.login_max_failures, c.login_ip_max_failures), (5, 20));
+        assert_eq!(c.login_lockout, Duration::from_secs(900));
+        assert!(!c.registration_enabled && !c.local_operator && !c.ws_anonymous_read);
+        assert_eq!(c.pricing_file, None);
+        let c = load(&[
+            ("ARAGORA_REGISTRATION_ENABLED", "yes"),
+            ("ARAGORA_LOCAL_OPERATOR", "1"),
+            ("ARAGORA_JWT_SECRET", "0123456789abcdef0123456789abcdef"),
+        ])
+        .unwrap();
+        assert!(c.registration_enabled && c.local_operator && c.auth_enabled());
+        let err = load(&[("ARAGORA_ACCESS_TOKEN_TTL_SECONDS", "5")]).unwrap_err();
+        assert!(
+            err.to_string().contains("ARAGORA_ACCESS_TOKEN_TTL_SECONDS"),
+            "{err}"
+        );
+        let err = load(&[("ARAGORA_JWT_SECRET", "too-short-secret")]).unwrap_err();
+        assert!(!err.to_string().contains("too-short-secret"), "{err}");
+    }
+
+    #[test]
     fn env_overrides_and_aliases() {
         let c = load(&[
             ("ARAGORA_DB_POOL_SIZE", "20"),

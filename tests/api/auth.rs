@@ -1155,3 +1155,35 @@ async fn no_password_token_or_key_appears_in_any_log_line_or_error_body() {
     let head = access.split('.').nth(1).unwrap();
     assert!(!logs.contains(head));
 }
+
+#[tokio::test]
+async fn anonymous_websocket_readers_when_allowed_see_no_owned_debate() {
+    let app = auth_app(&[("ARAGORA_WS_ANONYMOUS_READ", "1")]).await;
+    add_user(&app, "owned@example.com", "member").await;
+    let (a, _) = tokens(&app, "owned@example.com").await;
+    let owned = create_debate(&app, &a).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", app.ws))
+        .await
+        .unwrap();
+    let info = next_json(&mut ws).await;
+    assert_eq!(info["data"]["authenticated"], false);
+    ws.send(Message::Text(
+        json!({"type": "subscribe", "debate_id": owned})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    let frame = next_json(&mut ws).await;
+    assert_eq!(frame["data"]["code"], "debate_not_found", "{frame}");
+    // Invalid credentials are still refused with 1008.
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws?token=bogus", app.ws))
+        .await
+        .unwrap();
+    loop {
+        if let Message::Close(frame) = next_msg(&mut ws).await {
+            assert_eq!(u16::from(frame.expect("a close code").code), 1008);
+            break;
+        }
+    }
+}
