@@ -320,6 +320,16 @@ async fn roles_401_without_credentials_403_with_too_little_and_service_token_is_
     ] {
         assert_eq!(app.get(path).await.status(), 200, "{path}");
     }
+    let doc: Value = app.get("/api/openapi.json").await.json().await.unwrap();
+    for path in [
+        "/api/auth/login",
+        "/api/auth/me",
+        "/api/auth/api-key",
+        "/api/billing/usage",
+    ] {
+        assert!(doc["paths"].get(path).is_some(), "{path} documented");
+    }
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
     // Member routes: 401 without credentials.
     let (status, code, _) = error_code(app.get("/api/debates").await).await;
     assert_eq!((status, code.as_str()), (401, "unauthorized"));
