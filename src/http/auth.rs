@@ -137,7 +137,9 @@ pub async fn login(
         });
     }
     let Some(user) = state.store.user_by_email(body.email.trim()).await? else {
-        passwords::verify_dummy(&body.password);
+        // Same work as a real check, off the async threads like the real one.
+        let password = body.password;
+        let _ = tokio::task::spawn_blocking(move || passwords::verify_dummy(&password)).await;
         state.login_limiter.fail(ip);
         tracing::info!(target: "aragora::auth", client = %ip, "login failed");
         return Err(ApiError::Unauthorized(BAD_CREDENTIALS.into()));
