@@ -34,6 +34,8 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     /// Rate limits: rules, backends, SIGHUP reload.
     pub ratelimit: Arc<RateLimiter>,
+    /// Failed logins per client IP (429 beyond the limit).
+    pub login_limiter: Arc<crate::auth::LoginLimiter>,
     pub started_at: Instant,
     /// Cancelled when shutdown starts.
     pub shutdown: CancellationToken,
@@ -51,6 +53,8 @@ pub enum BuildError {
     Migrate(#[source] StoreError),
     #[error("invalid agent configuration: {0}")]
     Agents(String),
+    #[error("invalid pricing table: {0}")]
+    Pricing(String),
     #[error("invalid redis URL: {0}")]
     Redis(String),
     #[error("cannot listen on {addr}: {source}")]
@@ -169,6 +173,10 @@ impl Application {
                 threshold: config.consensus_threshold,
                 debate_timeout: config.debate_timeout,
                 instance_id: config.instance_id.clone(),
+                pricing: Arc::new(
+                    crate::pricing::Pricing::load(config.pricing_file.as_deref())
+                        .map_err(BuildError::Pricing)?,
+                ),
             },
             shutdown.clone(),
             tasks.clone(),
@@ -181,14 +189,18 @@ impl Application {
             slow_after: config.ws_slow_consumer,
         }));
         let state = AppState {
-            config: Arc::new(config),
             store,
             redis,
             ws,
             debates,
+            login_limiter: Arc::new(crate::auth::LoginLimiter::new(
+                config.login_ip_max_failures,
+                config.login_lockout,
+            )),
             metrics,
             ratelimit,
             started_at: Instant::now(),
+            config: Arc::new(config),
             shutdown,
             tasks,
         };
@@ -241,7 +253,16 @@ impl Application {
             "aragora listening"
         );
         if !state.config.auth_enabled() {
-            tracing::warn!("auth is off: no ARAGORA_JWT_SECRET or ARAGORA_API_TOKEN configured");
+            tracing::warn!(
+                "auth is off: no ARAGORA_JWT_SECRET or ARAGORA_API_TOKEN configured; every caller \
+                 has owner rights (bound to {} unless --host says otherwise)",
+                state.config.bind_host()
+            );
+        } else if state.config.local_operator {
+            tracing::warn!(
+                "local_operator is on: credential-less requests from loopback without proxy \
+                 headers get owner rights"
+            );
         }
         state.debates.start(leftovers);
         state.tasks.spawn(

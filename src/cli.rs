@@ -1,4 +1,4 @@
-//! The `aragora` command line: `serve`, `migrate`, `config`, `health`.
+//! The `aragora` command line: `serve`, `migrate`, `config`, `health`, `user create`.
 //!
 //! Exit codes: 0 success; 1 runtime failure (or `health`: degraded); 2 bad configuration or
 //! usage (or `health`: unhealthy / unreachable, as the runbook's health_check.sh).
@@ -69,11 +69,30 @@ enum Command {
     Migrate,
     /// Print the effective configuration (secrets redacted) and where each value comes from.
     Config,
+    /// Manage accounts (e.g. bootstrap the first owner).
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
     /// Query a server's health: exit 0 healthy, 1 degraded, 2 unhealthy or unreachable.
     Health {
         /// Health endpoint URL.
         #[arg(long, default_value = "http://127.0.0.1:8080/api/health")]
         url: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Create a user. The password is read from a prompt (asked twice) or, when stdin is not
+    /// a terminal, from the first line of stdin; never from a flag. Exit 0 created, 1 the
+    /// email exists (or the database failed), 2 bad input.
+    Create {
+        #[arg(long)]
+        email: String,
+        /// member, admin or owner.
+        #[arg(long, default_value = "member")]
+        role: String,
     },
 }
 
@@ -136,6 +155,9 @@ pub fn run() -> ExitCode {
             block_on(async move { crate::debate_cli::run_cli(&config, options).await })
         }
         Command::Serve { .. } => block_on(serve(config)),
+        Command::User {
+            command: UserCommand::Create { email, role },
+        } => create_user(config, &email, &role),
         Command::Health { .. } | Command::Watch { .. } => unreachable!("handled above"),
     }
 }
@@ -280,5 +302,93 @@ fn health(url: &str) -> ExitCode {
                 ExitCode::from(2)
             }
         }
+    })
+}
+
+/// `aragora user create`: see [`UserCommand::Create`].
+fn create_user(config: Config, email: &str, role: &str) -> ExitCode {
+    use std::io::IsTerminal;
+
+    let email = email.trim().to_lowercase();
+    if !crate::http::valid_email(&email) {
+        eprintln!("aragora: `--email` must be an address such as name@example.com");
+        return ExitCode::from(2);
+    }
+    let Some(role) = crate::auth::Role::parse(role) else {
+        eprintln!("aragora: `--role` must be member, admin or owner");
+        return ExitCode::from(2);
+    };
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("Password: ");
+        let second = rpassword::prompt_password("Repeat password: ");
+        match (first, second) {
+            (Ok(a), Ok(b)) if a == b => a,
+            (Ok(_), Ok(_)) => {
+                eprintln!("aragora: the passwords do not match");
+                return ExitCode::from(2);
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!("aragora: cannot read the password: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        let mut line = String::new();
+        if let Err(e) = std::io::stdin().read_line(&mut line) {
+            eprintln!("aragora: cannot read the password from stdin: {e}");
+            return ExitCode::from(2);
+        }
+        line.trim_end_matches(['\r', '\n']).to_owned()
+    };
+    if let Err(why) = crate::auth::passwords::check_new(&password) {
+        eprintln!("aragora: {why}");
+        return ExitCode::from(2);
+    }
+    let hash = match crate::auth::passwords::hash(&password) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("aragora: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    block_on(async move {
+        let store = match open_store(&config).await {
+            Ok(store) => store,
+            Err(err) => {
+                eprintln!("aragora: cannot open the database: {err}");
+                return ExitCode::from(1);
+            }
+        };
+        if let Err(err) = store.migrate().await {
+            eprintln!("aragora: cannot apply database migrations: {err}");
+            return ExitCode::from(1);
+        }
+        let new = crate::store::NewUser {
+            id: uuid::Uuid::new_v4().to_string(),
+            email: email.clone(),
+            password_hash: hash,
+            role: role.as_str().into(),
+        };
+        let code = match store.create_user(&new).await {
+            Ok(user) => {
+                println!(
+                    "created {} user {} (id {})",
+                    role.as_str(),
+                    user.email,
+                    user.id
+                );
+                ExitCode::SUCCESS
+            }
+            Err(crate::store::StoreError::Conflict(_)) => {
+                eprintln!("aragora: a user with email {email} already exists");
+                ExitCode::from(1)
+            }
+            Err(err) => {
+                eprintln!("aragora: cannot create the user: {err}");
+                ExitCode::from(1)
+            }
+        };
+        store.close().await;
+        code
     })
 }

@@ -129,6 +129,21 @@ const SETTINGS: &[Setting] = &[
     s("ws_slow_consumer_ms", &["ARAGORA_WS_SLOW_CONSUMER_MS"]),
     s("event_bus_channel", &["ARAGORA_EVENT_BUS_CHANNEL"]),
     s("ws_socket_send_buffer", &["ARAGORA_WS_SOCKET_SEND_BUFFER"]),
+    s(
+        "access_token_ttl_seconds",
+        &["ARAGORA_ACCESS_TOKEN_TTL_SECONDS"],
+    ),
+    s(
+        "refresh_token_ttl_seconds",
+        &["ARAGORA_REFRESH_TOKEN_TTL_SECONDS"],
+    ),
+    s("login_max_failures", &["ARAGORA_LOGIN_MAX_FAILURES"]),
+    s("login_lockout_seconds", &["ARAGORA_LOGIN_LOCKOUT_SECONDS"]),
+    s("login_ip_max_failures", &["ARAGORA_LOGIN_IP_MAX_FAILURES"]),
+    s("registration_enabled", &["ARAGORA_REGISTRATION_ENABLED"]),
+    s("local_operator", &["ARAGORA_LOCAL_OPERATOR"]),
+    s("ws_anonymous_read", &["ARAGORA_WS_ANONYMOUS_READ"]),
+    s("pricing_file", &["ARAGORA_PRICING_FILE"]),
 ];
 
 /// Provider credentials and endpoints, read from the environment only (contract §2).
@@ -219,6 +234,12 @@ impl Secret {
     }
     pub fn expose(&self) -> &str {
         &self.0
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret)
     }
 }
 
@@ -350,6 +371,27 @@ pub struct Config {
     pub ws_socket_send_buffer: u32,
     /// Redis pub/sub channel of the cross-instance event bus.
     pub event_bus_channel: String,
+    /// Lifetime of a JWT access token.
+    pub access_token_ttl: Duration,
+    /// Lifetime of an opaque refresh token.
+    pub refresh_token_ttl: Duration,
+    /// Failed logins in a row that lock an account.
+    pub login_max_failures: u32,
+    /// How long a locked account stays locked; also the window of the per-IP limit.
+    pub login_lockout: Duration,
+    /// Failed logins from one client IP within `login_lockout` before it gets 429.
+    pub login_ip_max_failures: u32,
+    /// Serve POST /api/auth/register (creates members). Off by default.
+    pub registration_enabled: bool,
+    /// Give owner rights to credential-less requests from a loopback peer that carry no
+    /// proxy headers (runbook curls on the host). Never enable behind a local reverse proxy
+    /// that is not listed in trusted_proxies.
+    pub local_operator: bool,
+    /// With auth on, let WebSocket clients connect without credentials (read-only; they
+    /// still see no debate they could not see over HTTP). Off: closed with 1008.
+    pub ws_anonymous_read: bool,
+    /// Operator's pricing table; `None` uses the compiled-in config/pricing.toml.
+    pub pricing_file: Option<PathBuf>,
     /// Provider keys and base URLs from the environment.
     pub providers: ProviderEnv,
     /// The `--config` file this was loaded from (SIGHUP re-reads it).
@@ -654,6 +696,19 @@ impl Config {
             event_bus_channel: p
                 .text("event_bus_channel")
                 .unwrap_or_else(|| "aragora:events".into()),
+            access_token_ttl: Duration::from_secs(p.int("access_token_ttl_seconds", 30, 86_400)?),
+            refresh_token_ttl: Duration::from_secs(p.int(
+                "refresh_token_ttl_seconds",
+                60,
+                365 * 86_400,
+            )?),
+            login_max_failures: p.int("login_max_failures", 1, 1000)? as u32,
+            login_lockout: Duration::from_secs(p.int("login_lockout_seconds", 1, 86_400)?),
+            login_ip_max_failures: p.int("login_ip_max_failures", 1, 1_000_000)? as u32,
+            registration_enabled: p.boolean("registration_enabled")?,
+            local_operator: p.boolean("local_operator")?,
+            ws_anonymous_read: p.boolean("ws_anonymous_read")?,
+            pricing_file: p.text("pricing_file").map(PathBuf::from),
             providers: ProviderEnv::default(),
             config_file: None,
             sources: Sources::default(),
@@ -906,6 +961,31 @@ mod tests {
         assert_eq!(c.shutdown_timeout, Duration::from_secs(30));
         assert!(!c.auth_enabled());
         assert_eq!(c.bind_host(), "127.0.0.1");
+    }
+
+    #[test]
+    fn account_settings_default_safe_and_validate() {
+        let c = load(&[]).unwrap();
+        assert_eq!(c.access_token_ttl, Duration::from_secs(900));
+        assert_eq!(c.refresh_token_ttl, Duration::from_secs(30 * 86_400));
+        assert_eq!((c.login_max_failures, c.login_ip_max_failures), (5, 20));
+        assert_eq!(c.login_lockout, Duration::from_secs(900));
+        assert!(!c.registration_enabled && !c.local_operator && !c.ws_anonymous_read);
+        assert_eq!(c.pricing_file, None);
+        let c = load(&[
+            ("ARAGORA_REGISTRATION_ENABLED", "yes"),
+            ("ARAGORA_LOCAL_OPERATOR", "1"),
+            ("ARAGORA_JWT_SECRET", "0123456789abcdef0123456789abcdef"),
+        ])
+        .unwrap();
+        assert!(c.registration_enabled && c.local_operator && c.auth_enabled());
+        let err = load(&[("ARAGORA_ACCESS_TOKEN_TTL_SECONDS", "5")]).unwrap_err();
+        assert!(
+            err.to_string().contains("ARAGORA_ACCESS_TOKEN_TTL_SECONDS"),
+            "{err}"
+        );
+        let err = load(&[("ARAGORA_JWT_SECRET", "too-short-secret")]).unwrap_err();
+        assert!(!err.to_string().contains("too-short-secret"), "{err}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub mod agents;
 pub mod app;
+pub mod auth;
 pub mod bus;
 pub mod cli;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod debate_cli;
 pub mod error;
 pub mod http;
 pub mod lockfile;
+pub mod pricing;
 pub mod ratelimit;
 pub mod ratings;
 pub mod redis_client;

@@ -86,6 +86,8 @@ pub struct ManagerSettings {
     pub threshold: f64,
     pub debate_timeout: Duration,
     pub instance_id: String,
+    /// Prices of agent calls, for the usage rows each call writes.
+    pub pricing: Arc<crate::pricing::Pricing>,
 }
 
 struct JobState {
@@ -523,6 +525,20 @@ impl DebateManager {
         Ok(())
     }
 
+    /// An agent of `record` whose every successful call writes a usage row.
+    fn metered(&self, record: &DebateRecord, agent: RegistryAgent) -> Arc<dyn DebateAgent> {
+        Arc::new(MeteredAgent {
+            inner: agent,
+            store: self.store.clone(),
+            pricing: self.settings.pricing.clone(),
+            principal_id: record
+                .owner_id
+                .clone()
+                .unwrap_or_else(|| crate::auth::ANONYMOUS_ID.to_owned()),
+            debate_id: record.id.clone(),
+        })
+    }
+
     /// Resolve the stored debate into engine input (agents are resolved again, so a debate
     /// recovered after a configuration change fails clearly instead of running half-configured).
     fn build_input(&self, record: &DebateRecord) -> Result<DebateInput, String> {
@@ -539,15 +555,16 @@ impl DebateManager {
             };
             seats.push(Seat {
                 name: seat,
-                agent: Arc::new(RegistryAgent(agent)),
+                agent: self.metered(record, RegistryAgent(agent)),
                 stance: STANCES[i % STANCES.len()].to_owned(),
             });
         }
         let opt = &record.options;
         let judge = match opt.get("judge").and_then(Value::as_str) {
-            Some(j) => Some(Arc::new(RegistryAgent(
-                self.agents.resolve(j).map_err(|e| e.to_string())?,
-            )) as Arc<dyn DebateAgent>),
+            Some(j) => Some(self.metered(
+                record,
+                RegistryAgent(self.agents.resolve(j).map_err(|e| e.to_string())?),
+            )),
             None => None,
         };
         Ok(DebateInput {
@@ -639,6 +656,56 @@ impl DebateAgent for RegistryAgent {
             completion: outcome.completion,
             latency: outcome.latency,
         })
+    }
+}
+
+/// An agent that records usage (principal, debate, agent, provider, model, tokens, cost)
+/// after each successful call. A failed usage write is logged, never fails the debate.
+struct MeteredAgent {
+    inner: RegistryAgent,
+    store: DynStore,
+    pricing: Arc<crate::pricing::Pricing>,
+    principal_id: String,
+    debate_id: String,
+}
+
+#[async_trait]
+impl DebateAgent for MeteredAgent {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn provider(&self) -> &str {
+        self.inner.provider()
+    }
+    fn model(&self) -> &str {
+        self.inner.model()
+    }
+    async fn call(
+        &self,
+        request: &CompletionRequest,
+        deltas: Option<&DeltaSink>,
+        cancel: &CancellationToken,
+    ) -> Result<AgentReply, AgentError> {
+        let reply = self.inner.call(request, deltas, cancel).await?;
+        let usage = &reply.completion.usage;
+        let (provider, model) = (self.provider(), self.model());
+        let row = crate::store::NewUsage {
+            principal_id: self.principal_id.clone(),
+            debate_id: Some(self.debate_id.clone()),
+            agent: self.name().to_owned(),
+            provider: provider.to_owned(),
+            model: model.to_owned(),
+            input_tokens: usage.input_tokens as i64,
+            output_tokens: usage.output_tokens as i64,
+            estimated: usage.estimated,
+            cost_usd: self
+                .pricing
+                .cost(provider, model, usage.input_tokens, usage.output_tokens),
+        };
+        if let Err(e) = self.store.record_usage(&row).await {
+            tracing::warn!(target: "aragora::debate", debate_id = %self.debate_id, error = %e, "could not record agent usage");
+        }
+        Ok(reply)
     }
 }
 

@@ -1,10 +1,10 @@
 //! Debates API (contract §3): create (202, queued), list with status filter and cursor or
 //! offset paging, read one, its messages and its durable event log, cancel.
 
-use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use utoipa::IntoParams;
@@ -13,6 +13,7 @@ use utoipa_axum::routes;
 
 use super::correlation;
 use crate::app::AppState;
+use crate::auth::Principal;
 use crate::debate::manager::{CancelError, CreateError, DebateRequest};
 use crate::error::{ApiError, ErrorBody};
 use crate::store::{DebateQuery, DebateRecord, StoreError, StoredEvent};
@@ -100,11 +101,12 @@ fn cursor_error(err: StoreError) -> ApiError {
 )]
 pub async fn create_debate(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Json(request): Json<DebateRequest>,
 ) -> Result<Response, ApiError> {
     let record = state
         .debates
-        .create(request, None, correlation::current())
+        .create(request, principal.owner_id(), correlation::current())
         .await
         .map_err(|e| match e {
             CreateError::Invalid { field, message } => ApiError::Validation { field, message },
@@ -149,6 +151,7 @@ pub struct ListParams {
 )]
 pub async fn list_debates(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Query(params): Query<ListParams>,
 ) -> Result<Json<Value>, ApiError> {
     if let Some(status) = &params.status
@@ -170,7 +173,8 @@ pub async fn list_debates(
         .store
         .list_debates(&DebateQuery {
             status: params.status,
-            owner_id: None,
+            // Members see only their own debates; admins and owners see all.
+            owner_id: (!principal.sees_all()).then(|| principal.id.clone()),
             limit: params.limit.unwrap_or(50),
             offset: params.offset,
             cursor: params.cursor,
@@ -183,11 +187,14 @@ pub async fn list_debates(
     })))
 }
 
-async fn load(state: &AppState, id: &str) -> Result<DebateRecord, ApiError> {
+/// The debate if the caller may see it. Someone else's debate is "not found", exactly like
+/// an unknown id, so ids of other users' debates cannot be probed.
+async fn load(state: &AppState, principal: &Principal, id: &str) -> Result<DebateRecord, ApiError> {
     state
         .store
         .get_debate(id)
         .await?
+        .filter(|d| principal.can_see(d))
         .ok_or_else(|| ApiError::NotFound(format!("debate {id} not found")))
 }
 
@@ -201,9 +208,10 @@ async fn load(state: &AppState, id: &str) -> Result<DebateRecord, ApiError> {
 )]
 pub async fn get_debate(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(debate_json(&load(&state, &id).await?)))
+    Ok(Json(debate_json(&load(&state, &principal, &id).await?)))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -223,10 +231,11 @@ pub struct PageParams {
 )]
 pub async fn list_messages(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
     Query(params): Query<PageParams>,
 ) -> Result<Json<Value>, ApiError> {
-    load(&state, &id).await?;
+    load(&state, &principal, &id).await?;
     let limit = params.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::BadRequest(format!(
@@ -279,10 +288,11 @@ pub struct EventParams {
 )]
 pub async fn list_events(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
     Query(params): Query<EventParams>,
 ) -> Result<Json<Value>, ApiError> {
-    load(&state, &id).await?;
+    load(&state, &principal, &id).await?;
     let limit = params.limit.unwrap_or(500);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::BadRequest(format!(
@@ -318,8 +328,10 @@ pub async fn list_events(
 )]
 pub async fn cancel_debate(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    load(&state, &principal, &id).await?;
     let record = state.debates.cancel(&id).await.map_err(|e| match e {
         CancelError::NotFound(_) => ApiError::NotFound(e.to_string()),
         CancelError::AlreadyFinished { .. } => ApiError::Conflict(e.to_string()),

@@ -2,6 +2,8 @@
 //! them under `/api` and the `/api/v1` alias and wraps them in the request pipeline.
 
 mod agents;
+mod auth;
+mod billing;
 pub mod correlation;
 mod debates;
 mod health;
@@ -25,6 +27,7 @@ use utoipa_axum::router::OpenApiRouter;
 use crate::app::AppState;
 use crate::config::Config;
 
+pub use auth::valid_email;
 pub use health::{resident_memory_bytes, resident_memory_mb};
 
 /// Routes below `/api`, mounted at both `/api` and `/api/v1`. Every handler registered
@@ -39,6 +42,8 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(leaderboard::router())
         .merge(ws_stats::router())
         .merge(rate_limits::router())
+        .merge(auth::router())
+        .merge(billing::router())
 }
 
 /// The OpenAPI document of the whole API, generated from the handlers.
@@ -66,6 +71,12 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::ratelimit::middleware,
+        ))
+        // Credentials are resolved once here, before rate limiting, so limits key on the
+        // authenticated principal; CORS (outside) answers preflights first.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::extractors::authenticate,
         ))
         .layer(cors(&config))
         .layer(axum::middleware::from_fn_with_state(

@@ -19,14 +19,43 @@ use crate::app::AppState;
                        served under /api/v1. Errors share one body: ErrorBody."
     ),
     components(schemas(crate::error::ErrorBody)),
+    modifiers(&Credentials),
     tags(
         (name = "health", description = "Liveness, readiness and dependency checks"),
         (name = "observability", description = "Metrics and the API description"),
         (name = "debates", description = "Debates, their transcripts and the leaderboard"),
         (name = "agents", description = "Agents, circuit breakers and test calls"),
+        (name = "auth", description = "Login, token refresh, the caller, API keys"),
+        (name = "billing", description = "Usage and cost"),
     )
 )]
 pub struct ApiDoc;
+
+/// The credentials the API accepts (contract §4): `Authorization: Bearer` with an access
+/// token, an `ara_` API key or the service token; or `X-API-Key`.
+struct Credentials;
+
+impl utoipa::Modify for Credentials {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme,
+        };
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT access token, ara_ API key or service token")
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))),
+        );
+    }
+}
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(get_openapi))

@@ -180,6 +180,86 @@ pub struct MatchResult {
 }
 
 /// The storage contract every backend fulfils.
+/// An account. `role` is `member`, `admin` or `owner`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct User {
+    pub id: String,
+    /// Lower-cased.
+    pub email: String,
+    /// argon2id PHC string; never leaves the server.
+    pub password_hash: String,
+    pub role: String,
+    /// Consecutive failed logins since the last success or lock.
+    pub failed_logins: i32,
+    pub locked_until: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub id: String,
+    pub email: String,
+    pub password_hash: String,
+    pub role: String,
+}
+
+/// An API key as stored: its SHA-256 only, and a display prefix.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiKeyRecord {
+    pub id: String,
+    pub user_id: String,
+    pub prefix: String,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// A refresh token as stored (SHA-256 hex of the opaque token).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefreshTokenRecord {
+    pub token_hash: String,
+    pub user_id: String,
+    pub family_id: String,
+    pub expires_at: DateTime<Utc>,
+    pub used: bool,
+    pub revoked: bool,
+}
+
+/// One agent call, for billing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewUsage {
+    pub principal_id: String,
+    pub debate_id: Option<String>,
+    pub agent: String,
+    pub provider: String,
+    pub model: String,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    /// The provider reported no token counts; they were estimated from text length.
+    pub estimated: bool,
+    pub cost_usd: f64,
+}
+
+/// Usage of one provider/model in a period.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UsageLine {
+    pub provider: String,
+    pub model: String,
+    pub calls: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cost_usd: f64,
+    pub estimated: bool,
+}
+
+/// A principal's usage in `[from, to)`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct UsageSummary {
+    /// Distinct debates with at least one recorded call.
+    pub debates: i64,
+    pub lines: Vec<UsageLine>,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     fn backend(&self) -> Backend;
@@ -255,6 +335,62 @@ pub trait Store: Send + Sync + 'static {
 
     /// Number of debates per status, by status name; statuses with no debates are absent.
     async fn count_debates_by_status(&self) -> StoreResult<Vec<(String, i64)>>;
+
+    /// Conflict when the email is taken.
+    async fn create_user(&self, new: &NewUser) -> StoreResult<User>;
+
+    /// `email` is matched lower-cased.
+    async fn user_by_email(&self, email: &str) -> StoreResult<Option<User>>;
+
+    async fn user_by_id(&self, id: &str) -> StoreResult<Option<User>>;
+
+    /// Record the failed-login counter and lock of a user.
+    async fn set_login_state(
+        &self,
+        user_id: &str,
+        failed_logins: i32,
+        locked_until: Option<DateTime<Utc>>,
+    ) -> StoreResult<()>;
+
+    /// Store a new key for the user, revoking any active one, atomically.
+    async fn replace_api_key(
+        &self,
+        user_id: &str,
+        id: &str,
+        key_hash: &str,
+        prefix: &str,
+    ) -> StoreResult<ApiKeyRecord>;
+
+    /// The key with this SHA-256, revoked or not; returns its owner too.
+    async fn api_key_by_hash(&self, key_hash: &str) -> StoreResult<Option<ApiKeyRecord>>;
+
+    async fn active_api_key(&self, user_id: &str) -> StoreResult<Option<ApiKeyRecord>>;
+
+    /// Revoke the user's active keys; returns how many.
+    async fn revoke_api_keys(&self, user_id: &str) -> StoreResult<u64>;
+
+    /// Set last_used_at = `at` unless it was set less than a minute before `at`.
+    async fn touch_api_key(&self, id: &str, at: DateTime<Utc>) -> StoreResult<()>;
+
+    async fn insert_refresh_token(&self, token: &RefreshTokenRecord) -> StoreResult<()>;
+
+    async fn refresh_token(&self, token_hash: &str) -> StoreResult<Option<RefreshTokenRecord>>;
+
+    /// Mark an unused, unrevoked token used; false when it already was (a reuse or a race).
+    async fn use_refresh_token(&self, token_hash: &str) -> StoreResult<bool>;
+
+    /// Revoke every token of a family; returns how many were live.
+    async fn revoke_refresh_family(&self, family_id: &str) -> StoreResult<u64>;
+
+    async fn record_usage(&self, usage: &NewUsage) -> StoreResult<()>;
+
+    /// A principal's usage with `from <= created_at < to`, by provider and model.
+    async fn usage_summary(
+        &self,
+        principal_id: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> StoreResult<UsageSummary>;
 }
 
 pub type DynStore = Arc<dyn Store>;

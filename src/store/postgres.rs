@@ -532,4 +532,331 @@ impl Store for PostgresStore {
         .await?;
         Ok(counts)
     }
+
+    async fn create_user(&self, new: &NewUser) -> StoreResult<User> {
+        let created_at = now_micros();
+        let email = new.email.to_lowercase();
+        let done = sqlx::query(
+            "INSERT INTO users (id, email, password_hash, role, created_at) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&new.id)
+        .bind(&email)
+        .bind(&new.password_hash)
+        .bind(&new.role)
+        .bind(created_at)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::Conflict(
+                "a user with this email already exists".into(),
+            ));
+        }
+        Ok(User {
+            id: new.id.clone(),
+            email,
+            password_hash: new.password_hash.clone(),
+            role: new.role.clone(),
+            failed_logins: 0,
+            locked_until: None,
+            created_at,
+        })
+    }
+
+    async fn user_by_email(&self, email: &str) -> StoreResult<Option<User>> {
+        let row = sqlx::query_as::<_, UserRow>(&format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE email = $1"
+        ))
+        .bind(email.to_lowercase())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(UserRow::into_user).transpose()
+    }
+
+    async fn user_by_id(&self, id: &str) -> StoreResult<Option<User>> {
+        let row = sqlx::query_as::<_, UserRow>(&format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(UserRow::into_user).transpose()
+    }
+
+    async fn set_login_state(
+        &self,
+        user_id: &str,
+        failed_logins: i32,
+        locked_until: Option<DateTime<Utc>>,
+    ) -> StoreResult<()> {
+        sqlx::query("UPDATE users SET failed_logins = $1, locked_until = $2 WHERE id = $3")
+            .bind(failed_logins)
+            .bind(locked_until)
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn replace_api_key(
+        &self,
+        user_id: &str,
+        id: &str,
+        key_hash: &str,
+        prefix: &str,
+    ) -> StoreResult<ApiKeyRecord> {
+        let now = now_micros();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE api_keys SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO api_keys (id, user_id, key_hash, prefix, created_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id)
+        .bind(user_id)
+        .bind(key_hash)
+        .bind(prefix)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(ApiKeyRecord {
+            id: id.to_owned(),
+            user_id: user_id.to_owned(),
+            prefix: prefix.to_owned(),
+            created_at: now,
+            last_used_at: None,
+            revoked_at: None,
+        })
+    }
+
+    async fn api_key_by_hash(&self, key_hash: &str) -> StoreResult<Option<ApiKeyRecord>> {
+        let row = sqlx::query_as::<_, ApiKeyRow>(&format!(
+            "SELECT {API_KEY_COLUMNS} FROM api_keys WHERE key_hash = $1"
+        ))
+        .bind(key_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(ApiKeyRow::into_record).transpose()
+    }
+
+    async fn active_api_key(&self, user_id: &str) -> StoreResult<Option<ApiKeyRecord>> {
+        let row = sqlx::query_as::<_, ApiKeyRow>(&format!(
+            "SELECT {API_KEY_COLUMNS} FROM api_keys WHERE user_id = $1 AND revoked_at IS NULL \
+             ORDER BY created_at DESC LIMIT 1"
+        ))
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(ApiKeyRow::into_record).transpose()
+    }
+
+    async fn revoke_api_keys(&self, user_id: &str) -> StoreResult<u64> {
+        let done = sqlx::query(
+            "UPDATE api_keys SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL",
+        )
+        .bind(now_micros())
+        .bind(user_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn touch_api_key(&self, id: &str, at: DateTime<Utc>) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE api_keys SET last_used_at = $1 WHERE id = $2 \
+             AND (last_used_at IS NULL OR last_used_at < $3)",
+        )
+        .bind(at)
+        .bind(id)
+        .bind(at - chrono::Duration::seconds(60))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn insert_refresh_token(&self, token: &RefreshTokenRecord) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO refresh_tokens (token_hash, user_id, family_id, expires_at, used, \
+             revoked, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&token.token_hash)
+        .bind(&token.user_id)
+        .bind(&token.family_id)
+        .bind(token.expires_at)
+        .bind(token.used)
+        .bind(token.revoked)
+        .bind(now_micros())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn refresh_token(&self, token_hash: &str) -> StoreResult<Option<RefreshTokenRecord>> {
+        let row = sqlx::query_as::<_, (String, String, String, DateTime<Utc>, bool, bool)>(
+            "SELECT token_hash, user_id, family_id, expires_at, used, revoked \
+             FROM refresh_tokens WHERE token_hash = $1",
+        )
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(
+            |(token_hash, user_id, family_id, expires_at, used, revoked)| {
+                Ok(RefreshTokenRecord {
+                    token_hash,
+                    user_id,
+                    family_id,
+                    expires_at,
+                    used,
+                    revoked,
+                })
+            },
+        )
+        .transpose()
+    }
+
+    async fn use_refresh_token(&self, token_hash: &str) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE refresh_tokens SET used = TRUE WHERE token_hash = $1 AND used = FALSE AND revoked = FALSE",
+        )
+        .bind(token_hash)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn revoke_refresh_family(&self, family_id: &str) -> StoreResult<u64> {
+        let done = sqlx::query(
+            "UPDATE refresh_tokens SET revoked = TRUE WHERE family_id = $1 AND revoked = FALSE",
+        )
+        .bind(family_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn record_usage(&self, u: &NewUsage) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO usage (principal_id, debate_id, agent, provider, model, input_tokens, \
+             output_tokens, estimated, cost_usd, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(&u.principal_id)
+        .bind(&u.debate_id)
+        .bind(&u.agent)
+        .bind(&u.provider)
+        .bind(&u.model)
+        .bind(u.input_tokens)
+        .bind(u.output_tokens)
+        .bind(u.estimated)
+        .bind(u.cost_usd)
+        .bind(now_micros())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn usage_summary(
+        &self,
+        principal_id: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> StoreResult<UsageSummary> {
+        let debates: i64 = sqlx::query_scalar(
+            "SELECT COUNT(DISTINCT debate_id) FROM usage \
+             WHERE principal_id = $1 AND created_at >= $2 AND created_at < $3",
+        )
+        .bind(principal_id)
+        .bind(from)
+        .bind(to)
+        .fetch_one(&self.pool)
+        .await?;
+        let rows = sqlx::query_as::<_, (String, String, i64, i64, i64, f64, bool)>(
+            "SELECT provider, model, COUNT(*), COALESCE(SUM(input_tokens), 0)::BIGINT, \
+             COALESCE(SUM(output_tokens), 0)::BIGINT, COALESCE(SUM(cost_usd), 0.0)::DOUBLE PRECISION, BOOL_OR(estimated) \
+             FROM usage WHERE principal_id = $1 AND created_at >= $2 AND created_at < $3 \
+             GROUP BY provider, model ORDER BY provider COLLATE \"C\", model COLLATE \"C\"",
+        )
+        .bind(principal_id)
+        .bind(from)
+        .bind(to)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(UsageSummary {
+            debates,
+            lines: rows
+                .into_iter()
+                .map(
+                    |(provider, model, calls, input_tokens, output_tokens, cost_usd, estimated)| {
+                        UsageLine {
+                            provider,
+                            model,
+                            calls,
+                            input_tokens,
+                            output_tokens,
+                            cost_usd,
+                            estimated,
+                        }
+                    },
+                )
+                .collect(),
+        })
+    }
+}
+
+const USER_COLUMNS: &str =
+    "id, email, password_hash, role, failed_logins, locked_until, created_at";
+
+#[derive(sqlx::FromRow)]
+struct UserRow {
+    id: String,
+    email: String,
+    password_hash: String,
+    role: String,
+    failed_logins: i32,
+    locked_until: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
+}
+
+impl UserRow {
+    fn into_user(self) -> StoreResult<User> {
+        Ok(User {
+            id: self.id,
+            email: self.email,
+            password_hash: self.password_hash,
+            role: self.role,
+            failed_logins: self.failed_logins,
+            locked_until: self.locked_until,
+            created_at: self.created_at,
+        })
+    }
+}
+
+const API_KEY_COLUMNS: &str = "id, user_id, prefix, created_at, last_used_at, revoked_at";
+
+#[derive(sqlx::FromRow)]
+struct ApiKeyRow {
+    id: String,
+    user_id: String,
+    prefix: String,
+    created_at: DateTime<Utc>,
+    last_used_at: Option<DateTime<Utc>>,
+    revoked_at: Option<DateTime<Utc>>,
+}
+
+impl ApiKeyRow {
+    fn into_record(self) -> StoreResult<ApiKeyRecord> {
+        Ok(ApiKeyRecord {
+            id: self.id,
+            user_id: self.user_id,
+            prefix: self.prefix,
+            created_at: self.created_at,
+            last_used_at: self.last_used_at,
+            revoked_at: self.revoked_at,
+        })
+    }
 }

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::subscription::{self, Out};
 use super::{HEARTBEAT_INTERVAL, IDLE_TIMEOUT, MAX_SUBSCRIPTIONS, PING_INTERVAL, close_code};
 use crate::app::AppState;
+use crate::auth::Principal;
 
 type Sink = SplitSink<WebSocket, Message>;
 
@@ -29,6 +30,7 @@ pub async fn serve(
     state: AppState,
     peer: SocketAddr,
     initial: Option<(String, i64)>,
+    principal: Principal,
 ) {
     let hub = state.ws.clone();
     let (mut sink, mut stream) = socket.split();
@@ -52,7 +54,7 @@ pub async fn serve(
         "type": "connection_info",
         "data": {
             "client_id": client_id,
-            "authenticated": false,
+            "authenticated": principal.authenticated(),
             "server_version": env!("CARGO_PKG_VERSION"),
             "heartbeat_interval_s": HEARTBEAT_INTERVAL.as_secs(),
         }
@@ -76,6 +78,7 @@ pub async fn serve(
         subs.insert(debate_id.clone(), token.clone());
         state.tasks.spawn(subscription::run(
             state.clone(),
+            principal.clone(),
             debate_id,
             since,
             tx.clone(),
@@ -195,6 +198,13 @@ pub async fn serve(
 }
 
 /// Send a close frame without waiting forever on a peer that stopped reading.
+/// Close a connection whose credentials were refused (1008) without serving it.
+pub async fn refuse(socket: WebSocket, peer: SocketAddr, reason: &str) {
+    tracing::info!(target: "aragora::ws", peer = %peer.ip(), reason, "websocket refused: authentication");
+    let (mut sink, _stream) = socket.split();
+    let _ = close(&mut sink, Close(close_code::POLICY, reason.to_owned())).await;
+}
+
 async fn close(sink: &mut Sink, Close(code, reason): Close) -> Result<(), ()> {
     let frame = Message::Close(Some(CloseFrame {
         code,

@@ -20,7 +20,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
@@ -41,6 +41,8 @@ pub const MAX_SUBSCRIPTIONS: usize = 100;
 pub mod close_code {
     pub const NORMAL: u16 = 1000;
     pub const GOING_AWAY: u16 = 1001;
+    /// Missing or invalid credentials (auth on, `ws_anonymous_read` off).
+    pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
     pub const SERVICE_RESTART: u16 = 1012;
     pub const SLOW_CONSUMER: u16 = 4008;
@@ -217,19 +219,64 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// `?debate_id=…&since=…` subscribes on connect; `token` is for auth and never logged.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 pub struct ConnectQuery {
     debate_id: Option<String>,
     since: Option<i64>,
     replay_from_seq: Option<i64>,
+    token: Option<crate::config::Secret>,
+}
+
+/// The subprotocol that carries a token: `Sec-WebSocket-Protocol: access_token.<token>`.
+const TOKEN_PROTOCOL: &str = "access_token.";
+
+/// Credentials of an upgrade request: the `Authorization`/`X-API-Key` header, else the
+/// `access_token.<token>` subprotocol (returned too, to be echoed), else `?token=`.
+fn ws_credentials(headers: &HeaderMap, query: &ConnectQuery) -> (Option<String>, Option<String>) {
+    if let Some(token) = crate::auth::extractors::presented(headers) {
+        return (Some(token), None);
+    }
+    let protocol = headers
+        .get_all(axum::http::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .find(|p| p.starts_with(TOKEN_PROTOCOL))
+        .map(str::to_owned);
+    if let Some(protocol) = protocol {
+        return (
+            Some(protocol[TOKEN_PROTOCOL.len()..].to_owned()),
+            Some(protocol),
+        );
+    }
+    (query.token.as_ref().map(|t| t.expose().to_owned()), None)
 }
 
 pub async fn upgrade(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(query): Query<ConnectQuery>,
+    headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
+    let (token, protocol) = ws_credentials(&headers, &query);
+    let principal =
+        crate::auth::extractors::principal_for(&state, token.as_deref(), Some(peer.ip()), &headers)
+            .await;
+    // Refused connections are still upgraded so the client sees the 1008 close code.
+    let refusal = match &principal {
+        Err(_) => Some("invalid or expired credentials"),
+        Ok(p) if p.role.is_none() && !state.config.ws_anonymous_read => {
+            Some("authentication required")
+        }
+        Ok(_) => None,
+    };
+    let principal = principal.unwrap_or_else(|_| crate::auth::Principal::anonymous());
+    let ws = match protocol {
+        Some(p) => ws.protocols([p]),
+        None => ws,
+    };
     let initial = match query.debate_id {
         Some(id) => {
             let since = query.since.or(query.replay_from_seq).unwrap_or(0);
@@ -251,7 +298,12 @@ pub async fn upgrade(
             |err| tracing::debug!(target: "aragora::ws", error = %err, "websocket upgrade failed"),
         )
         .on_upgrade(move |socket| {
-            tasks.track_future(connection::serve(socket, state, peer, initial))
+            tasks.track_future(async move {
+                match refusal {
+                    Some(reason) => connection::refuse(socket, peer, reason).await,
+                    None => connection::serve(socket, state, peer, initial, principal).await,
+                }
+            })
         })
         .into_response()
 }

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::connection::error_frame;
 use super::fanout::Fan;
 use crate::app::AppState;
+use crate::auth::Principal;
 use crate::bus::LiveEvent;
 
 /// Events read from the store per query while replaying or filling a gap.
@@ -103,6 +104,7 @@ impl Sub {
 
 pub async fn run(
     state: AppState,
+    principal: Principal,
     debate_id: String,
     since: i64,
     tx: mpsc::Sender<Out>,
@@ -122,7 +124,7 @@ pub async fn run(
         cursor: since,
     };
     let result = tokio::select! {
-        r = deliver(&mut sub, &mut live) => r,
+        r = deliver(&mut sub, &principal, &mut live) => r,
         _ = cancel.cancelled() => Ok(()),
     };
     if let Err(Stop::Store(err)) = result {
@@ -143,6 +145,7 @@ pub async fn run(
 
 async fn deliver(
     sub: &mut Sub,
+    principal: &Principal,
     live: &mut tokio::sync::broadcast::Receiver<Fan>,
 ) -> Result<(), Stop> {
     let record = sub
@@ -151,7 +154,12 @@ async fn deliver(
         .get_debate(&sub.debate_id)
         .await
         .map_err(|e| Stop::Store(e.to_string()))?;
-    let Some(record) = record else {
+    // A debate the caller may not see over HTTP is "not found" here too. Anonymous readers
+    // (`ws_anonymous_read`) see only debates nobody owns.
+    let visible = |r: &crate::store::DebateRecord| {
+        principal.can_see(r) || (principal.role.is_none() && r.owner_id.is_none())
+    };
+    let Some(record) = record.filter(visible) else {
         let frame = error_frame(
             "debate_not_found",
             &format!("debate {} not found", sub.debate_id),

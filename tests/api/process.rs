@@ -465,15 +465,23 @@ async fn kill_9_loses_no_accepted_debate() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let events_before: serde_json::Value = client
-        .get(format!("{base}/api/debates/{running}/events"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let seq_before = events_before["last_seq"].as_i64().unwrap();
+    // Wait until the debate has written part of round 1 (queued, start, round_start…).
+    let mut seq_before = 0;
+    for _ in 0..200 {
+        let events: serde_json::Value = client
+            .get(format!("{base}/api/debates/{running}/events"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        seq_before = events["last_seq"].as_i64().unwrap();
+        if seq_before >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(seq_before >= 3);
 
     server.signal(Signal::SIGKILL);

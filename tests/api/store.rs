@@ -10,7 +10,7 @@ use std::time::Duration;
 use aragora::ratings::{INITIAL_RATING, K_FACTOR};
 use aragora::store::{
     self, DebateQuery, DebateRecord, DebateUpdate, DynStore, MatchResult, NewDebate, NewEvent,
-    PoolSettings, PostgresStore, Rating, StoreError,
+    NewUsage, NewUser, PoolSettings, PostgresStore, Rating, RefreshTokenRecord, StoreError,
 };
 use chrono::{TimeZone, Utc};
 use serde_json::json;
@@ -157,6 +157,14 @@ suite! {
         postgres_events_of_kinds_filters_orders_pages;
     count_debates_by_status_groups => sqlite_count_debates_by_status_groups,
         postgres_count_debates_by_status_groups;
+    users_round_trip_and_unique_email => sqlite_users_round_trip_and_unique_email,
+        postgres_users_round_trip_and_unique_email;
+    api_keys_replace_revoke_and_touch => sqlite_api_keys_replace_revoke_and_touch,
+        postgres_api_keys_replace_revoke_and_touch;
+    refresh_tokens_spend_once_and_revoke_by_family => sqlite_refresh_tokens_spend_once_and_revoke_by_family,
+        postgres_refresh_tokens_spend_once_and_revoke_by_family;
+    usage_sums_by_provider_and_period => sqlite_usage_sums_by_provider_and_period,
+        postgres_usage_sums_by_provider_and_period;
 }
 
 fn new_debate(id: &str, owner: Option<&str>) -> NewDebate {
@@ -1194,4 +1202,191 @@ async fn sqlite_absolute_url_creates_nested_parent_dirs() {
     s.migrate().await.unwrap();
     assert!(path.exists());
     s.close().await;
+}
+
+fn user(id: &str, email: &str) -> NewUser {
+    NewUser {
+        id: id.into(),
+        email: email.into(),
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+        role: "member".into(),
+    }
+}
+
+async fn users_round_trip_and_unique_email(s: &DynStore) {
+    let created = s
+        .create_user(&user("u1", "Mixed@Example.com"))
+        .await
+        .unwrap();
+    assert_eq!(created.email, "mixed@example.com");
+    let by_email = s.user_by_email("MIXED@example.com").await.unwrap().unwrap();
+    assert_eq!(by_email, created);
+    assert_eq!(s.user_by_id("u1").await.unwrap().unwrap(), created);
+    assert!(s.user_by_id("nope").await.unwrap().is_none());
+    assert!(matches!(
+        s.create_user(&user("u2", "mixed@example.com")).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let until = Utc.with_ymd_and_hms(2030, 1, 2, 3, 4, 5).unwrap();
+    s.set_login_state("u1", 3, Some(until)).await.unwrap();
+    let u = s.user_by_id("u1").await.unwrap().unwrap();
+    assert_eq!((u.failed_logins, u.locked_until), (3, Some(until)));
+    s.set_login_state("u1", 0, None).await.unwrap();
+    let u = s.user_by_id("u1").await.unwrap().unwrap();
+    assert_eq!((u.failed_logins, u.locked_until), (0, None));
+}
+
+async fn api_keys_replace_revoke_and_touch(s: &DynStore) {
+    s.create_user(&user("k1", "k1@example.com")).await.unwrap();
+    let first = s
+        .replace_api_key("k1", "key-a", "hash-a", "ara_aaaaaaaa")
+        .await
+        .unwrap();
+    assert_eq!(s.active_api_key("k1").await.unwrap().unwrap(), first);
+    let second = s
+        .replace_api_key("k1", "key-b", "hash-b", "ara_bbbbbbbb")
+        .await
+        .unwrap();
+    // Only one active key: the first is revoked by the replacement.
+    assert!(
+        s.api_key_by_hash("hash-a")
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at
+            .is_some()
+    );
+    assert_eq!(s.active_api_key("k1").await.unwrap().unwrap().id, second.id);
+    assert!(s.api_key_by_hash("missing").await.unwrap().is_none());
+
+    let t0 = Utc.with_ymd_and_hms(2030, 1, 1, 0, 0, 0).unwrap();
+    s.touch_api_key("key-b", t0).await.unwrap();
+    s.touch_api_key("key-b", t0 + chrono::Duration::seconds(30))
+        .await
+        .unwrap();
+    let k = s.api_key_by_hash("hash-b").await.unwrap().unwrap();
+    assert_eq!(k.last_used_at, Some(t0), "at most one update a minute");
+    s.touch_api_key("key-b", t0 + chrono::Duration::seconds(61))
+        .await
+        .unwrap();
+    let k = s.api_key_by_hash("hash-b").await.unwrap().unwrap();
+    assert_eq!(k.last_used_at, Some(t0 + chrono::Duration::seconds(61)));
+
+    assert_eq!(s.revoke_api_keys("k1").await.unwrap(), 1);
+    assert_eq!(s.revoke_api_keys("k1").await.unwrap(), 0);
+    assert!(s.active_api_key("k1").await.unwrap().is_none());
+    assert!(
+        s.api_key_by_hash("hash-b")
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at
+            .is_some()
+    );
+}
+
+async fn refresh_tokens_spend_once_and_revoke_by_family(s: &DynStore) {
+    s.create_user(&user("r1", "r1@example.com")).await.unwrap();
+    let expires = Utc.with_ymd_and_hms(2031, 5, 6, 7, 8, 9).unwrap();
+    for (hash, family) in [("t1", "fam"), ("t2", "fam"), ("t3", "other")] {
+        s.insert_refresh_token(&RefreshTokenRecord {
+            token_hash: hash.into(),
+            user_id: "r1".into(),
+            family_id: family.into(),
+            expires_at: expires,
+            used: false,
+            revoked: false,
+        })
+        .await
+        .unwrap();
+    }
+    let t1 = s.refresh_token("t1").await.unwrap().unwrap();
+    assert_eq!(
+        (t1.family_id.as_str(), t1.expires_at, t1.used, t1.revoked),
+        ("fam", expires, false, false)
+    );
+    assert!(s.use_refresh_token("t1").await.unwrap());
+    assert!(!s.use_refresh_token("t1").await.unwrap(), "spent once only");
+    assert!(s.refresh_token("t1").await.unwrap().unwrap().used);
+    assert_eq!(s.revoke_refresh_family("fam").await.unwrap(), 2);
+    assert!(s.refresh_token("t2").await.unwrap().unwrap().revoked);
+    assert!(
+        !s.use_refresh_token("t2").await.unwrap(),
+        "revoked tokens cannot be spent"
+    );
+    assert!(
+        !s.refresh_token("t3").await.unwrap().unwrap().revoked,
+        "other families untouched"
+    );
+    assert!(s.refresh_token("missing").await.unwrap().is_none());
+}
+
+async fn usage_sums_by_provider_and_period(s: &DynStore) {
+    let row = |principal: &str,
+               debate: &str,
+               provider: &str,
+               model: &str,
+               i: i64,
+               o: i64,
+               est: bool,
+               cost: f64| NewUsage {
+        principal_id: principal.into(),
+        debate_id: Some(debate.into()),
+        agent: format!("{provider}-agent"),
+        provider: provider.into(),
+        model: model.into(),
+        input_tokens: i,
+        output_tokens: o,
+        estimated: est,
+        cost_usd: cost,
+    };
+    s.record_usage(&row("p1", "d1", "openai", "gpt-4o", 100, 10, false, 0.5))
+        .await
+        .unwrap();
+    s.record_usage(&row("p1", "d1", "openai", "gpt-4o", 200, 20, true, 0.25))
+        .await
+        .unwrap();
+    s.record_usage(&row("p1", "d2", "anthropic", "claude", 1, 2, false, 1.0))
+        .await
+        .unwrap();
+    s.record_usage(&row("p2", "d3", "openai", "gpt-4o", 999, 999, false, 9.0))
+        .await
+        .unwrap();
+    let from = Utc::now() - chrono::Duration::hours(1);
+    let to = Utc::now() + chrono::Duration::hours(1);
+    let sum = s.usage_summary("p1", from, to).await.unwrap();
+    assert_eq!(sum.debates, 2);
+    assert_eq!(sum.lines.len(), 2);
+    let (a, o) = (&sum.lines[0], &sum.lines[1]);
+    assert_eq!(
+        (
+            a.provider.as_str(),
+            a.calls,
+            a.input_tokens,
+            a.output_tokens,
+            a.estimated
+        ),
+        ("anthropic", 1, 1, 2, false)
+    );
+    assert_eq!(
+        (
+            o.provider.as_str(),
+            o.model.as_str(),
+            o.calls,
+            o.input_tokens,
+            o.output_tokens,
+            o.estimated
+        ),
+        ("openai", "gpt-4o", 2, 300, 30, true)
+    );
+    assert!((o.cost_usd - 0.75).abs() < 1e-9);
+    let empty = s
+        .usage_summary("p1", from - chrono::Duration::days(2), from)
+        .await
+        .unwrap();
+    assert_eq!((empty.debates, empty.lines.len()), (0, 0));
+    assert_eq!(
+        s.usage_summary("nobody", from, to).await.unwrap().debates,
+        0
+    );
 }

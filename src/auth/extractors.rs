@@ -1,0 +1,262 @@
+//! Credential resolution, once per request, and the route policy.
+//!
+//! The middleware reads `Authorization: Bearer <jwt | ara_key | service token>` or
+//! `X-API-Key`, resolves a [`Principal`] and stores it as a request extension; handlers take
+//! `Extension<Principal>`. The policy by path (public / member / admin) is enforced here,
+//! so a route added later under `/api/system`, `/api/admin` or `/api/debug` is protected
+//! without further code. With auth off every caller is the local owner.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::HeaderMap;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::{Principal, PrincipalKind, Role, keys, tokens};
+use crate::app::AppState;
+use crate::error::ApiError;
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Public,
+    Member,
+    Admin,
+}
+
+/// The policy for a path (with or without the `/api` or `/api/v1` prefix).
+pub fn access_for(path: &str) -> Access {
+    let p = path
+        .strip_prefix("/api/v1")
+        .or_else(|| path.strip_prefix("/api"))
+        .unwrap_or(path);
+    let under = |prefix: &str| p == prefix || p.starts_with(&format!("{prefix}/"));
+    if under("/system")
+        || under("/admin")
+        || under("/debug")
+        || (p.starts_with("/agents/") && p.ends_with("/reset-circuit"))
+    {
+        Access::Admin
+    } else if under("/debates") || under("/billing") || p == "/auth/me" || p == "/auth/api-key" {
+        Access::Member
+    } else {
+        Access::Public
+    }
+}
+
+/// Credentials presented: the bearer string, if any.
+pub fn presented(headers: &HeaderMap) -> Option<String> {
+    if let Some(value) = headers.get(axum::http::header::AUTHORIZATION)
+        && let Ok(text) = value.to_str()
+    {
+        let text = text.trim();
+        if let Some((scheme, rest)) = text.split_once(' ')
+            && scheme.eq_ignore_ascii_case("bearer")
+            && !rest.trim().is_empty()
+        {
+            return Some(rest.trim().to_owned());
+        }
+        // A malformed Authorization header counts as a wrong credential.
+        return Some(String::new());
+    }
+    headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_owned())
+}
+
+/// Credentials were presented but are not valid (the reason is deliberately not told).
+#[derive(Debug)]
+pub struct InvalidCredentials;
+
+/// Resolve a presented credential. Auth must be on.
+pub async fn resolve_token(state: &AppState, token: &str) -> Result<Principal, InvalidCredentials> {
+    let config = &state.config;
+    if let Some(service) = &config.api_token
+        && keys::ct_eq(token, service.expose())
+    {
+        return Ok(Principal::service());
+    }
+    if keys::looks_like_api_key(token) {
+        let hash = keys::sha256_hex(token);
+        // The store is asked every time: a revoked key stops working on every instance at once.
+        let key = state
+            .store
+            .api_key_by_hash(&hash)
+            .await
+            .map_err(|e| {
+                tracing::error!(target: "aragora::auth", error = %e, "api key lookup failed");
+                InvalidCredentials
+            })?
+            .filter(|k| k.revoked_at.is_none())
+            .ok_or(InvalidCredentials)?;
+        let user = state
+            .store
+            .user_by_id(&key.user_id)
+            .await
+            .ok()
+            .flatten()
+            .ok_or(InvalidCredentials)?;
+        let role = Role::parse(&user.role).ok_or(InvalidCredentials)?;
+        if let Err(e) = state.store.touch_api_key(&key.id, chrono::Utc::now()).await {
+            tracing::warn!(target: "aragora::auth", error = %e, "could not record api key use");
+        }
+        return Ok(Principal {
+            id: user.id,
+            email: Some(user.email),
+            role: Some(role),
+            kind: PrincipalKind::ApiKey,
+        });
+    }
+    if let Some(secret) = &config.jwt_secret
+        && tokens::looks_like_jwt(token)
+        && let Some(claims) = tokens::verify_access(secret.expose().as_bytes(), token)
+    {
+        // The account's current role counts (a demotion applies at once); a deleted
+        // account's tokens stop working.
+        let user = state
+            .store
+            .user_by_id(&claims.sub)
+            .await
+            .ok()
+            .flatten()
+            .ok_or(InvalidCredentials)?;
+        let role = Role::parse(&user.role).ok_or(InvalidCredentials)?;
+        return Ok(Principal {
+            id: user.id,
+            email: Some(user.email),
+            role: Some(role),
+            kind: PrincipalKind::User,
+        });
+    }
+    Err(InvalidCredentials)
+}
+
+/// Whether a request comes straight from this machine: loopback peer and no proxy headers.
+pub fn is_local(peer: Option<IpAddr>, headers: &HeaderMap) -> bool {
+    peer.is_some_and(|ip| ip.is_loopback())
+        && !headers.contains_key("x-forwarded-for")
+        && !headers.contains_key("x-real-ip")
+        && !headers.contains_key("forwarded")
+}
+
+/// The principal of a request: `token` is what was presented (header, subprotocol or query).
+pub async fn principal_for(
+    state: &AppState,
+    token: Option<&str>,
+    peer: Option<IpAddr>,
+    headers: &HeaderMap,
+) -> Result<Principal, InvalidCredentials> {
+    if !state.config.auth_enabled() {
+        return Ok(Principal::local_owner());
+    }
+    match token {
+        Some(token) => resolve_token(state, token).await,
+        None if state.config.local_operator && is_local(peer, headers) => {
+            Ok(Principal::local_owner())
+        }
+        None => Ok(Principal::anonymous()),
+    }
+}
+
+/// 401 for a missing/invalid credential, 403 when the role is too low.
+pub fn require(principal: &Principal, role: Role) -> Result<(), ApiError> {
+    if principal.has(role) {
+        return Ok(());
+    }
+    if !principal.authenticated() && principal.role.is_none() {
+        return Err(ApiError::Unauthorized(
+            "authentication required: send `Authorization: Bearer <token>` or `X-API-Key`".into(),
+        ));
+    }
+    Err(ApiError::Forbidden(format!(
+        "this needs the {} role or higher; the caller is {}",
+        role.as_str(),
+        principal.role.map_or("without a role", Role::as_str)
+    )))
+}
+
+/// The middleware: resolve once, enforce the path policy, store the principal.
+pub async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let token = presented(req.headers());
+    let access = access_for(req.uri().path());
+    let principal = match principal_for(&state, token.as_deref(), peer, req.headers()).await {
+        Ok(p) => p,
+        // A bad credential on a public route is ignored (the caller is anonymous there).
+        Err(InvalidCredentials) if access == Access::Public => Principal::anonymous(),
+        Err(InvalidCredentials) => {
+            return ApiError::Unauthorized("invalid or expired credentials".into()).into_response();
+        }
+    };
+    let needed = match access {
+        Access::Public => None,
+        Access::Member => Some(Role::Member),
+        Access::Admin => Some(Role::Admin),
+    };
+    if let Some(role) = needed
+        && let Err(e) = require(&principal, role)
+    {
+        return e.into_response();
+    }
+    // Rate limits key on the principal rather than the IP when there is one.
+    if !matches!(principal.kind, crate::auth::PrincipalKind::Anonymous) {
+        req.extensions_mut()
+            .insert(crate::ratelimit::Principal(principal.id.clone()));
+    }
+    req.extensions_mut().insert(principal);
+    next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_by_path() {
+        assert_eq!(access_for("/api/health"), Access::Public);
+        assert_eq!(access_for("/api/v1/health/ready"), Access::Public);
+        assert_eq!(access_for("/api/metrics"), Access::Public);
+        assert_eq!(access_for("/api/agents"), Access::Public);
+        assert_eq!(access_for("/api/agents/circuit-breakers"), Access::Public);
+        assert_eq!(
+            access_for("/api/agents/claude/reset-circuit"),
+            Access::Admin
+        );
+        assert_eq!(access_for("/api/v1/debug/agent-test"), Access::Admin);
+        assert_eq!(access_for("/api/system/errors"), Access::Admin);
+        assert_eq!(access_for("/api/admin/cleanup-caches"), Access::Admin);
+        assert_eq!(access_for("/api/debates"), Access::Member);
+        assert_eq!(access_for("/api/debates/x/events"), Access::Member);
+        assert_eq!(access_for("/api/billing/usage"), Access::Member);
+        assert_eq!(access_for("/api/auth/me"), Access::Member);
+        assert_eq!(access_for("/api/auth/login"), Access::Public);
+        assert_eq!(access_for("/api/debatesx"), Access::Public);
+    }
+
+    #[test]
+    fn roles_are_ordered_and_required() {
+        assert!(Role::Member < Role::Admin && Role::Admin < Role::Owner);
+        let member = Principal {
+            id: "u".into(),
+            email: None,
+            role: Some(Role::Member),
+            kind: PrincipalKind::User,
+        };
+        assert!(require(&member, Role::Member).is_ok());
+        assert!(matches!(
+            require(&member, Role::Admin),
+            Err(ApiError::Forbidden(_))
+        ));
+        assert!(matches!(
+            require(&Principal::anonymous(), Role::Member),
+            Err(ApiError::Unauthorized(_))
+        ));
+        assert!(require(&Principal::local_owner(), Role::Owner).is_ok());
+        assert!(require(&Principal::service(), Role::Admin).is_ok());
+    }
+}

@@ -1,0 +1,46 @@
+//! argon2id password hashing with the crate's default parameters.
+
+use std::sync::OnceLock;
+
+use argon2::Argon2;
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+
+/// Shortest password accepted.
+pub const MIN_LENGTH: usize = 12;
+
+/// The PHC string of `password` (argon2id, random salt).
+pub fn hash(password: &str) -> Result<String, String> {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| format!("cannot hash the password: {e}"))
+}
+
+/// Whether `password` matches the PHC string `hash` (constant time inside argon2).
+pub fn verify(password: &str, hash: &str) -> bool {
+    PasswordHash::new(hash).is_ok_and(|parsed| {
+        Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok()
+    })
+}
+
+/// Spend the same work as a real check when the account does not exist, so response time
+/// does not tell whether an email is registered.
+pub fn verify_dummy(password: &str) {
+    static DUMMY: OnceLock<String> = OnceLock::new();
+    let dummy = DUMMY.get_or_init(|| hash("dummy password for timing").unwrap_or_default());
+    let _ = verify(password, dummy);
+}
+
+/// Why a new password is refused, if it is.
+pub fn check_new(password: &str) -> Result<(), String> {
+    if password.chars().count() < MIN_LENGTH {
+        return Err(format!(
+            "the password must be at least {MIN_LENGTH} characters"
+        ));
+    }
+    Ok(())
+}

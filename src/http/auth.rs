@@ -1,0 +1,427 @@
+//! Accounts (contract §3/§4): login, refresh (rotating, reuse revokes the family), logout,
+//! me, API keys, and registration when enabled.
+//!
+//! Bad credentials always get the same 401 whether or not the email exists; a locked
+//! account gets 423 with Retry-After. No token, key or password is ever logged.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::app::AppState;
+use crate::auth::{Principal, Role, keys, passwords, tokens};
+use crate::error::{ApiError, ErrorBody};
+use crate::store::{NewUser, RefreshTokenRecord, User};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(login))
+        .routes(routes!(refresh))
+        .routes(routes!(logout))
+        .routes(routes!(me))
+        .routes(routes!(create_api_key, revoke_api_key))
+        .routes(routes!(register))
+}
+
+const BAD_CREDENTIALS: &str = "invalid email or password";
+
+#[derive(Deserialize, ToSchema)]
+pub struct LoginRequest {
+    email: String,
+    password: String,
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct RefreshRequest {
+    refresh_token: String,
+}
+
+/// The client address: the peer, or the right-most X-Forwarded-For entry when the peer is a
+/// trusted proxy.
+fn client_ip(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+    let peer = peer.ip();
+    if state
+        .config
+        .trusted_proxies
+        .iter()
+        .any(|net| net.contains(&peer))
+        && let Some(ip) = headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|v| v.trim().parse().ok())
+    {
+        return ip;
+    }
+    peer
+}
+
+fn jwt_secret(state: &AppState) -> Result<&[u8], ApiError> {
+    state
+        .config
+        .jwt_secret
+        .as_ref()
+        .map(|s| s.expose().as_bytes())
+        .ok_or_else(|| {
+            ApiError::NotFound(
+                "password login is not configured on this server (no ARAGORA_JWT_SECRET)".into(),
+            )
+        })
+}
+
+/// A fresh access token and a refresh token in `family_id`.
+async fn issue(state: &AppState, user: &User, family_id: &str) -> Result<Value, ApiError> {
+    let secret = jwt_secret(state)?;
+    let ttl = state.config.access_token_ttl.as_secs();
+    let access =
+        tokens::issue_access(secret, &user.id, &user.role, ttl).map_err(ApiError::Internal)?;
+    let (refresh, hash) = tokens::new_refresh_token();
+    state
+        .store
+        .insert_refresh_token(&RefreshTokenRecord {
+            token_hash: hash,
+            user_id: user.id.clone(),
+            family_id: family_id.to_owned(),
+            expires_at: Utc::now()
+                + chrono::Duration::from_std(state.config.refresh_token_ttl)
+                    .unwrap_or(chrono::Duration::days(30)),
+            used: false,
+            revoked: false,
+        })
+        .await?;
+    Ok(json!({
+        "access_token": access,
+        "token_type": "Bearer",
+        "expires_in": ttl,
+        "refresh_token": refresh,
+        "refresh_expires_in": state.config.refresh_token_ttl.as_secs(),
+        "user": {"id": user.id, "email": user.email, "role": user.role},
+    }))
+}
+
+/// Exchange email and password for an access token and a refresh token.
+#[utoipa::path(
+    post,
+    path = "/auth/login",
+    tag = "auth",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "`{access_token, token_type, expires_in, refresh_token, user}`"),
+        (status = 401, description = "invalid email or password", body = ErrorBody),
+        (status = 423, description = "account locked; see Retry-After", body = ErrorBody),
+        (status = 429, description = "too many failed logins from this client", body = ErrorBody),
+    )
+)]
+pub async fn login(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Json(body): Json<LoginRequest>,
+) -> Result<Json<Value>, ApiError> {
+    jwt_secret(&state)?;
+    let ip = client_ip(&state, peer, &headers);
+    if let Some(retry_after) = state.login_limiter.blocked(ip) {
+        tracing::warn!(target: "aragora::auth", client = %ip, "login refused: too many failures from this client");
+        return Err(ApiError::TooManyRequests {
+            message: "too many failed logins from this client; try again later".into(),
+            retry_after,
+        });
+    }
+    let Some(user) = state.store.user_by_email(body.email.trim()).await? else {
+        // Same work as a real check, off the async threads like the real one.
+        let password = body.password;
+        let _ = tokio::task::spawn_blocking(move || passwords::verify_dummy(&password)).await;
+        state.login_limiter.fail(ip);
+        tracing::info!(target: "aragora::auth", client = %ip, "login failed");
+        return Err(ApiError::Unauthorized(BAD_CREDENTIALS.into()));
+    };
+    let now = Utc::now();
+    if let Some(until) = user.locked_until
+        && until > now
+    {
+        state.login_limiter.fail(ip);
+        return Err(locked(until - now));
+    }
+    let password = body.password;
+    let hash = user.password_hash.clone();
+    let ok = tokio::task::spawn_blocking(move || passwords::verify(&password, &hash))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    if !ok {
+        state.login_limiter.fail(ip);
+        let failures = user.failed_logins + 1;
+        if failures as u32 >= state.config.login_max_failures {
+            let until = now
+                + chrono::Duration::from_std(state.config.login_lockout)
+                    .unwrap_or(chrono::Duration::minutes(15));
+            state
+                .store
+                .set_login_state(&user.id, 0, Some(until))
+                .await?;
+            tracing::warn!(target: "aragora::auth", user_id = %user.id, client = %ip, "account locked after repeated failed logins");
+        } else {
+            state
+                .store
+                .set_login_state(&user.id, failures, None)
+                .await?;
+            tracing::info!(target: "aragora::auth", user_id = %user.id, client = %ip, "login failed");
+        }
+        return Err(ApiError::Unauthorized(BAD_CREDENTIALS.into()));
+    }
+    if user.failed_logins != 0 || user.locked_until.is_some() {
+        state.store.set_login_state(&user.id, 0, None).await?;
+    }
+    let family = uuid::Uuid::new_v4().simple().to_string();
+    let tokens = issue(&state, &user, &family).await?;
+    tracing::info!(target: "aragora::auth", user_id = %user.id, "login");
+    Ok(Json(tokens))
+}
+
+fn locked(remaining: chrono::Duration) -> ApiError {
+    ApiError::Locked {
+        message: "this account is temporarily locked after repeated failed logins; try again later"
+            .into(),
+        retry_after: remaining.num_seconds().max(1) as u64,
+    }
+}
+
+fn invalid_refresh() -> ApiError {
+    ApiError::Unauthorized("invalid or expired refresh token".into())
+}
+
+/// Rotate a refresh token: the old one is spent, a new pair is issued. Presenting a spent
+/// token again revokes its whole family (a stolen token was used).
+#[utoipa::path(
+    post,
+    path = "/auth/refresh",
+    tag = "auth",
+    request_body = RefreshRequest,
+    responses(
+        (status = 200, description = "a new token pair, same shape as login"),
+        (status = 401, description = "invalid, expired, revoked or reused refresh token", body = ErrorBody),
+    )
+)]
+pub async fn refresh(
+    State(state): State<AppState>,
+    Json(body): Json<RefreshRequest>,
+) -> Result<Json<Value>, ApiError> {
+    jwt_secret(&state)?;
+    let hash = keys::sha256_hex(body.refresh_token.trim());
+    let record = state
+        .store
+        .refresh_token(&hash)
+        .await?
+        .ok_or_else(invalid_refresh)?;
+    if record.revoked || record.expires_at <= Utc::now() {
+        return Err(invalid_refresh());
+    }
+    // The atomic "unused → used" flip decides races: only one rotation wins.
+    if record.used || !state.store.use_refresh_token(&hash).await? {
+        let revoked = state.store.revoke_refresh_family(&record.family_id).await?;
+        tracing::warn!(
+            target: "aragora::auth",
+            user_id = %record.user_id,
+            revoked,
+            "refresh token reuse detected; the token family is revoked"
+        );
+        return Err(invalid_refresh());
+    }
+    let user = state
+        .store
+        .user_by_id(&record.user_id)
+        .await?
+        .ok_or_else(invalid_refresh)?;
+    Ok(Json(issue(&state, &user, &record.family_id).await?))
+}
+
+/// Revoke the refresh token's family. The access token expires on its own (short-lived).
+#[utoipa::path(
+    post,
+    path = "/auth/logout",
+    tag = "auth",
+    request_body = RefreshRequest,
+    responses((status = 204, description = "logged out (also when the token was unknown)"))
+)]
+pub async fn logout(
+    State(state): State<AppState>,
+    Json(body): Json<RefreshRequest>,
+) -> Result<StatusCode, ApiError> {
+    let hash = keys::sha256_hex(body.refresh_token.trim());
+    if let Some(record) = state.store.refresh_token(&hash).await? {
+        state.store.revoke_refresh_family(&record.family_id).await?;
+        tracing::info!(target: "aragora::auth", user_id = %record.user_id, "logout");
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The caller: id, email, role, created_at, and the API key's prefix and last use.
+#[utoipa::path(
+    get,
+    path = "/auth/me",
+    tag = "auth",
+    responses(
+        (status = 200, description = "`{id, email, role, kind, created_at, api_key: {prefix, created_at, last_used_at} | null}`"),
+        (status = 401, body = ErrorBody),
+    )
+)]
+pub async fn me(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Json<Value>, ApiError> {
+    let mut body = json!({
+        "id": principal.id,
+        "email": principal.email,
+        "role": principal.role.map(Role::as_str),
+        "kind": principal.kind,
+        "created_at": null,
+        "api_key": null,
+    });
+    if let Some(user_id) = principal.user_id() {
+        if let Some(user) = state.store.user_by_id(user_id).await? {
+            body["created_at"] = json!(user.created_at);
+        }
+        if let Some(key) = state.store.active_api_key(user_id).await? {
+            body["api_key"] = json!({
+                "prefix": key.prefix,
+                "created_at": key.created_at,
+                "last_used_at": key.last_used_at,
+            });
+        }
+    }
+    Ok(Json(body))
+}
+
+fn account_of(principal: &Principal) -> Result<&str, ApiError> {
+    principal.user_id().ok_or_else(|| {
+        ApiError::BadRequest(
+            "API keys belong to user accounts; this caller is not a user (log in first)".into(),
+        )
+    })
+}
+
+/// Create an API key (`ara_…`), shown this once; any previous key of the caller is revoked.
+#[utoipa::path(
+    post,
+    path = "/auth/api-key",
+    tag = "auth",
+    responses(
+        (status = 201, description = "`{api_key, prefix, created_at}`; the key is not shown again"),
+        (status = 401, body = ErrorBody),
+    )
+)]
+pub async fn create_api_key(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Response, ApiError> {
+    let user_id = account_of(&principal)?;
+    let (key, prefix, hash) = keys::new_api_key();
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let record = state
+        .store
+        .replace_api_key(user_id, &id, &hash, &prefix)
+        .await?;
+    tracing::info!(target: "aragora::auth", user_id = %user_id, prefix = %record.prefix, "api key created");
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "api_key": key,
+            "prefix": record.prefix,
+            "created_at": record.created_at,
+            "note": "store this key now: it is not shown again",
+        })),
+    )
+        .into_response())
+}
+
+/// Revoke the caller's API key; effective immediately on every instance.
+#[utoipa::path(
+    delete,
+    path = "/auth/api-key",
+    tag = "auth",
+    responses((status = 200, description = "`{revoked: n}`"), (status = 401, body = ErrorBody))
+)]
+pub async fn revoke_api_key(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Json<Value>, ApiError> {
+    let user_id = account_of(&principal)?;
+    let revoked = state.store.revoke_api_keys(user_id).await?;
+    tracing::info!(target: "aragora::auth", user_id = %user_id, revoked, "api key revoked");
+    Ok(Json(json!({"revoked": revoked})))
+}
+
+/// Create a member account (only when `registration_enabled`; 404 otherwise).
+#[utoipa::path(
+    post,
+    path = "/auth/register",
+    tag = "auth",
+    request_body = LoginRequest,
+    responses(
+        (status = 201, description = "`{id, email, role: \"member\"}`"),
+        (status = 404, description = "registration is disabled", body = ErrorBody),
+        (status = 409, description = "email taken", body = ErrorBody),
+        (status = 422, description = "bad email or password", body = ErrorBody),
+    )
+)]
+pub async fn register(
+    State(state): State<AppState>,
+    Json(body): Json<LoginRequest>,
+) -> Result<Response, ApiError> {
+    if !state.config.registration_enabled {
+        return Err(ApiError::NotFound(
+            "registration is disabled on this server".into(),
+        ));
+    }
+    let email = body.email.trim().to_lowercase();
+    if !valid_email(&email) {
+        return Err(ApiError::Validation {
+            field: "email".into(),
+            message: "`email` must be an address such as name@example.com".into(),
+        });
+    }
+    passwords::check_new(&body.password).map_err(|message| ApiError::Validation {
+        field: "password".into(),
+        message,
+    })?;
+    let password = body.password;
+    let hash = tokio::task::spawn_blocking(move || passwords::hash(&password))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(ApiError::Internal)?;
+    let user = state
+        .store
+        .create_user(&NewUser {
+            id: uuid::Uuid::new_v4().to_string(),
+            email,
+            password_hash: hash,
+            role: Role::Member.as_str().into(),
+        })
+        .await?;
+    tracing::info!(target: "aragora::auth", user_id = %user.id, "user registered");
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"id": user.id, "email": user.email, "role": user.role})),
+    )
+        .into_response())
+}
+
+pub fn valid_email(email: &str) -> bool {
+    let Some((local, domain)) = email.split_once('@') else {
+        return false;
+    };
+    !local.is_empty()
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && email.len() <= 254
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+}
