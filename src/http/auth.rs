@@ -47,22 +47,10 @@ pub struct RefreshRequest {
 
 /// The client address: the peer, or the right-most X-Forwarded-For entry when the peer is a
 /// trusted proxy.
+/// The client's address, by the same rule the rate limiter uses (proxies are believed only
+/// when they are in ARAGORA_TRUSTED_PROXIES).
 fn client_ip(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
-    let peer = peer.ip();
-    if state
-        .config
-        .trusted_proxies
-        .iter()
-        .any(|net| net.contains(&peer))
-        && let Some(ip) = headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .and_then(|v| v.trim().parse().ok())
-    {
-        return ip;
-    }
-    peer
+    crate::ratelimit::client_ip(peer.ip(), headers, &state.config.trusted_proxies)
 }
 
 fn jwt_secret(state: &AppState) -> Result<&[u8], ApiError> {
