@@ -13,6 +13,7 @@ pub mod debate_cli;
 pub mod error;
 pub mod http;
 pub mod lockfile;
+pub mod ops;
 pub mod ratings;
 pub mod redis_client;
 pub mod store;

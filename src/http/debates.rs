@@ -203,6 +203,7 @@ pub async fn get_debate(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    tracing::Span::current().record("debate_id", id.as_str());
     Ok(Json(debate_json(&load(&state, &id).await?)))
 }
 
@@ -226,6 +227,7 @@ pub async fn list_messages(
     Path(id): Path<String>,
     Query(params): Query<PageParams>,
 ) -> Result<Json<Value>, ApiError> {
+    tracing::Span::current().record("debate_id", id.as_str());
     load(&state, &id).await?;
     let limit = params.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
@@ -282,6 +284,7 @@ pub async fn list_events(
     Path(id): Path<String>,
     Query(params): Query<EventParams>,
 ) -> Result<Json<Value>, ApiError> {
+    tracing::Span::current().record("debate_id", id.as_str());
     load(&state, &id).await?;
     let limit = params.limit.unwrap_or(500);
     if !(1..=1000).contains(&limit) {
@@ -320,6 +323,7 @@ pub async fn cancel_debate(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    tracing::Span::current().record("debate_id", id.as_str());
     let record = state.debates.cancel(&id).await.map_err(|e| match e {
         CancelError::NotFound(_) => ApiError::NotFound(e.to_string()),
         CancelError::AlreadyFinished { .. } => ApiError::Conflict(e.to_string()),

@@ -8,7 +8,9 @@ mod health;
 mod leaderboard;
 mod metrics_route;
 mod openapi;
+mod ops;
 mod pipeline;
+mod system;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -35,6 +37,8 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(debates::router())
         .merge(agents::router())
         .merge(leaderboard::router())
+        .merge(system::router())
+        .merge(ops::router())
 }
 
 /// The OpenAPI document of the whole API, generated from the handlers.

@@ -24,6 +24,8 @@ use crate::app::AppState;
         (name = "observability", description = "Metrics and the API description"),
         (name = "debates", description = "Debates, their transcripts and the leaderboard"),
         (name = "agents", description = "Agents, circuit breakers and test calls"),
+        (name = "system", description = "Operator endpoints (/api/system, /api/debug, /api/admin): \
+                                          admin-only once authentication exists; served openly until then"),
     )
 )]
 pub struct ApiDoc;
