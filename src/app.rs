@@ -129,7 +129,9 @@ impl Application {
             .metrics_enabled
             .then(crate::telemetry::metrics::install);
         if metrics.is_some() {
-            crate::telemetry::metrics::register_agents(agents.known_names().iter().map(String::as_str));
+            crate::telemetry::metrics::register_agents(
+                agents.known_names().iter().map(String::as_str),
+            );
         }
 
         let shutdown = CancellationToken::new();

@@ -126,7 +126,9 @@ pub fn run() -> ExitCode {
         Command::Serve { .. } => {
             // Before any thread exists: may replace this process with itself started with
             // jemalloc's heap profiler on (ARAGORA_MEMORY_PROFILING=1).
-            if let Err(err) = crate::telemetry::profiling::reexec_with_profiling(config.memory_profiling) {
+            if let Err(err) =
+                crate::telemetry::profiling::reexec_with_profiling(config.memory_profiling)
+            {
                 eprintln!("aragora: memory profiling: {err}");
             }
             // Held for the whole run; dropping it flushes pending error reports.

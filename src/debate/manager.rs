@@ -443,7 +443,8 @@ impl DebateManager {
             }
         };
         let span = tracing::info_span!("debate", debate_id = %id, correlation_id = record.correlation_id.as_deref().unwrap_or(""));
-        let result = tracing::Instrument::instrument(self.execute(record, cancel), span.clone()).await;
+        let result =
+            tracing::Instrument::instrument(self.execute(record, cancel), span.clone()).await;
         if let Err(err) = result {
             // The debate could not be recorded; the next start recovers it from its status.
             span.in_scope(|| {

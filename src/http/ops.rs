@@ -108,10 +108,8 @@ pub async fn memory_dump(State(state): State<AppState>) -> Response {
              MALLOC_CONF=prof:true",
         );
     }
-    let result = tokio::task::spawn_blocking(|| {
-        profiling::dump(Path::new(profiling::DUMP_PATH), 50)
-    })
-    .await;
+    let result =
+        tokio::task::spawn_blocking(|| profiling::dump(Path::new(profiling::DUMP_PATH), 50)).await;
     match result {
         Ok(Ok(dump)) => {
             tracing::info!(
@@ -125,7 +123,9 @@ pub async fn memory_dump(State(state): State<AppState>) -> Response {
             body["path"] = json!(profiling::DUMP_PATH);
             Json(body).into_response()
         }
-        Ok(Err(detail)) => ApiError::Internal(format!("memory dump failed: {detail}")).into_response(),
+        Ok(Err(detail)) => {
+            ApiError::Internal(format!("memory dump failed: {detail}")).into_response()
+        }
         Err(join) => ApiError::Internal(format!("memory dump task failed: {join}")).into_response(),
     }
 }

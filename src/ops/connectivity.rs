@@ -186,7 +186,12 @@ fn target_from_url(
     let port = parsed
         .port_or_known_default()
         .unwrap_or(if tls { 443 } else { default_port });
-    let endpoint = format!("{}://{}:{}", parsed.scheme(), parsed.host_str().unwrap_or(""), port);
+    let endpoint = format!(
+        "{}://{}:{}",
+        parsed.scheme(),
+        parsed.host_str().unwrap_or(""),
+        port
+    );
     Ok(Target {
         name: name.to_owned(),
         kind,
@@ -219,7 +224,11 @@ async fn timed<T, E: std::fmt::Display>(
         ),
         Ok(Err(err)) => (failed(step, ms, err.to_string()), None),
         Err(_) => (
-            failed(step, ms, format!("timed out after {} ms", budget.as_millis())),
+            failed(
+                step,
+                ms,
+                format!("timed out after {} ms", budget.as_millis()),
+            ),
             None,
         ),
     }
@@ -259,7 +268,12 @@ async fn check_target(state: &AppState, target: Target, budget: Duration) -> Tar
     }
 }
 
-async fn run_steps(state: &AppState, target: &Target, budget: Duration, steps: &mut Vec<Step>) -> bool {
+async fn run_steps(
+    state: &AppState,
+    target: &Target,
+    budget: Duration,
+    steps: &mut Vec<Step>,
+) -> bool {
     if !target.host.is_empty() {
         // DNS
         let host_port = (target.host.clone(), target.port);
@@ -297,9 +311,9 @@ async fn run_steps(state: &AppState, target: &Target, budget: Duration, steps: &
         if target.tls {
             let host = target.host.clone();
             let (mut step, version) = timed("tls", budget, async move {
-                let server_name = rustls::pki_types::ServerName::try_from(host)
-                    .map_err(|e| e.to_string())?;
-                let config = tls_config().map_err(|e| e.clone())?;
+                let server_name =
+                    rustls::pki_types::ServerName::try_from(host).map_err(|e| e.to_string())?;
+                let config = tls_config().as_ref().map_err(Clone::clone)?;
                 let connector = tokio_rustls::TlsConnector::from(config.clone());
                 let tls = connector
                     .connect(server_name, stream)
@@ -393,9 +407,17 @@ mod tests {
 
     #[test]
     fn targets_come_from_urls_without_credentials() {
-        let t = target_from_url("database", "database", "postgres://u:pw@db.internal/aragora", 5432)
-            .unwrap();
-        assert_eq!((t.host.as_str(), t.port, t.tls), ("db.internal", 5432, false));
+        let t = target_from_url(
+            "database",
+            "database",
+            "postgres://u:pw@db.internal/aragora",
+            5432,
+        )
+        .unwrap();
+        assert_eq!(
+            (t.host.as_str(), t.port, t.tls),
+            ("db.internal", 5432, false)
+        );
         assert_eq!(t.endpoint, "postgres://db.internal:5432");
         let t = target_from_url("anthropic", "provider", "https://api.anthropic.com", 443).unwrap();
         assert_eq!((t.port, t.tls), (443, true));

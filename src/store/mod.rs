@@ -477,9 +477,10 @@ pub struct StatementCacheReport {
 
 /// Clear the statement cache of every connection idle right now (connections in use are left
 /// alone; holding the idle ones while clearing makes each one visited once).
-pub(crate) async fn clear_idle_statement_caches<DB: sqlx::Database>(
-    pool: &sqlx::Pool<DB>,
-) -> StatementCacheReport {
+pub(crate) async fn clear_idle_statement_caches<DB>(pool: &sqlx::Pool<DB>) -> StatementCacheReport
+where
+    DB: sqlx::Database + sqlx::database::HasStatementCache,
+{
     use sqlx::Connection as _;
     let mut held = Vec::new();
     let mut report = StatementCacheReport::default();

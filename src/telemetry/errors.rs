@@ -217,7 +217,11 @@ where
         ids.merge(&text.ids);
         self.log.push(RecentError {
             time: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
-            level: if level == Level::ERROR { "ERROR" } else { "WARN" },
+            level: if level == Level::ERROR {
+                "ERROR"
+            } else {
+                "WARN"
+            },
             logger: meta.target().to_owned(),
             message: format!("{}{}", text.message, text.rest).trim().to_owned(),
             correlation_id: ids.correlation_id,

@@ -91,7 +91,14 @@ pub fn init(settings: &LogSettings) -> anyhow::Result<()> {
         .with(stdout)
         .with(files)
         .with(super::errors::ErrorLayer::new(super::errors::global()))
-        .with(::sentry::integrations::tracing::layer().span_filter(|_| false))
+        .with(
+            ::sentry::integrations::tracing::BreadcrumbLayer::new()
+                .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
+        )
+        .with(
+            ::sentry::integrations::tracing::ErrorLayer::new()
+                .with_filter(tracing_subscriber::filter::LevelFilter::ERROR),
+        )
         .try_init()
         .context("cannot install the global log subscriber (logging already initialised?)")
 }

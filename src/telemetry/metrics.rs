@@ -19,7 +19,13 @@ const SECONDS_BUCKETS: &[f64] = &[
 ];
 
 /// Final debate statuses (`aragora_debates_total{status}` is pre-registered for each).
-pub const FINAL_STATUSES: [&str; 5] = ["completed", "no_consensus", "timeout", "failed", "cancelled"];
+pub const FINAL_STATUSES: [&str; 5] = [
+    "completed",
+    "no_consensus",
+    "timeout",
+    "failed",
+    "cancelled",
+];
 
 /// Install the recorder once per process (later calls return the same handle, so several
 /// in-process test servers share it).

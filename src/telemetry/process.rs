@@ -152,7 +152,10 @@ mod tests {
         }
         std::hint::black_box(x);
         let after = read();
-        assert!(after.cpu_seconds > before.cpu_seconds, "{before:?} {after:?}");
+        assert!(
+            after.cpu_seconds > before.cpu_seconds,
+            "{before:?} {after:?}"
+        );
         // Opening a file shows up in the fd count.
         let f = std::fs::File::open("/proc/self/stat").unwrap();
         assert!(read().open_fds > after.open_fds - 1);
@@ -175,7 +178,10 @@ mod tests {
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|v| v.parse().ok())
                 .unwrap_or_else(|| panic!("{name} missing in {text}"));
-            assert!(value > 0.0 || name == "process_cpu_seconds_total", "{name}={value}");
+            assert!(
+                value > 0.0 || name == "process_cpu_seconds_total",
+                "{name}={value}"
+            );
         }
     }
 

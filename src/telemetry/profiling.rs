@@ -76,7 +76,9 @@ pub fn reexec_with_profiling(wanted: bool) -> Result<(), String> {
         .env("_RJEM_MALLOC_CONF", conf("_RJEM_MALLOC_CONF"))
         .env(REEXEC_MARKER, "1")
         .exec();
-    Err(format!("cannot re-execute with the heap profiler on: {err}"))
+    Err(format!(
+        "cannot re-execute with the heap profiler on: {err}"
+    ))
 }
 
 /// One allocation site in a dump.
@@ -172,9 +174,8 @@ pub fn dump(out: &Path, top: usize) -> Result<MemoryDump, String> {
     let raw_path = raw_profile_path();
     tikv_jemalloc_ctl::raw::write_str(b"prof.dump\0", raw_path)
         .map_err(|e| format!("prof.dump failed: {e}"))?;
-    let raw_path = PathBuf::from(
-        std::str::from_utf8(&raw_path[..raw_path.len() - 1]).expect("path is UTF-8"),
-    );
+    let raw_path =
+        PathBuf::from(std::str::from_utf8(&raw_path[..raw_path.len() - 1]).expect("path is UTF-8"));
     let text = std::fs::read_to_string(&raw_path)
         .map_err(|e| format!("cannot read {}: {e}", raw_path.display()))?;
     let samples = parse_heap_profile(&text)?;

@@ -32,19 +32,20 @@ pub fn init(config: &Config) -> Option<SentryGuard> {
         }
     };
     let scrubber = Arc::new(Scrubber::from_config(config));
-    let options = ::sentry::ClientOptions {
-        dsn: Some(dsn),
-        release: Some(Cow::Borrowed(concat!("aragora@", env!("CARGO_PKG_VERSION")))),
-        environment: Some(Cow::Borrowed(match config.env {
-            crate::config::Environment::Development => "development",
-            crate::config::Environment::Production => "production",
-        })),
-        send_default_pii: false,
-        attach_stacktrace: true,
-        shutdown_timeout: std::time::Duration::from_secs(2),
-        before_send: Some(Arc::new(move |event| Some(prepare(event, &scrubber)))),
-        ..::sentry::ClientOptions::default()
-    };
+    let mut options = ::sentry::ClientOptions::default();
+    options.dsn = Some(dsn);
+    options.release = Some(Cow::Borrowed(concat!(
+        "aragora@",
+        env!("CARGO_PKG_VERSION")
+    )));
+    options.environment = Some(Cow::Borrowed(match config.env {
+        crate::config::Environment::Development => "development",
+        crate::config::Environment::Production => "production",
+    }));
+    options.send_default_pii = false;
+    options.attach_stacktrace = true;
+    options.shutdown_timeout = std::time::Duration::from_secs(2);
+    options.before_send = Some(Arc::new(move |event| Some(prepare(event, &scrubber))));
     Some(SentryGuard(::sentry::init(options)))
 }
 
@@ -367,7 +368,10 @@ mod tests {
         ] {
             assert!(!out.contains(secret), "{secret} left in {out}");
         }
-        assert!(out.contains("postgres://aragora:[Filtered]@db:5432/aragora"), "{out}");
+        assert!(
+            out.contains("postgres://aragora:[Filtered]@db:5432/aragora"),
+            "{out}"
+        );
         assert!(out.contains("keep short sk-no"), "{out}");
         assert!(out.starts_with("jwt [Filtered];"), "{out}");
     }
@@ -393,7 +397,13 @@ mod tests {
         });
         s.scrub_event(&mut event);
         let json = serde_json::to_string(&event).unwrap();
-        for secret in ["sk-test-provider-key-1234", "plain", "\"p\"", "zzzzzz", "qqq"] {
+        for secret in [
+            "sk-test-provider-key-1234",
+            "plain",
+            "\"p\"",
+            "zzzzzz",
+            "qqq",
+        ] {
             assert!(!json.contains(secret), "{secret} left in {json}");
         }
         assert_eq!(event.tags["correlation_id"], "corr-1");

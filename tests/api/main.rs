@@ -3,8 +3,10 @@
 //! (ARAGORA_TEST_DATABASE_URL, ARAGORA_TEST_REDIS_URL) and fail when they are unreachable.
 
 mod debates;
+mod deploy;
 mod health;
 mod helpers;
+mod observability;
 mod openapi;
 mod pipeline;
 mod process;
