@@ -100,7 +100,7 @@ pub struct MemoryDump {
     pub generated_at: String,
     pub pid: u32,
     pub resident_memory_bytes: u64,
-    /// jemalloc `stats.allocated`: bytes the application holds.
+    /// jemalloc `stats.allocated` when the profile was taken: bytes the application holds.
     pub allocated_bytes: u64,
     /// jemalloc `stats.resident`.
     pub allocator_resident_bytes: u64,
@@ -178,16 +178,18 @@ pub fn dump(out: &Path, top: usize) -> Result<MemoryDump, String> {
         PathBuf::from(std::str::from_utf8(&raw_path[..raw_path.len() - 1]).expect("path is UTF-8"));
     let text = std::fs::read_to_string(&raw_path)
         .map_err(|e| format!("cannot read {}: {e}", raw_path.display()))?;
+    // Before symbolising: resolving frames loads debug info, which allocates a lot.
+    let stats = allocator_stats();
+    let resident_memory_bytes = crate::http::resident_memory_bytes();
     let samples = parse_heap_profile(&text)?;
     let mut sites = aggregate(&samples, &mut Symbolizer::default());
     let sampled_live_bytes = sites.iter().map(|s| s.bytes).sum();
     let site_count = sites.len();
     sites.truncate(top);
-    let stats = allocator_stats();
     let dump = MemoryDump {
         generated_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         pid: std::process::id(),
-        resident_memory_bytes: crate::http::resident_memory_bytes(),
+        resident_memory_bytes,
         allocated_bytes: stats.allocated,
         allocator_resident_bytes: stats.resident,
         sampled_live_bytes,
@@ -258,25 +260,22 @@ pub fn parse_heap_profile(text: &str) -> Result<Vec<Sample>, String> {
     Ok(samples)
 }
 
-/// Resolves return addresses to `function (file:line)`, caching per address.
+/// Resolves return addresses to `function (file:line)` frames, caching per address. One
+/// address may stand for several frames when calls were inlined (innermost first).
 #[derive(Default)]
 pub struct Symbolizer {
-    cache: HashMap<u64, Option<String>>,
+    cache: HashMap<u64, Vec<String>>,
 }
 
 impl Symbolizer {
-    pub fn frame(&mut self, address: u64) -> Option<String> {
+    pub fn frames(&mut self, address: u64) -> Vec<String> {
         self.cache
             .entry(address)
             .or_insert_with(|| {
                 // A return address points after the call; step back into it.
                 let ip = address.saturating_sub(1) as usize as *mut std::ffi::c_void;
-                let mut out = None;
+                let mut out = Vec::new();
                 backtrace::resolve(ip, |symbol| {
-                    // Inlined frames come innermost first; keep the first named one.
-                    if out.is_some() {
-                        return;
-                    }
                     let Some(name) = symbol.name().map(|n| format!("{n:#}")) else {
                         return;
                     };
@@ -284,8 +283,11 @@ impl Symbolizer {
                         (Some(file), Some(line)) => format!(" ({}:{line})", short_path(file)),
                         _ => String::new(),
                     };
-                    out = Some(format!("{name}{location}"));
+                    out.push(format!("{name}{location}"));
                 });
+                if out.is_empty() {
+                    out.push(format!("{address:#x}"));
+                }
                 out
             })
             .clone()
@@ -322,6 +324,7 @@ fn is_allocator_frame(frame: &str) -> bool {
         "__rust_alloc",
         "__rust_realloc",
         "__rust_alloc_zeroed",
+        "__rustc::",
         "__rdl_",
         "__rg_",
         "tikv_jemallocator",
@@ -338,7 +341,12 @@ fn is_allocator_frame(frame: &str) -> bool {
         "<std::alloc::",
         "hashbrown::raw::",
     ];
-    PREFIXES.iter().any(|p| frame.starts_with(p))
+    // SQLite's own allocator wrappers (sqlite3Malloc, sqlite3DbMallocRawNN, dbMallocRawFinish…).
+    let sqlite_alloc = (frame.starts_with("sqlite3") || frame.starts_with("dbMalloc"))
+        && (frame.contains("Malloc") || frame.contains("Realloc"));
+    // Inlined standard-library code (RawVec::with_capacity_in, Vec::from_iter, Box::new…).
+    let std_inline = frame.contains(" (library/");
+    sqlite_alloc || std_inline || PREFIXES.iter().any(|p| frame.starts_with(p))
 }
 
 /// Symbolise and merge samples by allocation site, largest first.
@@ -348,7 +356,7 @@ pub fn aggregate(samples: &[Sample], symbols: &mut Symbolizer) -> Vec<Allocation
         let mut frames: Vec<String> = sample
             .addresses
             .iter()
-            .map(|&a| symbols.frame(a).unwrap_or_else(|| format!("{a:#x}")))
+            .flat_map(|&a| symbols.frames(a))
             .collect();
         let first = frames
             .iter()
@@ -430,11 +438,17 @@ MAPPED_LIBRARIES:
     fn symbolises_real_addresses_and_skips_allocator_frames() {
         assert!(is_allocator_frame("alloc::raw_vec::RawVec<T,A>::grow_one"));
         assert!(is_allocator_frame("__rust_alloc"));
+        assert!(is_allocator_frame("__rustc::__rust_alloc (src/main.rs:4)"));
+        assert!(is_allocator_frame("sqlite3DbMallocRawNN"));
+        assert!(!is_allocator_frame("sqlite3VdbeSetNumCols"));
+        assert!(is_allocator_frame(
+            "with_capacity_in<alloc::alloc::Global> (library/alloc/src/raw_vec/mod.rs:433)"
+        ));
         assert!(!is_allocator_frame("aragora::debate::engine::run"));
         let ip = known_site();
         let mut symbols = Symbolizer::default();
-        let frame = symbols.frame(ip + 1).expect("resolves");
-        assert!(frame.contains("backtrace"), "{frame}");
+        let frames = symbols.frames(ip + 1);
+        assert!(frames.iter().any(|f| f.contains("backtrace")), "{frames:?}");
         let sites = aggregate(
             &[
                 Sample {

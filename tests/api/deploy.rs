@@ -120,6 +120,10 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
     let bytes = expr.as_bytes();
     let mut i = 0;
     while i < bytes.len() {
+        if !expr.is_char_boundary(i) {
+            i += 1;
+            continue;
+        }
         let rest = &expr[i..];
         if (rest.starts_with("aragora_") || rest.starts_with("process_"))
             && (i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_'))
