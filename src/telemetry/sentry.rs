@@ -304,7 +304,7 @@ fn scrub_key_values(text: &str, key: &str) -> String {
         } else {
             // `Authorization: Bearer x` — take the scheme word too.
             text[i..]
-                .find(|c: char| c == ',' || c == ';' || c == '&' || c == '\n' || c == '}')
+                .find([',', ';', '&', '\n', '}'])
                 .map_or(text.len(), |e| i + e)
         };
         if value_end == i {
