@@ -87,6 +87,7 @@ const FILTERED: &str = "[Filtered]";
 /// Keys whose values are secrets wherever they appear (`key=value`, `"key": "value"`, maps).
 const SECRET_KEYS: &[&str] = &[
     "authorization",
+    "proxy-authorization",
     "api_key",
     "apikey",
     "api-key",
@@ -299,12 +300,20 @@ fn scrub_key_values(text: &str, key: &str) -> String {
         if quoted {
             i += 1;
         }
+        if !quoted && matches!(key, "authorization" | "proxy-authorization") {
+            // `Authorization: Bearer x`: keep the scheme word, filter the credential.
+            let word = text[i..]
+                .find(|c: char| !c.is_ascii_alphabetic())
+                .map_or(text.len(), |e| i + e);
+            if bytes.get(word) == Some(&b' ') && word > i {
+                i = word + 1;
+            }
+        }
         let value_end = if quoted {
             text[i..].find('"').map_or(text.len(), |e| i + e)
         } else {
-            // `Authorization: Bearer x` — take the scheme word too.
             text[i..]
-                .find([',', ';', '&', '\n', '}'])
+                .find(|c: char| c.is_whitespace() || [',', ';', '&', '}', '"'].contains(&c))
                 .map_or(text.len(), |e| i + e)
         };
         if value_end == i {
