@@ -196,7 +196,10 @@ pub trait Store: Send + Sync + 'static {
     async fn close(&self);
 
     /// Drop the prepared-statement caches of the idle pooled connections (rebuilt on demand).
-    async fn clear_statement_caches(&self) -> StatementCacheReport;
+    /// The default (for stores without such caches) clears nothing.
+    async fn clear_statement_caches(&self) -> StatementCacheReport {
+        StatementCacheReport::default()
+    }
 
     /// Insert a new debate with status `queued`. A duplicate id is `Conflict`.
     async fn create_debate(&self, new: &NewDebate) -> StoreResult<DebateRecord>;

@@ -337,6 +337,7 @@ fn is_allocator_frame(frame: &str) -> bool {
         "prof_",
         "imalloc",
         "irallocx",
+        "do_rallocx",
         "rallocx",
         "mallocx",
         "ialloc",
