@@ -146,6 +146,11 @@ impl Application {
         let metrics = config
             .metrics_enabled
             .then(crate::telemetry::metrics::install);
+        if metrics.is_some() {
+            crate::telemetry::metrics::register_agents(
+                agents.known_names().iter().map(String::as_str),
+            );
+        }
 
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -274,6 +279,11 @@ impl Application {
         );
         state.ratelimit.start(&state.tasks, state.shutdown.clone());
         let token = state.shutdown.clone();
+        // Both listeners are bound (in `build`): tell systemd (Type=notify) we are up.
+        crate::telemetry::systemd::ready();
+        state
+            .tasks
+            .spawn(crate::telemetry::systemd::watchdog(token.clone()));
         let api = axum::serve(
             api_listener,
             crate::http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
@@ -303,6 +313,7 @@ impl Application {
         let deadline = async {
             token.cancelled().await;
             tracing::info!("shutdown started");
+            crate::telemetry::systemd::stopping();
             tokio::time::sleep(state.config.shutdown_timeout).await;
         };
         let result = tokio::select! {

@@ -154,7 +154,18 @@ pub fn run() -> ExitCode {
             };
             block_on(async move { crate::debate_cli::run_cli(&config, options).await })
         }
-        Command::Serve { .. } => block_on(serve(config)),
+        Command::Serve { .. } => {
+            // Before any thread exists: may replace this process with itself started with
+            // jemalloc's heap profiler on (ARAGORA_MEMORY_PROFILING=1).
+            if let Err(err) =
+                crate::telemetry::profiling::reexec_with_profiling(config.memory_profiling)
+            {
+                eprintln!("aragora: memory profiling: {err}");
+            }
+            // Held for the whole run; dropping it flushes pending error reports.
+            let _sentry = crate::telemetry::sentry::init(&config);
+            block_on(serve(config))
+        }
         Command::User {
             command: UserCommand::Create { email, role },
         } => create_user(config, &email, &role),

@@ -176,6 +176,17 @@ impl ProviderEnv {
     }
 }
 
+impl ProviderEnv {
+    /// The provider credentials that are set (values of `*_API_KEY` variables).
+    pub fn key_values(&self) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|(name, _)| name.ends_with("_API_KEY") || name.ends_with("_KEY"))
+            .map(|(_, value)| value.clone())
+            .collect()
+    }
+}
+
 impl fmt::Debug for ProviderEnv {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list().entries(self.0.keys()).finish()
@@ -417,6 +428,18 @@ impl fmt::Debug for Sources {
 type Layers = BTreeMap<&'static str, (String, Source)>;
 
 impl Config {
+    /// Every secret value this process was configured with (for scrubbing error reports).
+    pub fn secret_values(&self) -> Vec<String> {
+        let mut out = self.providers.key_values();
+        for secret in [&self.api_token, &self.jwt_secret, &self.sentry_dsn]
+            .into_iter()
+            .flatten()
+        {
+            out.push(secret.expose().to_owned());
+        }
+        out
+    }
+
     /// Load from the process environment.
     pub fn load(file: Option<&Path>, flags: &Flags) -> Result<Config, ConfigError> {
         Self::load_with(file, flags, |name| std::env::var(name).ok())

@@ -15,6 +15,7 @@ pub mod debate_cli;
 pub mod error;
 pub mod http;
 pub mod lockfile;
+pub mod ops;
 pub mod pricing;
 pub mod ratelimit;
 pub mod ratings;

@@ -452,7 +452,14 @@ impl DebateManager {
             return;
         }
         let span = tracing::info_span!("debate", debate_id = %id, correlation_id = record.correlation_id.as_deref().unwrap_or(""));
-        let _ = tracing::Instrument::instrument(self.execute(record, cancel), span).await;
+        let result =
+            tracing::Instrument::instrument(self.execute(record, cancel), span.clone()).await;
+        if let Err(err) = result {
+            // The debate could not be recorded; the next start recovers it from its status.
+            span.in_scope(|| {
+                tracing::error!(target: "aragora::debate", error = %err, "debate store write failed");
+            });
+        }
     }
 
     async fn execute(

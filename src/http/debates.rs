@@ -211,6 +211,7 @@ pub async fn get_debate(
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    tracing::Span::current().record("debate_id", id.as_str());
     Ok(Json(debate_json(&load(&state, &principal, &id).await?)))
 }
 
@@ -235,6 +236,7 @@ pub async fn list_messages(
     Path(id): Path<String>,
     Query(params): Query<PageParams>,
 ) -> Result<Json<Value>, ApiError> {
+    tracing::Span::current().record("debate_id", id.as_str());
     load(&state, &principal, &id).await?;
     let limit = params.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
@@ -292,6 +294,7 @@ pub async fn list_events(
     Path(id): Path<String>,
     Query(params): Query<EventParams>,
 ) -> Result<Json<Value>, ApiError> {
+    tracing::Span::current().record("debate_id", id.as_str());
     load(&state, &principal, &id).await?;
     let limit = params.limit.unwrap_or(500);
     if !(1..=1000).contains(&limit) {
@@ -331,6 +334,7 @@ pub async fn cancel_debate(
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    tracing::Span::current().record("debate_id", id.as_str());
     load(&state, &principal, &id).await?;
     let record = state.debates.cancel(&id).await.map_err(|e| match e {
         CancelError::NotFound(_) => ApiError::NotFound(e.to_string()),

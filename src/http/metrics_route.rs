@@ -1,4 +1,6 @@
-//! `GET /api/metrics`: Prometheus text exposition; 404 when METRICS_ENABLED=false.
+//! `GET /api/metrics`: Prometheus text exposition; 404 when METRICS_ENABLED=false. Gauges that
+//! describe the present (pool, WebSocket connections, Redis reachability) are refreshed at each
+//! scrape; the process collector is read from /proc at each scrape.
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -38,12 +40,26 @@ pub async fn get_metrics(State(state): State<AppState>) -> Response {
         .set(pool.size.saturating_sub(pool.idle) as f64);
     metrics::gauge!("aragora_db_pool_connections", "state" => "max").set(pool.max as f64);
     metrics::gauge!("aragora_websocket_connections").set(state.ws.connections() as f64);
+    metrics::gauge!("aragora_active_debates").set(state.debates.active() as f64);
+    match &state.redis {
+        Some(redis) => {
+            metrics::gauge!("aragora_redis_configured").set(1.0);
+            let up = tokio::time::timeout(state.config.health_check_timeout, redis.ping())
+                .await
+                .is_ok_and(|r| r.is_ok());
+            metrics::gauge!("aragora_redis_up").set(if up { 1.0 } else { 0.0 });
+        }
+        None => {
+            metrics::gauge!("aragora_redis_configured").set(0.0);
+            metrics::gauge!("aragora_redis_up").set(0.0);
+        }
+    }
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        handle.render(),
+        crate::telemetry::metrics::render(handle),
     )
         .into_response()
 }

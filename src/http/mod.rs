@@ -10,8 +10,10 @@ mod health;
 mod leaderboard;
 mod metrics_route;
 mod openapi;
+mod ops;
 mod pipeline;
 mod rate_limits;
+mod system;
 mod ws_stats;
 
 use axum::Router;
@@ -44,6 +46,8 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(rate_limits::router())
         .merge(auth::router())
         .merge(billing::router())
+        .merge(system::router())
+        .merge(ops::router())
 }
 
 /// The OpenAPI document of the whole API, generated from the handlers.

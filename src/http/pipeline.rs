@@ -34,6 +34,8 @@ pub async fn pipeline(State(state): State<AppState>, req: Request, next: Next) -
         correlation_id = %id,
         method = %method,
         route = %route,
+        // Recorded by handlers of one debate, so its errors carry the debate's id too.
+        debate_id = tracing::field::Empty,
     );
     let timeout = state.config.request_timeout;
     let mut response = correlation::scope(id.clone(), async move {

@@ -275,6 +275,12 @@ pub trait Store: Send + Sync + 'static {
     /// Close the pool, waiting for connections in use to be returned.
     async fn close(&self);
 
+    /// Drop the prepared-statement caches of the idle pooled connections (rebuilt on demand).
+    /// The default (for stores without such caches) clears nothing.
+    async fn clear_statement_caches(&self) -> StatementCacheReport {
+        StatementCacheReport::default()
+    }
+
     /// Insert a new debate with status `queued`. A duplicate id is `Conflict`.
     async fn create_debate(&self, new: &NewDebate) -> StoreResult<DebateRecord>;
 
@@ -599,6 +605,38 @@ fn pool_bounds(pool: &PoolSettings) -> (u32, u32) {
 }
 
 /// Open the store named by `url` (`sqlite://…` or `postgres://…`), without migrating.
+/// What [`Store::clear_statement_caches`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StatementCacheReport {
+    /// Idle connections whose cache was cleared.
+    pub connections: u32,
+    /// Prepared statements dropped.
+    pub statements: usize,
+}
+
+/// Clear the statement cache of every connection idle right now (connections in use are left
+/// alone; holding the idle ones while clearing makes each one visited once).
+pub(crate) async fn clear_idle_statement_caches<DB>(pool: &sqlx::Pool<DB>) -> StatementCacheReport
+where
+    DB: sqlx::Database + sqlx::database::HasStatementCache,
+{
+    use sqlx::Connection as _;
+    let mut held = Vec::new();
+    let mut report = StatementCacheReport::default();
+    for _ in 0..pool.num_idle() {
+        let Some(mut conn) = pool.try_acquire() else {
+            break;
+        };
+        let cached = conn.cached_statements_size();
+        if conn.clear_cached_statements().await.is_ok() {
+            report.connections += 1;
+            report.statements += cached;
+        }
+        held.push(conn);
+    }
+    report
+}
+
 pub async fn connect(url: &str, pool: PoolSettings) -> StoreResult<DynStore> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(Arc::new(PostgresStore::connect(url, pool).await?))

@@ -264,6 +264,10 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    async fn clear_statement_caches(&self) -> super::StatementCacheReport {
+        super::clear_idle_statement_caches(&self.pool).await
+    }
+
     fn pool_status(&self) -> PoolStatus {
         PoolStatus {
             size: self.pool.size(),

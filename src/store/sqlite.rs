@@ -336,6 +336,10 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn clear_statement_caches(&self) -> super::StatementCacheReport {
+        super::clear_idle_statement_caches(&self.pool).await
+    }
+
     fn pool_status(&self) -> PoolStatus {
         PoolStatus {
             size: self.pool.size(),

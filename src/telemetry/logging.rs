@@ -72,7 +72,8 @@ impl Default for LogSettings {
     }
 }
 
-/// Installs the global subscriber: registry + `EnvFilter` + [`JsonLogLayer`], and bridges the
+/// Installs the global subscriber: registry + `EnvFilter` + [`JsonLogLayer`] + the recent-errors
+/// buffer + the Sentry layer, and bridges the
 /// `log` facade into it.
 ///
 /// Fails (without panicking) when the filter is invalid, when the log directory or files cannot
@@ -83,10 +84,21 @@ pub fn init(settings: &LogSettings) -> anyhow::Result<()> {
         None => (Some(JsonLogLayer::stdout()), None),
         Some(dir) => (None, Some(layer_for_dir(dir)?)),
     };
+    // Recent WARN/ERROR lines for /api/system/errors, and ERROR events for Sentry (a no-op
+    // unless SENTRY_DSN started a client).
     tracing_subscriber::registry()
         .with(filter)
         .with(stdout)
         .with(files)
+        .with(super::errors::ErrorLayer::new(super::errors::global()))
+        .with(
+            ::sentry::integrations::tracing::BreadcrumbLayer::new()
+                .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
+        )
+        .with(
+            ::sentry::integrations::tracing::ErrorLayer::new()
+                .with_filter(tracing_subscriber::filter::LevelFilter::ERROR),
+        )
         .try_init()
         .context("cannot install the global log subscriber (logging already initialised?)")
 }

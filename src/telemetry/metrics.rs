@@ -1,7 +1,14 @@
-//! Prometheus metrics: one process-wide recorder, rendered at `GET /api/metrics`.
+//! Prometheus metrics: one process-wide recorder, rendered at `GET /api/metrics` together with
+//! the process collector (`telemetry::process`).
+//!
+//! Every metric of contract §6 is described here (HELP/TYPE lines, so `promtool check metrics`
+//! accepts the exposition) and the unlabelled ones, plus the fixed label sets known up front,
+//! are registered with zero values at install time so they appear from the first scrape.
+//! Per-agent and per-route series appear with their first use.
 
 use std::sync::OnceLock;
 
+use metrics::{describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -9,6 +16,15 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 /// Latency buckets in seconds, from fast API calls to slow LLM answers.
 const SECONDS_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0,
+];
+
+/// Final debate statuses (`aragora_debates_total{status}` is pre-registered for each).
+pub const FINAL_STATUSES: [&str; 5] = [
+    "completed",
+    "no_consensus",
+    "timeout",
+    "failed",
+    "cancelled",
 ];
 
 /// Install the recorder once per process (later calls return the same handle, so several
@@ -24,8 +40,116 @@ pub fn install() -> PrometheusHandle {
             // Another recorder may already be installed (e.g. by a test harness); metrics then
             // go there and this handle renders what it has.
             let _ = metrics::set_global_recorder(recorder);
-            metrics::gauge!("aragora_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            describe();
+            register_initial();
             handle
         })
         .clone()
+}
+
+/// The exposition: the recorder's metrics followed by the process collector.
+pub fn render(handle: &PrometheusHandle) -> String {
+    let mut text = handle.render();
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(&super::process::render());
+    text
+}
+
+fn describe() {
+    describe_counter!(
+        "aragora_debates_total",
+        "Debates finished, by final status."
+    );
+    describe_counter!(
+        "aragora_consensus_reached_total",
+        "Debates that ended with consensus."
+    );
+    describe_gauge!("aragora_active_debates", "Debates running now.");
+    describe_gauge!(
+        "aragora_debates_queued",
+        "Debates accepted and waiting for a worker."
+    );
+    describe_histogram!(
+        "aragora_debate_duration_seconds",
+        "Wall time of finished debates in seconds."
+    );
+    describe_histogram!(
+        "aragora_agent_response_seconds",
+        "Latency of one agent call (including retries) in seconds."
+    );
+    describe_counter!(
+        "aragora_agent_requests_total",
+        "Agent calls, by agent and outcome."
+    );
+    describe_counter!(
+        "aragora_agent_tokens_total",
+        "Tokens exchanged with providers, by agent and direction (input/output)."
+    );
+    describe_gauge!(
+        "aragora_circuit_breaker_state",
+        "Circuit breaker per agent: 0 closed, 1 half-open, 2 open."
+    );
+    describe_gauge!(
+        "aragora_websocket_connections",
+        "Open WebSocket connections."
+    );
+    describe_counter!(
+        "aragora_ws_connection_errors_total",
+        "WebSocket connections that ended in an error or were refused."
+    );
+    describe_counter!(
+        "aragora_rate_limit_hits_total",
+        "Requests refused by a rate limit, by rule."
+    );
+    describe_counter!(
+        "aragora_http_requests_total",
+        "HTTP requests, by method, route pattern and status."
+    );
+    describe_histogram!(
+        "aragora_http_request_duration_seconds",
+        "HTTP request latency in seconds, by method and route pattern."
+    );
+    describe_gauge!(
+        "aragora_redis_up",
+        "1 when Redis answered the last check, else 0 (also 0 when Redis is not configured)."
+    );
+    describe_gauge!(
+        "aragora_redis_configured",
+        "1 when ARAGORA_REDIS_URL is set (aragora_redis_up is meaningful only then)."
+    );
+    describe_gauge!(
+        "aragora_db_pool_connections",
+        "Database pool connections, by state (idle, in_use, max)."
+    );
+    describe_gauge!(
+        "aragora_build_info",
+        "Always 1; the version label names the running build."
+    );
+}
+
+fn register_initial() {
+    metrics::gauge!("aragora_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    for status in FINAL_STATUSES {
+        metrics::counter!("aragora_debates_total", "status" => status).increment(0);
+    }
+    metrics::counter!("aragora_consensus_reached_total").increment(0);
+    metrics::counter!("aragora_ws_connection_errors_total").increment(0);
+    metrics::gauge!("aragora_active_debates").set(0.0);
+    metrics::gauge!("aragora_debates_queued").set(0.0);
+    metrics::gauge!("aragora_websocket_connections").set(0.0);
+    metrics::gauge!("aragora_redis_up").set(0.0);
+    metrics::gauge!("aragora_redis_configured").set(0.0);
+    for state in ["idle", "in_use", "max"] {
+        metrics::gauge!("aragora_db_pool_connections", "state" => state).set(0.0);
+    }
+}
+
+/// Circuit breakers start closed: publish 0 for every configured agent so alert rules see a
+/// series before the first state change.
+pub fn register_agents<'a>(names: impl IntoIterator<Item = &'a str>) {
+    for name in names {
+        metrics::gauge!("aragora_circuit_breaker_state", "agent" => name.to_owned()).set(0.0);
+    }
 }

@@ -1,8 +1,14 @@
 //! Telemetry: structured JSON logs (one object per line, split by area when a log directory
-//! is set) and Prometheus metrics.
+//! is set), Prometheus metrics with a process collector, the recent-errors buffer, Sentry
+//! error reporting, jemalloc heap profiling and systemd notifications.
 
+pub mod errors;
 pub mod logging;
 pub mod metrics;
+pub mod process;
+pub mod profiling;
+pub mod sentry;
+pub mod systemd;
 
 use crate::config::Config;
 

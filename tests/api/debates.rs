@@ -387,8 +387,9 @@ async fn a_full_queue_answers_503_with_retry_after() {
     .await;
     let slow = json!({"task": "slow", "agents": ["demo:5000", "demo:5000"], "rounds": 1});
     let first = create_id(&app, slow.clone()).await;
-    // Let the worker take the first one, so the queue holds exactly one more.
-    for _ in 0..100 {
+    // Let the worker take the first one, so the queue holds exactly one more (up to 10 s:
+    // on a loaded 2-core machine the worker can take a while to get scheduled).
+    for _ in 0..500 {
         let d: Value = app
             .get(&format!("/api/debates/{first}"))
             .await

@@ -4,8 +4,10 @@
 
 mod auth;
 mod debates;
+mod deploy;
 mod health;
 mod helpers;
+mod observability;
 mod openapi;
 mod pipeline;
 mod process;

@@ -14,17 +14,17 @@ use crate::helpers::free_port;
 
 const BIN: &str = env!("CARGO_BIN_EXE_aragora");
 
-struct Server {
-    child: Child,
-    api_port: u16,
-    ws_port: u16,
+pub struct Server {
+    pub child: Child,
+    pub api_port: u16,
+    pub ws_port: u16,
     /// stdout/stderr go to files: a pipe nobody drains would fill up and block the server.
-    out: std::path::PathBuf,
-    err: std::path::PathBuf,
+    pub out: std::path::PathBuf,
+    pub err: std::path::PathBuf,
 }
 
 impl Server {
-    fn start(dir: &Path, extra_env: &[(&str, &str)]) -> Server {
+    pub fn start(dir: &Path, extra_env: &[(&str, &str)]) -> Server {
         let (api_port, ws_port) = (free_port(), free_port());
         let out = dir.join(format!("stdout-{api_port}.log"));
         let err = dir.join(format!("stderr-{api_port}.log"));
@@ -49,11 +49,11 @@ impl Server {
         }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.api_port)
     }
 
-    async fn wait_healthy(&mut self) {
+    pub async fn wait_healthy(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(r) = crate::helpers::http()
@@ -72,12 +72,12 @@ impl Server {
         panic!("server did not become healthy");
     }
 
-    fn signal(&self, signal: Signal) {
+    pub fn signal(&self, signal: Signal) {
         kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
     }
 
     /// Wait for exit; returns (exit code, stdout, stderr).
-    fn wait_exit(mut self, limit: Duration) -> (i32, String, String) {
+    pub fn wait_exit(mut self, limit: Duration) -> (i32, String, String) {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -102,7 +102,7 @@ impl Drop for Server {
 }
 
 /// A command with a clean, test-local environment (no inherited ARAGORA_* settings).
-fn command(dir: &Path, extra_env: &[(&str, &str)]) -> Command {
+pub fn command(dir: &Path, extra_env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -459,7 +459,8 @@ async fn kill_9_loses_no_accepted_debate() {
         }
     };
     let base = format!("http://127.0.0.1:{}", server.api_port);
-    for _ in 0..100 {
+    // Up to 10 s: a loaded 2-core machine (the whole suite at once) can be slow to start it.
+    for _ in 0..500 {
         if get(running.clone(), base.clone()).await["status"] == "running" {
             break;
         }
