@@ -22,6 +22,15 @@ use crate::auth::Principal;
 
 type Sink = SplitSink<WebSocket, Message>;
 
+/// Most queued frames written with one flush.
+const WRITE_BATCH: usize = 64;
+
+/// A live subscription of this connection: stop it with `token`; `id` tags its frames.
+struct SubHandle {
+    token: CancellationToken,
+    id: u64,
+}
+
 /// Why the connection ends, and the close frame it gets.
 struct Close(u16, String);
 
@@ -70,17 +79,26 @@ pub async fn serve(
     let (tx, mut rx) = mpsc::channel::<Out>(hub.limits.send_queue);
     let slow = CancellationToken::new();
     let ended = CancellationToken::new();
-    let mut subs: HashMap<String, CancellationToken> = HashMap::new();
+    let mut subs: HashMap<String, SubHandle> = HashMap::new();
+    let next_sub = std::sync::atomic::AtomicU64::new(0);
     let mut delivered: HashMap<Arc<str>, i64> = HashMap::new();
     let mut reload = hub.reload.subscribe();
-    let start = |subs: &mut HashMap<String, CancellationToken>, debate_id: String, since: i64| {
+    let start = |subs: &mut HashMap<String, SubHandle>, debate_id: String, since: i64| {
         let token = ended.child_token();
-        subs.insert(debate_id.clone(), token.clone());
+        let id = next_sub.fetch_add(1, Ordering::Relaxed) + 1;
+        subs.insert(
+            debate_id.clone(),
+            SubHandle {
+                token: token.clone(),
+                id,
+            },
+        );
         state.tasks.spawn(subscription::run(
             state.clone(),
             principal.clone(),
             debate_id,
             since,
+            id,
             tx.clone(),
             slow.clone(),
             token,
@@ -105,30 +123,55 @@ pub async fn serve(
                 break Some(Close(close_code::SLOW_CONSUMER, slow_reason(&delivered)));
             }
             out = rx.recv() => {
-                let Some(out) = out else { break None };
-                let (text, mark) = match out {
-                    Out::Event { debate_id, seq, json } => (json, seq.map(|s| (debate_id, s))),
-                    Out::Control(json) => (json, None),
-                };
-                // A client that stops reading blocks this send; the slow signal still wins.
-                let sent = tokio::select! {
-                    r = sink.send(Message::Text(text)) => r.is_ok(),
-                    _ = slow.cancelled() => {
-                        // The interrupted frame is already in the write buffer and goes out
-                        // before the close frame, so it counts as delivered.
-                        if let Some((debate_id, seq)) = mark {
-                            delivered.insert(debate_id, seq);
+                let Some(first) = out else { break None };
+                // Write what is already waiting in one go: frames are fed into the socket's
+                // buffer and flushed once (one write for the batch, not one per frame).
+                let mut batch = vec![first];
+                while batch.len() < WRITE_BATCH {
+                    match rx.try_recv() {
+                        Ok(more) => batch.push(more),
+                        Err(_) => break,
+                    }
+                }
+                let mut fed: Vec<Option<(Arc<str>, i64)>> = Vec::with_capacity(batch.len());
+                let outcome = {
+                    let write = async {
+                        for out in batch {
+                            let (text, mark) = match out {
+                                Out::Event { debate_id, seq, json, sub } => {
+                                    // Frames queued before an unsubscribe (or by an earlier
+                                    // subscription to the same debate) are not sent.
+                                    if subs.get(&*debate_id).map(|h| h.id) != Some(sub) {
+                                        continue;
+                                    }
+                                    (json, seq.map(|s| (debate_id, s)))
+                                }
+                                Out::Control(json) => (json, None),
+                            };
+                            sink.feed(Message::Text(text)).await?;
+                            fed.push(mark);
                         }
+                        sink.flush().await
+                    };
+                    // A client that stops reading blocks the flush; the slow signal still wins.
+                    tokio::select! {
+                        r = write => Some(r.is_ok()),
+                        _ = slow.cancelled() => None,
+                    }
+                };
+                // Fed frames sit in the write buffer ahead of any close frame: delivered.
+                for (debate_id, seq) in fed.iter().flatten() {
+                    delivered.insert(debate_id.clone(), *seq);
+                }
+                match outcome {
+                    None => {
                         hub.slow_dropped.fetch_add(1, Ordering::Relaxed);
                         break Some(Close(close_code::SLOW_CONSUMER, slow_reason(&delivered)));
                     }
-                };
-                if !sent {
-                    break None;
-                }
-                hub.messages_sent.fetch_add(1, Ordering::Relaxed);
-                if let Some((debate_id, seq)) = mark {
-                    delivered.insert(debate_id, seq);
+                    Some(false) => break None,
+                    Some(true) => {
+                        hub.messages_sent.fetch_add(fed.len() as u64, Ordering::Relaxed);
+                    }
                 }
             }
             incoming = stream.next() => {
@@ -254,8 +297,8 @@ pub fn error_frame(code: &str, message: &str, debate_id: Option<&str>) -> Value 
 
 fn handle_text(
     text: &str,
-    subs: &mut HashMap<String, CancellationToken>,
-    start: &impl Fn(&mut HashMap<String, CancellationToken>, String, i64),
+    subs: &mut HashMap<String, SubHandle>,
+    start: &impl Fn(&mut HashMap<String, SubHandle>, String, i64),
 ) -> Option<Value> {
     let Ok(msg) = serde_json::from_str::<Value>(text) else {
         return Some(error_frame(
@@ -265,7 +308,7 @@ fn handle_text(
         ));
     };
     // Subscriptions that ended by themselves (unknown debate, slow) no longer count.
-    subs.retain(|_, token| !token.is_cancelled());
+    subs.retain(|_, handle| !handle.token.is_cancelled());
     match msg.get("type").and_then(Value::as_str) {
         Some("ping") => {
             Some(json!({"type": "pong", "ts": msg.get("ts").cloned().unwrap_or(Value::Null)}))
@@ -321,8 +364,8 @@ fn handle_text(
                 ));
             };
             match subs.remove(debate_id) {
-                Some(token) => {
-                    token.cancel();
+                Some(handle) => {
+                    handle.token.cancel();
                     Some(json!({"type": "unsubscribed", "debate_id": debate_id}))
                 }
                 None => Some(error_frame(

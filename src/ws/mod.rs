@@ -30,6 +30,11 @@ use crate::app::AppState;
 use crate::error::error_response;
 pub use fanout::Fanout;
 
+/// Per-connection read buffer (messages larger than this are still read, in several reads).
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// Bytes buffered before the writer flushes on its own (batches flush explicitly anyway).
+const WRITE_BUFFER_BYTES: usize = 16 * 1024;
+
 /// Largest inbound message (close 1009 beyond).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(15);
@@ -292,7 +297,11 @@ pub async fn upgrade(
         None => None,
     };
     let tasks = state.tasks.clone();
-    ws.max_message_size(MAX_MESSAGE_BYTES)
+    // Small read buffer: clients mostly send a few short messages, and the library's default
+    // (128 KiB, zero-filled on first read) would stay resident for every idle connection.
+    ws.read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
+        .max_message_size(MAX_MESSAGE_BYTES)
         .max_frame_size(MAX_MESSAGE_BYTES)
         .on_failed_upgrade(
             |err| tracing::debug!(target: "aragora::ws", error = %err, "websocket upgrade failed"),

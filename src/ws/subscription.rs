@@ -30,6 +30,8 @@ pub enum Out {
         debate_id: Arc<str>,
         seq: Option<i64>,
         json: Utf8Bytes,
+        /// The subscription that produced it (the writer drops frames of ended ones).
+        sub: u64,
     },
     Control(Utf8Bytes),
 }
@@ -38,6 +40,7 @@ struct Sub {
     state: AppState,
     debate_id: String,
     tag: Arc<str>,
+    id: u64,
     tx: mpsc::Sender<Out>,
     slow: CancellationToken,
     /// Last durable seq handed to the writer.
@@ -67,6 +70,7 @@ impl Sub {
 
     async fn push_event(&mut self, seq: Option<i64>, json: Utf8Bytes) -> Result<(), Stop> {
         self.push(Out::Event {
+            sub: self.id,
             debate_id: self.tag.clone(),
             seq,
             json,
@@ -107,6 +111,7 @@ pub async fn run(
     principal: Principal,
     debate_id: String,
     since: i64,
+    id: u64,
     tx: mpsc::Sender<Out>,
     slow: CancellationToken,
     cancel: CancellationToken,
@@ -118,6 +123,7 @@ pub async fn run(
     let mut sub = Sub {
         state: state.clone(),
         tag: Arc::from(debate_id.as_str()),
+        id,
         debate_id: debate_id.clone(),
         tx,
         slow,
