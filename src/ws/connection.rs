@@ -96,9 +96,11 @@ pub async fn serve(
         state.tasks.spawn(subscription::run(
             state.clone(),
             principal.clone(),
-            debate_id,
-            since,
-            id,
+            subscription::Target {
+                debate_id,
+                since,
+                id,
+            },
             tx.clone(),
             slow.clone(),
             token,

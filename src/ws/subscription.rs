@@ -106,12 +106,21 @@ impl Sub {
     }
 }
 
+/// What to deliver: a debate from `since` on, tagged with the subscription's `id`.
+pub struct Target {
+    pub debate_id: String,
+    pub since: i64,
+    pub id: u64,
+}
+
 pub async fn run(
     state: AppState,
     principal: Principal,
-    debate_id: String,
-    since: i64,
-    id: u64,
+    Target {
+        debate_id,
+        since,
+        id,
+    }: Target,
     tx: mpsc::Sender<Out>,
     slow: CancellationToken,
     cancel: CancellationToken,
