@@ -116,6 +116,11 @@ struct Ruling {
     final_answer: String,
 }
 
+/// Token deltas arriving within this window are sent as one `token_delta`.
+const DELTA_WINDOW: Duration = Duration::from_millis(50);
+/// A coalesced delta is sent early once it reaches this size.
+const DELTA_MAX_BYTES: usize = 1024;
+
 /// Why a run stopped early.
 enum Abort {
     Failed(String),
@@ -334,9 +339,34 @@ async fn call_seat(
             drop(sink);
             r
         };
+        // Deltas are coalesced: what arrives within DELTA_WINDOW (or up to DELTA_MAX_BYTES)
+        // goes out as one token_delta. Watchers see text at the same pace with a fraction of
+        // the frames (providers stream one token at a time); the rest is flushed when the call
+        // ends, before its agent_message is recorded.
         let forward = async {
-            while let Some(delta) = rx.recv().await {
-                ctx.events.token_delta(round, seat, &delta);
+            let mut buf = String::new();
+            let mut due: Option<tokio::time::Instant> = None;
+            loop {
+                tokio::select! {
+                    delta = rx.recv() => match delta {
+                        Some(d) => {
+                            buf.push_str(&d);
+                            due.get_or_insert_with(|| tokio::time::Instant::now() + DELTA_WINDOW);
+                            if buf.len() >= DELTA_MAX_BYTES {
+                                ctx.events.token_delta(round, seat, &std::mem::take(&mut buf));
+                                due = None;
+                            }
+                        }
+                        None => break,
+                    },
+                    _ = async { tokio::time::sleep_until(due.expect("guarded")).await }, if due.is_some() => {
+                        ctx.events.token_delta(round, seat, &std::mem::take(&mut buf));
+                        due = None;
+                    }
+                }
+            }
+            if !buf.is_empty() {
+                ctx.events.token_delta(round, seat, &buf);
             }
         };
         tokio::join!(call, forward).0

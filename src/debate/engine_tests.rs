@@ -1474,6 +1474,8 @@ async fn token_deltas_stream_for_answers_only() {
     let (out, rec) = run(&[&agents[0], &agents[1]], None, s).await;
     assert_eq!(out.rounds_used, 2);
 
+    // Chunks that arrive together are coalesced into one delta per answer; the text is
+    // complete and in order, and nothing streams for critiques or votes.
     let deltas = rec.deltas();
     let mut seen: Vec<(u32, String, String)> = deltas
         .iter()
@@ -1483,13 +1485,11 @@ async fn token_deltas_stream_for_answers_only() {
     let mut expected = Vec::new();
     for (round, phase) in [(1, "proposal"), (2, "revision")] {
         for agent in ["alice", "bob"] {
-            for chunk in 1..=2 {
-                expected.push((
-                    round,
-                    agent.to_owned(),
-                    format!("[{phase}] {agent} chunk {chunk}"),
-                ));
-            }
+            expected.push((
+                round,
+                agent.to_owned(),
+                format!("[{phase}] {agent} chunk 1[{phase}] {agent} chunk 2"),
+            ));
         }
     }
     expected.sort();
@@ -1521,7 +1521,7 @@ async fn synthesis_streams_and_the_judge_does_not() {
     assert!(
         rec.deltas()
             .iter()
-            .any(|d| d.text == "[synthesis] alice chunk 1")
+            .any(|d| d.text.starts_with("[synthesis] alice chunk 1"))
     );
 
     let agents = ["alice", "bob"].map(|n| FakeAgent::new(n).streaming().build());
@@ -1561,4 +1561,80 @@ async fn convergence_measures_only_the_seats_that_answered_this_round() {
             .prompt
             .contains("--- Answer of carol ---")
     );
+}
+
+#[tokio::test]
+async fn deltas_are_coalesced_within_the_window_and_flushed_after_it() {
+    // A provider that streams three words at once, pauses past the window, then two more.
+    struct Paced;
+    #[async_trait]
+    impl DebateAgent for Paced {
+        fn name(&self) -> &str {
+            "paced"
+        }
+        fn provider(&self) -> &str {
+            "test"
+        }
+        fn model(&self) -> &str {
+            "paced"
+        }
+        async fn call(
+            &self,
+            request: &CompletionRequest,
+            deltas: Option<&DeltaSink>,
+            _cancel: &CancellationToken,
+        ) -> Result<AgentReply, AgentError> {
+            let text = if request.system.contains("Aragora-Phase: vote") {
+                r#"{"vote": "paced", "confidence": 1}"#.to_owned()
+            } else if let Some(sink) = deltas {
+                for w in ["a ", "b ", "c "] {
+                    sink.send(w);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                for w in ["d ", "e"] {
+                    sink.send(w);
+                }
+                "a b c d e".to_owned()
+            } else {
+                "{}".to_owned()
+            };
+            Ok(AgentReply {
+                completion: Completion {
+                    text,
+                    usage: Usage::default(),
+                    model: "paced".into(),
+                    finish_reason: None,
+                },
+                latency: Duration::ZERO,
+            })
+        }
+    }
+    let paced: Arc<dyn DebateAgent> = Arc::new(Paced);
+    let seats = vec![
+        Seat {
+            name: "paced".into(),
+            agent: paced.clone(),
+            stance: "a".into(),
+        },
+        Seat {
+            name: "paced#2".into(),
+            agent: paced,
+            stance: "b".into(),
+        },
+    ];
+    let rec = Arc::new(Recorder::default());
+    let input = DebateInput {
+        task: "t".into(),
+        seats,
+        judge: None,
+        settings: settings(ConsensusMode::Majority, 1),
+    };
+    engine::run(input, rec.clone(), CancellationToken::new()).await;
+    let mine: Vec<String> = rec
+        .deltas()
+        .iter()
+        .filter(|d| d.agent == "paced")
+        .map(|d| d.text.clone())
+        .collect();
+    assert_eq!(mine, vec!["a b c ".to_owned(), "d e".to_owned()]);
 }
