@@ -401,6 +401,15 @@ pub trait Store: Send + Sync + 'static {
 
 pub type DynStore = Arc<dyn Store>;
 
+/// The pool snapshot both backends report.
+fn pool_status_of<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) -> PoolStatus {
+    PoolStatus {
+        size: pool.size(),
+        idle: u32::try_from(pool.num_idle()).unwrap_or(u32::MAX),
+        max: pool.options().get_max_connections(),
+    }
+}
+
 /// Page size when the caller asks for 0, and the hard cap, so one request cannot pull the table.
 const DEFAULT_PAGE: u32 = 50;
 const MAX_PAGE: u32 = 200;

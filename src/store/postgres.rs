@@ -269,11 +269,7 @@ impl Store for PostgresStore {
     }
 
     fn pool_status(&self) -> PoolStatus {
-        PoolStatus {
-            size: self.pool.size(),
-            idle: u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX),
-            max: self.pool.options().get_max_connections(),
-        }
+        super::pool_status_of(&self.pool)
     }
 
     async fn migrate(&self) -> StoreResult<()> {
