@@ -1,0 +1,1 @@
+// Aragora admin console (placeholder, replaced by the console work)
