@@ -163,7 +163,7 @@ describe("admin console against a running server with debates in progress", () =
     const page = await ctx.newPage();
     // A fresh slow debate, so the page joins it near its start.
     await server.api("POST", `/api/debates/${running}/cancel`, { token: ownerToken });
-    const live = (await server.api("POST", "/api/debates", { token: ownerToken, body: { task: "Should we shard the events table?", agents: ["demo:1200", "demo:1200", "demo:1200"], rounds: 4 } })).data.debate_id;
+    const live = (await server.api("POST", "/api/debates", { token: ownerToken, body: { task: "Should we shard the events table?", agents: ["demo:1500", "demo:1500", "demo:1500"], rounds: 3, consensus: "unanimous" } })).data.debate_id;
     await signIn(page, server, OWNER);
     await page.waitForSelector(`#panel-debates tr[data-debate="${live}"] a`, { timeout: 30000 });
     await page.click(`#panel-debates tr[data-debate="${live}"] a`);
@@ -173,7 +173,7 @@ describe("admin console against a running server with debates in progress", () =
     // SIGUSR1 closes every WebSocket with 1012; the page reconnects with since=<last seq>.
     server.signal("SIGUSR1");
     await page.waitForFunction(() => Number(document.getElementById("live-reconnects").textContent) >= 1, null, { timeout: 10000 });
-    await page.waitForFunction(() => document.getElementById("live-conn").textContent === "live", null, { timeout: 15000 });
+    await page.waitForFunction(() => ["live", "ended"].includes(document.getElementById("live-conn").textContent), null, { timeout: 15000 });
     await page.screenshot({ path: screenshotPath("live-debate.png"), fullPage: false });
     await page.waitForSelector("#live-events li[data-type=debate_end]", { timeout: 90000 });
     const seqs = await page.$$eval("#live-events li[data-seq]", (els) => els.map((e) => Number(e.dataset.seq)));

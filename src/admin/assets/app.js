@@ -144,6 +144,10 @@
     if (res.status === 403) return new ApiError("forbidden", message, extra);
     if (res.status === 429) return new ApiError("rate_limited", message, { ...extra, retryAfter: res.headers.get("Retry-After") });
     if (res.status === 503 && data && data.code === "database_unavailable") return new ApiError("database", message, extra);
+    // A gateway in front of the server answering for it: the server itself is not there.
+    if ([502, 504].includes(res.status) || (res.status === 503 && !(data && data.code))) {
+      return new ApiError("unreachable", `No answer from the server behind ${apiBase() || location.origin} (HTTP ${res.status} from the proxy in front of it).`, extra);
+    }
     if (res.status >= 500) return new ApiError("server", message, extra);
     return new ApiError("client", message, extra);
   }
@@ -466,7 +470,7 @@
     }));
     const open = data.open || 0, half = data.half_open || 0;
     p.render(list.length ? table(["Agent", "State", { label: "Failures", num: true }, "Last failure", "Next probe", { label: "Action" }], rows, { label: "Circuit breakers" })
-      : empty("No agents are configured."), open ? `${open} open` : half ? `${half} half-open` : "all closed", open ? "bad" : half ? "warn" : "ok");
+      : empty("No agent has been called since the server started; an agent's breaker appears with its first call."), open ? `${open} open` : half ? `${half} half-open` : "all closed", open ? "bad" : half ? "warn" : "ok");
   }
 
   async function resetBreaker(agent, button) {
@@ -613,7 +617,7 @@
   }
 
   async function renderKey(p, fresh) {
-    if (!fresh) await loadMe();
+    await loadMe();
     const key = S.me.api_key;
     const parts = [];
     if (fresh) {
