@@ -79,7 +79,7 @@ pub async fn open_store(config: &Config) -> Result<DynStore, StoreError> {
     let pool = PoolSettings {
         size: config.db_pool_size,
         max_overflow: config.db_max_overflow,
-        acquire_timeout: Duration::from_secs(10),
+        acquire_timeout: config.db_acquire_timeout,
     };
     store::connect(config.database_url.expose(), pool).await
 }

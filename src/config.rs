@@ -53,6 +53,7 @@ const SETTINGS: &[Setting] = &[
     secret("supabase_key", &["SUPABASE_KEY"]),
     s("db_pool_size", &["ARAGORA_DB_POOL_SIZE"]),
     s("db_max_overflow", &["ARAGORA_DB_MAX_OVERFLOW"]),
+    s("db_acquire_timeout_ms", &["ARAGORA_DB_ACQUIRE_TIMEOUT_MS"]),
     secret("redis_url", &["ARAGORA_REDIS_URL"]),
     s(
         "enable_redis_rate_limit",
@@ -144,6 +145,8 @@ const SETTINGS: &[Setting] = &[
     s("local_operator", &["ARAGORA_LOCAL_OPERATOR"]),
     s("ws_anonymous_read", &["ARAGORA_WS_ANONYMOUS_READ"]),
     s("pricing_file", &["ARAGORA_PRICING_FILE"]),
+    s("admin_console", &["ARAGORA_ADMIN_CONSOLE"]),
+    s("admin_api_url", &["ARAGORA_ADMIN_API_URL"]),
 ];
 
 /// Provider credentials and endpoints, read from the environment only (contract §2).
@@ -297,6 +300,9 @@ pub struct Config {
     pub db_pool_size: u32,
     /// Pool: extra connections above `db_pool_size` under load.
     pub db_max_overflow: u32,
+    /// How long a request waits for a database connection (a new one included) before it
+    /// fails; an unreachable database then answers 503 `database_unavailable`.
+    pub db_acquire_timeout: Duration,
     /// Redis for cross-instance fan-out and shared rate limits.
     pub redis_url: Option<Secret>,
     /// Keep rate-limit state in Redis (needs `redis_url`).
@@ -403,6 +409,11 @@ pub struct Config {
     pub ws_anonymous_read: bool,
     /// Operator's pricing table; `None` uses the compiled-in config/pricing.toml.
     pub pricing_file: Option<PathBuf>,
+    /// Serve the browser admin console at `/admin` (false: `/admin*` answers 404).
+    pub admin_console: bool,
+    /// Origin of the API the console talks to (e.g. `https://api.example.com`); `None`
+    /// means the console's own origin. Also added to the console's CSP `connect-src`.
+    pub admin_api_url: Option<String>,
     /// Provider keys and base URLs from the environment.
     pub providers: ProviderEnv,
     /// The `--config` file this was loaded from (SIGHUP re-reads it).
@@ -639,6 +650,11 @@ impl Config {
             supabase_key: p.text("supabase_key").map(Secret),
             db_pool_size: p.int("db_pool_size", 1, 1000)? as u32,
             db_max_overflow: p.int("db_max_overflow", 0, 1000)? as u32,
+            db_acquire_timeout: Duration::from_millis(p.int(
+                "db_acquire_timeout_ms",
+                100,
+                600_000,
+            )?),
             redis_url: redis_url.map(Secret),
             enable_redis_rate_limit,
             rate_limit_rpm: p.int("rate_limit_rpm", 1, 1_000_000)? as u32,
@@ -732,6 +748,8 @@ impl Config {
             local_operator: p.boolean("local_operator")?,
             ws_anonymous_read: p.boolean("ws_anonymous_read")?,
             pricing_file: p.text("pricing_file").map(PathBuf::from),
+            admin_console: p.boolean("admin_console")?,
+            admin_api_url: p.origin("admin_api_url")?,
             providers: ProviderEnv::default(),
             config_file: None,
             sources: Sources::default(),
@@ -924,14 +942,7 @@ impl Parser<'_> {
         self.list(key)
             .into_iter()
             .map(|item| {
-                let ok = url::Url::parse(&item).is_ok_and(|u| {
-                    matches!(u.scheme(), "http" | "https")
-                        && u.has_host()
-                        && u.path() == "/"
-                        && u.query().is_none()
-                        && !item.ends_with('/')
-                });
-                if ok {
+                if is_origin(&item) {
                     Ok(item)
                 } else {
                     Err(ConfigError::Invalid {
@@ -945,6 +956,33 @@ impl Parser<'_> {
             })
             .collect()
     }
+
+    /// One origin (see [`is_origin`]); empty means unset.
+    fn origin(&self, key: &str) -> Result<Option<String>, ConfigError> {
+        match self.text(key) {
+            None => Ok(None),
+            Some(item) if is_origin(&item) => Ok(Some(item)),
+            Some(_) => Err(self.invalid(
+                key,
+                "an origin such as https://api.example.com (scheme, host and optional port; \
+                 no path), or empty for the console's own origin",
+            )),
+        }
+    }
+}
+
+/// An origin as browsers send it: `http(s)://host[:port]`, no path, query or trailing slash.
+fn is_origin(item: &str) -> bool {
+    url::Url::parse(item).is_ok_and(|u| {
+        matches!(u.scheme(), "http" | "https")
+            && u.has_host()
+            && u.username().is_empty()
+            && u.password().is_none()
+            && u.path() == "/"
+            && u.query().is_none()
+            && u.fragment().is_none()
+            && !item.ends_with('/')
+    })
 }
 
 /// Parse `10.0.0.0/8`, `fd00::/8` or a bare address.
@@ -1166,5 +1204,61 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("ARAGORA_ALLOWED_ORIGINS"), "{err}");
+    }
+
+    #[test]
+    fn admin_console_is_on_by_default_and_can_be_turned_off() {
+        let c = load(&[]).unwrap();
+        assert!(c.admin_console);
+        assert_eq!(c.admin_api_url, None);
+        let c = load(&[("ARAGORA_ADMIN_CONSOLE", "false")]).unwrap();
+        assert!(!c.admin_console);
+        let err = load(&[("ARAGORA_ADMIN_CONSOLE", "maybe")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("ARAGORA_ADMIN_CONSOLE=\"maybe\""), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn admin_api_url_is_an_origin() {
+        let c = load(&[("ARAGORA_ADMIN_API_URL", "https://api.example.com")]).unwrap();
+        assert_eq!(c.admin_api_url.as_deref(), Some("https://api.example.com"));
+        let c = load(&[("ARAGORA_ADMIN_API_URL", "http://localhost:8080")]).unwrap();
+        assert_eq!(c.admin_api_url.as_deref(), Some("http://localhost:8080"));
+        // Empty means the console's own origin.
+        let c = load(&[("ARAGORA_ADMIN_API_URL", "")]).unwrap();
+        assert_eq!(c.admin_api_url, None);
+        for bad in [
+            "https://api.example.com/api",
+            "https://api.example.com/",
+            "api.example.com",
+            "ftp://api.example.com",
+            "https://api.example.com?x=1",
+        ] {
+            let err = load(&[("ARAGORA_ADMIN_API_URL", bad)])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with(&format!("ARAGORA_ADMIN_API_URL={bad:?} is not valid")),
+                "{err}"
+            );
+            assert!(!err.contains('\n'), "{err}");
+        }
+    }
+
+    #[test]
+    fn db_acquire_timeout_defaults_to_ten_seconds() {
+        assert_eq!(
+            load(&[]).unwrap().db_acquire_timeout,
+            Duration::from_secs(10)
+        );
+        let c = load(&[("ARAGORA_DB_ACQUIRE_TIMEOUT_MS", "1500")]).unwrap();
+        assert_eq!(c.db_acquire_timeout, Duration::from_millis(1500));
+        let err = load(&[("ARAGORA_DB_ACQUIRE_TIMEOUT_MS", "0")]).unwrap_err();
+        assert!(
+            err.to_string().contains("ARAGORA_DB_ACQUIRE_TIMEOUT_MS"),
+            "{err}"
+        );
     }
 }

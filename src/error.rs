@@ -49,6 +49,13 @@ pub enum ApiError {
         message: String,
         retry_after: Option<u64>,
     },
+    /// The database cannot be reached (pool timeout, refused/dropped connection, TLS): 503
+    /// with Retry-After, so clients retry instead of reporting a server bug. The detail is
+    /// logged at ERROR (an outage is worth an alert), never sent.
+    #[error(
+        "the database is unreachable; the server is up but cannot serve this request (see /api/health)"
+    )]
+    DatabaseUnavailable(String),
     /// Anything unexpected: the message is logged, the client sees a generic sentence.
     #[error("internal error: {0}")]
     Internal(String),
@@ -65,7 +72,9 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Locked { .. } => StatusCode::LOCKED,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable { .. } | ApiError::DatabaseUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -81,6 +90,7 @@ impl ApiError {
             ApiError::Locked { .. } => "account_locked",
             ApiError::TooManyRequests { .. } => "too_many_requests",
             ApiError::Unavailable { .. } => "service_unavailable",
+            ApiError::DatabaseUnavailable(_) => "database_unavailable",
             ApiError::Internal(_) => "internal_error",
         }
     }
@@ -91,9 +101,29 @@ impl From<StoreError> for ApiError {
         match err {
             StoreError::NotFound(what) => ApiError::NotFound(format!("{what} not found")),
             StoreError::Conflict(what) => ApiError::Conflict(what),
+            StoreError::Database(e) if is_connectivity_error(&e) => {
+                ApiError::DatabaseUnavailable(e.to_string())
+            }
             other => ApiError::Internal(other.to_string()),
         }
     }
+}
+
+/// Seconds a client is told to wait after `database_unavailable`.
+pub const DATABASE_RETRY_AFTER_SECS: u64 = 5;
+
+/// Whether a database error means "cannot reach the database" (as opposed to a bad query or
+/// bad data): no connection within the acquire timeout, a closed pool, a refused or dropped
+/// connection, a failed TLS handshake, or a dead SQLite worker.
+pub fn is_connectivity_error(err: &sqlx::Error) -> bool {
+    matches!(
+        err,
+        sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed
+    )
 }
 
 impl IntoResponse for ApiError {
@@ -104,6 +134,10 @@ impl IntoResponse for ApiError {
                 tracing::error!(error = %detail, "internal error");
                 "the server hit an internal error; the correlation id identifies it in the logs"
                     .to_owned()
+            }
+            ApiError::DatabaseUnavailable(detail) => {
+                tracing::error!(error = %detail, "database unreachable");
+                self.to_string()
             }
             other => other.to_string(),
         };
@@ -117,6 +151,7 @@ impl IntoResponse for ApiError {
         }
         let retry_after = match &self {
             ApiError::Unavailable { retry_after, .. } => *retry_after,
+            ApiError::DatabaseUnavailable(_) => Some(DATABASE_RETRY_AFTER_SECS),
             ApiError::Locked { retry_after, .. }
             | ApiError::TooManyRequests { retry_after, .. } => Some(*retry_after),
             _ => None,
@@ -148,4 +183,29 @@ pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response
         "correlation_id": correlation::current(),
     });
     (status, axum::Json(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unreachable_database_is_503_database_unavailable() {
+        for err in [
+            sqlx::Error::PoolTimedOut,
+            sqlx::Error::PoolClosed,
+            sqlx::Error::WorkerCrashed,
+            sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
+        ] {
+            let api = ApiError::from(StoreError::Database(err));
+            assert!(matches!(api, ApiError::DatabaseUnavailable(_)), "{api:?}");
+            assert_eq!(api.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(api.code(), "database_unavailable");
+            let response = api.into_response();
+            assert_eq!(response.headers()[header::RETRY_AFTER], "5");
+        }
+        let other = ApiError::from(StoreError::Database(sqlx::Error::RowNotFound));
+        assert_eq!(other.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(other.code(), "internal_error");
+    }
 }

@@ -2,8 +2,10 @@
 //!
 //! Module map: `cli` (subcommands) → `config` (layered, validated settings) → `app`
 //! (state and start-up) → `http` (REST API) and `ws` (WebSocket server), over `store`
-//! (SQLite/Postgres) and `telemetry` (logs, metrics).
+//! (SQLite/Postgres) and `telemetry` (logs, metrics); `admin` serves the embedded browser
+//! console at `/admin`.
 
+pub mod admin;
 pub mod agents;
 pub mod app;
 pub mod auth;

@@ -25,8 +25,14 @@ pub enum Access {
     Admin,
 }
 
-/// The policy for a path (with or without the `/api` or `/api/v1` prefix).
+/// The policy for a path (with or without the `/api` or `/api/v1` prefix); the console's
+/// `/admin` files (no prefix) are public.
 pub fn access_for(path: &str) -> Access {
+    // The browser console's static files (outside /api) are public; the data it shows comes
+    // from /api, which enforces the roles.
+    if path == "/admin" || path.starts_with("/admin/") {
+        return Access::Public;
+    }
     let p = path
         .strip_prefix("/api/v1")
         .or_else(|| path.strip_prefix("/api"))
@@ -235,6 +241,11 @@ mod tests {
         assert_eq!(access_for("/api/billing/usage"), Access::Member);
         assert_eq!(access_for("/api/auth/me"), Access::Member);
         assert_eq!(access_for("/api/auth/login"), Access::Public);
+        assert_eq!(access_for("/api/auth/refresh"), Access::Public);
+        assert_eq!(access_for("/api/v1/auth/logout"), Access::Public);
+        assert_eq!(access_for("/admin"), Access::Public);
+        assert_eq!(access_for("/admin/app.js"), Access::Public);
+        assert_eq!(access_for("/api/admin"), Access::Admin);
         assert_eq!(access_for("/api/debatesx"), Access::Public);
     }
 

@@ -2,12 +2,19 @@
 //! me, API keys, and registration when enabled.
 //!
 //! Bad credentials always get the same 401 whether or not the email exists; a locked
-//! account gets 423 with Retry-After. No token, key or password is ever logged.
+//! account gets 423 with Retry-After. No token, key, cookie or password is ever logged.
+//!
+//! Browser sessions (the admin console): `POST /api/auth/login` with `"use_cookie": true`
+//! puts the refresh token in an HttpOnly cookie (`aragora_refresh`, `SameSite=Strict`,
+//! `Path=/api/auth`) instead of the body; `/refresh` and `/logout` with no `refresh_token`
+//! in the body use that cookie. Cookie-based calls also refuse a foreign `Origin` (403), in
+//! addition to SameSite, as a CSRF defence. The access token stays in the page's memory.
 
 use std::net::{IpAddr, SocketAddr};
 
+use axum::body::Bytes;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use chrono::Utc;
@@ -19,7 +26,7 @@ use utoipa_axum::routes;
 
 use crate::app::AppState;
 use crate::auth::{Principal, Role, keys, passwords, tokens};
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, ErrorBody, error_response};
 use crate::store::{NewUser, RefreshTokenRecord, User};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -38,11 +45,168 @@ const BAD_CREDENTIALS: &str = "invalid email or password";
 pub struct LoginRequest {
     email: String,
     password: String,
+    /// Browser sessions: put the refresh token in the HttpOnly cookie `aragora_refresh`
+    /// (`SameSite=Strict; Path=/api/auth`, `Secure` over HTTPS) instead of the body.
+    #[serde(default)]
+    use_cookie: bool,
 }
 
 #[derive(Deserialize, ToSchema)]
+pub struct RegisterRequest {
+    email: String,
+    password: String,
+}
+
+#[derive(Deserialize, ToSchema, Default)]
 pub struct RefreshRequest {
-    refresh_token: String,
+    /// The refresh token. Omit it (or send no body at all) to use the `aragora_refresh`
+    /// cookie set by a `use_cookie` login.
+    #[serde(default)]
+    refresh_token: Option<String>,
+}
+
+/// The cookie that carries a browser session's refresh token.
+pub const REFRESH_COOKIE: &str = "aragora_refresh";
+
+/// Where the cookie is sent: only to /api/auth/* (login, refresh, logout).
+const COOKIE_PATH: &str = "/api/auth";
+
+/// Whether the client reached us over HTTPS: the browser says so in `Origin`, or a trusted
+/// proxy (ARAGORA_TRUSTED_PROXIES, as for client addresses) sent `X-Forwarded-Proto: https`.
+fn is_https(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> bool {
+    let origin_https = headers
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|o| o.trim().to_ascii_lowercase().starts_with("https://"));
+    if origin_https {
+        return true;
+    }
+    from_trusted_proxy(state, peer)
+        && headers
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("https"))
+}
+
+/// `Set-Cookie` for a session's refresh token (`Max-Age=0` with an empty value clears it).
+fn session_cookie(value: &str, max_age: u64, secure: bool) -> HeaderValue {
+    let mut cookie = format!(
+        "{REFRESH_COOKIE}={value}; HttpOnly; SameSite=Strict; Path={COOKIE_PATH}; Max-Age={max_age}"
+    );
+    if secure {
+        cookie.push_str("; Secure");
+    }
+    HeaderValue::from_str(&cookie).expect("refresh tokens are cookie-safe")
+}
+
+fn clearing_cookie(secure: bool) -> HeaderValue {
+    session_cookie("", 0, secure)
+}
+
+/// The `aragora_refresh` cookie of the request, if any.
+fn refresh_cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == REFRESH_COOKIE)
+        .map(|(_, value)| value.trim().trim_matches('"').to_owned())
+        .filter(|value| !value.is_empty())
+}
+
+/// Whether the TCP peer is a trusted proxy (ARAGORA_TRUSTED_PROXIES), by the rule
+/// [`crate::ratelimit::client_ip`] uses.
+fn from_trusted_proxy(state: &AppState, peer: SocketAddr) -> bool {
+    let peer = peer.ip().to_canonical();
+    state
+        .config
+        .trusted_proxies
+        .iter()
+        .any(|net| net.contains(&peer))
+}
+
+/// CSRF defence for cookie-based calls: an `Origin` header, when present, must be this
+/// server's own origin (scheme as in [`is_https`]; host from the Host header or the request
+/// URI, or X-Forwarded-Host from a trusted proxy) or an allowed origin
+/// (ARAGORA_ALLOWED_ORIGINS).
+fn check_origin(
+    state: &AppState,
+    peer: SocketAddr,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or("").trim().trim_end_matches('/');
+    let scheme = if is_https(state, peer, headers) {
+        "https"
+    } else {
+        "http"
+    };
+    let header_text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.split(',').next())
+            .map(|h| h.trim().to_owned())
+    };
+    let mut hosts = vec![
+        header_text(header::HOST.as_str()),
+        uri.authority().map(|a| a.as_str().to_owned()),
+    ];
+    if from_trusted_proxy(state, peer) {
+        hosts.push(header_text("x-forwarded-host"));
+    }
+    let same = hosts
+        .into_iter()
+        .flatten()
+        .any(|host| format!("{scheme}://{host}").eq_ignore_ascii_case(origin));
+    let allowed = state
+        .config
+        .allowed_origins
+        .iter()
+        .any(|o| o.eq_ignore_ascii_case(origin));
+    if same || allowed {
+        return Ok(());
+    }
+    let shown: String = origin.chars().take(200).collect();
+    Err(ApiError::Forbidden(format!(
+        "cross-site request refused: origin `{shown}` is neither this server nor in \
+         ARAGORA_ALLOWED_ORIGINS, so the session cookie is not used"
+    )))
+}
+
+/// Parse an optional JSON body: none (or only whitespace) is the default value; otherwise
+/// it must be JSON (415) that parses (400) into `T` (422), as with axum's `Json`.
+fn optional_json<T: serde::de::DeserializeOwned + Default>(
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<T, Box<Response>> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .is_some_and(|v| {
+            v == "application/json" || (v.starts_with("application/") && v.ends_with("+json"))
+        });
+    if !is_json {
+        return Err(Box::new(error_response(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send JSON with Content-Type: application/json (or no body to use the session cookie)",
+        )));
+    }
+    Json::<T>::from_bytes(body)
+        .map(|Json(v)| v)
+        .map_err(|rejection| Box::new(rejection.into_response()))
 }
 
 /// The client address: the peer, or the right-most X-Forwarded-For entry when the peer is a
@@ -103,7 +267,9 @@ async fn issue(state: &AppState, user: &User, family_id: &str) -> Result<Value, 
     tag = "auth",
     request_body = LoginRequest,
     responses(
-        (status = 200, description = "`{access_token, token_type, expires_in, refresh_token, user}`"),
+        (status = 200, description = "`{access_token, token_type, expires_in, refresh_token, refresh_expires_in, user}`; \
+            with `use_cookie: true` the body has no `refresh_token` and the token is set as the HttpOnly cookie `aragora_refresh`",
+            headers(("Set-Cookie" = String, description = "only with `use_cookie: true`: `aragora_refresh=<token>; HttpOnly; SameSite=Strict; Path=/api/auth; Max-Age=<refresh lifetime>` (+ `Secure` over HTTPS)"))),
         (status = 401, description = "invalid email or password", body = ErrorBody),
         (status = 423, description = "account locked; see Retry-After", body = ErrorBody),
         (status = 429, description = "too many failed logins from this client", body = ErrorBody),
@@ -114,7 +280,7 @@ pub async fn login(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Json(body): Json<LoginRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     jwt_secret(&state)?;
     let ip = client_ip(&state, peer, &headers);
     if let Some(retry_after) = state.login_limiter.blocked(ip) {
@@ -170,8 +336,28 @@ pub async fn login(
     }
     let family = uuid::Uuid::new_v4().simple().to_string();
     let tokens = issue(&state, &user, &family).await?;
-    tracing::info!(target: "aragora::auth", user_id = %user.id, "login");
-    Ok(Json(tokens))
+    tracing::info!(target: "aragora::auth", user_id = %user.id, cookie = body.use_cookie, "login");
+    if body.use_cookie {
+        let secure = is_https(&state, peer, &headers);
+        return Ok(with_cookie(&state, tokens, secure));
+    }
+    Ok(Json(tokens).into_response())
+}
+
+/// A token response for a browser session: the refresh token moves from the body into the
+/// cookie.
+fn with_cookie(state: &AppState, mut tokens: Value, secure: bool) -> Response {
+    let refresh = tokens
+        .as_object_mut()
+        .and_then(|o| o.remove("refresh_token"))
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let mut response = Json(tokens).into_response();
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        session_cookie(&refresh, state.config.refresh_token_ttl.as_secs(), secure),
+    );
+    response
 }
 
 fn locked(remaining: chrono::Duration) -> ApiError {
@@ -188,22 +374,60 @@ fn invalid_refresh() -> ApiError {
 
 /// Rotate a refresh token: the old one is spent, a new pair is issued. Presenting a spent
 /// token again revokes its whole family (a stolen token was used).
+///
+/// The token comes from the body, or, when the body has none (or there is no body), from
+/// the `aragora_refresh` cookie; a cookie refresh sets the rotated cookie and leaves
+/// `refresh_token` out of the body.
 #[utoipa::path(
     post,
     path = "/auth/refresh",
     tag = "auth",
-    request_body = RefreshRequest,
+    request_body(content = Option<RefreshRequest>, description = "optional: without `refresh_token` (or without a body) the `aragora_refresh` cookie is used"),
     responses(
-        (status = 200, description = "a new token pair, same shape as login"),
-        (status = 401, description = "invalid, expired, revoked or reused refresh token", body = ErrorBody),
+        (status = 200, description = "a new token pair, same shape as login (without `refresh_token` when the cookie was used)",
+            headers(("Set-Cookie" = String, description = "cookie sessions: the rotated `aragora_refresh` cookie"))),
+        (status = 401, description = "invalid, expired, revoked or reused refresh token (cookie sessions: the cookie is cleared)", body = ErrorBody),
+        (status = 403, description = "cookie session called from a foreign `Origin`", body = ErrorBody),
     )
 )]
 pub async fn refresh(
     State(state): State<AppState>,
-    Json(body): Json<RefreshRequest>,
-) -> Result<Json<Value>, ApiError> {
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     jwt_secret(&state)?;
-    let hash = keys::sha256_hex(body.refresh_token.trim());
+    let body: RefreshRequest = match optional_json(&headers, &body) {
+        Ok(body) => body,
+        Err(rejection) => return Ok(*rejection),
+    };
+    if let Some(token) = body.refresh_token {
+        return Ok(Json(rotate(&state, &token).await?).into_response());
+    }
+    check_origin(&state, peer, &uri, &headers)?;
+    let secure = is_https(&state, peer, &headers);
+    let Some(token) = refresh_cookie(&headers) else {
+        return Err(ApiError::Unauthorized(
+            "no refresh token: send `{\"refresh_token\": …}` or the aragora_refresh cookie".into(),
+        ));
+    };
+    match rotate(&state, &token).await {
+        Ok(tokens) => Ok(with_cookie(&state, tokens, secure)),
+        Err(e @ ApiError::Unauthorized(_)) => {
+            let mut response = e.into_response();
+            response
+                .headers_mut()
+                .append(header::SET_COOKIE, clearing_cookie(secure));
+            Ok(response)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Spend `token` and issue a new pair in its family.
+async fn rotate(state: &AppState, token: &str) -> Result<Value, ApiError> {
+    let hash = keys::sha256_hex(token.trim());
     let record = state
         .store
         .refresh_token(&hash)
@@ -228,27 +452,57 @@ pub async fn refresh(
         .user_by_id(&record.user_id)
         .await?
         .ok_or_else(invalid_refresh)?;
-    Ok(Json(issue(&state, &user, &record.family_id).await?))
+    issue(state, &user, &record.family_id).await
 }
 
 /// Revoke the refresh token's family. The access token expires on its own (short-lived).
+/// Without `refresh_token` in the body (or without a body) the `aragora_refresh` cookie's
+/// family is revoked and the cookie cleared.
 #[utoipa::path(
     post,
     path = "/auth/logout",
     tag = "auth",
-    request_body = RefreshRequest,
-    responses((status = 204, description = "logged out (also when the token was unknown)"))
+    request_body(content = Option<RefreshRequest>, description = "optional: without `refresh_token` (or without a body) the `aragora_refresh` cookie is used"),
+    responses(
+        (status = 204, description = "logged out (also when the token was unknown)",
+            headers(("Set-Cookie" = String, description = "cookie sessions: clears `aragora_refresh`"))),
+        (status = 403, description = "cookie session called from a foreign `Origin`", body = ErrorBody),
+    )
 )]
 pub async fn logout(
     State(state): State<AppState>,
-    Json(body): Json<RefreshRequest>,
-) -> Result<StatusCode, ApiError> {
-    let hash = keys::sha256_hex(body.refresh_token.trim());
-    if let Some(record) = state.store.refresh_token(&hash).await? {
-        state.store.revoke_refresh_family(&record.family_id).await?;
-        tracing::info!(target: "aragora::auth", user_id = %record.user_id, "logout");
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let body: RefreshRequest = match optional_json(&headers, &body) {
+        Ok(body) => body,
+        Err(rejection) => return Ok(*rejection),
+    };
+    let from_cookie = body.refresh_token.is_none();
+    let token = match body.refresh_token {
+        Some(token) => Some(token),
+        None => {
+            check_origin(&state, peer, &uri, &headers)?;
+            refresh_cookie(&headers)
+        }
+    };
+    if let Some(token) = token {
+        let hash = keys::sha256_hex(token.trim());
+        if let Some(record) = state.store.refresh_token(&hash).await? {
+            state.store.revoke_refresh_family(&record.family_id).await?;
+            tracing::info!(target: "aragora::auth", user_id = %record.user_id, cookie = from_cookie, "logout");
+        }
     }
-    Ok(StatusCode::NO_CONTENT)
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    if from_cookie {
+        let secure = is_https(&state, peer, &headers);
+        response
+            .headers_mut()
+            .append(header::SET_COOKIE, clearing_cookie(secure));
+    }
+    Ok(response)
 }
 
 /// The caller: id, email, role, created_at, and the API key's prefix and last use.
@@ -352,7 +606,7 @@ pub async fn revoke_api_key(
     post,
     path = "/auth/register",
     tag = "auth",
-    request_body = LoginRequest,
+    request_body = RegisterRequest,
     responses(
         (status = 201, description = "`{id, email, role: \"member\"}`"),
         (status = 404, description = "registration is disabled", body = ErrorBody),
@@ -362,7 +616,7 @@ pub async fn revoke_api_key(
 )]
 pub async fn register(
     State(state): State<AppState>,
-    Json(body): Json<LoginRequest>,
+    Json(body): Json<RegisterRequest>,
 ) -> Result<Response, ApiError> {
     if !state.config.registration_enabled {
         return Err(ApiError::NotFound(

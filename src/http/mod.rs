@@ -66,6 +66,8 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/v1", Router::from(api_routes()))
         // One base URL reaches the WebSocket too (contract §5).
         .route("/ws", get(crate::ws::upgrade))
+        // The browser console: outside /api (not rate limited, not in the OpenAPI document).
+        .merge(crate::admin::router(&config))
         .fallback(pipeline::not_found)
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))

@@ -131,3 +131,35 @@ async fn hanging_database_still_answers_within_the_check_budget() {
     );
     app.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn dead_database_answers_503_database_unavailable_not_500() {
+    let (app, proxy) =
+        spawn_app_behind_db_proxy(&[("ARAGORA_DB_ACQUIRE_TIMEOUT_MS", "1000")]).await;
+    assert_eq!(app.get("/api/debates").await.status(), 200);
+
+    proxy.cut();
+    let started = Instant::now();
+    let response = app.get("/api/debates").await;
+    let elapsed = started.elapsed();
+    assert_eq!(response.status(), 503);
+    assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
+    assert_eq!(response.headers()["retry-after"], "5");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "database_unavailable", "{body}");
+    assert_eq!(body["retry_after"], 5);
+    assert!(
+        body["error"].as_str().unwrap().contains("/api/health"),
+        "{body}"
+    );
+    assert!(
+        body["correlation_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("corr-")
+    );
+    // No connection details in the public body.
+    assert!(!body.to_string().contains(&proxy.addr.to_string()));
+    assert_eq!(app.get("/api/health").await.status(), 503);
+    app.stop().await.unwrap();
+}

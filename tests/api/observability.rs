@@ -451,8 +451,8 @@ async fn sentry_stub() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
 }
 
 /// The real failure used here: the database goes away under a running server, and reading a
-/// debate then fails inside the request (an internal error logged at ERROR in the request's
-/// span, which carries the correlation id and, for debate routes, the debate id).
+/// debate then fails inside the request (503 `database_unavailable`, logged at ERROR in the
+/// request's span, which carries the correlation id and, for debate routes, the debate id).
 #[tokio::test]
 async fn sentry_gets_errors_tagged_with_correlation_and_debate_ids_and_no_secrets() {
     let (ingest, envelopes) = sentry_stub().await;
@@ -526,7 +526,7 @@ async fn sentry_gets_errors_tagged_with_correlation_and_debate_ids_and_no_secret
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 500);
+    assert_eq!(r.status(), 503);
 
     // The report arrives at the ingest endpoint.
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -585,7 +585,7 @@ async fn sentry_gets_errors_tagged_with_correlation_and_debate_ids_and_no_secret
         entry["message"]
             .as_str()
             .unwrap()
-            .contains("internal error"),
+            .contains("database unreachable"),
         "{entry}"
     );
     drop(server);
