@@ -72,12 +72,25 @@ pub fn presented(headers: &HeaderMap) -> Option<String> {
         .map(|v| v.trim().to_owned())
 }
 
-/// Credentials were presented but are not valid (the reason is deliberately not told).
+/// Why presented credentials were not accepted.
 #[derive(Debug)]
-pub struct InvalidCredentials;
+pub enum CredentialError {
+    /// Not valid (the reason is deliberately not told).
+    Invalid,
+    /// They could not be checked: the store did not answer. Not the caller's fault, so it
+    /// is not a 401 (a browser would otherwise drop a good session during an outage).
+    Unavailable(ApiError),
+}
+
+use CredentialError::Invalid as InvalidCredentials;
+
+fn unavailable(e: crate::store::StoreError) -> CredentialError {
+    tracing::error!(target: "aragora::auth", error = %e, "credential lookup failed");
+    CredentialError::Unavailable(ApiError::from(e))
+}
 
 /// Resolve a presented credential. Auth must be on.
-pub async fn resolve_token(state: &AppState, token: &str) -> Result<Principal, InvalidCredentials> {
+pub async fn resolve_token(state: &AppState, token: &str) -> Result<Principal, CredentialError> {
     let config = &state.config;
     if let Some(service) = &config.api_token
         && keys::ct_eq(token, service.expose())
@@ -91,18 +104,14 @@ pub async fn resolve_token(state: &AppState, token: &str) -> Result<Principal, I
             .store
             .api_key_by_hash(&hash)
             .await
-            .map_err(|e| {
-                tracing::error!(target: "aragora::auth", error = %e, "api key lookup failed");
-                InvalidCredentials
-            })?
+            .map_err(unavailable)?
             .filter(|k| k.revoked_at.is_none())
             .ok_or(InvalidCredentials)?;
         let user = state
             .store
             .user_by_id(&key.user_id)
             .await
-            .ok()
-            .flatten()
+            .map_err(unavailable)?
             .ok_or(InvalidCredentials)?;
         let role = Role::parse(&user.role).ok_or(InvalidCredentials)?;
         if let Err(e) = state.store.touch_api_key(&key.id, chrono::Utc::now()).await {
@@ -125,8 +134,7 @@ pub async fn resolve_token(state: &AppState, token: &str) -> Result<Principal, I
             .store
             .user_by_id(&claims.sub)
             .await
-            .ok()
-            .flatten()
+            .map_err(unavailable)?
             .ok_or(InvalidCredentials)?;
         let role = Role::parse(&user.role).ok_or(InvalidCredentials)?;
         return Ok(Principal {
@@ -153,7 +161,7 @@ pub async fn principal_for(
     token: Option<&str>,
     peer: Option<IpAddr>,
     headers: &HeaderMap,
-) -> Result<Principal, InvalidCredentials> {
+) -> Result<Principal, CredentialError> {
     if !state.config.auth_enabled() {
         return Ok(Principal::local_owner());
     }
@@ -193,11 +201,13 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
     let access = access_for(req.uri().path());
     let principal = match principal_for(&state, token.as_deref(), peer, req.headers()).await {
         Ok(p) => p,
-        // A bad credential on a public route is ignored (the caller is anonymous there).
-        Err(InvalidCredentials) if access == Access::Public => Principal::anonymous(),
-        Err(InvalidCredentials) => {
+        // A bad or uncheckable credential on a public route is ignored (the caller is
+        // anonymous there), so health keeps answering during a database outage.
+        Err(_) if access == Access::Public => Principal::anonymous(),
+        Err(CredentialError::Invalid) => {
             return ApiError::Unauthorized("invalid or expired credentials".into()).into_response();
         }
+        Err(CredentialError::Unavailable(e)) => return e.into_response(),
     };
     let needed = match access {
         Access::Public => None,

@@ -242,13 +242,15 @@ pub async fn serve(
     tracing::info!(target: "aragora::ws", %client_id, "websocket disconnected");
 }
 
-/// Send a close frame without waiting forever on a peer that stopped reading.
-/// Close a connection whose credentials were refused (1008) without serving it.
-pub async fn refuse(socket: WebSocket, peer: SocketAddr, reason: &str) {
-    tracing::info!(target: "aragora::ws", peer = %peer.ip(), reason, "websocket refused: authentication");
+/// Close a connection whose credentials were refused (1008) or could not be checked (1013)
+/// without serving it.
+pub async fn refuse(socket: WebSocket, peer: SocketAddr, code: u16, reason: &str) {
+    tracing::info!(target: "aragora::ws", peer = %peer.ip(), code, reason, "websocket refused: authentication");
     let (mut sink, _stream) = socket.split();
-    let _ = close(&mut sink, Close(close_code::POLICY, reason.to_owned())).await;
+    let _ = close(&mut sink, Close(code, reason.to_owned())).await;
 }
+
+/// Send a close frame without waiting forever on a peer that stopped reading.
 
 async fn close(sink: &mut Sink, Close(code, reason): Close) -> Result<(), ()> {
     let frame = Message::Close(Some(CloseFrame {

@@ -49,6 +49,8 @@ pub mod close_code {
     /// Missing or invalid credentials (auth on, `ws_anonymous_read` off).
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
+    /// The server could not check the credentials (database unreachable); try again.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
     pub const SERVICE_RESTART: u16 = 1012;
     pub const SLOW_CONSUMER: u16 = 4008;
     pub const LIMITS: u16 = 4029;
@@ -271,9 +273,13 @@ pub async fn upgrade(
             .await;
     // Refused connections are still upgraded so the client sees the 1008 close code.
     let refusal = match &principal {
-        Err(_) => Some("invalid or expired credentials"),
+        Err(crate::auth::extractors::CredentialError::Unavailable(_)) => Some((
+            close_code::TRY_AGAIN_LATER,
+            "credentials cannot be checked now (database unreachable); try again",
+        )),
+        Err(_) => Some((close_code::POLICY, "invalid or expired credentials")),
         Ok(p) if p.role.is_none() && !state.config.ws_anonymous_read => {
-            Some("authentication required")
+            Some((close_code::POLICY, "authentication required"))
         }
         Ok(_) => None,
     };
@@ -309,7 +315,7 @@ pub async fn upgrade(
         .on_upgrade(move |socket| {
             tasks.track_future(async move {
                 match refusal {
-                    Some(reason) => connection::refuse(socket, peer, reason).await,
+                    Some((code, reason)) => connection::refuse(socket, peer, code, reason).await,
                     None => connection::serve(socket, state, peer, initial, principal).await,
                 }
             })

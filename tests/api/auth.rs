@@ -1193,3 +1193,48 @@ async fn anonymous_websocket_readers_when_allowed_see_no_owned_debate() {
         }
     }
 }
+
+/// A database outage is not the caller's fault: valid credentials that cannot be checked
+/// get 503 database_unavailable (HTTP) or 1013 (WebSocket), never 401/1008, so a browser
+/// keeps its session through the outage. Public routes still answer.
+#[tokio::test]
+async fn credentials_that_cannot_be_checked_are_503_not_401() {
+    let (app, proxy) = crate::helpers::spawn_app_behind_db_proxy(&[
+        ("ARAGORA_JWT_SECRET", SECRET),
+        ("ARAGORA_DB_ACQUIRE_TIMEOUT_MS", "1000"),
+    ])
+    .await;
+    add_user(&app, "outage@example.com", "owner").await;
+    let (access, _) = tokens(&app, "outage@example.com").await;
+    assert_eq!(get_as(&app, "/api/auth/me", &access).await.status(), 200);
+
+    proxy.cut();
+    let r = get_as(&app, "/api/auth/me", &access).await;
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "database_unavailable", "{body}");
+    // A token that is invalid on its face is still a 401 (no database needed to say so).
+    assert_eq!(
+        get_as(&app, "/api/auth/me", "not-a-token").await.status(),
+        401
+    );
+    // Public routes ignore the credential they cannot check.
+    assert_eq!(get_as(&app, "/api/health/live", &access).await.status(), 200);
+
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{}/ws?token={access}", app.ws))
+            .await
+            .unwrap();
+    loop {
+        match next_msg(&mut ws).await {
+            Message::Close(Some(frame)) => {
+                assert_eq!(u16::from(frame.code), 1013, "{frame:?}");
+                assert!(frame.reason.contains("database"), "{frame:?}");
+                break;
+            }
+            Message::Close(None) => panic!("close without a code"),
+            _ => {}
+        }
+    }
+    app.stop().await.unwrap();
+}

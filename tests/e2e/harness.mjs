@@ -55,8 +55,8 @@ export function freshSchema() {
 export function pgUrl(schema, hostPort) {
   const u = new URL(PG_URL);
   if (hostPort) u.host = hostPort;
-  u.searchParams.set("options", `-c search_path=${schema}`);
-  return u.toString();
+  // libpq decodes %20, not "+", so the query is written by hand.
+  return `${u.toString()}${u.search ? "&" : "?"}options=-c%20search_path%3D${schema}`;
 }
 export function psql(schema, sql) {
   return execFileSync("psql", [pgUrl(schema), "-v", "ON_ERROR_STOP=1", "-qAtc", sql]).toString().trim();
@@ -115,9 +115,17 @@ export async function startServer(env = {}, { apiPort, wsPort } = {}) {
       try { data = text ? JSON.parse(text) : null; } catch { data = text; }
       return { status: r.status, data, headers: r.headers };
     },
-    /** `aragora user create` through the binary, the password on stdin. */
+    /** `aragora user create` through the binary, the password on stdin. Asynchronous, so a
+     *  TCP proxy running in this process keeps forwarding meanwhile. */
     createUser(email, password, role) {
-      execFileSync(BIN, ["user", "create", "--email", email, "--role", role], { env: fullEnv, input: password + "\n" });
+      return new Promise((res, rej) => {
+        const p = spawn(BIN, ["user", "create", "--email", email, "--role", role], { env: fullEnv, stdio: ["pipe", "pipe", "pipe"] });
+        let err = "";
+        p.stderr.on("data", (d) => { err += d; });
+        p.stdout.resume();
+        p.on("exit", (code) => (code === 0 ? res() : rej(new Error(`user create ${email}: exit ${code}: ${err}`))));
+        p.stdin.end(password + "\n");
+      });
     },
     async login(email, password) {
       const r = await this.api("POST", "/api/auth/login", { body: { email, password } });

@@ -156,7 +156,9 @@
   async function api(method, path, body, { okStatuses = [] } = {}) {
     let { res, data } = await rawFetch(method, path, body);
     if (res.status === 401 && S.tokenKind === "jwt") {
-      if (await refreshSession()) ({ res, data } = await rawFetch(method, path, body));
+      const outcome = await refreshSession();
+      if (outcome === "ok") ({ res, data } = await rawFetch(method, path, body));
+      else if (outcome === "unavailable") throw new ApiError("unreachable", "The server could not renew the session just now; retrying.");
     }
     if (res.ok || okStatuses.includes(res.status)) {
       serverReachable();
@@ -178,23 +180,33 @@
     // Refresh a minute early (or at 80 % of a short lifetime).
     const lead = Math.min(60, ttl * 0.2);
     S.refreshTimer = setTimeout(async () => {
-      if (await refreshSession()) return;
-      // Refused (not merely unreachable): the session is over.
-      if (S.token && S.lastProblem !== "unreachable" && S.lastProblem !== "cors") sessionLost("Your session has ended. Sign in again.");
+      const outcome = await refreshSession();
+      // Refused: the session is over. Unavailable: try again shortly.
+      if (outcome === "refused" && S.token) sessionLost("Your session has ended. Sign in again.");
+      if (outcome === "unavailable") S.refreshTimer = setTimeout(() => refreshSession(), 5000);
     }, Math.max(5, ttl - lead) * 1000);
   }
 
+  // Rotate the refresh cookie for a new access token: "ok", "refused" (the session is over)
+  // or "unavailable" (server or database down: the session may still be good).
   function refreshSession() {
     if (S.refreshing) return S.refreshing;
     S.refreshing = (async () => {
       try {
         const { res, data } = await rawFetch("POST", "/api/auth/refresh", {}, { auth: false, cookie: true });
-        if (!res.ok) return false;
-        setToken(data);
-        return true;
+        if (res.ok) {
+          setToken(data);
+          return "ok";
+        }
+        const err = errorFrom(res, data);
+        if (err.kind === "database" || err.kind === "unreachable" || err.kind === "server") {
+          if (err.kind !== "server") showProblem(err);
+          return "unavailable";
+        }
+        return "refused";
       } catch (e) {
         if (e instanceof ApiError && (e.kind === "unreachable" || e.kind === "cors")) showProblem(e);
-        return false;
+        return "unavailable";
       } finally {
         setTimeout(() => { S.refreshing = null; }, 0);
       }
@@ -821,10 +833,10 @@
       if (live.stopped || live.ended) return;
       if (c.code === 1008) {
         // Credentials refused: refresh once, else the session is over.
-        refreshSession().then((ok) => ok ? scheduleReconnect(live) : sessionLost("Your session has ended. Sign in again."));
+        refreshSession().then((o) => o === "refused" ? sessionLost("Your session has ended. Sign in again.") : scheduleReconnect(live));
         return;
       }
-      const why = { 1001: "server shutting down", 1012: "server reloading", 4008: "too slow to keep up", 4029: "connection limit reached" }[c.code] || `closed (${c.code})`;
+      const why = { 1001: "server shutting down", 1012: "server reloading", 1013: "the server cannot check credentials now (database down)", 4008: "too slow to keep up", 4029: "connection limit reached" }[c.code] || `closed (${c.code})`;
       liveMessage(`Connection lost: ${why}. Reconnecting and resuming after event ${live.lastSeq}…`, "warn");
       scheduleReconnect(live);
     };
@@ -963,7 +975,12 @@
         $("sign-out").hidden = true;
         return afterSignIn();
       }
-      if (await refreshSession()) return afterSignIn();
+      const outcome = await refreshSession();
+      if (outcome === "ok") return afterSignIn();
+      if (outcome === "unavailable") {
+        setTimeout(resume, 3000);
+        return;
+      }
       showSignIn("", "");
     } catch (e) {
       if (e.kind === "unreachable" || e.kind === "cors") {
