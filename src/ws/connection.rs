@@ -251,7 +251,6 @@ pub async fn refuse(socket: WebSocket, peer: SocketAddr, code: u16, reason: &str
 }
 
 /// Send a close frame without waiting forever on a peer that stopped reading.
-
 async fn close(sink: &mut Sink, Close(code, reason): Close) -> Result<(), ()> {
     let frame = Message::Close(Some(CloseFrame {
         code,

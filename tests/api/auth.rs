@@ -1219,7 +1219,10 @@ async fn credentials_that_cannot_be_checked_are_503_not_401() {
         401
     );
     // Public routes ignore the credential they cannot check.
-    assert_eq!(get_as(&app, "/api/health/live", &access).await.status(), 200);
+    assert_eq!(
+        get_as(&app, "/api/health/live", &access).await.status(),
+        200
+    );
 
     let (mut ws, _) =
         tokio_tungstenite::connect_async(format!("ws://{}/ws?token={access}", app.ws))
