@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import {
-  startServer, failingAnthropic, freshSchema, pgUrl, psql, tcpProxy, browser, screenshotPath,
+  startServer, failingAnthropic, fakeOpenAI, freshSchema, pgUrl, psql, tcpProxy, browser, screenshotPath,
   waitFor, sleep,
 } from "./harness.mjs";
 
@@ -51,16 +51,19 @@ async function axeViolations(page) {
 const panelReady = (page, id) => page.waitForSelector(`#${id}[data-state="ready"]`, { timeout: 20000 });
 
 describe("admin console against a running server with debates in progress", () => {
-  let server, fake, schema, chrome, ownerToken;
+  let server, fake, openai, schema, chrome, ownerToken;
   let running, queued;
 
   before(async () => {
     fake = await failingAnthropic();
+    openai = await fakeOpenAI();
     schema = freshSchema();
     server = await startServer({
       ARAGORA_DATABASE_URL: pgUrl(schema),
       ANTHROPIC_API_KEY: "sk-ant-e2e-not-a-real-key",
       ARAGORA_ANTHROPIC_BASE_URL: fake.url,
+      OPENAI_API_KEY: "sk-e2e-openai",
+      ARAGORA_OPENAI_BASE_URL: openai.url,
       ARAGORA_AGENT_MAX_ATTEMPTS: "1",
       ARAGORA_BREAKER_FAILURE_THRESHOLD: "2",
       ARAGORA_BREAKER_OPEN_SECONDS: "600",
@@ -104,6 +107,7 @@ describe("admin console against a running server with debates in progress", () =
     await chrome?.close();
     await server?.stop();
     fake?.close();
+    openai?.close();
   });
 
   it("signs the owner in with the keyboard and fills every panel with the server's data", async () => {
@@ -193,7 +197,7 @@ describe("admin console against a running server with debates in progress", () =
     const page = await ctx.newPage();
     // The member's own usage: one debate through the API.
     const memberToken = await server.login(MEMBER.email, MEMBER.password);
-    const d = (await server.api("POST", "/api/debates", { token: memberToken, body: { task: "Tabs or spaces?", agents: ["demo", "demo:10"], rounds: 1 } })).data.debate_id;
+    const d = (await server.api("POST", "/api/debates", { token: memberToken, body: { task: "Tabs or spaces?", agents: ["demo", "gpt-4"], rounds: 1 } })).data.debate_id;
     await waitFor("the member's debate", async () => !["queued", "running"].includes((await server.api("GET", `/api/debates/${d}`, { token: memberToken })).data.status), { timeout: 120000 });
 
     await signIn(page, server, MEMBER);
@@ -210,7 +214,10 @@ describe("admin console against a running server with debates in progress", () =
     await panelReady(page, "panel-usage");
     assert.ok(Number((await page.textContent("#usage-debates")).replace(/,/g, "")) >= 1);
     assert.ok(await page.locator("#usage-chart svg rect").count() >= 3, "bars drawn");
-    assert.ok(await page.locator("#panel-usage tr[data-model]").count() >= 1, "usage rows");
+    // Tokens and cost by provider/model: the OpenAI-shaped agent's streamed usage is priced.
+    assert.match(await page.textContent('#panel-usage tr[data-model="openai / gpt-4o"]'), /[1-9]/);
+    assert.ok(await page.locator('#panel-usage tr[data-model="demo / demo"]').count(), "demo usage row");
+    assert.notEqual(await page.textContent("#usage-cost"), "$0.0000", "a priced model has a cost");
     await page.screenshot({ path: screenshotPath("developer-portal.png"), fullPage: true });
     assert.deepEqual(await axeViolations(page), []);
     // Shown once: after a reload only the prefix remains.

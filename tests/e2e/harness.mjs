@@ -150,6 +150,46 @@ export async function failingAnthropic() {
   return { url: `http://127.0.0.1:${srv.address().port}`, close: () => srv.close() };
 }
 
+/** A vendor-shaped fake OpenAI Chat Completions endpoint (`{base}/chat/completions`) that
+ *  answers each debate phase, streamed (SSE, usage in the last chunk) or as one JSON body. */
+export async function fakeOpenAI() {
+  const srv = http.createServer((req, res) => {
+    let raw = "";
+    req.on("data", (d) => { raw += d; });
+    req.on("end", () => {
+      if (req.url !== "/v1/chat/completions" || req.headers.authorization !== "Bearer sk-e2e-openai") {
+        res.writeHead(401, { "content-type": "application/json" });
+        return res.end(JSON.stringify({ error: { message: "bad key or path", type: "invalid_request_error" } }));
+      }
+      const body = JSON.parse(raw);
+      const system = body.messages[0].content;
+      const user = body.messages[1].content;
+      const line = user.split("\n").find((l) => l.startsWith("Aragora-Candidates: "));
+      const candidates = line ? line.slice("Aragora-Candidates: ".length).split(", ") : [];
+      let text = "[gpt] Use a modular monolith and measure before splitting.";
+      if (system.includes("Aragora-Phase: vote")) {
+        text = "```json\n" + JSON.stringify({ vote: candidates[0] || "", confidence: 0.8, reasoning: "most concrete" }) + "\n```";
+      } else if (system.includes("Aragora-Phase: critique")) {
+        text = JSON.stringify({ critiques: candidates.map((c) => ({ target: c, severity: 0.4, text: "needs numbers" })) });
+      }
+      const usage = { prompt_tokens: 1200, completion_tokens: 300 };
+      if (body.stream !== true) {
+        res.writeHead(200, { "content-type": "application/json" });
+        return res.end(JSON.stringify({ id: "chatcmpl-e2e", object: "chat.completion", model: body.model, usage,
+          choices: [{ index: 0, message: { role: "assistant", content: text }, finish_reason: "stop" }] }));
+      }
+      res.writeHead(200, { "content-type": "text/event-stream" });
+      for (const word of text.split(/(?<= )/)) {
+        res.write(`data: ${JSON.stringify({ model: body.model, choices: [{ delta: { content: word } }] })}\n\n`);
+      }
+      res.write(`data: ${JSON.stringify({ model: body.model, choices: [], usage })}\n\n`);
+      res.end("data: [DONE]\n\n");
+    });
+  });
+  await new Promise((r) => srv.listen(0, "127.0.0.1", r));
+  return { url: `http://127.0.0.1:${srv.address().port}/v1`, close: () => srv.close() };
+}
+
 /** A TCP proxy that can be cut (every connection dropped, new ones refused) and restored. */
 export async function tcpProxy(targetPort, targetHost = "127.0.0.1") {
   const sockets = new Set();

@@ -65,6 +65,14 @@
     if (s < 86400) return `${Math.round(s / 3600)} h ago`;
     return `${Math.round(s / 86400)} d ago`;
   }
+  function until(t) {
+    const s = Math.round((new Date(t).getTime() - Date.now()) / 1000);
+    if (!isFinite(s)) return String(t);
+    if (s <= 0) return "now";
+    if (s < 60) return `in ${s} s`;
+    if (s < 3600) return `in ${Math.round(s / 60)} min`;
+    return `in ${Math.round(s / 3600)} h`;
+  }
   const short = (id) => (id && id.length > 12 ? id.slice(0, 8) + "…" : id || "–");
   function badge(text, tone) {
     return h("span", { class: "badge " + (tone || "") }, text);
@@ -404,7 +412,7 @@
     switch (err.kind) {
       case "forbidden": return `Your role is ${S.me ? S.me.role : "unknown"}; admin or owner needed. The server said: ${err.message}`;
       case "unauthorized": return "Your session has ended. Sign in again.";
-      case "database": return "Database down: the server cannot reach its database. " + err.message;
+      case "database": return "Database down: " + err.message;
       case "unreachable": return err.message + " Showing the last data received.";
       case "cors": return err.message;
       case "rate_limited": return `Rate limited; retrying after ${err.retryAfter || "a few"} s.`;
@@ -461,7 +469,7 @@
     p.render(h("div", {}, table(["Check", "Status", "Detail"], rows, { label: "Health checks" }), h("h3", {}, "Server"), kv(facts)),
       data.status, toneOf(data.status));
     if (c.database && c.database.status !== "ok") {
-      showProblem(new ApiError("database", "", { detail: c.database.error || "" }));
+      showProblem(new ApiError("database", "", { detail: c.database.error ? `(health: ${c.database.error})` : "" }));
     } else databaseRecovered();
   }
 
@@ -474,14 +482,14 @@
         h("code", {}, b.agent),
         badge(b.state, toneOf(b.state)),
         fmtNum(b.consecutive_failures),
-        b.last_failure ? `${b.last_failure.kind} · ${ago(b.last_failure.at)}` : "–",
-        b.next_probe_at ? `probe ${ago(b.next_probe_at).replace(" ago", "")}`.replace("probe -", "probe in ") : "–",
+        h("div", {}, b.last_failure ? `${b.last_failure.kind} · ${ago(b.last_failure.at)}` : "–",
+          b.next_probe_at ? h("div", { class: "small muted" }, `next probe ${until(b.next_probe_at)}`) : null),
         h("button", { type: "button", class: "secondary", disabled: b.state === "closed", "aria-label": `Reset the circuit breaker of ${b.agent}`,
           onclick: (ev) => resetBreaker(b.agent, ev.currentTarget) }, "Reset"),
       ],
     }));
     const open = data.open || 0, half = data.half_open || 0;
-    p.render(list.length ? table(["Agent", "State", { label: "Failures", num: true }, "Last failure", "Next probe", { label: "Action" }], rows, { label: "Circuit breakers" })
+    p.render(list.length ? table(["Agent", "State", { label: "Failures", num: true }, "Last failure", { label: "Action" }], rows, { label: "Circuit breakers" })
       : empty("No agent has been called since the server started; an agent's breaker appears with its first call."), open ? `${open} open` : half ? `${half} half-open` : "all closed", open ? "bad" : half ? "warn" : "ok");
   }
 
@@ -773,8 +781,7 @@
   function liveMessage(text, tone) {
     const m = $("live-msg");
     m.textContent = text || "";
-    m.className = "msg " + (tone || "");
-    m.hidden = !text;
+    m.className = text ? "msg-slot msg " + (tone || "") : "msg-slot";
   }
 
   function setConn(state) {
