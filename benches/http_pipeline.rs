@@ -58,7 +58,13 @@ async fn main() {
         "{:<22} {:>10} {:>10} {:>10} {:>10}",
         "route", "req/s", "p50 µs", "p99 µs", "max µs"
     );
-    for route in ["/api/health/live", "/api/health", "/api/nope"] {
+    for route in [
+        "/api/health/live",
+        "/api/health",
+        "/api/nope",
+        "/admin",
+        "/admin/app.js",
+    ] {
         let url = format!("http://{addr}{route}");
         run(&url, WARMUP).await;
         let (elapsed, mut latencies) = run(&url, REQUESTS).await;
@@ -73,6 +79,17 @@ async fn main() {
             latencies.last().unwrap().as_micros()
         );
     }
+    let weight: usize = aragora::admin::ASSETS.iter().map(|a| a.bytes.len()).sum();
+    println!(
+        "admin console: {} files, {:.1} KiB uncompressed ({})",
+        aragora::admin::ASSETS.len(),
+        weight as f64 / 1024.0,
+        aragora::admin::ASSETS
+            .iter()
+            .map(|a| format!("{} {:.1} KiB", a.name, a.bytes.len() as f64 / 1024.0))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let rss_after = resident_memory_bytes();
     println!(
         "resident memory (server and client in one process): idle {:.1} MiB, after load {:.1} MiB",
