@@ -375,6 +375,22 @@ describe("failure cases show a clear message", () => {
     }
   });
 
+  it("auth off (development): opens as the local owner with no sign-in", async () => {
+    const server = await startServer({ ARAGORA_JWT_SECRET: null });
+    try {
+      const ctx = await chrome.newContext();
+      const page = await ctx.newPage();
+      await page.goto(server.url + "/admin");
+      await panelReady(page, "panel-health");
+      assert.equal(await page.textContent("#who-role"), "owner");
+      assert.ok(await page.isHidden("#sign-out"), "nothing to sign out of");
+      assert.ok(await page.isHidden("#view-signin"));
+      await ctx.close();
+    } finally {
+      await server.stop();
+    }
+  });
+
   it("is usable on a phone: no horizontal scrolling, panels stacked", async () => {
     const server = await startServer({});
     try {

@@ -77,6 +77,8 @@ export async function startServer(env = {}, { apiPort, wsPort } = {}) {
     ARAGORA_LOG_LEVEL: "info",
     ...env,
   };
+  // `null` removes a default (e.g. ARAGORA_JWT_SECRET: null runs with auth off).
+  for (const [k, v] of Object.entries(fullEnv)) if (v === null) delete fullEnv[k];
   const server = {
     dir, apiPort, wsPort, env: fullEnv, url: `http://127.0.0.1:${apiPort}`, proc: null, logs: [],
     async start() {
