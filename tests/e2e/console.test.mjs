@@ -265,6 +265,34 @@ describe("admin console against a running server with debates in progress", () =
     await page.waitForSelector("#view-signin:not([hidden])");
     await ctx.close();
   });
+
+  it("works from the keyboard alone: skip link, navigation, generating a key", async () => {
+    const ctx = await chrome.newContext();
+    const page = await ctx.newPage();
+    await signIn(page, server, OWNER);
+    await panelReady(page, "panel-health");
+    const focused = () => page.evaluate(() => document.activeElement && (document.activeElement.id || document.activeElement.textContent.trim()));
+    // Start where a fresh tab starts: focus at the top of the document.
+    await page.evaluate(() => { document.body.tabIndex = -1; document.body.focus(); document.body.removeAttribute("tabindex"); });
+    await page.keyboard.press("Tab");
+    assert.equal(await focused(), "Skip to content");
+    await page.keyboard.press("Tab");
+    assert.equal(await focused(), "nav-console");
+    await page.keyboard.press("Tab");
+    await page.keyboard.press("Tab");
+    assert.equal(await focused(), "nav-portal");
+    await page.keyboard.press("Enter");
+    await page.waitForSelector("#view-portal:not([hidden])");
+    assert.equal(await focused(), "portal-title", "focus moves to the new view's heading");
+    await panelReady(page, "panel-apikey");
+    for (let i = 0; i < 40 && (await focused()) !== "generate-key"; i++) await page.keyboard.press("Tab");
+    assert.equal(await focused(), "generate-key");
+    await page.keyboard.press("Enter");
+    await page.waitForSelector("#new-key");
+    assert.equal(await focused(), "copy-key", "focus lands on Copy");
+    assert.match(await page.inputValue("#new-key"), /^ara_/);
+    await ctx.close();
+  });
 });
 
 describe("failure cases show a clear message", () => {
