@@ -398,16 +398,15 @@ pub async fn refresh(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     jwt_secret(&state)?;
-    let body: RefreshRequest = match optional_json(&headers, &body) {
-        Ok(body) => body,
+    let cookie = match presented_refresh(&state, peer, &uri, &headers, &body)? {
+        Ok(RefreshFrom::Body(token)) => {
+            return Ok(Json(rotate(&state, &token).await?).into_response());
+        }
+        Ok(RefreshFrom::Cookie(cookie)) => cookie,
         Err(rejection) => return Ok(*rejection),
     };
-    if let Some(token) = body.refresh_token {
-        return Ok(Json(rotate(&state, &token).await?).into_response());
-    }
-    check_origin(&state, peer, &uri, &headers)?;
     let secure = is_https(&state, peer, &headers);
-    let Some(token) = refresh_cookie(&headers) else {
+    let Some(token) = cookie else {
         return Err(ApiError::Unauthorized(
             "no refresh token: send `{\"refresh_token\": …}` or the aragora_refresh cookie".into(),
         ));
@@ -423,6 +422,35 @@ pub async fn refresh(
         }
         Err(e) => Err(e),
     }
+}
+
+/// Where the refresh token of a refresh or logout came from.
+enum RefreshFrom {
+    /// `{"refresh_token": …}` in the body.
+    Body(String),
+    /// No token in the body: the `aragora_refresh` cookie, if any (the Origin was checked).
+    Cookie(Option<String>),
+}
+
+/// The refresh token a refresh or logout presents: from the (optional) JSON body, else from
+/// the session cookie after the CSRF origin check. The inner `Err` is the body's rejection
+/// (415/400/422) as a ready response.
+fn presented_refresh(
+    state: &AppState,
+    peer: SocketAddr,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Result<RefreshFrom, Box<Response>>, ApiError> {
+    let body: RefreshRequest = match optional_json(headers, body) {
+        Ok(body) => body,
+        Err(rejection) => return Ok(Err(rejection)),
+    };
+    if let Some(token) = body.refresh_token {
+        return Ok(Ok(RefreshFrom::Body(token)));
+    }
+    check_origin(state, peer, uri, headers)?;
+    Ok(Ok(RefreshFrom::Cookie(refresh_cookie(headers))))
 }
 
 /// Spend `token` and issue a new pair in its family.
@@ -476,17 +504,10 @@ pub async fn logout(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let body: RefreshRequest = match optional_json(&headers, &body) {
-        Ok(body) => body,
+    let (token, from_cookie) = match presented_refresh(&state, peer, &uri, &headers, &body)? {
+        Ok(RefreshFrom::Body(token)) => (Some(token), false),
+        Ok(RefreshFrom::Cookie(cookie)) => (cookie, true),
         Err(rejection) => return Ok(*rejection),
-    };
-    let from_cookie = body.refresh_token.is_none();
-    let token = match body.refresh_token {
-        Some(token) => Some(token),
-        None => {
-            check_origin(&state, peer, &uri, &headers)?;
-            refresh_cookie(&headers)
-        }
     };
     if let Some(token) = token {
         let hash = keys::sha256_hex(token.trim());

@@ -6,7 +6,7 @@ import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import {
   startServer, failingAnthropic, fakeOpenAI, freshSchema, pgUrl, psql, tcpProxy, browser, screenshotPath,
-  waitFor, sleep,
+  waitFor,
 } from "./harness.mjs";
 
 const require = createRequire(import.meta.url);

@@ -426,8 +426,7 @@
       await loader(p);
     } catch (e) {
       if (!(e instanceof ApiError)) e = new ApiError("client", String(e && e.message || e));
-      if (e.kind === "unreachable" || e.kind === "cors") showProblem(e);
-      if (e.kind === "database") showProblem(e);
+      if (["unreachable", "cors", "database"].includes(e.kind)) showProblem(e);
       if (e.kind === "forbidden" && currentRoute === "console" && !S.roleRecheck) {
         // The role may have changed since sign-in: read it again and redraw.
         S.roleRecheck = true;
