@@ -30,7 +30,8 @@ use aragora::config::{Config, Flags};
 use aragora::debate::manager::{Recorder, RegistryAgent};
 use aragora::debate::prompts::STANCES;
 use aragora::debate::{
-    ConsensusMode, DebateAgent, DebateInput, DebateSettings, EventSink, FinalStatus, Seat,
+    ConsensusMode, DebateAgent, DebateInput, DebateOutcome, DebateSettings, Event, EventSink,
+    FinalStatus, Seat,
 };
 use aragora::store::{DynStore, NewDebate, PoolSettings};
 use aragora::telemetry::logging::{JsonLogLayer, parse_filter};
@@ -327,13 +328,7 @@ struct NullSink;
 
 #[async_trait]
 impl EventSink for NullSink {
-    async fn record(
-        &self,
-        _kind: &str,
-        _round: Option<u32>,
-        _agent: Option<&str>,
-        _data: Value,
-    ) -> Result<(), String> {
+    async fn record(&self, _events: &[Event]) -> Result<(), String> {
         Ok(())
     }
 
@@ -362,21 +357,26 @@ impl TimingSink {
 
 #[async_trait]
 impl EventSink for TimingSink {
-    async fn record(
-        &self,
-        kind: &str,
-        round: Option<u32>,
-        agent: Option<&str>,
-        data: Value,
-    ) -> Result<(), String> {
+    async fn record(&self, events: &[Event]) -> Result<(), String> {
         {
             let mut marks = self.marks.lock().unwrap();
-            if kind == "round_start" || kind == "debate_end" {
-                marks.0.push(Instant::now());
+            for e in events {
+                if e.kind() == "round_start" {
+                    marks.0.push(Instant::now());
+                }
+                marks.1 += 1;
             }
+        }
+        self.inner.record(events).await
+    }
+
+    async fn finish(&self, end: &Event, outcome: &DebateOutcome) -> Result<(), String> {
+        {
+            let mut marks = self.marks.lock().unwrap();
+            marks.0.push(Instant::now());
             marks.1 += 1;
         }
-        self.inner.record(kind, round, agent, data).await
+        self.inner.finish(end, outcome).await
     }
 
     fn token_delta(&self, round: u32, agent: &str, delta: &str) {

@@ -66,7 +66,6 @@ pub enum BuildError {
 
 pub struct Application {
     state: AppState,
-    leftovers: Vec<crate::store::DebateRecord>,
     api_listener: TcpListener,
     ws_listener: TcpListener,
     api_addr: SocketAddr,
@@ -119,11 +118,6 @@ impl Application {
         let agents = Arc::new(load_agents(&config).map_err(BuildError::Agents)?);
         let store = open_store(&config).await.map_err(BuildError::Store)?;
         store.migrate().await.map_err(BuildError::Migrate)?;
-        // What a previous run left unfinished, read before anything new can be accepted.
-        let leftovers = store
-            .unfinished_debates()
-            .await
-            .map_err(BuildError::Store)?;
 
         let redis = match &config.redis_url {
             Some(url) => {
@@ -178,6 +172,9 @@ impl Application {
                 threshold: config.consensus_threshold,
                 debate_timeout: config.debate_timeout,
                 instance_id: config.instance_id.clone(),
+                lease: config.debate_lease,
+                claim_poll: config.debate_claim_poll,
+                shutdown_timeout: config.shutdown_timeout,
                 pricing: Arc::new(
                     crate::pricing::Pricing::load(config.pricing_file.as_deref())
                         .map_err(BuildError::Pricing)?,
@@ -211,7 +208,6 @@ impl Application {
         };
         Ok(Application {
             state,
-            leftovers,
             api_listener,
             ws_listener,
             api_addr,
@@ -243,7 +239,6 @@ impl Application {
     pub async fn run(self) -> std::io::Result<()> {
         let Application {
             state,
-            leftovers,
             api_listener,
             ws_listener,
             api_addr,
@@ -269,7 +264,7 @@ impl Application {
                  headers get owner rights"
             );
         }
-        state.debates.start(leftovers);
+        state.debates.start();
         state.tasks.spawn(
             state
                 .ws

@@ -116,6 +116,8 @@ const SETTINGS: &[Setting] = &[
     s("default_agents", &["ARAGORA_DEFAULT_AGENTS"]),
     s("default_rounds", &["ARAGORA_DEFAULT_ROUNDS"]),
     s("debate_queue_size", &["ARAGORA_DEBATE_QUEUE_SIZE"]),
+    s("debate_lease_seconds", &["ARAGORA_DEBATE_LEASE_SECONDS"]),
+    s("debate_claim_poll_ms", &["ARAGORA_DEBATE_CLAIM_POLL_MS"]),
     s("agent_max_attempts", &["ARAGORA_AGENT_MAX_ATTEMPTS"]),
     s(
         "breaker_failure_threshold",
@@ -361,8 +363,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Budget of each health check.
     pub health_check_timeout: Duration,
-    /// Identity of this server among several sharing one database; debates it accepted
-    /// are the ones it recovers after a restart.
+    /// Identity of this server among several sharing one database: it names the holder of
+    /// a debate's lease (and a restart under the same id resumes its debates at once).
     pub instance_id: String,
     /// Operator's agents file; `None` uses the compiled-in config/agents.toml.
     pub agents_file: Option<PathBuf>,
@@ -370,8 +372,13 @@ pub struct Config {
     pub default_agents: Vec<String>,
     /// Rounds of a debate request that names none.
     pub default_rounds: u32,
-    /// Debates that may wait for a free slot (503 beyond).
+    /// Debates that may wait for a free slot (503 beyond), across the fleet.
     pub debate_queue_size: u32,
+    /// Lease of a running debate; renewed every third of it. An instance silent for longer
+    /// loses its debates to the others.
+    pub debate_lease: Duration,
+    /// How often an idle instance looks for debates to claim (new ones wake it at once).
+    pub debate_claim_poll: Duration,
     /// Attempts per agent call (1 = no retries).
     pub agent_max_attempts: u32,
     /// Consecutive failures that open an agent's circuit breaker.
@@ -725,6 +732,8 @@ impl Config {
             },
             default_rounds: p.int("default_rounds", 1, 20)? as u32,
             debate_queue_size: p.int("debate_queue_size", 1, 100_000)? as u32,
+            debate_lease: Duration::from_secs(p.int("debate_lease_seconds", 3, 3600)?),
+            debate_claim_poll: Duration::from_millis(p.int("debate_claim_poll_ms", 50, 60_000)?),
             agent_max_attempts: p.int("agent_max_attempts", 1, 10)? as u32,
             breaker_failure_threshold: p.int("breaker_failure_threshold", 1, 1000)? as u32,
             breaker_open: Duration::from_secs(p.int("breaker_open_seconds", 1, 86_400)?),

@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::debate::manager::RegistryAgent;
 use crate::debate::prompts::STANCES;
 use crate::debate::{
-    ConsensusMode, DebateAgent, DebateInput, DebateSettings, EventSink, Seat, run,
+    ConsensusMode, DebateAgent, DebateInput, DebateSettings, Event, EventSink, Seat, run,
 };
 
 pub struct Options {
@@ -41,14 +41,10 @@ impl Printer {
 
 #[async_trait]
 impl EventSink for Printer {
-    async fn record(
-        &self,
-        kind: &str,
-        round: Option<u32>,
-        agent: Option<&str>,
-        data: Value,
-    ) -> Result<(), String> {
-        self.out(&format_event(kind, round, agent, &data));
+    async fn record(&self, events: &[Event]) -> Result<(), String> {
+        for e in events {
+            self.out(&format_event(e.kind(), e.round, e.agent.as_deref(), &e.data()));
+        }
         Ok(())
     }
 

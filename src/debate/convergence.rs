@@ -4,14 +4,14 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub const CONVERGED_AT: f64 = 0.85;
 pub const DIVERGING_BELOW: f64 = 0.40;
 /// Below this many tokens TF-IDF is noise; Jaccard is used instead.
 const SHORT_TEXT_TOKENS: usize = 8;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ConvergenceStatus {
     Converged,
@@ -32,7 +32,7 @@ impl ConvergenceStatus {
 }
 
 /// One round's report: per-seat similarity to its previous answer.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ConvergenceReport {
     pub round: u32,
     pub status: ConvergenceStatus,

@@ -3,8 +3,15 @@
 //! each round. Agents within a phase run concurrently. A failing agent is recorded and left
 //! out of that phase; below two answering agents the debate fails. The whole debate is
 //! bounded by its timeout and can be cancelled at any point; what happened so far is kept.
+//!
+//! Rule (durability): every agent call is a *step* keyed by (round, phase, seat) whose outcome
+//! is recorded as one atomic batch of events the moment the call ends, and the debate's state
+//! is only ever changed by applying those events. Resuming a debate therefore runs the same
+//! code over its stored log ([`Replay`]): a step already recorded is applied from the log
+//! instead of calling the agent, and the derived events (round_start, convergence, consensus)
+//! already recorded are not written again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::consensus::{self, ConsensusMode, Tally, Vote};
 use super::convergence::{self, ConvergenceReport, ConvergenceStatus};
+use super::events::{self as ev, Event, EventBody};
 use super::json::find_object;
 use super::prompts::{self, Phase};
 use super::{AgentReply, DebateAgent, EventSink};
@@ -66,6 +74,19 @@ impl FinalStatus {
             FinalStatus::Timeout => "timeout",
             FinalStatus::Failed => "failed",
             FinalStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl From<FinalStatus> for crate::store::DebateStatus {
+    fn from(s: FinalStatus) -> Self {
+        use crate::store::DebateStatus as S;
+        match s {
+            FinalStatus::Completed => S::Completed,
+            FinalStatus::NoConsensus => S::NoConsensus,
+            FinalStatus::Timeout => S::Timeout,
+            FinalStatus::Failed => S::Failed,
+            FinalStatus::Cancelled => S::Cancelled,
         }
     }
 }
@@ -125,6 +146,87 @@ const DELTA_MAX_BYTES: usize = 1024;
 enum Abort {
     Failed(String),
     Storage(String),
+    /// Hand the debate back (shutdown): no new step starts; what finished is recorded.
+    Suspended,
+}
+
+/// A step: one agent call of a phase, by (round, phase, seat).
+type StepKey = (u32, &'static str, String);
+
+fn phase_key(phase: &str) -> Option<&'static str> {
+    [
+        Phase::Proposal,
+        Phase::Revision,
+        Phase::Critique,
+        Phase::Vote,
+        Phase::Synthesis,
+        Phase::Judge,
+    ]
+    .into_iter()
+    .map(Phase::as_str)
+    .find(|p| *p == phase)
+}
+
+/// What a debate's stored log already holds: the outcome of every recorded step, and the
+/// derived events (by kind and round) already written. Empty for a fresh debate.
+#[derive(Default)]
+pub struct Replay {
+    steps: HashMap<StepKey, Vec<Event>>,
+    marks: HashSet<(&'static str, Option<u32>)>,
+}
+
+impl Replay {
+    /// Index a debate's log (in seq order). Events that are neither steps nor derived
+    /// (debate_queued, debate_resumed, debate_end) are ignored.
+    pub fn from_events(events: &[Event]) -> Replay {
+        let mut replay = Replay::default();
+        for e in events {
+            let round = e.round.unwrap_or(0);
+            let seat = e.agent.clone().unwrap_or_default();
+            let step = match &e.body {
+                EventBody::AgentMessage(m) => phase_key(&m.role),
+                EventBody::Critique(_) => Some(Phase::Critique.as_str()),
+                EventBody::Vote(_) => Some(Phase::Vote.as_str()),
+                EventBody::AgentError(f) | EventBody::CircuitOpen(f) => phase_key(&f.phase),
+                EventBody::Consensus(c) if c.mode == ConsensusMode::Judge.as_str() => {
+                    Some(Phase::Judge.as_str())
+                }
+                EventBody::DebateStart(_)
+                | EventBody::RoundStart(_)
+                | EventBody::Convergence(_)
+                | EventBody::Consensus(_) => {
+                    replay.marks.insert((e.kind(), e.round));
+                    None
+                }
+                _ => None,
+            };
+            if let Some(phase) = step {
+                replay
+                    .steps
+                    .entry((round, phase, seat))
+                    .or_default()
+                    .push(e.clone());
+            }
+        }
+        replay
+    }
+
+    /// Recorded steps (agent calls that will not be made again).
+    pub fn steps(&self) -> usize {
+        self.steps.len()
+    }
+
+    fn step(&self, round: u32, phase: Phase, seat: &str) -> Option<&Vec<Event>> {
+        self.steps.get(&(round, phase.as_str(), seat.to_owned()))
+    }
+}
+
+/// How a durable run continues a debate: its log so far, the running time already spent
+/// (counted against the debate timeout), and the token that asks it to hand the debate back.
+pub struct Resume {
+    pub replay: Replay,
+    pub spent: Duration,
+    pub stop: CancellationToken,
 }
 
 struct Ctx<'a> {
@@ -134,20 +236,79 @@ struct Ctx<'a> {
     settings: &'a DebateSettings,
     events: &'a dyn EventSink,
     cancel: &'a CancellationToken,
+    replay: &'a Replay,
+    /// Set: storage failures and the stop token suspend the debate instead of failing it.
+    stop: Option<&'a CancellationToken>,
 }
 
 impl Ctx<'_> {
-    async fn emit(
+    async fn record(&self, batch: &[Event]) -> Result<(), Abort> {
+        self.events.record(batch).await.map_err(|e| {
+            if self.stop.is_some() {
+                tracing::warn!(target: "aragora::debate", error = %e, "recording failed; handing the debate back");
+                Abort::Suspended
+            } else {
+                Abort::Storage(e)
+            }
+        })
+    }
+
+    /// Record a derived event unless the log already holds it.
+    async fn mark(&self, round: Option<u32>, body: EventBody) -> Result<(), Abort> {
+        if self.replay.marks.contains(&(body.kind(), round)) {
+            return Ok(());
+        }
+        self.record(&[Event::new(round, None, body)]).await
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.is_some_and(CancellationToken::is_cancelled)
+    }
+
+    /// One step: its recorded outcome when the log has it; else (unless the debate is being
+    /// handed back) the agent is called and the outcome — `to_events` of the reply, or the
+    /// failure — is recorded as one batch. `None`: the call was cancelled.
+    async fn step(
         &self,
-        kind: &str,
-        round: Option<u32>,
-        agent: Option<&str>,
-        data: Value,
-    ) -> Result<(), Abort> {
-        self.events
-            .record(kind, round, agent, data)
-            .await
-            .map_err(Abort::Storage)
+        agent: &Arc<dyn DebateAgent>,
+        seat: &str,
+        round: u32,
+        phase: Phase,
+        request: CompletionRequest,
+        to_events: impl FnOnce(AgentReply) -> Vec<Event>,
+    ) -> Result<Option<Vec<Event>>, Abort> {
+        if let Some(events) = self.replay.step(round, phase, seat) {
+            return Ok(Some(events.clone()));
+        }
+        if self.stopping() {
+            return Err(Abort::Suspended);
+        }
+        let batch = match call_seat(self, agent, seat, round, phase, request).await {
+            Ok(reply) => to_events(reply),
+            Err(AgentError::Cancelled) => return Ok(None),
+            Err(err) => {
+                let circuit = matches!(err, AgentError::CircuitOpen(_));
+                let kind = if circuit { "circuit_open" } else { "agent_error" };
+                tracing::warn!(
+                    target: "aragora::debate",
+                    agent = agent.name(), seat, round, phase = phase.as_str(), error = %err,
+                    "{kind}: {seat} failed in {} and is left out of that phase", phase.as_str()
+                );
+                let failure = ev::AgentFailure {
+                    phase: phase.as_str().to_owned(),
+                    kind: err.kind().to_owned(),
+                    error: err.to_string(),
+                };
+                let body = if circuit {
+                    EventBody::CircuitOpen(failure)
+                } else {
+                    EventBody::AgentError(failure)
+                };
+                vec![Event::new(Some(round), Some(seat), body)]
+            }
+        };
+        self.record(&batch).await?;
+        Ok(Some(batch))
     }
 }
 
@@ -158,8 +319,38 @@ pub async fn run(
     events: Arc<dyn EventSink>,
     cancel: CancellationToken,
 ) -> DebateOutcome {
+    match run_inner(input, events, cancel, None).await {
+        Some(outcome) => outcome,
+        // Without a stop token nothing suspends a run.
+        None => unreachable!("a run without a stop token is never suspended"),
+    }
+}
+
+/// Run a debate durably: continue it from `resume.replay` (its stored log) and hand it back
+/// — `None`, nothing more recorded — when `resume.stop` fires or the store refuses a write.
+/// Agent calls in flight when `stop` fires are let finish and recorded.
+pub async fn run_durable(
+    input: DebateInput,
+    events: Arc<dyn EventSink>,
+    cancel: CancellationToken,
+    resume: Resume,
+) -> Option<DebateOutcome> {
+    run_inner(input, events, cancel, Some(resume)).await
+}
+
+async fn run_inner(
+    input: DebateInput,
+    events: Arc<dyn EventSink>,
+    cancel: CancellationToken,
+    resume: Option<Resume>,
+) -> Option<DebateOutcome> {
     let started = Instant::now();
     let mut state = State::default();
+    let empty = Replay::default();
+    let (replay, spent, stop) = match &resume {
+        Some(r) => (&r.replay, r.spent, Some(&r.stop)),
+        None => (&empty, Duration::ZERO, None),
+    };
     let ctx = Ctx {
         task: &input.task,
         seats: &input.seats,
@@ -167,17 +358,27 @@ pub async fn run(
         settings: &input.settings,
         events: events.as_ref(),
         cancel: &cancel,
+        replay,
+        stop,
     };
-    let start = json!({
-        "task": input.task,
-        "agents": input.seats.iter().map(|s| json!({
-            "seat": s.name, "agent": s.agent.name(), "provider": s.agent.provider(),
-            "model": s.agent.model(), "stance": s.stance,
-        })).collect::<Vec<_>>(),
-        "rounds": input.settings.rounds,
-        "consensus": input.settings.mode.as_str(),
-        "threshold": input.settings.threshold,
+    let start = EventBody::DebateStart(ev::Start {
+        task: input.task.clone(),
+        agents: input
+            .seats
+            .iter()
+            .map(|s| ev::SeatInfo {
+                seat: s.name.clone(),
+                agent: s.agent.name().to_owned(),
+                provider: s.agent.provider().to_owned(),
+                model: s.agent.model().to_owned(),
+                stance: s.stance.clone(),
+            })
+            .collect(),
+        rounds: input.settings.rounds,
+        consensus: input.settings.mode.as_str().to_owned(),
+        threshold: input.settings.threshold,
     });
+    let budget = input.settings.timeout.saturating_sub(spent);
 
     enum Stop {
         Done(Result<(), Abort>),
@@ -186,7 +387,7 @@ pub async fn run(
     }
     let stop = {
         let body = async {
-            ctx.emit("debate_start", None, None, start).await?;
+            ctx.mark(None, start).await?;
             run_rounds(&ctx, &mut state).await
         };
         // Biased, cancellation first: once the token is cancelled (or the time is up) the body
@@ -196,7 +397,7 @@ pub async fn run(
         tokio::select! {
             biased;
             _ = cancel.cancelled() => Stop::Cancelled,
-            _ = tokio::time::sleep(input.settings.timeout) => Stop::TimedOut,
+            _ = tokio::time::sleep(budget) => Stop::TimedOut,
             r = body => Stop::Done(r),
         }
     };
@@ -207,6 +408,7 @@ pub async fn run(
         Stop::Done(_) if cancel.is_cancelled() => {
             (FinalStatus::Cancelled, Some("cancelled".to_owned()))
         }
+        Stop::Done(Err(Abort::Suspended)) => return None,
         Stop::TimedOut => (
             FinalStatus::Timeout,
             Some(format!(
@@ -229,24 +431,37 @@ pub async fn run(
     } else {
         Vec::new()
     };
-    let end = json!({
-        "status": status.as_str(),
-        "rounds_used": state.rounds_used,
-        "consensus_reached": state.consensus,
-        "winner": result["winner"],
-        "error": error,
-        "duration_ms": started.elapsed().as_millis() as u64,
-        "usage": state.usage,
-    });
-    // The end marker is best effort once storage has already failed.
-    let _ = events.record("debate_end", None, None, end).await;
-    DebateOutcome {
+    let end = Event::new(
+        None,
+        None,
+        EventBody::DebateEnd(ev::End {
+            status: status.as_str().to_owned(),
+            rounds_used: state.rounds_used,
+            consensus_reached: state.consensus,
+            winner: result["winner"].as_str().map(str::to_owned),
+            error: error.clone(),
+            duration_ms: (spent + started.elapsed()).as_millis() as u64,
+            usage: serde_json::to_value(state.usage).ok(),
+        }),
+    );
+    let outcome = DebateOutcome {
         status,
         rounds_used: state.rounds_used,
         result,
         error,
         usage: state.usage,
         matches,
+    };
+    match events.finish(&end, &outcome).await {
+        Ok(()) => Some(outcome),
+        // A durable run whose end could not be written is handed back: the next run replays
+        // the whole log and ends it again.
+        Err(e) if resume.is_some() => {
+            tracing::warn!(target: "aragora::debate", error = %e, "recording the end failed; handing the debate back");
+            None
+        }
+        // The end marker is best effort once storage has already failed.
+        Err(_) => Some(outcome),
     }
 }
 
@@ -256,11 +471,12 @@ async fn run_rounds(ctx: &Ctx<'_>, state: &mut State) -> Result<(), Abort> {
         if ctx.cancel.is_cancelled() {
             return Ok(());
         }
-        ctx.emit(
-            "round_start",
+        ctx.mark(
             Some(round),
-            None,
-            json!({"round": round, "of": settings.rounds}),
+            EventBody::RoundStart(ev::RoundStart {
+                round,
+                of: settings.rounds,
+            }),
         )
         .await?;
         let previous = state.answers.clone();
@@ -279,13 +495,8 @@ async fn run_rounds(ctx: &Ctx<'_>, state: &mut State) -> Result<(), Abort> {
         if round > 1
             && let Some(report) = convergence::compare(round, &previous, &current)
         {
-            ctx.emit(
-                "convergence",
-                Some(round),
-                None,
-                serde_json::to_value(&report).unwrap_or_default(),
-            )
-            .await?;
+            ctx.mark(Some(round), EventBody::Convergence(report.clone()))
+                .await?;
             converged = report.status == ConvergenceStatus::Converged;
             state.convergence = Some(report);
         }
@@ -320,8 +531,7 @@ async fn run_rounds(ctx: &Ctx<'_>, state: &mut State) -> Result<(), Abort> {
     Ok(())
 }
 
-/// Call one seat, streaming token deltas for prose phases. Records agent_error /
-/// circuit_open on failure.
+/// Call one seat, streaming token deltas for prose phases.
 async fn call_seat(
     ctx: &Ctx<'_>,
     agent: &Arc<dyn DebateAgent>,
@@ -329,97 +539,74 @@ async fn call_seat(
     round: u32,
     phase: Phase,
     mut request: CompletionRequest,
-) -> Result<Option<AgentReply>, Abort> {
+) -> Result<AgentReply, AgentError> {
     let stream = matches!(phase, Phase::Proposal | Phase::Revision | Phase::Synthesis);
-    let outcome = if stream {
-        request.stream = true;
-        let (sink, mut rx) = DeltaSink::new(256);
-        let call = async move {
-            let r = agent.call(&request, Some(&sink), ctx.cancel).await;
-            drop(sink);
-            r
-        };
-        // Deltas are coalesced: what arrives within DELTA_WINDOW (or up to DELTA_MAX_BYTES)
-        // goes out as one token_delta. Watchers see text at the same pace with a fraction of
-        // the frames (providers stream one token at a time); the rest is flushed when the call
-        // ends, before its agent_message is recorded.
-        let forward = async {
-            let mut buf = String::new();
-            let mut due: Option<tokio::time::Instant> = None;
-            loop {
-                tokio::select! {
-                    delta = rx.recv() => match delta {
-                        Some(d) => {
-                            buf.push_str(&d);
-                            due.get_or_insert_with(|| tokio::time::Instant::now() + DELTA_WINDOW);
-                            if buf.len() >= DELTA_MAX_BYTES {
-                                ctx.events.token_delta(round, seat, &std::mem::take(&mut buf));
-                                due = None;
-                            }
+    if !stream {
+        return agent.call(&request, None, ctx.cancel).await;
+    }
+    request.stream = true;
+    let (sink, mut rx) = DeltaSink::new(256);
+    let call = async move {
+        let r = agent.call(&request, Some(&sink), ctx.cancel).await;
+        drop(sink);
+        r
+    };
+    // Deltas are coalesced: what arrives within DELTA_WINDOW (or up to DELTA_MAX_BYTES)
+    // goes out as one token_delta. Watchers see text at the same pace with a fraction of
+    // the frames (providers stream one token at a time); the rest is flushed when the call
+    // ends, before its agent_message is recorded.
+    let forward = async {
+        let mut buf = String::new();
+        let mut due: Option<tokio::time::Instant> = None;
+        loop {
+            tokio::select! {
+                delta = rx.recv() => match delta {
+                    Some(d) => {
+                        buf.push_str(&d);
+                        due.get_or_insert_with(|| tokio::time::Instant::now() + DELTA_WINDOW);
+                        if buf.len() >= DELTA_MAX_BYTES {
+                            ctx.events.token_delta(round, seat, &std::mem::take(&mut buf));
+                            due = None;
                         }
-                        None => break,
-                    },
-                    _ = async { tokio::time::sleep_until(due.expect("guarded")).await }, if due.is_some() => {
-                        ctx.events.token_delta(round, seat, &std::mem::take(&mut buf));
-                        due = None;
                     }
+                    None => break,
+                },
+                _ = async { tokio::time::sleep_until(due.expect("guarded")).await }, if due.is_some() => {
+                    ctx.events.token_delta(round, seat, &std::mem::take(&mut buf));
+                    due = None;
                 }
             }
-            if !buf.is_empty() {
-                ctx.events.token_delta(round, seat, &buf);
-            }
-        };
-        tokio::join!(call, forward).0
-    } else {
-        agent.call(&request, None, ctx.cancel).await
-    };
-    match outcome {
-        Ok(reply) => Ok(Some(reply)),
-        Err(AgentError::Cancelled) => Ok(None),
-        Err(err) => {
-            let kind = if matches!(err, AgentError::CircuitOpen(_)) {
-                "circuit_open"
-            } else {
-                "agent_error"
-            };
-            tracing::warn!(
-                target: "aragora::debate",
-                agent = agent.name(), seat, round, phase = phase.as_str(), error = %err,
-                "{kind}: {seat} failed in {} and is left out of that phase", phase.as_str()
-            );
-            ctx.emit(
-                kind,
-                Some(round),
-                Some(seat),
-                json!({
-                    "phase": phase.as_str(), "kind": err.kind(), "error": err.to_string(),
-                }),
-            )
-            .await?;
-            Ok(None)
         }
-    }
+        if !buf.is_empty() {
+            ctx.events.token_delta(round, seat, &buf);
+        }
+    };
+    tokio::join!(call, forward).0
 }
 
-fn add_usage(state: &mut State, reply: &AgentReply) {
-    let u = reply.completion.usage;
+fn add_usage(state: &mut State, usage: Option<&crate::agents::Usage>) {
+    let Some(u) = usage else { return };
     state.usage.input_tokens += u.input_tokens;
     state.usage.output_tokens += u.output_tokens;
     state.usage.calls += 1;
     state.usage.estimated |= u.estimated;
 }
 
-fn message_data(role: &str, seat: &Seat, reply: &AgentReply) -> Value {
-    json!({
-        "role": role,
-        "content": reply.completion.text,
-        "agent_name": seat.agent.name(),
-        "provider": seat.agent.provider(),
-        "model": reply.completion.model,
-        "stance": seat.stance,
-        "latency_ms": reply.latency.as_millis() as u64,
-        "usage": reply.completion.usage,
-    })
+fn message(role: Phase, seat: &Seat, reply: AgentReply, round: u32) -> Event {
+    Event::new(
+        Some(round),
+        Some(&seat.name),
+        EventBody::AgentMessage(ev::Message {
+            role: role.as_str().to_owned(),
+            content: reply.completion.text,
+            agent_name: seat.agent.name().to_owned(),
+            provider: seat.agent.provider().to_owned(),
+            model: reply.completion.model,
+            stance: seat.stance.clone(),
+            latency_ms: reply.latency.as_millis() as u64,
+            usage: reply.completion.usage,
+        }),
+    )
 }
 
 /// Returns the seats that answered. A seat with an answer revises it; a seat without one
@@ -450,28 +637,24 @@ async fn answer_phase(ctx: &Ctx<'_>, state: &mut State, round: u32) -> Result<Ve
             }
         };
         async move {
-            (
-                seat,
-                phase,
-                call_seat(ctx, &seat.agent, &seat.name, round, phase, request).await,
-            )
+            ctx.step(&seat.agent, &seat.name, round, phase, request, |reply| {
+                vec![message(phase, seat, reply, round)]
+            })
+            .await
         }
     });
+    let outcomes = join_all(calls).await;
     let mut answered = Vec::new();
-    for (seat, phase, reply) in join_all(calls).await {
-        let Some(reply) = reply? else { continue };
-        add_usage(state, &reply);
-        ctx.emit(
-            "agent_message",
-            Some(round),
-            Some(&seat.name),
-            message_data(phase.as_str(), seat, &reply),
-        )
-        .await?;
-        state
-            .answers
-            .insert(seat.name.clone(), reply.completion.text);
-        answered.push(seat.name.clone());
+    // Applied in seat order whatever order the calls ended in, live or replayed.
+    for (seat, outcome) in ctx.seats.iter().zip(outcomes) {
+        let Some(events) = outcome? else { continue };
+        for e in events {
+            if let EventBody::AgentMessage(m) = e.body {
+                add_usage(state, Some(&m.usage));
+                state.answers.insert(seat.name.clone(), m.content);
+                answered.push(seat.name.clone());
+            }
+        }
     }
     if ctx.cancel.is_cancelled() {
         return Ok(answered);
@@ -485,94 +668,112 @@ async fn answer_phase(ctx: &Ctx<'_>, state: &mut State, round: u32) -> Result<Ve
     Ok(answered)
 }
 
-async fn critique_phase(ctx: &Ctx<'_>, state: &mut State, round: u32) -> Result<(), Abort> {
-    let calls = ctx
-        .seats
-        .iter()
-        .filter(|s| state.answers.contains_key(&s.name))
-        .map(|seat| {
-            let others: BTreeMap<_, _> = state
-                .answers
-                .iter()
-                .filter(|(k, _)| **k != seat.name)
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            let request = prompts::critique(ctx.task, &seat.name, &seat.stance, &others);
-            async move {
-                (
-                    seat,
-                    others,
-                    call_seat(
-                        ctx,
-                        &seat.agent,
-                        &seat.name,
-                        round,
-                        Phase::Critique,
-                        request,
-                    )
-                    .await,
-                )
-            }
-        });
-    let mut critiques_for: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
-    for (seat, others, reply) in join_all(calls).await {
-        let Some(reply) = reply? else { continue };
-        add_usage(state, &reply);
-        let text = &reply.completion.text;
-        let parsed = find_object(text, "critiques")
-            .and_then(|o| o.get("critiques").and_then(Value::as_array).cloned())
-            .unwrap_or_default();
-        let mut any = false;
-        for item in parsed {
-            let Some(target) = item.get("target").and_then(Value::as_str) else {
-                continue;
-            };
-            let Some(target) = others
-                .keys()
-                .find(|k| k.eq_ignore_ascii_case(target.trim()))
-            else {
-                continue;
-            };
-            let body = item
+/// The critique events of one critique call: one per parsed critique of another seat, or
+/// the whole text as one unstructured critique. The call's usage rides on the first.
+fn critique_events(
+    seat: &str,
+    round: u32,
+    others: &BTreeMap<String, String>,
+    reply: AgentReply,
+) -> Vec<Event> {
+    let text = reply.completion.text;
+    let parsed = find_object(&text, "critiques")
+        .and_then(|o| o.get("critiques").and_then(Value::as_array).cloned())
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for item in parsed {
+        let Some(target) = item.get("target").and_then(Value::as_str) else {
+            continue;
+        };
+        let Some(target) = others
+            .keys()
+            .find(|k| k.eq_ignore_ascii_case(target.trim()))
+        else {
+            continue;
+        };
+        out.push(ev::Critique {
+            target: Some(target.clone()),
+            severity: item
+                .get("severity")
+                .and_then(Value::as_f64)
+                .map(|s| s.clamp(0.0, 1.0)),
+            text: item
                 .get("text")
                 .and_then(Value::as_str)
                 .unwrap_or_default()
-                .to_owned();
-            let severity = item
-                .get("severity")
-                .and_then(Value::as_f64)
-                .map(|s| s.clamp(0.0, 1.0));
-            ctx.emit(
-                "critique",
-                Some(round),
-                Some(&seat.name),
-                json!({
-                    "target": target, "severity": severity, "text": body, "parsed": true,
-                }),
+                .to_owned(),
+            parsed: true,
+            usage: None,
+        });
+    }
+    if out.is_empty() {
+        // Unstructured critique: kept verbatim and addressed to every other answer.
+        out.push(ev::Critique {
+            target: None,
+            severity: None,
+            text,
+            parsed: false,
+            usage: None,
+        });
+    }
+    out[0].usage = Some(reply.completion.usage);
+    out.into_iter()
+        .map(|c| Event::new(Some(round), Some(seat), EventBody::Critique(c)))
+        .collect()
+}
+
+async fn critique_phase(ctx: &Ctx<'_>, state: &mut State, round: u32) -> Result<(), Abort> {
+    let critics: Vec<&Seat> = ctx
+        .seats
+        .iter()
+        .filter(|s| state.answers.contains_key(&s.name))
+        .collect();
+    let others_of = |seat: &Seat| -> BTreeMap<String, String> {
+        state
+            .answers
+            .iter()
+            .filter(|(k, _)| **k != seat.name)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
+    let calls = critics.iter().map(|seat| {
+        let others = others_of(seat);
+        let request = prompts::critique(ctx.task, &seat.name, &seat.stance, &others);
+        async move {
+            ctx.step(
+                &seat.agent,
+                &seat.name,
+                round,
+                Phase::Critique,
+                request,
+                |reply| critique_events(&seat.name, round, &others, reply),
             )
-            .await?;
-            critiques_for
-                .entry(target.clone())
-                .or_default()
-                .push((seat.name.clone(), body));
-            any = true;
+            .await
         }
-        if !any {
-            // Unstructured critique: kept verbatim and addressed to every other answer.
-            ctx.emit(
-                "critique",
-                Some(round),
-                Some(&seat.name),
-                json!({
-                    "target": null, "severity": null, "text": text, "parsed": false,
-                }),
-            )
-            .await?;
-            for target in others.keys() {
-                critiques_for
-                    .entry(target.clone())
+    });
+    let outcomes = join_all(calls).await;
+    let others: Vec<BTreeMap<String, String>> = critics.iter().map(|s| others_of(s)).collect();
+    let mut critiques_for: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    for ((seat, outcome), others) in critics.iter().zip(outcomes).zip(others) {
+        let Some(events) = outcome? else { continue };
+        for e in events {
+            let EventBody::Critique(c) = e.body else {
+                continue;
+            };
+            add_usage(state, c.usage.as_ref());
+            match c.target {
+                Some(target) => critiques_for
+                    .entry(target)
                     .or_default()
-                    .push((seat.name.clone(), text.clone()));
+                    .push((seat.name.clone(), c.text)),
+                None => {
+                    for target in others.keys() {
+                        critiques_for
+                            .entry(target.clone())
+                            .or_default()
+                            .push((seat.name.clone(), c.text.clone()));
+                    }
+                }
             }
         }
     }
@@ -582,49 +783,66 @@ async fn critique_phase(ctx: &Ctx<'_>, state: &mut State, round: u32) -> Result<
 
 async fn vote_phase(ctx: &Ctx<'_>, state: &mut State, round: u32) -> Result<(), Abort> {
     let candidates: Vec<String> = state.answers.keys().cloned().collect();
-    let calls = ctx
+    let voters: Vec<&Seat> = ctx
         .seats
         .iter()
         .filter(|s| state.answers.contains_key(&s.name))
-        .map(|seat| {
-            let request = prompts::vote(ctx.task, &seat.name, &seat.stance, &state.answers);
-            async move {
-                (
-                    seat,
-                    call_seat(ctx, &seat.agent, &seat.name, round, Phase::Vote, request).await,
-                )
-            }
-        });
-    let mut votes = Vec::new();
-    for (seat, reply) in join_all(calls).await {
-        let Some(reply) = reply? else { continue };
-        add_usage(state, &reply);
-        let vote = consensus::parse_vote(&seat.name, &reply.completion.text, &candidates);
-        let mut data = serde_json::to_value(&vote).unwrap_or_default();
-        if !vote.parsed {
-            data["raw"] = json!(reply.completion.text);
+        .collect();
+    let calls = voters.iter().map(|seat| {
+        let request = prompts::vote(ctx.task, &seat.name, &seat.stance, &state.answers);
+        let candidates = &candidates;
+        async move {
+            ctx.step(
+                &seat.agent,
+                &seat.name,
+                round,
+                Phase::Vote,
+                request,
+                |reply| {
+                    let vote =
+                        consensus::parse_vote(&seat.name, &reply.completion.text, candidates);
+                    let raw = (!vote.parsed).then(|| reply.completion.text.clone());
+                    vec![Event::new(
+                        Some(round),
+                        Some(&seat.name),
+                        EventBody::Vote(ev::VoteData {
+                            vote,
+                            raw,
+                            usage: Some(reply.completion.usage),
+                        }),
+                    )]
+                },
+            )
+            .await
         }
-        ctx.emit("vote", Some(round), Some(&seat.name), data)
-            .await?;
-        votes.push(vote);
+    });
+    let outcomes = join_all(calls).await;
+    let mut votes = Vec::new();
+    for outcome in outcomes {
+        let Some(events) = outcome? else { continue };
+        for e in events {
+            if let EventBody::Vote(v) = e.body {
+                add_usage(state, v.usage.as_ref());
+                votes.push(v.vote);
+            }
+        }
     }
     let tally = consensus::tally(&votes);
     let mode = ctx.settings.mode;
     let reached = consensus::reached(mode, &tally, ctx.settings.threshold);
     if mode != ConsensusMode::Judge {
-        ctx.emit(
-            "consensus",
+        ctx.mark(
             Some(round),
-            None,
-            json!({
-                "reached": reached,
-                "mode": mode.as_str(),
-                "winner": tally.leader,
-                "share": tally.share,
-                "threshold": ctx.settings.threshold,
-                "weights": tally.weights,
-                "valid_votes": tally.valid_votes,
-                "invalid_votes": tally.invalid_votes,
+            EventBody::Consensus(ev::Consensus {
+                reached,
+                mode: mode.as_str().to_owned(),
+                winner: tally.leader.clone(),
+                share: Some(tally.share),
+                threshold: Some(ctx.settings.threshold),
+                weights: Some(tally.weights.clone()),
+                valid_votes: Some(tally.valid_votes),
+                invalid_votes: Some(tally.invalid_votes),
+                ..ev::Consensus::default()
             }),
         )
         .await?;
@@ -638,24 +856,18 @@ async fn vote_phase(ctx: &Ctx<'_>, state: &mut State, round: u32) -> Result<(), 
     Ok(())
 }
 
-async fn judge_phase(ctx: &Ctx<'_>, state: &mut State) -> Result<(), Abort> {
-    let Some(judge) = ctx.judge else {
-        return Err(Abort::Failed(
-            "consensus mode `judge` needs a judge agent".into(),
-        ));
-    };
-    let round = state.rounds_used;
-    let request = prompts::judge(ctx.task, judge.name(), &state.answers);
-    let Some(reply) = call_seat(ctx, judge, judge.name(), round, Phase::Judge, request).await?
-    else {
-        return Ok(());
-    };
-    add_usage(state, &reply);
-    let candidates: Vec<&String> = state.answers.keys().collect();
-    let parsed = find_object(&reply.completion.text, "winner").and_then(|o| {
+/// The judge's ruling out of its reply, or why it could not be read.
+fn ruling_event(
+    judge: &str,
+    round: u32,
+    answers: &BTreeMap<String, String>,
+    reply: AgentReply,
+) -> Event {
+    let text = reply.completion.text;
+    let parsed = find_object(&text, "winner").and_then(|o| {
         let winner = o.get("winner")?.as_str()?.trim().to_owned();
-        let winner = candidates
-            .iter()
+        let winner = answers
+            .keys()
             .find(|c| c.eq_ignore_ascii_case(&winner))?
             .to_string();
         Some(Ruling {
@@ -663,7 +875,7 @@ async fn judge_phase(ctx: &Ctx<'_>, state: &mut State) -> Result<(), Abort> {
                 .get("final_answer")
                 .and_then(Value::as_str)
                 .map(str::to_owned)
-                .unwrap_or_else(|| state.answers[&winner].clone()),
+                .unwrap_or_else(|| answers[&winner].clone()),
             confidence: o
                 .get("confidence")
                 .and_then(Value::as_f64)
@@ -677,18 +889,63 @@ async fn judge_phase(ctx: &Ctx<'_>, state: &mut State) -> Result<(), Abort> {
             winner,
         })
     });
-    let data = match &parsed {
-        Some(r) => {
-            json!({"reached": true, "mode": "judge", "judge": judge.name(), "winner": r.winner,
-                          "confidence": r.confidence, "reasoning": r.reasoning, "final_answer": r.final_answer})
-        }
-        None => json!({"reached": false, "mode": "judge", "judge": judge.name(),
-                       "error": "the judge's ruling could not be parsed", "raw": reply.completion.text}),
+    let base = ev::Consensus {
+        mode: ConsensusMode::Judge.as_str().to_owned(),
+        judge: Some(judge.to_owned()),
+        usage: Some(reply.completion.usage),
+        ..ev::Consensus::default()
     };
-    ctx.emit("consensus", Some(round), Some(judge.name()), data)
-        .await?;
-    state.consensus = parsed.is_some();
-    state.ruling = parsed;
+    let body = match parsed {
+        Some(r) => ev::Consensus {
+            reached: true,
+            winner: Some(r.winner),
+            confidence: Some(r.confidence),
+            reasoning: Some(r.reasoning),
+            final_answer: Some(r.final_answer),
+            ..base
+        },
+        None => ev::Consensus {
+            reached: false,
+            error: Some("the judge's ruling could not be parsed".into()),
+            raw: Some(text),
+            ..base
+        },
+    };
+    Event::new(Some(round), Some(judge), EventBody::Consensus(body))
+}
+
+async fn judge_phase(ctx: &Ctx<'_>, state: &mut State) -> Result<(), Abort> {
+    let Some(judge) = ctx.judge else {
+        return Err(Abort::Failed(
+            "consensus mode `judge` needs a judge agent".into(),
+        ));
+    };
+    let round = state.rounds_used;
+    let request = prompts::judge(ctx.task, judge.name(), &state.answers);
+    let answers = &state.answers;
+    let Some(events) = ctx
+        .step(judge, judge.name(), round, Phase::Judge, request, |reply| {
+            vec![ruling_event(judge.name(), round, answers, reply)]
+        })
+        .await?
+    else {
+        return Ok(());
+    };
+    for e in events {
+        if let EventBody::Consensus(c) = e.body {
+            add_usage(state, c.usage.as_ref());
+            state.consensus = c.reached;
+            state.ruling = match (c.reached, c.winner) {
+                (true, Some(winner)) => Some(Ruling {
+                    winner,
+                    confidence: c.confidence.unwrap_or(1.0),
+                    reasoning: c.reasoning.unwrap_or_default(),
+                    final_answer: c.final_answer.unwrap_or_default(),
+                }),
+                _ => None,
+            };
+        }
+    }
     Ok(())
 }
 
@@ -706,23 +963,26 @@ async fn synthesis_phase(ctx: &Ctx<'_>, state: &mut State) -> Result<(), Abort> 
         }
     };
     let request = prompts::synthesis(ctx.task, &name, &state.answers);
-    if let Some(reply) = call_seat(ctx, &agent, &name, round, Phase::Synthesis, request).await? {
-        add_usage(state, &reply);
-        let seat = Seat {
-            name: name.clone(),
-            agent: agent.clone(),
-            stance: "synthesiser".into(),
-        };
-        ctx.emit(
-            "agent_message",
-            Some(round),
-            Some(&name),
-            message_data("synthesis", &seat, &reply),
-        )
-        .await?;
-        state.synthesis = Some(reply.completion.text);
-        // With no vote, a completed synthesis is the debate's agreed outcome.
-        state.consensus = true;
+    let seat = Seat {
+        name: name.clone(),
+        agent: agent.clone(),
+        stance: "synthesiser".into(),
+    };
+    let Some(events) = ctx
+        .step(&agent, &name, round, Phase::Synthesis, request, |reply| {
+            vec![message(Phase::Synthesis, &seat, reply, round)]
+        })
+        .await?
+    else {
+        return Ok(());
+    };
+    for e in events {
+        if let EventBody::AgentMessage(m) = e.body {
+            add_usage(state, Some(&m.usage));
+            state.synthesis = Some(m.content);
+            // With no vote, a completed synthesis is the debate's agreed outcome.
+            state.consensus = true;
+        }
     }
     Ok(())
 }

@@ -326,25 +326,21 @@ impl Recorder {
 
 #[async_trait]
 impl EventSink for Recorder {
-    async fn record(
-        &self,
-        kind: &str,
-        round: Option<u32>,
-        agent: Option<&str>,
-        data: Value,
-    ) -> Result<(), String> {
+    async fn record(&self, batch: &[super::Event]) -> Result<(), String> {
         self.attempts.fetch_add(1, Ordering::SeqCst);
         let mut events = self.events.lock().unwrap();
         if self.fail_after.is_some_and(|n| events.len() >= n) {
             return Err("disk full".into());
         }
-        events.push(Event {
-            seq: self.seq.fetch_add(1, Ordering::SeqCst),
-            kind: kind.to_owned(),
-            round,
-            agent: agent.map(str::to_owned),
-            data,
-        });
+        for e in batch {
+            events.push(Event {
+                seq: self.seq.fetch_add(1, Ordering::SeqCst),
+                kind: e.kind().to_owned(),
+                round: e.round,
+                agent: e.agent.clone(),
+                data: e.data(),
+            });
+        }
         Ok(())
     }
 

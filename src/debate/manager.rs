@@ -1,9 +1,11 @@
-//! The debate manager: validates requests, persists them, queues them behind
-//! ARAGORA_MAX_CONCURRENT_DEBATES workers, runs the engine, records the outcome, updates
-//! ratings, and recovers this instance's unfinished debates after a restart.
+//! The debate manager: validates requests and persists them as `queued`; claims debates from
+//! the store's queue (any instance with a free slot of ARAGORA_MAX_CONCURRENT_DEBATES), holds
+//! each under a renewed lease, runs or resumes it with the engine, and records its end.
 //!
-//! Rule: the store is the source of truth. A worker builds the debate from its stored record,
-//! so a fresh request and a recovered one take the same path.
+//! Rule: the store is the source of truth and the only queue. A debate is built from its
+//! stored record and continued from its stored event log, so a fresh debate, one handed back
+//! by a graceful stop and one left by a dead instance take the same path; every write carries
+//! the lease generation, so an instance that lost a debate can never write into it again.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,17 +16,23 @@ use async_trait::async_trait;
 use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::consensus::ConsensusMode;
-use super::engine::{self, DebateInput, DebateSettings, FinalStatus, Seat};
+use super::engine::{
+    self, DebateInput, DebateOutcome, DebateSettings, FinalStatus, Replay, Resume, Seat,
+};
+use super::events::{self as ev, Event, EventBody, ResumeReason};
 use super::prompts::STANCES;
 use super::{AgentReply, DebateAgent, EventSink};
 use crate::agents::{Agent, AgentError, AgentRegistry, CompletionRequest, DeltaSink};
 use crate::bus::{EventBus, LiveEvent};
-use crate::store::{DebateRecord, DebateUpdate, DynStore, NewDebate, NewEvent, StoreError};
+use crate::store::{
+    ClaimedDebate, DebateRecord, DebateStatus, DebateUpdate, DynStore, Lease, NewDebate,
+    NewEvent, StoreError, StoredEvent,
+};
 
 pub const MIN_AGENTS: usize = 2;
 pub const MAX_AGENTS: usize = 10;
@@ -88,23 +96,39 @@ pub struct ManagerSettings {
     pub instance_id: String,
     /// Prices of agent calls, for the usage rows each call writes.
     pub pricing: Arc<crate::pricing::Pricing>,
+    /// Lease of a running debate (renewed every third of it).
+    pub lease: Duration,
+    /// How often an idle instance looks for work.
+    pub claim_poll: Duration,
+    /// Graceful-stop budget: agent calls in flight get this long (less a margin) to finish.
+    pub shutdown_timeout: Duration,
 }
 
-struct JobState {
+/// A debate this instance runs right now.
+struct Job {
+    /// The user's cancel: the engine ends the debate `cancelled`.
     cancel: CancellationToken,
-    started: bool,
+    /// The lease is gone (another instance claimed it): stop without writing anything.
+    lost: CancellationToken,
+    generation: i64,
+    claimed_at: Instant,
 }
+
+/// How often cancels requested on other instances are looked for.
+const CANCEL_POLL: Duration = Duration::from_secs(1);
+/// Leaves this much of the shutdown budget to release leases and close the pool.
+const RELEASE_MARGIN: Duration = Duration::from_secs(2);
 
 pub struct DebateManager {
     store: DynStore,
     agents: Arc<AgentRegistry>,
     bus: Arc<dyn EventBus>,
     settings: ManagerSettings,
-    queue_tx: mpsc::Sender<String>,
-    queue_rx: Mutex<mpsc::Receiver<String>>,
-    jobs: Mutex<HashMap<String, JobState>>,
+    jobs: std::sync::Mutex<HashMap<String, Job>>,
     active: AtomicUsize,
+    /// Fleet-wide queued debates at the last look.
     queued: AtomicUsize,
+    wake: Notify,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -118,17 +142,15 @@ impl DebateManager {
         shutdown: CancellationToken,
         tasks: TaskTracker,
     ) -> Arc<Self> {
-        let (queue_tx, queue_rx) = mpsc::channel(settings.queue_size.max(1));
         Arc::new(DebateManager {
             store,
             agents,
             bus,
             settings,
-            queue_tx,
-            queue_rx: Mutex::new(queue_rx),
-            jobs: Mutex::new(HashMap::new()),
+            jobs: std::sync::Mutex::new(HashMap::new()),
             active: AtomicUsize::new(0),
             queued: AtomicUsize::new(0),
+            wake: Notify::new(),
             shutdown,
             tasks,
         })
@@ -142,35 +164,35 @@ impl DebateManager {
         &self.bus
     }
 
+    pub fn instance_id(&self) -> &str {
+        &self.settings.instance_id
+    }
+
+    /// Debates this instance is running.
     pub fn active(&self) -> usize {
         self.active.load(Ordering::Relaxed)
     }
 
+    /// Debates waiting to be claimed, fleet-wide, at the last look.
     pub fn queued(&self) -> usize {
         self.queued.load(Ordering::Relaxed)
     }
 
-    /// Start the workers, then re-queue or close what this instance left unfinished.
-    /// Start the workers, then re-queue or close `leftovers`: the unfinished debates listed
-    /// before the server accepted any request (so a new debate is never taken for one).
-    pub fn start(self: &Arc<Self>, leftovers: Vec<DebateRecord>) {
-        for _ in 0..self.settings.max_concurrent {
-            let me = self.clone();
-            self.tasks.spawn(async move { me.worker().await });
-        }
-        let me = self.clone();
-        self.tasks.spawn(async move {
-            tokio::select! {
-                result = me.recover(leftovers) => if let Err(err) = result {
-                    tracing::error!(target: "aragora::debate", error = %err, "recovering unfinished debates failed");
-                },
-                // A hung database must not hold shutdown hostage.
-                _ = me.shutdown.cancelled() => {}
-            }
-        });
+    fn jobs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Job>> {
+        // A panic while holding the map cannot leave it inconsistent (single inserts and
+        // removes), so a poisoned lock is still usable.
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Validate, persist (status `queued`, event `debate_queued`) and enqueue.
+    /// Start claiming work: the claim loop and the lease keeper.
+    pub fn start(self: &Arc<Self>) {
+        let me = self.clone();
+        self.tasks.spawn(async move { me.claim_loop().await });
+        let me = self.clone();
+        self.tasks.spawn(async move { me.lease_keeper().await });
+    }
+
+    /// Validate, persist (status `queued`, event `debate_queued`) and wake a claimer.
     pub async fn create(
         &self,
         request: DebateRequest,
@@ -181,14 +203,14 @@ impl DebateManager {
             return Err(CreateError::ShuttingDown);
         }
         let plan = self.validate(&request)?;
-        // Reserve the queue slot first so an accepted debate is never dropped for lack of room.
-        let permit = self
-            .queue_tx
-            .try_reserve()
-            .map_err(|_| CreateError::QueueFull {
-                queued: self.queued(),
+        let queued = self.store.count_queued().await?;
+        self.note_queued(queued);
+        if queued >= self.settings.queue_size as i64 {
+            return Err(CreateError::QueueFull {
+                queued: queued as usize,
                 retry_after: 10,
-            })?;
+            });
+        }
         let id = uuid::Uuid::new_v4().simple().to_string();
         let options = json!({
             "consensus_threshold": plan.threshold,
@@ -196,7 +218,6 @@ impl DebateManager {
             "judge": plan.judge,
             "domain": request.domain,
             "metadata": request.metadata,
-            "runner": self.settings.instance_id,
         });
         let record = self
             .store
@@ -213,26 +234,28 @@ impl DebateManager {
             .await?;
         let recorder = Recorder::new(self.store.clone(), self.bus.clone(), &id);
         recorder
-            .record(
-                "debate_queued",
+            .record(&[Event::new(
                 None,
                 None,
-                json!({"task": record.task, "agents": plan.agents, "rounds": plan.rounds,
-                       "consensus": plan.mode.as_str(), "correlation_id": correlation_id}),
-            )
+                EventBody::DebateQueued(ev::Queued {
+                    task: record.task.clone(),
+                    agents: plan.agents,
+                    rounds: plan.rounds,
+                    consensus: plan.mode.as_str().to_owned(),
+                    correlation_id,
+                }),
+            )])
             .await
             .map_err(|e| CreateError::Store(StoreError::Conflict(e)))?;
-        self.jobs.lock().await.insert(
-            id.clone(),
-            JobState {
-                cancel: CancellationToken::new(),
-                started: false,
-            },
-        );
-        self.queued.fetch_add(1, Ordering::Relaxed);
-        metrics::gauge!("aragora_debates_queued").set(self.queued() as f64);
-        permit.send(id);
+        self.note_queued(queued + 1);
+        self.wake.notify_one();
         Ok(record)
+    }
+
+    fn note_queued(&self, queued: i64) {
+        let queued = usize::try_from(queued).unwrap_or(0);
+        self.queued.store(queued, Ordering::Relaxed);
+        metrics::gauge!("aragora_debates_queued").set(queued as f64);
     }
 
     fn validate(&self, request: &DebateRequest) -> Result<Plan, CreateError> {
@@ -333,203 +356,366 @@ impl DebateManager {
         })
     }
 
-    /// Cancel a queued or running debate.
+
+    /// Cancel a queued or running debate, wherever it runs: here at once; on another
+    /// instance through the store (its runner stops within about a second).
     pub async fn cancel(&self, id: &str) -> Result<DebateRecord, CancelError> {
         let record = self
             .store
             .get_debate(id)
             .await?
             .ok_or_else(|| CancelError::NotFound(id.to_owned()))?;
-        if !matches!(record.status.as_str(), "queued" | "running") {
+        if record.status.is_final() {
             return Err(CancelError::AlreadyFinished {
                 id: id.to_owned(),
-                status: record.status,
+                status: record.status.to_string(),
             });
         }
-        let mut jobs = self.jobs.lock().await;
-        match jobs.get(id) {
-            Some(job) if job.started => {
-                // The engine sees the token, stops, and records `cancelled` itself.
-                job.cancel.cancel();
-                drop(jobs);
-                tracing::info!(target: "aragora::debate", debate_id = id, "debate cancelled while running");
-                Ok(record)
-            }
-            _ => {
-                if let Some(job) = jobs.remove(id) {
-                    job.cancel.cancel();
-                }
-                drop(jobs);
-                let updated = self
-                    .finish_unstarted(id, "cancelled", "cancelled before it started")
-                    .await?;
-                Ok(updated)
-            }
+        if let Some(job) = self.jobs().get(id) {
+            // The engine sees the token, stops, and records `cancelled` itself.
+            job.cancel.cancel();
+            tracing::info!(target: "aragora::debate", debate_id = id, "debate cancelled while running");
+            return Ok(record);
         }
+        if record.status == DebateStatus::Queued
+            && let Some(updated) = self
+                .finish_unstarted(id, DebateStatus::Cancelled, "cancelled before it started")
+                .await?
+        {
+            return Ok(updated);
+        }
+        if self.store.request_cancel(id).await? {
+            tracing::info!(target: "aragora::debate", debate_id = id, instance = record.instance.as_deref(), "cancel requested from the debate's runner");
+            return Ok(record);
+        }
+        // It ended meanwhile.
+        let now = self
+            .store
+            .get_debate(id)
+            .await?
+            .ok_or_else(|| CancelError::NotFound(id.to_owned()))?;
+        Err(CancelError::AlreadyFinished {
+            id: id.to_owned(),
+            status: now.status.to_string(),
+        })
     }
 
+    /// End a debate nobody has claimed yet. `None` when a claim won the race.
     async fn finish_unstarted(
         &self,
         id: &str,
-        status: &str,
+        status: DebateStatus,
         reason: &str,
-    ) -> Result<DebateRecord, StoreError> {
-        let updated = self
+    ) -> Result<Option<DebateRecord>, StoreError> {
+        let end = Event::new(None, None, end_body(status, reason));
+        let done = self
             .store
-            .update_debate(
-                id,
-                &DebateUpdate {
-                    status: Some(status.to_owned()),
-                    error: Some(reason.to_owned()),
-                    finished_at: Some(Utc::now()),
-                    ..DebateUpdate::default()
-                },
-            )
+            .finish_queued(id, &final_update(status, reason), &NewEvent::from(&end))
             .await?;
-        let recorder = Recorder::new(self.store.clone(), self.bus.clone(), id);
-        let _ = recorder
-            .record(
-                "debate_end",
-                None,
-                None,
-                json!({"status": status, "error": reason, "rounds_used": 0}),
-            )
-            .await;
-        metrics::counter!("aragora_debates_total", "status" => status.to_owned()).increment(1);
-        Ok(updated)
+        Ok(done.map(|(record, stored)| {
+            log_event(&stored);
+            self.bus.publish(LiveEvent::from(&stored));
+            metrics::counter!("aragora_debates_total", "status" => status.as_str()).increment(1);
+            record
+        }))
     }
 
-    async fn worker(self: Arc<Self>) {
-        loop {
-            let next = {
-                let mut rx = self.queue_rx.lock().await;
-                tokio::select! {
-                    _ = self.shutdown.cancelled() => None,
-                    id = rx.recv() => id,
-                }
-            };
-            let Some(id) = next else { return };
-            self.queued.fetch_sub(1, Ordering::Relaxed);
-            metrics::gauge!("aragora_debates_queued").set(self.queued() as f64);
-            let cancel = {
-                let mut jobs = self.jobs.lock().await;
-                match jobs.get_mut(&id) {
-                    Some(job) if !job.cancel.is_cancelled() => {
-                        job.started = true;
-                        job.cancel.clone()
-                    }
-                    // Cancelled while queued: already recorded.
-                    _ => continue,
-                }
-            };
-            self.active.fetch_add(1, Ordering::Relaxed);
-            metrics::gauge!("aragora_active_debates").set(self.active() as f64);
-            tokio::select! {
-                _ = self.run_one(&id, cancel) => {}
-                _ = self.shutdown.cancelled() => {
-                    // Left `running` in the store: the next start recovers it.
-                    tracing::info!(target: "aragora::debate", debate_id = %id, "debate interrupted by shutdown");
-                }
+    /// Claims debates whenever this instance has free slots: woken by a new debate or a
+    /// finished one, else every `claim_poll`. Stops claiming at shutdown.
+    async fn claim_loop(self: Arc<Self>) {
+        // Leases this instance holds are from its previous life (killed, or stopped without
+        // releasing): nobody runs those debates now, so take them back at once.
+        match self.store.expire_leases_of(&self.settings.instance_id).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(target: "aragora::debate", debates = n, "resuming debates this instance was running before it restarted")
             }
-            self.jobs.lock().await.remove(&id);
-            self.active.fetch_sub(1, Ordering::Relaxed);
-            metrics::gauge!("aragora_active_debates").set(self.active() as f64);
-        }
-    }
-
-    async fn run_one(&self, id: &str, cancel: CancellationToken) {
-        let record = match self.store.get_debate(id).await {
-            Ok(Some(r)) => r,
-            Ok(None) => return,
             Err(err) => {
-                tracing::error!(target: "aragora::debate", debate_id = id, error = %err, "cannot load debate");
+                tracing::warn!(target: "aragora::debate", error = %err, "could not look for debates left by a previous run; they resume when their lease expires")
+            }
+        }
+        let mut failures = 0u32;
+        loop {
+            if self.shutdown.is_cancelled() {
                 return;
             }
-        };
-        if record.status != "queued" {
-            // Only a queued debate may start: never run one twice.
-            tracing::warn!(target: "aragora::debate", debate_id = id, status = %record.status, "skipping a debate that is no longer queued");
-            return;
-        }
-        let span = tracing::info_span!("debate", debate_id = %id, correlation_id = record.correlation_id.as_deref().unwrap_or(""));
-        let result =
-            tracing::Instrument::instrument(self.execute(record, cancel), span.clone()).await;
-        if let Err(err) = result {
-            // The debate could not be recorded; the next start recovers it from its status.
-            span.in_scope(|| {
-                tracing::error!(target: "aragora::debate", error = %err, "debate store write failed");
-            });
+            let free = self
+                .settings
+                .max_concurrent
+                .saturating_sub(self.active());
+            let mut claimed_all = false;
+            if free > 0 {
+                match self
+                    .store
+                    .claim_debates(&self.settings.instance_id, free as u32, self.settings.lease)
+                    .await
+                {
+                    Ok(claims) => {
+                        failures = 0;
+                        claimed_all = !claims.is_empty() && claims.len() == free;
+                        for claim in claims {
+                            self.launch(claim);
+                        }
+                    }
+                    Err(err) => {
+                        failures += 1;
+                        if failures == 1 {
+                            tracing::warn!(target: "aragora::debate", error = %err, "claiming debates failed; retrying");
+                        }
+                    }
+                }
+            }
+            if let Ok(queued) = self.store.count_queued().await {
+                self.note_queued(queued);
+            }
+            if claimed_all {
+                // There may be more: look again at once.
+                continue;
+            }
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(self.settings.claim_poll) => {}
+            }
         }
     }
 
-    async fn execute(
+    /// Run a claimed debate on a tracked task.
+    fn launch(self: &Arc<Self>, claim: ClaimedDebate) {
+        let job = Job {
+            cancel: CancellationToken::new(),
+            lost: CancellationToken::new(),
+            generation: claim.lease.generation,
+            claimed_at: Instant::now(),
+        };
+        if claim.cancel_requested {
+            job.cancel.cancel();
+        }
+        let (cancel, lost) = (job.cancel.clone(), job.lost.clone());
+        self.jobs().insert(claim.record.id.clone(), job);
+        self.active.fetch_add(1, Ordering::Relaxed);
+        metrics::gauge!("aragora_active_debates").set(self.active() as f64);
+        let me = self.clone();
+        self.tasks.spawn(async move {
+            let id = claim.record.id.clone();
+            let span = tracing::info_span!("debate", debate_id = %id, correlation_id = claim.record.correlation_id.as_deref().unwrap_or(""));
+            let lease = claim.lease.clone();
+            let run = tracing::Instrument::instrument(me.run_claimed(claim, cancel), span.clone());
+            let handed_back = tokio::select! {
+                r = run => match r {
+                    Ok(finished) => !finished,
+                    Err(err) => {
+                        span.in_scope(|| tracing::error!(target: "aragora::debate", error = %err, "debate store access failed; handing the debate back"));
+                        true
+                    }
+                },
+                _ = lost.cancelled() => {
+                    span.in_scope(|| tracing::warn!(target: "aragora::debate", "lease lost to another instance; this instance stops running the debate"));
+                    false
+                }
+                // Agent calls in flight at shutdown get the shutdown budget (less a margin to
+                // release leases); past it they are made again by whoever resumes.
+                _ = async {
+                    me.shutdown.cancelled().await;
+                    tokio::time::sleep(me.settings.shutdown_timeout.saturating_sub(RELEASE_MARGIN)).await;
+                } => true,
+            };
+            if handed_back && !lost.is_cancelled() {
+                match me.store.release_lease(&id, &lease).await {
+                    Ok(true) => span.in_scope(|| tracing::info!(target: "aragora::debate", "debate handed back: its lease is released and any instance resumes it")),
+                    Ok(false) => {}
+                    Err(err) => span.in_scope(|| tracing::warn!(target: "aragora::debate", error = %err, "could not release the lease; the debate resumes when it expires")),
+                }
+            }
+            me.jobs().remove(&id);
+            me.active.fetch_sub(1, Ordering::Relaxed);
+            metrics::gauge!("aragora_active_debates").set(me.active() as f64);
+            me.wake.notify_one();
+        });
+    }
+
+    /// Start or resume a claimed debate and run it to its end. `Ok(true)`: it ended (final
+    /// status written); `Ok(false)`: handed back unfinished.
+    async fn run_claimed(
         &self,
-        record: DebateRecord,
+        claim: ClaimedDebate,
         cancel: CancellationToken,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
+        let ClaimedDebate {
+            record,
+            lease,
+            previous_status,
+            previous_owner,
+            ..
+        } = claim;
         let id = record.id.clone();
+        let stored = self.store.events_since(&id, 0, u32::MAX).await?;
+        let mut log = Vec::with_capacity(stored.len());
+        for e in &stored {
+            match Event::from_stored(e) {
+                Ok(event) => log.push(event),
+                Err(err) => {
+                    let reason = format!("its event log cannot be read by this version: {err}");
+                    return self.fail(&record, &lease, &reason).await.map(|()| true);
+                }
+            }
+        }
+        let started = Instant::now();
+        let spent = running_time(&stored);
+        if previous_status == DebateStatus::Running {
+            let reason = match previous_owner.as_deref() {
+                None => ResumeReason::Restart,
+                Some(owner) if owner == self.settings.instance_id => ResumeReason::Crash,
+                Some(_) => ResumeReason::LeaseExpired,
+            };
+            let from_seq = stored.last().map_or(0, |e| e.seq);
+            tracing::info!(
+                target: "aragora::debate",
+                debate_id = %id, from_seq, reason = reason.as_str(),
+                "debate_resumed debate_id={id} from seq {from_seq} ({})", reason.as_str()
+            );
+            metrics::counter!("aragora_debates_resumed_total", "reason" => reason.as_str())
+                .increment(1);
+            let recorder = Recorder::new(self.store.clone(), self.bus.clone(), &id)
+                .with_lease(lease.clone());
+            recorder
+                .record(&[Event::new(
+                    None,
+                    None,
+                    EventBody::DebateResumed(ev::Resumed {
+                        from_seq,
+                        instance: self.settings.instance_id.clone(),
+                        reason,
+                    }),
+                )])
+                .await
+                .map_err(StoreError::Fenced)?;
+        }
         let input = match self.build_input(&record) {
             Ok(input) => input,
-            Err(reason) => {
-                self.finish_unstarted(&id, "failed", &reason).await?;
-                return Ok(());
-            }
+            Err(reason) => return self.fail(&record, &lease, &reason).await.map(|()| true),
         };
-        let started = Instant::now();
-        self.store
-            .update_debate(
-                &id,
-                &DebateUpdate {
-                    status: Some("running".into()),
-                    started_at: Some(Utc::now()),
-                    ..DebateUpdate::default()
-                },
-            )
-            .await?;
-        let recorder = Arc::new(Recorder::new(self.store.clone(), self.bus.clone(), &id));
-        let outcome = engine::run(input, recorder, cancel).await;
-
-        // Ratings first: whoever sees the final status also sees the ratings it produced.
-        let domain = record.options.get("domain").and_then(Value::as_str);
-        if !outcome.matches.is_empty()
-            && let Err(err) = self
-                .store
-                .apply_match_results(&id, domain, &outcome.matches)
-                .await
-        {
-            tracing::error!(target: "aragora::debate", debate_id = %id, error = %err, "rating update failed");
+        let replay = Replay::from_events(&log);
+        if replay.steps() > 0 {
+            tracing::info!(target: "aragora::debate", debate_id = %id, steps = replay.steps(), "replaying recorded steps; their agents are not called again");
         }
-        let mut result = outcome.result.clone();
-        result["usage"] = serde_json::to_value(outcome.usage).unwrap_or_default();
-        self.store
-            .update_debate(
-                &id,
-                &DebateUpdate {
-                    status: Some(outcome.status.as_str().to_owned()),
-                    rounds_used: Some(outcome.rounds_used as i32),
-                    result: Some(result),
-                    error: outcome.error.clone(),
-                    finished_at: Some(Utc::now()),
-                    ..DebateUpdate::default()
-                },
-            )
-            .await?;
+        let recorder = Arc::new(
+            Recorder::new(self.store.clone(), self.bus.clone(), &id)
+                .with_lease(lease)
+                .with_domain(record.options.get("domain").and_then(Value::as_str)),
+        );
+        let outcome = engine::run_durable(
+            input,
+            recorder,
+            cancel,
+            Resume {
+                replay,
+                spent,
+                stop: self.shutdown.clone(),
+            },
+        )
+        .await;
+        let Some(outcome) = outcome else {
+            return Ok(false);
+        };
         metrics::counter!("aragora_debates_total", "status" => outcome.status.as_str())
             .increment(1);
         if outcome.status == FinalStatus::Completed {
             metrics::counter!("aragora_consensus_reached_total").increment(1);
         }
         metrics::histogram!("aragora_debate_duration_seconds")
-            .record(started.elapsed().as_secs_f64());
+            .record((spent + started.elapsed()).as_secs_f64());
         tracing::info!(
             target: "aragora::debate",
             debate_id = %id,
             status = outcome.status.as_str(),
             rounds_used = outcome.rounds_used,
-            duration_ms = started.elapsed().as_millis() as u64,
+            duration_ms = (spent + started.elapsed()).as_millis() as u64,
             "debate_end status={}", outcome.status.as_str()
         );
+        Ok(true)
+    }
+
+    /// End a claimed debate `failed` before the engine ran.
+    async fn fail(
+        &self,
+        record: &DebateRecord,
+        lease: &Lease,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        tracing::error!(target: "aragora::debate", debate_id = %record.id, reason, "debate cannot run");
+        let end = Event::new(None, None, end_body(DebateStatus::Failed, reason));
+        let (_, stored) = self
+            .store
+            .finish_debate(
+                &record.id,
+                Some(lease),
+                &final_update(DebateStatus::Failed, reason),
+                &NewEvent::from(&end),
+            )
+            .await?;
+        log_event(&stored);
+        self.bus.publish(LiveEvent::from(&stored));
+        metrics::counter!("aragora_debates_total", "status" => "failed").increment(1);
         Ok(())
+    }
+
+    /// Renews this instance's leases every third of their length, in one statement, and
+    /// looks for cancels requested elsewhere every second. A debate whose lease was taken
+    /// by another instance is stopped here without writing anything more.
+    async fn lease_keeper(self: Arc<Self>) {
+        let mut renew = tokio::time::interval(self.settings.lease / 3);
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut cancels = tokio::time::interval(CANCEL_POLL);
+        cancels.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let me = &self.settings.instance_id;
+        loop {
+            tokio::select! {
+                // Leases are kept until the running debates have handed back or ended: the
+                // task ends with the tracker's other tasks.
+                _ = self.shutdown.cancelled(), if self.active() == 0 => return,
+                _ = renew.tick() => {
+                    if self.active() == 0 {
+                        continue;
+                    }
+                    let asked = Instant::now();
+                    match self.store.renew_leases(me, self.settings.lease).await {
+                        Ok(held) => {
+                            let held: HashMap<String, (i64, bool)> =
+                                held.into_iter().map(|(id, g, c)| (id, (g, c))).collect();
+                            // A debate claimed while the renewal ran is judged next time.
+                            for (id, job) in self.jobs().iter().filter(|(_, j)| j.claimed_at < asked) {
+                                match held.get(id) {
+                                    Some((generation, cancel)) if *generation == job.generation => {
+                                        if *cancel {
+                                            job.cancel.cancel();
+                                        }
+                                    }
+                                    // Finished between the claim and now, or taken over.
+                                    _ => job.lost.cancel(),
+                                }
+                            }
+                        }
+                        Err(err) => {
+                            tracing::warn!(target: "aragora::debate", error = %err, "lease renewal failed; debates move to other instances if this lasts past the lease");
+                        }
+                    }
+                }
+                _ = cancels.tick() => {
+                    if self.active() == 0 {
+                        continue;
+                    }
+                    if let Ok(ids) = self.store.cancel_requests(me).await {
+                        let jobs = self.jobs();
+                        for id in ids {
+                            if let Some(job) = jobs.get(&id) {
+                                job.cancel.cancel();
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// An agent of `record` whose every successful call writes a usage row.
@@ -591,42 +777,6 @@ impl DebateManager {
         })
     }
 
-    /// After a restart: debates this instance accepted but never started are queued again;
-    /// debates it was running end `failed` with reason `interrupted` (their transcript kept).
-    async fn recover(&self, leftovers: Vec<DebateRecord>) -> Result<(), StoreError> {
-        for record in leftovers {
-            let runner = record.options.get("runner").and_then(Value::as_str);
-            if runner != Some(self.settings.instance_id.as_str()) {
-                continue;
-            }
-            match record.status.as_str() {
-                "queued" => {
-                    tracing::info!(target: "aragora::debate", debate_id = %record.id, "re-queueing a debate accepted before the restart");
-                    self.jobs.lock().await.insert(
-                        record.id.clone(),
-                        JobState {
-                            cancel: CancellationToken::new(),
-                            started: false,
-                        },
-                    );
-                    self.queued.fetch_add(1, Ordering::Relaxed);
-                    if self.queue_tx.send(record.id.clone()).await.is_err() {
-                        return Ok(());
-                    }
-                }
-                _ => {
-                    tracing::warn!(target: "aragora::debate", debate_id = %record.id, "debate was interrupted by a restart");
-                    self.finish_unstarted(
-                        &record.id,
-                        "failed",
-                        "interrupted: the server stopped while this debate was running; its transcript is kept",
-                    )
-                    .await?;
-                }
-            }
-        }
-        Ok(())
-    }
 }
 
 struct Plan {
@@ -716,11 +866,72 @@ impl DebateAgent for MeteredAgent {
     }
 }
 
-/// Persists each event, then publishes it live; logs it with the debate id.
+/// The `debate_end` of a debate that ends without the engine (cancelled while queued, or
+/// unable to start).
+fn end_body(status: DebateStatus, reason: &str) -> EventBody {
+    EventBody::DebateEnd(ev::End {
+        status: status.as_str().to_owned(),
+        rounds_used: 0,
+        consensus_reached: false,
+        winner: None,
+        error: Some(reason.to_owned()),
+        duration_ms: 0,
+        usage: None,
+    })
+}
+
+fn final_update(status: DebateStatus, reason: &str) -> DebateUpdate {
+    DebateUpdate {
+        status: Some(status),
+        error: Some(reason.to_owned()),
+        finished_at: Some(Utc::now()),
+        ..DebateUpdate::default()
+    }
+}
+
+fn log_event(stored: &StoredEvent) {
+    tracing::info!(
+        target: "aragora::debate",
+        debate_id = %stored.debate_id,
+        seq = stored.seq,
+        round = stored.round,
+        agent = stored.agent.as_deref(),
+        "{}", stored.kind
+    );
+}
+
+/// The time a debate has spent running, from its log: each run lasts from its
+/// `debate_start` (or `debate_resumed`) to the last event before the next seam. Time spent
+/// waiting to be resumed does not count against the debate timeout.
+pub fn running_time(events: &[StoredEvent]) -> Duration {
+    let mut spent = chrono::Duration::zero();
+    let mut segment: Option<chrono::DateTime<Utc>> = None;
+    let mut last: Option<chrono::DateTime<Utc>> = None;
+    for e in events {
+        let seam = matches!(e.kind.as_str(), "debate_start" | "debate_resumed");
+        if seam {
+            if let (Some(from), Some(to)) = (segment, last) {
+                spent += to - from;
+            }
+            segment = Some(e.timestamp);
+        }
+        last = Some(e.timestamp);
+    }
+    if let (Some(from), Some(to)) = (segment, last) {
+        spent += to - from;
+    }
+    spent.to_std().unwrap_or_default()
+}
+
+/// Persists each batch of events (fenced by the debate's lease when it has one), then
+/// publishes them live; logs them with the debate id. `finish` applies the ratings and then
+/// writes the final status with the `debate_end` event in one transaction.
 pub struct Recorder {
     store: DynStore,
     bus: Arc<dyn EventBus>,
     debate_id: String,
+    lease: Option<Lease>,
+    domain: Option<String>,
 }
 
 impl Recorder {
@@ -729,41 +940,41 @@ impl Recorder {
             store,
             bus,
             debate_id: debate_id.to_owned(),
+            lease: None,
+            domain: None,
         }
+    }
+
+    /// Every write carries this lease (fencing).
+    pub fn with_lease(mut self, lease: Lease) -> Self {
+        self.lease = Some(lease);
+        self
+    }
+
+    /// The rating domain the final ratings are also applied to.
+    pub fn with_domain(mut self, domain: Option<&str>) -> Self {
+        self.domain = domain.map(str::to_owned);
+        self
+    }
+
+    fn publish(&self, stored: &StoredEvent) {
+        log_event(stored);
+        self.bus.publish(LiveEvent::from(stored));
     }
 }
 
 #[async_trait]
 impl EventSink for Recorder {
-    async fn record(
-        &self,
-        kind: &str,
-        round: Option<u32>,
-        agent: Option<&str>,
-        data: Value,
-    ) -> Result<(), String> {
+    async fn record(&self, events: &[Event]) -> Result<(), String> {
+        let batch: Vec<NewEvent> = events.iter().map(NewEvent::from).collect();
         let stored = self
             .store
-            .append_event(
-                &self.debate_id,
-                &NewEvent {
-                    kind: kind.to_owned(),
-                    round: round.map(|r| r as i32),
-                    agent: agent.map(str::to_owned),
-                    data,
-                },
-            )
+            .append_events(&self.debate_id, self.lease.as_ref(), &batch)
             .await
             .map_err(|e| e.to_string())?;
-        tracing::info!(
-            target: "aragora::debate",
-            debate_id = %self.debate_id,
-            seq = stored.seq,
-            round = stored.round,
-            agent = stored.agent.as_deref(),
-            "{kind}"
-        );
-        self.bus.publish(LiveEvent::from(&stored));
+        for e in &stored {
+            self.publish(e);
+        }
         Ok(())
     }
 
@@ -778,5 +989,40 @@ impl EventSink for Recorder {
             data: json!({"delta": delta}),
             ephemeral: true,
         });
+    }
+
+    async fn finish(&self, end: &Event, outcome: &DebateOutcome) -> Result<(), String> {
+        // Ratings first: whoever sees the final status also sees the ratings it produced
+        // (idempotent per debate, so a run that ends twice rates once).
+        if !outcome.matches.is_empty()
+            && let Err(err) = self
+                .store
+                .apply_match_results(&self.debate_id, self.domain.as_deref(), &outcome.matches)
+                .await
+        {
+            tracing::error!(target: "aragora::debate", debate_id = %self.debate_id, error = %err, "rating update failed");
+        }
+        let mut result = outcome.result.clone();
+        result["usage"] = serde_json::to_value(outcome.usage).unwrap_or_default();
+        let update = DebateUpdate {
+            status: Some(outcome.status.into()),
+            rounds_used: Some(outcome.rounds_used as i32),
+            result: Some(result),
+            error: outcome.error.clone(),
+            finished_at: Some(Utc::now()),
+            ..DebateUpdate::default()
+        };
+        let (_, stored) = self
+            .store
+            .finish_debate(
+                &self.debate_id,
+                self.lease.as_ref(),
+                &update,
+                &NewEvent::from(end),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        self.publish(&stored);
+        Ok(())
     }
 }

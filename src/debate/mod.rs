@@ -8,6 +8,7 @@
 pub mod consensus;
 pub mod convergence;
 pub mod engine;
+pub mod events;
 pub mod json;
 pub mod manager;
 pub mod prompts;
@@ -18,13 +19,13 @@ mod engine_tests;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::agents::{AgentError, Completion, CompletionRequest, DeltaSink};
 
 pub use consensus::ConsensusMode;
 pub use engine::{DebateInput, DebateOutcome, DebateSettings, FinalStatus, Seat, run};
+pub use events::{Event, EventBody};
 
 /// What the engine needs of an agent.
 #[async_trait]
@@ -48,17 +49,18 @@ pub struct AgentReply {
     pub latency: Duration,
 }
 
-/// Where the engine records what happens. `record` is durable (it must be persisted before
-/// it returns); token deltas are live-only.
+/// Where the engine records what happens. `record` is durable (the batch must be persisted,
+/// all or nothing, before it returns); token deltas are live-only.
 #[async_trait]
 pub trait EventSink: Send + Sync {
-    async fn record(
-        &self,
-        kind: &str,
-        round: Option<u32>,
-        agent: Option<&str>,
-        data: Value,
-    ) -> Result<(), String>;
+    async fn record(&self, events: &[Event]) -> Result<(), String>;
 
     fn token_delta(&self, round: u32, agent: &str, delta: &str);
+
+    /// The debate ended with `outcome`: record its `debate_end` event. A durable sink writes
+    /// the final status in the same transaction.
+    async fn finish(&self, end: &Event, outcome: &DebateOutcome) -> Result<(), String> {
+        let _ = outcome;
+        self.record(std::slice::from_ref(end)).await
+    }
 }

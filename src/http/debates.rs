@@ -16,21 +16,13 @@ use crate::app::AppState;
 use crate::auth::Principal;
 use crate::debate::manager::{CancelError, CreateError, DebateRequest};
 use crate::error::{ApiError, ErrorBody};
-use crate::store::{DebateQuery, DebateRecord, StoreError, StoredEvent};
+use crate::store::{DebateQuery, DebateRecord, DebateStatus, StoreError, StoredEvent};
 
-pub const STATUSES: [&str; 7] = [
-    "queued",
-    "running",
-    "completed",
-    "no_consensus",
-    "timeout",
-    "failed",
-    "cancelled",
-];
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_debate, list_debates))
+        .routes(routes!(list_active_debates))
         .routes(routes!(get_debate))
         .routes(routes!(list_messages))
         .routes(routes!(list_events))
@@ -47,6 +39,7 @@ pub fn debate_json(d: &DebateRecord) -> Value {
         "id": d.id,
         "task": d.task,
         "status": d.status,
+        "instance": d.instance,
         "agents": d.agents,
         "rounds": d.rounds,
         "rounds_used": d.rounds_used,
@@ -155,12 +148,9 @@ pub async fn list_debates(
     Query(params): Query<ListParams>,
 ) -> Result<Json<Value>, ApiError> {
     if let Some(status) = &params.status
-        && !STATUSES.contains(&status.as_str())
+        && let Err(why) = status.parse::<DebateStatus>()
     {
-        return Err(ApiError::BadRequest(format!(
-            "invalid `status` `{status}`; expected one of {}",
-            STATUSES.join(", ")
-        )));
+        return Err(ApiError::BadRequest(format!("invalid `status`: {why}")));
     }
     if let Some(limit) = params.limit
         && !(1..=200).contains(&limit)
@@ -196,6 +186,50 @@ async fn load(state: &AppState, principal: &Principal, id: &str) -> Result<Debat
         .await?
         .filter(|d| principal.can_see(d))
         .ok_or_else(|| ApiError::NotFound(format!("debate {id} not found")))
+}
+
+/// Running debates across every instance sharing the database: which instance runs each
+/// (none while it waits to be resumed), its round and how long it has run. Members see
+/// their own.
+#[utoipa::path(
+    get,
+    path = "/debates/active",
+    tag = "debates",
+    responses((status = 200, description = "`{\"debates\": [{\"debate_id\", \"task\", \"instance\", \"round\", \"total_rounds\", \"started_at\", \"elapsed_seconds\"}], \"count\", \"instance\"}`; `instance` at the top is the answering one"))
+)]
+pub async fn list_active_debates(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Json<Value>, ApiError> {
+    let now = chrono::Utc::now();
+    let debates: Vec<Value> = state
+        .store
+        .active_debates()
+        .await?
+        .into_iter()
+        .filter(|d| principal.sees_all() || d.owner_id.as_deref() == Some(principal.id.as_str()))
+        .map(|d| {
+            let elapsed = d
+                .started_at
+                .map(|s| ((now - s).num_milliseconds().max(0) as f64) / 1000.0);
+            json!({
+                "debate_id": d.id,
+                "task": d.task,
+                "status": DebateStatus::Running,
+                "instance": d.instance,
+                "round": d.round,
+                "total_rounds": d.total_rounds,
+                "started_at": d.started_at,
+                "elapsed_seconds": elapsed,
+                "lease_expires_at": d.lease_expires_at,
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "count": debates.len(),
+        "debates": debates,
+        "instance": state.debates.instance_id(),
+    })))
 }
 
 /// One debate with its result.

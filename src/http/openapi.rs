@@ -18,7 +18,11 @@ use crate::app::AppState;
         description = "Structured debates between LLM agents, streamed live. Every path is also \\
                        served under /api/v1. Errors share one body: ErrorBody."
     ),
-    components(schemas(crate::error::ErrorBody)),
+    components(schemas(
+        crate::error::ErrorBody,
+        crate::debate::EventBody,
+        crate::store::DebateStatus
+    )),
     modifiers(&Credentials),
     tags(
         (name = "health", description = "Liveness, readiness and dependency checks"),

@@ -65,18 +65,94 @@ pub enum StoreError {
     Conflict(String),
     #[error("invalid stored data: {0}")]
     Corrupt(String),
+    /// The writer's lease on the debate is gone: another instance claimed it.
+    #[error("lease lost: {0}")]
+    Fenced(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// A debate as stored. `status` is one of queued, running, completed, no_consensus, timeout,
-/// failed, cancelled. JSON columns hold the request options and the result so the schema stays
-/// additive as the engine grows.
+/// A debate's lifecycle status. `queued` and `running` are unfinished; every other status is
+/// final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DebateStatus {
+    Queued,
+    Running,
+    Completed,
+    NoConsensus,
+    Timeout,
+    Failed,
+    Cancelled,
+}
+
+impl DebateStatus {
+    pub const ALL: [DebateStatus; 7] = [
+        DebateStatus::Queued,
+        DebateStatus::Running,
+        DebateStatus::Completed,
+        DebateStatus::NoConsensus,
+        DebateStatus::Timeout,
+        DebateStatus::Failed,
+        DebateStatus::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DebateStatus::Queued => "queued",
+            DebateStatus::Running => "running",
+            DebateStatus::Completed => "completed",
+            DebateStatus::NoConsensus => "no_consensus",
+            DebateStatus::Timeout => "timeout",
+            DebateStatus::Failed => "failed",
+            DebateStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether the debate has ended (it will never run again).
+    pub fn is_final(self) -> bool {
+        !matches!(self, DebateStatus::Queued | DebateStatus::Running)
+    }
+}
+
+impl std::fmt::Display for DebateStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for DebateStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        DebateStatus::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| {
+                let all: Vec<&str> = DebateStatus::ALL.iter().map(|s| s.as_str()).collect();
+                format!("unknown status `{s}`; expected one of {}", all.join(", "))
+            })
+    }
+}
+
+impl PartialEq<&str> for DebateStatus {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+fn parse_status(s: &str) -> StoreResult<DebateStatus> {
+    s.parse().map_err(StoreError::Corrupt)
+}
+
+/// A debate as stored. JSON columns hold the request options and the result so the schema
+/// stays additive as the engine grows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DebateRecord {
     pub id: String,
     pub task: String,
-    pub status: String,
+    pub status: DebateStatus,
+    /// The instance running the debate now, or the last one that ran it.
+    pub instance: Option<String>,
     /// Agent names in seat order.
     pub agents: Vec<String>,
     pub rounds: i32,
@@ -110,7 +186,7 @@ pub struct NewDebate {
 /// A change of a debate's lifecycle fields. `None` leaves a field as it is.
 #[derive(Debug, Clone, Default)]
 pub struct DebateUpdate {
-    pub status: Option<String>,
+    pub status: Option<DebateStatus>,
     pub rounds_used: Option<i32>,
     pub result: Option<serde_json::Value>,
     pub error: Option<String>,
@@ -154,6 +230,42 @@ pub struct NewEvent {
     pub round: Option<i32>,
     pub agent: Option<String>,
     pub data: serde_json::Value,
+}
+
+/// The fencing token of a claimed debate: every write of the debate's runner carries it, and
+/// the store refuses the write (`Fenced`) once another claim has bumped the generation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub owner: String,
+    pub generation: i64,
+}
+
+/// A debate an instance has just claimed, with what it needs to start or resume it.
+#[derive(Debug, Clone)]
+pub struct ClaimedDebate {
+    /// The record after the claim (status `running`, `instance` = the claimer).
+    pub record: DebateRecord,
+    pub lease: Lease,
+    /// `queued`: a fresh start; `running`: a resume.
+    pub previous_status: DebateStatus,
+    /// Who held the lease before (None when it was released or never held).
+    pub previous_owner: Option<String>,
+    pub cancel_requested: bool,
+}
+
+/// A running debate as `GET /api/debates/active` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ActiveDebate {
+    pub id: String,
+    pub task: String,
+    pub owner_id: Option<String>,
+    /// The instance holding its lease; None while it waits to be claimed again.
+    pub instance: Option<String>,
+    /// The latest round started (0 before the first).
+    pub round: i32,
+    pub total_rounds: i32,
+    pub started_at: Option<DateTime<Utc>>,
+    pub lease_expires_at: Option<DateTime<Utc>>,
 }
 
 /// One row of the Elo leaderboard. `domain: None` is the agent's overall rating; a domain
@@ -295,7 +407,82 @@ pub trait Store: Send + Sync + 'static {
 
     /// Append one event, assigning the next seq for that debate atomically (concurrent
     /// appenders never get the same seq and never leave a gap). `NotFound` for an unknown debate.
-    async fn append_event(&self, debate_id: &str, event: &NewEvent) -> StoreResult<StoredEvent>;
+    async fn append_event(&self, debate_id: &str, event: &NewEvent) -> StoreResult<StoredEvent> {
+        self.append_events(debate_id, None, std::slice::from_ref(event))
+            .await?
+            .pop()
+            .ok_or_else(|| StoreError::NotFound(format!("debate {debate_id}")))
+    }
+
+    /// Append `events` in order in one transaction (all or none), with contiguous seqs.
+    /// With `lease`, the append is fenced: it fails with `Fenced` (writing nothing) unless
+    /// the debate's lease is still that owner's at that generation.
+    async fn append_events(
+        &self,
+        debate_id: &str,
+        lease: Option<&Lease>,
+        events: &[NewEvent],
+    ) -> StoreResult<Vec<StoredEvent>>;
+
+    /// End a debate in one transaction: append `end` (its `debate_end` event), apply `update`
+    /// (final status, result…) and drop the lease, so the status and the log never disagree.
+    /// Fenced like `append_events`.
+    async fn finish_debate(
+        &self,
+        debate_id: &str,
+        lease: Option<&Lease>,
+        update: &DebateUpdate,
+        end: &NewEvent,
+    ) -> StoreResult<(DebateRecord, StoredEvent)>;
+
+    /// End a debate that is still `queued` (cancelled before any instance claimed it):
+    /// status, error, finished_at and its `debate_end` in one transaction. `None` when it is
+    /// no longer queued (a claim won the race).
+    async fn finish_queued(
+        &self,
+        debate_id: &str,
+        update: &DebateUpdate,
+        end: &NewEvent,
+    ) -> StoreResult<Option<(DebateRecord, StoredEvent)>>;
+
+    /// Debates waiting to be claimed for the first time.
+    async fn count_queued(&self) -> StoreResult<i64>;
+
+    /// Claim up to `max` debates for `instance`, oldest first: queued ones, and running ones
+    /// whose lease was released or has expired. Each claim bumps the lease generation, sets
+    /// status `running` (started_at when unset) and a lease of `ttl`. Concurrent claimers
+    /// (in any process) never get the same debate. Lease times use the database's clock.
+    async fn claim_debates(
+        &self,
+        instance: &str,
+        max: u32,
+        ttl: Duration,
+    ) -> StoreResult<Vec<ClaimedDebate>>;
+
+    /// Extend every lease `instance` holds by `ttl`, in one statement. Returns the debates it
+    /// still holds with their generation and whether a cancel was requested.
+    async fn renew_leases(
+        &self,
+        instance: &str,
+        ttl: Duration,
+    ) -> StoreResult<Vec<(String, i64, bool)>>;
+
+    /// Give a lease back (the debate stays `running` and is claimable at once). False when
+    /// the lease was no longer held.
+    async fn release_lease(&self, debate_id: &str, lease: &Lease) -> StoreResult<bool>;
+
+    /// At start-up: every lease `instance` still holds is from its previous life; expire them
+    /// so its debates are claimed (and resumed) at once. Returns how many.
+    async fn expire_leases_of(&self, instance: &str) -> StoreResult<u64>;
+
+    /// Ask the runner of a running debate to cancel it. False when the debate is not running.
+    async fn request_cancel(&self, debate_id: &str) -> StoreResult<bool>;
+
+    /// Debates held by `instance` whose cancel was requested.
+    async fn cancel_requests(&self, instance: &str) -> StoreResult<Vec<String>>;
+
+    /// Running debates of every instance, oldest first (at most 1000).
+    async fn active_debates(&self) -> StoreResult<Vec<ActiveDebate>>;
 
     /// Events with seq > `since`, ascending, at most `limit`.
     async fn events_since(

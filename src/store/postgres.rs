@@ -9,7 +9,7 @@ use super::*;
 
 /// Every column, in the order [`DebateRow`] expects.
 const DEBATE_COLUMNS: &str = "id, task, status, agents, rounds, rounds_used, consensus, owner_id, \
-     correlation_id, options, result, error, created_at, started_at, finished_at";
+     correlation_id, options, result, error, created_at, started_at, finished_at, instance";
 
 pub struct PostgresStore {
     pool: PgPool,
@@ -32,14 +32,17 @@ struct DebateRow {
     created_at: DateTime<Utc>,
     started_at: Option<DateTime<Utc>>,
     finished_at: Option<DateTime<Utc>>,
+    instance: Option<String>,
 }
 
-impl From<DebateRow> for DebateRecord {
-    fn from(r: DebateRow) -> Self {
-        DebateRecord {
+impl DebateRow {
+    fn into_record(self) -> StoreResult<DebateRecord> {
+        let r = self;
+        Ok(DebateRecord {
             id: r.id,
             task: r.task,
-            status: r.status,
+            status: parse_status(&r.status)?,
+            instance: r.instance,
             agents: r.agents.0,
             rounds: r.rounds,
             rounds_used: r.rounds_used,
@@ -52,8 +55,40 @@ impl From<DebateRow> for DebateRecord {
             created_at: r.created_at,
             started_at: r.started_at,
             finished_at: r.finished_at,
-        }
+        })
     }
+}
+
+fn records(rows: Vec<DebateRow>) -> StoreResult<Vec<DebateRecord>> {
+    rows.into_iter().map(DebateRow::into_record).collect()
+}
+
+#[derive(sqlx::FromRow)]
+struct ClaimRow {
+    #[sqlx(flatten)]
+    debate: DebateRow,
+    lease_owner: String,
+    lease_generation: i64,
+    previous_status: String,
+    previous_owner: Option<String>,
+    cancel_requested: bool,
+}
+
+#[derive(sqlx::FromRow)]
+struct ActiveRow {
+    id: String,
+    task: String,
+    owner_id: Option<String>,
+    lease_owner: Option<String>,
+    round: Option<i32>,
+    rounds: i32,
+    started_at: Option<DateTime<Utc>>,
+    lease_expires_at: Option<DateTime<Utc>>,
+}
+
+/// A lease length as Postgres interval seconds.
+fn ttl_secs(ttl: Duration) -> f64 {
+    ttl.as_secs_f64()
 }
 
 #[derive(sqlx::FromRow)]
@@ -114,6 +149,134 @@ fn is_retryable(err: &sqlx::Error) -> bool {
     err.as_database_error()
         .and_then(|e| e.code())
         .is_some_and(|c| c == "40P01" || c == "40001")
+}
+
+impl ActiveRow {
+    fn into_active(self) -> ActiveDebate {
+        ActiveDebate {
+            id: self.id,
+            task: self.task,
+            owner_id: self.owner_id,
+            instance: self.lease_owner,
+            round: self.round.unwrap_or(0),
+            total_rounds: self.rounds,
+            started_at: self.started_at,
+            lease_expires_at: self.lease_expires_at,
+        }
+    }
+}
+
+/// Append `events` inside `tx`: bump `last_seq` by their number (fenced by `lease` when
+/// given) and insert them with the seqs that frees. The UPDATE row-locks the debate until
+/// commit, so concurrent appenders (in any process) queue here and each sees the previous
+/// one's committed last_seq: no duplicates, no gaps.
+async fn insert_events(
+    tx: &mut sqlx::Transaction<'_, Postgres>,
+    debate_id: &str,
+    lease: Option<&Lease>,
+    events: &[NewEvent],
+) -> StoreResult<Vec<StoredEvent>> {
+    let n = events.len() as i64;
+    let last: Option<i64> = match lease {
+        None => {
+            sqlx::query_scalar(
+                "UPDATE debates SET last_seq = last_seq + $2 WHERE id = $1 RETURNING last_seq",
+            )
+            .bind(debate_id)
+            .bind(n)
+            .fetch_optional(&mut **tx)
+            .await?
+        }
+        Some(lease) => {
+            sqlx::query_scalar(
+                "UPDATE debates SET last_seq = last_seq + $2 WHERE id = $1 \
+                 AND lease_owner = $3 AND lease_generation = $4 RETURNING last_seq",
+            )
+            .bind(debate_id)
+            .bind(n)
+            .bind(&lease.owner)
+            .bind(lease.generation)
+            .fetch_optional(&mut **tx)
+            .await?
+        }
+    };
+    let Some(last) = last else {
+        let exists: Option<i64> = sqlx::query_scalar("SELECT 1::BIGINT FROM debates WHERE id = $1")
+            .bind(debate_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+        return Err(match (exists, lease) {
+            (Some(_), Some(lease)) => StoreError::Fenced(format!(
+                "debate {debate_id} is no longer held by {} (generation {})",
+                lease.owner, lease.generation
+            )),
+            _ => StoreError::NotFound(format!("debate {debate_id}")),
+        });
+    };
+    let timestamp = now_micros();
+    let mut stored = Vec::with_capacity(events.len());
+    let first = last - n + 1;
+    let mut qb: QueryBuilder<Postgres> = QueryBuilder::new(
+        "INSERT INTO debate_events (debate_id, seq, kind, round, agent, data, created_at) ",
+    );
+    qb.push_values(events.iter().enumerate(), |mut b, (i, e)| {
+        b.push_bind(debate_id)
+            .push_bind(first + i as i64)
+            .push_bind(&e.kind)
+            .push_bind(e.round)
+            .push_bind(&e.agent)
+            .push_bind(Json(&e.data))
+            .push_bind(timestamp);
+    });
+    if !events.is_empty() {
+        qb.build().execute(&mut **tx).await?;
+    }
+    for (i, e) in events.iter().enumerate() {
+        stored.push(StoredEvent {
+            debate_id: debate_id.to_owned(),
+            seq: first + i as i64,
+            kind: e.kind.clone(),
+            round: e.round,
+            agent: e.agent.clone(),
+            data: e.data.clone(),
+            timestamp,
+        });
+    }
+    Ok(stored)
+}
+
+/// Apply `update` inside `tx`; with `finish`, also drop the lease. The commit is the
+/// caller's: a row read back here is not yet durable.
+async fn apply_update(
+    tx: &mut sqlx::Transaction<'_, Postgres>,
+    id: &str,
+    update: &DebateUpdate,
+    finish: bool,
+) -> StoreResult<DebateRecord> {
+    let lease = if finish {
+        ", lease_owner = NULL, lease_expires_at = NULL, cancel_requested = FALSE"
+    } else {
+        ""
+    };
+    // COALESCE keeps the stored value wherever the update carries None.
+    let sql = format!(
+        "UPDATE debates SET status = COALESCE($1, status), \
+         rounds_used = COALESCE($2, rounds_used), result = COALESCE($3, result), \
+         error = COALESCE($4, error), started_at = COALESCE($5, started_at), \
+         finished_at = COALESCE($6, finished_at){lease} WHERE id = $7 RETURNING {DEBATE_COLUMNS}"
+    );
+    let row = sqlx::query_as::<_, DebateRow>(&sql)
+        .bind(update.status.map(DebateStatus::as_str))
+        .bind(update.rounds_used)
+        .bind(update.result.as_ref().map(Json))
+        .bind(&update.error)
+        .bind(update.started_at.map(truncate_micros))
+        .bind(update.finished_at.map(truncate_micros))
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    row.ok_or_else(|| StoreError::NotFound(format!("debate {id}")))?
+        .into_record()
 }
 
 impl PostgresStore {
@@ -314,7 +477,8 @@ impl Store for PostgresStore {
         Ok(DebateRecord {
             id: new.id.clone(),
             task: new.task.clone(),
-            status: "queued".into(),
+            status: DebateStatus::Queued,
+            instance: None,
             agents: new.agents.clone(),
             rounds: new.rounds,
             rounds_used: 0,
@@ -336,29 +500,15 @@ impl Store for PostgresStore {
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(row.map(Into::into))
+        row.map(DebateRow::into_record).transpose()
     }
 
     async fn update_debate(&self, id: &str, update: &DebateUpdate) -> StoreResult<DebateRecord> {
-        // COALESCE keeps the stored value wherever the update carries None.
-        let sql = format!(
-            "UPDATE debates SET status = COALESCE($1, status), \
-             rounds_used = COALESCE($2, rounds_used), result = COALESCE($3, result), \
-             error = COALESCE($4, error), started_at = COALESCE($5, started_at), \
-             finished_at = COALESCE($6, finished_at) WHERE id = $7 RETURNING {DEBATE_COLUMNS}"
-        );
-        let row = sqlx::query_as::<_, DebateRow>(&sql)
-            .bind(&update.status)
-            .bind(update.rounds_used)
-            .bind(update.result.as_ref().map(Json))
-            .bind(&update.error)
-            .bind(update.started_at.map(truncate_micros))
-            .bind(update.finished_at.map(truncate_micros))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(Into::into)
-            .ok_or_else(|| StoreError::NotFound(format!("debate {id}")))
+        // In a transaction so the record is returned only once the commit succeeded.
+        let mut tx = self.pool.begin().await?;
+        let record = apply_update(&mut tx, id, update, false).await?;
+        tx.commit().await?;
+        Ok(record)
     }
 
     async fn list_debates(&self, query: &DebateQuery) -> StoreResult<DebatePage> {
@@ -387,46 +537,199 @@ impl Store for PostgresStore {
             .build_query_as::<DebateRow>()
             .fetch_all(&self.pool)
             .await?;
-        Ok(make_page(rows.into_iter().map(Into::into).collect(), limit))
+        Ok(make_page(records(rows)?, limit))
     }
 
-    async fn append_event(&self, debate_id: &str, event: &NewEvent) -> StoreResult<StoredEvent> {
+    async fn append_events(
+        &self,
+        debate_id: &str,
+        lease: Option<&Lease>,
+        events: &[NewEvent],
+    ) -> StoreResult<Vec<StoredEvent>> {
         let mut tx = self.pool.begin().await?;
-        // The UPDATE row-locks the debate until commit, so concurrent appenders (in any process)
-        // queue here and each sees the previous one's committed last_seq: no duplicates, no gaps.
-        let seq: Option<i64> = sqlx::query_scalar(
-            "UPDATE debates SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq",
+        let stored = insert_events(&mut tx, debate_id, lease, events).await?;
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    async fn finish_debate(
+        &self,
+        debate_id: &str,
+        lease: Option<&Lease>,
+        update: &DebateUpdate,
+        end: &NewEvent,
+    ) -> StoreResult<(DebateRecord, StoredEvent)> {
+        let mut tx = self.pool.begin().await?;
+        let mut stored = insert_events(&mut tx, debate_id, lease, std::slice::from_ref(end)).await?;
+        let record = apply_update(&mut tx, debate_id, update, true).await?;
+        tx.commit().await?;
+        let event = stored
+            .pop()
+            .ok_or_else(|| StoreError::NotFound(format!("debate {debate_id}")))?;
+        Ok((record, event))
+    }
+
+    async fn finish_queued(
+        &self,
+        debate_id: &str,
+        update: &DebateUpdate,
+        end: &NewEvent,
+    ) -> StoreResult<Option<(DebateRecord, StoredEvent)>> {
+        let mut tx = self.pool.begin().await?;
+        // The row lock taken here orders this against a concurrent claim of the same debate.
+        let queued: Option<String> = sqlx::query_scalar(
+            "SELECT id FROM debates WHERE id = $1 AND status = 'queued' FOR UPDATE",
         )
         .bind(debate_id)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(seq) = seq else {
-            return Err(StoreError::NotFound(format!("debate {debate_id}")));
-        };
-        let timestamp = now_micros();
-        sqlx::query(
-            "INSERT INTO debate_events (debate_id, seq, kind, round, agent, data, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        if queued.is_none() {
+            return Ok(None);
+        }
+        let mut stored = insert_events(&mut tx, debate_id, None, std::slice::from_ref(end)).await?;
+        let record = apply_update(&mut tx, debate_id, update, true).await?;
+        tx.commit().await?;
+        Ok(stored.pop().map(|e| (record, e)))
+    }
+
+    async fn count_queued(&self) -> StoreResult<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM debates WHERE status = 'queued'")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn claim_debates(
+        &self,
+        instance: &str,
+        max: u32,
+        ttl: Duration,
+    ) -> StoreResult<Vec<ClaimedDebate>> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let columns = DEBATE_COLUMNS
+            .split(", ")
+            .map(|c| format!("d.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        // SKIP LOCKED: concurrent claimers each take different rows without waiting on one
+        // another; the CTE keeps the values from before the claim.
+        let sql = format!(
+            "WITH next AS ( \
+                 SELECT id, status AS previous_status, lease_owner AS previous_owner FROM debates \
+                 WHERE status = 'queued' OR (status = 'running' \
+                       AND (lease_expires_at IS NULL OR lease_expires_at < now())) \
+                 ORDER BY created_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
+             UPDATE debates d SET status = 'running', \
+                 started_at = COALESCE(d.started_at, date_trunc('microseconds', now())), \
+                 lease_owner = $1, lease_generation = d.lease_generation + 1, instance = $1, \
+                 lease_expires_at = now() + make_interval(secs => $3) \
+             FROM next WHERE d.id = next.id \
+             RETURNING {columns}, d.lease_owner, d.lease_generation, next.previous_status, \
+                 next.previous_owner, d.cancel_requested"
+        );
+        let rows = sqlx::query_as::<_, ClaimRow>(&sql)
+            .bind(instance)
+            .bind(i64::from(max))
+            .bind(ttl_secs(ttl))
+            .fetch_all(&self.pool)
+            .await?;
+        let mut claimed = rows
+            .into_iter()
+            .map(|r| {
+                Ok(ClaimedDebate {
+                    record: r.debate.into_record()?,
+                    lease: Lease {
+                        owner: r.lease_owner,
+                        generation: r.lease_generation,
+                    },
+                    previous_status: parse_status(&r.previous_status)?,
+                    previous_owner: r.previous_owner,
+                    cancel_requested: r.cancel_requested,
+                })
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        claimed.sort_by(|a, b| {
+            (a.record.created_at, &a.record.id).cmp(&(b.record.created_at, &b.record.id))
+        });
+        Ok(claimed)
+    }
+
+    async fn renew_leases(
+        &self,
+        instance: &str,
+        ttl: Duration,
+    ) -> StoreResult<Vec<(String, i64, bool)>> {
+        let rows: Vec<(String, i64, bool)> = sqlx::query_as(
+            "UPDATE debates SET lease_expires_at = now() + make_interval(secs => $2) \
+             WHERE lease_owner = $1 AND status = 'running' \
+             RETURNING id, lease_generation, cancel_requested",
+        )
+        .bind(instance)
+        .bind(ttl_secs(ttl))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
+    }
+
+    async fn release_lease(&self, debate_id: &str, lease: &Lease) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE debates SET lease_owner = NULL, lease_expires_at = NULL \
+             WHERE id = $1 AND lease_owner = $2 AND lease_generation = $3",
         )
         .bind(debate_id)
-        .bind(seq)
-        .bind(&event.kind)
-        .bind(event.round)
-        .bind(&event.agent)
-        .bind(Json(&event.data))
-        .bind(timestamp)
-        .execute(&mut *tx)
+        .bind(&lease.owner)
+        .bind(lease.generation)
+        .execute(&self.pool)
         .await?;
-        tx.commit().await?;
-        Ok(StoredEvent {
-            debate_id: debate_id.to_owned(),
-            seq,
-            kind: event.kind.clone(),
-            round: event.round,
-            agent: event.agent.clone(),
-            data: event.data.clone(),
-            timestamp,
-        })
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn expire_leases_of(&self, instance: &str) -> StoreResult<u64> {
+        let done = sqlx::query(
+            "UPDATE debates SET lease_expires_at = now() - interval '1 second' \
+             WHERE lease_owner = $1",
+        )
+        .bind(instance)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn request_cancel(&self, debate_id: &str) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE debates SET cancel_requested = TRUE WHERE id = $1 AND status = 'running'",
+        )
+        .bind(debate_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn cancel_requests(&self, instance: &str) -> StoreResult<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM debates WHERE lease_owner = $1 AND cancel_requested \
+             AND status = 'running'",
+        )
+        .bind(instance)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn active_debates(&self) -> StoreResult<Vec<ActiveDebate>> {
+        let rows = sqlx::query_as::<_, ActiveRow>(
+            "SELECT d.id, d.task, d.owner_id, d.lease_owner, d.rounds, d.started_at, \
+                    d.lease_expires_at, \
+                    (SELECT MAX(e.round) FROM debate_events e \
+                      WHERE e.debate_id = d.id AND e.kind = 'round_start') AS round \
+             FROM debates d WHERE d.status = 'running' \
+             ORDER BY d.created_at, d.id LIMIT 1000",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(ActiveRow::into_active).collect())
     }
 
     async fn events_since(
@@ -465,7 +768,7 @@ impl Store for PostgresStore {
         let rows = sqlx::query_as::<_, DebateRow>(&sql)
             .fetch_all(&self.pool)
             .await?;
-        Ok(rows.into_iter().map(Into::into).collect())
+        records(rows)
     }
 
     async fn apply_match_results(

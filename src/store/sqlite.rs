@@ -15,7 +15,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Every column, in the order [`DebateRow`] expects.
 const DEBATE_COLUMNS: &str = "id, task, status, agents, rounds, rounds_used, consensus, owner_id, \
-     correlation_id, options, result, error, created_at, started_at, finished_at";
+     correlation_id, options, result, error, created_at, started_at, finished_at, instance";
 
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -43,6 +43,7 @@ struct DebateRow {
     created_at: String,
     started_at: Option<String>,
     finished_at: Option<String>,
+    instance: Option<String>,
 }
 
 impl DebateRow {
@@ -50,7 +51,8 @@ impl DebateRow {
         Ok(DebateRecord {
             id: self.id,
             task: self.task,
-            status: self.status,
+            status: parse_status(&self.status)?,
+            instance: self.instance,
             agents: self.agents.0,
             rounds: self.rounds,
             rounds_used: self.rounds_used,
@@ -197,48 +199,165 @@ impl SqliteStore {
             .transpose()
     }
 
-    async fn try_append(
-        &self,
-        debate_id: &str,
-        event: &NewEvent,
-    ) -> sqlx::Result<Option<StoredEvent>> {
-        // BEGIN IMMEDIATE takes the write lock up front (waiting via busy_timeout), so the
-        // read-increment-insert below cannot interleave with another appender.
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let seq: Option<i64> = sqlx::query_scalar(
-            "UPDATE debates SET last_seq = last_seq + 1 WHERE id = ? RETURNING last_seq",
-        )
-        .bind(debate_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(seq) = seq else {
-            return Ok(None);
-        };
-        let timestamp = now_micros();
+    /// A write transaction on the writer connection. BEGIN IMMEDIATE takes the write lock
+    /// up front (waiting via busy_timeout), so nothing inside can interleave with another
+    /// writer; a database still busy after that is retried a few times.
+    async fn begin_write(&self) -> StoreResult<sqlx::Transaction<'static, Sqlite>> {
+        let mut attempts = 0u64;
+        loop {
+            match self.writer.begin_with("BEGIN IMMEDIATE").await {
+                Ok(tx) => return Ok(tx),
+                Err(e) if is_busy(&e) && attempts < 5 => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(10 * attempts)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct ClaimRow {
+    #[sqlx(flatten)]
+    debate: DebateRow,
+    lease_generation: i64,
+}
+
+#[derive(sqlx::FromRow)]
+struct ActiveRow {
+    id: String,
+    task: String,
+    owner_id: Option<String>,
+    lease_owner: Option<String>,
+    round: Option<i32>,
+    rounds: i32,
+    started_at: Option<String>,
+    lease_expires_at: Option<String>,
+}
+
+impl ActiveRow {
+    fn into_active(self) -> StoreResult<ActiveDebate> {
+        Ok(ActiveDebate {
+            id: self.id,
+            task: self.task,
+            owner_id: self.owner_id,
+            instance: self.lease_owner,
+            round: self.round.unwrap_or(0),
+            total_rounds: self.rounds,
+            started_at: self.started_at.as_deref().map(parse_ts).transpose()?,
+            lease_expires_at: self.lease_expires_at.as_deref().map(parse_ts).transpose()?,
+        })
+    }
+}
+
+/// Append `events` inside `tx` (which holds the write lock): bump `last_seq` by their number,
+/// fenced by `lease` when given, and insert them with the seqs that frees.
+async fn insert_events(
+    tx: &mut sqlx::Transaction<'static, Sqlite>,
+    debate_id: &str,
+    lease: Option<&Lease>,
+    events: &[NewEvent],
+) -> StoreResult<Vec<StoredEvent>> {
+    let n = events.len() as i64;
+    let last: Option<i64> = match lease {
+        None => {
+            sqlx::query_scalar(
+                "UPDATE debates SET last_seq = last_seq + ? WHERE id = ? RETURNING last_seq",
+            )
+            .bind(n)
+            .bind(debate_id)
+            .fetch_optional(&mut **tx)
+            .await?
+        }
+        Some(lease) => {
+            sqlx::query_scalar(
+                "UPDATE debates SET last_seq = last_seq + ? WHERE id = ? \
+                 AND lease_owner = ? AND lease_generation = ? RETURNING last_seq",
+            )
+            .bind(n)
+            .bind(debate_id)
+            .bind(&lease.owner)
+            .bind(lease.generation)
+            .fetch_optional(&mut **tx)
+            .await?
+        }
+    };
+    let Some(last) = last else {
+        let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM debates WHERE id = ?")
+            .bind(debate_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+        return Err(match (exists, lease) {
+            (Some(_), Some(lease)) => StoreError::Fenced(format!(
+                "debate {debate_id} is no longer held by {} (generation {})",
+                lease.owner, lease.generation
+            )),
+            _ => StoreError::NotFound(format!("debate {debate_id}")),
+        });
+    };
+    let timestamp = now_micros();
+    let first = last - n + 1;
+    let mut stored = Vec::with_capacity(events.len());
+    for (i, e) in events.iter().enumerate() {
+        let seq = first + i as i64;
         sqlx::query(
             "INSERT INTO debate_events (debate_id, seq, kind, round, agent, data, created_at) \
              VALUES (?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(debate_id)
         .bind(seq)
-        .bind(&event.kind)
-        .bind(event.round)
-        .bind(&event.agent)
-        .bind(Json(&event.data))
+        .bind(&e.kind)
+        .bind(e.round)
+        .bind(&e.agent)
+        .bind(Json(&e.data))
         .bind(format_ts(timestamp))
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
-        tx.commit().await?;
-        Ok(Some(StoredEvent {
+        stored.push(StoredEvent {
             debate_id: debate_id.to_owned(),
             seq,
-            kind: event.kind.clone(),
-            round: event.round,
-            agent: event.agent.clone(),
-            data: event.data.clone(),
+            kind: e.kind.clone(),
+            round: e.round,
+            agent: e.agent.clone(),
+            data: e.data.clone(),
             timestamp,
-        }))
+        });
     }
+    Ok(stored)
+}
+
+/// Apply `update` inside `tx`; with `finish`, also drop the lease.
+async fn apply_update(
+    tx: &mut sqlx::Transaction<'static, Sqlite>,
+    id: &str,
+    update: &DebateUpdate,
+    finish: bool,
+) -> StoreResult<DebateRecord> {
+    let lease = if finish {
+        ", lease_owner = NULL, lease_expires_at = NULL, cancel_requested = 0"
+    } else {
+        ""
+    };
+    // COALESCE keeps the stored value wherever the update carries None.
+    let sql = format!(
+        "UPDATE debates SET status = COALESCE(?, status), \
+         rounds_used = COALESCE(?, rounds_used), result = COALESCE(?, result), \
+         error = COALESCE(?, error), started_at = COALESCE(?, started_at), \
+         finished_at = COALESCE(?, finished_at){lease} WHERE id = ? RETURNING {DEBATE_COLUMNS}"
+    );
+    let row = sqlx::query_as::<_, DebateRow>(&sql)
+        .bind(update.status.map(DebateStatus::as_str))
+        .bind(update.rounds_used)
+        .bind(update.result.as_ref().map(Json))
+        .bind(&update.error)
+        .bind(update.started_at.map(format_ts))
+        .bind(update.finished_at.map(format_ts))
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    row.ok_or_else(|| StoreError::NotFound(format!("debate {id}")))?
+        .into_record()
 }
 
 impl SqliteStore {
@@ -386,7 +505,8 @@ impl Store for SqliteStore {
         Ok(DebateRecord {
             id: new.id.clone(),
             task: new.task.clone(),
-            status: "queued".into(),
+            status: DebateStatus::Queued,
+            instance: None,
             agents: new.agents.clone(),
             rounds: new.rounds,
             rounds_used: 0,
@@ -407,25 +527,12 @@ impl Store for SqliteStore {
     }
 
     async fn update_debate(&self, id: &str, update: &DebateUpdate) -> StoreResult<DebateRecord> {
-        // COALESCE keeps the stored value wherever the update carries None.
-        let sql = format!(
-            "UPDATE debates SET status = COALESCE(?, status), \
-             rounds_used = COALESCE(?, rounds_used), result = COALESCE(?, result), \
-             error = COALESCE(?, error), started_at = COALESCE(?, started_at), \
-             finished_at = COALESCE(?, finished_at) WHERE id = ? RETURNING {DEBATE_COLUMNS}"
-        );
-        let row = sqlx::query_as::<_, DebateRow>(&sql)
-            .bind(&update.status)
-            .bind(update.rounds_used)
-            .bind(update.result.as_ref().map(Json))
-            .bind(&update.error)
-            .bind(update.started_at.map(format_ts))
-            .bind(update.finished_at.map(format_ts))
-            .bind(id)
-            .fetch_optional(&self.writer)
-            .await?;
-        row.ok_or_else(|| StoreError::NotFound(format!("debate {id}")))?
-            .into_record()
+        // In a transaction so the record is returned only once the commit succeeded (a
+        // failed commit, e.g. a full disk, is an error, not a stale success).
+        let mut tx = self.begin_write().await?;
+        let record = apply_update(&mut tx, id, update, false).await?;
+        tx.commit().await?;
+        Ok(record)
     }
 
     async fn list_debates(&self, query: &DebateQuery) -> StoreResult<DebatePage> {
@@ -457,19 +564,212 @@ impl Store for SqliteStore {
         Ok(make_page(records(rows)?, limit))
     }
 
-    async fn append_event(&self, debate_id: &str, event: &NewEvent) -> StoreResult<StoredEvent> {
-        let mut attempts = 0;
-        loop {
-            match self.try_append(debate_id, event).await {
-                Ok(Some(stored)) => return Ok(stored),
-                Ok(None) => return Err(StoreError::NotFound(format!("debate {debate_id}"))),
-                Err(e) if is_busy(&e) && attempts < 5 => {
-                    attempts += 1;
-                    tokio::time::sleep(Duration::from_millis(10 * attempts)).await;
-                }
-                Err(e) => return Err(e.into()),
-            }
+    async fn append_events(
+        &self,
+        debate_id: &str,
+        lease: Option<&Lease>,
+        events: &[NewEvent],
+    ) -> StoreResult<Vec<StoredEvent>> {
+        let mut tx = self.begin_write().await?;
+        let stored = insert_events(&mut tx, debate_id, lease, events).await?;
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    async fn finish_debate(
+        &self,
+        debate_id: &str,
+        lease: Option<&Lease>,
+        update: &DebateUpdate,
+        end: &NewEvent,
+    ) -> StoreResult<(DebateRecord, StoredEvent)> {
+        let mut tx = self.begin_write().await?;
+        let mut stored =
+            insert_events(&mut tx, debate_id, lease, std::slice::from_ref(end)).await?;
+        let record = apply_update(&mut tx, debate_id, update, true).await?;
+        let event = stored
+            .pop()
+            .ok_or_else(|| StoreError::NotFound(format!("debate {debate_id}")))?;
+        let result = Ok((record, event));
+        tx.commit().await?;
+        result
+    }
+
+    async fn finish_queued(
+        &self,
+        debate_id: &str,
+        update: &DebateUpdate,
+        end: &NewEvent,
+    ) -> StoreResult<Option<(DebateRecord, StoredEvent)>> {
+        let mut tx = self.begin_write().await?;
+        let queued: Option<String> =
+            sqlx::query_scalar("SELECT id FROM debates WHERE id = ? AND status = 'queued'")
+                .bind(debate_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if queued.is_none() {
+            return Ok(None);
         }
+        let mut stored =
+            insert_events(&mut tx, debate_id, None, std::slice::from_ref(end)).await?;
+        let record = apply_update(&mut tx, debate_id, update, true).await?;
+        let result = Ok(stored.pop().map(|e| (record, e)));
+        tx.commit().await?;
+        result
+    }
+
+    async fn count_queued(&self) -> StoreResult<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM debates WHERE status = 'queued'")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn claim_debates(
+        &self,
+        instance: &str,
+        max: u32,
+        ttl: Duration,
+    ) -> StoreResult<Vec<ClaimedDebate>> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        // One writer at a time (BEGIN IMMEDIATE): the select and the updates cannot interleave
+        // with another claim.
+        let mut tx = self.begin_write().await?;
+        let now = Utc::now();
+        let candidates: Vec<(String, String, Option<String>, bool)> = sqlx::query_as(
+            "SELECT id, status, lease_owner, cancel_requested FROM debates \
+             WHERE status = 'queued' OR (status = 'running' \
+                   AND (lease_expires_at IS NULL OR lease_expires_at < ?)) \
+             ORDER BY created_at, id LIMIT ?",
+        )
+        .bind(format_ts(now))
+        .bind(i64::from(max))
+        .fetch_all(&mut *tx)
+        .await?;
+        let expires = format_ts(now + chrono::Duration::from_std(ttl).unwrap_or_default());
+        let sql = format!(
+            "UPDATE debates SET status = 'running', \
+             started_at = COALESCE(started_at, ?), lease_owner = ?, \
+             lease_generation = lease_generation + 1, instance = ?, \
+             lease_expires_at = ? WHERE id = ? RETURNING {DEBATE_COLUMNS}, lease_generation"
+        );
+        let mut claimed = Vec::with_capacity(candidates.len());
+        for (id, previous_status, previous_owner, cancel_requested) in candidates {
+            let row = sqlx::query_as::<_, ClaimRow>(&sql)
+                .bind(format_ts(now))
+                .bind(instance)
+                .bind(instance)
+                .bind(&expires)
+                .bind(&id)
+                .fetch_one(&mut *tx)
+                .await?;
+            claimed.push(ClaimedDebate {
+                record: row.debate.into_record()?,
+                lease: Lease {
+                    owner: instance.to_owned(),
+                    generation: row.lease_generation,
+                },
+                previous_status: parse_status(&previous_status)?,
+                previous_owner,
+                cancel_requested,
+            });
+        }
+        let result = Ok(claimed);
+        tx.commit().await?;
+        result
+    }
+
+    async fn renew_leases(
+        &self,
+        instance: &str,
+        ttl: Duration,
+    ) -> StoreResult<Vec<(String, i64, bool)>> {
+        let expires =
+            format_ts(Utc::now() + chrono::Duration::from_std(ttl).unwrap_or_default());
+        let mut tx = self.begin_write().await?;
+        let rows: Vec<(String, i64, bool)> = sqlx::query_as(
+            "UPDATE debates SET lease_expires_at = ? \
+             WHERE lease_owner = ? AND status = 'running' \
+             RETURNING id, lease_generation, cancel_requested",
+        )
+        .bind(&expires)
+        .bind(instance)
+        .fetch_all(&mut *tx)
+        .await?;
+        let result = Ok(rows);
+        tx.commit().await?;
+        result
+    }
+
+    async fn release_lease(&self, debate_id: &str, lease: &Lease) -> StoreResult<bool> {
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query(
+            "UPDATE debates SET lease_owner = NULL, lease_expires_at = NULL \
+             WHERE id = ? AND lease_owner = ? AND lease_generation = ?",
+        )
+        .bind(debate_id)
+        .bind(&lease.owner)
+        .bind(lease.generation)
+        .execute(&mut *tx)
+        .await?;
+        let result = Ok(done.rows_affected() == 1);
+        tx.commit().await?;
+        result
+    }
+
+    async fn expire_leases_of(&self, instance: &str) -> StoreResult<u64> {
+        let past = format_ts(Utc::now() - chrono::Duration::seconds(1));
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query(
+            "UPDATE debates SET lease_expires_at = ? WHERE lease_owner = ?",
+        )
+        .bind(&past)
+        .bind(instance)
+        .execute(&mut *tx)
+        .await?;
+        let result = Ok(done.rows_affected());
+        tx.commit().await?;
+        result
+    }
+
+    async fn request_cancel(&self, debate_id: &str) -> StoreResult<bool> {
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query(
+            "UPDATE debates SET cancel_requested = 1 WHERE id = ? AND status = 'running'",
+        )
+        .bind(debate_id)
+        .execute(&mut *tx)
+        .await?;
+        let result = Ok(done.rows_affected() == 1);
+        tx.commit().await?;
+        result
+    }
+
+    async fn cancel_requests(&self, instance: &str) -> StoreResult<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM debates WHERE lease_owner = ? AND cancel_requested = 1 \
+             AND status = 'running'",
+        )
+        .bind(instance)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn active_debates(&self) -> StoreResult<Vec<ActiveDebate>> {
+        let rows: Vec<ActiveRow> = sqlx::query_as(
+            "SELECT d.id, d.task, d.owner_id, d.lease_owner, d.rounds, d.started_at, \
+                    d.lease_expires_at, \
+                    (SELECT MAX(e.round) FROM debate_events e \
+                      WHERE e.debate_id = d.id AND e.kind = 'round_start') AS round \
+             FROM debates d WHERE d.status = 'running' \
+             ORDER BY d.created_at, d.id LIMIT 1000",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(ActiveRow::into_active).collect()
     }
 
     async fn events_since(

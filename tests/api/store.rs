@@ -241,7 +241,7 @@ async fn create_get_round_trip(s: &DynStore) {
         .update_debate(
             "d1",
             &DebateUpdate {
-                status: Some("completed".into()),
+                status: Some("completed".parse().unwrap()),
                 rounds_used: Some(2),
                 result: Some(json!({"answer": "42", "votes": [1, 2, 3], "score": 0.5})),
                 error: Some("none really".into()),
@@ -293,7 +293,7 @@ async fn update_is_partial(s: &DynStore) {
         .update_debate(
             "d1",
             &DebateUpdate {
-                status: Some("running".into()),
+                status: Some("running".parse().unwrap()),
                 ..Default::default()
             },
         )
@@ -302,7 +302,7 @@ async fn update_is_partial(s: &DynStore) {
     assert_eq!(
         running,
         DebateRecord {
-            status: "running".into(),
+            status: "running".parse().unwrap(),
             ..created.clone()
         }
     );
@@ -334,7 +334,7 @@ async fn update_is_partial(s: &DynStore) {
         .update_debate(
             "missing",
             &DebateUpdate {
-                status: Some("running".into()),
+                status: Some("running".parse().unwrap()),
                 ..Default::default()
             },
         )
@@ -349,7 +349,7 @@ async fn list_orders_and_filters(s: &DynStore) {
         s.update_debate(
             id,
             &DebateUpdate {
-                status: Some("running".into()),
+                status: Some("running".parse().unwrap()),
                 ..Default::default()
             },
         )
@@ -367,7 +367,7 @@ async fn list_orders_and_filters(s: &DynStore) {
 
     let running = s
         .list_debates(&DebateQuery {
-            status: Some("running".into()),
+            status: Some("running".parse().unwrap()),
             ..Default::default()
         })
         .await
@@ -387,7 +387,7 @@ async fn list_orders_and_filters(s: &DynStore) {
     let alice_queued = s
         .list_debates(&DebateQuery {
             owner_id: Some("alice".into()),
-            status: Some("queued".into()),
+            status: Some("queued".parse().unwrap()),
             ..Default::default()
         })
         .await
@@ -623,7 +623,7 @@ async fn unfinished_debates_oldest_first(s: &DynStore) {
         s.update_debate(
             id,
             &DebateUpdate {
-                status: Some(status.into()),
+                status: Some(status.parse().unwrap()),
                 ..Default::default()
             },
         )
@@ -1058,7 +1058,7 @@ async fn count_debates_by_status_groups(s: &DynStore) {
         s.update_debate(
             id,
             &DebateUpdate {
-                status: Some(status.into()),
+                status: Some(status.parse().unwrap()),
                 ..Default::default()
             },
         )
