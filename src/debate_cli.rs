@@ -43,7 +43,12 @@ impl Printer {
 impl EventSink for Printer {
     async fn record(&self, events: &[Event]) -> Result<(), String> {
         for e in events {
-            self.out(&format_event(e.kind(), e.round, e.agent.as_deref(), &e.data()));
+            self.out(&format_event(
+                e.kind(),
+                e.round,
+                e.agent.as_deref(),
+                &e.data(),
+            ));
         }
         Ok(())
     }

@@ -288,7 +288,11 @@ impl Ctx<'_> {
             Err(AgentError::Cancelled) => return Ok(None),
             Err(err) => {
                 let circuit = matches!(err, AgentError::CircuitOpen(_));
-                let kind = if circuit { "circuit_open" } else { "agent_error" };
+                let kind = if circuit {
+                    "circuit_open"
+                } else {
+                    "agent_error"
+                };
                 tracing::warn!(
                     target: "aragora::debate",
                     agent = agent.name(), seat, round, phase = phase.as_str(), error = %err,

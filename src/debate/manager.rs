@@ -30,8 +30,8 @@ use super::{AgentReply, DebateAgent, EventSink};
 use crate::agents::{Agent, AgentError, AgentRegistry, CompletionRequest, DeltaSink};
 use crate::bus::{EventBus, LiveEvent};
 use crate::store::{
-    ClaimedDebate, DebateRecord, DebateStatus, DebateUpdate, DynStore, Lease, NewDebate,
-    NewEvent, StoreError, StoredEvent,
+    ClaimedDebate, DebateRecord, DebateStatus, DebateUpdate, DynStore, Lease, NewDebate, NewEvent,
+    StoreError, StoredEvent,
 };
 
 pub const MIN_AGENTS: usize = 2;
@@ -356,7 +356,6 @@ impl DebateManager {
         })
     }
 
-
     /// Cancel a queued or running debate, wherever it runs: here at once; on another
     /// instance through the store (its runner stops within about a second).
     pub async fn cancel(&self, id: &str) -> Result<DebateRecord, CancelError> {
@@ -425,12 +424,15 @@ impl DebateManager {
     async fn claim_loop(self: Arc<Self>) {
         // Leases this instance holds are from its previous life (killed, or stopped without
         // releasing): nobody runs those debates now, so take them back at once.
-        match self.store.expire_leases_of(&self.settings.instance_id).await {
-            Ok(0) => {}
-            Ok(n) => {
+        match self
+            .unless_stopping(self.store.expire_leases_of(&self.settings.instance_id))
+            .await
+        {
+            None | Some(Ok(0)) => {}
+            Some(Ok(n)) => {
                 tracing::info!(target: "aragora::debate", debates = n, "resuming debates this instance was running before it restarted")
             }
-            Err(err) => {
+            Some(Err(err)) => {
                 tracing::warn!(target: "aragora::debate", error = %err, "could not look for debates left by a previous run; they resume when their lease expires")
             }
         }
@@ -439,25 +441,24 @@ impl DebateManager {
             if self.shutdown.is_cancelled() {
                 return;
             }
-            let free = self
-                .settings
-                .max_concurrent
-                .saturating_sub(self.active());
+            let free = self.settings.max_concurrent.saturating_sub(self.active());
             let mut claimed_all = false;
             if free > 0 {
-                match self
-                    .store
-                    .claim_debates(&self.settings.instance_id, free as u32, self.settings.lease)
-                    .await
-                {
-                    Ok(claims) => {
+                let claim = self.store.claim_debates(
+                    &self.settings.instance_id,
+                    free as u32,
+                    self.settings.lease,
+                );
+                match self.unless_stopping(claim).await {
+                    None => return,
+                    Some(Ok(claims)) => {
                         failures = 0;
                         claimed_all = !claims.is_empty() && claims.len() == free;
                         for claim in claims {
                             self.launch(claim);
                         }
                     }
-                    Err(err) => {
+                    Some(Err(err)) => {
                         failures += 1;
                         if failures == 1 {
                             tracing::warn!(target: "aragora::debate", error = %err, "claiming debates failed; retrying");
@@ -465,8 +466,10 @@ impl DebateManager {
                     }
                 }
             }
-            if let Ok(queued) = self.store.count_queued().await {
-                self.note_queued(queued);
+            match self.unless_stopping(self.store.count_queued()).await {
+                None => return,
+                Some(Ok(queued)) => self.note_queued(queued),
+                Some(Err(_)) => {}
             }
             if claimed_all {
                 // There may be more: look again at once.
@@ -477,6 +480,14 @@ impl DebateManager {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(self.settings.claim_poll) => {}
             }
+        }
+    }
+
+    /// `fut`, unless shutdown starts first: a hung database must not hold shutdown hostage.
+    async fn unless_stopping<T>(&self, fut: impl std::future::Future<Output = T>) -> Option<T> {
+        tokio::select! {
+            _ = self.shutdown.cancelled() => None,
+            v = fut => Some(v),
         }
     }
 
@@ -521,7 +532,8 @@ impl DebateManager {
                 } => true,
             };
             if handed_back && !lost.is_cancelled() {
-                match me.store.release_lease(&id, &lease).await {
+                let release = tokio::time::timeout(RELEASE_MARGIN / 2, me.store.release_lease(&id, &lease));
+                match release.await.unwrap_or(Err(StoreError::Database(sqlx::Error::PoolTimedOut))) {
                     Ok(true) => span.in_scope(|| tracing::info!(target: "aragora::debate", "debate handed back: its lease is released and any instance resumes it")),
                     Ok(false) => {}
                     Err(err) => span.in_scope(|| tracing::warn!(target: "aragora::debate", error = %err, "could not release the lease; the debate resumes when it expires")),
@@ -576,8 +588,8 @@ impl DebateManager {
             );
             metrics::counter!("aragora_debates_resumed_total", "reason" => reason.as_str())
                 .increment(1);
-            let recorder = Recorder::new(self.store.clone(), self.bus.clone(), &id)
-                .with_lease(lease.clone());
+            let recorder =
+                Recorder::new(self.store.clone(), self.bus.clone(), &id).with_lease(lease.clone());
             recorder
                 .record(&[Event::new(
                     None,
@@ -679,7 +691,13 @@ impl DebateManager {
                         continue;
                     }
                     let asked = Instant::now();
-                    match self.store.renew_leases(me, self.settings.lease).await {
+                    let renewal = tokio::time::timeout(
+                        self.settings.lease / 3,
+                        self.store.renew_leases(me, self.settings.lease),
+                    );
+                    match renewal.await.unwrap_or_else(|_| {
+                        Err(StoreError::Database(sqlx::Error::PoolTimedOut))
+                    }) {
                         Ok(held) => {
                             let held: HashMap<String, (i64, bool)> =
                                 held.into_iter().map(|(id, g, c)| (id, (g, c))).collect();
@@ -705,7 +723,9 @@ impl DebateManager {
                     if self.active() == 0 {
                         continue;
                     }
-                    if let Ok(ids) = self.store.cancel_requests(me).await {
+                    if let Ok(Ok(ids)) =
+                        tokio::time::timeout(CANCEL_POLL, self.store.cancel_requests(me)).await
+                    {
                         let jobs = self.jobs();
                         for id in ids {
                             if let Some(job) = jobs.get(&id) {
@@ -776,7 +796,6 @@ impl DebateManager {
             },
         })
     }
-
 }
 
 struct Plan {

@@ -18,7 +18,6 @@ use crate::debate::manager::{CancelError, CreateError, DebateRequest};
 use crate::error::{ApiError, ErrorBody};
 use crate::store::{DebateQuery, DebateRecord, DebateStatus, StoreError, StoredEvent};
 
-
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_debate, list_debates))

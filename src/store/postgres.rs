@@ -560,7 +560,8 @@ impl Store for PostgresStore {
         end: &NewEvent,
     ) -> StoreResult<(DebateRecord, StoredEvent)> {
         let mut tx = self.pool.begin().await?;
-        let mut stored = insert_events(&mut tx, debate_id, lease, std::slice::from_ref(end)).await?;
+        let mut stored =
+            insert_events(&mut tx, debate_id, lease, std::slice::from_ref(end)).await?;
         let record = apply_update(&mut tx, debate_id, update, true).await?;
         tx.commit().await?;
         let event = stored

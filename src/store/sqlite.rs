@@ -610,8 +610,7 @@ impl Store for SqliteStore {
         if queued.is_none() {
             return Ok(None);
         }
-        let mut stored =
-            insert_events(&mut tx, debate_id, None, std::slice::from_ref(end)).await?;
+        let mut stored = insert_events(&mut tx, debate_id, None, std::slice::from_ref(end)).await?;
         let record = apply_update(&mut tx, debate_id, update, true).await?;
         let result = Ok(stored.pop().map(|e| (record, e)));
         tx.commit().await?;
@@ -687,8 +686,7 @@ impl Store for SqliteStore {
         instance: &str,
         ttl: Duration,
     ) -> StoreResult<Vec<(String, i64, bool)>> {
-        let expires =
-            format_ts(Utc::now() + chrono::Duration::from_std(ttl).unwrap_or_default());
+        let expires = format_ts(Utc::now() + chrono::Duration::from_std(ttl).unwrap_or_default());
         let mut tx = self.begin_write().await?;
         let rows: Vec<(String, i64, bool)> = sqlx::query_as(
             "UPDATE debates SET lease_expires_at = ? \
@@ -723,13 +721,11 @@ impl Store for SqliteStore {
     async fn expire_leases_of(&self, instance: &str) -> StoreResult<u64> {
         let past = format_ts(Utc::now() - chrono::Duration::seconds(1));
         let mut tx = self.begin_write().await?;
-        let done = sqlx::query(
-            "UPDATE debates SET lease_expires_at = ? WHERE lease_owner = ?",
-        )
-        .bind(&past)
-        .bind(instance)
-        .execute(&mut *tx)
-        .await?;
+        let done = sqlx::query("UPDATE debates SET lease_expires_at = ? WHERE lease_owner = ?")
+            .bind(&past)
+            .bind(instance)
+            .execute(&mut *tx)
+            .await?;
         let result = Ok(done.rows_affected());
         tx.commit().await?;
         result

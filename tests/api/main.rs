@@ -6,6 +6,7 @@ mod admin;
 mod auth;
 mod debates;
 mod deploy;
+mod durable;
 mod health;
 mod helpers;
 mod observability;

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use aragora::ratings::{INITIAL_RATING, K_FACTOR};
 use aragora::store::{
-    self, DebateQuery, DebateRecord, DebateUpdate, DynStore, MatchResult, NewDebate, NewEvent,
-    NewUsage, NewUser, PoolSettings, PostgresStore, Rating, RefreshTokenRecord, StoreError,
+    self, DebateQuery, DebateRecord, DebateStatus, DebateUpdate, DynStore, MatchResult, NewDebate,
+    NewEvent, NewUsage, NewUser, PoolSettings, PostgresStore, Rating, RefreshTokenRecord,
+    StoreError,
 };
 use chrono::{TimeZone, Utc};
 use serde_json::json;
@@ -165,6 +166,242 @@ suite! {
         postgres_refresh_tokens_spend_once_and_revoke_by_family;
     usage_sums_by_provider_and_period => sqlite_usage_sums_by_provider_and_period,
         postgres_usage_sums_by_provider_and_period;
+    claims_take_queued_oldest_first_once => sqlite_claims_take_queued_oldest_first_once,
+        postgres_claims_take_queued_oldest_first_once;
+    a_stale_lease_is_fenced => sqlite_a_stale_lease_is_fenced, postgres_a_stale_lease_is_fenced;
+    released_and_expired_leases_are_claimed_again =>
+        sqlite_released_and_expired_leases_are_claimed_again,
+        postgres_released_and_expired_leases_are_claimed_again;
+    renewal_and_cancel_requests => sqlite_renewal_and_cancel_requests,
+        postgres_renewal_and_cancel_requests;
+    finish_writes_status_and_end_together => sqlite_finish_writes_status_and_end_together,
+        postgres_finish_writes_status_and_end_together;
+}
+
+fn ev(kind: &str) -> NewEvent {
+    NewEvent {
+        kind: kind.into(),
+        round: None,
+        agent: None,
+        data: json!({}),
+    }
+}
+
+const TTL: Duration = Duration::from_secs(30);
+
+async fn claims_take_queued_oldest_first_once(s: &DynStore) {
+    for id in ["q1", "q2", "q3"] {
+        s.create_debate(&new_debate(id, None)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(s.count_queued().await.unwrap(), 3);
+    let first = s.claim_debates("a", 2, TTL).await.unwrap();
+    let ids: Vec<&str> = first.iter().map(|c| c.record.id.as_str()).collect();
+    assert_eq!(ids, ["q1", "q2"]);
+    for c in &first {
+        assert_eq!(c.record.status, DebateStatus::Running);
+        assert_eq!(c.record.instance.as_deref(), Some("a"));
+        assert!(c.record.started_at.is_some());
+        assert_eq!(c.previous_status, DebateStatus::Queued);
+        assert_eq!(c.previous_owner, None);
+        assert_eq!(c.lease.owner, "a");
+        assert_eq!(c.lease.generation, 1);
+    }
+    let second = s.claim_debates("b", 5, TTL).await.unwrap();
+    assert_eq!(second.len(), 1, "only q3 is left");
+    assert_eq!(second[0].record.id, "q3");
+    assert!(s.claim_debates("c", 5, TTL).await.unwrap().is_empty());
+    assert_eq!(s.count_queued().await.unwrap(), 0);
+    let active = s.active_debates().await.unwrap();
+    assert_eq!(active.len(), 3);
+    assert_eq!(active[2].instance.as_deref(), Some("b"));
+    assert_eq!(active[0].total_rounds, 3);
+
+    // Concurrent claimers never share a debate.
+    for i in 0..40 {
+        s.create_debate(&new_debate(&format!("r{i:02}"), None))
+            .await
+            .unwrap();
+    }
+    let mut handles = Vec::new();
+    for who in ["x", "y", "z", "w"] {
+        let s = s.clone();
+        handles.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let got = s.claim_debates(who, 3, TTL).await.unwrap();
+                if got.is_empty() {
+                    return mine;
+                }
+                mine.extend(got.into_iter().map(|c| c.record.id));
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.await.unwrap());
+    }
+    let unique: HashSet<&String> = all.iter().collect();
+    assert_eq!(all.len(), 40, "{all:?}");
+    assert_eq!(unique.len(), 40);
+}
+
+async fn a_stale_lease_is_fenced(s: &DynStore) {
+    s.create_debate(&new_debate("f1", None)).await.unwrap();
+    let claim = s.claim_debates("a", 1, TTL).await.unwrap().remove(0);
+    let lease = claim.lease.clone();
+    let written = s
+        .append_events("f1", Some(&lease), &[ev("debate_start"), ev("round_start")])
+        .await
+        .unwrap();
+    assert_eq!(written.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+
+    // Instance a goes silent; b takes the debate over once the lease has expired.
+    assert_eq!(s.expire_leases_of("a").await.unwrap(), 1);
+    let taken = s.claim_debates("b", 1, TTL).await.unwrap().remove(0);
+    assert_eq!(taken.previous_status, DebateStatus::Running);
+    assert_eq!(taken.previous_owner.as_deref(), Some("a"));
+    assert_eq!(taken.lease.generation, lease.generation + 1);
+
+    // a comes back: none of its writes land.
+    let err = s
+        .append_events("f1", Some(&lease), &[ev("agent_message")])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Fenced(_)), "{err:?}");
+    let end = s
+        .finish_debate(
+            "f1",
+            Some(&lease),
+            &DebateUpdate {
+                status: Some(DebateStatus::Completed),
+                ..DebateUpdate::default()
+            },
+            &ev("debate_end"),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(end, StoreError::Fenced(_)), "{end:?}");
+    assert!(!s.release_lease("f1", &lease).await.unwrap());
+    assert_eq!(s.last_seq("f1").await.unwrap(), 2);
+    assert_eq!(
+        s.get_debate("f1").await.unwrap().unwrap().status,
+        DebateStatus::Running
+    );
+    // b's writes continue the log.
+    let next = s
+        .append_events("f1", Some(&taken.lease), &[ev("debate_resumed")])
+        .await
+        .unwrap();
+    assert_eq!(next[0].seq, 3);
+    // An unknown debate is not found, not fenced.
+    let missing = s
+        .append_events("nope", Some(&taken.lease), &[ev("x")])
+        .await
+        .unwrap_err();
+    assert!(matches!(missing, StoreError::NotFound(_)), "{missing:?}");
+}
+
+async fn released_and_expired_leases_are_claimed_again(s: &DynStore) {
+    s.create_debate(&new_debate("l1", None)).await.unwrap();
+    let claim = s.claim_debates("a", 1, TTL).await.unwrap().remove(0);
+    // Held and unexpired: nobody else gets it.
+    assert!(s.claim_debates("b", 1, TTL).await.unwrap().is_empty());
+    assert!(s.release_lease("l1", &claim.lease).await.unwrap());
+    let again = s.claim_debates("b", 1, TTL).await.unwrap().remove(0);
+    assert_eq!(again.previous_status, DebateStatus::Running);
+    assert_eq!(again.previous_owner, None, "a released it");
+    assert_eq!(again.record.instance.as_deref(), Some("b"));
+    assert_eq!(again.record.started_at, claim.record.started_at);
+
+    // A short lease runs out by itself.
+    s.create_debate(&new_debate("l2", None)).await.unwrap();
+    s.claim_debates("a", 1, Duration::from_millis(200))
+        .await
+        .unwrap();
+    assert!(s.claim_debates("b", 1, TTL).await.unwrap().is_empty());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let expired = s.claim_debates("b", 1, TTL).await.unwrap().remove(0);
+    assert_eq!(expired.record.id, "l2");
+    assert_eq!(expired.previous_owner.as_deref(), Some("a"));
+}
+
+async fn renewal_and_cancel_requests(s: &DynStore) {
+    for id in ["n1", "n2"] {
+        s.create_debate(&new_debate(id, None)).await.unwrap();
+    }
+    s.claim_debates("a", 1, Duration::from_millis(300))
+        .await
+        .unwrap();
+    s.claim_debates("b", 1, TTL).await.unwrap();
+    let held = s.renew_leases("a", TTL).await.unwrap();
+    assert_eq!(held, vec![("n1".to_owned(), 1, false)]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Renewed past the short lease: still a's.
+    assert!(s.claim_debates("c", 5, TTL).await.unwrap().is_empty());
+
+    assert!(s.cancel_requests("a").await.unwrap().is_empty());
+    assert!(s.request_cancel("n1").await.unwrap());
+    assert_eq!(s.cancel_requests("a").await.unwrap(), ["n1"]);
+    assert!(s.cancel_requests("b").await.unwrap().is_empty());
+    assert_eq!(
+        s.renew_leases("a", TTL).await.unwrap(),
+        vec![("n1".to_owned(), 1, true)]
+    );
+    // Not running: nothing to ask.
+    s.create_debate(&new_debate("n3", None)).await.unwrap();
+    assert!(!s.request_cancel("n3").await.unwrap());
+    assert!(!s.request_cancel("missing").await.unwrap());
+}
+
+async fn finish_writes_status_and_end_together(s: &DynStore) {
+    s.create_debate(&new_debate("e1", None)).await.unwrap();
+    let claim = s.claim_debates("a", 1, TTL).await.unwrap().remove(0);
+    let (record, end) = s
+        .finish_debate(
+            "e1",
+            Some(&claim.lease),
+            &DebateUpdate {
+                status: Some(DebateStatus::NoConsensus),
+                rounds_used: Some(2),
+                finished_at: Some(Utc::now()),
+                ..DebateUpdate::default()
+            },
+            &ev("debate_end"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(record.status, DebateStatus::NoConsensus);
+    assert_eq!(end.seq, 1);
+    assert_eq!(end.kind, "debate_end");
+    // The lease is gone with the finish: nothing to renew, nothing to claim.
+    assert!(s.renew_leases("a", TTL).await.unwrap().is_empty());
+    assert!(s.claim_debates("b", 5, TTL).await.unwrap().is_empty());
+    assert!(s.active_debates().await.unwrap().is_empty());
+
+    // A queued debate ends without a claim, unless a claim wins the race.
+    s.create_debate(&new_debate("e2", None)).await.unwrap();
+    let update = DebateUpdate {
+        status: Some(DebateStatus::Cancelled),
+        error: Some("cancelled before it started".into()),
+        ..DebateUpdate::default()
+    };
+    let (cancelled, end) = s
+        .finish_queued("e2", &update, &ev("debate_end"))
+        .await
+        .unwrap()
+        .expect("still queued");
+    assert_eq!(cancelled.status, DebateStatus::Cancelled);
+    assert_eq!(end.seq, 1);
+    s.create_debate(&new_debate("e3", None)).await.unwrap();
+    s.claim_debates("a", 1, TTL).await.unwrap();
+    assert!(
+        s.finish_queued("e3", &update, &ev("debate_end"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(s.last_seq("e3").await.unwrap(), 0);
 }
 
 fn new_debate(id: &str, owner: Option<&str>) -> NewDebate {

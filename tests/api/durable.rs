@@ -1,0 +1,444 @@
+//! Durable debates: a debate survives a graceful restart, a killed instance and a race of
+//! instances for the queue. Real binaries and in-process servers on real SQLite and Postgres;
+//! agents are an OpenAI-shaped local provider that counts (and delays) its calls, so the
+//! tests can prove that no recorded step is asked again.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use nix::sys::signal::Signal;
+use serde_json::{Value, json};
+
+use crate::helpers::{fresh_postgres_schema, http, spawn_app_with};
+use crate::process::Server;
+
+#[derive(Clone)]
+struct Counting {
+    calls: Arc<AtomicUsize>,
+    delay: Duration,
+}
+
+/// A Chat Completions server: plain prose for answers and critiques, a parseable vote for
+/// the first candidate; every call takes `delay`.
+async fn chat(State(fake): State<Counting>, Json(body): Json<Value>) -> Response {
+    fake.calls.fetch_add(1, Ordering::SeqCst);
+    tokio::time::sleep(fake.delay).await;
+    let system = body["messages"][0]["content"].as_str().unwrap_or_default();
+    let user = body["messages"][1]["content"].as_str().unwrap_or_default();
+    let first = user
+        .lines()
+        .find_map(|l| l.strip_prefix("Aragora-Candidates: "))
+        .and_then(|c| c.split(", ").next())
+        .unwrap_or_default()
+        .to_owned();
+    let text = if system.contains("Aragora-Phase: vote") {
+        format!(r#"{{"vote": "{first}", "confidence": 0.8, "reasoning": "clearest"}}"#)
+    } else if system.contains("Aragora-Phase: critique") {
+        "The other answers need numbers.".to_owned()
+    } else {
+        "Keep a modular monolith until the numbers say otherwise.".to_owned()
+    };
+    if body["stream"] == true {
+        let mut sse = String::new();
+        for word in text.split_inclusive(' ') {
+            sse.push_str(&format!(
+                "data: {}\n\n",
+                json!({"choices": [{"delta": {"content": word}}]})
+            ));
+        }
+        sse.push_str("data: [DONE]\n\n");
+        return ([("content-type", "text/event-stream")], Body::from(sse)).into_response();
+    }
+    Json(json!({
+        "id": "c", "model": body["model"], "object": "chat.completion",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5}
+    }))
+    .into_response()
+}
+
+/// The provider's base URL and its call counter.
+async fn counting_provider(delay: Duration) -> (String, Arc<AtomicUsize>) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let app = Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .with_state(Counting {
+            calls: calls.clone(),
+            delay,
+        });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}/v1"), calls)
+}
+
+const DEBATE: fn() -> Value = || {
+    json!({"task": "Monolith or microservices?", "agents": ["gpt-4", "gpt-4", "gpt-4"],
+           "rounds": 2, "min_rounds": 2})
+};
+
+async fn get_json(url: &str) -> Value {
+    http().get(url).send().await.unwrap().json().await.unwrap()
+}
+
+async fn post_debate(base: &str, body: &Value) -> String {
+    let r = http()
+        .post(format!("{base}/api/debates"))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    r.json::<Value>().await.unwrap()["debate_id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+async fn events(base: &str, id: &str) -> Vec<Value> {
+    get_json(&format!("{base}/api/debates/{id}/events?limit=1000")).await["events"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// Waits until every debate has ended; returns their records.
+async fn wait_all_finished(base: &str, ids: &[String], limit: Duration) -> Vec<Value> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let mut done = Vec::new();
+        for id in ids {
+            let d = get_json(&format!("{base}/api/debates/{id}")).await;
+            if !matches!(d["status"].as_str(), Some("queued" | "running")) {
+                done.push(d);
+            }
+        }
+        if done.len() == ids.len() {
+            return done;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {} debates ended in time",
+            done.len(),
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The checks every durable run must pass: ended completed or no_consensus; seq contiguous
+/// from 1; one debate_start and one debate_end (the last event); every step (agent call
+/// outcome by round, phase and seat) recorded once. Returns the number of recorded steps
+/// and the resume events.
+fn check_log(record: &Value, log: &[Value]) -> (usize, Vec<Value>) {
+    assert!(
+        matches!(
+            record["status"].as_str(),
+            Some("completed" | "no_consensus")
+        ),
+        "{record}"
+    );
+    for (i, e) in log.iter().enumerate() {
+        assert_eq!(e["seq"], i as i64 + 1, "seq contiguous from 1: {e}");
+    }
+    let count = |kind: &str| log.iter().filter(|e| e["type"] == kind).count();
+    assert_eq!(count("debate_start"), 1, "one debate_start");
+    assert_eq!(count("debate_end"), 1, "one debate_end");
+    assert_eq!(log.last().unwrap()["type"], "debate_end");
+    assert_eq!(log.last().unwrap()["data"]["status"], record["status"]);
+    let mut steps = HashSet::new();
+    for e in log {
+        let phase = match e["type"].as_str().unwrap() {
+            "agent_message" => e["data"]["role"].as_str().unwrap().to_owned(),
+            "critique" | "vote" => e["type"].as_str().unwrap().to_owned(),
+            _ => continue,
+        };
+        let key = (e["round"].clone(), phase, e["agent"].clone());
+        // The provider's critiques are prose: one critique event per call.
+        assert!(steps.insert(key.clone()), "step recorded twice: {key:?}");
+    }
+    for round in [1, 2] {
+        let starts = log
+            .iter()
+            .filter(|e| e["type"] == "round_start" && e["round"] == round)
+            .count();
+        assert_eq!(starts, 1, "round {round} started once");
+    }
+    let resumed = log
+        .iter()
+        .filter(|e| e["type"] == "debate_resumed")
+        .cloned()
+        .collect();
+    (steps.len(), resumed)
+}
+
+fn provider_env(base: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("OPENAI_API_KEY", "sk-durable-test".into()),
+        ("ARAGORA_OPENAI_BASE_URL", base.into()),
+        // One attempt per call: a retry would be a provider call the log cannot show.
+        ("ARAGORA_AGENT_MAX_ATTEMPTS", "1".into()),
+    ]
+}
+
+fn start(dir: &Path, env: &[(&'static str, String)]) -> Server {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Server::start(dir, &env)
+}
+
+/// Polls until each debate has recorded at least `seq` events.
+async fn wait_progress(base: &str, ids: &[String], seq: i64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for id in ids {
+        loop {
+            let e = get_json(&format!("{base}/api/debates/{id}/events?limit=1")).await;
+            if e["last_seq"].as_i64().unwrap_or(0) >= seq {
+                break;
+            }
+            assert!(Instant::now() < deadline, "debate {id} made no progress");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_mid_round_then_restart_finishes_every_debate_without_asking_again() {
+    let (provider, calls) = counting_provider(Duration::from_millis(700)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = provider_env(&provider);
+    let mut server = start(dir.path(), &env);
+    server.wait_healthy().await;
+    let base = server.url("");
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(post_debate(&base, &DEBATE()).await);
+    }
+    // Mid round 1: proposals recorded, critiques in flight.
+    wait_progress(&base, &ids, 6).await;
+    server.signal(Signal::SIGTERM);
+    let (code, _, err) = server.wait_exit(Duration::from_secs(30));
+    assert_eq!(code, 0, "graceful stop exits 0: {err}");
+    let calls_at_stop = calls.load(Ordering::SeqCst);
+
+    let mut again = start(dir.path(), &env);
+    again.wait_healthy().await;
+    let base = again.url("");
+    let records = wait_all_finished(&base, &ids, Duration::from_secs(60)).await;
+    let mut steps = 0;
+    for (id, record) in ids.iter().zip(&records) {
+        let log = events(&base, id).await;
+        let (n, resumed) = check_log(record, &log);
+        steps += n;
+        assert_eq!(resumed.len(), 1, "one seam: {resumed:?}");
+        assert_eq!(
+            resumed[0]["data"]["reason"], "restart",
+            "handed back: {resumed:?}"
+        );
+        let from = resumed[0]["data"]["from_seq"].as_i64().unwrap();
+        assert_eq!(resumed[0]["seq"].as_i64().unwrap(), from + 1);
+        assert!(from >= 6, "the first run's steps were kept: {from}");
+    }
+    assert!(calls_at_stop > 0);
+    // Every provider call is a recorded step: none made twice, none lost.
+    assert_eq!(calls.load(Ordering::SeqCst), steps);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_of_one_instance_leaves_its_debates_to_the_survivor() {
+    let (provider, calls) = counting_provider(Duration::from_millis(500)).await;
+    let (_schema, url) = fresh_postgres_schema().await;
+    let dir_a = tempfile::tempdir().unwrap();
+    let dir_b = tempfile::tempdir().unwrap();
+    let common = |instance: &str| {
+        let mut env = provider_env(&provider);
+        env.extend([
+            ("ARAGORA_DATABASE_URL", url.clone()),
+            ("ARAGORA_INSTANCE_ID", instance.to_owned()),
+            ("ARAGORA_DEBATE_LEASE_SECONDS", "3".to_owned()),
+            ("ARAGORA_DEBATE_CLAIM_POLL_MS", "200".to_owned()),
+        ]);
+        env
+    };
+    let mut a = start(dir_a.path(), &common("instance-a"));
+    a.wait_healthy().await;
+    let base_a = a.url("");
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        ids.push(post_debate(&base_a, &DEBATE()).await);
+    }
+    wait_progress(&base_a, &ids, 4).await;
+    // B starts once A runs all six.
+    let mut b = start(dir_b.path(), &common("instance-b"));
+    b.wait_healthy().await;
+    let base_b = b.url("");
+    let active = get_json(&format!("{base_b}/api/debates/active")).await;
+    assert_eq!(active["count"], 6, "{active}");
+    assert!(
+        active["debates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["instance"] == "instance-a" && d["total_rounds"] == 2),
+        "{active}"
+    );
+    wait_progress(&base_a, &ids, 7).await;
+    a.signal(Signal::SIGKILL);
+    let _ = a.wait_exit(Duration::from_secs(5));
+
+    // Lease (3 s) + the rest of each debate (≈ 7 phases of 0.5 s) with room for a loaded
+    // machine.
+    let records = wait_all_finished(&base_b, &ids, Duration::from_secs(60)).await;
+    let mut steps = 0;
+    for (id, record) in ids.iter().zip(&records) {
+        assert_eq!(record["instance"], "instance-b", "{record}");
+        let log = events(&base_b, id).await;
+        let (n, resumed) = check_log(record, &log);
+        steps += n;
+        assert_eq!(resumed.len(), 1, "{resumed:?}");
+        assert_eq!(resumed[0]["data"]["reason"], "lease_expired");
+        assert_eq!(resumed[0]["data"]["instance"], "instance-b");
+    }
+    // Calls in flight at the kill were made again; nothing recorded was.
+    let made = calls.load(Ordering::SeqCst);
+    assert!(
+        made >= steps && made <= steps + 6 * 3,
+        "calls {made}, recorded steps {steps}"
+    );
+    let health = get_json(&format!("{base_b}/api/health")).await;
+    assert_eq!(health["checks"]["active_debates"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_instances_racing_for_two_hundred_queued_debates_run_each_once() {
+    let (_schema, url) = fresh_postgres_schema().await;
+    // The queue is filled before any instance runs.
+    let store = aragora::store::connect(
+        &url,
+        aragora::store::PoolSettings {
+            size: 2,
+            max_overflow: 2,
+            acquire_timeout: Duration::from_secs(10),
+        },
+    )
+    .await
+    .unwrap();
+    store.migrate().await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..200 {
+        let id = format!("race{i:03}");
+        store
+            .create_debate(&aragora::store::NewDebate {
+                id: id.clone(),
+                task: "Tabs or spaces?".into(),
+                agents: vec!["demo".into(), "demo".into()],
+                rounds: 1,
+                consensus: "majority".into(),
+                owner_id: None,
+                correlation_id: None,
+                options: json!({"consensus_threshold": 0.6, "min_rounds": 1}),
+            })
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    let mut apps = Vec::new();
+    for name in ["race-a", "race-b", "race-c"] {
+        apps.push(
+            spawn_app_with(&[
+                ("ARAGORA_DATABASE_URL", url.as_str()),
+                ("ARAGORA_INSTANCE_ID", name),
+                ("ARAGORA_MAX_CONCURRENT_DEBATES", "20"),
+                ("ARAGORA_DEBATE_CLAIM_POLL_MS", "100"),
+            ])
+            .await,
+        );
+    }
+    let base = apps[0].url("");
+    let records = wait_all_finished(&base, &ids, Duration::from_secs(120)).await;
+    let mut by_instance: HashMap<String, usize> = HashMap::new();
+    for (id, record) in ids.iter().zip(&records) {
+        assert!(
+            matches!(
+                record["status"].as_str(),
+                Some("completed" | "no_consensus")
+            ),
+            "{record}"
+        );
+        *by_instance
+            .entry(record["instance"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+        let log = store.events_since(id, 0, 1000).await.unwrap();
+        let starts = log.iter().filter(|e| e.kind == "debate_start").count();
+        let ends = log.iter().filter(|e| e.kind == "debate_end").count();
+        let resumed = log.iter().filter(|e| e.kind == "debate_resumed").count();
+        assert_eq!((starts, ends, resumed), (1, 1, 0), "debate {id} ran once");
+    }
+    assert_eq!(by_instance.values().sum::<usize>(), 200);
+    store.close().await;
+    for app in apps {
+        app.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_debate_running_on_one_instance_is_cancelled_from_another() {
+    let (_schema, url) = fresh_postgres_schema().await;
+    let a = spawn_app_with(&[
+        ("ARAGORA_DATABASE_URL", url.as_str()),
+        ("ARAGORA_INSTANCE_ID", "cancel-a"),
+    ])
+    .await;
+    let b = spawn_app_with(&[
+        ("ARAGORA_DATABASE_URL", url.as_str()),
+        ("ARAGORA_INSTANCE_ID", "cancel-b"),
+    ])
+    .await;
+    let id = post_debate(
+        &a.url(""),
+        &json!({"task": "slow", "agents": ["demo:3000", "demo:3000"], "rounds": 3}),
+    )
+    .await;
+    let mut runner = Value::Null;
+    for _ in 0..200 {
+        runner = get_json(&a.url(&format!("/api/debates/{id}"))).await;
+        if runner["status"] == "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(runner["status"], "running");
+    // Cancel through the instance that does not run it.
+    let other = if runner["instance"] == "cancel-a" {
+        &b
+    } else {
+        &a
+    };
+    let asked = Instant::now();
+    let r = other
+        .client
+        .post(other.url(&format!("/api/debates/{id}/cancel")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let mut d = Value::Null;
+    while asked.elapsed() < Duration::from_secs(10) {
+        d = get_json(&other.url(&format!("/api/debates/{id}"))).await;
+        if d["status"] == "cancelled" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(d["status"], "cancelled", "{d}");
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
