@@ -96,6 +96,12 @@ pub fn format_event(kind: &str, round: Option<u32>, agent: Option<&str>, data: &
         "agent_error" | "circuit_open" => {
             format!("  ! {agent} failed in {}: {}\n", s("phase"), s("error"))
         }
+        "debate_resumed" => format!(
+            "\n--- resumed by {} after seq {} ({}) ---\n",
+            s("instance"),
+            data.get("from_seq").cloned().unwrap_or_default(),
+            s("reason")
+        ),
         "debate_end" => format!("\nDebate ended: {}\n", s("status")),
         _ => String::new(),
     }

@@ -8,7 +8,7 @@
 #
 # Nothing here loses debate data (contract §8): Redis holds only rate-limit state and live
 # fan-out, /tmp/aragora_*.lock are pid locks, and debates interrupted by the kill are resumed
-# (or marked failed: interrupted) on the next start.
+# from their event log on the next start (or by another instance once their lease expires).
 set -u
 
 DROPIN_DIR=/run/systemd/system/aragora.service.d
