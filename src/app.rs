@@ -83,6 +83,9 @@ pub async fn open_store(config: &Config) -> Result<DynStore, StoreError> {
     store::connect(config.database_url.expose(), pool).await
 }
 
+/// How often breaker transitions are exchanged with the other instances through Redis.
+const BREAKER_SYNC_PERIOD: Duration = Duration::from_millis(500);
+
 /// Live events buffered for the fan-out dispatcher.
 const BUS_CAPACITY: usize = 16_384;
 
@@ -265,6 +268,19 @@ impl Application {
             );
         }
         state.debates.start();
+        // With Redis, one instance's open breaker is seen by the others within a period.
+        if let Some(redis) = &state.redis {
+            state.tasks.spawn(
+                crate::bus::breakers::BreakerSync {
+                    redis: redis.clone(),
+                    namespace: state.config.event_bus_channel.clone(),
+                    instance: state.config.instance_id.clone(),
+                    registry: state.debates.agents().clone(),
+                    period: BREAKER_SYNC_PERIOD,
+                }
+                .run(state.shutdown.clone()),
+            );
+        }
         state.tasks.spawn(
             state
                 .ws

@@ -613,6 +613,22 @@ impl AgentRegistry {
         self.entries.contains_key(name) || AgentSpec::dynamic(name).is_some()
     }
 
+    /// Every breaker created so far, and one for each configured agent.
+    pub fn all_breakers(&self) -> Vec<(String, Arc<CircuitBreaker>)> {
+        for name in self.entries.keys() {
+            self.breaker_for(name);
+        }
+        self.lock_breakers()
+            .iter()
+            .map(|(n, b)| (n.clone(), b.clone()))
+            .collect()
+    }
+
+    /// The breaker of `name` (created on first use), for breakers shared between instances.
+    pub fn breaker(&self, name: &str) -> Arc<CircuitBreaker> {
+        self.breaker_for(name)
+    }
+
     fn breaker_for(&self, name: &str) -> Arc<CircuitBreaker> {
         let mut breakers = self.lock_breakers();
         Arc::clone(

@@ -172,6 +172,9 @@ struct Inner {
     opened_at_wall: Option<chrono::DateTime<Utc>>,
     probes_in_flight: u32,
     probe_successes: u32,
+    /// Wall time of the last transition (None: never left closed). Orders transitions shared
+    /// between instances.
+    changed_at_wall: Option<chrono::DateTime<Utc>>,
     /// Bumped on every transition, so outcomes of calls admitted in an earlier state
     /// (e.g. a slow call that started while closed and ends after the breaker opened)
     /// do not move the new state.
@@ -238,6 +241,7 @@ impl CircuitBreaker {
                 opened_at_wall: None,
                 probes_in_flight: 0,
                 probe_successes: 0,
+                changed_at_wall: None,
                 generation: 0,
             }),
         };
@@ -329,6 +333,67 @@ impl CircuitBreaker {
         }
     }
 
+    /// The state and the wall time it was entered (None: never left closed). A lazy
+    /// open → half-open step is not reported: it is local timing, not news.
+    pub fn last_transition(&self) -> (BreakerState, Option<chrono::DateTime<Utc>>) {
+        let inner = self.lock();
+        (inner.state, inner.changed_at_wall)
+    }
+
+    /// Another instance opened this agent's breaker at `opened_at`: fail fast here too until
+    /// the same probe time. Ignored when that open period is already over.
+    pub fn open_from_peer(&self, opened_at: chrono::DateTime<Utc>, peer: &str) {
+        let elapsed = (Utc::now() - opened_at).to_std().unwrap_or_default();
+        if elapsed >= self.config.open_for {
+            return;
+        }
+        let mut inner = self.lock();
+        if inner.state == BreakerState::Open {
+            return;
+        }
+        let from = inner.state;
+        let now = Instant::now();
+        self.transition(&mut inner, BreakerState::Open, now);
+        inner.opened_at = Some(now.checked_sub(elapsed).unwrap_or(now));
+        inner.opened_at_wall = Some(opened_at);
+        inner.changed_at_wall = Some(opened_at);
+        tracing::warn!(
+            target: TARGET,
+            agent = %self.name,
+            from = from.as_str(),
+            to = "open",
+            peer,
+            "circuit_breaker {} {} -> open: opened on instance {}",
+            self.name,
+            from,
+            peer
+        );
+    }
+
+    /// Another instance closed this agent's breaker at `closed_at` (its probes succeeded, or
+    /// an operator reset it).
+    pub fn close_from_peer(&self, closed_at: chrono::DateTime<Utc>, peer: &str) {
+        let mut inner = self.lock();
+        if inner.state == BreakerState::Closed {
+            inner.changed_at_wall = inner.changed_at_wall.max(Some(closed_at));
+            return;
+        }
+        let from = inner.state;
+        self.transition(&mut inner, BreakerState::Closed, Instant::now());
+        inner.changed_at_wall = Some(closed_at);
+        tracing::info!(
+            target: TARGET,
+            agent = %self.name,
+            from = from.as_str(),
+            to = "closed",
+            peer,
+            "circuit_breaker {} {} -> closed: closed on instance {}",
+            self.name,
+            from,
+            peer
+        );
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock cannot leave the state inconsistent in a way
         // that matters more than refusing all further calls would.
@@ -365,6 +430,7 @@ impl CircuitBreaker {
 
     fn transition(&self, inner: &mut Inner, to: BreakerState, now: Instant) {
         inner.state = to;
+        inner.changed_at_wall = Some(Utc::now());
         inner.generation += 1;
         inner.probes_in_flight = 0;
         inner.probe_successes = 0;

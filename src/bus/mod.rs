@@ -5,6 +5,7 @@
 //! seq, and watchers fill any gap (lag, a Redis outage, an event produced on another instance
 //! while they were connecting) from the store; token deltas are ephemeral.
 
+pub mod breakers;
 mod redis;
 
 pub use self::redis::RedisBus;

@@ -442,3 +442,114 @@ async fn a_debate_running_on_one_instance_is_cancelled_from_another() {
     a.stop().await.unwrap();
     b.stop().await.unwrap();
 }
+
+/// An OpenAI-shaped provider that always fails with 500.
+async fn failing_provider() -> String {
+    async fn fail() -> Response {
+        (
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({"error": {"message": "upstream exploded", "type": "server_error"}})),
+        )
+            .into_response()
+    }
+    let app = Router::new().route("/v1/chat/completions", post(fail));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}/v1")
+}
+
+async fn breaker_state(app: &crate::helpers::TestApp, agent: &str) -> Value {
+    let all = get_json(&app.url("/api/agents/circuit-breakers")).await;
+    all["circuit_breakers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["agent"] == agent || b["name"] == agent)
+        .map(|b| b["state"].clone())
+        .unwrap_or(Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_open_breaker_is_shared_through_redis_and_a_redis_outage_stops_nothing() {
+    let provider = failing_provider().await;
+    let redis_hostport = crate::helpers::redis_url()
+        .trim_start_matches("redis://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let redis = crate::helpers::Proxy::start(&redis_hostport).await;
+    let redis_url = format!("redis://{}/0", redis.addr);
+    let channel = format!("test-breakers-{}", uuid::Uuid::new_v4().simple());
+    let env = |instance: &'static str| {
+        vec![
+            ("ARAGORA_INSTANCE_ID", instance.to_owned()),
+            ("ARAGORA_REDIS_URL", redis_url.clone()),
+            ("ARAGORA_EVENT_BUS_CHANNEL", channel.clone()),
+            ("OPENAI_API_KEY", "sk-breaker-test".to_owned()),
+            ("ARAGORA_OPENAI_BASE_URL", provider.clone()),
+            ("ARAGORA_AGENT_MAX_ATTEMPTS", "1".to_owned()),
+            ("ARAGORA_BREAKER_FAILURE_THRESHOLD", "2".to_owned()),
+        ]
+    };
+    let spawn = |vars: Vec<(&'static str, String)>| async move {
+        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        spawn_app_with(&vars).await
+    };
+    let a = spawn(env("breaker-a")).await;
+    let b = spawn(env("breaker-b")).await;
+    for _ in 0..2 {
+        a.client
+            .post(a.url("/api/debug/agent-test"))
+            .json(&json!({"agent": "gpt-4", "prompt": "hello"}))
+            .send()
+            .await
+            .unwrap();
+    }
+    assert_eq!(breaker_state(&a, "gpt-4").await, "open");
+    // B never called the provider; it learns of A's open breaker.
+    let mut seen = Value::Null;
+    for _ in 0..100 {
+        seen = breaker_state(&b, "gpt-4").await;
+        if seen == "open" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen, "open", "A's open breaker is seen on B");
+
+    // An operator reset on B reaches A the same way.
+    let r = b
+        .client
+        .post(b.url("/api/agents/gpt-4/reset-circuit"))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    for _ in 0..100 {
+        seen = breaker_state(&a, "gpt-4").await;
+        if seen == "closed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen, "closed", "B's reset is seen on A");
+
+    // Redis goes away: both instances keep running debates with their own breakers.
+    redis.cut();
+    for app in [&a, &b] {
+        let id = post_debate(
+            &app.url(""),
+            &json!({"task": "Redis is down", "agents": ["demo", "demo"], "rounds": 1}),
+        )
+        .await;
+        let d = crate::debates::wait_finished(app, &id).await;
+        assert!(
+            matches!(d["status"].as_str(), Some("completed" | "no_consensus")),
+            "{d}"
+        );
+    }
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
