@@ -553,3 +553,234 @@ async fn an_open_breaker_is_shared_through_redis_and_a_redis_outage_stops_nothin
     a.stop().await.unwrap();
     b.stop().await.unwrap();
 }
+
+/// The test Postgres' `host:port`.
+fn pg_host_port() -> String {
+    crate::helpers::postgres_url()
+        .split('@')
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .expect("host:port in the test database URL")
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_instance_cut_from_postgres_past_its_lease_is_fenced_when_it_returns() {
+    let (schema, url) = fresh_postgres_schema().await;
+    let proxy = crate::helpers::Proxy::start(&pg_host_port()).await;
+    let via_proxy = crate::helpers::with_search_path(
+        &crate::helpers::postgres_url().replace(&pg_host_port(), &proxy.addr.to_string()),
+        &schema,
+    );
+    let lease = [
+        ("ARAGORA_DEBATE_LEASE_SECONDS", "3"),
+        ("ARAGORA_DEBATE_CLAIM_POLL_MS", "200"),
+        ("ARAGORA_DB_ACQUIRE_TIMEOUT_MS", "2000"),
+    ];
+    let mut a_env = vec![
+        ("ARAGORA_DATABASE_URL", via_proxy.as_str()),
+        ("ARAGORA_INSTANCE_ID", "fence-a"),
+    ];
+    a_env.extend(lease);
+    let a = spawn_app_with(&a_env).await;
+    // Long agent calls: A is still inside its first calls when it gets the database back.
+    let id = post_debate(
+        &a.url(""),
+        &json!({"task": "fencing", "agents": ["demo:7000", "demo:7000"], "rounds": 1}),
+    )
+    .await;
+    for _ in 0..200 {
+        if get_json(&a.url(&format!("/api/debates/{id}"))).await["status"] == "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let mut b_env = vec![
+        ("ARAGORA_DATABASE_URL", url.as_str()),
+        ("ARAGORA_INSTANCE_ID", "fence-b"),
+    ];
+    b_env.extend(lease);
+    let b = spawn_app_with(&b_env).await;
+    proxy.blackhole();
+    // B takes the debate over once A's lease has run out.
+    let mut record = Value::Null;
+    for _ in 0..300 {
+        record = get_json(&b.url(&format!("/api/debates/{id}"))).await;
+        if record["instance"] == "fence-b" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(record["instance"], "fence-b", "{record}");
+    // A gets its database back while its agent calls are still running, then they end:
+    // whatever it tries to write is refused.
+    proxy.restore();
+    let done = wait_all_finished(
+        &b.url(""),
+        std::slice::from_ref(&id),
+        Duration::from_secs(60),
+    )
+    .await;
+    let log = events(&b.url(""), &id).await;
+    assert_eq!(done[0]["instance"], "fence-b");
+    for (i, e) in log.iter().enumerate() {
+        assert_eq!(e["seq"], i as i64 + 1);
+    }
+    let proposals = log.iter().filter(|e| e["type"] == "agent_message").count();
+    assert_eq!(
+        proposals, 2,
+        "one proposal per seat, none from the fenced instance: {log:?}"
+    );
+    let resumed: Vec<&Value> = log
+        .iter()
+        .filter(|e| e["type"] == "debate_resumed")
+        .collect();
+    assert_eq!(resumed.len(), 1);
+    assert_eq!(resumed[0]["data"]["reason"], "lease_expired");
+    assert_eq!(resumed[0]["data"]["instance"], "fence-b");
+    assert_eq!(log.iter().filter(|e| e["type"] == "debate_end").count(), 1);
+    // A is running nothing any more.
+    assert_eq!(a.state.debates.active(), 0);
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rolling_restart_of_two_instances_while_debates_stream_in_fails_none() {
+    let (_schema, url) = fresh_postgres_schema().await;
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let env = |instance: &str| {
+        vec![
+            ("ARAGORA_DATABASE_URL", url.clone()),
+            ("ARAGORA_INSTANCE_ID", instance.to_owned()),
+            ("ARAGORA_DEBATE_LEASE_SECONDS", "5".to_owned()),
+            ("ARAGORA_DEBATE_CLAIM_POLL_MS", "200".to_owned()),
+            ("ARAGORA_MAX_CONCURRENT_DEBATES", "20".to_owned()),
+        ]
+    };
+    let names = ["roll-a", "roll-b"];
+    let mut servers = Vec::new();
+    for (dir, name) in dirs.iter().zip(names) {
+        let mut s = start(dir.path(), &env(name));
+        s.wait_healthy().await;
+        servers.push(s);
+    }
+    let debate = json!({"task": "rolling", "agents": ["demo:300", "demo:300"], "rounds": 2, "min_rounds": 2});
+    let mut ids = Vec::new();
+    // Restart each instance in turn while debates keep arriving at whichever is up.
+    for turn in 0..2 {
+        for i in 0..10 {
+            // The first five go to the instance about to stop, so it has debates to hand back.
+            let target = if i < 5 { turn } else { (turn + 1) % 2 };
+            ids.push(post_debate(&servers[target].url(""), &debate).await);
+            if i == 4 {
+                servers[turn].signal(Signal::SIGTERM);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let old = servers.remove(turn);
+        let (code, _, err) = old.wait_exit(Duration::from_secs(30));
+        assert_eq!(code, 0, "{err}");
+        let mut fresh = start(dirs[turn].path(), &env(names[turn]));
+        fresh.wait_healthy().await;
+        servers.insert(turn, fresh);
+        for _ in 0..15 {
+            ids.push(post_debate(&servers[turn].url(""), &debate).await);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert_eq!(ids.len(), 50);
+    let base = servers[0].url("");
+    let records = wait_all_finished(&base, &ids, Duration::from_secs(120)).await;
+    let mut resumed = 0;
+    for (id, record) in ids.iter().zip(&records) {
+        assert!(
+            matches!(
+                record["status"].as_str(),
+                Some("completed" | "no_consensus")
+            ),
+            "no debate fails in a rolling restart: {record}"
+        );
+        let log = events(&base, id).await;
+        for (i, e) in log.iter().enumerate() {
+            assert_eq!(e["seq"], i as i64 + 1);
+        }
+        assert_eq!(log.iter().filter(|e| e["type"] == "debate_end").count(), 1);
+        assert_eq!(
+            log.iter().filter(|e| e["type"] == "debate_start").count(),
+            1
+        );
+        resumed += log.iter().filter(|e| e["type"] == "debate_resumed").count();
+    }
+    assert!(
+        resumed >= 2,
+        "each stop handed running debates over: {resumed}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watcher_on_another_instance_sees_every_seq_once_as_the_debate_moves() {
+    use futures::StreamExt;
+    let (_schema, url) = fresh_postgres_schema().await;
+    let channel = format!("test-move-{}", uuid::Uuid::new_v4().simple());
+    let redis = crate::helpers::redis_url();
+    let env = |instance: &'static str| {
+        vec![
+            ("ARAGORA_DATABASE_URL", url.clone()),
+            ("ARAGORA_INSTANCE_ID", instance.to_owned()),
+            ("ARAGORA_REDIS_URL", redis.clone()),
+            ("ARAGORA_EVENT_BUS_CHANNEL", channel.clone()),
+            ("ARAGORA_DEBATE_CLAIM_POLL_MS", "200".to_owned()),
+        ]
+    };
+    let spawn = |vars: Vec<(&'static str, String)>| async move {
+        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        spawn_app_with(&vars).await
+    };
+    let a = spawn(env("move-a")).await;
+    let id = post_debate(
+        &a.url(""),
+        &json!({"task": "moving", "agents": ["demo:400", "demo:400"], "rounds": 2, "min_rounds": 2}),
+    )
+    .await;
+    wait_progress(&a.url(""), std::slice::from_ref(&id), 4).await;
+    let b = spawn(env("move-b")).await;
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{}/ws?debate_id={id}&since=0", b.ws))
+            .await
+            .unwrap();
+    // A stops gracefully: it hands the debate back and B resumes it.
+    a.stop().await.unwrap();
+    let mut seqs = Vec::new();
+    let mut resumed_by = Value::Null;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let msg = tokio::time::timeout(left, ws.next())
+            .await
+            .expect("the debate ends in time")
+            .expect("socket open")
+            .unwrap();
+        let tokio_tungstenite::tungstenite::Message::Text(text) = msg else {
+            continue;
+        };
+        let v: Value = serde_json::from_str(&text).unwrap();
+        let Some(seq) = v["seq"].as_i64() else {
+            continue;
+        };
+        if v["type"] == "debate_resumed" {
+            resumed_by = v["data"]["instance"].clone();
+        }
+        seqs.push(seq);
+        if v["type"] == "debate_end" {
+            break;
+        }
+    }
+    assert_eq!(resumed_by, "move-b");
+    assert_eq!(
+        seqs,
+        (1..=*seqs.last().unwrap()).collect::<Vec<_>>(),
+        "every seq once, in order"
+    );
+    b.stop().await.unwrap();
+}

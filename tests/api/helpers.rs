@@ -228,6 +228,12 @@ impl Proxy {
         self.hang.store(true, Ordering::SeqCst);
         self.drop_connections();
     }
+
+    /// Undo `blackhole()`: the hung connections are dropped and new ones reach the server.
+    pub fn restore(&self) {
+        self.hang.store(false, Ordering::SeqCst);
+        self.drop_connections();
+    }
 }
 
 /// A port that was free a moment ago (for tests that start the real binary).
