@@ -129,6 +129,8 @@ describe("admin console against a running server with debates in progress", () =
     assert.match(await page.textContent('#panel-breakers tr[data-agent="claude"]'), /open.*2.*server_error/s);
     // Debates: the running and the queued one.
     assert.match(await page.textContent(`#panel-debates tr[data-debate="${running}"]`), /running.*billing events/s);
+    // The instance running it (the default instance id is host:api_port).
+    assert.match(await page.textContent(`#panel-debates tr[data-debate="${running}"]`), new RegExp(`:${server.apiPort}`));
     assert.match(await page.textContent(`#panel-debates tr[data-debate="${queued}"]`), /queued.*monorepo/s);
     // Errors: the provider failures were logged.
     assert.ok((await page.locator("#panel-errors tbody tr").count()) > 0, "recent errors listed");

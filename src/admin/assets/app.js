@@ -563,11 +563,13 @@
     const rows = list.map((d) => ({
       attrs: { "data-debate": d.id },
       cells: [badge(d.status, toneOf(d.status)), h("div", {}, h("div", { class: "wrap" }, d.task), h("div", { class: "mono small muted" }, d.id)),
-        (d.agents || []).join(", "), d.started_at ? ago(d.started_at) : `queued ${ago(d.created_at)}`,
+        (d.agents || []).join(", "),
+        d.status === "running" ? h("span", { class: "mono small" }, d.instance || "awaiting resume") : "–",
+        d.started_at ? ago(d.started_at) : `queued ${ago(d.created_at)}`,
         h("a", { href: `#/live/${encodeURIComponent(d.id)}`, "aria-label": `Watch debate ${d.id} live` }, "Watch")],
     }));
     const nRun = (running.debates || []).length, nQ = (queued.debates || []).length;
-    p.render(list.length ? table(["Status", { label: "Task", wrap: true }, "Agents", "Since", ""], rows, { label: "Active and queued debates" })
+    p.render(list.length ? table(["Status", { label: "Task", wrap: true }, "Agents", "Instance", "Since", ""], rows, { label: "Active and queued debates" })
       : empty("No debate is running or queued."), `${nRun} running · ${nQ} queued`, nRun || nQ ? "warn" : "");
   }
 
