@@ -416,6 +416,20 @@ async fn a_debate_running_on_one_instance_is_cancelled_from_another() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert_eq!(runner["status"], "running");
+    // Both instances list it, under the SDK's /api/v1 path too, with its runner.
+    for app in [&a, &b] {
+        let active = get_json(&app.url("/api/v1/debates/active")).await;
+        let listed = active["debates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["debate_id"] == id.as_str())
+            .cloned()
+            .unwrap_or_else(|| panic!("{active}"));
+        assert_eq!(listed["instance"], runner["instance"]);
+        assert_eq!(listed["total_rounds"], 3);
+        assert!(listed["elapsed_seconds"].as_f64().unwrap() >= 0.0);
+    }
     // Cancel through the instance that does not run it.
     let other = if runner["instance"] == "cancel-a" {
         &b
