@@ -620,8 +620,8 @@ impl Store for PostgresStore {
         let sql = format!(
             "WITH next AS ( \
                  SELECT id, status AS previous_status, lease_owner AS previous_owner FROM debates \
-                 WHERE status = 'queued' OR (status = 'running' \
-                       AND (lease_expires_at IS NULL OR lease_expires_at < now())) \
+                 WHERE status IN ('queued', 'running') AND (status = 'queued' \
+                       OR lease_expires_at IS NULL OR lease_expires_at < now()) \
                  ORDER BY created_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
              UPDATE debates d SET status = 'running', \
                  started_at = COALESCE(d.started_at, date_trunc('microseconds', now())), \

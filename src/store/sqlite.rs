@@ -639,9 +639,11 @@ impl Store for SqliteStore {
         let mut tx = self.begin_write().await?;
         let now = Utc::now();
         let candidates: Vec<(String, String, Option<String>, bool)> = sqlx::query_as(
+            // Without statistics SQLite would read every queued row by status and sort
+            // them; the partial claim index yields them in order, so LIMIT stops early.
             "SELECT id, status, lease_owner, cancel_requested FROM debates \
-             WHERE status = 'queued' OR (status = 'running' \
-                   AND (lease_expires_at IS NULL OR lease_expires_at < ?)) \
+             INDEXED BY debates_claim_idx WHERE status IN ('queued', 'running') AND (status = 'queued' \
+                   OR lease_expires_at IS NULL OR lease_expires_at < ?) \
              ORDER BY created_at, id LIMIT ?",
         )
         .bind(format_ts(now))
