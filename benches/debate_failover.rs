@@ -84,7 +84,10 @@ fn start(dir: &std::path::Path, db: &str, instance: &str, lease: u64) -> Server 
 
 async fn healthy(client: &reqwest::Client, s: &Server) {
     for _ in 0..400 {
-        if let Ok(r) = client.get(format!("{}/api/health/live", s.base)).send().await
+        if let Ok(r) = client
+            .get(format!("{}/api/health/live", s.base))
+            .send()
+            .await
             && r.status().is_success()
         {
             return;
@@ -115,8 +118,10 @@ async fn one_run(client: &reqwest::Client, signal: Signal, lease: u64) -> (f64, 
     for _ in 0..DEBATES {
         let r: Value = client
             .post(format!("{}/api/debates", a.base))
-            .json(&json!({"task": "failover", "agents": ["demo:1000", "demo:1000"],
-                          "rounds": 3, "min_rounds": 3}))
+            .json(
+                &json!({"task": "failover", "agents": ["demo:1000", "demo:1000"],
+                          "rounds": 3, "min_rounds": 3}),
+            )
             .send()
             .await
             .unwrap()
@@ -130,7 +135,11 @@ async fn one_run(client: &reqwest::Client, signal: Signal, lease: u64) -> (f64, 
     healthy(client, &b).await;
     for id in &ids {
         loop {
-            let e = get(client, format!("{}/api/debates/{id}/events?limit=1000", a.base)).await;
+            let e = get(
+                client,
+                format!("{}/api/debates/{id}/events?limit=1000", a.base),
+            )
+            .await;
             if e["events"]
                 .as_array()
                 .unwrap()
@@ -151,7 +160,11 @@ async fn one_run(client: &reqwest::Client, signal: Signal, lease: u64) -> (f64, 
             if resumed[i] {
                 continue;
             }
-            let e = get(client, format!("{}/api/debates/{id}/events?limit=1000", b.base)).await;
+            let e = get(
+                client,
+                format!("{}/api/debates/{id}/events?limit=1000", b.base),
+            )
+            .await;
             if e["events"]
                 .as_array()
                 .unwrap()
