@@ -287,6 +287,7 @@ async fn one_debate(agents: &AgentRegistry, sink: Arc<dyn EventSink>) -> Run {
             mode: ConsensusMode::Threshold,
             threshold: 0.6,
             timeout: Duration::from_secs(900),
+            max_cost_usd: None,
         },
     };
     let timing = Arc::new(TimingSink::new(sink));

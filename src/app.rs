@@ -178,6 +178,7 @@ impl Application {
                 lease: config.debate_lease,
                 claim_poll: config.debate_claim_poll,
                 shutdown_timeout: config.shutdown_timeout,
+                max_cost_usd: config.debate_max_cost_usd,
                 pricing: Arc::new(
                     crate::pricing::Pricing::load(config.pricing_file.as_deref())
                         .map_err(BuildError::Pricing)?,

@@ -117,6 +117,7 @@ const SETTINGS: &[Setting] = &[
     s("default_rounds", &["ARAGORA_DEFAULT_ROUNDS"]),
     s("debate_queue_size", &["ARAGORA_DEBATE_QUEUE_SIZE"]),
     s("debate_lease_seconds", &["ARAGORA_DEBATE_LEASE_SECONDS"]),
+    s("debate_max_cost_usd", &["ARAGORA_DEBATE_MAX_COST_USD"]),
     s("debate_claim_poll_ms", &["ARAGORA_DEBATE_CLAIM_POLL_MS"]),
     s("agent_max_attempts", &["ARAGORA_AGENT_MAX_ATTEMPTS"]),
     s(
@@ -379,6 +380,8 @@ pub struct Config {
     pub debate_lease: Duration,
     /// How often an idle instance looks for debates to claim (new ones wake it at once).
     pub debate_claim_poll: Duration,
+    /// Cost cap (USD) of a debate whose request names none; `None`: no cap.
+    pub debate_max_cost_usd: Option<f64>,
     /// Attempts per agent call (1 = no retries).
     pub agent_max_attempts: u32,
     /// Consecutive failures that open an agent's circuit breaker.
@@ -734,6 +737,17 @@ impl Config {
             debate_queue_size: p.int("debate_queue_size", 1, 100_000)? as u32,
             debate_lease: Duration::from_secs(p.int("debate_lease_seconds", 3, 3600)?),
             debate_claim_poll: Duration::from_millis(p.int("debate_claim_poll_ms", 50, 60_000)?),
+            debate_max_cost_usd: match p.text("debate_max_cost_usd") {
+                None => None,
+                Some(_) => Some(
+                    p.float("debate_max_cost_usd")
+                        .ok()
+                        .filter(|c| *c > 0.0)
+                        .ok_or_else(|| {
+                            p.invalid("debate_max_cost_usd", "a positive number of US dollars")
+                        })?,
+                ),
+            },
             agent_max_attempts: p.int("agent_max_attempts", 1, 10)? as u32,
             breaker_failure_threshold: p.int("breaker_failure_threshold", 1, 1000)? as u32,
             breaker_open: Duration::from_secs(p.int("breaker_open_seconds", 1, 86_400)?),

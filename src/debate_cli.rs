@@ -102,6 +102,11 @@ pub fn format_event(kind: &str, round: Option<u32>, agent: Option<&str>, data: &
             data.get("from_seq").cloned().unwrap_or_default(),
             s("reason")
         ),
+        "debate_paused" => format!(
+            "\n--- paused after round {} ---\n",
+            data.get("rounds_used").cloned().unwrap_or_default()
+        ),
+        "intervention" => format!("\n[moderator] {}\n", s("content")),
         "debate_end" => format!("\nDebate ended: {}\n", s("status")),
         _ => String::new(),
     }
@@ -127,6 +132,8 @@ pub async fn run_cli(config: &Config, options: Options) -> ExitCode {
                     mode: options.consensus,
                     threshold: config.consensus_threshold,
                     timeout: config.debate_timeout,
+                    // The terminal debate keeps no usage rows to price.
+                    max_cost_usd: None,
                 },
             };
             let cancel = CancellationToken::new();

@@ -32,6 +32,9 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// The debate has already ended (409 `conflict`, with its final `status`).
+    #[error("{message}")]
+    DebateEnded { message: String, status: String },
     /// No or invalid credentials (401).
     #[error("{0}")]
     Unauthorized(String),
@@ -67,7 +70,7 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Conflict(_) | ApiError::DebateEnded { .. } => StatusCode::CONFLICT,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Locked { .. } => StatusCode::LOCKED,
@@ -84,7 +87,7 @@ impl ApiError {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Validation { .. } => "validation_error",
             ApiError::NotFound(_) => "not_found",
-            ApiError::Conflict(_) => "conflict",
+            ApiError::Conflict(_) | ApiError::DebateEnded { .. } => "conflict",
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::Locked { .. } => "account_locked",
@@ -148,6 +151,9 @@ impl IntoResponse for ApiError {
         });
         if let ApiError::Validation { field, .. } = &self {
             body["field"] = json!(field);
+        }
+        if let ApiError::DebateEnded { status, .. } = &self {
+            body["status"] = json!(status);
         }
         let retry_after = match &self {
             ApiError::Unavailable { retry_after, .. } => *retry_after,

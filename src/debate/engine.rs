@@ -46,6 +46,9 @@ pub struct DebateSettings {
     pub mode: ConsensusMode,
     pub threshold: f64,
     pub timeout: Duration,
+    /// Cost cap: once the debate's priced usage reaches it, the debate ends after the current
+    /// phase with status `budget_exceeded`.
+    pub max_cost_usd: Option<f64>,
 }
 
 pub struct DebateInput {
@@ -64,6 +67,7 @@ pub enum FinalStatus {
     Timeout,
     Failed,
     Cancelled,
+    BudgetExceeded,
 }
 
 impl FinalStatus {
@@ -74,6 +78,7 @@ impl FinalStatus {
             FinalStatus::Timeout => "timeout",
             FinalStatus::Failed => "failed",
             FinalStatus::Cancelled => "cancelled",
+            FinalStatus::BudgetExceeded => "budget_exceeded",
         }
     }
 }
@@ -87,6 +92,7 @@ impl From<FinalStatus> for crate::store::DebateStatus {
             FinalStatus::Timeout => S::Timeout,
             FinalStatus::Failed => S::Failed,
             FinalStatus::Cancelled => S::Cancelled,
+            FinalStatus::BudgetExceeded => S::BudgetExceeded,
         }
     }
 }
@@ -148,6 +154,10 @@ enum Abort {
     Storage(String),
     /// Hand the debate back (shutdown): no new step starts; what finished is recorded.
     Suspended,
+    /// Paused by its owner at a phase boundary.
+    Paused,
+    /// The priced usage (first) reached the cap (second).
+    Budget(f64, f64),
 }
 
 /// A step: one agent call of a phase, by (round, phase, seat).
@@ -227,6 +237,28 @@ pub struct Resume {
     pub replay: Replay,
     pub spent: Duration,
     pub stop: CancellationToken,
+    /// Asks the debate to pause at its next phase boundary.
+    pub pause: CancellationToken,
+}
+
+/// How a durable run ended.
+#[derive(Debug)]
+pub enum DurableEnd {
+    /// The debate ended; its final status is written.
+    Finished(DebateOutcome),
+    /// Handed back unfinished (shutdown, a lost lease, a failed write).
+    HandedBack,
+    /// Stopped at a phase boundary on request; `rounds_used` rounds were started.
+    Paused { rounds_used: u32 },
+}
+
+/// What the engine learns at each phase boundary from outside the debate.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Checkpoint {
+    /// The moderator's messages so far, oldest first.
+    pub interventions: Vec<String>,
+    /// The debate's priced usage so far (USD); asked only when it has a cost cap.
+    pub cost_usd: f64,
 }
 
 struct Ctx<'a> {
@@ -239,6 +271,9 @@ struct Ctx<'a> {
     replay: &'a Replay,
     /// Set: storage failures and the stop token suspend the debate instead of failing it.
     stop: Option<&'a CancellationToken>,
+    pause: Option<&'a CancellationToken>,
+    /// The moderator's messages, refreshed at each phase boundary; every prompt carries them.
+    notes: std::sync::Mutex<Arc<Vec<String>>>,
 }
 
 impl Ctx<'_> {
@@ -265,6 +300,30 @@ impl Ctx<'_> {
         self.stop.is_some_and(CancellationToken::is_cancelled)
     }
 
+    /// A phase boundary: pause if asked, pick up the moderator's messages, and stop the
+    /// debate once its priced usage has reached its cap.
+    async fn boundary(&self) -> Result<(), Abort> {
+        if self.pause.is_some_and(CancellationToken::is_cancelled) {
+            return Err(Abort::Paused);
+        }
+        let cap = self.settings.max_cost_usd;
+        let checkpoint = match self.events.checkpoint(cap.is_some()).await {
+            Ok(c) => c,
+            Err(e) if self.stop.is_some() => {
+                tracing::warn!(target: "aragora::debate", error = %e, "reading the checkpoint failed; handing the debate back");
+                return Err(Abort::Suspended);
+            }
+            Err(e) => return Err(Abort::Storage(e)),
+        };
+        *self.notes.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(checkpoint.interventions);
+        if let Some(cap) = cap
+            && checkpoint.cost_usd >= cap
+        {
+            return Err(Abort::Budget(checkpoint.cost_usd, cap));
+        }
+        Ok(())
+    }
+
     /// One step: its recorded outcome when the log has it; else (unless the debate is being
     /// handed back) the agent is called and the outcome — `to_events` of the reply, or the
     /// failure — is recorded as one batch. `None`: the call was cancelled.
@@ -283,6 +342,8 @@ impl Ctx<'_> {
         if self.stopping() {
             return Err(Abort::Suspended);
         }
+        let notes = self.notes.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let request = prompts::with_moderator_notes(request, &notes);
         let batch = match call_seat(self, agent, seat, round, phase, request).await {
             Ok(reply) => to_events(reply),
             Err(AgentError::Cancelled) => return Ok(None),
@@ -324,21 +385,22 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> DebateOutcome {
     match run_inner(input, events, cancel, None).await {
-        Some(outcome) => outcome,
-        // Without a stop token nothing suspends a run.
-        None => unreachable!("a run without a stop token is never suspended"),
+        DurableEnd::Finished(outcome) => outcome,
+        // Without a stop or pause token nothing suspends or pauses a run.
+        other => unreachable!("a run without a stop token ended as {other:?}"),
     }
 }
 
-/// Run a debate durably: continue it from `resume.replay` (its stored log) and hand it back
-/// — `None`, nothing more recorded — when `resume.stop` fires or the store refuses a write.
-/// Agent calls in flight when `stop` fires are let finish and recorded.
+/// Run a debate durably: continue it from `resume.replay` (its stored log); hand it back
+/// (nothing more recorded) when `resume.stop` fires or the store refuses a write; stop at
+/// the next phase boundary when `resume.pause` fires. Agent calls in flight when either
+/// fires are let finish and recorded.
 pub async fn run_durable(
     input: DebateInput,
     events: Arc<dyn EventSink>,
     cancel: CancellationToken,
     resume: Resume,
-) -> Option<DebateOutcome> {
+) -> DurableEnd {
     run_inner(input, events, cancel, Some(resume)).await
 }
 
@@ -347,13 +409,13 @@ async fn run_inner(
     events: Arc<dyn EventSink>,
     cancel: CancellationToken,
     resume: Option<Resume>,
-) -> Option<DebateOutcome> {
+) -> DurableEnd {
     let started = Instant::now();
     let mut state = State::default();
     let empty = Replay::default();
-    let (replay, spent, stop) = match &resume {
-        Some(r) => (&r.replay, r.spent, Some(&r.stop)),
-        None => (&empty, Duration::ZERO, None),
+    let (replay, spent, stop, pause) = match &resume {
+        Some(r) => (&r.replay, r.spent, Some(&r.stop), Some(&r.pause)),
+        None => (&empty, Duration::ZERO, None, None),
     };
     let ctx = Ctx {
         task: &input.task,
@@ -364,6 +426,8 @@ async fn run_inner(
         cancel: &cancel,
         replay,
         stop,
+        pause,
+        notes: std::sync::Mutex::new(Arc::new(Vec::new())),
     };
     let start = EventBody::DebateStart(ev::Start {
         task: input.task.clone(),
@@ -412,7 +476,19 @@ async fn run_inner(
         Stop::Done(_) if cancel.is_cancelled() => {
             (FinalStatus::Cancelled, Some("cancelled".to_owned()))
         }
-        Stop::Done(Err(Abort::Suspended)) => return None,
+        Stop::Done(Err(Abort::Suspended)) => return DurableEnd::HandedBack,
+        Stop::Done(Err(Abort::Paused)) => {
+            return DurableEnd::Paused {
+                rounds_used: state.rounds_used,
+            };
+        }
+        Stop::Done(Err(Abort::Budget(cost, cap))) => (
+            FinalStatus::BudgetExceeded,
+            Some(format!(
+                "the debate's priced usage (${cost:.4}) reached its cost cap (${cap:.4}); the \
+                 transcript and partial result are kept"
+            )),
+        ),
         Stop::TimedOut => (
             FinalStatus::Timeout,
             Some(format!(
@@ -457,15 +533,15 @@ async fn run_inner(
         matches,
     };
     match events.finish(&end, &outcome).await {
-        Ok(()) => Some(outcome),
+        Ok(()) => DurableEnd::Finished(outcome),
         // A durable run whose end could not be written is handed back: the next run replays
         // the whole log and ends it again.
         Err(e) if resume.is_some() => {
             tracing::warn!(target: "aragora::debate", error = %e, "recording the end failed; handing the debate back");
-            None
+            DurableEnd::HandedBack
         }
         // The end marker is best effort once storage has already failed.
-        Err(_) => Some(outcome),
+        Err(_) => DurableEnd::Finished(outcome),
     }
 }
 
@@ -475,6 +551,7 @@ async fn run_rounds(ctx: &Ctx<'_>, state: &mut State) -> Result<(), Abort> {
         if ctx.cancel.is_cancelled() {
             return Ok(());
         }
+        ctx.boundary().await?;
         ctx.mark(
             Some(round),
             EventBody::RoundStart(ev::RoundStart {
@@ -508,11 +585,13 @@ async fn run_rounds(ctx: &Ctx<'_>, state: &mut State) -> Result<(), Abort> {
         if ctx.cancel.is_cancelled() {
             return Ok(());
         }
+        ctx.boundary().await?;
         critique_phase(ctx, state, round).await?;
         if ctx.cancel.is_cancelled() {
             return Ok(());
         }
         if settings.mode.votes() {
+            ctx.boundary().await?;
             vote_phase(ctx, state, round).await?;
         }
         let can_stop = round >= settings.min_rounds;
@@ -526,6 +605,9 @@ async fn run_rounds(ctx: &Ctx<'_>, state: &mut State) -> Result<(), Abort> {
     }
     if ctx.cancel.is_cancelled() {
         return Ok(());
+    }
+    if matches!(settings.mode, ConsensusMode::Judge | ConsensusMode::None) {
+        ctx.boundary().await?;
     }
     match settings.mode {
         ConsensusMode::Judge => judge_phase(ctx, state).await?,

@@ -367,6 +367,7 @@ fn settings(mode: ConsensusMode, rounds: u32) -> DebateSettings {
         mode,
         threshold: 0.6,
         timeout: Duration::from_secs(600),
+        max_cost_usd: None,
     }
 }
 

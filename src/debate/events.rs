@@ -86,6 +86,10 @@ pub enum EventBody {
     CircuitOpen(AgentFailure),
     /// The seam where an instance continued a debate from its durable log.
     DebateResumed(Resumed),
+    /// The debate stopped at a phase boundary because its owner or an admin paused it.
+    DebatePaused(Paused),
+    /// A moderator's message: every agent's prompt from the next phase on includes it.
+    Intervention(Intervention),
     DebateEnd(End),
 }
 
@@ -103,6 +107,8 @@ impl EventBody {
             EventBody::AgentError(_) => "agent_error",
             EventBody::CircuitOpen(_) => "circuit_open",
             EventBody::DebateResumed(_) => "debate_resumed",
+            EventBody::DebatePaused(_) => "debate_paused",
+            EventBody::Intervention(_) => "intervention",
             EventBody::DebateEnd(_) => "debate_end",
         }
     }
@@ -240,6 +246,8 @@ pub enum ResumeReason {
     Crash,
     /// Another instance's lease ran out (it died or lost the database).
     LeaseExpired,
+    /// Its owner or an admin resumed it after a pause.
+    ResumedByUser,
 }
 
 impl ResumeReason {
@@ -248,6 +256,7 @@ impl ResumeReason {
             ResumeReason::Restart => "restart",
             ResumeReason::Crash => "crash",
             ResumeReason::LeaseExpired => "lease_expired",
+            ResumeReason::ResumedByUser => "resumed_by_user",
         }
     }
 }
@@ -259,6 +268,23 @@ pub struct Resumed {
     /// The instance that continues the debate.
     pub instance: String,
     pub reason: ResumeReason,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Paused {
+    /// Who asked (user id; `service` for the API token).
+    pub by: Option<String>,
+    /// Rounds completed or under way when it stopped.
+    pub rounds_used: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Intervention {
+    /// Who sent it (user id; `service` for the API token).
+    pub by: Option<String>,
+    /// Always `moderator` for now.
+    pub role: String,
+    pub content: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]

@@ -22,7 +22,8 @@ use tokio_util::task::TaskTracker;
 
 use super::consensus::ConsensusMode;
 use super::engine::{
-    self, DebateInput, DebateOutcome, DebateSettings, FinalStatus, Replay, Resume, Seat,
+    self, Checkpoint, DebateInput, DebateOutcome, DebateSettings, DurableEnd, FinalStatus, Replay,
+    Resume, Seat,
 };
 use super::events::{self as ev, Event, EventBody, ResumeReason};
 use super::prompts::STANCES;
@@ -30,8 +31,8 @@ use super::{AgentReply, DebateAgent, EventSink};
 use crate::agents::{Agent, AgentError, AgentRegistry, CompletionRequest, DeltaSink};
 use crate::bus::{EventBus, LiveEvent};
 use crate::store::{
-    ClaimedDebate, DebateRecord, DebateStatus, DebateUpdate, DynStore, Lease, NewDebate, NewEvent,
-    StoreError, StoredEvent,
+    ClaimedDebate, Control, DebateRecord, DebateStatus, DebateUpdate, DynStore, Lease, NewDebate,
+    NewEvent, StoreError, StoredEvent,
 };
 
 pub const MIN_AGENTS: usize = 2;
@@ -61,7 +62,13 @@ pub struct DebateRequest {
     pub domain: Option<String>,
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
+    /// Cost cap in USD: once the debate's priced usage reaches it, the debate ends after the
+    /// current phase with status `budget_exceeded` (default ARAGORA_DEBATE_MAX_COST_USD).
+    pub max_cost_usd: Option<f64>,
 }
+
+/// Longest moderator message (characters).
+pub const MAX_INTERVENTION_CHARS: usize = 4_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CreateError {
@@ -75,15 +82,23 @@ pub enum CreateError {
     Store(#[from] StoreError),
 }
 
+/// Why a cancel, pause, resume or intervention was refused.
 #[derive(Debug, thiserror::Error)]
-pub enum CancelError {
+pub enum SteerError {
     #[error("debate {0} not found")]
     NotFound(String),
     #[error("debate {id} already ended with status {status}")]
     AlreadyFinished { id: String, status: String },
+    /// The debate is not in a state the action applies to (e.g. resuming a running one).
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{message}")]
+    Invalid { field: String, message: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
+
+pub type CancelError = SteerError;
 
 #[derive(Debug, Clone)]
 pub struct ManagerSettings {
@@ -102,6 +117,8 @@ pub struct ManagerSettings {
     pub claim_poll: Duration,
     /// Graceful-stop budget: agent calls in flight get this long (less a margin) to finish.
     pub shutdown_timeout: Duration,
+    /// Cost cap of a debate whose request names none.
+    pub max_cost_usd: Option<f64>,
 }
 
 /// A debate this instance runs right now.
@@ -110,11 +127,27 @@ struct Job {
     cancel: CancellationToken,
     /// The lease is gone (another instance claimed it): stop without writing anything.
     lost: CancellationToken,
+    /// Pause at the next phase boundary.
+    pause: CancellationToken,
+    /// Who asked for the pause, when it was asked here.
+    paused_by: Arc<std::sync::Mutex<Option<String>>>,
     generation: i64,
     claimed_at: Instant,
 }
 
-/// How often cancels requested on other instances are looked for.
+impl Job {
+    /// Act on what the store says was asked of this debate.
+    fn apply(&self, control: &Control) {
+        if control.cancel {
+            self.cancel.cancel();
+        }
+        if control.pause {
+            self.pause.cancel();
+        }
+    }
+}
+
+/// How often cancels and pauses requested on other instances are looked for.
 const CANCEL_POLL: Duration = Duration::from_secs(1);
 /// Leaves this much of the shutdown budget to release leases and close the pool.
 const RELEASE_MARGIN: Duration = Duration::from_secs(2);
@@ -218,6 +251,7 @@ impl DebateManager {
             "judge": plan.judge,
             "domain": request.domain,
             "metadata": request.metadata,
+            "max_cost_usd": plan.max_cost_usd,
         });
         let record = self
             .store
@@ -346,7 +380,17 @@ impl DebateManager {
                 "`domain` must be 1-64 letters, digits, `-` or `_`".into(),
             ));
         }
+        let max_cost_usd = request.max_cost_usd.or(self.settings.max_cost_usd);
+        if let Some(cap) = max_cost_usd
+            && !(cap.is_finite() && cap > 0.0)
+        {
+            return Err(invalid(
+                "max_cost_usd",
+                format!("`max_cost_usd` must be a positive number of US dollars, got {cap}"),
+            ));
+        }
         Ok(Plan {
+            max_cost_usd,
             agents,
             rounds,
             min_rounds,
@@ -376,9 +420,14 @@ impl DebateManager {
             tracing::info!(target: "aragora::debate", debate_id = id, "debate cancelled while running");
             return Ok(record);
         }
-        if record.status == DebateStatus::Queued
+        let reason = match record.status {
+            DebateStatus::Queued => Some("cancelled before it started"),
+            DebateStatus::Paused => Some("cancelled while paused"),
+            _ => None,
+        };
+        if let Some(reason) = reason
             && let Some(updated) = self
-                .finish_unstarted(id, DebateStatus::Cancelled, "cancelled before it started")
+                .finish_unstarted(id, DebateStatus::Cancelled, reason)
                 .await?
         {
             return Ok(updated);
@@ -397,6 +446,144 @@ impl DebateManager {
             id: id.to_owned(),
             status: now.status.to_string(),
         })
+    }
+
+    /// Pause a debate at its next phase boundary (a running agent call finishes and is
+    /// recorded first), wherever it runs; a queued one is paused at once. Its slot and lease
+    /// are released; `resume` queues it again. `by`: who asked.
+    pub async fn pause(&self, id: &str, by: Option<String>) -> Result<DebateRecord, SteerError> {
+        let record = self.steerable(id).await?;
+        if record.status == DebateStatus::Paused {
+            return Ok(record);
+        }
+        if let Some(job) = self.jobs().get(id) {
+            *job.paused_by.lock().unwrap_or_else(|e| e.into_inner()) = by;
+            job.pause.cancel();
+            tracing::info!(target: "aragora::debate", debate_id = id, "pause requested; the debate stops at its next phase boundary");
+            return Ok(record);
+        }
+        if record.status == DebateStatus::Queued {
+            let event = Event::new(
+                None,
+                None,
+                EventBody::DebatePaused(ev::Paused {
+                    by,
+                    rounds_used: record.rounds_used.max(0) as u32,
+                }),
+            );
+            let update = DebateUpdate {
+                status: Some(DebateStatus::Paused),
+                ..DebateUpdate::default()
+            };
+            if let Some((updated, stored)) = self
+                .store
+                .finish_queued(id, &update, &NewEvent::from(&event))
+                .await?
+            {
+                log_event(&stored);
+                self.bus.publish(LiveEvent::from(&stored));
+                return Ok(updated);
+            }
+        }
+        if self.store.request_pause(id).await? {
+            return Ok(record);
+        }
+        Err(self.changed_meanwhile(id).await)
+    }
+
+    /// Queue a paused debate again: an instance claims it and continues where it stopped
+    /// (`debate_resumed`, reason `resumed_by_user`).
+    pub async fn resume(&self, id: &str) -> Result<DebateRecord, SteerError> {
+        let record = self.steerable(id).await?;
+        if record.status != DebateStatus::Paused {
+            return Err(SteerError::Conflict(format!(
+                "debate {id} is {}, not paused",
+                record.status
+            )));
+        }
+        match self.store.unpause(id).await? {
+            Some(updated) => {
+                self.wake.notify_one();
+                tracing::info!(target: "aragora::debate", debate_id = id, "paused debate queued again");
+                Ok(updated)
+            }
+            None => Err(self.changed_meanwhile(id).await),
+        }
+    }
+
+    /// Record a moderator's message; every agent's prompt from the debate's next phase on
+    /// carries it. Running, queued and paused debates take it.
+    pub async fn inject(
+        &self,
+        id: &str,
+        by: Option<String>,
+        content: &str,
+    ) -> Result<StoredEvent, SteerError> {
+        let content = content.trim();
+        let invalid = |message: String| SteerError::Invalid {
+            field: "content".into(),
+            message,
+        };
+        if content.is_empty() {
+            return Err(invalid("`content` must not be empty".into()));
+        }
+        if content.chars().count() > MAX_INTERVENTION_CHARS {
+            return Err(invalid(format!(
+                "`content` is longer than {MAX_INTERVENTION_CHARS} characters"
+            )));
+        }
+        self.steerable(id).await?;
+        let event = Event::new(
+            None,
+            None,
+            EventBody::Intervention(ev::Intervention {
+                by,
+                role: "moderator".into(),
+                content: content.to_owned(),
+            }),
+        );
+        let mut stored = self
+            .store
+            .append_events(id, None, &[NewEvent::from(&event)])
+            .await?;
+        let stored = stored
+            .pop()
+            .ok_or_else(|| SteerError::NotFound(id.to_owned()))?;
+        log_event(&stored);
+        self.bus.publish(LiveEvent::from(&stored));
+        Ok(stored)
+    }
+
+    /// The debate, unless it has ended.
+    async fn steerable(&self, id: &str) -> Result<DebateRecord, SteerError> {
+        let record = self
+            .store
+            .get_debate(id)
+            .await?
+            .ok_or_else(|| SteerError::NotFound(id.to_owned()))?;
+        if record.status.is_final() {
+            return Err(SteerError::AlreadyFinished {
+                id: id.to_owned(),
+                status: record.status.to_string(),
+            });
+        }
+        Ok(record)
+    }
+
+    /// The refusal for a debate whose status changed under an action.
+    async fn changed_meanwhile(&self, id: &str) -> SteerError {
+        match self.store.get_debate(id).await {
+            Ok(Some(now)) if now.status.is_final() => SteerError::AlreadyFinished {
+                id: id.to_owned(),
+                status: now.status.to_string(),
+            },
+            Ok(Some(now)) => SteerError::Conflict(format!(
+                "debate {id} changed to {} meanwhile; try again",
+                now.status
+            )),
+            Ok(None) => SteerError::NotFound(id.to_owned()),
+            Err(e) => SteerError::Store(e),
+        }
     }
 
     /// End a debate nobody has claimed yet. `None` when a claim won the race.
@@ -496,13 +683,19 @@ impl DebateManager {
         let job = Job {
             cancel: CancellationToken::new(),
             lost: CancellationToken::new(),
+            pause: CancellationToken::new(),
+            paused_by: Arc::default(),
             generation: claim.lease.generation,
             claimed_at: Instant::now(),
         };
         if claim.cancel_requested {
             job.cancel.cancel();
         }
+        if claim.pause_requested {
+            job.pause.cancel();
+        }
         let (cancel, lost) = (job.cancel.clone(), job.lost.clone());
+        let (pause, paused_by) = (job.pause.clone(), job.paused_by.clone());
         self.jobs().insert(claim.record.id.clone(), job);
         self.active.fetch_add(1, Ordering::Relaxed);
         metrics::gauge!("aragora_active_debates").set(self.active() as f64);
@@ -511,7 +704,7 @@ impl DebateManager {
             let id = claim.record.id.clone();
             let span = tracing::info_span!("debate", debate_id = %id, correlation_id = claim.record.correlation_id.as_deref().unwrap_or(""));
             let lease = claim.lease.clone();
-            let run = tracing::Instrument::instrument(me.run_claimed(claim, cancel), span.clone());
+            let run = tracing::Instrument::instrument(me.run_claimed(claim, cancel, pause, paused_by), span.clone());
             let handed_back = tokio::select! {
                 r = run => match r {
                     Ok(finished) => !finished,
@@ -546,12 +739,14 @@ impl DebateManager {
         });
     }
 
-    /// Start or resume a claimed debate and run it to its end. `Ok(true)`: it ended (final
-    /// status written); `Ok(false)`: handed back unfinished.
+    /// Start or resume a claimed debate and run it to its end or its pause. `Ok(true)`: it
+    /// ended or paused (status written, lease dropped); `Ok(false)`: handed back unfinished.
     async fn run_claimed(
         &self,
         claim: ClaimedDebate,
         cancel: CancellationToken,
+        pause: CancellationToken,
+        paused_by: Arc<std::sync::Mutex<Option<String>>>,
     ) -> Result<bool, StoreError> {
         let ClaimedDebate {
             record,
@@ -574,12 +769,19 @@ impl DebateManager {
         }
         let started = Instant::now();
         let spent = running_time(&stored);
-        if previous_status == DebateStatus::Running {
-            let reason = match previous_owner.as_deref() {
-                None => ResumeReason::Restart,
-                Some(owner) if owner == self.settings.instance_id => ResumeReason::Crash,
-                Some(_) => ResumeReason::LeaseExpired,
-            };
+        // A queued debate that has started before was paused and resumed by its owner.
+        let resumed = match (previous_status, previous_owner.as_deref()) {
+            (DebateStatus::Queued, _) if stored.iter().any(|e| e.kind == "debate_start") => {
+                Some(ResumeReason::ResumedByUser)
+            }
+            (DebateStatus::Running, None) => Some(ResumeReason::Restart),
+            (DebateStatus::Running, Some(owner)) if owner == self.settings.instance_id => {
+                Some(ResumeReason::Crash)
+            }
+            (DebateStatus::Running, Some(_)) => Some(ResumeReason::LeaseExpired),
+            _ => None,
+        };
+        if let Some(reason) = resumed {
             let from_seq = stored.last().map_or(0, |e| e.seq);
             tracing::info!(
                 target: "aragora::debate",
@@ -613,10 +815,10 @@ impl DebateManager {
         }
         let recorder = Arc::new(
             Recorder::new(self.store.clone(), self.bus.clone(), &id)
-                .with_lease(lease)
+                .with_lease(lease.clone())
                 .with_domain(record.options.get("domain").and_then(Value::as_str)),
         );
-        let outcome = engine::run_durable(
+        let end = engine::run_durable(
             input,
             recorder,
             cancel,
@@ -624,11 +826,34 @@ impl DebateManager {
                 replay,
                 spent,
                 stop: self.shutdown.clone(),
+                pause,
             },
         )
         .await;
-        let Some(outcome) = outcome else {
-            return Ok(false);
+        let outcome = match end {
+            DurableEnd::Finished(outcome) => outcome,
+            DurableEnd::HandedBack => return Ok(false),
+            DurableEnd::Paused { rounds_used } => {
+                let by = paused_by.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let event = Event::new(
+                    None,
+                    None,
+                    EventBody::DebatePaused(ev::Paused { by, rounds_used }),
+                );
+                let update = DebateUpdate {
+                    status: Some(DebateStatus::Paused),
+                    rounds_used: Some(rounds_used as i32),
+                    ..DebateUpdate::default()
+                };
+                let (_, stored) = self
+                    .store
+                    .finish_debate(&id, Some(&lease), &update, &NewEvent::from(&event))
+                    .await?;
+                log_event(&stored);
+                self.bus.publish(LiveEvent::from(&stored));
+                tracing::info!(target: "aragora::debate", debate_id = %id, rounds_used, "debate_paused debate_id={id}: its slot and lease are released");
+                return Ok(true);
+            }
         };
         metrics::counter!("aragora_debates_total", "status" => outcome.status.as_str())
             .increment(1);
@@ -699,16 +924,12 @@ impl DebateManager {
                         Err(StoreError::Database(sqlx::Error::PoolTimedOut))
                     }) {
                         Ok(held) => {
-                            let held: HashMap<String, (i64, bool)> =
-                                held.into_iter().map(|(id, g, c)| (id, (g, c))).collect();
+                            let held: HashMap<String, Control> =
+                                held.into_iter().map(|c| (c.debate_id.clone(), c)).collect();
                             // A debate claimed while the renewal ran is judged next time.
                             for (id, job) in self.jobs().iter().filter(|(_, j)| j.claimed_at < asked) {
                                 match held.get(id) {
-                                    Some((generation, cancel)) if *generation == job.generation => {
-                                        if *cancel {
-                                            job.cancel.cancel();
-                                        }
-                                    }
+                                    Some(c) if c.generation == job.generation => job.apply(c),
                                     // Finished between the claim and now, or taken over.
                                     _ => job.lost.cancel(),
                                 }
@@ -723,13 +944,13 @@ impl DebateManager {
                     if self.active() == 0 {
                         continue;
                     }
-                    if let Ok(Ok(ids)) =
-                        tokio::time::timeout(CANCEL_POLL, self.store.cancel_requests(me)).await
+                    if let Ok(Ok(asked)) =
+                        tokio::time::timeout(CANCEL_POLL, self.store.control_requests(me)).await
                     {
                         let jobs = self.jobs();
-                        for id in ids {
-                            if let Some(job) = jobs.get(&id) {
-                                job.cancel.cancel();
+                        for c in asked {
+                            if let Some(job) = jobs.get(&c.debate_id).filter(|j| j.generation == c.generation) {
+                                job.apply(&c);
                             }
                         }
                     }
@@ -793,12 +1014,14 @@ impl DebateManager {
                     .and_then(Value::as_f64)
                     .unwrap_or(self.settings.threshold),
                 timeout: self.settings.debate_timeout,
+                max_cost_usd: opt.get("max_cost_usd").and_then(Value::as_f64),
             },
         })
     }
 }
 
 struct Plan {
+    max_cost_usd: Option<f64>,
     agents: Vec<String>,
     rounds: u32,
     min_rounds: u32,
@@ -1008,6 +1231,31 @@ impl EventSink for Recorder {
             data: json!({"delta": delta}),
             ephemeral: true,
         });
+    }
+
+    async fn checkpoint(&self, cost: bool) -> Result<Checkpoint, String> {
+        let notes = self
+            .store
+            .events_of_kinds(&self.debate_id, &["intervention"], 1000, 0)
+            .await
+            .map_err(|e| e.to_string())?;
+        let interventions = notes
+            .iter()
+            .filter_map(|e| e.data.get("content").and_then(Value::as_str))
+            .map(str::to_owned)
+            .collect();
+        let cost_usd = if cost {
+            self.store
+                .debate_cost(&self.debate_id)
+                .await
+                .map_err(|e| e.to_string())?
+        } else {
+            0.0
+        };
+        Ok(Checkpoint {
+            interventions,
+            cost_usd,
+        })
     }
 
     async fn finish(&self, end: &Event, outcome: &DebateOutcome) -> Result<(), String> {

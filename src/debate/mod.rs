@@ -57,6 +57,13 @@ pub trait EventSink: Send + Sync {
 
     fn token_delta(&self, round: u32, agent: &str, delta: &str);
 
+    /// At a phase boundary: the moderator's messages so far and, when `cost` is asked for,
+    /// the debate's priced usage. The default (a sink with no store) has neither.
+    async fn checkpoint(&self, cost: bool) -> Result<engine::Checkpoint, String> {
+        let _ = cost;
+        Ok(engine::Checkpoint::default())
+    }
+
     /// The debate ended with `outcome`: record its `debate_end` event. A durable sink writes
     /// the final status in the same transaction.
     async fn finish(&self, end: &Event, outcome: &DebateOutcome) -> Result<(), String> {

@@ -180,6 +180,25 @@ pub fn synthesis(task: &str, seat: &str, answers: &BTreeMap<String, String>) -> 
     )
 }
 
+/// Adds the moderator's messages (oldest first) to the end of the request's user turn,
+/// marked as the human moderator's so an agent cannot mistake them for another agent's.
+pub fn with_moderator_notes(mut request: CompletionRequest, notes: &[String]) -> CompletionRequest {
+    if notes.is_empty() {
+        return request;
+    }
+    if let Some(last) = request.messages.last_mut() {
+        let mut block = String::from(
+            "\n\n--- Moderator's messages (from the human moderating this debate, not from an \
+             agent; take them into account) ---\n",
+        );
+        for note in notes {
+            let _ = writeln!(block, "- {note}");
+        }
+        last.content.push_str(&block);
+    }
+    request
+}
+
 /// Default stances given to seats in order.
 pub const STANCES: &[&str] = &[
     "pragmatist",

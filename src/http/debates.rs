@@ -14,7 +14,7 @@ use utoipa_axum::routes;
 use super::correlation;
 use crate::app::AppState;
 use crate::auth::Principal;
-use crate::debate::manager::{CancelError, CreateError, DebateRequest};
+use crate::debate::manager::{CreateError, DebateRequest, SteerError};
 use crate::error::{ApiError, ErrorBody};
 use crate::store::{DebateQuery, DebateRecord, DebateStatus, StoreError, StoredEvent};
 
@@ -26,6 +26,11 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_messages))
         .routes(routes!(list_events))
         .routes(routes!(cancel_debate))
+        .routes(routes!(pause_debate))
+        .routes(routes!(resume_debate))
+        .routes(routes!(intervention_pause))
+        .routes(routes!(intervention_resume))
+        .routes(routes!(inject_intervention))
 }
 
 /// The debate record as the API shows it.
@@ -369,11 +374,7 @@ pub async fn cancel_debate(
 ) -> Result<Response, ApiError> {
     tracing::Span::current().record("debate_id", id.as_str());
     load(&state, &principal, &id).await?;
-    let record = state.debates.cancel(&id).await.map_err(|e| match e {
-        CancelError::NotFound(_) => ApiError::NotFound(e.to_string()),
-        CancelError::AlreadyFinished { .. } => ApiError::Conflict(e.to_string()),
-        CancelError::Store(err) => err.into(),
-    })?;
+    let record = state.debates.cancel(&id).await.map_err(steer_error)?;
     let status = if record.status == "cancelled" {
         "cancelled"
     } else {
@@ -382,6 +383,191 @@ pub async fn cancel_debate(
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"debate_id": id, "status": status})),
+    )
+        .into_response())
+}
+
+fn steer_error(e: SteerError) -> ApiError {
+    match e {
+        SteerError::NotFound(_) => ApiError::NotFound(e.to_string()),
+        SteerError::AlreadyFinished { ref status, .. } => ApiError::DebateEnded {
+            status: status.clone(),
+            message: e.to_string(),
+        },
+        SteerError::Conflict(message) => ApiError::Conflict(message),
+        SteerError::Invalid { field, message } => ApiError::Validation { field, message },
+        SteerError::Store(err) => err.into(),
+    }
+}
+
+/// Who steers: the user's id (`service` for the API token).
+fn steered_by(principal: &Principal) -> Option<String> {
+    Some(principal.id.clone())
+}
+
+async fn pause(state: AppState, principal: Principal, id: String) -> Result<Response, ApiError> {
+    tracing::Span::current().record("debate_id", id.as_str());
+    load(&state, &principal, &id).await?;
+    let record = state
+        .debates
+        .pause(&id, steered_by(&principal))
+        .await
+        .map_err(steer_error)?;
+    let status = if record.status == DebateStatus::Paused {
+        "paused"
+    } else {
+        "pausing"
+    };
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"debate_id": id, "status": status})),
+    )
+        .into_response())
+}
+
+async fn resume(state: AppState, principal: Principal, id: String) -> Result<Response, ApiError> {
+    tracing::Span::current().record("debate_id", id.as_str());
+    load(&state, &principal, &id).await?;
+    let record = state.debates.resume(&id).await.map_err(steer_error)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"debate_id": id, "status": record.status})),
+    )
+        .into_response())
+}
+
+/// Pause a debate at its next phase boundary (a running agent call finishes and is
+/// recorded); it releases its slot and lease. Owner of the debate or admin.
+#[utoipa::path(
+    post,
+    path = "/debates/{id}/pause",
+    tag = "debates",
+    params(("id" = String, Path, description = "debate id")),
+    responses(
+        (status = 202, description = "`{\"debate_id\", \"status\": \"paused\" | \"pausing\"}`: paused at once (it was queued) or at the next phase boundary"),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "already ended; `status` names how", body = ErrorBody),
+    )
+)]
+pub async fn pause_debate(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    pause(state, principal, id).await
+}
+
+/// The same as `POST /debates/{id}/pause` (the SDK's intervention path).
+#[utoipa::path(
+    post,
+    path = "/debates/{id}/intervention/pause",
+    tag = "debates",
+    params(("id" = String, Path, description = "debate id")),
+    responses(
+        (status = 202, description = "as `POST /debates/{id}/pause`"),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody),
+    )
+)]
+pub async fn intervention_pause(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    pause(state, principal, id).await
+}
+
+/// Queue a paused debate again; it continues where it stopped (`debate_resumed`, reason
+/// `resumed_by_user`).
+#[utoipa::path(
+    post,
+    path = "/debates/{id}/resume",
+    tag = "debates",
+    params(("id" = String, Path, description = "debate id")),
+    responses(
+        (status = 202, description = "`{\"debate_id\", \"status\": \"queued\"}`"),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "not paused, or already ended", body = ErrorBody),
+    )
+)]
+pub async fn resume_debate(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    resume(state, principal, id).await
+}
+
+/// The same as `POST /debates/{id}/resume` (the SDK's intervention path).
+#[utoipa::path(
+    post,
+    path = "/debates/{id}/intervention/resume",
+    tag = "debates",
+    params(("id" = String, Path, description = "debate id")),
+    responses(
+        (status = 202, description = "as `POST /debates/{id}/resume`"),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody),
+    )
+)]
+pub async fn intervention_resume(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    resume(state, principal, id).await
+}
+
+/// `POST /debates/{id}/intervention/inject` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InjectRequest {
+    /// The moderator's message (at most 4,000 characters).
+    pub content: String,
+    /// `moderator` (the default; the only role for now).
+    pub role: Option<String>,
+}
+
+/// Add a moderator's message: a durable `intervention` event, and every agent's prompt from
+/// the debate's next phase on includes it, marked as the moderator's. Running, queued and
+/// paused debates take it.
+#[utoipa::path(
+    post,
+    path = "/debates/{id}/intervention/inject",
+    tag = "debates",
+    params(("id" = String, Path, description = "debate id")),
+    request_body = InjectRequest,
+    responses(
+        (status = 201, description = "`{\"debate_id\", \"seq\", \"type\": \"intervention\"}`"),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "already ended", body = ErrorBody),
+        (status = 422, description = "empty or too long `content`, or a `role` other than moderator", body = ErrorBody),
+    )
+)]
+pub async fn inject_intervention(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+    Json(body): Json<InjectRequest>,
+) -> Result<Response, ApiError> {
+    tracing::Span::current().record("debate_id", id.as_str());
+    if let Some(role) = body.role.as_deref()
+        && role != "moderator"
+    {
+        return Err(ApiError::Validation {
+            field: "role".into(),
+            message: format!("`role` must be `moderator`, got `{role}`"),
+        });
+    }
+    load(&state, &principal, &id).await?;
+    let stored = state
+        .debates
+        .inject(&id, steered_by(&principal), &body.content)
+        .await
+        .map_err(steer_error)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"debate_id": id, "seq": stored.seq, "type": stored.kind})),
     )
         .into_response())
 }

@@ -79,39 +79,50 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub enum DebateStatus {
     Queued,
     Running,
+    /// Stopped between phases by its owner or an admin; resumes when asked.
+    Paused,
     Completed,
     NoConsensus,
     Timeout,
     Failed,
     Cancelled,
+    /// Its priced usage reached its cost cap; the transcript and partial result are kept.
+    BudgetExceeded,
 }
 
 impl DebateStatus {
-    pub const ALL: [DebateStatus; 7] = [
+    pub const ALL: [DebateStatus; 9] = [
         DebateStatus::Queued,
         DebateStatus::Running,
+        DebateStatus::Paused,
         DebateStatus::Completed,
         DebateStatus::NoConsensus,
         DebateStatus::Timeout,
         DebateStatus::Failed,
         DebateStatus::Cancelled,
+        DebateStatus::BudgetExceeded,
     ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             DebateStatus::Queued => "queued",
             DebateStatus::Running => "running",
+            DebateStatus::Paused => "paused",
             DebateStatus::Completed => "completed",
             DebateStatus::NoConsensus => "no_consensus",
             DebateStatus::Timeout => "timeout",
             DebateStatus::Failed => "failed",
             DebateStatus::Cancelled => "cancelled",
+            DebateStatus::BudgetExceeded => "budget_exceeded",
         }
     }
 
     /// Whether the debate has ended (it will never run again).
     pub fn is_final(self) -> bool {
-        !matches!(self, DebateStatus::Queued | DebateStatus::Running)
+        !matches!(
+            self,
+            DebateStatus::Queued | DebateStatus::Running | DebateStatus::Paused
+        )
     }
 }
 
@@ -251,6 +262,17 @@ pub struct ClaimedDebate {
     /// Who held the lease before (None when it was released or never held).
     pub previous_owner: Option<String>,
     pub cancel_requested: bool,
+    pub pause_requested: bool,
+}
+
+/// What the runner of a debate is asked to do, read with its lease renewal or the control
+/// poll.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Control {
+    pub debate_id: String,
+    pub generation: i64,
+    pub cancel: bool,
+    pub pause: bool,
 }
 
 /// A running debate as `GET /api/debates/active` lists it.
@@ -424,9 +446,10 @@ pub trait Store: Send + Sync + 'static {
         events: &[NewEvent],
     ) -> StoreResult<Vec<StoredEvent>>;
 
-    /// End a debate in one transaction: append `end` (its `debate_end` event), apply `update`
-    /// (final status, result…) and drop the lease, so the status and the log never disagree.
-    /// Fenced like `append_events`.
+    /// Stop running a debate in one transaction: append `end` (its `debate_end`, or
+    /// `debate_paused`), apply `update` (final status, result…, or `paused`) and drop the
+    /// lease and any pending cancel or pause request, so the status and the log never
+    /// disagree. Fenced like `append_events`.
     async fn finish_debate(
         &self,
         debate_id: &str,
@@ -435,9 +458,9 @@ pub trait Store: Send + Sync + 'static {
         end: &NewEvent,
     ) -> StoreResult<(DebateRecord, StoredEvent)>;
 
-    /// End a debate that is still `queued` (cancelled before any instance claimed it):
-    /// status, error, finished_at and its `debate_end` in one transaction. `None` when it is
-    /// no longer queued (a claim won the race).
+    /// Change a debate no instance holds — `queued` or `paused` (cancelled or paused before
+    /// a claim, cancelled while paused): `update` and its event `end` in one transaction.
+    /// `None` when it is neither any more (a claim won the race).
     async fn finish_queued(
         &self,
         debate_id: &str,
@@ -460,12 +483,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<ClaimedDebate>>;
 
     /// Extend every lease `instance` holds by `ttl`, in one statement. Returns the debates it
-    /// still holds with their generation and whether a cancel was requested.
-    async fn renew_leases(
-        &self,
-        instance: &str,
-        ttl: Duration,
-    ) -> StoreResult<Vec<(String, i64, bool)>>;
+    /// still holds with their generation and what their runner is asked to do.
+    async fn renew_leases(&self, instance: &str, ttl: Duration) -> StoreResult<Vec<Control>>;
 
     /// Give a lease back (the debate stays `running` and is claimable at once). False when
     /// the lease was no longer held.
@@ -478,8 +497,19 @@ pub trait Store: Send + Sync + 'static {
     /// Ask the runner of a running debate to cancel it. False when the debate is not running.
     async fn request_cancel(&self, debate_id: &str) -> StoreResult<bool>;
 
-    /// Debates held by `instance` whose cancel was requested.
-    async fn cancel_requests(&self, instance: &str) -> StoreResult<Vec<String>>;
+    /// Ask the runner of a running debate to pause it at its next phase boundary. False when
+    /// the debate is not running.
+    async fn request_pause(&self, debate_id: &str) -> StoreResult<bool>;
+
+    /// Debates held by `instance` whose cancel or pause was requested.
+    async fn control_requests(&self, instance: &str) -> StoreResult<Vec<Control>>;
+
+    /// A paused debate goes back to the queue (status `queued`; a claim resumes it from its
+    /// log). `None` when it is not paused.
+    async fn unpause(&self, debate_id: &str) -> StoreResult<Option<DebateRecord>>;
+
+    /// The priced cost (USD) of every agent call recorded for the debate.
+    async fn debate_cost(&self, debate_id: &str) -> StoreResult<f64>;
 
     /// Running debates of every instance, oldest first (at most 1000).
     async fn active_debates(&self) -> StoreResult<Vec<ActiveDebate>>;

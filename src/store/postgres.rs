@@ -72,6 +72,26 @@ struct ClaimRow {
     previous_status: String,
     previous_owner: Option<String>,
     cancel_requested: bool,
+    pause_requested: bool,
+}
+
+#[derive(sqlx::FromRow)]
+struct ControlRow {
+    id: String,
+    lease_generation: i64,
+    cancel_requested: bool,
+    pause_requested: bool,
+}
+
+impl ControlRow {
+    fn into_control(self) -> Control {
+        Control {
+            debate_id: self.id,
+            generation: self.lease_generation,
+            cancel: self.cancel_requested,
+            pause: self.pause_requested,
+        }
+    }
 }
 
 #[derive(sqlx::FromRow)]
@@ -254,7 +274,8 @@ async fn apply_update(
     finish: bool,
 ) -> StoreResult<DebateRecord> {
     let lease = if finish {
-        ", lease_owner = NULL, lease_expires_at = NULL, cancel_requested = FALSE"
+        ", lease_owner = NULL, lease_expires_at = NULL, cancel_requested = FALSE, \
+         pause_requested = FALSE"
     } else {
         ""
     };
@@ -579,7 +600,7 @@ impl Store for PostgresStore {
         let mut tx = self.pool.begin().await?;
         // The row lock taken here orders this against a concurrent claim of the same debate.
         let queued: Option<String> = sqlx::query_scalar(
-            "SELECT id FROM debates WHERE id = $1 AND status = 'queued' FOR UPDATE",
+            "SELECT id FROM debates WHERE id = $1 AND status IN ('queued', 'paused') FOR UPDATE",
         )
         .bind(debate_id)
         .fetch_optional(&mut *tx)
@@ -629,7 +650,7 @@ impl Store for PostgresStore {
                  lease_expires_at = now() + make_interval(secs => $3) \
              FROM next WHERE d.id = next.id \
              RETURNING {columns}, d.lease_owner, d.lease_generation, next.previous_status, \
-                 next.previous_owner, d.cancel_requested"
+                 next.previous_owner, d.cancel_requested, d.pause_requested"
         );
         let rows = sqlx::query_as::<_, ClaimRow>(&sql)
             .bind(instance)
@@ -649,6 +670,7 @@ impl Store for PostgresStore {
                     previous_status: parse_status(&r.previous_status)?,
                     previous_owner: r.previous_owner,
                     cancel_requested: r.cancel_requested,
+                    pause_requested: r.pause_requested,
                 })
             })
             .collect::<StoreResult<Vec<_>>>()?;
@@ -658,21 +680,17 @@ impl Store for PostgresStore {
         Ok(claimed)
     }
 
-    async fn renew_leases(
-        &self,
-        instance: &str,
-        ttl: Duration,
-    ) -> StoreResult<Vec<(String, i64, bool)>> {
-        let rows: Vec<(String, i64, bool)> = sqlx::query_as(
+    async fn renew_leases(&self, instance: &str, ttl: Duration) -> StoreResult<Vec<Control>> {
+        let rows: Vec<ControlRow> = sqlx::query_as(
             "UPDATE debates SET lease_expires_at = now() + make_interval(secs => $2) \
              WHERE lease_owner = $1 AND status = 'running' \
-             RETURNING id, lease_generation, cancel_requested",
+             RETURNING id, lease_generation, cancel_requested, pause_requested",
         )
         .bind(instance)
         .bind(ttl_secs(ttl))
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows)
+        Ok(rows.into_iter().map(ControlRow::into_control).collect())
     }
 
     async fn release_lease(&self, debate_id: &str, lease: &Lease) -> StoreResult<bool> {
@@ -709,14 +727,49 @@ impl Store for PostgresStore {
         Ok(done.rows_affected() == 1)
     }
 
-    async fn cancel_requests(&self, instance: &str) -> StoreResult<Vec<String>> {
-        Ok(sqlx::query_scalar(
-            "SELECT id FROM debates WHERE lease_owner = $1 AND cancel_requested \
+    async fn request_pause(&self, debate_id: &str) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE debates SET pause_requested = TRUE WHERE id = $1 AND status = 'running'",
+        )
+        .bind(debate_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn control_requests(&self, instance: &str) -> StoreResult<Vec<Control>> {
+        let rows: Vec<ControlRow> = sqlx::query_as(
+            "SELECT id, lease_generation, cancel_requested, pause_requested FROM debates \
+             WHERE lease_owner = $1 AND (cancel_requested OR pause_requested) \
              AND status = 'running'",
         )
         .bind(instance)
         .fetch_all(&self.pool)
-        .await?)
+        .await?;
+        Ok(rows.into_iter().map(ControlRow::into_control).collect())
+    }
+
+    async fn unpause(&self, debate_id: &str) -> StoreResult<Option<DebateRecord>> {
+        let sql = format!(
+            "UPDATE debates SET status = 'queued' WHERE id = $1 AND status = 'paused' \
+             RETURNING {DEBATE_COLUMNS}"
+        );
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query_as::<_, DebateRow>(&sql)
+            .bind(debate_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        row.map(DebateRow::into_record).transpose()
+    }
+
+    async fn debate_cost(&self, debate_id: &str) -> StoreResult<f64> {
+        let cost: Option<f64> =
+            sqlx::query_scalar("SELECT SUM(cost_usd) FROM usage WHERE debate_id = $1")
+                .bind(debate_id)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(cost.unwrap_or(0.0))
     }
 
     async fn active_debates(&self) -> StoreResult<Vec<ActiveDebate>> {

@@ -225,6 +225,25 @@ struct ClaimRow {
 }
 
 #[derive(sqlx::FromRow)]
+struct ControlRow {
+    id: String,
+    lease_generation: i64,
+    cancel_requested: bool,
+    pause_requested: bool,
+}
+
+impl ControlRow {
+    fn into_control(self) -> Control {
+        Control {
+            debate_id: self.id,
+            generation: self.lease_generation,
+            cancel: self.cancel_requested,
+            pause: self.pause_requested,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
 struct ActiveRow {
     id: String,
     task: String,
@@ -335,7 +354,8 @@ async fn apply_update(
     finish: bool,
 ) -> StoreResult<DebateRecord> {
     let lease = if finish {
-        ", lease_owner = NULL, lease_expires_at = NULL, cancel_requested = 0"
+        ", lease_owner = NULL, lease_expires_at = NULL, cancel_requested = 0, \
+         pause_requested = 0"
     } else {
         ""
     };
@@ -602,11 +622,12 @@ impl Store for SqliteStore {
         end: &NewEvent,
     ) -> StoreResult<Option<(DebateRecord, StoredEvent)>> {
         let mut tx = self.begin_write().await?;
-        let queued: Option<String> =
-            sqlx::query_scalar("SELECT id FROM debates WHERE id = ? AND status = 'queued'")
-                .bind(debate_id)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let queued: Option<String> = sqlx::query_scalar(
+            "SELECT id FROM debates WHERE id = ? AND status IN ('queued', 'paused')",
+        )
+        .bind(debate_id)
+        .fetch_optional(&mut *tx)
+        .await?;
         if queued.is_none() {
             return Ok(None);
         }
@@ -638,10 +659,10 @@ impl Store for SqliteStore {
         // with another claim.
         let mut tx = self.begin_write().await?;
         let now = Utc::now();
-        let candidates: Vec<(String, String, Option<String>, bool)> = sqlx::query_as(
+        let candidates: Vec<(String, String, Option<String>, bool, bool)> = sqlx::query_as(
             // Without statistics SQLite would read every queued row by status and sort
             // them; the partial claim index yields them in order, so LIMIT stops early.
-            "SELECT id, status, lease_owner, cancel_requested FROM debates \
+            "SELECT id, status, lease_owner, cancel_requested, pause_requested FROM debates \
              INDEXED BY debates_claim_idx WHERE status IN ('queued', 'running') AND (status = 'queued' \
                    OR lease_expires_at IS NULL OR lease_expires_at < ?) \
              ORDER BY created_at, id LIMIT ?",
@@ -658,7 +679,7 @@ impl Store for SqliteStore {
              lease_expires_at = ? WHERE id = ? RETURNING {DEBATE_COLUMNS}, lease_generation"
         );
         let mut claimed = Vec::with_capacity(candidates.len());
-        for (id, previous_status, previous_owner, cancel_requested) in candidates {
+        for (id, previous_status, previous_owner, cancel_requested, pause_requested) in candidates {
             let row = sqlx::query_as::<_, ClaimRow>(&sql)
                 .bind(format_ts(now))
                 .bind(instance)
@@ -676,6 +697,7 @@ impl Store for SqliteStore {
                 previous_status: parse_status(&previous_status)?,
                 previous_owner,
                 cancel_requested,
+                pause_requested,
             });
         }
         let result = Ok(claimed);
@@ -683,25 +705,20 @@ impl Store for SqliteStore {
         result
     }
 
-    async fn renew_leases(
-        &self,
-        instance: &str,
-        ttl: Duration,
-    ) -> StoreResult<Vec<(String, i64, bool)>> {
+    async fn renew_leases(&self, instance: &str, ttl: Duration) -> StoreResult<Vec<Control>> {
         let expires = format_ts(Utc::now() + chrono::Duration::from_std(ttl).unwrap_or_default());
         let mut tx = self.begin_write().await?;
-        let rows: Vec<(String, i64, bool)> = sqlx::query_as(
+        let rows: Vec<ControlRow> = sqlx::query_as(
             "UPDATE debates SET lease_expires_at = ? \
              WHERE lease_owner = ? AND status = 'running' \
-             RETURNING id, lease_generation, cancel_requested",
+             RETURNING id, lease_generation, cancel_requested, pause_requested",
         )
         .bind(&expires)
         .bind(instance)
         .fetch_all(&mut *tx)
         .await?;
-        let result = Ok(rows);
         tx.commit().await?;
-        result
+        Ok(rows.into_iter().map(ControlRow::into_control).collect())
     }
 
     async fn release_lease(&self, debate_id: &str, lease: &Lease) -> StoreResult<bool> {
@@ -746,14 +763,51 @@ impl Store for SqliteStore {
         result
     }
 
-    async fn cancel_requests(&self, instance: &str) -> StoreResult<Vec<String>> {
-        Ok(sqlx::query_scalar(
-            "SELECT id FROM debates WHERE lease_owner = ? AND cancel_requested = 1 \
+    async fn request_pause(&self, debate_id: &str) -> StoreResult<bool> {
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query(
+            "UPDATE debates SET pause_requested = 1 WHERE id = ? AND status = 'running'",
+        )
+        .bind(debate_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn control_requests(&self, instance: &str) -> StoreResult<Vec<Control>> {
+        let rows: Vec<ControlRow> = sqlx::query_as(
+            "SELECT id, lease_generation, cancel_requested, pause_requested FROM debates \
+             WHERE lease_owner = ? AND (cancel_requested = 1 OR pause_requested = 1) \
              AND status = 'running'",
         )
         .bind(instance)
         .fetch_all(&self.pool)
-        .await?)
+        .await?;
+        Ok(rows.into_iter().map(ControlRow::into_control).collect())
+    }
+
+    async fn unpause(&self, debate_id: &str) -> StoreResult<Option<DebateRecord>> {
+        let sql = format!(
+            "UPDATE debates SET status = 'queued' WHERE id = ? AND status = 'paused' \
+             RETURNING {DEBATE_COLUMNS}"
+        );
+        let mut tx = self.begin_write().await?;
+        let row = sqlx::query_as::<_, DebateRow>(&sql)
+            .bind(debate_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        row.map(DebateRow::into_record).transpose()
+    }
+
+    async fn debate_cost(&self, debate_id: &str) -> StoreResult<f64> {
+        let cost: Option<f64> =
+            sqlx::query_scalar("SELECT SUM(cost_usd) FROM usage WHERE debate_id = ?")
+                .bind(debate_id)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(cost.unwrap_or(0.0))
     }
 
     async fn active_debates(&self) -> StoreResult<Vec<ActiveDebate>> {

@@ -19,12 +19,13 @@ const SECONDS_BUCKETS: &[f64] = &[
 ];
 
 /// Final debate statuses (`aragora_debates_total{status}` is pre-registered for each).
-pub const FINAL_STATUSES: [&str; 5] = [
+pub const FINAL_STATUSES: [&str; 6] = [
     "completed",
     "no_consensus",
     "timeout",
     "failed",
     "cancelled",
+    "budget_exceeded",
 ];
 
 /// Install the recorder once per process (later calls return the same handle, so several
@@ -61,6 +62,10 @@ fn describe() {
     describe_counter!(
         "aragora_debates_total",
         "Debates finished, by final status."
+    );
+    describe_counter!(
+        "aragora_debates_resumed_total",
+        "Debates this instance continued from their event log, by reason (restart, crash, lease_expired, resumed_by_user)."
     );
     describe_counter!(
         "aragora_consensus_reached_total",
@@ -133,6 +138,9 @@ fn register_initial() {
     metrics::gauge!("aragora_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     for status in FINAL_STATUSES {
         metrics::counter!("aragora_debates_total", "status" => status).increment(0);
+    }
+    for reason in ["restart", "crash", "lease_expired", "resumed_by_user"] {
+        metrics::counter!("aragora_debates_resumed_total", "reason" => reason).increment(0);
     }
     metrics::counter!("aragora_consensus_reached_total").increment(0);
     metrics::counter!("aragora_ws_connection_errors_total").increment(0);

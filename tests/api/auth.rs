@@ -17,12 +17,12 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::helpers::{TestApp, free_port, http, spawn_app_with};
 
-const SECRET: &str = "test-jwt-secret-0123456789abcdef-0123456789";
-const SERVICE: &str = "service-token-0123456789abcdef";
-const PASSWORD: &str = "correct horse battery staple";
+pub const SECRET: &str = "test-jwt-secret-0123456789abcdef-0123456789";
+pub const SERVICE: &str = "service-token-0123456789abcdef";
+pub const PASSWORD: &str = "correct horse battery staple";
 const BIN: &str = env!("CARGO_BIN_EXE_aragora");
 
-async fn auth_app(extra: &[(&str, &str)]) -> TestApp {
+pub async fn auth_app(extra: &[(&str, &str)]) -> TestApp {
     let mut env = vec![
         ("ARAGORA_JWT_SECRET", SECRET),
         ("ARAGORA_API_TOKEN", SERVICE),
@@ -31,7 +31,7 @@ async fn auth_app(extra: &[(&str, &str)]) -> TestApp {
     spawn_app_with(&env).await
 }
 
-async fn add_user(app: &TestApp, email: &str, role: &str) -> String {
+pub async fn add_user(app: &TestApp, email: &str, role: &str) -> String {
     let user = app
         .state
         .store
@@ -65,7 +65,7 @@ async fn login(app: &TestApp, email: &str, password: &str) -> reqwest::Response 
 }
 
 /// (access token, refresh token) of a fresh login.
-async fn tokens(app: &TestApp, email: &str) -> (String, String) {
+pub async fn tokens(app: &TestApp, email: &str) -> (String, String) {
     let r = login(app, email, PASSWORD).await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
@@ -84,7 +84,11 @@ async fn get_as(app: &TestApp, path: &str, bearer: &str) -> reqwest::Response {
         .unwrap()
 }
 
-async fn post_as(app: &TestApp, path: &str, bearer: &str, body: Value) -> reqwest::Response {
+pub async fn get_json_as(app: &TestApp, path: &str, bearer: &str) -> Value {
+    get_as(app, path, bearer).await.json().await.unwrap()
+}
+
+pub async fn post_as(app: &TestApp, path: &str, bearer: &str, body: Value) -> reqwest::Response {
     app.client
         .post(app.url(path))
         .bearer_auth(bearer)

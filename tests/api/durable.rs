@@ -25,15 +25,33 @@ use crate::process::Server;
 struct Counting {
     calls: Arc<AtomicUsize>,
     delay: Duration,
+    /// Every call's (phase, user prompt), in arrival order.
+    prompts: Arc<std::sync::Mutex<Vec<(String, String)>>>,
+    /// Prompt tokens each call reports (its cost, with the pricing table).
+    prompt_tokens: u64,
+}
+
+/// A local OpenAI-shaped provider that counts and records its calls.
+pub struct Provider {
+    pub base: String,
+    pub calls: Arc<AtomicUsize>,
+    pub prompts: Arc<std::sync::Mutex<Vec<(String, String)>>>,
 }
 
 /// A Chat Completions server: plain prose for answers and critiques, a parseable vote for
 /// the first candidate; every call takes `delay`.
 async fn chat(State(fake): State<Counting>, Json(body): Json<Value>) -> Response {
     fake.calls.fetch_add(1, Ordering::SeqCst);
-    tokio::time::sleep(fake.delay).await;
     let system = body["messages"][0]["content"].as_str().unwrap_or_default();
     let user = body["messages"][1]["content"].as_str().unwrap_or_default();
+    let phase = system
+        .lines()
+        .find_map(|l| l.strip_prefix("Aragora-Phase: "))
+        .unwrap_or_default()
+        .to_owned();
+    fake.prompts.lock().unwrap().push((phase, user.to_owned()));
+    tokio::time::sleep(fake.delay).await;
+    let usage = json!({"prompt_tokens": fake.prompt_tokens, "completion_tokens": 5});
     let first = user
         .lines()
         .find_map(|l| l.strip_prefix("Aragora-Candidates: "))
@@ -55,42 +73,58 @@ async fn chat(State(fake): State<Counting>, Json(body): Json<Value>) -> Response
                 json!({"choices": [{"delta": {"content": word}}]})
             ));
         }
-        sse.push_str("data: [DONE]\n\n");
+        sse.push_str(&format!(
+            "data: {}\n\ndata: [DONE]\n\n",
+            json!({"choices": [], "usage": usage})
+        ));
         return ([("content-type", "text/event-stream")], Body::from(sse)).into_response();
     }
     Json(json!({
         "id": "c", "model": body["model"], "object": "chat.completion",
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 10, "completion_tokens": 5}
+        "usage": usage
     }))
     .into_response()
 }
 
 /// The provider's base URL and its call counter.
 async fn counting_provider(delay: Duration) -> (String, Arc<AtomicUsize>) {
+    let p = recording_provider(delay, 10).await;
+    (p.base, p.calls)
+}
+
+/// A provider whose calls each take `delay` and report `prompt_tokens` input tokens.
+pub async fn recording_provider(delay: Duration, prompt_tokens: u64) -> Provider {
     let calls = Arc::new(AtomicUsize::new(0));
+    let prompts = Arc::new(std::sync::Mutex::new(Vec::new()));
     let app = Router::new()
         .route("/v1/chat/completions", post(chat))
         .with_state(Counting {
             calls: calls.clone(),
             delay,
+            prompts: prompts.clone(),
+            prompt_tokens,
         });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (format!("http://{addr}/v1"), calls)
+    Provider {
+        base: format!("http://{addr}/v1"),
+        calls,
+        prompts,
+    }
 }
 
-const DEBATE: fn() -> Value = || {
+pub const DEBATE: fn() -> Value = || {
     json!({"task": "Monolith or microservices?", "agents": ["gpt-4", "gpt-4", "gpt-4"],
            "rounds": 2, "min_rounds": 2})
 };
 
-async fn get_json(url: &str) -> Value {
+pub async fn get_json(url: &str) -> Value {
     http().get(url).send().await.unwrap().json().await.unwrap()
 }
 
-async fn post_debate(base: &str, body: &Value) -> String {
+pub async fn post_debate(base: &str, body: &Value) -> String {
     let r = http()
         .post(format!("{base}/api/debates"))
         .json(body)
@@ -104,7 +138,7 @@ async fn post_debate(base: &str, body: &Value) -> String {
         .to_owned()
 }
 
-async fn events(base: &str, id: &str) -> Vec<Value> {
+pub async fn events(base: &str, id: &str) -> Vec<Value> {
     get_json(&format!("{base}/api/debates/{id}/events?limit=1000")).await["events"]
         .as_array()
         .unwrap()
@@ -112,7 +146,7 @@ async fn events(base: &str, id: &str) -> Vec<Value> {
 }
 
 /// Waits until every debate has ended; returns their records.
-async fn wait_all_finished(base: &str, ids: &[String], limit: Duration) -> Vec<Value> {
+pub async fn wait_all_finished(base: &str, ids: &[String], limit: Duration) -> Vec<Value> {
     let deadline = Instant::now() + limit;
     loop {
         let mut done = Vec::new();
@@ -139,7 +173,7 @@ async fn wait_all_finished(base: &str, ids: &[String], limit: Duration) -> Vec<V
 /// from 1; one debate_start and one debate_end (the last event); every step (agent call
 /// outcome by round, phase and seat) recorded once. Returns the number of recorded steps
 /// and the resume events.
-fn check_log(record: &Value, log: &[Value]) -> (usize, Vec<Value>) {
+pub fn check_log(record: &Value, log: &[Value]) -> (usize, Vec<Value>) {
     assert!(
         matches!(
             record["status"].as_str(),
@@ -181,7 +215,7 @@ fn check_log(record: &Value, log: &[Value]) -> (usize, Vec<Value>) {
     (steps.len(), resumed)
 }
 
-fn provider_env(base: &str) -> Vec<(&'static str, String)> {
+pub fn provider_env(base: &str) -> Vec<(&'static str, String)> {
     vec![
         ("OPENAI_API_KEY", "sk-durable-test".into()),
         ("ARAGORA_OPENAI_BASE_URL", base.into()),
@@ -190,13 +224,13 @@ fn provider_env(base: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
-fn start(dir: &Path, env: &[(&'static str, String)]) -> Server {
+pub fn start(dir: &Path, env: &[(&'static str, String)]) -> Server {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     Server::start(dir, &env)
 }
 
 /// Polls until each debate has recorded at least `seq` events.
-async fn wait_progress(base: &str, ids: &[String], seq: i64) {
+pub async fn wait_progress(base: &str, ids: &[String], seq: i64) {
     let deadline = Instant::now() + Duration::from_secs(20);
     for id in ids {
         loop {

@@ -16,6 +16,7 @@ mod process;
 mod providers;
 mod ratelimit;
 mod shutdown;
+mod steering;
 mod store;
 mod ws;
 mod ws_live;

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use aragora::ratings::{INITIAL_RATING, K_FACTOR};
 use aragora::store::{
-    self, DebateQuery, DebateRecord, DebateStatus, DebateUpdate, DynStore, MatchResult, NewDebate,
-    NewEvent, NewUsage, NewUser, PoolSettings, PostgresStore, Rating, RefreshTokenRecord,
-    StoreError,
+    self, Control, DebateQuery, DebateRecord, DebateStatus, DebateUpdate, DynStore, MatchResult,
+    NewDebate, NewEvent, NewUsage, NewUser, PoolSettings, PostgresStore, Rating,
+    RefreshTokenRecord, StoreError,
 };
 use chrono::{TimeZone, Utc};
 use serde_json::json;
@@ -176,6 +176,9 @@ suite! {
         postgres_renewal_and_cancel_requests;
     finish_writes_status_and_end_together => sqlite_finish_writes_status_and_end_together,
         postgres_finish_writes_status_and_end_together;
+    pause_and_unpause => sqlite_pause_and_unpause, postgres_pause_and_unpause;
+    debate_cost_sums_its_usage => sqlite_debate_cost_sums_its_usage,
+        postgres_debate_cost_sums_its_usage;
 }
 
 fn ev(kind: &str) -> NewEvent {
@@ -326,6 +329,15 @@ async fn released_and_expired_leases_are_claimed_again(s: &DynStore) {
     assert_eq!(expired.previous_owner.as_deref(), Some("a"));
 }
 
+fn control(id: &str, cancel: bool, pause: bool) -> Control {
+    Control {
+        debate_id: id.into(),
+        generation: 1,
+        cancel,
+        pause,
+    }
+}
+
 async fn renewal_and_cancel_requests(s: &DynStore) {
     for id in ["n1", "n2"] {
         s.create_debate(&new_debate(id, None)).await.unwrap();
@@ -335,23 +347,90 @@ async fn renewal_and_cancel_requests(s: &DynStore) {
         .unwrap();
     s.claim_debates("b", 1, TTL).await.unwrap();
     let held = s.renew_leases("a", TTL).await.unwrap();
-    assert_eq!(held, vec![("n1".to_owned(), 1, false)]);
+    assert_eq!(held, vec![control("n1", false, false)]);
     tokio::time::sleep(Duration::from_millis(500)).await;
     // Renewed past the short lease: still a's.
     assert!(s.claim_debates("c", 5, TTL).await.unwrap().is_empty());
 
-    assert!(s.cancel_requests("a").await.unwrap().is_empty());
+    assert!(s.control_requests("a").await.unwrap().is_empty());
     assert!(s.request_cancel("n1").await.unwrap());
-    assert_eq!(s.cancel_requests("a").await.unwrap(), ["n1"]);
-    assert!(s.cancel_requests("b").await.unwrap().is_empty());
+    assert_eq!(
+        s.control_requests("a").await.unwrap(),
+        [control("n1", true, false)]
+    );
+    assert!(s.control_requests("b").await.unwrap().is_empty());
     assert_eq!(
         s.renew_leases("a", TTL).await.unwrap(),
-        vec![("n1".to_owned(), 1, true)]
+        vec![control("n1", true, false)]
+    );
+    assert!(s.request_pause("n2").await.unwrap());
+    assert_eq!(
+        s.control_requests("b").await.unwrap(),
+        [control("n2", false, true)]
     );
     // Not running: nothing to ask.
     s.create_debate(&new_debate("n3", None)).await.unwrap();
     assert!(!s.request_cancel("n3").await.unwrap());
+    assert!(!s.request_pause("n3").await.unwrap());
     assert!(!s.request_cancel("missing").await.unwrap());
+}
+
+async fn pause_and_unpause(s: &DynStore) {
+    s.create_debate(&new_debate("p1", None)).await.unwrap();
+    let claim = s.claim_debates("a", 1, TTL).await.unwrap().remove(0);
+    assert!(s.request_pause("p1").await.unwrap());
+    // The runner stops at a boundary: status paused, lease and the request dropped.
+    let (paused, event) = s
+        .finish_debate(
+            "p1",
+            Some(&claim.lease),
+            &DebateUpdate {
+                status: Some(DebateStatus::Paused),
+                ..DebateUpdate::default()
+            },
+            &ev("debate_paused"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(paused.status, DebateStatus::Paused);
+    assert_eq!(paused.finished_at, None);
+    assert_eq!(event.kind, "debate_paused");
+    assert!(
+        s.claim_debates("b", 5, TTL).await.unwrap().is_empty(),
+        "a paused debate is not claimed"
+    );
+    assert!(s.unpause("missing").await.unwrap().is_none());
+    let queued = s.unpause("p1").await.unwrap().expect("was paused");
+    assert_eq!(queued.status, DebateStatus::Queued);
+    assert_eq!(queued.started_at, paused.started_at);
+    assert!(s.unpause("p1").await.unwrap().is_none(), "no longer paused");
+    let again = s.claim_debates("b", 5, TTL).await.unwrap().remove(0);
+    assert_eq!(again.previous_status, DebateStatus::Queued);
+    assert!(
+        !again.pause_requested,
+        "the old request was dropped with the pause"
+    );
+    assert_eq!(again.lease.generation, 2);
+}
+
+async fn debate_cost_sums_its_usage(s: &DynStore) {
+    assert_eq!(s.debate_cost("c1").await.unwrap(), 0.0);
+    for (debate, cost) in [("c1", 0.25), ("c1", 0.5), ("c2", 9.0)] {
+        s.record_usage(&NewUsage {
+            principal_id: "u".into(),
+            debate_id: Some(debate.into()),
+            agent: "gpt-4".into(),
+            provider: "openai".into(),
+            model: "gpt-4o".into(),
+            input_tokens: 10,
+            output_tokens: 5,
+            estimated: false,
+            cost_usd: cost,
+        })
+        .await
+        .unwrap();
+    }
+    assert!((s.debate_cost("c1").await.unwrap() - 0.75).abs() < 1e-9);
 }
 
 async fn finish_writes_status_and_end_together(s: &DynStore) {
