@@ -194,6 +194,49 @@ describe("admin console against a running server with debates in progress", () =
     await ctx.close();
   });
 
+  it("pauses a live debate, injects a moderator's message and resumes it from the live view", async () => {
+    const ctx = await chrome.newContext({ viewport: { width: 1280, height: 1000 }, bypassCSP: true });
+    const page = await ctx.newPage();
+    const auth = { token: ownerToken };
+    const id = (await server.api("POST", "/api/debates", { ...auth, body: { task: "Should we adopt event sourcing?", agents: ["demo:1000", "demo:1000", "demo:1000"], rounds: 2, min_rounds: 2 } })).data.debate_id;
+    await signIn(page, server, OWNER);
+    await page.goto(`${server.url}/admin#/live/${id}`);
+    await page.waitForSelector("#view-live:not([hidden])");
+    await page.waitForSelector("#live-events li[data-type=agent_message]", { timeout: 30000 });
+    assert.equal(await page.isVisible("#live-controls"), true);
+    assert.equal(await page.isDisabled("#live-resume"), true, "nothing to resume while running");
+
+    await page.click("#live-pause");
+    await page.waitForSelector("#live-events li[data-type=debate_paused]", { timeout: 20000 });
+    await page.waitForFunction(() => document.getElementById("live-status").textContent === "paused");
+    assert.equal(await page.isDisabled("#live-pause"), true);
+    assert.equal(await page.isDisabled("#live-resume"), false);
+    // Nothing happens while paused.
+    const before = await page.locator("#live-events li[data-seq]").count();
+    await new Promise((r) => setTimeout(r, 2500));
+    assert.equal(await page.locator("#live-events li[data-seq]").count(), before, "no event while paused");
+
+    await page.fill("#live-inject-text", "Budget is fixed at two engineers.");
+    await page.click("#live-inject-send");
+    await page.waitForSelector("#live-events li[data-type=intervention]", { timeout: 10000 });
+    assert.match(await page.textContent("#live-events li[data-type=intervention]"), /two engineers/);
+    assert.equal(await page.inputValue("#live-inject-text"), "", "the field is cleared once sent");
+
+    await page.click("#live-resume");
+    await page.waitForSelector("#live-events li[data-type=debate_resumed]", { timeout: 20000 });
+    assert.match(await page.textContent("#live-events li[data-type=debate_resumed]"), /resumed by user/);
+    await page.waitForSelector("#live-events li[data-type=debate_end]", { timeout: 60000 });
+    assert.equal(await page.isVisible("#live-controls"), false, "no controls once it has ended");
+    const stored = (await server.api("GET", `/api/debates/${id}/events?limit=1000`, auth)).data.events;
+    const types = stored.map((e) => e.type);
+    assert.ok(types.indexOf("debate_paused") < types.indexOf("intervention"));
+    assert.ok(types.indexOf("intervention") < types.indexOf("debate_resumed"));
+    const seqs = await page.$$eval("#live-events li[data-seq]", (els) => els.map((e) => Number(e.dataset.seq)));
+    assert.deepEqual(seqs, stored.map((e) => e.seq), "every event once, in order");
+    assert.deepEqual(await axeViolations(page), []);
+    await ctx.close();
+  });
+
   it("lets a member generate, copy and revoke an API key and see usage by model", async () => {
     const ctx = await chrome.newContext({ viewport: { width: 1280, height: 1000 }, permissions: ["clipboard-read", "clipboard-write"], bypassCSP: true });
     const page = await ctx.newPage();

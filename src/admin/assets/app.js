@@ -809,10 +809,47 @@
     liveMessage("");
     const live = { id: debateId, lastSeq: 0, attempts: 0, reconnects: 0, ended: false, stopped: false, ws: null, streams: new Map() };
     S.live = live;
+    setControls(null);
     api("GET", `/api/debates/${encodeURIComponent(debateId)}`).then((d) => {
-      if (S.live === live) { $("live-task").textContent = d.task; $("live-status").textContent = d.status; }
+      if (S.live === live) { $("live-task").textContent = d.task; setLiveStatus(d.status); }
     }).catch((e) => { if (S.live === live) liveMessage(e.status === 404 ? `No debate ${debateId} (or it is not yours).` : panelMessage(e)); });
     connectLive(live);
+  }
+
+  /** The status line and which steering controls apply to it. */
+  function setLiveStatus(status) {
+    $("live-status").textContent = status || "–";
+    setControls(status);
+  }
+
+  function setControls(status) {
+    const box = $("live-controls");
+    const open = ["queued", "running", "paused"].includes(status);
+    box.hidden = !open;
+    $("live-pause").disabled = !(status === "queued" || status === "running");
+    $("live-resume").disabled = status !== "paused";
+  }
+
+  async function steer(action, body) {
+    const live = S.live;
+    if (!live) return;
+    const path = action === "inject" ? "intervention/inject" : action;
+    try {
+      const r = await api("POST", `/api/debates/${encodeURIComponent(live.id)}/${path}`, body);
+      if (S.live !== live) return;
+      if (action === "pause") {
+        if (r.status === "paused") setLiveStatus("paused");
+        liveMessage(r.status === "paused" ? "Paused." : "Pausing at the next phase boundary (the agent calls under way finish first)…", "info");
+      } else if (action === "resume") {
+        setLiveStatus(r.status || "queued");
+        liveMessage("Resumed: the debate is queued and continues where it stopped.", "info");
+      } else {
+        $("live-inject-text").value = "";
+        liveMessage("Message sent: every agent sees it from the next phase on.", "info");
+      }
+    } catch (e) {
+      if (S.live === live) liveMessage(e.status === 409 ? (e.message || "The debate has ended.") : panelMessage(e), "warn");
+    }
   }
 
   async function connectLive(live) {
@@ -871,7 +908,7 @@
     if (ev.type === "subscribed") {
       setConn("live");
       if (live.reconnects) liveMessage(`Reconnected; resumed after event ${live.lastSeq}.`, "info");
-      $("live-status").textContent = ev.status || ev.data && ev.data.status || "–";
+      setLiveStatus(ev.status || ev.data && ev.data.status || "–");
       return;
     }
     if (ev.type === "token_delta") return streamDelta(live, ev);
@@ -883,10 +920,12 @@
     if (ev.type === "debate_end") {
       live.ended = true;
       setConn("ended");
-      $("live-status").textContent = (ev.data && ev.data.status) || "ended";
+      setLiveStatus((ev.data && ev.data.status) || "ended");
       if (live.ws) live.ws.close(1000);
-    } else if (ev.type === "debate_start") {
-      $("live-status").textContent = "running";
+    } else if (ev.type === "debate_start" || ev.type === "debate_resumed") {
+      setLiveStatus("running");
+    } else if (ev.type === "debate_paused") {
+      setLiveStatus("paused");
     }
   }
 
@@ -934,6 +973,15 @@
       case "circuit_open":
         item = h("li", { class: ev.type }, meta(h("strong", {}, `${ev.agent}: ${ev.type === "circuit_open" ? "circuit open" : d.kind || "error"}`), d.phase ? h("span", {}, d.phase) : null), h("div", { class: "body" }, d.error || d.message || ""));
         break;
+      case "debate_paused":
+        item = h("li", { class: "debate_paused" }, meta(h("strong", {}, "Paused"), d.rounds_used !== undefined ? h("span", {}, `after round ${d.rounds_used}`) : null));
+        break;
+      case "debate_resumed":
+        item = h("li", { class: "debate_resumed" }, meta(h("strong", {}, "Resumed"), d.reason ? h("span", {}, d.reason.replace(/_/g, " ")) : null, d.instance ? h("span", { class: "mono" }, d.instance) : null));
+        break;
+      case "intervention":
+        item = h("li", { class: "intervention" }, meta(h("strong", {}, "Moderator"), h("span", {}, "every agent sees this from the next phase")), h("div", { class: "body" }, d.content || ""));
+        break;
       case "debate_end":
         item = h("li", { class: "debate_end" }, meta(h("strong", {}, `Debate ended: ${d.status}`), d.winner ? h("span", {}, `winner ${d.winner}`) : null, d.duration_ms !== undefined ? h("span", {}, `${(d.duration_ms / 1000).toFixed(1)} s`) : null), d.error ? h("div", { class: "body" }, d.error) : null);
         break;
@@ -956,6 +1004,14 @@
       e.preventDefault();
       const id = $("live-select").value;
       if (id) location.hash = `#/live/${encodeURIComponent(id)}`;
+    });
+    $("live-pause").addEventListener("click", () => steer("pause"));
+    $("live-resume").addEventListener("click", () => steer("resume"));
+    $("live-inject").addEventListener("submit", (e) => {
+      e.preventDefault();
+      const content = $("live-inject-text").value.trim();
+      if (!content) { liveMessage("Write the message first.", "warn"); return; }
+      steer("inject", { content, role: "moderator" });
     });
     $("usage-period").addEventListener("submit", (e) => { e.preventDefault(); fill("panel-usage", loadUsage); });
     window.addEventListener("hashchange", route);
