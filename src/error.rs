@@ -59,6 +59,10 @@ pub enum ApiError {
         "the database is unreachable; the server is up but cannot serve this request (see /api/health)"
     )]
     DatabaseUnavailable(String),
+    /// The database's storage is faulty (disk full: 507; read-only or I/O errors: 503):
+    /// nothing was written.
+    #[error("{}; nothing was written — retry once it is fixed (see /api/health)", .0.describe())]
+    StorageUnavailable(crate::store::StorageFault),
     /// Anything unexpected: the message is logged, the client sees a generic sentence.
     #[error("internal error: {0}")]
     Internal(String),
@@ -78,6 +82,10 @@ impl ApiError {
             ApiError::Unavailable { .. } | ApiError::DatabaseUnavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            ApiError::StorageUnavailable(crate::store::StorageFault::Full) => {
+                StatusCode::INSUFFICIENT_STORAGE
+            }
+            ApiError::StorageUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -94,6 +102,7 @@ impl ApiError {
             ApiError::TooManyRequests { .. } => "too_many_requests",
             ApiError::Unavailable { .. } => "service_unavailable",
             ApiError::DatabaseUnavailable(_) => "database_unavailable",
+            ApiError::StorageUnavailable(_) => "storage_unavailable",
             ApiError::Internal(_) => "internal_error",
         }
     }
@@ -107,6 +116,12 @@ impl From<StoreError> for ApiError {
             StoreError::Database(e) if is_connectivity_error(&e) => {
                 ApiError::DatabaseUnavailable(e.to_string())
             }
+            StoreError::Database(e) if crate::store::storage_fault(&e).is_some() => {
+                let fault =
+                    crate::store::storage_fault(&e).unwrap_or(crate::store::StorageFault::Io);
+                crate::store::note_storage_fault(fault, &e.to_string());
+                ApiError::StorageUnavailable(fault)
+            }
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -115,19 +130,7 @@ impl From<StoreError> for ApiError {
 /// Seconds a client is told to wait after `database_unavailable`.
 pub const DATABASE_RETRY_AFTER_SECS: u64 = 5;
 
-/// Whether a database error means "cannot reach the database" (as opposed to a bad query or
-/// bad data): no connection within the acquire timeout, a closed pool, a refused or dropped
-/// connection, a failed TLS handshake, or a dead SQLite worker.
-pub fn is_connectivity_error(err: &sqlx::Error) -> bool {
-    matches!(
-        err,
-        sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::WorkerCrashed
-    )
-}
+pub use crate::store::is_connectivity_error;
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -157,7 +160,9 @@ impl IntoResponse for ApiError {
         }
         let retry_after = match &self {
             ApiError::Unavailable { retry_after, .. } => *retry_after,
-            ApiError::DatabaseUnavailable(_) => Some(DATABASE_RETRY_AFTER_SECS),
+            ApiError::DatabaseUnavailable(_) | ApiError::StorageUnavailable(_) => {
+                Some(DATABASE_RETRY_AFTER_SECS)
+            }
             ApiError::Locked { retry_after, .. }
             | ApiError::TooManyRequests { retry_after, .. } => Some(*retry_after),
             _ => None,

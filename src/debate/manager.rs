@@ -32,7 +32,7 @@ use crate::agents::{Agent, AgentError, AgentRegistry, CompletionRequest, DeltaSi
 use crate::bus::{EventBus, LiveEvent};
 use crate::store::{
     ClaimedDebate, Control, DebateRecord, DebateStatus, DebateUpdate, DynStore, Lease, NewDebate,
-    NewEvent, StoreError, StoredEvent,
+    NewEvent, StoreError, StoreResult, StoredEvent,
 };
 
 pub const MIN_AGENTS: usize = 2;
@@ -1203,15 +1203,91 @@ impl Recorder {
         log_event(stored);
         self.bus.publish(LiveEvent::from(stored));
     }
+
+    /// Append `batch` (fenced by the lease), riding out a database outage or a storage fault
+    /// for up to [`WRITE_RETRY_BUDGET`]. An attempt whose answer was lost may still have
+    /// committed, so before trying again the log is read: a batch already there is not
+    /// written twice.
+    async fn append_durably(&self, batch: &[NewEvent]) -> StoreResult<Vec<StoredEvent>> {
+        let first_try = std::sync::atomic::AtomicBool::new(true);
+        self.retrying("an event", || async {
+            if !first_try.swap(false, Ordering::Relaxed)
+                && let Some(stored) = self.already_written(batch).await?
+            {
+                return Ok(stored);
+            }
+            self.store
+                .append_events(&self.debate_id, self.lease.as_ref(), batch)
+                .await
+        })
+        .await
+    }
+
+    /// `batch` as a run of the stored log, if it is there.
+    async fn already_written(&self, batch: &[NewEvent]) -> StoreResult<Option<Vec<StoredEvent>>> {
+        let log = self
+            .store
+            .events_since(&self.debate_id, 0, u32::MAX)
+            .await?;
+        let same = |s: &StoredEvent, n: &NewEvent| {
+            s.kind == n.kind && s.round == n.round && s.agent == n.agent && s.data == n.data
+        };
+        let n = batch.len();
+        if n == 0 || log.len() < n {
+            return Ok(None);
+        }
+        Ok((0..=log.len() - n)
+            .rev()
+            .find(|&at| log[at..at + n].iter().zip(batch).all(|(s, b)| same(s, b)))
+            .map(|at| log[at..at + n].to_vec()))
+    }
+
+    /// Run `attempt` until it succeeds, fails for good, or the retry budget is spent.
+    /// Only transient failures (database unreachable, storage fault) are retried.
+    async fn retrying<T, F, Fut>(&self, what: &str, attempt: F) -> StoreResult<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = StoreResult<T>>,
+    {
+        let deadline = Instant::now() + WRITE_RETRY_BUDGET;
+        let mut delay = Duration::from_millis(100);
+        let mut failures = 0u32;
+        loop {
+            match attempt().await {
+                Ok(v) => {
+                    crate::store::note_storage_ok();
+                    if failures > 0 {
+                        tracing::info!(target: "aragora::debate", debate_id = %self.debate_id, failures, "recording {what} succeeded after the store came back");
+                    }
+                    return Ok(v);
+                }
+                Err(e) if e.is_transient() && Instant::now() + delay < deadline => {
+                    if let Some(fault) = e.storage_fault() {
+                        crate::store::note_storage_fault(fault, &e.to_string());
+                    }
+                    if failures == 0 {
+                        tracing::warn!(target: "aragora::debate", debate_id = %self.debate_id, error = %e, "recording {what} failed; retrying while the store is away");
+                    }
+                    failures += 1;
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
 }
+
+/// How long a debate's write is retried through a database outage or a storage fault before
+/// the debate is handed back (to be resumed once the store answers again).
+const WRITE_RETRY_BUDGET: Duration = Duration::from_secs(20);
 
 #[async_trait]
 impl EventSink for Recorder {
     async fn record(&self, events: &[Event]) -> Result<(), String> {
         let batch: Vec<NewEvent> = events.iter().map(NewEvent::from).collect();
         let stored = self
-            .store
-            .append_events(&self.debate_id, self.lease.as_ref(), &batch)
+            .append_durably(&batch)
             .await
             .map_err(|e| e.to_string())?;
         for e in &stored {
@@ -1279,17 +1355,33 @@ impl EventSink for Recorder {
             finished_at: Some(Utc::now()),
             ..DebateUpdate::default()
         };
-        let (_, stored) = self
-            .store
-            .finish_debate(
-                &self.debate_id,
-                self.lease.as_ref(),
-                &update,
-                &NewEvent::from(end),
-            )
+        let end = NewEvent::from(end);
+        let first_try = std::sync::atomic::AtomicBool::new(true);
+        let stored = self
+            .retrying("the end of the debate", || async {
+                let retry = !first_try.swap(false, Ordering::Relaxed);
+                match self
+                    .store
+                    .finish_debate(&self.debate_id, self.lease.as_ref(), &update, &end)
+                    .await
+                {
+                    Ok((_, stored)) => Ok(Some(stored)),
+                    // An earlier attempt committed before its answer was lost: the debate
+                    // has ended (and its lease with it).
+                    Err(StoreError::Fenced(_)) if retry => {
+                        match self.store.get_debate(&self.debate_id).await? {
+                            Some(d) if d.status.is_final() => Ok(None),
+                            _ => Err(StoreError::Fenced(format!("debate {}", self.debate_id))),
+                        }
+                    }
+                    Err(e) => Err(e),
+                }
+            })
             .await
             .map_err(|e| e.to_string())?;
-        self.publish(&stored);
+        if let Some(stored) = stored {
+            self.publish(&stored);
+        }
         Ok(())
     }
 }

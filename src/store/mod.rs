@@ -72,6 +72,99 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// A fault of the storage under the database, as opposed to a bad query or bad data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageFault {
+    /// Disk full (SQLITE_FULL, Postgres 53100).
+    Full,
+    /// The database or its file system is read-only (SQLITE_READONLY, Postgres 25006).
+    ReadOnly,
+    /// An I/O error reading or writing the database files (SQLITE_IOERR, Postgres 58030).
+    Io,
+}
+
+impl StorageFault {
+    /// What an operator reads.
+    pub fn describe(self) -> &'static str {
+        match self {
+            StorageFault::Full => "the database's disk is full",
+            StorageFault::ReadOnly => "the database is read-only",
+            StorageFault::Io => "the database's storage reports I/O errors",
+        }
+    }
+}
+
+/// The storage fault behind `err`, if it is one.
+pub fn storage_fault(err: &sqlx::Error) -> Option<StorageFault> {
+    let db = err.as_database_error()?;
+    let code = db.code()?;
+    // SQLite: primary result code in the low byte of the (extended) code.
+    if let Ok(n) = code.parse::<i32>() {
+        return match n & 0xff {
+            13 => Some(StorageFault::Full),
+            8 => Some(StorageFault::ReadOnly),
+            10 => Some(StorageFault::Io),
+            _ => None,
+        };
+    }
+    match code.as_ref() {
+        "53100" => Some(StorageFault::Full),
+        "25006" => Some(StorageFault::ReadOnly),
+        "58030" => Some(StorageFault::Io),
+        _ => None,
+    }
+}
+
+/// Whether `err` means "cannot reach the database" (as opposed to a bad query or bad data):
+/// no connection within the acquire timeout, a closed pool, a refused or dropped
+/// connection, a failed TLS handshake, or a dead SQLite worker.
+pub fn is_connectivity_error(err: &sqlx::Error) -> bool {
+    matches!(
+        err,
+        sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed
+    )
+}
+
+/// Whether the storage is failing right now, so a fault is logged at ERROR once per episode
+/// (and its end once at INFO), not once per request.
+static STORAGE_FAILING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Note a storage fault: the first of an episode is logged at ERROR.
+pub fn note_storage_fault(fault: StorageFault, detail: &str) {
+    if !STORAGE_FAILING.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::error!(target: "aragora::store", fault = ?fault, error = %detail, "storage fault: {}; writes fail until it is fixed", fault.describe());
+    }
+}
+
+/// Note a successful write: ends a storage-fault episode.
+pub fn note_storage_ok() {
+    if STORAGE_FAILING.swap(false, std::sync::atomic::Ordering::Relaxed) {
+        tracing::info!(target: "aragora::store", "storage fault over: writes succeed again");
+    }
+}
+
+impl StoreError {
+    /// A failure that may go away by itself (the database unreachable, or its storage
+    /// faulty): worth retrying, never a reason to fail a debate.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Database(e) => is_connectivity_error(e) || storage_fault(e).is_some(),
+            _ => false,
+        }
+    }
+
+    pub fn storage_fault(&self) -> Option<StorageFault> {
+        match self {
+            StoreError::Database(e) => storage_fault(e),
+            _ => None,
+        }
+    }
+}
+
 /// A debate's lifecycle status. `queued` and `running` are unfinished; every other status is
 /// final.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]

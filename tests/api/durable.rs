@@ -832,3 +832,59 @@ async fn a_watcher_on_another_instance_sees_every_seq_once_as_the_debate_moves()
     );
     b.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn debates_ride_out_a_database_blip_and_a_cut_and_finish_once_it_returns() {
+    let (app, proxy) = crate::helpers::spawn_app_behind_db_proxy(&[
+        ("ARAGORA_DB_ACQUIRE_TIMEOUT_MS", "1000"),
+        ("ARAGORA_DEBATE_CLAIM_POLL_MS", "200"),
+    ])
+    .await;
+    let base = app.url("");
+    let body = json!({"task": "outage", "agents": ["demo:400", "demo:400", "demo:400"],
+                      "rounds": 2, "min_rounds": 2});
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(post_debate(&base, &body).await);
+    }
+    wait_progress(&base, &ids, 3).await;
+    // A one-second blip…
+    proxy.blackhole();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    proxy.restore();
+    wait_progress(&base, &ids, 9).await;
+    // …then a fifteen-second cut.
+    proxy.blackhole();
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    proxy.restore();
+    let records = wait_all_finished(&base, &ids, Duration::from_secs(90)).await;
+    for (id, record) in ids.iter().zip(&records) {
+        assert!(
+            matches!(
+                record["status"].as_str(),
+                Some("completed" | "no_consensus")
+            ),
+            "{record}"
+        );
+        let log = events(&base, id).await;
+        for (i, e) in log.iter().enumerate() {
+            assert_eq!(e["seq"], i as i64 + 1);
+        }
+        assert_eq!(log.iter().filter(|e| e["type"] == "debate_end").count(), 1);
+        assert_eq!(
+            log.iter().filter(|e| e["type"] == "debate_start").count(),
+            1
+        );
+        let mut steps = HashSet::new();
+        for e in log
+            .iter()
+            .filter(|e| matches!(e["type"].as_str(), Some("agent_message" | "vote")))
+        {
+            assert!(
+                steps.insert((e["type"].clone(), e["round"].clone(), e["agent"].clone())),
+                "recorded twice: {e}"
+            );
+        }
+    }
+    app.stop().await.unwrap();
+}
