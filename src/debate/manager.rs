@@ -253,35 +253,40 @@ impl DebateManager {
             "metadata": request.metadata,
             "max_cost_usd": plan.max_cost_usd,
         });
-        let record = self
-            .store
-            .create_debate(&NewDebate {
-                id: id.clone(),
+        let queued_event = Event::new(
+            None,
+            None,
+            EventBody::DebateQueued(ev::Queued {
                 task: request.task.trim().to_owned(),
                 agents: plan.agents.clone(),
-                rounds: plan.rounds as i32,
+                rounds: plan.rounds,
                 consensus: plan.mode.as_str().to_owned(),
-                owner_id,
                 correlation_id: correlation_id.clone(),
-                options,
-            })
-            .await?;
-        let recorder = Recorder::new(self.store.clone(), self.bus.clone(), &id);
-        recorder
-            .record(&[Event::new(
-                None,
-                None,
-                EventBody::DebateQueued(ev::Queued {
-                    task: record.task.clone(),
-                    agents: plan.agents,
-                    rounds: plan.rounds,
+            }),
+        );
+        // The debate and its `debate_queued` in one transaction: accepted whole, or not at all.
+        let (record, stored) = self
+            .store
+            .create_debate_with(
+                &NewDebate {
+                    id: id.clone(),
+                    task: request.task.trim().to_owned(),
+                    agents: plan.agents.clone(),
+                    rounds: plan.rounds as i32,
                     consensus: plan.mode.as_str().to_owned(),
+                    owner_id,
                     correlation_id,
-                }),
-            )])
-            .await
-            .map_err(|e| CreateError::Store(StoreError::Conflict(e)))?;
+                    options,
+                },
+                &[NewEvent::from(&queued_event)],
+            )
+            .await?;
+        for e in &stored {
+            log_event(e);
+            self.bus.publish(LiveEvent::from(e));
+        }
         self.note_queued(queued + 1);
+        crate::store::note_storage_ok();
         self.wake.notify_one();
         Ok(record)
     }

@@ -59,6 +59,13 @@ pub struct DependencyCheck {
     /// Database only: the connection pool.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pool: Option<PoolCheck>,
+    /// Database only: `ok`, or `failing` while its storage refuses writes (disk full,
+    /// read-only, I/O errors) — the server is then `degraded`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub writes: Option<&'static str>,
+    /// Database only, with `writes: failing`: what is wrong.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub writes_error: Option<&'static str>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -117,6 +124,39 @@ async fn check_database(state: &AppState) -> Check {
     check
 }
 
+/// The last write probe: when, and the fault it met (None: the write succeeded). A burst of
+/// health calls shares one probe per second.
+static WRITE_PROBE: std::sync::Mutex<Option<(Instant, Option<crate::store::StorageFault>)>> =
+    std::sync::Mutex::new(None);
+
+/// Whether the database takes writes: a one-row write at most once a second. A storage fault
+/// starts (or continues) a fault episode; other failures are the reachability check's job.
+async fn check_writes(state: &AppState) -> Option<crate::store::StorageFault> {
+    let fresh = WRITE_PROBE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .filter(|(at, _)| at.elapsed() < Duration::from_secs(1));
+    let fault = match fresh {
+        Some((_, fault)) => fault,
+        None => {
+            let probe =
+                tokio::time::timeout(state.config.health_check_timeout, state.store.write_probe())
+                    .await;
+            let fault = match probe {
+                Ok(Err(e)) => e.storage_fault().inspect(|f| {
+                    crate::store::note_storage_fault(*f, &e.to_string());
+                }),
+                _ => None,
+            };
+            *WRITE_PROBE.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), fault));
+            fault
+        }
+    };
+    // A probe that writes is not proof that larger writes succeed (a full disk may still
+    // take a rewrite of one row): the episode ends with the next real write.
+    fault.or_else(crate::store::storage_failing)
+}
+
 async fn check_redis(state: &AppState) -> Check {
     let Some(redis) = &state.redis else {
         return Check::Disabled;
@@ -155,6 +195,8 @@ impl DependencyCheck {
             error,
             backend: None,
             pool: None,
+            writes: None,
+            writes_error: None,
         }
     }
 }
@@ -171,10 +213,15 @@ impl DependencyCheck {
 )]
 pub async fn get_health(State(state): State<AppState>) -> Response {
     let (database, redis) = tokio::join!(check_database(&state), check_redis(&state));
+    let writes = if matches!(database, Check::Ok(_)) {
+        check_writes(&state).await
+    } else {
+        None
+    };
     let (open, half_open) = state.debates.agents().breaker_counts();
     let status = if matches!(database, Check::Failed(_)) {
         "unhealthy"
-    } else if matches!(redis, Check::Failed(_)) || open > 0 {
+    } else if matches!(redis, Check::Failed(_)) || open > 0 || writes.is_some() {
         "degraded"
     } else {
         "healthy"
@@ -192,6 +239,12 @@ pub async fn get_health(State(state): State<AppState>) -> Response {
                     idle: pool.idle,
                     max: pool.max,
                 }),
+                writes: matches!(database, Check::Ok(_)).then_some(if writes.is_some() {
+                    "failing"
+                } else {
+                    "ok"
+                }),
+                writes_error: writes.map(crate::store::StorageFault::describe),
                 ..DependencyCheck::from_check(&database, "database unreachable")
             },
             redis: DependencyCheck::from_check(&redis, "redis unreachable"),

@@ -74,6 +74,7 @@ pub type StoreResult<T> = Result<T, StoreError>;
 
 /// A fault of the storage under the database, as opposed to a bad query or bad data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub enum StorageFault {
     /// Disk full (SQLITE_FULL, Postgres 53100).
     Full,
@@ -129,20 +130,31 @@ pub fn is_connectivity_error(err: &sqlx::Error) -> bool {
     )
 }
 
-/// Whether the storage is failing right now, so a fault is logged at ERROR once per episode
-/// (and its end once at INFO), not once per request.
-static STORAGE_FAILING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// The storage fault of the current episode (0: none; else `StorageFault as u8 + 1`), so a
+/// fault is logged at ERROR once per episode (and its end once at INFO), not per request.
+static STORAGE_FAILING: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
 /// Note a storage fault: the first of an episode is logged at ERROR.
 pub fn note_storage_fault(fault: StorageFault, detail: &str) {
-    if !STORAGE_FAILING.swap(true, std::sync::atomic::Ordering::Relaxed) {
+    let was = STORAGE_FAILING.swap(fault as u8 + 1, std::sync::atomic::Ordering::Relaxed);
+    if was == 0 {
         tracing::error!(target: "aragora::store", fault = ?fault, error = %detail, "storage fault: {}; writes fail until it is fixed", fault.describe());
     }
 }
 
-/// Note a successful write: ends a storage-fault episode.
+/// The fault seen last, while no durable write has succeeded since.
+pub fn storage_failing() -> Option<StorageFault> {
+    match STORAGE_FAILING.load(std::sync::atomic::Ordering::Relaxed) {
+        1 => Some(StorageFault::Full),
+        2 => Some(StorageFault::ReadOnly),
+        3 => Some(StorageFault::Io),
+        _ => None,
+    }
+}
+
+/// Note a successful durable write: ends a storage-fault episode.
 pub fn note_storage_ok() {
-    if STORAGE_FAILING.swap(false, std::sync::atomic::Ordering::Relaxed) {
+    if STORAGE_FAILING.swap(0, std::sync::atomic::Ordering::Relaxed) != 0 {
         tracing::info!(target: "aragora::store", "storage fault over: writes succeed again");
     }
 }
@@ -494,6 +506,9 @@ pub trait Store: Send + Sync + 'static {
     /// Cheap round trip proving the database answers (`SELECT 1`).
     async fn ping(&self) -> StoreResult<()>;
 
+    /// A tiny write (one row rewritten) proving the database takes writes.
+    async fn write_probe(&self) -> StoreResult<()>;
+
     fn pool_status(&self) -> PoolStatus;
 
     /// Apply pending migrations for this backend. Idempotent.
@@ -510,6 +525,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Insert a new debate with status `queued`. A duplicate id is `Conflict`.
     async fn create_debate(&self, new: &NewDebate) -> StoreResult<DebateRecord>;
+
+    /// Insert a new debate with its first events, in one transaction: either the debate is
+    /// accepted with its log started, or nothing is stored.
+    async fn create_debate_with(
+        &self,
+        new: &NewDebate,
+        events: &[NewEvent],
+    ) -> StoreResult<(DebateRecord, Vec<StoredEvent>)>;
 
     async fn get_debate(&self, id: &str) -> StoreResult<Option<DebateRecord>>;
 

@@ -443,6 +443,13 @@ impl Store for PostgresStore {
         Backend::Postgres
     }
 
+    async fn write_probe(&self) -> StoreResult<()> {
+        sqlx::query("UPDATE health_probe SET at = now() WHERE id = 1")
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
@@ -470,8 +477,17 @@ impl Store for PostgresStore {
     }
 
     async fn create_debate(&self, new: &NewDebate) -> StoreResult<DebateRecord> {
+        Ok(self.create_debate_with(new, &[]).await?.0)
+    }
+
+    async fn create_debate_with(
+        &self,
+        new: &NewDebate,
+        events: &[NewEvent],
+    ) -> StoreResult<(DebateRecord, Vec<StoredEvent>)> {
         let created_at = now_micros();
         // ON CONFLICT DO NOTHING turns a duplicate into "0 rows" instead of an error to parse.
+        let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
             "INSERT INTO debates (id, task, status, agents, rounds, rounds_used, consensus, \
              owner_id, correlation_id, options, created_at) \
@@ -487,7 +503,7 @@ impl Store for PostgresStore {
         .bind(&new.correlation_id)
         .bind(Json(&new.options))
         .bind(created_at)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::Conflict(format!(
@@ -495,7 +511,9 @@ impl Store for PostgresStore {
                 new.id
             )));
         }
-        Ok(DebateRecord {
+        let stored = insert_events(&mut tx, &new.id, None, events).await?;
+        tx.commit().await?;
+        let record = DebateRecord {
             id: new.id.clone(),
             task: new.task.clone(),
             status: DebateStatus::Queued,
@@ -512,7 +530,8 @@ impl Store for PostgresStore {
             created_at,
             started_at: None,
             finished_at: None,
-        })
+        };
+        Ok((record, stored))
     }
 
     async fn get_debate(&self, id: &str) -> StoreResult<Option<DebateRecord>> {

@@ -204,12 +204,23 @@ impl SqliteStore {
     /// writer; a database still busy after that is retried a few times.
     async fn begin_write(&self) -> StoreResult<sqlx::Transaction<'static, Sqlite>> {
         let mut attempts = 0u64;
+        let mut reset = false;
         loop {
             match self.writer.begin_with("BEGIN IMMEDIATE").await {
                 Ok(tx) => return Ok(tx),
                 Err(e) if is_busy(&e) && attempts < 5 => {
                     attempts += 1;
                     tokio::time::sleep(Duration::from_millis(10 * attempts)).await;
+                }
+                // A commit that failed (a full disk) leaves sqlx believing the writer
+                // connection is still inside a transaction, and every later BEGIN is refused:
+                // replace that connection with a fresh one.
+                Err(sqlx::Error::InvalidSavePointStatement) if !reset => {
+                    reset = true;
+                    tracing::warn!(target: "aragora::store", "the SQLite writer connection was left inside a failed transaction; reopening it");
+                    if let Ok(conn) = self.writer.acquire().await {
+                        let _ = sqlx::Connection::close(conn.detach()).await;
+                    }
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -470,6 +481,16 @@ impl Store for SqliteStore {
         Backend::Sqlite
     }
 
+    async fn write_probe(&self) -> StoreResult<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("UPDATE health_probe SET at = ? WHERE id = 1")
+            .bind(format_ts(Utc::now()))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
@@ -498,8 +519,17 @@ impl Store for SqliteStore {
     }
 
     async fn create_debate(&self, new: &NewDebate) -> StoreResult<DebateRecord> {
+        Ok(self.create_debate_with(new, &[]).await?.0)
+    }
+
+    async fn create_debate_with(
+        &self,
+        new: &NewDebate,
+        events: &[NewEvent],
+    ) -> StoreResult<(DebateRecord, Vec<StoredEvent>)> {
         let created_at = now_micros();
         // ON CONFLICT DO NOTHING turns a duplicate into "0 rows" instead of an error to parse.
+        let mut tx = self.begin_write().await?;
         let done = sqlx::query(
             "INSERT INTO debates (id, task, status, agents, rounds, rounds_used, consensus, \
              owner_id, correlation_id, options, created_at) \
@@ -514,7 +544,7 @@ impl Store for SqliteStore {
         .bind(&new.correlation_id)
         .bind(Json(&new.options))
         .bind(format_ts(created_at))
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::Conflict(format!(
@@ -522,7 +552,9 @@ impl Store for SqliteStore {
                 new.id
             )));
         }
-        Ok(DebateRecord {
+        let stored = insert_events(&mut tx, &new.id, None, events).await?;
+        tx.commit().await?;
+        let record = DebateRecord {
             id: new.id.clone(),
             task: new.task.clone(),
             status: DebateStatus::Queued,
@@ -539,7 +571,8 @@ impl Store for SqliteStore {
             created_at,
             started_at: None,
             finished_at: None,
-        })
+        };
+        Ok((record, stored))
     }
 
     async fn get_debate(&self, id: &str) -> StoreResult<Option<DebateRecord>> {

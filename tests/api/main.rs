@@ -7,6 +7,7 @@ mod auth;
 mod debates;
 mod deploy;
 mod durable;
+mod faults;
 mod health;
 mod helpers;
 mod observability;
