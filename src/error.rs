@@ -25,6 +25,10 @@ pub struct ErrorBody {
 pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
+    /// A malformed value (e.g. a control character) in a named field, path or query
+    /// parameter: 400 with `field`.
+    #[error("{message}")]
+    BadField { field: String, message: String },
     /// A field failed validation; `field` names it.
     #[error("{message}")]
     Validation { field: String, message: String },
@@ -71,7 +75,7 @@ pub enum ApiError {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadRequest(_) | ApiError::BadField { .. } => StatusCode::BAD_REQUEST,
             ApiError::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) | ApiError::DebateEnded { .. } => StatusCode::CONFLICT,
@@ -92,7 +96,7 @@ impl ApiError {
 
     pub fn code(&self) -> &'static str {
         match self {
-            ApiError::BadRequest(_) => "bad_request",
+            ApiError::BadRequest(_) | ApiError::BadField { .. } => "bad_request",
             ApiError::Validation { .. } => "validation_error",
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) | ApiError::DebateEnded { .. } => "conflict",
@@ -152,7 +156,7 @@ impl IntoResponse for ApiError {
             "code": self.code(),
             "correlation_id": correlation::current(),
         });
-        if let ApiError::Validation { field, .. } = &self {
+        if let ApiError::Validation { field, .. } | ApiError::BadField { field, .. } = &self {
             body["field"] = json!(field);
         }
         if let ApiError::DebateEnded { status, .. } = &self {

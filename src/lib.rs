@@ -24,5 +24,6 @@ pub mod ratings;
 pub mod redis_client;
 pub mod store;
 pub mod telemetry;
+pub mod text;
 pub mod watch;
 pub mod ws;

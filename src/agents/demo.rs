@@ -37,12 +37,18 @@ use super::*;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DemoProvider;
 
+/// Longest delay a `demo:<ms>` agent may take per call (one minute): a load-test agent, not
+/// a way to hold a worker until the agent timeout.
+pub const MAX_DELAY_MS: u64 = 60_000;
+
 impl DemoProvider {
     pub fn new() -> Self {
         DemoProvider
     }
 
     /// Delay encoded in a demo model string: `demo` → 0, `demo:<ms>` → `<ms>` ms.
+    /// `demo` (no delay) or `demo:<ms>` with 0 ≤ ms ≤ [`MAX_DELAY_MS`]; anything else is not
+    /// a demo model.
     pub fn parse_model(model: &str) -> Option<Duration> {
         let model = model.trim();
         if model == "demo" {
@@ -52,7 +58,10 @@ impl DemoProvider {
         if ms.is_empty() || !ms.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
-        ms.parse::<u64>().ok().map(Duration::from_millis)
+        ms.parse::<u64>()
+            .ok()
+            .filter(|ms| *ms <= MAX_DELAY_MS)
+            .map(Duration::from_millis)
     }
 
     /// The text the demo answers to a request (without any delay).

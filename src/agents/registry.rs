@@ -352,7 +352,7 @@ pub fn parse_agents_toml(text: &str, source_name: &str) -> Result<Vec<AgentSpec>
 /// `resolve` got a name that is neither configured nor dynamic.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown agent `{name}`; known agents: {} (or `ollama:<model>`, `demo:<ms>`)",
+    "unknown agent `{name}`; known agents: {} (or `ollama:<model>`, `demo:<ms>` with ms up to 60000)",
     known.join(", ")
 )]
 pub struct UnknownAgent {

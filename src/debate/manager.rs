@@ -74,6 +74,9 @@ pub const MAX_INTERVENTION_CHARS: usize = 4_000;
 pub enum CreateError {
     #[error("{message}")]
     Invalid { field: String, message: String },
+    /// A control character (NUL…) in a text field: 400 naming it.
+    #[error("{message}")]
+    BadText { field: String, message: String },
     #[error("the debate queue is full ({queued} waiting); retry later")]
     QueueFull { queued: usize, retry_after: u64 },
     #[error("the server is shutting down")]
@@ -94,6 +97,9 @@ pub enum SteerError {
     Conflict(String),
     #[error("{message}")]
     Invalid { field: String, message: String },
+    /// A control character (NUL…) in a text field: 400 naming it.
+    #[error("{message}")]
+    BadText { field: String, message: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -303,6 +309,29 @@ impl DebateManager {
             message,
         };
         let task = request.task.trim();
+        let text = |field: &str, value: &str, multiline: bool| {
+            crate::text::check(field, value, multiline).map_err(|message| CreateError::BadText {
+                field: field.to_owned(),
+                message,
+            })
+        };
+        text("task", task, true)?;
+        for (i, name) in request.agents.iter().flatten().enumerate() {
+            text(&format!("agents[{i}]"), name, false)?;
+        }
+        for (field, value) in [
+            ("consensus", request.consensus.as_deref()),
+            ("judge", request.judge.as_deref()),
+            ("domain", request.domain.as_deref()),
+        ] {
+            if let Some(v) = value {
+                text(field, v, false)?;
+            }
+        }
+        if let Some(metadata) = &request.metadata {
+            crate::text::check_json("metadata", metadata)
+                .map_err(|(field, message)| CreateError::BadText { field, message })?;
+        }
         if task.is_empty() {
             return Err(invalid("task", "`task` must not be empty".into()));
         }
@@ -529,6 +558,10 @@ impl DebateManager {
             field: "content".into(),
             message,
         };
+        crate::text::check("content", content, true).map_err(|message| SteerError::BadText {
+            field: "content".into(),
+            message,
+        })?;
         if content.is_empty() {
             return Err(invalid("`content` must not be empty".into()));
         }

@@ -97,7 +97,8 @@ pub struct AgentTestRequest {
     request_body = AgentTestRequest,
     responses(
         (status = 200, description = "`{\"ok\", \"response\", \"latency_ms\", \"tokens\", \"circuit_state\"}`; ok=false with `error` when the call failed"),
-        (status = 422, description = "unknown agent or bad body", body = ErrorBody),
+        (status = 400, description = "a control character in `prompt`", body = ErrorBody),
+        (status = 422, description = "unknown agent, bad body, or a prompt over 20,000 characters", body = ErrorBody),
     )
 )]
 pub async fn test_agent(
@@ -119,6 +120,18 @@ pub async fn test_agent(
             message: e.to_string(),
         })?;
     let prompt = request.prompt.unwrap_or_else(|| "Say hello".into());
+    // The same bounds as a debate's task: the prompt goes to a paid provider.
+    crate::text::check("prompt", &prompt, true).map_err(|message| ApiError::BadField {
+        field: "prompt".into(),
+        message,
+    })?;
+    let max = crate::debate::manager::MAX_TASK_CHARS;
+    if prompt.chars().count() > max {
+        return Err(ApiError::Validation {
+            field: "prompt".into(),
+            message: format!("`prompt` is longer than {max} characters"),
+        });
+    }
     let call = CompletionRequest {
         max_tokens: 256,
         ..CompletionRequest::single(

@@ -290,49 +290,57 @@ pub async fn login(
             retry_after,
         });
     }
-    let Some(user) = state.store.user_by_email(body.email.trim()).await? else {
-        // Same work as a real check, off the async threads like the real one.
-        let password = body.password;
-        let _ = tokio::task::spawn_blocking(move || passwords::verify_dummy(&password)).await;
-        state.login_limiter.fail(ip);
-        tracing::info!(target: "aragora::auth", client = %ip, "login failed");
-        return Err(ApiError::Unauthorized(BAD_CREDENTIALS.into()));
-    };
+    // Failures and locks are kept by email, whether or not an account has it: a locked
+    // unknown email answers exactly like a locked account, so lockouts reveal nothing.
+    let email = body.email.trim().to_lowercase();
+    crate::text::check("email", &email, false).map_err(ApiError::BadRequest)?;
+    let email_key = email_hash(&email);
     let now = Utc::now();
-    if let Some(until) = user.locked_until
+    let (failures, locked_until) = state.store.login_attempts(&email_key).await?;
+    if let Some(until) = locked_until
         && until > now
     {
         state.login_limiter.fail(ip);
         return Err(locked(until - now));
     }
+    let user = state.store.user_by_email(&email).await?;
     let password = body.password;
-    let hash = user.password_hash.clone();
-    let ok = tokio::task::spawn_blocking(move || passwords::verify(&password, &hash))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    if !ok {
+    let ok = match &user {
+        Some(user) => {
+            let hash = user.password_hash.clone();
+            tokio::task::spawn_blocking(move || passwords::verify(&password, &hash))
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))?
+        }
+        None => {
+            // Same work as a real check, off the async threads like the real one.
+            let _ = tokio::task::spawn_blocking(move || passwords::verify_dummy(&password)).await;
+            false
+        }
+    };
+    let Some(user) = user.filter(|_| ok) else {
         state.login_limiter.fail(ip);
-        let failures = user.failed_logins + 1;
+        let failures = failures + 1;
         if failures as u32 >= state.config.login_max_failures {
             let until = now
                 + chrono::Duration::from_std(state.config.login_lockout)
                     .unwrap_or(chrono::Duration::minutes(15));
             state
                 .store
-                .set_login_state(&user.id, 0, Some(until))
+                .set_login_attempts(&email_key, 0, Some(until))
                 .await?;
-            tracing::warn!(target: "aragora::auth", user_id = %user.id, client = %ip, "account locked after repeated failed logins");
+            tracing::warn!(target: "aragora::auth", client = %ip, "email locked after repeated failed logins");
         } else {
             state
                 .store
-                .set_login_state(&user.id, failures, None)
+                .set_login_attempts(&email_key, failures, None)
                 .await?;
-            tracing::info!(target: "aragora::auth", user_id = %user.id, client = %ip, "login failed");
+            tracing::info!(target: "aragora::auth", client = %ip, "login failed");
         }
         return Err(ApiError::Unauthorized(BAD_CREDENTIALS.into()));
-    }
-    if user.failed_logins != 0 || user.locked_until.is_some() {
-        state.store.set_login_state(&user.id, 0, None).await?;
+    };
+    if failures != 0 || locked_until.is_some() {
+        state.store.set_login_attempts(&email_key, 0, None).await?;
     }
     let family = uuid::Uuid::new_v4().simple().to_string();
     let tokens = issue(&state, &user, &family).await?;
@@ -675,6 +683,16 @@ pub async fn register(
         Json(json!({"id": user.id, "email": user.email, "role": user.role})),
     )
         .into_response())
+}
+
+/// The key failed logins are kept under: SHA-256 hex of the lower-cased email (the address
+/// itself is not stored for attempts).
+fn email_hash(email: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(email.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 pub fn valid_email(email: &str) -> bool {

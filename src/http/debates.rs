@@ -92,6 +92,7 @@ fn cursor_error(err: StoreError) -> ApiError {
     request_body = DebateRequest,
     responses(
         (status = 202, description = "accepted and queued: `{\"debate_id\", \"status\": \"queued\"}`"),
+        (status = 400, description = "a control character (NUL…) in a text field, named in `field`", body = ErrorBody),
         (status = 422, description = "invalid field (named in `field`); unknown agents list the known ones", body = ErrorBody),
         (status = 503, description = "queue full; see Retry-After", body = ErrorBody),
     )
@@ -107,6 +108,7 @@ pub async fn create_debate(
         .await
         .map_err(|e| match e {
             CreateError::Invalid { field, message } => ApiError::Validation { field, message },
+            CreateError::BadText { field, message } => ApiError::BadField { field, message },
             CreateError::QueueFull { retry_after, .. } => ApiError::Unavailable {
                 message: e.to_string(),
                 retry_after: Some(retry_after),
@@ -396,6 +398,7 @@ fn steer_error(e: SteerError) -> ApiError {
         },
         SteerError::Conflict(message) => ApiError::Conflict(message),
         SteerError::Invalid { field, message } => ApiError::Validation { field, message },
+        SteerError::BadText { field, message } => ApiError::BadField { field, message },
         SteerError::Store(err) => err.into(),
     }
 }
@@ -539,6 +542,7 @@ pub struct InjectRequest {
     request_body = InjectRequest,
     responses(
         (status = 201, description = "`{\"debate_id\", \"seq\", \"type\": \"intervention\"}`"),
+        (status = 400, description = "a control character (NUL…) in `content`", body = ErrorBody),
         (status = 404, body = ErrorBody),
         (status = 409, description = "already ended", body = ErrorBody),
         (status = 422, description = "empty or too long `content`, or a `role` other than moderator", body = ErrorBody),

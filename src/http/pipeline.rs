@@ -38,7 +38,27 @@ pub async fn pipeline(State(state): State<AppState>, req: Request, next: Next) -
         debate_id = tracing::field::Empty,
     );
     let timeout = state.config.request_timeout;
+    // Control characters (NUL…) in the path or a query value are refused here, once, the
+    // same on both backends (Postgres cannot store NUL; SQLite can).
+    let bad_uri = crate::text::check_uri(req.uri().path(), req.uri().query()).err();
+    let bad_type = unsupported_content_type(&req);
     let mut response = correlation::scope(id.clone(), async move {
+        if let Some((field, message)) = bad_uri {
+            return axum::response::IntoResponse::into_response(crate::error::ApiError::BadField {
+                field,
+                message,
+            });
+        }
+        if let Some(content_type) = bad_type {
+            return error_response(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                &format!(
+                    "Content-Type `{content_type}` is not accepted; send JSON with \
+                     Content-Type: application/json"
+                ),
+            );
+        }
         let response = match tokio::time::timeout(timeout, next.run(req)).await {
             Ok(response) => response,
             Err(_) => error_response(
@@ -92,6 +112,31 @@ pub async fn pipeline(State(state): State<AppState>, req: Request, next: Next) -
     )
     .record(elapsed.as_secs_f64());
     response
+}
+
+/// A request body declared as anything but `application/json` (parameters such as
+/// `charset=utf-8` allowed): every body this API reads is JSON, and vendor types such as
+/// `application/vnd.x+json` are not promised anywhere (the one documented exception is
+/// below). Requests without a Content-Type are
+/// left to the handlers (a body they need is then refused by the JSON extractor).
+fn unsupported_content_type(req: &Request) -> Option<String> {
+    use axum::http::Method;
+    if !matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH) {
+        return None;
+    }
+    // The runbook's `curl …/debug/agent-test -d '{…}'` sends a form content type with a JSON
+    // body: that route reads JSON whatever the label says.
+    if req.uri().path().ends_with("/debug/agent-test") {
+        return None;
+    }
+    let value = req.headers().get(header::CONTENT_TYPE)?;
+    let text = value.to_str().unwrap_or("(not text)");
+    let essence = text.split(';').next().unwrap_or("").trim();
+    if essence.eq_ignore_ascii_case("application/json") {
+        None
+    } else {
+        Some(text.chars().take(100).collect())
+    }
 }
 
 /// Turn an error response that is not JSON into the contract's error body, keeping the

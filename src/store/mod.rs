@@ -683,6 +683,17 @@ pub trait Store: Send + Sync + 'static {
 
     async fn user_by_id(&self, id: &str) -> StoreResult<Option<User>>;
 
+    /// Failed logins and lock of an email (by `email_hash`), known account or not.
+    async fn login_attempts(&self, email_hash: &str) -> StoreResult<(i32, Option<DateTime<Utc>>)>;
+
+    /// Set (or, with 0 and None, clear) the failed logins and lock of an email.
+    async fn set_login_attempts(
+        &self,
+        email_hash: &str,
+        failures: i32,
+        locked_until: Option<DateTime<Utc>>,
+    ) -> StoreResult<()>;
+
     /// Record the failed-login counter and lock of a user.
     async fn set_login_state(
         &self,

@@ -196,6 +196,9 @@ async fn insert_events(
     lease: Option<&Lease>,
     events: &[NewEvent],
 ) -> StoreResult<Vec<StoredEvent>> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
     let n = events.len() as i64;
     let last: Option<i64> = match lease {
         None => {
@@ -957,6 +960,43 @@ impl Store for PostgresStore {
         .fetch_optional(&self.pool)
         .await?;
         row.map(UserRow::into_user).transpose()
+    }
+
+    async fn login_attempts(&self, email_hash: &str) -> StoreResult<(i32, Option<DateTime<Utc>>)> {
+        let row: Option<(i32, Option<DateTime<Utc>>)> = sqlx::query_as(
+            "SELECT failures, locked_until FROM login_attempts WHERE email_hash = $1",
+        )
+        .bind(email_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.unwrap_or((0, None)))
+    }
+
+    async fn set_login_attempts(
+        &self,
+        email_hash: &str,
+        failures: i32,
+        locked_until: Option<DateTime<Utc>>,
+    ) -> StoreResult<()> {
+        if failures == 0 && locked_until.is_none() {
+            sqlx::query("DELETE FROM login_attempts WHERE email_hash = $1")
+                .bind(email_hash)
+                .execute(&self.pool)
+                .await?;
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO login_attempts (email_hash, failures, locked_until, updated_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (email_hash) DO UPDATE \
+             SET failures = $2, locked_until = $3, updated_at = $4",
+        )
+        .bind(email_hash)
+        .bind(failures)
+        .bind(locked_until.map(truncate_micros))
+        .bind(now_micros())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     async fn set_login_state(

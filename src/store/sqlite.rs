@@ -289,6 +289,9 @@ async fn insert_events(
     lease: Option<&Lease>,
     events: &[NewEvent],
 ) -> StoreResult<Vec<StoredEvent>> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
     let n = events.len() as i64;
     let last: Option<i64> = match lease {
         None => {
@@ -1013,6 +1016,48 @@ impl Store for SqliteStore {
                 .fetch_optional(&self.pool)
                 .await?;
         row.map(UserRow::into_user).transpose()
+    }
+
+    async fn login_attempts(&self, email_hash: &str) -> StoreResult<(i32, Option<DateTime<Utc>>)> {
+        let row: Option<(i32, Option<String>)> = sqlx::query_as(
+            "SELECT failures, locked_until FROM login_attempts WHERE email_hash = ?",
+        )
+        .bind(email_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            None => Ok((0, None)),
+            Some((failures, until)) => Ok((failures, until.as_deref().map(parse_ts).transpose()?)),
+        }
+    }
+
+    async fn set_login_attempts(
+        &self,
+        email_hash: &str,
+        failures: i32,
+        locked_until: Option<DateTime<Utc>>,
+    ) -> StoreResult<()> {
+        let mut tx = self.begin_write().await?;
+        if failures == 0 && locked_until.is_none() {
+            sqlx::query("DELETE FROM login_attempts WHERE email_hash = ?")
+                .bind(email_hash)
+                .execute(&mut *tx)
+                .await?;
+        } else {
+            sqlx::query(
+                "INSERT INTO login_attempts (email_hash, failures, locked_until, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT (email_hash) DO UPDATE \
+                 SET failures = ?2, locked_until = ?3, updated_at = ?4",
+            )
+            .bind(email_hash)
+            .bind(failures)
+            .bind(locked_until.map(format_ts))
+            .bind(format_ts(Utc::now()))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn set_login_state(

@@ -561,6 +561,23 @@ async fn failed_logins_lock_the_account_without_revealing_which_emails_exist() {
     let (_, code, body) = error_code(r).await;
     assert_eq!(code, "account_locked");
     assert!(!body.to_string().contains(PASSWORD));
+
+    // An email no account has locks the same way, with the same answer: a lockout does not
+    // reveal which emails exist.
+    for _ in 0..2 {
+        assert_eq!(
+            login(&app, "nobody@example.com", "wrong password!")
+                .await
+                .status(),
+            401
+        );
+    }
+    let r = login(&app, "NoBody@example.com", "wrong password!").await;
+    assert_eq!(r.status(), 423, "matched lower-cased");
+    assert!(r.headers().contains_key("retry-after"));
+    let (_, code_unknown, body_unknown) = error_code(r).await;
+    assert_eq!(code_unknown, code);
+    assert_eq!(body_unknown["error"], body["error"]);
 }
 
 #[tokio::test]

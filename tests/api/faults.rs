@@ -160,3 +160,121 @@ async fn a_full_disk_answers_507_degrades_health_and_debates_finish_when_space_r
         .unwrap();
     assert_eq!(check, "ok");
 }
+
+/// The same bad input gets the same clear 4xx on both backends.
+async fn bad_input_is_refused_the_same(app: &crate::helpers::TestApp) {
+    let base = app.url("");
+    let post = |body: Value| {
+        let base = base.clone();
+        async move {
+            let r = http()
+                .post(format!("{base}/api/debates"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, v) = post(json!({"task": "a\u{0}b"})).await;
+    assert_eq!((status, v["field"].as_str()), (400, Some("task")), "{v}");
+    assert!(v["error"].as_str().unwrap().contains("U+0000"), "{v}");
+    assert!(v["correlation_id"].is_string());
+    let (status, v) = post(json!({"task": "ok", "metadata": {"tags": ["x", "y\u{0}"]}})).await;
+    assert_eq!(
+        (status, v["field"].as_str()),
+        (400, Some("metadata.tags[1]")),
+        "{v}"
+    );
+    let (status, v) = post(json!({"task": "ok", "agents": ["demo", "de\u{0}mo"]})).await;
+    assert_eq!(
+        (status, v["field"].as_str()),
+        (400, Some("agents[1]")),
+        "{v}"
+    );
+    // Prose may have newlines and tabs.
+    let (status, v) =
+        post(json!({"task": "line one\n\tline two", "agents": ["demo", "demo"], "rounds": 1}))
+            .await;
+    assert_eq!(status, 202, "{v}");
+
+    for (path, field) in [
+        ("/api/debates/abc%00def", "path"),
+        ("/api/leaderboard?domain=a%00b", "domain"),
+        ("/api/debates?status=running%01", "status"),
+    ] {
+        let r = http().get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{path}");
+        assert!(r.headers().contains_key("x-correlation-id"));
+        assert_eq!(r.json::<Value>().await.unwrap()["field"], field, "{path}");
+    }
+
+    // Bounds: a demo agent's delay, the agent-test prompt, the content type.
+    let (status, v) = post(json!({"task": "slow", "agents": ["demo", "demo:1000000000000"]})).await;
+    assert_eq!((status, v["field"].as_str()), (422, Some("agents")), "{v}");
+    assert!(v["error"].as_str().unwrap().contains("60000"), "{v}");
+    let r = http()
+        .post(format!("{base}/api/debug/agent-test"))
+        .json(&json!({"agent": "demo", "prompt": "x".repeat(20_001)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    assert_eq!(r.json::<Value>().await.unwrap()["field"], "prompt");
+    let r = http()
+        .post(format!("{base}/api/debug/agent-test"))
+        .json(&json!({"agent": "demo", "prompt": "a\u{0}"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    for (content_type, expected) in [
+        ("application/vnd.evil+json", 415),
+        ("text/plain", 415),
+        ("application/json; charset=utf-8", 202),
+    ] {
+        let r = http()
+            .post(format!("{base}/api/debates"))
+            .header("content-type", content_type)
+            .body(r#"{"task": "typed", "agents": ["demo", "demo"], "rounds": 1}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), expected, "{content_type}");
+        if expected == 415 {
+            let v: Value = r.json().await.unwrap();
+            assert_eq!(v["code"], "unsupported_media_type");
+        }
+    }
+    // A moderator's message with a NUL.
+    let id = post(json!({"task": "steer", "agents": ["demo:500", "demo:500"], "rounds": 2}))
+        .await
+        .1["debate_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = http()
+        .post(format!("{base}/api/debates/{id}/intervention/inject"))
+        .json(&json!({"content": "bad\u{0}note"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["field"], "content");
+}
+
+#[tokio::test]
+async fn bad_text_and_unbounded_input_get_the_same_clear_4xx_on_sqlite() {
+    let app = spawn_app_with(&[]).await;
+    bad_input_is_refused_the_same(&app).await;
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_text_and_unbounded_input_get_the_same_clear_4xx_on_postgres() {
+    let (_schema, url) = crate::helpers::fresh_postgres_schema().await;
+    let app = spawn_app_with(&[("ARAGORA_DATABASE_URL", url.as_str())]).await;
+    bad_input_is_refused_the_same(&app).await;
+    app.stop().await.unwrap();
+}
