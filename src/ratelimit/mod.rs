@@ -759,6 +759,25 @@ pub async fn middleware(State(state): State<AppState>, mut req: Request, next: N
     if settings.disabled || whitelisted {
         return next.run(req).await;
     }
+    if rule == Rule::DebateCreate {
+        // Charged only for debates actually accepted: a request refused for bad input (4xx)
+        // or a full queue does not use up the caller's debate budget. The bucket is looked at
+        // first (a caller over the limit gets 429 without the body being read) and charged
+        // once the debate is accepted.
+        let peeked = limiter.peek(rule, &key).await;
+        if !peeked.allowed {
+            limiter.record_hit(rule, &key, &peeked);
+            return too_many_requests(rule, &peeked);
+        }
+        let mut response = next.run(req).await;
+        let decision = if response.status().is_success() {
+            limiter.decide(rule, &key).await.0
+        } else {
+            peeked
+        };
+        set_headers(response.headers_mut(), &decision);
+        return response;
+    }
     let (decision, _) = limiter.decide(rule, &key).await;
     if !decision.allowed {
         limiter.record_hit(rule, &key, &decision);

@@ -278,3 +278,34 @@ async fn bad_text_and_unbounded_input_get_the_same_clear_4xx_on_postgres() {
     bad_input_is_refused_the_same(&app).await;
     app.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn refused_debate_requests_do_not_use_up_the_debate_limit() {
+    let app = spawn_app_with(&[("ARAGORA_RATE_LIMIT_DEBATE_RPM", "2")]).await;
+    let post = |body: Value| {
+        let url = app.url("/api/debates");
+        async move {
+            http()
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    for _ in 0..5 {
+        assert_eq!(post(json!({"task": ""})).await, 422);
+        assert_eq!(post(json!({"task": "nul\u{0}"})).await, 400);
+    }
+    let ok = json!({"task": "counted", "agents": ["demo", "demo"], "rounds": 1});
+    assert_eq!(post(ok.clone()).await, 202);
+    assert_eq!(post(ok.clone()).await, 202);
+    assert_eq!(
+        post(ok).await,
+        429,
+        "two accepted debates use the budget of two"
+    );
+    app.stop().await.unwrap();
+}
