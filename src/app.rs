@@ -296,21 +296,21 @@ impl Application {
         state
             .tasks
             .spawn(crate::telemetry::systemd::watchdog(token.clone()));
-        let api = axum::serve(
+        let api = crate::http::server::serve(
             api_listener,
-            crate::http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(token.clone().cancelled_owned());
-        let ws = axum::serve(
+            crate::http::router(state.clone()),
+            token.clone(),
+        );
+        let ws = crate::http::server::serve(
             ws_listener,
-            crate::ws::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(token.clone().cancelled_owned());
+            crate::ws::router(state.clone()),
+            token.clone(),
+        );
 
         // Draining (servers stopping, then tracked tasks such as WebSocket connections
         // sending their 1001 close) is bounded as a whole by the shutdown timeout.
         let drain = async {
-            tokio::try_join!(api.into_future(), ws.into_future())?;
+            tokio::try_join!(api, ws)?;
             state.tasks.close();
             state.tasks.wait().await;
             // A dead database must not hold the exit hostage.

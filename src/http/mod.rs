@@ -13,6 +13,7 @@ mod openapi;
 mod ops;
 mod pipeline;
 mod rate_limits;
+pub mod server;
 mod system;
 mod ws_stats;
 

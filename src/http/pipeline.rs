@@ -16,6 +16,11 @@ use super::correlation;
 use crate::app::AppState;
 use crate::error::error_response;
 
+/// Most request headers accepted (431 beyond).
+pub const MAX_HEADERS: usize = 100;
+/// Longest request target (path and query) accepted, in bytes (414 beyond).
+pub const MAX_URI_BYTES: usize = 16 * 1024;
+
 /// Longest body of a non-JSON error response that is carried into the JSON message.
 const MAX_PLAIN_ERROR: usize = 4096;
 
@@ -40,9 +45,13 @@ pub async fn pipeline(State(state): State<AppState>, req: Request, next: Next) -
     let timeout = state.config.request_timeout;
     // Control characters (NUL…) in the path or a query value are refused here, once, the
     // same on both backends (Postgres cannot store NUL; SQLite can).
+    let too_large = request_too_large(&req);
     let bad_uri = crate::text::check_uri(req.uri().path(), req.uri().query()).err();
     let bad_type = unsupported_content_type(&req);
     let mut response = correlation::scope(id.clone(), async move {
+        if let Some((status, code, message)) = too_large {
+            return error_response(status, code, &message);
+        }
         if let Some((field, message)) = bad_uri {
             return axum::response::IntoResponse::into_response(crate::error::ApiError::BadField {
                 field,
@@ -112,6 +121,28 @@ pub async fn pipeline(State(state): State<AppState>, req: Request, next: Next) -
     )
     .record(elapsed.as_secs_f64());
     response
+}
+
+/// Requests past the header or URI limits (hyper's own limits are set higher, so these get
+/// the JSON error body instead of hyper's empty 431/414).
+fn request_too_large(req: &Request) -> Option<(StatusCode, &'static str, String)> {
+    let headers = req.headers().len();
+    if headers > MAX_HEADERS {
+        return Some((
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "request_header_fields_too_large",
+            format!("the request has {headers} headers; at most {MAX_HEADERS} are accepted"),
+        ));
+    }
+    let uri = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if uri > MAX_URI_BYTES {
+        return Some((
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!("the request URI is {uri} bytes; at most {MAX_URI_BYTES} are accepted"),
+        ));
+    }
+    None
 }
 
 /// A request body declared as anything but `application/json` (parameters such as

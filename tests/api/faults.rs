@@ -309,3 +309,32 @@ async fn refused_debate_requests_do_not_use_up_the_debate_limit() {
     );
     app.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn too_many_headers_and_too_long_a_uri_get_the_json_error_body() {
+    let app = spawn_app_with(&[]).await;
+    let mut r = http().get(app.url("/api/health/live"));
+    for i in 0..120 {
+        r = r.header(format!("x-extra-{i}"), "v");
+    }
+    let r = r.send().await.unwrap();
+    assert_eq!(r.status(), 431);
+    assert!(r.headers().contains_key("x-correlation-id"));
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["code"], "request_header_fields_too_large");
+    assert!(v["correlation_id"].as_str().unwrap().starts_with("corr-"));
+
+    let long = "a".repeat(20_000);
+    let r = http()
+        .get(app.url(&format!("/api/debates?cursor={long}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 414);
+    assert!(r.headers().contains_key("x-correlation-id"));
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["code"], "uri_too_long");
+    // Within the limits all is well.
+    assert_eq!(app.get("/api/health/live").await.status(), 200);
+    app.stop().await.unwrap();
+}
