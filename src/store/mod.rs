@@ -380,6 +380,26 @@ pub struct Control {
     pub pause: bool,
 }
 
+/// The row both backends read a [`Control`] from.
+#[derive(sqlx::FromRow)]
+pub(crate) struct ControlRow {
+    id: String,
+    lease_generation: i64,
+    cancel_requested: bool,
+    pause_requested: bool,
+}
+
+impl ControlRow {
+    pub(crate) fn into_control(self) -> Control {
+        Control {
+            debate_id: self.id,
+            generation: self.lease_generation,
+            cancel: self.cancel_requested,
+            pause: self.pause_requested,
+        }
+    }
+}
+
 /// A running debate as `GET /api/debates/active` lists it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ActiveDebate {

@@ -236,25 +236,6 @@ struct ClaimRow {
 }
 
 #[derive(sqlx::FromRow)]
-struct ControlRow {
-    id: String,
-    lease_generation: i64,
-    cancel_requested: bool,
-    pause_requested: bool,
-}
-
-impl ControlRow {
-    fn into_control(self) -> Control {
-        Control {
-            debate_id: self.id,
-            generation: self.lease_generation,
-            cancel: self.cancel_requested,
-            pause: self.pause_requested,
-        }
-    }
-}
-
-#[derive(sqlx::FromRow)]
 struct ActiveRow {
     id: String,
     task: String,
