@@ -61,9 +61,10 @@ enum Command {
     Watch {
         /// The debate id.
         debate_id: String,
-        /// WebSocket URL of the server.
-        #[arg(long, default_value = "ws://127.0.0.1:8766/ws")]
-        server: String,
+        /// WebSocket URL of the server (`ws://` or `wss://`). Default: this host's configured
+        /// WebSocket port (ARAGORA_WS_PORT or `--config`), `ws://127.0.0.1:<port>/ws`.
+        #[arg(long)]
+        server: Option<String>,
     },
     /// Apply database migrations and exit.
     Migrate,
@@ -76,9 +77,10 @@ enum Command {
     },
     /// Query a server's health: exit 0 healthy, 1 degraded, 2 unhealthy or unreachable.
     Health {
-        /// Health endpoint URL.
-        #[arg(long, default_value = "http://127.0.0.1:8080/api/health")]
-        url: String,
+        /// Health endpoint URL, or the server's base URL (`/api/health` is added). Default:
+        /// this host's configured API port (ARAGORA_API_PORT or `--config`).
+        #[arg(long)]
+        url: Option<String>,
     },
 }
 
@@ -112,10 +114,21 @@ pub fn run() -> ExitCode {
         _ => Flags::default(),
     };
     if let Command::Health { url } = &cli.command {
-        return health(url);
+        let url = match url {
+            Some(u) => health_url(u),
+            None => format!("http://127.0.0.1:{}/api/health", local_ports(&cli).0),
+        };
+        return health(&url);
     }
     if let Command::Watch { debate_id, server } = &cli.command {
-        let (server, debate_id) = (server.clone(), debate_id.clone());
+        let server = server
+            .clone()
+            .unwrap_or_else(|| format!("ws://127.0.0.1:{}/ws", local_ports(&cli).1));
+        if let Err(why) = crate::watch::check_server_url(&server) {
+            eprintln!("aragora watch: {why}");
+            return ExitCode::from(2);
+        }
+        let debate_id = debate_id.clone();
         return block_on(async move { crate::watch::run(&server, &debate_id).await });
     }
     let config = match Config::load(cli.config.as_deref(), &flags) {
@@ -268,6 +281,36 @@ async fn migrate(config: Config) -> ExitCode {
     }
 }
 
+/// This host's (API, WebSocket) ports from the configuration (`--config`, ARAGORA_API_PORT,
+/// ARAGORA_WS_PORT); the defaults when the configuration cannot be read (a health check must
+/// not fail because, say, a production secret is not in the operator's shell).
+fn local_ports(cli: &Cli) -> (u16, u16) {
+    match Config::load(cli.config.as_deref(), &Flags::default()) {
+        Ok(c) => (c.api_port, c.ws_port),
+        Err(err) => {
+            eprintln!("aragora: using the default ports; the configuration did not load: {err}");
+            (8080, 8766)
+        }
+    }
+}
+
+/// A base URL (`http://host:port` or with a bare `/`) means its health endpoint.
+fn health_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if matches!(u.path(), "" | "/") => {
+            u.set_path("/api/health");
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Print a line; a closed stdout (`aragora health | head -1`) is not an error.
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
+
 fn health(url: &str) -> ExitCode {
     block_on(async {
         let client = match reqwest::Client::builder()
@@ -283,7 +326,9 @@ fn health(url: &str) -> ExitCode {
         let response = match client.get(url).send().await {
             Ok(r) => r,
             Err(err) => {
-                println!("CRITICAL: health endpoint unreachable at {url}: {err}");
+                say(&format!(
+                    "CRITICAL: health endpoint unreachable at {url}: {err}"
+                ));
                 return ExitCode::from(2);
             }
         };
@@ -291,25 +336,27 @@ fn health(url: &str) -> ExitCode {
         let body: serde_json::Value = match response.json().await {
             Ok(b) => b,
             Err(err) => {
-                println!("CRITICAL: health endpoint answered {http_status} without JSON: {err}");
+                say(&format!(
+                    "CRITICAL: health endpoint answered {http_status} without JSON: {err}"
+                ));
                 return ExitCode::from(2);
             }
         };
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&body).unwrap_or_default()
-        );
+        say(&serde_json::to_string_pretty(&body).unwrap_or_default());
         match body.get("status").and_then(|s| s.as_str()) {
             Some("healthy") => {
-                println!("OK: all checks passed");
+                say("OK: all checks passed");
                 ExitCode::SUCCESS
             }
             Some("degraded") => {
-                println!("WARNING: service degraded");
+                say("WARNING: service degraded");
                 ExitCode::from(1)
             }
             other => {
-                println!("CRITICAL: service {}", other.unwrap_or("status unknown"));
+                say(&format!(
+                    "CRITICAL: service {}",
+                    other.unwrap_or("status unknown")
+                ));
                 ExitCode::from(2)
             }
         }

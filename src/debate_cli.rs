@@ -61,6 +61,19 @@ pub fn format_event(kind: &str, round: Option<u32>, agent: Option<&str>, data: &
     let agent = agent.unwrap_or("");
     let s = |k: &str| data.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
     match kind {
+        "debate_queued" => format!(
+            "Queued: {} ({} rounds, {})\n",
+            s("task"),
+            data.get("rounds").cloned().unwrap_or_default(),
+            data.get("agents")
+                .and_then(Value::as_array)
+                .map(|a| a
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", "))
+                .unwrap_or_default()
+        ),
         "debate_start" => format!("Debate: {}\n", s("task")),
         "round_start" => format!("\n=== Round {} ===\n", round.unwrap_or(0)),
         "agent_message" => format!("\n[{agent}] {}:\n{}\n", s("role"), s("content")),

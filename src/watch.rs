@@ -1,7 +1,9 @@
 //! `aragora watch <debate_id> [--server ws://host:8766/ws]`: print a debate live from a
 //! server. On a dropped connection it reconnects with exponential backoff and jitter and
 //! resubscribes with `since` = the last seq printed, so the transcript has no gap and no
-//! duplicate. Exits 0 after `debate_end`.
+//! duplicate (each wait is shown, and it gives up after [`MAX_FAILURES`] refused attempts).
+//! Exits 0 after `debate_end`, with the final answer and the winner; 2 for a URL that is not
+//! `ws://`/`wss://` or an unknown debate; quietly when its output is closed (`| head`).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -18,9 +20,92 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// Consecutive failed connection attempts before giving up (about three minutes).
 const MAX_FAILURES: u32 = 25;
 
+/// Refuse a server URL `watch` cannot use, saying what to give instead.
+pub fn check_server_url(server: &str) -> Result<(), String> {
+    match url::Url::parse(server) {
+        Ok(u) if matches!(u.scheme(), "ws" | "wss") => Ok(()),
+        Ok(u) => Err(format!(
+            "--server must be a WebSocket URL (ws:// or wss://), got `{}://…`; the server's \
+             WebSocket is ws://<host>:8766/ws, or ws://<host>:8080/ws on the API port",
+            u.scheme()
+        )),
+        Err(e) => Err(format!("--server `{server}` is not a URL: {e}")),
+    }
+}
+
+/// Writes to stdout; false once stdout is closed (the reader went away: stop quietly).
+fn out(text: &str) -> bool {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(text.as_bytes()).is_ok() && stdout.flush().is_ok()
+}
+
+/// What the end of the debate needs: the latest answer of each seat and any judge or
+/// synthesis final answer.
+#[derive(Default)]
+struct Transcript {
+    answers: std::collections::HashMap<String, String>,
+    final_answer: Option<String>,
+}
+
+impl Transcript {
+    fn note(&mut self, kind: &str, agent: Option<&str>, data: &Value) {
+        match kind {
+            "agent_message" => {
+                let content = data["content"].as_str().unwrap_or_default().to_owned();
+                if data["role"] == "synthesis" {
+                    self.final_answer = Some(content);
+                } else if let Some(seat) = agent {
+                    self.answers.insert(seat.to_owned(), content);
+                }
+            }
+            "consensus" => {
+                if let Some(answer) = data["final_answer"].as_str() {
+                    self.final_answer = Some(answer.to_owned());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The closing lines: how it ended, the winner, the final answer.
+    fn summary(&self, end: &Value) -> String {
+        let status = end["status"].as_str().unwrap_or("?");
+        let mut text = String::new();
+        match end["winner"].as_str() {
+            Some(w) if end["consensus_reached"] == true => {
+                text.push_str(&format!("Consensus reached: {w} won.\n"));
+            }
+            Some(w) => text.push_str(&format!(
+                "No consensus: {w} had the most votes, short of the consensus rule.\n"
+            )),
+            None if status == "completed" => {}
+            None => text.push_str("No winner.\n"),
+        }
+        if let Some(err) = end["error"].as_str() {
+            text.push_str(&format!("Why it stopped: {err}\n"));
+        }
+        let answer = self.final_answer.clone().or_else(|| {
+            end["winner"]
+                .as_str()
+                .and_then(|w| self.answers.get(w).cloned())
+        });
+        if let Some(answer) = answer {
+            // Indented, so no line of it can be read as an event line (`#<seq> …`).
+            text.push_str("\nFinal answer:\n");
+            for line in answer.lines() {
+                text.push_str(&format!("  {line}\n"));
+            }
+        }
+        text
+    }
+}
+
 enum Session {
     /// The debate ended: done.
     Finished,
+    /// Stdout was closed: stop without a word.
+    OutputClosed,
     /// The connection dropped; try again.
     Dropped(String),
     /// The server refused the subscription for good (unknown debate).
@@ -29,6 +114,7 @@ enum Session {
 
 pub async fn run(server: &str, debate_id: &str) -> ExitCode {
     let mut last_seq: i64 = 0;
+    let mut transcript = Transcript::default();
     let mut failures = 0u32;
     let mut backoff = INITIAL_BACKOFF;
     loop {
@@ -36,8 +122,8 @@ pub async fn run(server: &str, debate_id: &str) -> ExitCode {
             Ok((ws, _)) => {
                 failures = 0;
                 backoff = INITIAL_BACKOFF;
-                match session(ws, debate_id, &mut last_seq).await {
-                    Session::Finished => return ExitCode::SUCCESS,
+                match session(ws, debate_id, &mut last_seq, &mut transcript).await {
+                    Session::Finished | Session::OutputClosed => return ExitCode::SUCCESS,
                     Session::Fatal(msg) => {
                         eprintln!("aragora watch: {msg}");
                         return ExitCode::from(2);
@@ -60,6 +146,13 @@ pub async fn run(server: &str, debate_id: &str) -> ExitCode {
         }
         // Full jitter: many watchers reconnecting after a restart don't arrive together.
         let wait = rand::rng().random_range(backoff / 2..=backoff);
+        if failures > 0 {
+            eprintln!(
+                "aragora watch: retrying in {:.1} s (attempt {} of {MAX_FAILURES})",
+                wait.as_secs_f64(),
+                failures + 1
+            );
+        }
         tokio::time::sleep(wait).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
@@ -71,6 +164,7 @@ async fn session(
     >,
     debate_id: &str,
     last_seq: &mut i64,
+    transcript: &mut Transcript,
 ) -> Session {
     let subscribe = json!({"type": "subscribe", "debate_id": debate_id, "since": *last_seq});
     if let Err(e) = ws.send(Message::Text(subscribe.to_string().into())).await {
@@ -96,12 +190,14 @@ async fn session(
         match kind {
             "connection_info" | "heartbeat" | "pong" | "token_delta" => {}
             "subscribed" => {
-                if *last_seq == 0 {
-                    println!(
-                        "Watching debate {debate_id} (status {}, {} events so far)",
+                if *last_seq == 0
+                    && !out(&format!(
+                        "Watching debate {debate_id} (status {}, {} events so far)\n",
                         v["status"].as_str().unwrap_or("?"),
                         v["last_seq"]
-                    );
+                    ))
+                {
+                    return Session::OutputClosed;
                 }
             }
             "error" => {
@@ -121,10 +217,21 @@ async fn session(
                 }
                 *last_seq = seq;
                 let round = v["round"].as_u64().map(|r| r as u32);
-                let line = format_event(kind, round, v["agent"].as_str(), &v["data"]);
-                print!("#{seq} {}", line.trim_start_matches('\n'));
-                if !line.ends_with('\n') {
-                    println!();
+                let agent = v["agent"].as_str();
+                transcript.note(kind, agent, &v["data"]);
+                let mut line = format_event(kind, round, agent, &v["data"]);
+                if line.trim().is_empty() {
+                    line = kind.replace('_', " ");
+                }
+                let mut text = format!("#{seq} {}", line.trim_start_matches('\n'));
+                if !text.ends_with('\n') {
+                    text.push('\n');
+                }
+                if kind == "debate_end" {
+                    text.push_str(&transcript.summary(&v["data"]));
+                }
+                if !out(&text) {
+                    return Session::OutputClosed;
                 }
                 if kind == "debate_end" {
                     return Session::Finished;

@@ -4,6 +4,7 @@
 
 mod admin;
 mod auth;
+mod cli;
 mod debates;
 mod deploy;
 mod durable;

@@ -1,0 +1,148 @@
+//! The operator's command line through the real binary: `aragora watch` and `aragora health`
+//! find the configured ports, refuse a URL they cannot use with exit 2, show their retries,
+//! end a debate with its outcome, and stop quietly when their output is closed.
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::helpers::{free_port, http};
+use crate::process::{Server, command};
+
+fn wait_child(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the command did not end within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+async fn start_debate(server: &Server, body: Value) -> String {
+    let r: Value = http()
+        .post(server.url("/api/debates"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    r["debate_id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn watch_and_health_use_the_configured_ports_and_end_with_the_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &[]);
+    server.wait_healthy().await;
+    let (api, ws) = (server.api_port.to_string(), server.ws_port.to_string());
+    let id = start_debate(
+        &server,
+        json!({"task": "Cache or not?", "agents": ["demo", "demo", "demo"], "rounds": 1}),
+    )
+    .await;
+    // No --server: the WebSocket port comes from ARAGORA_WS_PORT.
+    let out = command(dir.path(), &[("ARAGORA_WS_PORT", ws.as_str())])
+        .args(["watch", &id])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("#1 Queued: Cache or not?"), "{stdout}");
+    assert!(stdout.contains("Debate ended:"), "{stdout}");
+    assert!(
+        stdout.contains("Consensus reached:") || stdout.contains("No consensus"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("Final answer:\n  [demo]"), "{stdout}");
+
+    // No --url: the API port comes from ARAGORA_API_PORT; a base URL means its /api/health.
+    let out = command(dir.path(), &[("ARAGORA_API_PORT", api.as_str())])
+        .arg("health")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = command(dir.path(), &[])
+        .args(["health", "--url", &format!("http://127.0.0.1:{api}")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("OK: all checks passed"));
+
+    // `aragora watch … | head -2`: the reader goes away; watch ends quietly, no panic.
+    let mut child = command(dir.path(), &[])
+        .args(["watch", &id, "--server", &format!("ws://127.0.0.1:{ws}/ws")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        lines.next().unwrap().unwrap();
+        lines.next().unwrap().unwrap();
+    } // stdout closed here
+    let status = wait_child(&mut child, Duration::from_secs(20));
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(status.success(), "{status:?}: {err}");
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+}
+
+#[test]
+fn watch_refuses_a_non_websocket_url_with_exit_2_and_shows_its_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = command(dir.path(), &[])
+        .args(["watch", "abc", "--server", "http://127.0.0.1:8080/ws"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ws:// or wss://"), "{err}");
+
+    // A refused connection: each wait is announced with the attempt count.
+    let port = free_port();
+    let mut child = command(dir.path(), &[])
+        .args([
+            "watch",
+            "abc",
+            "--server",
+            &format!("ws://127.0.0.1:{port}/ws"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        match lines.next() {
+            Some(Ok(line)) => seen.push(line),
+            _ => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("retrying in") && l.contains("attempt 2 of 25")),
+        "{seen:?}"
+    );
+}
