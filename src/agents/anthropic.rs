@@ -116,10 +116,18 @@ impl Provider for Anthropic {
             .json(&body);
         let response = client.send(builder, Some(key)).await?;
         let completion = match sink {
-            Some(sink) => read_stream(client, response, key, model, request, sink).await?,
-            None => {
+            Some(sink) if !http::is_json_body(&response) => {
+                read_stream(client, response, key, model, request, sink).await?
+            }
+            // Asked to stream, answered with one JSON Message (some proxies do): read it as
+            // such and pass its text on as a single delta.
+            streamed => {
                 let value = client.read_json(response, Some(key)).await?;
-                parse_message(&value, model, request)?
+                let completion = parse_message(&value, model, request)?;
+                if let Some(sink) = streamed {
+                    sink.send(&completion.text);
+                }
+                completion
             }
         };
         debug!(
@@ -479,6 +487,23 @@ mod tests {
         );
         let body = server.only_request().json();
         assert_eq!(body["stream"], json!(true));
+    }
+
+    #[tokio::test]
+    async fn a_json_message_answering_a_streamed_request_is_read_whole() {
+        let server = FakeServer::start(json_reply(
+            200,
+            &json!({"model": MODEL, "content": [{"type": "text", "text": "Whole message."}], "stop_reason": "end_turn", "usage": {"input_tokens": 5, "output_tokens": 2}}),
+        ))
+        .await;
+        let (sink, mut rx) = sink();
+        let completion = provider(&server)
+            .complete(MODEL, &request(true), Some(&sink))
+            .await
+            .unwrap();
+        assert_eq!(completion.text, "Whole message.");
+        assert_eq!(drain(&mut rx), ["Whole message."]);
+        assert_eq!(server.only_request().json()["stream"], json!(true));
     }
 
     #[tokio::test]

@@ -159,7 +159,7 @@ impl Provider for Gemini {
         let response = client.send(builder, Some(key)).await?;
         let mut acc = Accumulator::default();
         match sink {
-            Some(sink) => {
+            Some(sink) if !http::is_json_body(&response) => {
                 let mut events = http::sse_events(response);
                 loop {
                     match events.next_event().await {
@@ -181,9 +181,19 @@ impl Provider for Gemini {
                     ));
                 }
             }
-            None => {
+            // Not streamed, or asked to stream and answered with one JSON document: the
+            // whole text goes out as a single delta.
+            streamed => {
                 let value = client.read_json(response, Some(key)).await?;
-                acc.absorb(&value, None, key)?;
+                // streamGenerateContent without SSE answers a JSON array of chunks.
+                match value.as_array() {
+                    Some(chunks) => {
+                        for chunk in chunks {
+                            acc.absorb(chunk, streamed, key)?;
+                        }
+                    }
+                    None => acc.absorb(&value, streamed, key)?,
+                }
             }
         }
         let completion = acc.finish(model_name, request);
@@ -449,6 +459,27 @@ mod tests {
             "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
         );
         assert_eq!(req.header("x-goog-api-key"), Some(KEY));
+    }
+
+    #[tokio::test]
+    async fn a_json_answer_to_a_streamed_request_is_read_whole() {
+        let server = FakeServer::start(json_reply(
+            200,
+            &json!([{
+                "candidates": [{"content": {"role": "model", "parts": [{"text": "Whole "}, {"text": "answer."}]},
+                                "finishReason": "STOP", "index": 0}],
+                "usageMetadata": {"promptTokenCount": 7, "candidatesTokenCount": 2},
+                "modelVersion": "gemini-2.5-flash-001"
+            }]),
+        ))
+        .await;
+        let (sink, mut rx) = sink();
+        let completion = Gemini::new(format!("{}/v1beta/", server.base), Some(KEY.into()))
+            .complete(MODEL, &request(true), Some(&sink))
+            .await
+            .unwrap();
+        assert_eq!(completion.text, "Whole answer.");
+        assert_eq!(drain(&mut rx).concat(), "Whole answer.");
     }
 
     #[tokio::test]

@@ -559,6 +559,19 @@ pub(crate) fn normalize_key(api_key: Option<String>) -> Option<String> {
         .filter(|k| !k.is_empty())
 }
 
+/// Whether a response to a streaming request came back as one JSON document instead of an
+/// event stream (proxies that ignore `stream: true` do this): its Content-Type says so.
+pub fn is_json_body(response: &reqwest::Response) -> bool {
+    response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            let essence = v.split(';').next().unwrap_or("").trim();
+            essence.eq_ignore_ascii_case("application/json")
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -196,10 +196,18 @@ impl Provider for OpenAiCompatible {
         }
         let response = client.send(builder, key).await?;
         let completion = match sink {
-            Some(sink) => read_stream(client, response, key, model, request, sink).await?,
-            None => {
+            Some(sink) if !http::is_json_body(&response) => {
+                read_stream(client, response, key, model, request, sink).await?
+            }
+            // Asked to stream, answered with one JSON document: read it as such and pass
+            // its text on as a single delta.
+            streamed => {
                 let value = client.read_json(response, key).await?;
-                parse_response(&value, model, request, key)?
+                let completion = parse_response(&value, model, request, key)?;
+                if let Some(sink) = streamed {
+                    sink.send(&completion.text);
+                }
+                completion
             }
         };
         debug!(
@@ -425,6 +433,28 @@ mod tests {
             body.push_str("data: [DONE]\n\n");
         }
         body
+    }
+
+    #[tokio::test]
+    async fn a_json_answer_to_a_streamed_request_is_read_whole() {
+        let server = FakeServer::start(json_reply(
+            200,
+            &json!({
+                "id": "chatcmpl-2", "object": "chat.completion", "model": "gpt-4o",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "Whole answer."}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 12, "completion_tokens": 3}
+            }),
+        ))
+        .await;
+        let (sink, mut rx) = sink();
+        let completion = provider(&server)
+            .complete(MODEL, &request(true), Some(&sink))
+            .await
+            .unwrap();
+        assert_eq!(completion.text, "Whole answer.");
+        assert_eq!(drain(&mut rx), ["Whole answer."]);
+        assert!(!completion.usage.estimated);
+        assert_eq!(server.only_request().json()["stream"], json!(true));
     }
 
     #[tokio::test]

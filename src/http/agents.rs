@@ -96,7 +96,7 @@ pub struct AgentTestRequest {
     tag = "agents",
     request_body = AgentTestRequest,
     responses(
-        (status = 200, description = "`{\"ok\", \"response\", \"latency_ms\", \"tokens\", \"circuit_state\"}`; ok=false with `error` when the call failed"),
+        (status = 200, description = "`{\"ok\", \"response\", \"latency_ms\", \"tokens\", \"circuit_state\", \"streamed\", \"deltas\"}`: one streamed call, as a debate makes; ok=false with `error` when the call failed"),
         (status = 400, description = "a control character in `prompt`", body = ErrorBody),
         (status = 422, description = "unknown agent, bad body, or a prompt over 20,000 characters", body = ErrorBody),
     )
@@ -132,16 +132,31 @@ pub async fn test_agent(
             message: format!("`prompt` is longer than {max} characters"),
         });
     }
+    // The path a debate's answers take: streamed, token deltas read as they arrive. A
+    // provider (or proxy) whose streaming is broken fails here, not only in every debate.
     let call = CompletionRequest {
         max_tokens: 256,
+        stream: true,
         ..CompletionRequest::single(
             "You are being tested by an operator. Answer briefly.",
             prompt,
         )
     };
+    let (sink, mut deltas) = crate::agents::DeltaSink::new(256);
+    let counted = tokio::spawn(async move {
+        let mut n = 0u64;
+        while deltas.recv().await.is_some() {
+            n += 1;
+        }
+        n
+    });
     let started = Instant::now();
-    let result = agent.call(&call, None, &CancellationToken::new()).await;
+    let result = agent
+        .call(&call, Some(&sink), &CancellationToken::new())
+        .await;
     let latency_ms = started.elapsed().as_millis() as u64;
+    drop(sink);
+    let delta_count = counted.await.unwrap_or(0);
     let base = json!({
         "agent": agent.name(),
         "provider": agent.provider_id(),
@@ -156,6 +171,8 @@ pub async fn test_agent(
             out["response"] = json!(outcome.completion.text);
             out["tokens"] = json!(outcome.completion.usage);
             out["attempts"] = json!(outcome.attempts);
+            out["streamed"] = json!(true);
+            out["deltas"] = json!(delta_count);
         }
         Err(err) => {
             out["ok"] = json!(false);

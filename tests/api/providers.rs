@@ -258,3 +258,62 @@ async fn a_failing_provider_opens_its_breaker_and_the_debate_says_so() {
     assert_eq!(health["status"], "healthy");
     app.stop().await.unwrap();
 }
+
+/// A proxy in front of OpenAI: `json` answers every request (streamed or not) with one JSON
+/// document; otherwise streamed requests get an event stream cut in the middle of an event.
+async fn start_proxy(json_always: bool) -> String {
+    let app = Router::new()
+        .route(
+            "/v1/chat/completions",
+            post(move |Json(body): Json<Value>| async move {
+                let whole = json!({
+                    "id": "c", "model": body["model"], "object": "chat.completion",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "[proxy] fine"}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 3, "completion_tokens": 2}
+                });
+                if json_always || body["stream"] != true {
+                    return Json(whole).into_response();
+                }
+                let broken = "data: {\"choices\": [{\"delta\": {\"content\": \"par";
+                ([("content-type", "text/event-stream")], Body::from(broken)).into_response()
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}/v1")
+}
+
+#[tokio::test]
+async fn agent_test_takes_the_streaming_path_a_debate_takes() {
+    for (json_always, ok) in [(false, false), (true, true)] {
+        let base = start_proxy(json_always).await;
+        let app = spawn_app_with(&[
+            ("OPENAI_API_KEY", "sk-test-key-123"),
+            ("ARAGORA_OPENAI_BASE_URL", base.as_str()),
+            ("ARAGORA_AGENT_MAX_ATTEMPTS", "1"),
+        ])
+        .await;
+        let t: Value = app
+            .client
+            .post(app.url("/api/debug/agent-test"))
+            .json(&json!({"agent": "gpt-4", "prompt": "hello"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(t["ok"], ok, "json_always={json_always}: {t}");
+        if ok {
+            // A proxy answering `stream: true` with one JSON document works, streamed.
+            assert_eq!(t["response"], "[proxy] fine");
+            assert_eq!(t["streamed"], true);
+            assert_eq!(t["deltas"], 1);
+        } else {
+            // A broken stream is found by the diagnostic, not first by a debate.
+            assert_eq!(t["error"]["kind"], "malformed", "{t}");
+        }
+        app.stop().await.unwrap();
+    }
+}
