@@ -289,3 +289,153 @@ async fn health_check_script_exit_codes() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stdout).contains("CRITICAL: Health endpoint unreachable"));
 }
+
+/// `emergency_recovery.sh` with `systemctl` stubbed (it records its arguments), against the
+/// real Redis holding another tenant's keys and Aragora's, and a real server for the final
+/// health check.
+#[tokio::test]
+async fn emergency_recovery_touches_only_what_aragora_uses() {
+    let script = repo().join("deploy/scripts/emergency_recovery.sh");
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let calls = dir.path().join("systemctl.calls");
+    let stub = bin.join("systemctl");
+    std::fs::write(
+        &stub,
+        format!("#!/bin/sh\necho \"$*\" >> {}\nexit 0\n", calls.display()),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let prefix = format!("t{tag}:rl:");
+    let channel = format!("t{tag}:events");
+    let other = format!("tenant-{tag}:precious");
+    let redis_url = crate::helpers::redis_url();
+    let client = redis::Client::open(redis_url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys = [
+        other.clone(),
+        format!("{prefix}default:ip:1.2.3.4"),
+        format!("{prefix}login:ip:5.6.7.8"),
+        format!("{channel}:breaker:gpt-4"),
+    ];
+    for k in &keys {
+        let _: () = redis::cmd("SET")
+            .arg(k)
+            .arg("1")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let env_file = dir.path().join("aragora.env");
+    std::fs::write(
+        &env_file,
+        format!(
+            "ARAGORA_REDIS_URL={redis_url}\nARAGORA_RATE_LIMIT_PREFIX=\"{prefix}\"\n\
+             ARAGORA_EVENT_BUS_CHANNEL={channel}\nARAGORA_LOCK_DIR={}\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("aragora_8080.lock"), "123").unwrap();
+    let app = spawn_app().await;
+    let run = |args: &[&str], health: String| {
+        let mut cmd = tokio::process::Command::new("bash");
+        cmd.arg(&script)
+            .args(args)
+            .env(
+                "PATH",
+                format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+            )
+            .env("ARAGORA_ENV_FILE", &env_file)
+            .env("ARAGORA_RUN_DIR", dir.path().join("run"))
+            .env("ARAGORA_HEALTH_URL", health)
+            .env("ARAGORA_RECOVERY_HEALTH_ATTEMPTS", "1")
+            .stdin(std::process::Stdio::null());
+        cmd.output()
+    };
+    let exists = |k: String| {
+        let client = client.clone();
+        async move {
+            let mut c = client.get_multiplexed_async_connection().await.unwrap();
+            redis::cmd("EXISTS")
+                .arg(&k)
+                .query_async::<i64>(&mut c)
+                .await
+                .unwrap()
+                == 1
+        }
+    };
+
+    // Without --yes and without a terminal: refused, nothing done.
+    let out = run(&[], app.url("/api/health")).await.unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!calls.exists());
+    // --dry-run: says what it would do, does nothing.
+    let out = run(&["--dry-run"], app.url("/api/health")).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("systemctl kill -s KILL aragora"), "{text}");
+    assert!(!calls.exists(), "a dry run calls nothing");
+    for k in &keys {
+        assert!(exists(k.clone()).await, "{k} kept by the dry run");
+    }
+
+    let out = run(&["--yes"], app.url("/api/health")).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(exists(other.clone()).await, "another tenant's key survives");
+    for k in &keys[1..] {
+        assert!(!exists(k.clone()).await, "{k} cleared");
+    }
+    assert!(!dir.path().join("aragora_8080.lock").exists());
+    let recorded = std::fs::read_to_string(&calls).unwrap();
+    assert!(recorded.contains("stop aragora"), "{recorded}");
+    assert!(
+        recorded.contains("kill -s KILL aragora"),
+        "only the unit is killed: {recorded}"
+    );
+    assert!(recorded.contains("start aragora"), "{recorded}");
+    assert!(
+        !recorded.contains("redis") && !recorded.contains("postgresql"),
+        "dependencies that answer are not restarted: {recorded}"
+    );
+    let dropin = std::fs::read_to_string(
+        dir.path()
+            .join("run/systemd/system/aragora.service.d/50-emergency-safe-defaults.conf"),
+    )
+    .unwrap();
+    assert!(dropin.contains("EnvironmentFile="), "{dropin}");
+    let safe = std::fs::read_to_string(dir.path().join("run/aragora/emergency.env")).unwrap();
+    assert!(safe.contains("ARAGORA_MAX_CONCURRENT_DEBATES=3"));
+
+    // A failing final check is a failing exit status.
+    let dead = format!("http://127.0.0.1:{}/api/health", free_port());
+    let out = run(&["--yes"], dead).await.unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("CRITICAL"));
+    let out = run(&["--restore", "--yes"], app.url("/api/health"))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(!dir.path().join("run/aragora/emergency.env").exists());
+    let _: () = redis::cmd("DEL")
+        .arg(&other)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    app.stop().await.unwrap();
+}
