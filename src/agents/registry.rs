@@ -84,6 +84,10 @@ pub struct ProviderEndpoint {
     pub key_env: Option<&'static str>,
     pub key_required: bool,
     pub key_set: bool,
+    /// The operator set this provider up: its key, or for keyless Ollama its address
+    /// (OLLAMA_HOST / ARAGORA_OLLAMA_BASE_URL). The built-in default address of an
+    /// unconfigured Ollama is not a promise that one runs there.
+    pub configured: bool,
 }
 
 impl ProviderEndpoint {
@@ -191,6 +195,7 @@ pub fn provider_endpoints(env: &dyn Fn(&str) -> Option<String>) -> Vec<ProviderE
                 key_env: Some(key_env),
                 key_required,
                 key_set: env_value(env, key_env).is_some(),
+                configured: env_value(env, key_env).is_some(),
             },
         )
         .collect();
@@ -206,6 +211,9 @@ pub fn provider_endpoints(env: &dyn Fn(&str) -> Option<String>) -> Vec<ProviderE
         key_env: Some("OLLAMA_API_KEY"),
         key_required: false,
         key_set: env_value(env, "OLLAMA_API_KEY").is_some(),
+        configured: ["ARAGORA_OLLAMA_BASE_URL", "OLLAMA_HOST", "OLLAMA_API_KEY"]
+            .iter()
+            .any(|v| env_value(env, v).is_some()),
     });
     out.push(ProviderEndpoint {
         id: "demo",
@@ -213,6 +221,7 @@ pub fn provider_endpoints(env: &dyn Fn(&str) -> Option<String>) -> Vec<ProviderE
         key_env: None,
         key_required: false,
         key_set: false,
+        configured: true,
     });
     out
 }

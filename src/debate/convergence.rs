@@ -107,7 +107,7 @@ pub fn compare(
         } else {
             cosine(&vector(&ta, &idf), &vector(&tb, &idf))
         };
-        per_agent.insert(seat.clone(), (sim * 1000.0).round() / 1000.0);
+        per_agent.insert(seat.clone(), round3(sim));
     }
     if per_agent.is_empty() {
         return None;
@@ -126,13 +126,27 @@ pub fn compare(
         status,
         per_agent,
         min,
-        mean: (mean * 1000.0).round() / 1000.0,
+        mean: round3(mean),
     })
+}
+
+/// Three decimals, and never `-0` in the JSON (a tiny negative rounds to 0, not -0).
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0 + 0.0
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rounding_never_yields_negative_zero() {
+        let z = round3(-0.0);
+        assert!(z == 0.0 && z.is_sign_positive());
+        assert!(round3(-0.0001).is_sign_positive(), "{}", round3(-0.0001));
+        assert_eq!(serde_json::to_string(&round3(-0.0)).unwrap(), "0.0");
+        assert_eq!(round3(0.12345), 0.123);
+    }
 
     fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs

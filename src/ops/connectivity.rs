@@ -37,8 +37,10 @@ pub struct TargetReport {
     pub kind: &'static str,
     /// Where it is reached, without credentials.
     pub endpoint: String,
-    /// Every step passed.
+    /// Every step passed (true, with no steps, for a provider that is not configured).
     pub ok: bool,
+    /// `ok`, `failed`, or `not_configured` (no key or address set: not checked).
+    pub status: &'static str,
     pub total_ms: u64,
     pub steps: Vec<Step>,
 }
@@ -81,12 +83,21 @@ pub async fn check(
 ) -> ConnectivityReport {
     let started = Instant::now();
     let mut targets = Vec::new();
+    let mut unconfigured = Vec::new();
     for endpoint in state.debates.agents().endpoints() {
         if endpoint.base_url.is_empty() {
             continue;
         }
-        let configured = endpoint.key_set || !endpoint.key_required;
-        if !configured && !include_unconfigured {
+        if !endpoint.configured && !include_unconfigured {
+            unconfigured.push(TargetReport {
+                name: endpoint.id.to_owned(),
+                kind: "provider",
+                endpoint: strip_userinfo(&endpoint.base_url),
+                ok: true,
+                status: "not_configured",
+                total_ms: 0,
+                steps: Vec::new(),
+            });
             continue;
         }
         match target_from_url(endpoint.id, "provider", &endpoint.base_url, 443) {
@@ -138,6 +149,7 @@ pub async fn check(
                 kind,
                 endpoint: String::new(),
                 ok: false,
+                status: "failed",
                 total_ms: 0,
                 steps: vec![Step {
                     step: "config",
@@ -149,7 +161,8 @@ pub async fn check(
             },
         }
     });
-    let targets = futures::future::join_all(checks).await;
+    let mut targets = futures::future::join_all(checks).await;
+    targets.extend(unconfigured);
     ConnectivityReport {
         ok: targets.iter().all(|t| t.ok),
         step_timeout_ms: step_timeout.as_millis() as u64,
@@ -263,6 +276,7 @@ async fn check_target(state: &AppState, target: Target, budget: Duration) -> Tar
         kind: target.kind,
         endpoint: target.endpoint,
         ok,
+        status: if ok { "ok" } else { "failed" },
         total_ms: started.elapsed().as_millis() as u64,
         steps,
     }

@@ -707,3 +707,32 @@ async fn systemd_gets_ready_watchdog_and_stopping() {
     let (code, _, _) = server.wait_exit(Duration::from_secs(15));
     assert_eq!(code, 0);
 }
+
+#[tokio::test]
+async fn on_a_fresh_install_unconfigured_providers_are_not_configured_not_failed() {
+    let app = spawn_app_with(&[]).await;
+    let body: Value = app
+        .client
+        .post(app.url("/api/debug/connectivity-check?timeout_ms=500"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let targets = body["targets"].as_array().unwrap();
+    let ollama = targets.iter().find(|t| t["name"] == "ollama").unwrap();
+    assert_eq!(ollama["status"], "not_configured", "{body}");
+    assert_eq!(ollama["ok"], true);
+    for name in ["openai", "anthropic", "gemini"] {
+        let t = targets.iter().find(|t| t["name"] == name).unwrap();
+        assert_eq!(t["status"], "not_configured", "{name}: {body}");
+    }
+    let db = targets.iter().find(|t| t["name"] == "database").unwrap();
+    assert_eq!(db["status"], "ok");
+    assert_eq!(
+        body["ok"], true,
+        "nothing is wrong on a fresh install: {body}"
+    );
+    app.stop().await.unwrap();
+}
