@@ -135,6 +135,7 @@ pub async fn run_cli(config: &Config, options: Options) -> ExitCode {
     };
     match build_seats(&registry, &options.agents) {
         Ok(seats) => {
+            let rounds_requested = options.rounds;
             let input = DebateInput {
                 task: options.task,
                 judge: (options.consensus == ConsensusMode::Judge).then(|| seats[0].agent.clone()),
@@ -163,10 +164,26 @@ pub async fn run_cli(config: &Config, options: Options) -> ExitCode {
             if let Some(err) = &outcome.error {
                 println!("Reason: {err}");
             }
-            println!("Rounds used: {}", outcome.rounds_used);
+            println!("Rounds used: {} of {rounds_requested}", outcome.rounds_used);
+            if outcome.rounds_used < rounds_requested && outcome.error.is_none() {
+                let why = if r["consensus_reached"] == true {
+                    "consensus was reached"
+                } else if r["convergence"]["status"] == "converged" {
+                    "the answers converged (they stopped changing)"
+                } else {
+                    "the debate ended early"
+                };
+                println!("Stopped after round {}: {why}", outcome.rounds_used);
+            }
             println!("Consensus reached: {}", r["consensus_reached"]);
-            if let Some(w) = r["winner"].as_str() {
-                println!("Winner: {w} (confidence {})", r["confidence"]);
+            match (r["winner"].as_str(), r["consensus_reached"] == true) {
+                (Some(w), true) => println!("Winner: {w} (confidence {})", r["confidence"]),
+                (Some(w), false) => println!(
+                    "Most votes: {w} (share {}), short of what the consensus rule needs; \
+                     its answer is shown as the best available",
+                    r["confidence"]
+                ),
+                (None, _) => {}
             }
             if let Some(answer) = r["final_answer"].as_str() {
                 println!("\nFinal answer:\n{answer}");
@@ -209,8 +226,22 @@ fn build_seats(registry: &AgentRegistry, names: &[String]) -> Result<Vec<Seat>, 
         return Err(format!("--agents needs 2 to 10 names, got {}", names.len()));
     }
     let mut seats = Vec::new();
+    let endpoints = registry.endpoints();
     for (i, name) in names.iter().enumerate() {
         let agent = registry.resolve(name).map_err(|e| e.to_string())?;
+        // A seat whose provider has no key would only fail mid-debate: say so now.
+        if !agent.available() {
+            let key = endpoints
+                .iter()
+                .find(|e| e.id == agent.provider_id())
+                .and_then(|e| e.key_env)
+                .unwrap_or("its API key");
+            eprintln!(
+                "aragora: seat {name} ({}) cannot run: {key} is not set; it sits out",
+                agent.provider_id()
+            );
+            continue;
+        }
         let n = names[..=i].iter().filter(|x| *x == name).count();
         seats.push(Seat {
             name: if n == 1 {
@@ -221,6 +252,13 @@ fn build_seats(registry: &AgentRegistry, names: &[String]) -> Result<Vec<Seat>, 
             agent: Arc::new(RegistryAgent(agent)) as Arc<dyn DebateAgent>,
             stance: STANCES[i % STANCES.len()].to_owned(),
         });
+    }
+    if seats.len() < 2 {
+        return Err(format!(
+            "only {} of the {} seats can run; a debate needs at least two",
+            seats.len(),
+            names.len()
+        ));
     }
     Ok(seats)
 }

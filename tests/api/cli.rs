@@ -146,3 +146,51 @@ fn watch_refuses_a_non_websocket_url_with_exit_2_and_shows_its_retries() {
         "{seen:?}"
     );
 }
+
+#[test]
+fn debate_checks_keys_up_front_and_says_how_it_ended() {
+    let dir = tempfile::tempdir().unwrap();
+    // One of two seats has no key: refused before anything runs.
+    let out = command(dir.path(), &[])
+        .args([
+            "debate",
+            "Tabs or spaces?",
+            "--agents",
+            "demo,gpt-4",
+            "--rounds",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("OPENAI_API_KEY is not set"), "{err}");
+    assert!(err.contains("only 1 of the 2 seats can run"), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).trim().is_empty());
+
+    // Two seats still can: the keyless one sits out, the debate runs and says how it ended.
+    let out = command(dir.path(), &[])
+        .args([
+            "debate",
+            "Tabs or spaces?",
+            "--agents",
+            "demo,demo,gpt-4",
+            "--rounds",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sits out"));
+    assert!(stdout.contains("of 3"), "{stdout}");
+    assert!(
+        stdout.contains("Winner:")
+            || stdout.contains("Most votes:")
+            || stdout.contains("Consensus reached: false"),
+        "{stdout}"
+    );
+    if stdout.contains("Rounds used: 1 of 3") {
+        assert!(stdout.contains("Stopped after round 1:"), "{stdout}");
+    }
+}
