@@ -8,9 +8,10 @@
 //! - `Authorization: Bearer <key>` is sent whenever a key is set (also for ollama).
 //! - The output limit is sent as `max_completion_tokens` to `openai` (its reasoning models
 //!   reject `max_tokens`) and as `max_tokens` to every compatible service.
-//! - `stream_options: {include_usage: true}` is sent when streaming only to the services
-//!   known to accept it (`openai`, `openrouter`, `xai`, `deepseek`); Mistral validates its
-//!   parameters strictly (and reports usage in the last chunk anyway), Ollama may not know it.
+//! - `stream_options: {include_usage: true}` is sent when streaming to the services that
+//!   accept it (`openai`, `openrouter`, `xai`, `deepseek`, and `ollama`, whose OpenAI layer
+//!   honours it in current releases and ignores unknown fields in older ones); Mistral
+//!   validates its parameters strictly and reports usage in its last chunk unasked.
 //! - Without usage in the answer (common with Ollama and some proxies) the usage is
 //!   estimated from the text (`Usage::estimated == true`).
 //! - A stream must end with `data: [DONE]`; otherwise the call fails as `Malformed`.
@@ -23,7 +24,7 @@ use super::http::{self, ProviderClient};
 use super::*;
 
 /// Provider ids known to accept `stream_options.include_usage`.
-const STREAM_USAGE_IDS: [&str; 4] = ["openai", "openrouter", "xai", "deepseek"];
+const STREAM_USAGE_IDS: [&str; 5] = ["openai", "openrouter", "xai", "deepseek", "ollama"];
 
 pub struct OpenAiCompatible {
     id: String,
@@ -588,9 +589,13 @@ mod tests {
             completion.usage,
             http::estimate_usage(&req, "Four words here now")
         );
+        // Usage was asked for; an Ollama too old to send it leaves it estimated.
+        assert_eq!(
+            server.only_request().json()["stream_options"],
+            json!({"include_usage": true})
+        );
         let sent = server.only_request();
         assert_eq!(sent.header("authorization"), None, "no key, no header");
-        assert!(sent.json().get("stream_options").is_none());
     }
 
     #[tokio::test]
