@@ -44,7 +44,13 @@ pub fn access_for(path: &str) -> Access {
         || (p.starts_with("/agents/") && p.ends_with("/reset-circuit"))
     {
         Access::Admin
-    } else if under("/debates") || under("/billing") || p == "/auth/me" || p == "/auth/api-key" {
+    } else if under("/debates")
+        || under("/billing")
+        || under("/usage")
+        || p == "/auth/me"
+        || p == "/auth/api-key"
+        || p == "/auth/api-keys"
+    {
         Access::Member
     } else {
         Access::Public

@@ -65,6 +65,59 @@ pub struct DebateRequest {
     /// Cost cap in USD: once the debate's priced usage reaches it, the debate ends after the
     /// current phase with status `budget_exceeded` (default ARAGORA_DEBATE_MAX_COST_USD).
     pub max_cost_usd: Option<f64>,
+    /// The published SDK's form of the same settings (`create(protocol=…)`); a value given
+    /// both here and at the top level must agree.
+    pub protocol: Option<Protocol>,
+}
+
+/// `protocol` of a debate request, as the published SDK sends it.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Protocol {
+    pub rounds: Option<u32>,
+    pub min_rounds: Option<u32>,
+    pub consensus: Option<String>,
+    pub consensus_threshold: Option<f64>,
+    pub judge: Option<String>,
+}
+
+impl DebateRequest {
+    /// Fold `protocol` into the top-level fields; a field set in both with different values
+    /// is refused, naming it.
+    pub fn merge_protocol(mut self) -> Result<DebateRequest, CreateError> {
+        let Some(p) = self.protocol.take() else {
+            return Ok(self);
+        };
+        fn merge<T: PartialEq + std::fmt::Debug>(
+            field: &str,
+            top: &mut Option<T>,
+            inner: Option<T>,
+        ) -> Result<(), CreateError> {
+            match (top.as_ref(), inner) {
+                (Some(a), Some(b)) if *a != b => Err(CreateError::Invalid {
+                    field: format!("protocol.{field}"),
+                    message: format!(
+                        "`protocol.{field}` ({b:?}) disagrees with `{field}` ({a:?}); give one"
+                    ),
+                }),
+                (None, Some(b)) => {
+                    *top = Some(b);
+                    Ok(())
+                }
+                _ => Ok(()),
+            }
+        }
+        merge("rounds", &mut self.rounds, p.rounds)?;
+        merge("min_rounds", &mut self.min_rounds, p.min_rounds)?;
+        merge("consensus", &mut self.consensus, p.consensus)?;
+        merge(
+            "consensus_threshold",
+            &mut self.consensus_threshold,
+            p.consensus_threshold,
+        )?;
+        merge("judge", &mut self.judge, p.judge)?;
+        Ok(self)
+    }
 }
 
 /// Longest moderator message (characters).
@@ -241,6 +294,7 @@ impl DebateManager {
         if self.shutdown.is_cancelled() {
             return Err(CreateError::ShuttingDown);
         }
+        let request = request.merge_protocol()?;
         let plan = self.validate(&request)?;
         let queued = self.store.count_queued().await?;
         self.note_queued(queued);

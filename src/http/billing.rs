@@ -17,7 +17,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(usage))
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 pub struct UsageParams {
     /// RFC 3339 or YYYY-MM-DD (inclusive); default: start of the current month (UTC).
     from: Option<String>,
@@ -25,6 +25,17 @@ pub struct UsageParams {
     to: Option<String>,
     /// Another user's id (admin or owner only).
     user_id: Option<String>,
+}
+
+impl UsageParams {
+    /// The caller's own usage in `[from, to)`.
+    pub fn between(from: DateTime<Utc>, to: DateTime<Utc>) -> Self {
+        UsageParams {
+            from: Some(from.to_rfc3339()),
+            to: Some(to.to_rfc3339()),
+            user_id: None,
+        }
+    }
 }
 
 fn parse_time(field: &str, text: &str, end_of_day: bool) -> Result<DateTime<Utc>, ApiError> {

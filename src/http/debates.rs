@@ -26,6 +26,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_messages))
         .routes(routes!(list_events))
         .routes(routes!(cancel_debate))
+        .routes(routes!(export_debate))
         .routes(routes!(pause_debate))
         .routes(routes!(resume_debate))
         .routes(routes!(intervention_pause))
@@ -572,6 +573,75 @@ pub async fn inject_intervention(
     Ok((
         StatusCode::CREATED,
         Json(json!({"debate_id": id, "seq": stored.seq, "type": stored.kind})),
+    )
+        .into_response())
+}
+
+/// A debate exported whole (the SDK's `debates.get_export`): `json` is the record with its
+/// full event log; `md` is a readable transcript.
+#[utoipa::path(
+    get,
+    path = "/debates/{id}/export/{format}",
+    tag = "debates",
+    params(
+        ("id" = String, Path, description = "debate id"),
+        ("format" = String, Path, description = "json or md"),
+    ),
+    responses(
+        (status = 200, description = "`{\"debate\", \"events\"}` (json) or text/markdown (md)"),
+        (status = 404, body = ErrorBody),
+        (status = 422, description = "a format other than json or md", body = ErrorBody),
+    )
+)]
+pub async fn export_debate(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path((id, format)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    tracing::Span::current().record("debate_id", id.as_str());
+    if !matches!(format.as_str(), "json" | "md") {
+        return Err(ApiError::Validation {
+            field: "format".into(),
+            message: format!("export format `{format}` is not supported; use json or md"),
+        });
+    }
+    let record = load(&state, &principal, &id).await?;
+    let events = state.store.events_since(&id, 0, u32::MAX).await?;
+    if format == "json" {
+        return Ok(Json(json!({
+            "debate": debate_json(&record),
+            "events": events.iter().map(event_json).collect::<Vec<_>>(),
+        }))
+        .into_response());
+    }
+    let mut md = format!(
+        "# {}\n\nDebate `{}` — status **{}**\n",
+        record.task, record.id, record.status
+    );
+    for e in &events {
+        let line = crate::debate_cli::format_event(
+            &e.kind,
+            e.round.and_then(|r| u32::try_from(r).ok()),
+            e.agent.as_deref(),
+            &e.data,
+        );
+        if !line.trim().is_empty() {
+            md.push_str(&line);
+        }
+    }
+    if let Some(answer) = record
+        .result
+        .as_ref()
+        .and_then(|r| r["final_answer"].as_str())
+    {
+        md.push_str(&format!("\n## Final answer\n\n{answer}\n"));
+    }
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/markdown; charset=utf-8",
+        )],
+        md,
     )
         .into_response())
 }

@@ -4,6 +4,7 @@
 mod agents;
 mod auth;
 mod billing;
+mod compat;
 pub mod correlation;
 mod debates;
 mod health;
@@ -49,6 +50,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(billing::router())
         .merge(system::router())
         .merge(ops::router())
+        .merge(compat::router())
 }
 
 /// The OpenAPI document of the whole API, generated from the handlers.
@@ -67,6 +69,8 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/v1", Router::from(api_routes()))
         // One base URL reaches the WebSocket too (contract §5).
         .route("/ws", get(crate::ws::upgrade))
+        // Prometheus' default scrape path, and the SDK's `system.get_prometheus_metrics`.
+        .route("/metrics", get(compat::root_metrics))
         // The browser console: outside /api (not rate limited, not in the OpenAPI document).
         .merge(crate::admin::router(&config))
         .fallback(pipeline::not_found)

@@ -5,6 +5,7 @@
 mod admin;
 mod auth;
 mod cli;
+mod compat;
 mod debates;
 mod deploy;
 mod durable;
