@@ -29,13 +29,91 @@ pub struct Options {
 /// Prints each event as it happens. Agents of a phase answer concurrently, so their token
 /// deltas would interleave word by word; the terminal shows each message whole as soon as it
 /// is complete instead (the WebSocket stream carries the deltas).
-struct Printer;
+///
+/// On a terminal (and unless NO_COLOR is set) headings and names are coloured, and while
+/// the agents think a status line shows a spinner, the round and how long it has waited;
+/// piped output gets the plain lines only.
+struct Printer {
+    tty: bool,
+    colour: bool,
+    /// (the round under way, when the last event was printed, the status line is shown)
+    status: std::sync::Mutex<(u32, std::time::Instant, bool)>,
+}
 
 impl Printer {
+    fn new() -> Printer {
+        use std::io::IsTerminal;
+        let tty = std::io::stdout().is_terminal();
+        Printer {
+            tty,
+            colour: tty && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+            status: std::sync::Mutex::new((0, std::time::Instant::now(), false)),
+        }
+    }
+
     fn out(&self, text: &str) {
+        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
         let mut stdout = std::io::stdout().lock();
+        if status.2 {
+            // Clear the status line before the event takes its place.
+            let _ = stdout.write_all(b"\r\x1b[2K");
+            status.2 = false;
+        }
+        status.1 = std::time::Instant::now();
         let _ = stdout.write_all(text.as_bytes());
         let _ = stdout.flush();
+    }
+
+    fn paint(&self, kind: &str, text: String) -> String {
+        if !self.colour || text.trim().is_empty() {
+            return text;
+        }
+        let code = match kind {
+            "round_start" | "debate_start" => "1",
+            "agent_message" => "36",
+            "consensus" | "debate_end" => "32",
+            "agent_error" | "circuit_open" => "31",
+            "intervention" | "debate_paused" | "debate_resumed" => "33",
+            _ => return text,
+        };
+        let trimmed = text.trim_end_matches('\n');
+        let newlines = &text[trimmed.len()..];
+        format!("\x1b[{code}m{trimmed}\x1b[0m{newlines}")
+    }
+
+    /// While nothing has been printed for a moment, show what the debate waits for.
+    async fn spin(self: Arc<Self>, done: CancellationToken) {
+        const FRAMES: [char; 10] = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
+        let mut frame = 0;
+        loop {
+            tokio::select! {
+                _ = done.cancelled() => break,
+                _ = tokio::time::sleep(std::time::Duration::from_millis(120)) => {}
+            }
+            let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+            let waited = status.1.elapsed();
+            if waited < std::time::Duration::from_millis(300) {
+                continue;
+            }
+            frame = (frame + 1) % FRAMES.len();
+            let line = format!(
+                "\r\x1b[2K{} agents are thinking (round {}, {:.1} s)",
+                FRAMES[frame],
+                status.0.max(1),
+                waited.as_secs_f64()
+            );
+            let mut stdout = std::io::stdout().lock();
+            let _ = stdout.write_all(line.as_bytes());
+            let _ = stdout.flush();
+            status.2 = true;
+        }
+        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        if status.2 {
+            let mut stdout = std::io::stdout().lock();
+            let _ = stdout.write_all(b"\r\x1b[2K");
+            let _ = stdout.flush();
+            status.2 = false;
+        }
     }
 }
 
@@ -43,12 +121,11 @@ impl Printer {
 impl EventSink for Printer {
     async fn record(&self, events: &[Event]) -> Result<(), String> {
         for e in events {
-            self.out(&format_event(
-                e.kind(),
-                e.round,
-                e.agent.as_deref(),
-                &e.data(),
-            ));
+            if let Some(round) = e.round.filter(|_| e.kind() == "round_start") {
+                self.status.lock().unwrap_or_else(|p| p.into_inner()).0 = round;
+            }
+            let text = format_event(e.kind(), e.round, e.agent.as_deref(), &e.data());
+            self.out(&self.paint(e.kind(), text));
         }
         Ok(())
     }
@@ -157,8 +234,16 @@ pub async fn run_cli(config: &Config, options: Options) -> ExitCode {
                     ctrl_c.cancel();
                 }
             });
-            let printer = Arc::new(Printer);
+            let printer = Arc::new(Printer::new());
+            let spinning = CancellationToken::new();
+            let spinner = printer
+                .tty
+                .then(|| tokio::spawn(printer.clone().spin(spinning.clone())));
             let outcome = run(input, printer, cancel).await;
+            spinning.cancel();
+            if let Some(spinner) = spinner {
+                let _ = spinner.await;
+            }
             let r = &outcome.result;
             println!("\nStatus: {}", outcome.status.as_str());
             if let Some(err) = &outcome.error {

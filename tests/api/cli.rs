@@ -194,3 +194,62 @@ fn debate_checks_keys_up_front_and_says_how_it_ended() {
         assert!(stdout.contains("Stopped after round 1:"), "{stdout}");
     }
 }
+
+/// `aragora debate` in a terminal (through `script`, which gives it a pseudo-terminal).
+fn debate_in_a_terminal(dir: &std::path::Path, no_color: bool) -> String {
+    let bin = env!("CARGO_BIN_EXE_aragora");
+    let mut cmd = std::process::Command::new("script");
+    cmd.args([
+        "-qec",
+        &format!("{bin} debate 'Tabs or spaces?' --agents demo:400,demo:400 --rounds 1"),
+        "/dev/null",
+    ])
+    .env_clear()
+    .env("PATH", std::env::var("PATH").unwrap_or_default())
+    .env("TERM", "xterm")
+    .env("ARAGORA_DATA_DIR", dir.join("data"))
+    .env("ARAGORA_LOCK_DIR", dir);
+    if no_color {
+        cmd.env("NO_COLOR", "1");
+    }
+    let out = cmd.output().expect("script runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn debate_shows_progress_and_colour_on_a_terminal_and_plain_lines_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let tty = debate_in_a_terminal(dir.path(), false);
+    assert!(tty.contains("agents are thinking (round 1"), "{tty}");
+    assert!(
+        tty.contains("\u{1b}[36m"),
+        "agent messages coloured: {tty:?}"
+    );
+    let plain_tty = debate_in_a_terminal(dir.path(), true);
+    assert!(!plain_tty.contains("\u{1b}[36m"), "NO_COLOR honoured");
+    assert!(
+        plain_tty.contains("agents are thinking"),
+        "the progress line stays"
+    );
+    // Piped: plain lines, no escape sequences at all.
+    let out = command(dir.path(), &[])
+        .args([
+            "debate",
+            "Tabs or spaces?",
+            "--agents",
+            "demo:400,demo:400",
+            "--rounds",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    let piped = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(!piped.contains('\u{1b}'), "{piped:?}");
+    assert!(piped.contains("Debate ended:"));
+}
