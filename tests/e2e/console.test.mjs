@@ -132,6 +132,13 @@ describe("admin console against a running server with debates in progress", () =
     // The instance running it (the default instance id is host:api_port).
     assert.match(await page.textContent(`#panel-debates tr[data-debate="${running}"]`), new RegExp(`:${server.apiPort}`));
     assert.match(await page.textContent(`#panel-debates tr[data-debate="${queued}"]`), /queued.*monorepo/s);
+    // Finished debates, filterable by status.
+    await panelReady(page, "panel-finished");
+    assert.match(await page.textContent("#panel-finished"), /write-through/);
+    await page.selectOption("#finished-status", "cancelled");
+    await page.waitForFunction(() => !/write-through/.test(document.getElementById("panel-finished").textContent));
+    await page.selectOption("#finished-status", "");
+    await page.waitForFunction(() => /write-through/.test(document.getElementById("panel-finished").textContent));
     // Errors: the provider failures were logged.
     assert.ok((await page.locator("#panel-errors tbody tr").count()) > 0, "recent errors listed");
     assert.match(await page.textContent("#panel-errors tbody"), /claude|anthropic|agent/i);
@@ -458,6 +465,14 @@ describe("failure cases show a clear message", () => {
       assert.equal(await page.textContent("#who-role"), "owner");
       assert.ok(await page.isHidden("#sign-out"), "nothing to sign out of");
       assert.ok(await page.isHidden("#view-signin"));
+      // Nothing rated yet: the leaderboard says where ratings come from.
+      await panelReady(page, "panel-leaderboard");
+      assert.match(await page.textContent("#panel-leaderboard"), /between different agents/);
+      // The portal explains that keys are not needed instead of offering one that fails.
+      await page.goto(server.url + "/admin#/portal");
+      await page.waitForSelector("#keys-auth-off");
+      assert.match(await page.textContent("#keys-auth-off"), /Auth is off/);
+      assert.equal(await page.locator("#generate-key").count(), 0);
       await ctx.close();
     } finally {
       await server.stop();

@@ -578,13 +578,41 @@
     const list = data.ratings || [];
     p.render(list.length ? table([{ label: "#", num: true }, "Agent", { label: "Rating", num: true }, { label: "Games", num: true }, "W / L / D"],
       list.map((r) => ({ attrs: { "data-agent": r.agent }, cells: [r.rank, h("code", {}, r.agent), r.rating.toFixed(1), fmtNum(r.games), `${r.wins} / ${r.losses} / ${r.draws}`] })),
-      { label: "Leaderboard" }) : empty("No rated debates yet: ratings appear after the first finished debate."), `${list.length} agents`, "");
+      { label: "Leaderboard" }) : empty("No ratings yet. Ratings come from finished debates between different agents: a debate whose seats are all the same agent (all demo, say) rates no one."), `${list.length} agents`, "");
+  }
+
+  // Finished debates: newest first, filtered by status, paged with the API's cursor.
+  const FINISHED = ["completed", "no_consensus", "timeout", "failed", "cancelled", "budget_exceeded"];
+  S.finished = { cursors: [null], page: 0 };
+  async function loadFinished(p) {
+    const status = $("finished-status").value;
+    const cursor = S.finished.cursors[S.finished.page];
+    const q = new URLSearchParams({ limit: "10" });
+    if (status) q.set("status", status);
+    if (cursor) q.set("cursor", cursor);
+    // Without a status filter, ended debates are read a page at a time and the unfinished
+    // ones (shown in the panel above) left out.
+    const data = await api("GET", `/api/debates?${q}`);
+    const list = (data.debates || []).filter((d) => status || FINISHED.includes(d.status));
+    S.finished.next = data.next_cursor || null;
+    const rows = list.map((d) => ({
+      attrs: { "data-debate": d.id },
+      cells: [badge(d.status, toneOf(d.status)), h("div", {}, h("div", { class: "wrap" }, d.task), h("div", { class: "mono small muted" }, d.id)),
+        d.finished_at ? ago(d.finished_at) : "–",
+        h("a", { href: `#/live/${encodeURIComponent(d.id)}`, "aria-label": `Open debate ${d.id}` }, "Open")],
+    }));
+    const nav = h("div", { class: "inline-form pager" },
+      h("button", { type: "button", id: "finished-prev", disabled: S.finished.page === 0, onclick: () => { S.finished.page -= 1; fill("panel-finished", loadFinished); } }, "Newer"),
+      h("span", { class: "muted small" }, `page ${S.finished.page + 1}`),
+      h("button", { type: "button", id: "finished-next", disabled: !S.finished.next, onclick: () => { S.finished.cursors[S.finished.page + 1] = S.finished.next; S.finished.page += 1; fill("panel-finished", loadFinished); } }, "Older"));
+    p.render(h("div", {}, list.length ? table(["Status", { label: "Task", wrap: true }, "Ended", ""], rows, { label: "Finished debates" })
+      : empty(status ? `No ${status} debates on this page.` : "No finished debates on this page."), nav), `page ${S.finished.page + 1}`, "");
   }
 
   const CONSOLE_PANELS = [
     ["panel-health", loadHealth], ["panel-breakers", loadBreakers], ["panel-debates", loadDebates],
     ["panel-errors", loadErrors], ["panel-ratelimits", loadRateLimits], ["panel-websocket", loadWebSocket],
-    ["panel-leaderboard", loadLeaderboard],
+    ["panel-leaderboard", loadLeaderboard], ["panel-finished", loadFinished],
   ];
 
   async function refreshConsole() {
@@ -638,6 +666,12 @@
   }
 
   async function renderKey(p, fresh) {
+    if (!S.config.auth_enabled) {
+      // Without auth there is nothing to authenticate: the server refuses to issue keys.
+      p.render(h("div", { id: "keys-auth-off" },
+        empty("Auth is off on this server, so API keys are not needed: every caller on this host acts as the local owner. Set ARAGORA_JWT_SECRET (and create users with `aragora user create`) to use accounts and keys.")));
+      return;
+    }
     await loadMe();
     const key = S.me.api_key;
     const parts = [];
@@ -1012,6 +1046,10 @@
       const content = $("live-inject-text").value.trim();
       if (!content) { liveMessage("Write the message first.", "warn"); return; }
       steer("inject", { content, role: "moderator" });
+    });
+    $("finished-status").addEventListener("change", () => {
+      S.finished = { cursors: [null], page: 0 };
+      fill("panel-finished", loadFinished);
     });
     $("usage-period").addEventListener("submit", (e) => { e.preventDefault(); fill("panel-usage", loadUsage); });
     window.addEventListener("hashchange", route);
