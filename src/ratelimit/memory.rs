@@ -104,6 +104,8 @@ impl Limiter for MemoryLimiter {
     }
 
     async fn peek(&self, rule: Rule, key: &str, quota: Quota) -> Result<Decision, LimiterError> {
+        // A changed quota (SIGHUP) starts every bucket of the rule afresh, as a check does.
+        self.limiter(rule, quota);
         let reset_after = self
             .full_at
             .get(&(rule, key.to_owned()))
@@ -112,12 +114,20 @@ impl Limiter for MemoryLimiter {
         let interval = quota.interval().as_nanos();
         let used = reset_after.as_nanos().div_ceil(interval) as u32;
         let remaining = quota.limit.saturating_sub(used);
+        // Full: the next request fits once one interval's worth of the bucket has drained.
+        let retry_after = if remaining == 0 {
+            reset_after
+                .saturating_sub(quota.interval() * quota.limit.saturating_sub(1))
+                .max(Duration::from_millis(1))
+        } else {
+            Duration::ZERO
+        };
         Ok(Decision {
             allowed: remaining > 0,
             limit: quota.limit,
             remaining,
             reset_after,
-            retry_after: Duration::ZERO,
+            retry_after,
         })
     }
 }

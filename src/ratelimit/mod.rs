@@ -49,6 +49,14 @@ const MAX_TRACKED_HITS: usize = 10_000;
 /// How long a limited key stays in the admin view after its last hit.
 pub const HITS_WINDOW: Duration = Duration::from_secs(3600);
 
+/// A request let through the limiter, to be settled once its answer is known.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    pub decision: Decision,
+    /// Already counted (Redis): a refusal gives it back.
+    counted: bool,
+}
+
 /// A rate-limit rule. Its name labels the metric and the Redis keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -551,6 +559,61 @@ impl RateLimiter {
         (self.memory.check_now(rule, key, quota), Backend::Memory)
     }
 
+    /// Admit a request to be settled once its answer is known ([`RateLimiter::settle`]):
+    /// with Redis the request is counted now (one round trip, exact under concurrency) and
+    /// given back if it is refused; in memory the bucket is looked at now and charged only
+    /// for requests that are not refused (concurrent requests can overshoot by the ones in
+    /// flight).
+    pub async fn admit(&self, rule: Rule, key: &str) -> Admission {
+        let quota = self.settings.load().quota(rule);
+        if let Some(redis) = &self.redis
+            && (self.redis_ok.load(Ordering::Acquire) || self.claim_redis_retry())
+        {
+            match redis.check(rule, key, quota).await {
+                Ok(decision) => {
+                    self.redis_succeeded();
+                    return Admission {
+                        decision,
+                        counted: true,
+                    };
+                }
+                Err(err) => self.redis_failed(&err),
+            }
+        }
+        Admission {
+            decision: self
+                .memory
+                .peek(rule, key, quota)
+                .await
+                .expect("memory never fails"),
+            counted: false,
+        }
+    }
+
+    /// Settle an admitted request: a refused one costs nothing, any other one is counted.
+    /// Returns the decision for the response headers.
+    pub async fn settle(
+        &self,
+        rule: Rule,
+        key: &str,
+        admission: Admission,
+        refused: bool,
+    ) -> Decision {
+        let quota = self.settings.load().quota(rule);
+        match (admission.counted, refused) {
+            (true, true) => {
+                if let Some(redis) = &self.redis
+                    && let Err(err) = redis.refund(rule, key, quota).await
+                {
+                    self.redis_failed(&err);
+                }
+                admission.decision
+            }
+            (false, false) => self.memory.check_now(rule, key, quota),
+            _ => admission.decision,
+        }
+    }
+
     /// The bucket of `key` under `rule`, without counting.
     pub async fn peek(&self, rule: Rule, key: &str) -> Decision {
         let quota = self.settings.load().quota(rule);
@@ -759,31 +822,23 @@ pub async fn middleware(State(state): State<AppState>, mut req: Request, next: N
     if settings.disabled || whitelisted {
         return next.run(req).await;
     }
-    if rule == Rule::DebateCreate {
-        // Charged only for debates actually accepted: a request refused for bad input (4xx)
-        // or a full queue does not use up the caller's debate budget. The bucket is looked at
-        // first (a caller over the limit gets 429 without the body being read) and charged
-        // once the debate is accepted.
-        let peeked = limiter.peek(rule, &key).await;
-        if !peeked.allowed {
-            limiter.record_hit(rule, &key, &peeked);
-            return too_many_requests(rule, &peeked);
-        }
-        let mut response = next.run(req).await;
-        let decision = if response.status().is_success() {
-            limiter.decide(rule, &key).await.0
-        } else {
-            peeked
-        };
-        set_headers(response.headers_mut(), &decision);
-        return response;
-    }
-    let (decision, _) = limiter.decide(rule, &key).await;
-    if !decision.allowed {
-        limiter.record_hit(rule, &key, &decision);
-        return too_many_requests(rule, &decision);
+    // A request refused for what it is — bad input, an unknown route or debate, a debate not
+    // accepted — does not use up the caller's budget. Refused credentials (401/403) do: they
+    // are what a guesser sends.
+    let admission = limiter.admit(rule, &key).await;
+    if !admission.decision.allowed {
+        limiter.record_hit(rule, &key, &admission.decision);
+        return too_many_requests(rule, &admission.decision);
     }
     let mut response = next.run(req).await;
+    let status = response.status();
+    let refused = if rule == Rule::DebateCreate {
+        // Spent only by debates actually accepted.
+        !status.is_success()
+    } else {
+        status.is_client_error() && !matches!(status.as_u16(), 401 | 403 | 429)
+    };
+    let decision = limiter.settle(rule, &key, admission, refused).await;
     set_headers(response.headers_mut(), &decision);
     response
 }

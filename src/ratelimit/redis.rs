@@ -17,7 +17,8 @@ use redis::aio::MultiplexedConnection;
 use super::{Backend, Decision, Limiter, LimiterError, Quota, Rule};
 
 /// GCRA over the theoretical arrival time (TAT) stored at KEYS[1], in microseconds.
-/// ARGV: emission interval, burst tolerance (limit × interval), 1 = read only.
+/// ARGV: emission interval, burst tolerance (limit × interval), mode: 0 = decide,
+/// 1 = read only, 2 = give one request back (a refused request that was counted).
 /// Returns {allowed, remaining, reset_after_us, retry_after_us}. The key expires when the
 /// bucket is full again, so idle clients cost no memory. Mirrors `super::gcra`.
 pub const GCRA_SCRIPT: &str = r"
@@ -27,6 +28,15 @@ local peek = ARGV[3] == '1'
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if ARGV[3] == '2' then
+  local back = tat - interval
+  if back <= now then
+    redis.call('DEL', KEYS[1])
+  else
+    redis.call('SET', KEYS[1], back, 'PX', math.ceil((back - now) / 1000) + 1)
+  end
+  return {1, 0, 0, 0}
+end
 if tat < now then tat = now end
 if peek then
   local remaining = math.floor((burst - (tat - now)) / interval)
@@ -108,12 +118,17 @@ impl RedisLimiter {
         .await
     }
 
+    /// Give back one request of `key` (it was counted, then refused for bad input).
+    pub async fn refund(&self, rule: Rule, key: &str, quota: Quota) -> Result<(), LimiterError> {
+        self.run(rule, key, quota, "2").await.map(|_| ())
+    }
+
     async fn run(
         &self,
         rule: Rule,
         key: &str,
         quota: Quota,
-        peek: bool,
+        mode: &'static str,
     ) -> Result<Decision, LimiterError> {
         let interval = quota.interval().as_micros() as u64;
         let burst = interval * u64::from(quota.limit);
@@ -125,7 +140,7 @@ impl RedisLimiter {
                     .key(&redis_key)
                     .arg(interval)
                     .arg(burst)
-                    .arg(if peek { "1" } else { "0" })
+                    .arg(mode)
                     .invoke_async(&mut conn)
                     .await
             })
@@ -148,10 +163,10 @@ impl Limiter for RedisLimiter {
     }
 
     async fn check(&self, rule: Rule, key: &str, quota: Quota) -> Result<Decision, LimiterError> {
-        self.run(rule, key, quota, false).await
+        self.run(rule, key, quota, "0").await
     }
 
     async fn peek(&self, rule: Rule, key: &str, quota: Quota) -> Result<Decision, LimiterError> {
-        self.run(rule, key, quota, true).await
+        self.run(rule, key, quota, "1").await
     }
 }

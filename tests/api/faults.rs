@@ -338,3 +338,49 @@ async fn too_many_headers_and_too_long_a_uri_get_the_json_error_body() {
     assert_eq!(app.get("/api/health/live").await.status(), 200);
     app.stop().await.unwrap();
 }
+
+async fn refused_requests_are_free(extra: &[(&str, &str)]) {
+    let mut env = vec![("ARAGORA_RATE_LIMIT_RPM", "3")];
+    env.extend_from_slice(extra);
+    let app = spawn_app_with(&env).await;
+    for _ in 0..10 {
+        // Unknown debates and bad input cost nothing.
+        assert_eq!(app.get("/api/debates/no-such-debate").await.status(), 404);
+        assert_eq!(app.get("/api/debates?limit=0").await.status(), 400);
+    }
+    for _ in 0..3 {
+        assert_eq!(app.get("/api/agents").await.status(), 200);
+    }
+    let r = app.get("/api/agents").await;
+    assert_eq!(
+        r.status(),
+        429,
+        "three answered requests used the budget of three"
+    );
+    assert!(
+        r.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn refused_requests_do_not_use_up_the_limit_in_memory() {
+    refused_requests_are_free(&[]).await;
+}
+
+#[tokio::test]
+async fn refused_requests_do_not_use_up_the_limit_in_redis() {
+    let prefix = format!("t{}:rl:", uuid::Uuid::new_v4().simple());
+    let redis = crate::helpers::redis_url();
+    refused_requests_are_free(&[
+        ("ARAGORA_REDIS_URL", redis.as_str()),
+        ("ARAGORA_ENABLE_REDIS_RATE_LIMIT", "1"),
+        ("ARAGORA_RATE_LIMIT_PREFIX", prefix.as_str()),
+    ])
+    .await;
+}
