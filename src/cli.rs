@@ -140,7 +140,7 @@ pub fn run() -> ExitCode {
     };
     match cli.command {
         Command::Config => {
-            print!("{}", config.render());
+            say_raw(&config.render());
             ExitCode::SUCCESS
         }
         Command::Migrate => block_on(migrate(config)),
@@ -271,7 +271,10 @@ async fn migrate(config: Config) -> ExitCode {
     store.close().await;
     match result {
         Ok(()) => {
-            println!("migrations applied ({} database)", store.backend().as_str());
+            say(&format!(
+                "migrations applied ({} database)",
+                store.backend().as_str()
+            ));
             ExitCode::SUCCESS
         }
         Err(err) => {
@@ -305,10 +308,19 @@ fn health_url(url: &str) -> String {
     }
 }
 
-/// Print a line; a closed stdout (`aragora health | head -1`) is not an error.
-fn say(line: &str) {
+/// Print a line; a closed stdout (`aragora health | head -1`) is not an error: the
+/// command goes on (or ends) quietly instead of panicking on the broken pipe.
+pub(crate) fn say(line: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
+
+/// [`say`] without the newline.
+pub(crate) fn say_raw(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
 }
 
 fn health(url: &str) -> ExitCode {
@@ -429,12 +441,12 @@ fn create_user(config: Config, email: &str, role: &str) -> ExitCode {
         };
         let code = match store.create_user(&new).await {
             Ok(user) => {
-                println!(
+                say(&format!(
                     "created {} user {} (id {})",
                     role.as_str(),
                     user.email,
                     user.id
-                );
+                ));
                 ExitCode::SUCCESS
             }
             Err(crate::store::StoreError::Conflict(_)) => {

@@ -11,6 +11,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::agents::AgentRegistry;
+use crate::cli::say;
 use crate::config::Config;
 use crate::debate::manager::RegistryAgent;
 use crate::debate::prompts::STANCES;
@@ -245,11 +246,14 @@ pub async fn run_cli(config: &Config, options: Options) -> ExitCode {
                 let _ = spinner.await;
             }
             let r = &outcome.result;
-            println!("\nStatus: {}", outcome.status.as_str());
+            say(&format!("\nStatus: {}", outcome.status.as_str()));
             if let Some(err) = &outcome.error {
-                println!("Reason: {err}");
+                say(&format!("Reason: {err}"));
             }
-            println!("Rounds used: {} of {rounds_requested}", outcome.rounds_used);
+            say(&format!(
+                "Rounds used: {} of {rounds_requested}",
+                outcome.rounds_used
+            ));
             if outcome.rounds_used < rounds_requested && outcome.error.is_none() {
                 let why = if r["consensus_reached"] == true {
                     "consensus was reached"
@@ -258,33 +262,36 @@ pub async fn run_cli(config: &Config, options: Options) -> ExitCode {
                 } else {
                     "the debate ended early"
                 };
-                println!("Stopped after round {}: {why}", outcome.rounds_used);
+                say(&format!(
+                    "Stopped after round {}: {why}",
+                    outcome.rounds_used
+                ));
             }
-            println!("Consensus reached: {}", r["consensus_reached"]);
+            say(&format!("Consensus reached: {}", r["consensus_reached"]));
             match (r["winner"].as_str(), r["consensus_reached"] == true) {
-                (Some(w), true) => println!("Winner: {w} (confidence {})", r["confidence"]),
-                (Some(w), false) => println!(
+                (Some(w), true) => say(&format!("Winner: {w} (confidence {})", r["confidence"])),
+                (Some(w), false) => say(&format!(
                     "Most votes: {w} (share {}), short of what the consensus rule needs; \
                      its answer is shown as the best available",
                     r["confidence"]
-                ),
+                )),
                 (None, _) => {}
             }
             if let Some(answer) = r["final_answer"].as_str() {
-                println!("\nFinal answer:\n{answer}");
+                say(&format!("\nFinal answer:\n{answer}"));
             }
             if let Some(dissent) = r["dissent"].as_array().filter(|d| !d.is_empty()) {
-                println!("\nDissent:");
+                say(&format!("\nDissent:"));
                 for d in dissent {
-                    println!(
+                    say(&format!(
                         "  {} voted {}: {}",
                         d["agent"].as_str().unwrap_or(""),
                         d["voted_for"],
                         d["reasoning"].as_str().unwrap_or("")
-                    );
+                    ));
                 }
             }
-            println!(
+            say(&format!(
                 "\nTokens: {} in, {} out{}",
                 outcome.usage.input_tokens,
                 outcome.usage.output_tokens,
@@ -293,7 +300,7 @@ pub async fn run_cli(config: &Config, options: Options) -> ExitCode {
                 } else {
                     ""
                 }
-            );
+            ));
             match outcome.status.as_str() {
                 "completed" | "no_consensus" => ExitCode::SUCCESS,
                 _ => ExitCode::FAILURE,

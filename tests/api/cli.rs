@@ -253,3 +253,37 @@ fn debate_shows_progress_and_colour_on_a_terminal_and_plain_lines_otherwise() {
     assert!(!piped.contains('\u{1b}'), "{piped:?}");
     assert!(piped.contains("Debate ended:"));
 }
+
+#[test]
+fn every_command_ends_quietly_when_its_output_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    for args in [
+        vec!["config"],
+        vec!["health", "--url", dead.as_str()],
+        vec![
+            "debate",
+            "Tabs or spaces?",
+            "--agents",
+            "demo,demo",
+            "--rounds",
+            "1",
+        ],
+    ] {
+        let mut child = command(dir.path(), &[])
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take()); // the reader is gone before anything is written
+        let status = wait_child(&mut child, Duration::from_secs(30));
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(
+            status.code().is_some(),
+            "{args:?} ended by a signal: {status:?}"
+        );
+    }
+}
