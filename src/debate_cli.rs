@@ -281,7 +281,7 @@ pub async fn run_cli(config: &Config, options: Options) -> ExitCode {
                 say(&format!("\nFinal answer:\n{answer}"));
             }
             if let Some(dissent) = r["dissent"].as_array().filter(|d| !d.is_empty()) {
-                say(&format!("\nDissent:"));
+                say("\nDissent:");
                 for d in dissent {
                     say(&format!(
                         "  {} voted {}: {}",
