@@ -32,6 +32,8 @@ pub struct AppState {
     /// Debate queue, workers and the agent registry.
     pub debates: Arc<DebateManager>,
     pub metrics: Option<PrometheusHandle>,
+    /// Decision receipts: issuing, signing key, verification.
+    pub receipts: Arc<crate::receipts::Receipts>,
     /// Rate limits: rules, backends, SIGHUP reload.
     pub ratelimit: Arc<RateLimiter>,
     /// Failed logins per client IP (429 beyond the limit).
@@ -57,6 +59,8 @@ pub enum BuildError {
     Pricing(String),
     #[error("invalid redis URL: {0}")]
     Redis(String),
+    #[error("{0}")]
+    Receipts(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -85,6 +89,35 @@ pub async fn open_store(config: &Config) -> Result<DynStore, StoreError> {
 
 /// How often breaker transitions are exchanged with the other instances through Redis.
 const BREAKER_SYNC_PERIOD: Duration = Duration::from_millis(500);
+
+/// The key receipts are signed with: the configured file; in development without one, a key
+/// generated once under the data directory; none with `odr_unsigned` (production insists on
+/// one of the two, see `Config`).
+fn receipt_signer(config: &Config) -> Result<Option<Arc<crate::receipts::Signer>>, BuildError> {
+    use crate::receipts::Signer;
+    let fail = |e: crate::receipts::keys::KeyError| BuildError::Receipts(e.to_string());
+    let signer = match &config.odr_signing_key_file {
+        Some(path) => Signer::load(path).map_err(fail)?,
+        None if config.odr_unsigned => {
+            tracing::warn!(target: "aragora::receipts", "ARAGORA_ODR_UNSIGNED=1: decision receipts are issued unsigned");
+            return Ok(None);
+        }
+        None => {
+            let path = config.data_dir.join("odr-signing-key.pem");
+            let (signer, created) = Signer::load_or_create(&path).map_err(fail)?;
+            if created {
+                tracing::info!(
+                    target: "aragora::receipts",
+                    key_id = signer.key_id(), path = %path.display(),
+                    "generated a receipt signing key (development); set ARAGORA_ODR_SIGNING_KEY_FILE in production"
+                );
+            }
+            signer
+        }
+    };
+    tracing::info!(target: "aragora::receipts", key_id = signer.key_id(), "decision receipts are signed with key {}", signer.key_id());
+    Ok(Some(Arc::new(signer)))
+}
 
 /// Live events buffered for the fan-out dispatcher.
 const BUS_CAPACITY: usize = 16_384;
@@ -119,8 +152,25 @@ impl Application {
         let lock = PidLock::acquire(&config.lock_dir, config.api_port)?;
 
         let agents = Arc::new(load_agents(&config).map_err(BuildError::Agents)?);
+        let signer = receipt_signer(&config)?;
         let store = open_store(&config).await.map_err(BuildError::Store)?;
         store.migrate().await.map_err(BuildError::Migrate)?;
+        let receipts = {
+            let agents = agents.clone();
+            crate::receipts::Receipts::start(
+                store.clone(),
+                signer,
+                config.odr_issuer.clone(),
+                Box::new(move |name: &str| {
+                    agents
+                        .resolve(name)
+                        .ok()
+                        .map(|a| (a.provider_id().to_owned(), a.model().to_owned()))
+                }),
+            )
+            .await
+            .map_err(BuildError::Store)?
+        };
 
         let redis = match &config.redis_url {
             Some(url) => {
@@ -187,6 +237,19 @@ impl Application {
             shutdown.clone(),
             tasks.clone(),
         );
+        {
+            let receipts = receipts.clone();
+            let tasks = tasks.clone();
+            debates.on_decided(Arc::new(move |debate_id: String| {
+                let receipts = receipts.clone();
+                // A failure here is retried by the sweeper (run()).
+                tasks.spawn(async move {
+                    if let Err(e) = receipts.issue(&debate_id).await {
+                        tracing::warn!(target: "aragora::receipts", debate_id, error = %e, "receipt not issued yet; the sweeper retries");
+                    }
+                });
+            }));
+        }
         let ws = Arc::new(WsHub::new(WsLimits {
             max_connections: config.ws_max_connections as usize,
             max_per_ip: config.ws_max_per_ip as usize,
@@ -199,6 +262,7 @@ impl Application {
             redis,
             ws,
             debates,
+            receipts,
             login_limiter: Arc::new(crate::auth::LoginLimiter::new(
                 config.login_ip_max_failures,
                 config.login_lockout,
@@ -269,6 +333,9 @@ impl Application {
             );
         }
         state.debates.start();
+        state
+            .tasks
+            .spawn(state.receipts.clone().run_sweeper(state.shutdown.clone()));
         // With Redis, one instance's open breaker is seen by the others within a period.
         if let Some(redis) = &state.redis {
             state.tasks.spawn(

@@ -150,6 +150,9 @@ const SETTINGS: &[Setting] = &[
     s("pricing_file", &["ARAGORA_PRICING_FILE"]),
     s("admin_console", &["ARAGORA_ADMIN_CONSOLE"]),
     s("admin_api_url", &["ARAGORA_ADMIN_API_URL"]),
+    s("odr_signing_key_file", &["ARAGORA_ODR_SIGNING_KEY_FILE"]),
+    s("odr_unsigned", &["ARAGORA_ODR_UNSIGNED"]),
+    s("odr_issuer", &["ARAGORA_ODR_ISSUER"]),
 ];
 
 /// Provider credentials and endpoints, read from the environment only (contract §2).
@@ -424,6 +427,13 @@ pub struct Config {
     /// Origin of the API the console talks to (e.g. `https://api.example.com`); `None`
     /// means the console's own origin. Also added to the console's CSP `connect-src`.
     pub admin_api_url: Option<String>,
+    /// Receipts: the Ed25519 signing key (PKCS#8 PEM). Unset in development: a key generated
+    /// once under `data_dir`; unset in production: refused unless `odr_unsigned`.
+    pub odr_signing_key_file: Option<PathBuf>,
+    /// Issue receipts unsigned (production without a key file).
+    pub odr_unsigned: bool,
+    /// The issuer named in every ODR 0.2 signature.
+    pub odr_issuer: String,
     /// Provider keys and base URLs from the environment.
     pub providers: ProviderEnv,
     /// The `--config` file this was loaded from (SIGHUP re-reads it).
@@ -618,6 +628,17 @@ impl Config {
                     .into(),
             ));
         }
+        if env == Environment::Production
+            && p.text("odr_signing_key_file").is_none()
+            && !p.boolean("odr_unsigned")?
+        {
+            return Err(ConfigError::Conflict(
+                "ARAGORA_ENV=production needs ARAGORA_ODR_SIGNING_KEY_FILE (an Ed25519 PKCS#8 PEM, \
+                 e.g. `openssl genpkey -algorithm ed25519 -out /etc/aragora/odr-signing-key.pem`) \
+                 to sign decision receipts, or ARAGORA_ODR_UNSIGNED=1 to issue them unsigned"
+                    .into(),
+            ));
+        }
         let api_token = p.text("api_token");
         if let Some(token) = &api_token
             && token.len() < 16
@@ -773,6 +794,18 @@ impl Config {
             pricing_file: p.text("pricing_file").map(PathBuf::from),
             admin_console: p.boolean("admin_console")?,
             admin_api_url: p.origin("admin_api_url")?,
+            odr_signing_key_file: p.text("odr_signing_key_file").map(PathBuf::from),
+            odr_unsigned: p.boolean("odr_unsigned")?,
+            odr_issuer: match p.text("odr_issuer") {
+                Some(issuer) if issuer.trim().is_empty() || issuer.len() > 200 => {
+                    return Err(p.invalid(
+                        "odr_issuer",
+                        "1 to 200 characters, e.g. aragora.example.com",
+                    ));
+                }
+                Some(issuer) => issuer,
+                None => "aragora".into(),
+            },
             providers: ProviderEnv::default(),
             config_file: None,
             sources: Sources::default(),
@@ -1153,9 +1186,37 @@ mod tests {
         let ok = load(&[
             ("ARAGORA_ENV", "production"),
             ("ARAGORA_JWT_SECRET", "0123456789abcdef0123456789abcdef"),
+            ("ARAGORA_ODR_SIGNING_KEY_FILE", "/etc/aragora/odr.pem"),
         ])
         .unwrap();
         assert!(ok.auth_enabled());
+    }
+
+    #[test]
+    fn production_signs_receipts_or_says_it_will_not() {
+        let err = load(&[
+            ("ARAGORA_ENV", "production"),
+            ("ARAGORA_JWT_SECRET", "0123456789abcdef0123456789abcdef"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("ARAGORA_ODR_SIGNING_KEY_FILE"), "{err}");
+        assert!(err.contains("ARAGORA_ODR_UNSIGNED=1"), "{err}");
+        let unsigned = load(&[
+            ("ARAGORA_ENV", "production"),
+            ("ARAGORA_JWT_SECRET", "0123456789abcdef0123456789abcdef"),
+            ("ARAGORA_ODR_UNSIGNED", "1"),
+        ])
+        .unwrap();
+        assert!(unsigned.odr_unsigned);
+        assert_eq!(unsigned.odr_signing_key_file, None);
+        let dev = load(&[]).unwrap();
+        assert_eq!(dev.odr_issuer, "aragora");
+        assert!(!dev.odr_unsigned);
+        let err = load(&[("ARAGORA_ODR_ISSUER", " ")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ARAGORA_ODR_ISSUER"), "{err}");
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod ops;
 pub mod pricing;
 pub mod ratelimit;
 pub mod ratings;
+pub mod receipts;
 pub mod redis_client;
 pub mod store;
 pub mod telemetry;

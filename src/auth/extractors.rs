@@ -38,6 +38,15 @@ pub fn access_for(path: &str) -> Access {
         .or_else(|| path.strip_prefix("/api"))
         .unwrap_or(path);
     let under = |prefix: &str| p == prefix || p.starts_with(&format!("{prefix}/"));
+    // Receipts are made to be checked by third parties: exporting one (by its unguessable
+    // id), verifying a document and fetching the signing key need no account. Listing and
+    // reading follow debate visibility.
+    if p == "/v2/receipts/verify"
+        || p == "/v2/receipts/signing-key"
+        || (p.starts_with("/v2/receipts/") && p.ends_with("/export"))
+    {
+        return Access::Public;
+    }
     if under("/system")
         || under("/admin")
         || under("/debug")
@@ -45,6 +54,7 @@ pub fn access_for(path: &str) -> Access {
     {
         Access::Admin
     } else if under("/debates")
+        || under("/v2/receipts")
         || under("/billing")
         || under("/usage")
         || p == "/auth/me"

@@ -223,7 +223,12 @@ pub struct DebateManager {
     wake: Notify,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    /// Told the id of every debate this instance ends `completed` or `no_consensus`.
+    on_decided: std::sync::OnceLock<DecidedHook>,
 }
+
+/// What runs when a debate ends with a decision (the receipts service issues its receipt).
+pub type DecidedHook = Arc<dyn Fn(String) + Send + Sync>;
 
 impl DebateManager {
     pub fn new(
@@ -245,7 +250,14 @@ impl DebateManager {
             wake: Notify::new(),
             shutdown,
             tasks,
+            on_decided: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Call `hook` with the id of every debate this instance ends `completed` or
+    /// `no_consensus`, right after its end is stored. Set once, at start-up.
+    pub fn on_decided(&self, hook: DecidedHook) {
+        let _ = self.on_decided.set(hook);
     }
 
     pub fn agents(&self) -> &Arc<AgentRegistry> {
@@ -954,6 +966,13 @@ impl DebateManager {
         }
         metrics::histogram!("aragora_debate_duration_seconds")
             .record((spent + started.elapsed()).as_secs_f64());
+        if matches!(
+            outcome.status,
+            FinalStatus::Completed | FinalStatus::NoConsensus
+        ) && let Some(hook) = self.on_decided.get()
+        {
+            hook(id.clone());
+        }
         tracing::info!(
             target: "aragora::debate",
             debate_id = %id,

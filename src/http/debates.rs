@@ -61,6 +61,7 @@ pub fn debate_json(d: &DebateRecord) -> Value {
         "result": d.result,
         "error": d.error,
         "usage": d.result.as_ref().and_then(|r| r.get("usage")),
+        "receipt_id": d.receipt_id,
     })
 }
 

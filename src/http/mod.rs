@@ -14,6 +14,7 @@ mod openapi;
 mod ops;
 mod pipeline;
 mod rate_limits;
+mod receipts;
 pub mod server;
 mod system;
 mod ws_stats;
@@ -51,12 +52,18 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(system::router())
         .merge(ops::router())
         .merge(compat::router())
+        .merge(receipts::debate_router())
+}
+
+/// Routes mounted under `/api` only: the receipts API lives at `/api/v2/receipts`.
+fn api_only_routes() -> OpenApiRouter<AppState> {
+    api_routes().merge(receipts::v2_router())
 }
 
 /// The OpenAPI document of the whole API, generated from the handlers.
 pub fn openapi_document() -> utoipa::openapi::OpenApi {
     let (_, document) = OpenApiRouter::<AppState>::with_openapi(openapi::ApiDoc::openapi())
-        .nest("/api", api_routes())
+        .nest("/api", api_only_routes())
         .split_for_parts();
     document
 }
@@ -65,12 +72,14 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
 pub fn router(state: AppState) -> Router {
     let config = state.config.clone();
     Router::new()
-        .nest("/api", Router::from(api_routes()))
+        .nest("/api", Router::from(api_only_routes()))
         .nest("/api/v1", Router::from(api_routes()))
         // One base URL reaches the WebSocket too (contract §5).
         .route("/ws", get(crate::ws::upgrade))
         // Prometheus' default scrape path, and the SDK's `system.get_prometheus_metrics`.
         .route("/metrics", get(compat::root_metrics))
+        // The receipts' trust anchor, where verifiers look for it.
+        .merge(receipts::well_known())
         // The browser console: outside /api (not rate limited, not in the OpenAPI document).
         .merge(crate::admin::router(&config))
         .fallback(pipeline::not_found)

@@ -31,6 +31,8 @@ use crate::app::AppState;
         (name = "agents", description = "Agents, circuit breakers and test calls"),
         (name = "auth", description = "Login, token refresh, the caller, API keys"),
         (name = "billing", description = "Usage and cost"),
+        (name = "receipts", description = "Signed decision receipts (Open Decision Receipt 0.1 / 0.2) \
+                                            and their verification"),
         (name = "system", description = "Operator endpoints (/api/system, /api/debug, /api/admin): \
                                           admin or owner when auth is on"),
     )

@@ -283,6 +283,9 @@ pub struct DebateRecord {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// The debate's signed receipt, once issued (completed and no_consensus debates).
+    #[serde(default)]
+    pub receipt_id: Option<String>,
 }
 
 /// What a caller supplies to create a debate; the store fills the rest
@@ -761,7 +764,53 @@ pub trait Store: Send + Sync + 'static {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> StoreResult<UsageSummary>;
+
+    /// Store a debate's receipt and set the debate's `receipt_id`, in one transaction.
+    /// `false` (nothing written) when the debate already has one.
+    async fn insert_receipt(&self, receipt: &NewReceipt) -> StoreResult<bool>;
+
+    async fn get_receipt(&self, receipt_id: &str) -> StoreResult<Option<ReceiptRow>>;
+
+    async fn receipt_of_debate(&self, debate_id: &str) -> StoreResult<Option<ReceiptRow>>;
+
+    /// Receipts newest first (of one owner when given) and how many there are in all.
+    async fn list_receipts(
+        &self,
+        owner_id: Option<&str>,
+        limit: u32,
+        offset: u32,
+    ) -> StoreResult<(Vec<ReceiptRow>, i64)>;
+
+    /// Debates that ended `completed` or `no_consensus` and have no receipt yet, oldest first.
+    async fn debates_awaiting_receipt(&self, limit: u32) -> StoreResult<Vec<String>>;
+
+    /// Remember a public key that signs receipts (kept when already known).
+    async fn register_signing_key(&self, key_id: &str, public_key_pem: &str) -> StoreResult<()>;
+
+    /// The public key PEM of a key that has signed receipts here.
+    async fn signing_key(&self, key_id: &str) -> StoreResult<Option<String>>;
 }
+
+/// A receipt to store (see [`crate::receipts`]).
+#[derive(Debug, Clone)]
+pub struct NewReceipt {
+    pub receipt_id: String,
+    pub debate_id: String,
+    pub owner_id: Option<String>,
+    pub verdict: String,
+    pub key_id: Option<String>,
+    pub chain_head: String,
+    pub event_count: i64,
+    pub issued_at: DateTime<Utc>,
+    /// The native receipt, as served.
+    pub receipt: String,
+    /// The signed ODR documents, as served.
+    pub odr_v01: String,
+    pub odr_v02: String,
+}
+
+/// A stored receipt: the same fields.
+pub type ReceiptRow = NewReceipt;
 
 pub type DynStore = Arc<dyn Store>;
 

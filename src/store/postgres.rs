@@ -9,7 +9,7 @@ use super::*;
 
 /// Every column, in the order [`DebateRow`] expects.
 const DEBATE_COLUMNS: &str = "id, task, status, agents, rounds, rounds_used, consensus, owner_id, \
-     correlation_id, options, result, error, created_at, started_at, finished_at, instance";
+     correlation_id, options, result, error, created_at, started_at, finished_at, instance, receipt_id";
 
 pub struct PostgresStore {
     pool: PgPool,
@@ -33,6 +33,7 @@ struct DebateRow {
     started_at: Option<DateTime<Utc>>,
     finished_at: Option<DateTime<Utc>>,
     instance: Option<String>,
+    receipt_id: Option<String>,
 }
 
 impl DebateRow {
@@ -55,6 +56,7 @@ impl DebateRow {
             created_at: r.created_at,
             started_at: r.started_at,
             finished_at: r.finished_at,
+            receipt_id: r.receipt_id,
         })
     }
 }
@@ -514,6 +516,7 @@ impl Store for PostgresStore {
             created_at,
             started_at: None,
             finished_at: None,
+            receipt_id: None,
         };
         Ok((record, stored))
     }
@@ -1202,6 +1205,152 @@ impl Store for PostgresStore {
                 )
                 .collect(),
         })
+    }
+
+    async fn insert_receipt(&self, r: &NewReceipt) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO receipts (receipt_id, debate_id, owner_id, verdict, key_id, chain_head, \
+             event_count, issued_at, receipt, odr_v01, odr_v02) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING",
+        )
+        .bind(&r.receipt_id)
+        .bind(&r.debate_id)
+        .bind(&r.owner_id)
+        .bind(&r.verdict)
+        .bind(&r.key_id)
+        .bind(&r.chain_head)
+        .bind(r.event_count)
+        .bind(r.issued_at)
+        .bind(&r.receipt)
+        .bind(&r.odr_v01)
+        .bind(&r.odr_v02)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if inserted {
+            sqlx::query("UPDATE debates SET receipt_id = $1 WHERE id = $2")
+                .bind(&r.receipt_id)
+                .bind(&r.debate_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    async fn get_receipt(&self, receipt_id: &str) -> StoreResult<Option<ReceiptRow>> {
+        let sql = format!("SELECT {RECEIPT_COLUMNS} FROM receipts WHERE receipt_id = $1");
+        let row: Option<PgReceiptRow> = sqlx::query_as(&sql)
+            .bind(receipt_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(PgReceiptRow::into_row))
+    }
+
+    async fn receipt_of_debate(&self, debate_id: &str) -> StoreResult<Option<ReceiptRow>> {
+        let sql = format!("SELECT {RECEIPT_COLUMNS} FROM receipts WHERE debate_id = $1");
+        let row: Option<PgReceiptRow> = sqlx::query_as(&sql)
+            .bind(debate_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(PgReceiptRow::into_row))
+    }
+
+    async fn list_receipts(
+        &self,
+        owner_id: Option<&str>,
+        limit: u32,
+        offset: u32,
+    ) -> StoreResult<(Vec<ReceiptRow>, i64)> {
+        let sql = format!(
+            "SELECT {RECEIPT_COLUMNS} FROM receipts WHERE ($1::TEXT IS NULL OR owner_id = $1) \
+             ORDER BY issued_at DESC, receipt_id LIMIT $2 OFFSET $3"
+        );
+        let rows: Vec<PgReceiptRow> = sqlx::query_as(&sql)
+            .bind(owner_id)
+            .bind(i64::from(limit))
+            .bind(i64::from(offset))
+            .fetch_all(&self.pool)
+            .await?;
+        let total: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM receipts WHERE ($1::TEXT IS NULL OR owner_id = $1)",
+        )
+        .bind(owner_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((
+            rows.into_iter().map(PgReceiptRow::into_row).collect(),
+            total,
+        ))
+    }
+
+    async fn debates_awaiting_receipt(&self, limit: u32) -> StoreResult<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM debates WHERE receipt_id IS NULL \
+             AND status IN ('completed', 'no_consensus') ORDER BY finished_at LIMIT $1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn register_signing_key(&self, key_id: &str, public_key_pem: &str) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO receipt_keys (key_id, public_key_pem, first_used_at) \
+             VALUES ($1, $2, now()) ON CONFLICT (key_id) DO NOTHING",
+        )
+        .bind(key_id)
+        .bind(public_key_pem)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn signing_key(&self, key_id: &str) -> StoreResult<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT public_key_pem FROM receipt_keys WHERE key_id = $1")
+                .bind(key_id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+}
+
+const RECEIPT_COLUMNS: &str = "receipt_id, debate_id, owner_id, verdict, key_id, chain_head, \
+     event_count, issued_at, receipt, odr_v01, odr_v02";
+
+#[derive(sqlx::FromRow)]
+struct PgReceiptRow {
+    receipt_id: String,
+    debate_id: String,
+    owner_id: Option<String>,
+    verdict: String,
+    key_id: Option<String>,
+    chain_head: String,
+    event_count: i64,
+    issued_at: DateTime<Utc>,
+    receipt: String,
+    odr_v01: String,
+    odr_v02: String,
+}
+
+impl PgReceiptRow {
+    fn into_row(self) -> ReceiptRow {
+        ReceiptRow {
+            receipt_id: self.receipt_id,
+            debate_id: self.debate_id,
+            owner_id: self.owner_id,
+            verdict: self.verdict,
+            key_id: self.key_id,
+            chain_head: self.chain_head,
+            event_count: self.event_count,
+            issued_at: self.issued_at,
+            receipt: self.receipt,
+            odr_v01: self.odr_v01,
+            odr_v02: self.odr_v02,
+        }
     }
 }
 

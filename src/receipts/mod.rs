@@ -1,0 +1,239 @@
+//! Signed decision receipts. Every debate that ends `completed` or `no_consensus` gets one,
+//! issued once right after its end (and by a sweeper for any debate whose instance died in
+//! between) and stored immutably: the native receipt and its Open Decision Receipt
+//! documents (profiles 0.1 and 0.2) are kept as the exact bytes served, so exporting twice
+//! gives identical JSON and a later key change never alters an issued receipt.
+//!
+//! The receipt binds the whole transcript through [`chain`]; the signature covers the
+//! receipt; anyone verifies both offline (`aragora-verify`, `aragora receipt verify`).
+
+pub mod chain;
+pub mod document;
+pub mod keys;
+pub mod verify;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use ed25519_dalek::VerifyingKey;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{DebateStatus, DynStore, NewReceipt, ReceiptRow, StoreError};
+use document::{Facts, OdrVersion};
+pub use keys::Signer;
+
+/// Resolves a judge agent's (provider, model) by name.
+pub type ModelLookup = Box<dyn Fn(&str) -> Option<(String, String)> + Send + Sync>;
+
+/// How often finished debates still without a receipt are looked for.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+pub struct Receipts {
+    store: DynStore,
+    signer: Option<Arc<Signer>>,
+    issuer: String,
+    judge_model: ModelLookup,
+    /// Public keys by key id: this instance's, and every key that signed a stored receipt
+    /// (read from the store once asked for).
+    keys: std::sync::RwLock<HashMap<String, VerifyingKey>>,
+}
+
+impl Receipts {
+    /// Register this instance's public key (so every instance, and receipts signed before a
+    /// key rotation, can be verified by the server) and build the service.
+    pub async fn start(
+        store: DynStore,
+        signer: Option<Arc<Signer>>,
+        issuer: String,
+        judge_model: ModelLookup,
+    ) -> Result<Arc<Receipts>, StoreError> {
+        let mut keys = HashMap::new();
+        if let Some(signer) = &signer {
+            store
+                .register_signing_key(signer.key_id(), signer.public_pem())
+                .await?;
+            keys.insert(signer.key_id().to_owned(), signer.verifying_key());
+        }
+        Ok(Arc::new(Receipts {
+            store,
+            signer,
+            issuer,
+            judge_model,
+            keys: std::sync::RwLock::new(keys),
+        }))
+    }
+
+    pub fn signer(&self) -> Option<&Signer> {
+        self.signer.as_deref()
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// The receipt of a finished debate, issuing it now if it has none yet. `None` when the
+    /// debate does not exist or did not end `completed` / `no_consensus`.
+    pub async fn issue(&self, debate_id: &str) -> Result<Option<ReceiptRow>, StoreError> {
+        if let Some(existing) = self.store.receipt_of_debate(debate_id).await? {
+            return Ok(Some(existing));
+        }
+        let Some(record) = self.store.get_debate(debate_id).await? else {
+            return Ok(None);
+        };
+        if !matches!(
+            record.status,
+            DebateStatus::Completed | DebateStatus::NoConsensus
+        ) {
+            return Ok(None);
+        }
+        let events = self.store.events_since(debate_id, 0, u32::MAX).await?;
+        let issued = Utc::now();
+        let issued_at = issued.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+        let facts = Facts::gather(
+            &record,
+            &events,
+            format!("rcpt-{}", uuid::Uuid::new_v4()),
+            issued_at.clone(),
+            &self.judge_model,
+        );
+        let key_id = self.signer.as_ref().map(|s| s.key_id().to_owned());
+        let documents = [OdrVersion::V01, OdrVersion::V02].map(|v| {
+            let mut doc = facts.odr(v);
+            if let Some(signer) = &self.signer {
+                document::sign(&mut doc, v, signer, &self.issuer, &issued_at);
+            }
+            chain::canonical(&doc)
+        });
+        let [odr_v01, odr_v02] =
+            documents.map(|bytes| String::from_utf8(bytes).unwrap_or_default());
+        let new = NewReceipt {
+            receipt_id: facts.receipt_id.clone(),
+            debate_id: record.id.clone(),
+            owner_id: record.owner_id.clone(),
+            verdict: facts.verdict.to_owned(),
+            key_id: key_id.clone(),
+            chain_head: facts.chain_head.clone(),
+            event_count: facts.event_count as i64,
+            issued_at: issued,
+            receipt: facts.native(key_id.as_deref(), &self.issuer).to_string(),
+            odr_v01,
+            odr_v02,
+        };
+        // One receipt per debate: when another instance issued it first, theirs stands.
+        if self.store.insert_receipt(&new).await? {
+            metrics::counter!("aragora_receipts_issued_total", "signed" => if key_id.is_some() { "true" } else { "false" })
+                .increment(1);
+            tracing::info!(
+                target: "aragora::receipts",
+                debate_id, receipt_id = %new.receipt_id, key_id = key_id.as_deref().unwrap_or("unsigned"),
+                "receipt issued for debate {debate_id}"
+            );
+        }
+        self.store.receipt_of_debate(debate_id).await
+    }
+
+    /// Issue the receipts of finished debates that have none (their instance stopped between
+    /// the end and the receipt, or they ended before receipts existed). Returns how many.
+    pub async fn sweep(&self) -> Result<usize, StoreError> {
+        let mut issued = 0;
+        loop {
+            let pending = self.store.debates_awaiting_receipt(100).await?;
+            if pending.is_empty() {
+                return Ok(issued);
+            }
+            let batch = pending.len();
+            for id in pending {
+                if self.issue(&id).await?.is_some() {
+                    issued += 1;
+                }
+            }
+            if batch < 100 {
+                return Ok(issued);
+            }
+        }
+    }
+
+    /// Sweep at start and then every [`SWEEP_EVERY`] until shutdown.
+    pub async fn run_sweeper(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut every = tokio::time::interval(SWEEP_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = every.tick() => {}
+            }
+            match self.sweep().await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(target: "aragora::receipts", issued = n, "issued {n} pending receipt(s)")
+                }
+                Err(e) => {
+                    tracing::warn!(target: "aragora::receipts", error = %e, "receipt sweep failed; retrying later")
+                }
+            }
+        }
+    }
+
+    /// A trusted public key by id: this instance's or one registered in the store.
+    pub async fn key(&self, key_id: &str) -> Result<Option<VerifyingKey>, StoreError> {
+        if let Some(key) = self
+            .keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key_id)
+        {
+            return Ok(Some(*key));
+        }
+        let Some(pem) = self.store.signing_key(key_id).await? else {
+            return Ok(None);
+        };
+        let Some(key) = keys::public_key_from_pem(&pem).filter(|k| keys::key_id(k) == key_id)
+        else {
+            return Ok(None);
+        };
+        self.keys
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key_id.to_owned(), key);
+        Ok(Some(key))
+    }
+
+    /// The public key PEM of a key id.
+    pub async fn key_pem(&self, key_id: &str) -> Result<Option<String>, StoreError> {
+        if let Some(signer) = &self.signer
+            && signer.key_id() == key_id
+        {
+            return Ok(Some(signer.public_pem().to_owned()));
+        }
+        self.store.signing_key(key_id).await
+    }
+
+    /// Verify a document against every key this deployment has signed with.
+    pub async fn verify(&self, doc: &Value) -> Result<verify::Verification, StoreError> {
+        let mut trusted = HashMap::new();
+        for entry in doc["signatures"].as_array().into_iter().flatten() {
+            if let Some(id) = entry["key_id"].as_str()
+                && let Some(key) = self.key(id).await?
+            {
+                trusted.insert(id.to_owned(), key);
+            }
+        }
+        Ok(verify::verify(doc, &|id| trusted.get(id).copied()))
+    }
+}
+
+/// The ODR document of `row` in `version`, as stored.
+pub fn odr_text(row: &ReceiptRow, version: OdrVersion) -> &str {
+    match version {
+        OdrVersion::V01 => &row.odr_v01,
+        OdrVersion::V02 => &row.odr_v02,
+    }
+}
+
+/// The native receipt of `row` with the fields the row tracks.
+pub fn native_json(row: &ReceiptRow) -> Value {
+    serde_json::from_str(&row.receipt).unwrap_or(Value::Null)
+}
