@@ -75,12 +75,40 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Decision receipts (offline; no server needed).
+    Receipt {
+        #[command(subcommand)]
+        command: ReceiptCommand,
+    },
     /// Query a server's health: exit 0 healthy, 1 degraded, 2 unhealthy or unreachable.
     Health {
         /// Health endpoint URL, or the server's base URL (`/api/health` is added). Default:
         /// this host's configured API port (ARAGORA_API_PORT or `--config`).
         #[arg(long)]
         url: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ReceiptCommand {
+    /// Verify an Open Decision Receipt (from `/api/v2/receipts/{id}/export?format=odr`):
+    /// its shape, canonical digest and Ed25519 signature and, with `--events`, that the
+    /// debate's event log hashes to the transcript digest it binds. Exit 0 verified, 1 a
+    /// check failed, 2 unreadable input, 3 well-formed but the signature was not checked
+    /// (no `--pubkey`).
+    Verify {
+        /// The receipt (ODR JSON).
+        file: std::path::PathBuf,
+        /// The debate's events: the JSON of `GET /api/debates/{id}/events` (or of
+        /// `/api/debates/{id}/export/json`), holding the whole log.
+        #[arg(long)]
+        events: Option<std::path::PathBuf>,
+        /// The signer's public key (SPKI PEM, from `/.well-known/aragora-odr-signing-key`).
+        #[arg(long)]
+        pubkey: Option<std::path::PathBuf>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -119,6 +147,18 @@ pub fn run() -> ExitCode {
             None => format!("http://127.0.0.1:{}/api/health", local_ports(&cli).0),
         };
         return health(&url);
+    }
+    if let Command::Receipt {
+        command:
+            ReceiptCommand::Verify {
+                file,
+                events,
+                pubkey,
+                json,
+            },
+    } = &cli.command
+    {
+        return crate::receipts::cli::verify(file, events.as_deref(), pubkey.as_deref(), *json);
     }
     if let Command::Watch { debate_id, server } = &cli.command {
         let server = server
@@ -182,7 +222,9 @@ pub fn run() -> ExitCode {
         Command::User {
             command: UserCommand::Create { email, role },
         } => create_user(config, &email, &role),
-        Command::Health { .. } | Command::Watch { .. } => unreachable!("handled above"),
+        Command::Health { .. } | Command::Watch { .. } | Command::Receipt { .. } => {
+            unreachable!("handled above")
+        }
     }
 }
 

@@ -1213,7 +1213,8 @@ mod tests {
         let dev = load(&[]).unwrap();
         assert_eq!(dev.odr_issuer, "aragora");
         assert!(!dev.odr_unsigned);
-        let err = load(&[("ARAGORA_ODR_ISSUER", " ")])
+        let long = "x".repeat(201);
+        let err = load(&[("ARAGORA_ODR_ISSUER", long.as_str())])
             .unwrap_err()
             .to_string();
         assert!(err.contains("ARAGORA_ODR_ISSUER"), "{err}");

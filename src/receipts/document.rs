@@ -539,3 +539,264 @@ pub fn sign(doc: &mut Value, version: OdrVersion, signer: &Signer, issuer: &str,
         json!(base64::engine::general_purpose::STANDARD.encode(signature.to_bytes()));
     doc["signatures"] = json!([entry]);
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+
+    use super::*;
+    use crate::receipts::verify::{Status, verify};
+
+    fn event(
+        seq: i64,
+        kind: &str,
+        round: Option<i32>,
+        agent: Option<&str>,
+        data: Value,
+    ) -> StoredEvent {
+        StoredEvent {
+            debate_id: "d1".into(),
+            seq,
+            kind: kind.into(),
+            round,
+            agent: agent.map(str::to_owned),
+            data,
+            timestamp: chrono::DateTime::parse_from_rfc3339("2026-12-03T10:00:00.123456Z")
+                .unwrap()
+                .with_timezone(&Utc),
+        }
+    }
+
+    fn debate() -> (DebateRecord, Vec<StoredEvent>) {
+        let seats = json!([
+            {"seat": "claude", "agent": "claude", "provider": "anthropic", "model": "claude-x", "stance": "neutral"},
+            {"seat": "gpt", "agent": "gpt", "provider": "openai", "model": "gpt-x", "stance": "neutral"},
+            {"seat": "demo", "agent": "demo", "provider": "demo", "model": "demo", "stance": "skeptic"},
+        ]);
+        let events = vec![
+            event(
+                1,
+                "debate_start",
+                None,
+                None,
+                json!({"task": "t", "agents": seats}),
+            ),
+            event(
+                2,
+                "critique",
+                Some(1),
+                Some("gpt"),
+                json!({"target": "claude", "severity": 0.9, "text": "too vague"}),
+            ),
+            event(
+                3,
+                "critique",
+                Some(1),
+                Some("demo"),
+                json!({"target": "gpt", "severity": 0.2, "text": "minor"}),
+            ),
+            event(
+                4,
+                "agent_error",
+                Some(1),
+                Some("demo"),
+                json!({"phase": "vote", "kind": "timeout", "error": "no answer in 30 s"}),
+            ),
+            event(
+                5,
+                "consensus",
+                Some(1),
+                None,
+                json!({"reached": true, "mode": "threshold", "share": 0.66, "threshold": 0.6}),
+            ),
+            event(6, "debate_end", None, None, json!({"status": "completed"})),
+        ];
+        let record = DebateRecord {
+            id: "d1".into(),
+            task: "Adopt Rust?".into(),
+            status: DebateStatus::Completed,
+            instance: Some("host:8080".into()),
+            agents: vec!["claude".into(), "gpt".into(), "demo".into()],
+            rounds: 1,
+            rounds_used: 1,
+            consensus: "threshold".into(),
+            owner_id: None,
+            correlation_id: None,
+            options: json!({}),
+            result: Some(json!({
+                "final_answer": "Yes, with a pilot.", "consensus_reached": true, "confidence": 0.66,
+                "winner": "claude", "mode": "threshold",
+                "votes": [
+                    {"voter": "claude", "choice": "claude", "reasoning": "mine", "confidence": 1.0, "parsed": true},
+                    {"voter": "gpt", "choice": "claude", "reasoning": "good", "confidence": 1.0, "parsed": true},
+                    {"voter": "demo", "choice": "gpt", "reasoning": "safer", "confidence": 1.0, "parsed": true},
+                ],
+            })),
+            error: None,
+            created_at: Utc::now(),
+            started_at: None,
+            finished_at: None,
+            receipt_id: None,
+        };
+        (record, events)
+    }
+
+    fn facts() -> Facts {
+        let (record, events) = debate();
+        Facts::gather(
+            &record,
+            &events,
+            "rcpt-1".into(),
+            "2026-12-03T10:00:00.000Z".into(),
+            &|_| None,
+        )
+    }
+
+    #[test]
+    fn facts_name_supporters_dissenters_cruxes_and_failures() {
+        let f = facts();
+        assert_eq!(f.verdict, "consensus");
+        assert_eq!(f.supporting, ["claude", "gpt"]);
+        assert_eq!(f.dissenting, ["demo"]);
+        assert!(f.dissent_views[0].starts_with("demo voted for gpt: safer"));
+        assert_eq!(f.participants.len(), 3);
+        assert_eq!(f.cruxes.len(), 2);
+        assert_eq!(f.cruxes[0]["severity"], 0.9, "sharpest first");
+        assert_eq!(f.observations.len(), 1);
+        assert_eq!(f.observations[0].kind, "timeout");
+        assert_eq!(f.observations[0].family, "demo");
+        assert_eq!(f.event_count, 6);
+        assert!(
+            f.reasoning.contains("2 of 3 agents voted for claude"),
+            "{}",
+            f.reasoning
+        );
+        let logged: Vec<Value> = debate().1.iter().map(chain::event_json).collect();
+        assert_eq!(f.chain_head, chain::chain_head(&logged));
+    }
+
+    #[test]
+    fn both_profiles_sign_and_verify_and_edits_fail() {
+        let f = facts();
+        let signer = Signer::generate();
+        let other = Signer::generate();
+        for version in [OdrVersion::V01, OdrVersion::V02] {
+            let mut doc = f.odr(version);
+            sign(
+                &mut doc,
+                version,
+                &signer,
+                "aragora.test",
+                "2026-12-03T10:00:00.000Z",
+            );
+            let key = signer.verifying_key();
+            let ok = verify(&doc, &|id| (id == signer.key_id()).then_some(key));
+            assert!(ok.verified, "{version:?}: {ok:?}");
+            assert_eq!(ok.key_id.as_deref(), Some(signer.key_id()));
+            assert!(ok.checks.iter().all(|c| c.status != Status::Fail));
+
+            // Not a trusted key.
+            let untrusted = verify(&doc, &|_| None);
+            assert!(!untrusted.verified);
+            // The wrong key under the right name.
+            let wrong = other.verifying_key();
+            assert!(!verify(&doc, &|_| Some(wrong)).verified);
+
+            let mut edited = doc.clone();
+            edited["confidence"]["value"] = json!(0.99);
+            let r = verify(&edited, &|_| Some(key));
+            assert!(!r.verified);
+            assert_eq!(
+                r.checks
+                    .iter()
+                    .find(|c| c.name == "signature")
+                    .unwrap()
+                    .status,
+                Status::Fail
+            );
+
+            let mut stranger = doc.clone();
+            stranger["quorum"]["supporting_agents"] = json!(["claude", "eve"]);
+            let r = verify(&stranger, &|_| Some(key));
+            let q = r
+                .checks
+                .iter()
+                .find(|c| c.name == "quorum_consistency")
+                .unwrap();
+            assert_eq!(q.status, Status::Fail);
+            assert!(q.detail.contains("eve"));
+        }
+        // 0.2 commits the entry's metadata; 0.1 carries none of the 0.2-only members.
+        let mut v02 = f.odr(OdrVersion::V02);
+        sign(
+            &mut v02,
+            OdrVersion::V02,
+            &signer,
+            "aragora.test",
+            "2026-12-03T10:00:00.000Z",
+        );
+        v02["signatures"][0]["signed_at"] = json!("2030-01-01T00:00:00Z");
+        let key = signer.verifying_key();
+        assert!(!verify(&v02, &|_| Some(key)).verified);
+        let v01 = f.odr(OdrVersion::V01);
+        assert!(v01["quorum"].get("verdicts").is_none());
+        assert!(v01["reasoning"].get("observations").is_none());
+        assert!(crate::receipts::verify::structure_errors(&v01).is_empty());
+        let v02 = f.odr(OdrVersion::V02);
+        assert_eq!(v02["quorum"]["verdicts"].as_array().unwrap().len(), 3);
+        assert_eq!(v02["reasoning"]["observations"][0]["kind"], "timeout");
+        assert!(crate::receipts::verify::structure_errors(&v02).is_empty());
+    }
+
+    #[test]
+    fn the_digest_ignores_signatures_and_the_shape_check_names_what_is_wrong() {
+        let f = facts();
+        let mut doc = f.odr(OdrVersion::V02);
+        let digest = odr_digest(&doc);
+        sign(&mut doc, OdrVersion::V02, &Signer::generate(), "i", "t");
+        assert_eq!(odr_digest(&doc), digest);
+        let mut bad = doc.clone();
+        bad.as_object_mut().unwrap().remove("claim");
+        bad["extra"] = json!(1);
+        bad["confidence"]["value"] = json!(1.5);
+        let errors = crate::receipts::verify::structure_errors(&bad).join("; ");
+        assert!(
+            errors.contains("missing required member: claim"),
+            "{errors}"
+        );
+        assert!(
+            errors.contains("unknown top-level member: extra"),
+            "{errors}"
+        );
+        assert!(errors.contains("confidence.value"), "{errors}");
+        let mut v01_with_v02 = f.odr(OdrVersion::V02);
+        v01_with_v02["odr_version"] = json!("0.1");
+        v01_with_v02["profile"] = json!(OdrVersion::V01.profile());
+        let errors = crate::receipts::verify::structure_errors(&v01_with_v02).join("; ");
+        assert!(
+            errors.contains("quorum.verdicts: not in profile 0.1"),
+            "{errors}"
+        );
+    }
+
+    #[test]
+    fn a_judge_ruling_names_the_judge_as_supporter_and_participant() {
+        let (mut record, events) = debate();
+        record.options = json!({"judge": "claude-judge"});
+        record.result = Some(
+            json!({"final_answer": "Yes", "consensus_reached": true, "confidence": 0.8,
+            "winner": "gpt", "mode": "judge", "votes": [], "judge": {"reasoning": "clearest plan"}}),
+        );
+        let f = Facts::gather(&record, &events, "r".into(), "t".into(), &|name| {
+            (name == "claude-judge").then(|| ("anthropic".into(), "claude-opus".into()))
+        });
+        assert_eq!(f.supporting, ["claude-judge"]);
+        assert!(
+            f.participants
+                .iter()
+                .any(|p| p.agent == "claude-judge" && p.model == "claude-opus")
+        );
+        assert!(f.reasoning.contains("clearest plan"));
+        assert!(crate::receipts::verify::structure_errors(&f.odr(OdrVersion::V02)).is_empty());
+    }
+}

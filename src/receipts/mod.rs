@@ -8,6 +8,7 @@
 //! receipt; anyone verifies both offline (`aragora-verify`, `aragora receipt verify`).
 
 pub mod chain;
+pub mod cli;
 pub mod document;
 pub mod keys;
 pub mod verify;

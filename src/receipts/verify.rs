@@ -347,7 +347,8 @@ pub fn verify(doc: &Value, key_for: &dyn Fn(&str) -> Option<VerifyingKey>) -> Ve
             if super::keys::key_id(&key) != id {
                 failed = true;
                 notes.push(format!(
-                    "signatures[{i}]: recorded key_id {id} does not name the key it was checked with"
+                    "signatures[{i}]: signed by key {id}, but the trusted key is {}",
+                    super::keys::key_id(&key)
                 ));
                 continue;
             }

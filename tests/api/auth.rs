@@ -75,7 +75,7 @@ pub async fn tokens(app: &TestApp, email: &str) -> (String, String) {
     )
 }
 
-async fn get_as(app: &TestApp, path: &str, bearer: &str) -> reqwest::Response {
+pub async fn get_as(app: &TestApp, path: &str, bearer: &str) -> reqwest::Response {
     app.client
         .get(app.url(path))
         .bearer_auth(bearer)
@@ -396,7 +396,7 @@ async fn roles_401_without_credentials_403_with_too_little_and_service_token_is_
     );
 }
 
-async fn create_debate(app: &TestApp, bearer: &str) -> String {
+pub async fn create_debate(app: &TestApp, bearer: &str) -> String {
     let r = post_as(
         app,
         "/api/debates",
@@ -409,7 +409,7 @@ async fn create_debate(app: &TestApp, bearer: &str) -> String {
     v["debate_id"].as_str().unwrap().to_owned()
 }
 
-async fn wait_done(app: &TestApp, bearer: &str, id: &str) -> Value {
+pub async fn wait_done(app: &TestApp, bearer: &str, id: &str) -> Value {
     for _ in 0..400 {
         let d: Value = get_as(app, &format!("/api/debates/{id}"), bearer)
             .await

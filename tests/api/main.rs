@@ -18,6 +18,7 @@ mod pipeline;
 mod process;
 mod providers;
 mod ratelimit;
+mod receipts;
 mod shutdown;
 mod steering;
 mod store;
