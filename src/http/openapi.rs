@@ -15,8 +15,7 @@ use crate::app::AppState;
 #[openapi(
     info(
         title = "Aragora API",
-        description = "Structured debates between LLM agents, streamed live. Every path is also \\
-                       served under /api/v1. Errors share one body: ErrorBody."
+        description = "Structured debates between LLM agents, streamed live. Every path except /api/v2/… (receipts) is also served under /api/v1. Errors share one body: ErrorBody."
     ),
     components(schemas(
         crate::error::ErrorBody,

@@ -102,7 +102,7 @@ pub fn structure_errors(doc: &Value) -> Vec<String> {
         }
         Some(_) => {}
     }
-    if !doc["receipt_id"].as_str().is_some_and(|s| !s.is_empty()) {
+    if doc["receipt_id"].as_str().is_none_or(str::is_empty) {
         errors.push("receipt_id: required non-empty string".into());
     }
     if !doc["subject"]["identifier"].is_string() {
@@ -114,10 +114,7 @@ pub fn structure_errors(doc: &Value) -> Vec<String> {
     {
         errors.push("subject.digest: must be a present block or an absent marker".into());
     }
-    if !doc["claim"]["verdict"]
-        .as_str()
-        .is_some_and(|s| !s.is_empty())
-    {
+    if doc["claim"]["verdict"].as_str().is_none_or(str::is_empty) {
         errors.push("claim.verdict: required non-empty string".into());
     }
     for block in ["reasoning", "quorum", "confidence", "cruxes"] {
@@ -185,7 +182,7 @@ pub fn structure_errors(doc: &Value) -> Vec<String> {
         Some(list) => {
             for (i, sig) in list.iter().enumerate() {
                 for field in ["alg", "key_id", "signature"] {
-                    if !sig[field].as_str().is_some_and(|s| !s.is_empty()) {
+                    if sig[field].as_str().is_none_or(str::is_empty) {
                         errors.push(format!(
                             "signatures[{i}].{field}: required non-empty string"
                         ));

@@ -34,6 +34,10 @@ async fn document_lists_the_served_routes() {
         "/api/agents",
         "/api/leaderboard",
         "/api/debug/agent-test",
+        "/api/v2/receipts",
+        "/api/v2/receipts/verify",
+        "/api/v2/receipts/{id}/export",
+        "/api/debates/{id}/receipt",
     ] {
         assert!(paths.contains_key(expected), "{expected} missing");
     }
@@ -44,7 +48,13 @@ async fn document_lists_the_served_routes() {
             if method != "get" || path.contains('{') {
                 continue;
             }
-            for prefix in ["", "/v1"] {
+            // /api/v2/… (receipts) has no /api/v1 alias; every other path has.
+            let prefixes: &[&str] = if path.starts_with("/api/v2/") {
+                &[""]
+            } else {
+                &["", "/v1"]
+            };
+            for prefix in prefixes {
                 let served = path.replacen("/api", &format!("/api{prefix}"), 1);
                 let response = app.get(&served).await;
                 assert_ne!(

@@ -197,6 +197,17 @@ describe("admin console against a running server with debates in progress", () =
       assert.ok(await page.locator(`#live-events li[data-type=${t}]`).count(), `a ${t} event is shown`);
     }
     assert.equal(await page.textContent("#live-conn"), "ended");
+    // The decided debate's signed receipt, verified by the server, with its download link.
+    const record = (await server.api("GET", `/api/debates/${live}`, { token: ownerToken })).data;
+    if (["completed", "no_consensus"].includes(record.status)) {
+      await page.waitForSelector("#live-receipt:not([hidden])", { timeout: 15000 });
+      await page.waitForFunction(() => document.getElementById("receipt-verified").textContent === "verified", null, { timeout: 15000 });
+      const receipt = (await server.api("GET", `/api/debates/${live}/receipt`, { token: ownerToken })).data;
+      assert.equal(await page.textContent("#receipt-id"), receipt.receipt_id);
+      assert.equal(await page.textContent("#receipt-key"), receipt.key_id);
+      assert.match(await page.getAttribute("#receipt-download", "href"), new RegExp(`/api/v2/receipts/${receipt.receipt_id}/export\\?format=odr$`));
+      assert.equal(await page.getAttribute("#receipt-download", "download"), `${receipt.receipt_id}.odr.json`);
+    }
     assert.deepEqual(await axeViolations(page), []);
     await ctx.close();
   });

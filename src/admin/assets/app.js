@@ -840,6 +840,7 @@
     $("live-status").textContent = "–";
     $("live-seq").textContent = "–";
     $("live-reconnects").textContent = "0";
+    $("live-receipt").hidden = true;
     liveMessage("");
     const live = { id: debateId, lastSeq: 0, attempts: 0, reconnects: 0, ended: false, stopped: false, ws: null, streams: new Map() };
     S.live = live;
@@ -854,6 +855,48 @@
   function setLiveStatus(status) {
     $("live-status").textContent = status || "–";
     setControls(status);
+    if (status === "completed" || status === "no_consensus") showReceipt(S.live);
+    else $("live-receipt").hidden = true;
+  }
+
+  /**
+   * A decided debate's signed receipt: verdict, signing key, and whether the server verifies
+   * its signature, with a link to the signed ODR document. The receipt is issued just after
+   * the end, so a 404 is retried a few times.
+   */
+  async function showReceipt(live) {
+    if (!live || live.receiptShown) return;
+    live.receiptShown = true;
+    const path = `/api/debates/${encodeURIComponent(live.id)}/receipt`;
+    let receipt = null;
+    for (let attempt = 0; attempt < 6 && S.live === live; attempt += 1) {
+      try { receipt = await api("GET", path); break; } catch (e) {
+        if (e.status !== 404) { live.receiptShown = false; return; }
+        await new Promise((r) => setTimeout(r, 500));
+      }
+    }
+    if (!receipt || S.live !== live) { live.receiptShown = false; return; }
+    const exportPath = `/api/v2/receipts/${encodeURIComponent(receipt.receipt_id)}/export?format=odr`;
+    $("receipt-id").textContent = receipt.receipt_id;
+    $("receipt-verdict").textContent = `${receipt.verdict} (confidence ${Number(receipt.confidence).toFixed(2)})`;
+    $("receipt-key").textContent = receipt.key_id || "unsigned";
+    const link = $("receipt-download");
+    link.href = apiBase() + exportPath;
+    link.setAttribute("download", `${receipt.receipt_id}.odr.json`);
+    const badgeEl = $("receipt-verified");
+    badgeEl.textContent = "checking…";
+    badgeEl.className = "badge";
+    $("live-receipt").hidden = false;
+    try {
+      const doc = await api("GET", exportPath);
+      const result = await api("POST", "/api/v2/receipts/verify", doc);
+      if (S.live !== live) return;
+      badgeEl.textContent = result.verified ? "verified" : (receipt.key_id ? "NOT verified" : "unsigned");
+      badgeEl.className = "badge " + toneOf(result.verified ? "ok" : receipt.key_id ? "failed" : "degraded");
+      badgeEl.title = (result.checks || []).map((c) => `${c.name}: ${c.status}`).join("\n");
+    } catch (e) {
+      if (S.live === live) { badgeEl.textContent = "unknown"; badgeEl.title = panelMessage(e); }
+    }
   }
 
   function setControls(status) {
