@@ -240,11 +240,17 @@ impl Application {
         {
             let receipts = receipts.clone();
             let tasks = tasks.clone();
+            let stop = shutdown.clone();
             debates.on_decided(Arc::new(move |debate_id: String| {
                 let receipts = receipts.clone();
-                // A failure here is retried by the sweeper (run()).
+                let stop = stop.clone();
+                // A failure, or a shutdown first, is made good by the sweeper (run()).
                 tasks.spawn(async move {
-                    if let Err(e) = receipts.issue(&debate_id).await {
+                    let issued = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        issued = receipts.issue(&debate_id) => issued,
+                    };
+                    if let Err(e) = issued {
                         tracing::warn!(target: "aragora::receipts", debate_id, error = %e, "receipt not issued yet; the sweeper retries");
                     }
                 });

@@ -166,7 +166,13 @@ impl Receipts {
                 _ = shutdown.cancelled() => return,
                 _ = every.tick() => {}
             }
-            match self.sweep().await {
+            // Cancellable: a sweep stuck on an unanswering database must not hold up a
+            // graceful shutdown (the next start sweeps again).
+            let swept = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                swept = self.sweep() => swept,
+            };
+            match swept {
                 Ok(0) => {}
                 Ok(n) => {
                     tracing::info!(target: "aragora::receipts", issued = n, "issued {n} pending receipt(s)")

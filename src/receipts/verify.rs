@@ -277,7 +277,7 @@ fn decode_signature(text: &str) -> Option<Signature> {
         .ok()
         .filter(|b| b.len() == 64)
         .or_else(|| {
-            (text.len() == 128)
+            (text.len() == 128 && text.is_ascii())
                 .then(|| {
                     (0..128)
                         .step_by(2)
@@ -287,6 +287,29 @@ fn decode_signature(text: &str) -> Option<Signature> {
                 .flatten()
         })?;
     Signature::from_slice(&raw).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_documents_fail_cleanly() {
+        let inputs = [
+            serde_json::json!(null),
+            serde_json::json!([1, 2]),
+            serde_json::json!("x"),
+            serde_json::json!({"odr_version": "0.2", "signatures": [{"signature": "é".repeat(64), "key_id": "k", "alg": "Ed25519"}]}),
+        ];
+        for doc in inputs {
+            let r = verify(&doc, &|_| None);
+            assert!(!r.verified);
+            assert!(r.failed(), "{doc}");
+        }
+        // A 128-byte signature of multi-byte characters is not hex and does not panic.
+        assert!(decode_signature(&"é".repeat(64)).is_none());
+        assert!(decode_signature(&"0".repeat(128)).is_some());
+    }
 }
 
 /// Verify `doc`. `key_for` gives the trusted public key for a signature's `key_id`

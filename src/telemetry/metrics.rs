@@ -128,6 +128,10 @@ fn describe() {
         "aragora_db_pool_connections",
         "Database pool connections, by state (idle, in_use, max)."
     );
+    describe_counter!(
+        "aragora_receipts_issued_total",
+        "Decision receipts issued by this instance, by whether they are signed."
+    );
     describe_gauge!(
         "aragora_build_info",
         "Always 1; the version label names the running build."
@@ -143,6 +147,9 @@ fn register_initial() {
         metrics::counter!("aragora_debates_resumed_total", "reason" => reason).increment(0);
     }
     metrics::counter!("aragora_consensus_reached_total").increment(0);
+    for signed in ["true", "false"] {
+        metrics::counter!("aragora_receipts_issued_total", "signed" => signed).increment(0);
+    }
     metrics::counter!("aragora_ws_connection_errors_total").increment(0);
     metrics::gauge!("aragora_active_debates").set(0.0);
     metrics::gauge!("aragora_debates_queued").set(0.0);

@@ -123,6 +123,8 @@ macro_rules! suite {
 }
 
 suite! {
+    receipts_are_stored_once_and_listed_by_owner => sqlite_receipts_are_stored_once_and_listed_by_owner,
+        postgres_receipts_are_stored_once_and_listed_by_owner;
     migrate_is_idempotent => sqlite_migrate_is_idempotent, postgres_migrate_is_idempotent;
     create_get_round_trip => sqlite_create_get_round_trip, postgres_create_get_round_trip;
     duplicate_id_conflicts => sqlite_duplicate_id_conflicts, postgres_duplicate_id_conflicts;
@@ -1705,4 +1707,114 @@ async fn usage_sums_by_provider_and_period(s: &DynStore) {
         s.usage_summary("nobody", from, to).await.unwrap().debates,
         0
     );
+}
+
+fn receipt(id: &str, debate: &str, owner: Option<&str>, second: u32) -> store::NewReceipt {
+    store::NewReceipt {
+        receipt_id: id.into(),
+        debate_id: debate.into(),
+        owner_id: owner.map(str::to_owned),
+        verdict: "consensus".into(),
+        key_id: Some("ed25519-0123456789abcdef".into()),
+        chain_head: "ab".repeat(32),
+        event_count: 7,
+        issued_at: Utc.with_ymd_and_hms(2026, 12, 3, 10, 0, second).unwrap(),
+        receipt: format!("{{\"receipt_id\":\"{id}\"}}"),
+        odr_v01: "{\"odr_version\":\"0.1\"}".into(),
+        odr_v02: "{\"odr_version\":\"0.2\"}".into(),
+    }
+}
+
+async fn receipts_are_stored_once_and_listed_by_owner(s: &DynStore) {
+    for (id, owner) in [
+        ("d1", Some("alice")),
+        ("d2", Some("bob")),
+        ("d3", Some("alice")),
+    ] {
+        s.create_debate(&NewDebate {
+            id: id.into(),
+            task: "t".into(),
+            agents: vec!["demo".into(), "demo".into()],
+            rounds: 1,
+            consensus: "majority".into(),
+            owner_id: owner.map(str::to_owned),
+            correlation_id: None,
+            options: json!({}),
+        })
+        .await
+        .unwrap();
+        s.update_debate(
+            id,
+            &DebateUpdate {
+                status: Some(DebateStatus::Completed),
+                finished_at: Some(Utc::now()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(s.debates_awaiting_receipt(10).await.unwrap().len(), 3);
+    assert!(
+        s.insert_receipt(&receipt("r1", "d1", Some("alice"), 1))
+            .await
+            .unwrap()
+    );
+    // A second receipt for the same debate (another instance raced) writes nothing.
+    assert!(
+        !s.insert_receipt(&receipt("r1b", "d1", Some("alice"), 2))
+            .await
+            .unwrap()
+    );
+    assert!(s.get_receipt("r1b").await.unwrap().is_none());
+    let stored = s.receipt_of_debate("d1").await.unwrap().unwrap();
+    assert_eq!(stored.receipt_id, "r1");
+    assert_eq!(stored.odr_v02, "{\"odr_version\":\"0.2\"}");
+    assert_eq!(
+        stored.issued_at,
+        Utc.with_ymd_and_hms(2026, 12, 3, 10, 0, 1).unwrap()
+    );
+    assert_eq!(
+        s.get_debate("d1")
+            .await
+            .unwrap()
+            .unwrap()
+            .receipt_id
+            .as_deref(),
+        Some("r1")
+    );
+    assert_eq!(s.debates_awaiting_receipt(10).await.unwrap(), ["d2", "d3"]);
+    assert!(
+        s.insert_receipt(&receipt("r2", "d2", Some("bob"), 3))
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.insert_receipt(&receipt("r3", "d3", Some("alice"), 4))
+            .await
+            .unwrap()
+    );
+    assert!(s.debates_awaiting_receipt(10).await.unwrap().is_empty());
+
+    let (all, total) = s.list_receipts(None, 10, 0).await.unwrap();
+    assert_eq!(total, 3);
+    let ids: Vec<&str> = all.iter().map(|r| r.receipt_id.as_str()).collect();
+    assert_eq!(ids, ["r3", "r2", "r1"], "newest first");
+    let (alice, total) = s.list_receipts(Some("alice"), 1, 1).await.unwrap();
+    assert_eq!(total, 2);
+    assert_eq!(alice.len(), 1);
+    assert_eq!(alice[0].receipt_id, "r1");
+
+    s.register_signing_key("ed25519-aaaa", "PEM A")
+        .await
+        .unwrap();
+    s.register_signing_key("ed25519-aaaa", "PEM changed")
+        .await
+        .unwrap();
+    assert_eq!(
+        s.signing_key("ed25519-aaaa").await.unwrap().as_deref(),
+        Some("PEM A"),
+        "first registration kept"
+    );
+    assert!(s.signing_key("ed25519-none").await.unwrap().is_none());
 }
