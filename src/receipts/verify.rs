@@ -289,29 +289,6 @@ fn decode_signature(text: &str) -> Option<Signature> {
     Signature::from_slice(&raw).ok()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hostile_documents_fail_cleanly() {
-        let inputs = [
-            serde_json::json!(null),
-            serde_json::json!([1, 2]),
-            serde_json::json!("x"),
-            serde_json::json!({"odr_version": "0.2", "signatures": [{"signature": "é".repeat(64), "key_id": "k", "alg": "Ed25519"}]}),
-        ];
-        for doc in inputs {
-            let r = verify(&doc, &|_| None);
-            assert!(!r.verified);
-            assert!(r.failed(), "{doc}");
-        }
-        // A 128-byte signature of multi-byte characters is not hex and does not panic.
-        assert!(decode_signature(&"é".repeat(64)).is_none());
-        assert!(decode_signature(&"0".repeat(128)).is_some());
-    }
-}
-
 /// Verify `doc`. `key_for` gives the trusted public key for a signature's `key_id`
 /// (the server's key ring, or the one `--pubkey`); unknown ids are not trusted.
 pub fn verify(doc: &Value, key_for: &dyn Fn(&str) -> Option<VerifyingKey>) -> Verification {
@@ -477,5 +454,28 @@ pub fn verify_chain(doc: &Value, events: &[Value]) -> Check {
                 digest["value"].as_str().unwrap_or("nothing")
             ),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_documents_fail_cleanly() {
+        let inputs = [
+            serde_json::json!(null),
+            serde_json::json!([1, 2]),
+            serde_json::json!("x"),
+            serde_json::json!({"odr_version": "0.2", "signatures": [{"signature": "é".repeat(64), "key_id": "k", "alg": "Ed25519"}]}),
+        ];
+        for doc in inputs {
+            let r = verify(&doc, &|_| None);
+            assert!(!r.verified);
+            assert!(r.failed(), "{doc}");
+        }
+        // A 128-byte signature of multi-byte characters is not hex and does not panic.
+        assert!(decode_signature(&"é".repeat(64)).is_none());
+        assert!(decode_signature(&"0".repeat(128)).is_some());
     }
 }
