@@ -162,6 +162,20 @@ impl AgentError {
         self.is_retryable() || matches!(self, AgentError::Auth { .. })
     }
 
+    /// Every [`kind`](Self::kind), for metrics published at zero before the first failure.
+    pub const KINDS: [&'static str; 10] = [
+        "timeout",
+        "connection",
+        "rate_limited",
+        "server_error",
+        "auth",
+        "bad_request",
+        "malformed",
+        "missing_key",
+        "circuit_open",
+        "cancelled",
+    ];
+
     /// Stable snake_case kind for events, metrics and logs.
     pub fn kind(&self) -> &'static str {
         match self {

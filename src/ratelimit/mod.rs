@@ -432,9 +432,7 @@ impl RateLimiter {
             ),
             _ => None,
         };
-        for rule in Rule::ALL {
-            metrics::counter!("aragora_rate_limit_hits_total", "rule" => rule.name()).increment(0);
-        }
+        // Each rule's hit counter is published at zero by telemetry::metrics::install.
         Ok(RateLimiter {
             settings: ArcSwap::from_pointee(Settings::from_config(config)),
             memory: MemoryLimiter::new(),

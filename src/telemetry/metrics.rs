@@ -2,9 +2,10 @@
 //! the process collector (`telemetry::process`).
 //!
 //! Every metric of contract §6 is described here (HELP/TYPE lines, so `promtool check metrics`
-//! accepts the exposition) and the unlabelled ones, plus the fixed label sets known up front,
-//! are registered with zero values at install time so they appear from the first scrape.
-//! Per-agent and per-route series appear with their first use.
+//! accepts the exposition) and exported from the first scrape: the unlabelled ones and every
+//! label value known up front (each debate status, rate-limit rule, configured agent with
+//! each call outcome, the probed routes) are registered at zero when the recorder is
+//! installed. Series of other routes and statuses appear with their first request.
 
 use std::sync::OnceLock;
 
@@ -140,6 +141,10 @@ fn describe() {
 
 fn register_initial() {
     metrics::gauge!("aragora_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    register_http();
+    for rule in crate::ratelimit::Rule::ALL {
+        metrics::counter!("aragora_rate_limit_hits_total", "rule" => rule.name()).increment(0);
+    }
     for status in FINAL_STATUSES {
         metrics::counter!("aragora_debates_total", "status" => status).increment(0);
     }
@@ -147,6 +152,7 @@ fn register_initial() {
         metrics::counter!("aragora_debates_resumed_total", "reason" => reason).increment(0);
     }
     metrics::counter!("aragora_consensus_reached_total").increment(0);
+    let _ = metrics::histogram!("aragora_debate_duration_seconds");
     for signed in ["true", "false"] {
         metrics::counter!("aragora_receipts_issued_total", "signed" => signed).increment(0);
     }
@@ -161,10 +167,38 @@ fn register_initial() {
     }
 }
 
-/// Circuit breakers start closed: publish 0 for every configured agent so alert rules see a
-/// series before the first state change.
+/// Every configured agent's series from the start: its circuit breaker closed (0), its calls
+/// by outcome (success and each failure kind), its tokens by direction and its latency
+/// histogram, so dashboards and `rate()` alerts read 0 rather than "no data".
 pub fn register_agents<'a>(names: impl IntoIterator<Item = &'a str>) {
     for name in names {
         metrics::gauge!("aragora_circuit_breaker_state", "agent" => name.to_owned()).set(0.0);
+        for outcome in std::iter::once("success").chain(crate::agents::AgentError::KINDS) {
+            metrics::counter!("aragora_agent_requests_total", "agent" => name.to_owned(), "outcome" => outcome)
+                .increment(0);
+        }
+        for direction in ["input", "output"] {
+            metrics::counter!("aragora_agent_tokens_total", "agent" => name.to_owned(), "direction" => direction)
+                .increment(0);
+        }
+        // Creating the handle registers the histogram (empty buckets, count 0).
+        let _ = metrics::histogram!("aragora_agent_response_seconds", "agent" => name.to_owned());
+    }
+}
+
+/// The routes every deployment's probes and scraper call, so the HTTP series exist before
+/// the first request (method GET, status 200, count 0).
+const PROBED_ROUTES: [&str; 4] = [
+    "/api/health",
+    "/api/health/live",
+    "/api/health/ready",
+    "/api/metrics",
+];
+
+fn register_http() {
+    for route in PROBED_ROUTES {
+        metrics::counter!("aragora_http_requests_total", "method" => "GET", "route" => route, "status" => "200")
+            .increment(0);
+        let _ = metrics::histogram!("aragora_http_request_duration_seconds", "method" => "GET", "route" => route);
     }
 }

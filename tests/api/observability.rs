@@ -34,6 +34,111 @@ const ALWAYS_PRESENT: &[&str] = &[
     "process_start_time_seconds",
 ];
 
+/// Every metric name of contract §6, as sample names (histograms by their `_bucket`).
+const CONTRACT: &[&str] = &[
+    "aragora_debates_total",
+    "aragora_consensus_reached_total",
+    "aragora_active_debates",
+    "aragora_debates_queued",
+    "aragora_debate_duration_seconds_bucket",
+    "aragora_agent_response_seconds_bucket",
+    "aragora_agent_requests_total",
+    "aragora_agent_tokens_total",
+    "aragora_circuit_breaker_state",
+    "aragora_websocket_connections",
+    "aragora_ws_connection_errors_total",
+    "aragora_rate_limit_hits_total",
+    "aragora_http_requests_total",
+    "aragora_http_request_duration_seconds_bucket",
+    "aragora_redis_up",
+    "aragora_db_pool_connections",
+    "aragora_build_info",
+    "process_resident_memory_bytes",
+    "process_cpu_seconds_total",
+    "process_open_fds",
+    "process_start_time_seconds",
+];
+
+/// A fresh server's very first scrape (the real binary, nothing else asked before) already
+/// has every contract metric, with the known label values at zero: `rate()` and dashboards
+/// see 0, not "no data", on a healthy server that has not yet limited, failed or run anything.
+#[tokio::test]
+async fn a_fresh_servers_first_scrape_has_every_contract_metric_at_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let client = crate::helpers::http();
+    let mut text = String::new();
+    for _ in 0..200 {
+        match client.get(server.url("/api/metrics")).send().await {
+            Ok(r) if r.status() == 200 => {
+                text = r.text().await.unwrap();
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    assert!(!text.is_empty(), "the server answered /api/metrics");
+    let names = sample_names(&text);
+    let missing: Vec<&&str> = CONTRACT.iter().filter(|n| !names.contains(**n)).collect();
+    assert!(
+        missing.is_empty(),
+        "missing {missing:?} from the first scrape:\n{text}"
+    );
+    for rule in ["default", "debate_create", "login", "agent_test"] {
+        assert_eq!(
+            sample_value(
+                &text,
+                &format!("aragora_rate_limit_hits_total{{rule=\"{rule}\"}} ")
+            ),
+            Some(0.0),
+            "rule {rule}:\n{text}"
+        );
+    }
+    for status in [
+        "completed",
+        "no_consensus",
+        "timeout",
+        "failed",
+        "cancelled",
+        "budget_exceeded",
+    ] {
+        assert_eq!(
+            sample_value(
+                &text,
+                &format!("aragora_debates_total{{status=\"{status}\"}} ")
+            ),
+            Some(0.0),
+            "{status}"
+        );
+    }
+    // Every configured agent: breaker closed, calls by outcome, tokens, latency.
+    let agents: Value = client
+        .get(server.url("/api/agents"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let agents = agents["agents"].as_array().expect("agents list");
+    assert!(!agents.is_empty());
+    for agent in agents {
+        let name = agent["name"].as_str().unwrap();
+        for series in [
+            format!("aragora_circuit_breaker_state{{agent=\"{name}\"}} "),
+            format!("aragora_agent_requests_total{{agent=\"{name}\",outcome=\"success\"}} "),
+            format!("aragora_agent_requests_total{{agent=\"{name}\",outcome=\"timeout\"}} "),
+            format!("aragora_agent_tokens_total{{agent=\"{name}\",direction=\"output\"}} "),
+            format!("aragora_agent_response_seconds_count{{agent=\"{name}\"}} "),
+        ] {
+            assert_eq!(sample_value(&text, &series), Some(0.0), "{series}\n{text}");
+        }
+    }
+    if let Some((ok, out)) = promtool(&["check", "metrics"], &text) {
+        assert!(ok, "promtool check metrics failed:\n{out}\n---\n{text}");
+    }
+}
+
 /// Metric names (without labels) that have a sample line in `text`.
 fn sample_names(text: &str) -> std::collections::BTreeSet<String> {
     text.lines()
