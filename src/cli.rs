@@ -258,6 +258,11 @@ async fn serve(config: Config) -> ExitCode {
     let signals = tokio::spawn(handle_signals(state));
     let result = app.run().await;
     signals.abort();
+    // Spans still queued go to the collector (bounded: a dead collector costs at most this).
+    let _ = tokio::task::spawn_blocking(|| {
+        crate::telemetry::traces::shutdown(std::time::Duration::from_secs(3))
+    })
+    .await;
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -570,6 +570,101 @@ pub struct CallOutcome {
 ///   `Timeout(timeout)`.
 /// - `cancel` returns `Cancelled` promptly, mid-attempt or mid-backoff.
 ///
+/// The request side of an agent call's span, by the OpenTelemetry GenAI conventions; the
+/// prompt only with `OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true`.
+fn gen_ai_request(
+    span: &tracing::Span,
+    agent: &str,
+    provider: &str,
+    model: &str,
+    request: &CompletionRequest,
+) {
+    use crate::telemetry::traces::{self, attribute};
+    span.record("otel.name", format!("chat {model}"));
+    attribute(span, "gen_ai.operation.name", "chat");
+    attribute(
+        span,
+        "gen_ai.provider.name",
+        traces::gen_ai_provider(provider).to_owned(),
+    );
+    attribute(span, "gen_ai.request.model", model.to_owned());
+    attribute(
+        span,
+        "gen_ai.request.max_tokens",
+        i64::from(request.max_tokens),
+    );
+    if let Some(t) = request.temperature {
+        attribute(span, "gen_ai.request.temperature", f64::from(t));
+    }
+    attribute(span, "aragora.agent", agent.to_owned());
+    if traces::capture_content() {
+        let messages: Vec<serde_json::Value> = request
+            .messages
+            .iter()
+            .map(|m| {
+                serde_json::json!({
+                    "role": m.role,
+                    "parts": [{"type": "text", "content": m.content}],
+                })
+            })
+            .collect();
+        attribute(
+            span,
+            "gen_ai.system_instructions",
+            serde_json::json!([{"type": "text", "content": request.system}]).to_string(),
+        );
+        attribute(
+            span,
+            "gen_ai.input.messages",
+            serde_json::Value::Array(messages).to_string(),
+        );
+    }
+}
+
+/// The outcome side of an agent call's span: usage, response model and finish reason, or
+/// the error type.
+fn gen_ai_response(span: &tracing::Span, result: &Result<(Completion, u32), AgentError>) {
+    use crate::telemetry::traces::{self, attribute};
+    match result {
+        Ok((completion, attempts)) => {
+            attribute(
+                span,
+                "gen_ai.usage.input_tokens",
+                completion.usage.input_tokens as i64,
+            );
+            attribute(
+                span,
+                "gen_ai.usage.output_tokens",
+                completion.usage.output_tokens as i64,
+            );
+            attribute(span, "gen_ai.response.model", completion.model.clone());
+            if let Some(reason) = &completion.finish_reason {
+                attribute(
+                    span,
+                    "gen_ai.response.finish_reasons",
+                    opentelemetry::Value::Array(
+                        vec![opentelemetry::StringValue::from(reason.clone())].into(),
+                    ),
+                );
+            }
+            attribute(span, "aragora.attempts", i64::from(*attempts));
+            if traces::capture_content() {
+                attribute(
+                    span,
+                    "gen_ai.output.messages",
+                    serde_json::json!([{
+                        "role": "assistant",
+                        "parts": [{"type": "text", "content": completion.text}],
+                        "finish_reason": completion.finish_reason,
+                    }])
+                    .to_string(),
+                );
+            }
+        }
+        Err(error) => traces::error(span, error.kind(), &error.to_string()),
+    }
+}
+
 /// Metrics: `aragora_agent_requests_total{agent,outcome}` (once per call; outcome
 /// `success` or the error kind), `aragora_agent_retries_total{agent,error}`,
 /// `aragora_agent_response_seconds{agent}` and `aragora_agent_tokens_total{agent,direction}`
@@ -587,11 +682,22 @@ pub async fn call_with_resilience(
     cancel: &CancellationToken,
 ) -> Result<CallOutcome, AgentError> {
     let started = Instant::now();
-    let result = attempts_loop(
-        name, provider, model, request, deltas, breaker, policy, timeout, cancel, started,
+    // The GenAI client span of this call (its attributes reach the trace only, never a log).
+    let span = tracing::info_span!("chat", agent = %name, otel.name = tracing::field::Empty, otel.kind = "client");
+    if crate::telemetry::traces::enabled() {
+        gen_ai_request(&span, name, provider.id(), model, request);
+    }
+    let result = tracing::Instrument::instrument(
+        attempts_loop(
+            name, provider, model, request, deltas, breaker, policy, timeout, cancel, started,
+        ),
+        span.clone(),
     )
     .await;
     let latency = started.elapsed();
+    if crate::telemetry::traces::enabled() {
+        gen_ai_response(&span, &result);
+    }
     match result {
         Ok((completion, attempts)) => {
             metrics::counter!(

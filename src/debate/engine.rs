@@ -28,6 +28,7 @@ use super::prompts::{self, Phase};
 use super::{AgentReply, DebateAgent, EventSink};
 use crate::agents::{AgentError, CompletionRequest, DeltaSink};
 use crate::store::MatchResult;
+use tracing::Instrument as _;
 
 /// One participant: a unique seat name (the agent name, `#2`… appended when an agent sits
 /// more than once), the agent, and the stance it argues from.
@@ -551,6 +552,9 @@ async fn run_rounds(ctx: &Ctx<'_>, state: &mut State) -> Result<(), Abort> {
         if ctx.cancel.is_cancelled() {
             return Ok(());
         }
+        // A trace span per round, with a child per phase (agent calls nest under those).
+        let round_span =
+            tracing::info_span!("round", round, otel.name = %format_args!("round {round}"));
         ctx.boundary().await?;
         ctx.mark(
             Some(round),
@@ -561,7 +565,10 @@ async fn run_rounds(ctx: &Ctx<'_>, state: &mut State) -> Result<(), Abort> {
         )
         .await?;
         let previous = state.answers.clone();
-        let answered = answer_phase(ctx, state, round).await?;
+        let answer = if round == 1 { "proposal" } else { "revision" };
+        let answered = answer_phase(ctx, state, round)
+            .instrument(phase_span(&round_span, answer, round))
+            .await?;
         state.rounds_used = round;
 
         // Only seats that answered this round are measured: a seat whose revision failed
@@ -586,13 +593,17 @@ async fn run_rounds(ctx: &Ctx<'_>, state: &mut State) -> Result<(), Abort> {
             return Ok(());
         }
         ctx.boundary().await?;
-        critique_phase(ctx, state, round).await?;
+        critique_phase(ctx, state, round)
+            .instrument(phase_span(&round_span, "critique", round))
+            .await?;
         if ctx.cancel.is_cancelled() {
             return Ok(());
         }
         if settings.mode.votes() {
             ctx.boundary().await?;
-            vote_phase(ctx, state, round).await?;
+            vote_phase(ctx, state, round)
+                .instrument(phase_span(&round_span, "vote", round))
+                .await?;
         }
         let can_stop = round >= settings.min_rounds;
         if can_stop && state.consensus {
@@ -610,11 +621,32 @@ async fn run_rounds(ctx: &Ctx<'_>, state: &mut State) -> Result<(), Abort> {
         ctx.boundary().await?;
     }
     match settings.mode {
-        ConsensusMode::Judge => judge_phase(ctx, state).await?,
-        ConsensusMode::None => synthesis_phase(ctx, state).await?,
+        ConsensusMode::Judge => {
+            judge_phase(ctx, state)
+                .instrument(tracing::info_span!(
+                    "phase",
+                    phase = "judge",
+                    otel.name = "judge"
+                ))
+                .await?
+        }
+        ConsensusMode::None => {
+            synthesis_phase(ctx, state)
+                .instrument(tracing::info_span!(
+                    "phase",
+                    phase = "synthesis",
+                    otel.name = "synthesis"
+                ))
+                .await?
+        }
         _ => {}
     }
     Ok(())
+}
+
+/// The trace span of one phase of a round.
+fn phase_span(round_span: &tracing::Span, phase: &'static str, round: u32) -> tracing::Span {
+    tracing::info_span!(parent: round_span, "phase", phase, round, otel.name = %format_args!("{phase} round {round}"))
 }
 
 /// Call one seat, streaming token deltas for prose phases.

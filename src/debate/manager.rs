@@ -324,6 +324,9 @@ impl DebateManager {
             "domain": request.domain,
             "metadata": request.metadata,
             "max_cost_usd": plan.max_cost_usd,
+            // The trace of the request that created it: every run of the debate, on any
+            // instance, joins that trace (null when traces are off).
+            "trace_context": crate::telemetry::traces::current_context(),
         });
         let queued_event = Event::new(
             None,
@@ -807,6 +810,15 @@ impl DebateManager {
         self.tasks.spawn(async move {
             let id = claim.record.id.clone();
             let span = tracing::info_span!("debate", debate_id = %id, correlation_id = claim.record.correlation_id.as_deref().unwrap_or(""));
+            if crate::telemetry::traces::enabled() {
+                use crate::telemetry::traces;
+                if let Some(stored) = claim.record.options.get("trace_context") {
+                    traces::adopt_stored(&span, stored);
+                }
+                traces::attribute(&span, "aragora.debate.id", id.clone());
+                traces::attribute(&span, "aragora.instance", me.settings.instance_id.clone());
+                traces::attribute(&span, "aragora.debate.previous_status", claim.previous_status.as_str().to_owned());
+            }
             let lease = claim.lease.clone();
             let run = tracing::Instrument::instrument(me.run_claimed(claim, cancel, pause, paused_by), span.clone());
             let handed_back = tokio::select! {

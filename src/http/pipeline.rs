@@ -41,7 +41,17 @@ pub async fn pipeline(State(state): State<AppState>, req: Request, next: Next) -
         route = %route,
         // Recorded by handlers of one debate, so its errors carry the debate's id too.
         debate_id = tracing::field::Empty,
+        otel.name = tracing::field::Empty,
+        otel.kind = "server",
     );
+    if crate::telemetry::traces::enabled() {
+        use crate::telemetry::traces;
+        span.record("otel.name", format!("{method} {route}"));
+        traces::adopt_parent(&span, req.headers());
+        traces::attribute(&span, "http.request.method", method.to_string());
+        traces::attribute(&span, "http.route", route.clone());
+        traces::attribute(&span, "url.path", req.uri().path().to_owned());
+    }
     let timeout = state.config.request_timeout;
     // Control characters (NUL…) in the path or a query value are refused here, once, the
     // same on both backends (Postgres cannot store NUL; SQLite can).
@@ -88,6 +98,13 @@ pub async fn pipeline(State(state): State<AppState>, req: Request, next: Next) -
         response.headers_mut().insert(correlation::HEADER, value);
     }
     let status = response.status().as_u16();
+    if crate::telemetry::traces::enabled() {
+        use crate::telemetry::traces;
+        traces::attribute(&span, "http.response.status_code", i64::from(status));
+        if status >= 500 {
+            traces::error(&span, &status.to_string(), "server error");
+        }
+    }
     let elapsed = started.elapsed();
     let duration_ms = elapsed.as_millis() as u64;
     span.in_scope(|| {

@@ -54,13 +54,15 @@ use tracing_subscriber::util::SubscriberInitExt;
 pub const DEFAULT_FILTER: &str = "info,sqlx=warn,hyper=warn,tower_http=warn";
 
 /// Where log lines go and which ones are kept.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct LogSettings {
     /// `None`: every line to stdout. `Some(dir)`: split into `websocket.log`, `debate.log`,
     /// `agent.log` and `api.log` in `dir` (created if missing).
     pub dir: Option<PathBuf>,
     /// `tracing_subscriber::EnvFilter` directives, e.g. [`DEFAULT_FILTER`].
     pub filter: String,
+    /// Export `aragora::*` spans as OpenTelemetry traces (see `telemetry::traces`).
+    pub tracer: Option<opentelemetry_sdk::trace::Tracer>,
 }
 
 impl Default for LogSettings {
@@ -68,6 +70,7 @@ impl Default for LogSettings {
         Self {
             dir: None,
             filter: DEFAULT_FILTER.to_owned(),
+            tracer: None,
         }
     }
 }
@@ -86,8 +89,19 @@ pub fn init(settings: &LogSettings) -> anyhow::Result<()> {
     };
     // Recent WARN/ERROR lines for /api/system/errors, and ERROR events for Sentry (a no-op
     // unless SENTRY_DSN started a client).
+    // Spans of aragora's own code only (not those of the libraries the exporter itself
+    // uses), and no events: log lines stay logs.
+    let traces = settings.tracer.clone().map(|tracer| {
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_tracked_inactivity(false)
+            .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+                meta.is_span() && meta.target().starts_with("aragora")
+            }))
+    });
     tracing_subscriber::registry()
         .with(filter)
+        .with(traces)
         .with(stdout)
         .with(files)
         .with(super::errors::ErrorLayer::new(super::errors::global()))
@@ -302,6 +316,10 @@ struct Fields(Vec<(&'static str, Value)>);
 
 impl Fields {
     fn set(&mut self, name: &'static str, value: Value) {
+        // `otel.name`, `otel.kind`…: instructions to the trace exporter, not log fields.
+        if name.starts_with("otel.") {
+            return;
+        }
         match self.0.iter_mut().find(|(existing, _)| *existing == name) {
             Some((_, slot)) => *slot = value,
             None => self.0.push((name, value)),
@@ -867,6 +885,7 @@ mod tests {
         let settings = LogSettings {
             dir: None,
             filter: "info,sqlx=loudest".to_owned(),
+            tracer: None,
         };
         let err = init(&settings).unwrap_err();
         let text = format!("{err:#}");
@@ -882,6 +901,7 @@ mod tests {
         let settings = LogSettings {
             dir: Some(tmp.path().join("logs")),
             filter: "info,aragora::quiet=warn".to_owned(),
+            tracer: None,
         };
         init(&settings).unwrap();
         // A fresh thread has no scoped subscriber, so it uses the global one.

@@ -130,6 +130,14 @@ fn describe() {
         "Database pool connections, by state (idle, in_use, max)."
     );
     describe_counter!(
+        "aragora_otel_spans_exported_total",
+        "Trace spans sent to the OTLP collector (0 unless OTEL_EXPORTER_OTLP_ENDPOINT is set)."
+    );
+    describe_counter!(
+        "aragora_otel_spans_dropped_total",
+        "Trace spans dropped instead of blocking: queue_full, export_failed (collector down or slow), shutdown."
+    );
+    describe_counter!(
         "aragora_receipts_issued_total",
         "Decision receipts issued by this instance, by whether they are signed."
     );
@@ -153,6 +161,10 @@ fn register_initial() {
     }
     metrics::counter!("aragora_consensus_reached_total").increment(0);
     let _ = metrics::histogram!("aragora_debate_duration_seconds");
+    metrics::counter!("aragora_otel_spans_exported_total").increment(0);
+    for reason in ["queue_full", "export_failed", "shutdown"] {
+        metrics::counter!("aragora_otel_spans_dropped_total", "reason" => reason).increment(0);
+    }
     for signed in ["true", "false"] {
         metrics::counter!("aragora_receipts_issued_total", "signed" => signed).increment(0);
     }

@@ -9,14 +9,18 @@ pub mod process;
 pub mod profiling;
 pub mod sentry;
 pub mod systemd;
+pub mod traces;
 
 use crate::config::Config;
 
 /// Install the process-wide logger for `config` (JSON lines on stdout, or split files in
-/// `log_dir`).
+/// `log_dir`), and OpenTelemetry traces when `OTEL_EXPORTER_OTLP_ENDPOINT` is set. Must run
+/// inside the tokio runtime.
 pub fn init_logging(config: &Config) -> anyhow::Result<()> {
+    let tracer = traces::init(&|name| std::env::var(name).ok())?;
     logging::init(&logging::LogSettings {
         dir: config.log_dir.clone(),
         filter: config.log_level.clone(),
+        tracer,
     })
 }

@@ -22,5 +22,6 @@ mod receipts;
 mod shutdown;
 mod steering;
 mod store;
+mod traces;
 mod ws;
 mod ws_live;
