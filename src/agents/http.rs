@@ -152,6 +152,10 @@ impl ProviderClient {
         request: reqwest::RequestBuilder,
         secret: Option<&str>,
     ) -> Result<reqwest::Response, AgentError> {
+        let mut request = request;
+        for (name, value) in crate::telemetry::traces::outgoing_headers() {
+            request = request.header(name, value);
+        }
         let response = request
             .send()
             .await

@@ -172,6 +172,18 @@ pub fn current_context() -> Option<serde_json::Value> {
         .then(|| serde_json::to_value(carrier).unwrap_or_default())
 }
 
+/// The W3C headers (`traceparent`, `tracestate`) of the current span, for an outgoing call
+/// (agent requests), so a gateway or self-hosted model joins the trace. Empty when traces
+/// are off.
+pub fn outgoing_headers() -> Vec<(String, String)> {
+    if !enabled() {
+        return Vec::new();
+    }
+    let mut carrier: HashMap<String, String> = HashMap::new();
+    TraceContextPropagator::new().inject_context(&tracing::Span::current().context(), &mut carrier);
+    carrier.into_iter().collect()
+}
+
 /// Make `span` a child of a stored context (see [`current_context`]).
 pub fn adopt_stored(span: &tracing::Span, stored: &serde_json::Value) {
     if !enabled() {

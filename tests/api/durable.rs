@@ -29,6 +29,8 @@ struct Counting {
     prompts: Arc<std::sync::Mutex<Vec<(String, String)>>>,
     /// Prompt tokens each call reports (its cost, with the pricing table).
     prompt_tokens: u64,
+    /// Each call's `traceparent` header, if any.
+    traceparents: Arc<std::sync::Mutex<Vec<Option<String>>>>,
 }
 
 /// A local OpenAI-shaped provider that counts and records its calls.
@@ -36,12 +38,24 @@ pub struct Provider {
     pub base: String,
     pub calls: Arc<AtomicUsize>,
     pub prompts: Arc<std::sync::Mutex<Vec<(String, String)>>>,
+    /// Each call's `traceparent` header, if any.
+    pub traceparents: Arc<std::sync::Mutex<Vec<Option<String>>>>,
 }
 
 /// A Chat Completions server: plain prose for answers and critiques, a parseable vote for
 /// the first candidate; every call takes `delay`.
-async fn chat(State(fake): State<Counting>, Json(body): Json<Value>) -> Response {
+async fn chat(
+    State(fake): State<Counting>,
+    headers: axum::http::HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
     fake.calls.fetch_add(1, Ordering::SeqCst);
+    fake.traceparents.lock().unwrap().push(
+        headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+    );
     let system = body["messages"][0]["content"].as_str().unwrap_or_default();
     let user = body["messages"][1]["content"].as_str().unwrap_or_default();
     let phase = system
@@ -97,6 +111,7 @@ async fn counting_provider(delay: Duration) -> (String, Arc<AtomicUsize>) {
 pub async fn recording_provider(delay: Duration, prompt_tokens: u64) -> Provider {
     let calls = Arc::new(AtomicUsize::new(0));
     let prompts = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let traceparents = Arc::new(std::sync::Mutex::new(Vec::new()));
     let app = Router::new()
         .route("/v1/chat/completions", post(chat))
         .with_state(Counting {
@@ -104,6 +119,7 @@ pub async fn recording_provider(delay: Duration, prompt_tokens: u64) -> Provider
             delay,
             prompts: prompts.clone(),
             prompt_tokens,
+            traceparents: traceparents.clone(),
         });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -112,6 +128,7 @@ pub async fn recording_provider(delay: Duration, prompt_tokens: u64) -> Provider
         base: format!("http://{addr}/v1"),
         calls,
         prompts,
+        traceparents,
     }
 }
 

@@ -315,11 +315,13 @@ async fn an_openai_agent_call_over_grpc_carries_the_gen_ai_attributes_and_conten
     let base = server.url("");
     let id = crate::durable::post_debate(&base, &DEBATE()).await;
     assert_eq!(wait_finished(&base, &id).await["status"], "completed");
-    let got = wait_spans(&spans, "the OpenAI calls' spans", |s| {
+    let calls = provider.calls.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(calls >= 3);
+    let got = wait_spans(&spans, "a span for every OpenAI call", |s| {
         s.iter()
             .filter(|g| g.attrs.get("gen_ai.provider.name").map(String::as_str) == Some("openai"))
             .count()
-            >= 3
+            >= calls
     })
     .await;
     let call = got
@@ -342,6 +344,21 @@ async fn an_openai_agent_call_over_grpc_carries_the_gen_ai_attributes_and_conten
     );
     let output: Value = serde_json::from_str(&call.attrs["gen_ai.output.messages"]).unwrap();
     assert_eq!(output[0]["role"], "assistant");
+    // Each provider request carried the W3C context of its own call span.
+    let sent = provider.traceparents.lock().unwrap().clone();
+    assert!(!sent.is_empty());
+    for traceparent in &sent {
+        let traceparent = traceparent
+            .as_deref()
+            .expect("a traceparent on every provider call");
+        let parts: Vec<&str> = traceparent.split('-').collect();
+        assert_eq!(parts.len(), 4, "{traceparent}");
+        let span = got
+            .iter()
+            .find(|g| g.trace == parts[1] && g.id == parts[2])
+            .unwrap_or_else(|| panic!("{traceparent} names a received span"));
+        assert!(span.name.starts_with("chat "), "{}", span.name);
+    }
     drop(server);
 }
 
