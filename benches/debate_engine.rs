@@ -88,8 +88,14 @@ async fn main() {
         loadavg()
     );
 
-    engine_overhead().await;
-    concurrency().await;
+    // BENCH_PARTS=2 runs only part 2 (e.g. with BENCH_DATABASE_URL for Postgres).
+    let parts = std::env::var("BENCH_PARTS").unwrap_or_else(|_| "1,2".into());
+    if parts.split(',').any(|p| p.trim() == "1") {
+        engine_overhead().await;
+    }
+    if parts.split(',').any(|p| p.trim() == "2") {
+        concurrency().await;
+    }
 
     println!("\nload average at end: {}", loadavg());
 }
@@ -499,13 +505,37 @@ struct Level {
 
 async fn run_level(n: usize) -> Level {
     let dir = tempfile::tempdir().unwrap();
-    let config = config_for(
-        dir.path(),
-        &[
-            ("ARAGORA_MAX_CONCURRENT_DEBATES", &n.max(1000).to_string()),
-            ("ARAGORA_DEBATE_QUEUE_SIZE", "10000"),
-        ],
-    );
+    let max = n.max(1000).to_string();
+    let mut env: Vec<(&str, String)> = vec![
+        ("ARAGORA_MAX_CONCURRENT_DEBATES", max),
+        ("ARAGORA_DEBATE_QUEUE_SIZE", n.max(10_000).to_string()),
+    ];
+    // BENCH_DATABASE_URL=postgres://…: the level runs on Postgres, in a fresh schema.
+    let schema = match std::env::var("BENCH_DATABASE_URL") {
+        Ok(base) if base.starts_with("postgres") => {
+            let schema = format!("bench_{}", uuid::Uuid::new_v4().simple());
+            let admin = sqlx::PgPool::connect(&base).await.unwrap();
+            sqlx::query(&format!("CREATE SCHEMA {schema}"))
+                .execute(&admin)
+                .await
+                .unwrap();
+            admin.close().await;
+            let sep = if base.contains('?') { '&' } else { '?' };
+            env.push((
+                "ARAGORA_DATABASE_URL",
+                format!("{base}{sep}options=-c%20search_path%3D{schema}"),
+            ));
+            Some((base, schema))
+        }
+        _ => None,
+    };
+    for var in ["ARAGORA_DB_POOL_SIZE", "ARAGORA_DB_MAX_OVERFLOW"] {
+        if let Ok(v) = std::env::var(var) {
+            env.push((var, v));
+        }
+    }
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let config = config_for(dir.path(), &env);
     let app = Application::build(config).await.unwrap();
     let addr = app.api_addr();
     let state = app.state().clone();
@@ -523,6 +553,7 @@ async fn run_level(n: usize) -> Level {
     let hwm_reset = reset_peak_rss();
     let sampler_stop = CancellationToken::new();
     let sampler = tokio::spawn(sample_rss(sampler_stop.clone()));
+    let pool_sampler = tokio::spawn(sample_pool(state.store.clone(), sampler_stop.clone()));
     let cpu0 = cpu_seconds();
     let t0 = Instant::now();
     let t0_utc = Utc::now();
@@ -597,6 +628,11 @@ async fn run_level(n: usize) -> Level {
     let rss_end = memory("VmRSS:");
     sampler_stop.cancel();
     let sampled_peak = sampler.await.unwrap();
+    let (pool_max, pool_busy_share) = pool_sampler.await.unwrap();
+    notes.push(format!(
+        "pool: {pool_max} max connections, all in use in {:.0} % of 50-ms samples",
+        pool_busy_share * 100.0
+    ));
     let rss_peak = if hwm_reset {
         memory("VmHWM:").max(sampled_peak)
     } else {
@@ -662,6 +698,13 @@ async fn run_level(n: usize) -> Level {
 
     shutdown.cancel();
     server.await.unwrap().unwrap();
+    if let Some((base, schema)) = schema {
+        let admin = sqlx::PgPool::connect(&base).await.unwrap();
+        let _ = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+            .execute(&admin)
+            .await;
+        admin.close().await;
+    }
     Level {
         submit: submit.as_secs_f64(),
         post_p50_ms: pct(&post_latencies, 0.50).as_secs_f64() * 1e3,
@@ -676,6 +719,24 @@ async fn run_level(n: usize) -> Level {
         events,
         drained,
         notes,
+    }
+}
+
+/// The pool's ceiling, and the share of 50-ms samples in which every connection it may open
+/// was checked out (size = max, none idle).
+async fn sample_pool(store: DynStore, stop: CancellationToken) -> (u32, f64) {
+    let (mut samples, mut saturated) = (0u64, 0u64);
+    loop {
+        let status = store.pool_status();
+        let max = status.max;
+        samples += 1;
+        if status.size >= status.max && status.idle == 0 {
+            saturated += 1;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return (max, saturated as f64 / samples as f64),
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
     }
 }
 
