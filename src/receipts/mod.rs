@@ -78,12 +78,12 @@ impl Receipts {
     /// The receipt of a finished debate, issuing it now if it has none yet. `None` when the
     /// debate does not exist or did not end `completed` / `no_consensus`.
     pub async fn issue(&self, debate_id: &str) -> Result<Option<ReceiptRow>, StoreError> {
-        if let Some(existing) = self.store.receipt_of_debate(debate_id).await? {
-            return Ok(Some(existing));
-        }
         let Some(record) = self.store.get_debate(debate_id).await? else {
             return Ok(None);
         };
+        if let Some(receipt_id) = &record.receipt_id {
+            return self.store.get_receipt(receipt_id).await;
+        }
         if !matches!(
             record.status,
             DebateStatus::Completed | DebateStatus::NoConsensus
@@ -124,7 +124,8 @@ impl Receipts {
             odr_v02,
         };
         // One receipt per debate: when another instance issued it first, theirs stands.
-        if self.store.insert_receipt(&new).await? {
+        let inserted = self.store.insert_receipt(&new).await?;
+        if inserted {
             metrics::counter!("aragora_receipts_issued_total", "signed" => if key_id.is_some() { "true" } else { "false" })
                 .increment(1);
             tracing::info!(
@@ -132,6 +133,7 @@ impl Receipts {
                 debate_id, receipt_id = %new.receipt_id, key_id = key_id.as_deref().unwrap_or("unsigned"),
                 "receipt issued for debate {debate_id}"
             );
+            return Ok(Some(new));
         }
         self.store.receipt_of_debate(debate_id).await
     }

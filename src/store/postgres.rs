@@ -1265,11 +1265,15 @@ impl Store for PostgresStore {
     }
 
     async fn insert_receipt(&self, r: &NewReceipt) -> StoreResult<bool> {
-        let mut tx = self.pool.begin().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO receipts (receipt_id, debate_id, owner_id, verdict, key_id, chain_head, \
-             event_count, issued_at, receipt, odr_v01, odr_v02) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING",
+        // The receipt and the debate's receipt_id in one statement (one round trip, atomic);
+        // nothing is written when the debate already has a receipt.
+        let updated: Option<i64> = sqlx::query_scalar(
+            "WITH r AS (INSERT INTO receipts (receipt_id, debate_id, owner_id, verdict, key_id, \
+                 chain_head, event_count, issued_at, receipt, odr_v01, odr_v02) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                 ON CONFLICT DO NOTHING RETURNING receipt_id, debate_id) \
+             UPDATE debates SET receipt_id = r.receipt_id FROM r WHERE debates.id = r.debate_id \
+             RETURNING 1::BIGINT",
         )
         .bind(&r.receipt_id)
         .bind(&r.debate_id)
@@ -1282,19 +1286,9 @@ impl Store for PostgresStore {
         .bind(&r.receipt)
         .bind(&r.odr_v01)
         .bind(&r.odr_v02)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if inserted {
-            sqlx::query("UPDATE debates SET receipt_id = $1 WHERE id = $2")
-                .bind(&r.receipt_id)
-                .bind(&r.debate_id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(inserted)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(updated.is_some())
     }
 
     async fn get_receipt(&self, receipt_id: &str) -> StoreResult<Option<ReceiptRow>> {
