@@ -599,9 +599,14 @@ async fn run_level(n: usize) -> Level {
         ids.append(&mut got);
         post_latencies.append(&mut latencies);
         if let Some(first) = errors.first()
-            && !notes.iter().any(|n: &String| n.starts_with("POSTs refused"))
+            && !notes
+                .iter()
+                .any(|n: &String| n.starts_with("POSTs refused"))
         {
-            notes.push(format!("POSTs refused (by one submitter: {}), e.g. {first}", errors.len()));
+            notes.push(format!(
+                "POSTs refused (by one submitter: {}), e.g. {first}",
+                errors.len()
+            ));
         }
     }
     let submit = t0.elapsed();
