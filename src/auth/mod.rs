@@ -127,8 +127,12 @@ impl Principal {
 
     /// Whether this principal may see `debate` (members: only their own).
     pub fn can_see(&self, debate: &DebateRecord) -> bool {
-        self.sees_all()
-            || (self.authenticated() && debate.owner_id.as_deref() == Some(self.id.as_str()))
+        self.can_see_owned_by(debate.owner_id.as_deref())
+    }
+
+    /// Whether something owned by `owner` (a debate, its receipt) is visible to this principal.
+    pub fn can_see_owned_by(&self, owner: Option<&str>) -> bool {
+        self.sees_all() || (self.authenticated() && owner == Some(self.id.as_str()))
     }
 
     /// The user account behind this principal, if any.

@@ -44,11 +44,6 @@ pub fn well_known() -> Router<AppState> {
     )
 }
 
-fn visible(principal: &Principal, row: &ReceiptRow) -> bool {
-    principal.sees_all()
-        || (principal.authenticated() && row.owner_id.as_deref() == Some(principal.id.as_str()))
-}
-
 fn not_found(id: &str) -> ApiError {
     ApiError::NotFound(format!("receipt {id} not found"))
 }
@@ -128,7 +123,7 @@ pub async fn get_receipt(
         .store
         .get_receipt(&id)
         .await?
-        .filter(|r| visible(&principal, r))
+        .filter(|r| principal.can_see_owned_by(r.owner_id.as_deref()))
         .ok_or_else(|| not_found(&id))?;
     Ok(json_text(row.receipt))
 }
@@ -376,7 +371,7 @@ pub async fn debate_receipt(
         .filter(|d| principal.can_see(d))
         .ok_or_else(|| ApiError::NotFound(format!("debate {id} not found")))?;
     // Issued right after the end; issue it now if the instance that ended it stopped first.
-    match state.receipts.issue(&id).await? {
+    match state.receipts.issue_for(&debate).await? {
         Some(row) => Ok(json_text(row.receipt)),
         None => Err(ApiError::NotFound(format!(
             "debate {id} has no receipt: it is {} (receipts are issued for debates that end \

@@ -22,7 +22,7 @@ use ed25519_dalek::VerifyingKey;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{DebateStatus, DynStore, NewReceipt, ReceiptRow, StoreError};
+use crate::store::{DebateRecord, DebateStatus, DynStore, NewReceipt, ReceiptRow, StoreError};
 use document::{Facts, OdrVersion};
 pub use keys::Signer;
 
@@ -78,9 +78,15 @@ impl Receipts {
     /// The receipt of a finished debate, issuing it now if it has none yet. `None` when the
     /// debate does not exist or did not end `completed` / `no_consensus`.
     pub async fn issue(&self, debate_id: &str) -> Result<Option<ReceiptRow>, StoreError> {
-        let Some(record) = self.store.get_debate(debate_id).await? else {
-            return Ok(None);
-        };
+        match self.store.get_debate(debate_id).await? {
+            Some(record) => self.issue_for(&record).await,
+            None => Ok(None),
+        }
+    }
+
+    /// [`issue`](Self::issue) for a debate record the caller has already read.
+    pub async fn issue_for(&self, record: &DebateRecord) -> Result<Option<ReceiptRow>, StoreError> {
+        let debate_id = record.id.as_str();
         if let Some(receipt_id) = &record.receipt_id {
             return self.store.get_receipt(receipt_id).await;
         }
@@ -94,7 +100,7 @@ impl Receipts {
         let issued = Utc::now();
         let issued_at = issued.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
         let facts = Facts::gather(
-            &record,
+            record,
             &events,
             format!("rcpt-{}", uuid::Uuid::new_v4()),
             issued_at.clone(),

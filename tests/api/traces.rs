@@ -173,21 +173,9 @@ async fn wait_spans(spans: &Spans, what: &str, done: impl Fn(&[Got]) -> bool) ->
 }
 
 async fn wait_finished(base: &str, id: &str) -> Value {
-    for _ in 0..600 {
-        let d: Value = http()
-            .get(format!("{base}/api/debates/{id}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if !matches!(d["status"].as_str(), Some("queued" | "running")) {
-            return d;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("debate {id} did not finish");
+    crate::durable::wait_all_finished(base, &[id.to_owned()], Duration::from_secs(30))
+        .await
+        .remove(0)
 }
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
