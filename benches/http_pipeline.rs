@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use aragora::app::Application;
 use aragora::config::{Config, Flags};
-use aragora::http::resident_memory_bytes;
 use aragora::telemetry::logging::JsonLogLayer;
+use aragora::telemetry::resident_memory_bytes;
 
 const CONCURRENCY: usize = 32;
 const REQUESTS: usize = 20_000;

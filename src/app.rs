@@ -38,6 +38,10 @@ pub struct AppState {
     pub ratelimit: Arc<RateLimiter>,
     /// Failed logins per client IP (429 beyond the limit).
     pub login_limiter: Arc<crate::auth::LoginLimiter>,
+    /// The dependency checks of `/api/health`, shared by calls within `health_cache_ms`.
+    pub health: Arc<crate::http::HealthProbe>,
+    /// Resolved API keys and JWT accounts, reused for `auth_cache_ms`.
+    pub credentials: Arc<crate::auth::CredentialCache>,
     pub started_at: Instant,
     /// Cancelled when shutdown starts.
     pub shutdown: CancellationToken,
@@ -273,6 +277,8 @@ impl Application {
                 config.login_ip_max_failures,
                 config.login_lockout,
             )),
+            health: Arc::new(crate::http::HealthProbe::new(config.health_cache)),
+            credentials: Arc::new(crate::auth::CredentialCache::new(config.auth_cache)),
             metrics,
             ratelimit,
             started_at: Instant::now(),

@@ -111,6 +111,8 @@ const SETTINGS: &[Setting] = &[
         "health_check_timeout_ms",
         &["ARAGORA_HEALTH_CHECK_TIMEOUT_MS"],
     ),
+    s("health_cache_ms", &["ARAGORA_HEALTH_CACHE_MS"]),
+    s("auth_cache_ms", &["ARAGORA_AUTH_CACHE_MS"]),
     s("instance_id", &["ARAGORA_INSTANCE_ID"]),
     s("agents_file", &["ARAGORA_AGENTS_FILE"]),
     s("default_agents", &["ARAGORA_DEFAULT_AGENTS"]),
@@ -367,6 +369,13 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Budget of each health check.
     pub health_check_timeout: Duration,
+    /// How long one round of dependency checks answers `/api/health` and `/ready` (one round
+    /// runs at a time, however many calls arrive); zero checks on every call. At most 1 s.
+    pub health_cache: Duration,
+    /// How long a resolved API key or JWT account is reused before the store is asked
+    /// again: the longest a revocation or role change takes to reach this instance
+    /// (revocations made here apply at once). Zero asks on every request. At most 1 s.
+    pub auth_cache: Duration,
     /// Identity of this server among several sharing one database: it names the holder of
     /// a debate's lease (and a restart under the same id resumes its debates at once).
     pub instance_id: String,
@@ -736,6 +745,8 @@ impl Config {
                 10,
                 60_000,
             )?),
+            health_cache: Duration::from_millis(p.int("health_cache_ms", 0, 1000)?),
+            auth_cache: Duration::from_millis(p.int("auth_cache_ms", 0, 1000)?),
             instance_id: p.text("instance_id").unwrap_or_else(|| {
                 let host = nix::unistd::gethostname()
                     .ok()

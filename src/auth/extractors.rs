@@ -37,7 +37,10 @@ pub fn access_for(path: &str) -> Access {
         .strip_prefix("/api/v1")
         .or_else(|| path.strip_prefix("/api"))
         .unwrap_or(path);
-    let under = |prefix: &str| p == prefix || p.starts_with(&format!("{prefix}/"));
+    let under = |prefix: &str| {
+        p.strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    };
     // Receipts are made to be checked by third parties: exporting one (by its unguessable
     // id), verifying a document and fetching the signing key need no account. Listing and
     // reading follow debate visibility.
@@ -115,7 +118,11 @@ pub async fn resolve_token(state: &AppState, token: &str) -> Result<Principal, C
     }
     if keys::looks_like_api_key(token) {
         let hash = keys::sha256_hex(token);
-        // The store is asked every time: a revoked key stops working on every instance at once.
+        // Reused for at most `auth_cache_ms` (≤ 1 s): a key revoked on any instance stops
+        // working everywhere within that time, and at once on the instance that revoked it.
+        if let Some(principal) = state.credentials.api_key(&hash) {
+            return Ok(principal);
+        }
         let key = state
             .store
             .api_key_by_hash(&hash)
@@ -130,22 +137,29 @@ pub async fn resolve_token(state: &AppState, token: &str) -> Result<Principal, C
             .map_err(unavailable)?
             .ok_or(InvalidCredentials)?;
         let role = Role::parse(&user.role).ok_or(InvalidCredentials)?;
-        if let Err(e) = state.store.touch_api_key(&key.id, chrono::Utc::now()).await {
+        if state.credentials.should_touch(&key.id)
+            && let Err(e) = state.store.touch_api_key(&key.id, chrono::Utc::now()).await
+        {
             tracing::warn!(target: "aragora::auth", error = %e, "could not record api key use");
         }
-        return Ok(Principal {
+        let principal = Principal {
             id: user.id,
             email: Some(user.email),
             role: Some(role),
             kind: PrincipalKind::ApiKey,
-        });
+        };
+        state.credentials.put_api_key(&hash, &principal);
+        return Ok(principal);
     }
     if let Some(secret) = &config.jwt_secret
         && tokens::looks_like_jwt(token)
         && let Some(claims) = tokens::verify_access(secret.expose().as_bytes(), token)
     {
-        // The account's current role counts (a demotion applies at once); a deleted
-        // account's tokens stop working.
+        // The account's current role counts (a demotion applies within `auth_cache_ms`);
+        // a deleted account's tokens stop working.
+        if let Some(principal) = state.credentials.user(&claims.sub) {
+            return Ok(principal);
+        }
         let user = state
             .store
             .user_by_id(&claims.sub)
@@ -153,12 +167,14 @@ pub async fn resolve_token(state: &AppState, token: &str) -> Result<Principal, C
             .map_err(unavailable)?
             .ok_or(InvalidCredentials)?;
         let role = Role::parse(&user.role).ok_or(InvalidCredentials)?;
-        return Ok(Principal {
+        let principal = Principal {
             id: user.id,
             email: Some(user.email),
             role: Some(role),
             kind: PrincipalKind::User,
-        });
+        };
+        state.credentials.put_user(&claims.sub, &principal);
+        return Ok(principal);
     }
     Err(InvalidCredentials)
 }

@@ -6,10 +6,13 @@
 //! - `extractors`: the middleware that resolves credentials once per request, the route
 //!   policy (public / member / admin) and `require`.
 
+pub mod cache;
 pub mod extractors;
 pub mod keys;
 pub mod passwords;
 pub mod tokens;
+
+pub use cache::CredentialCache;
 
 use std::collections::HashMap;
 use std::net::IpAddr;

@@ -600,6 +600,8 @@ pub async fn create_api_key(
         .store
         .replace_api_key(user_id, &id, &hash, &prefix)
         .await?;
+    // The replaced key stops working here at once (elsewhere within `auth_cache_ms`).
+    state.credentials.forget_account(user_id);
     tracing::info!(target: "aragora::auth", user_id = %user_id, prefix = %record.prefix, "api key created");
     Ok((
         StatusCode::CREATED,
@@ -613,7 +615,8 @@ pub async fn create_api_key(
         .into_response())
 }
 
-/// Revoke the caller's API key; effective immediately on every instance.
+/// Revoke the caller's API key: at once on this instance, within `auth_cache_ms` (≤ 1 s) on
+/// every other.
 #[utoipa::path(
     delete,
     path = "/auth/api-key",
@@ -626,6 +629,7 @@ pub async fn revoke_api_key(
 ) -> Result<Json<Value>, ApiError> {
     let user_id = account_of(&principal)?;
     let revoked = state.store.revoke_api_keys(user_id).await?;
+    state.credentials.forget_account(user_id);
     tracing::info!(target: "aragora::auth", user_id = %user_id, revoked, "api key revoked");
     Ok(Json(json!({"revoked": revoked})))
 }

@@ -1,7 +1,9 @@
-//! Health endpoints (contract §3). Public, and they always answer: every dependency check has
-//! its own short timeout and the checks run concurrently, so a dead database yields 503
-//! `unhealthy` within the check budget instead of a hanging request.
+//! Health endpoints. Public, and they always answer: every dependency check has its own short
+//! timeout and the checks run concurrently, so a dead database yields 503 `unhealthy` within
+//! the check budget instead of a hanging request. A round of checks is shared by every call
+//! within `health_cache_ms` ([`HealthProbe`]).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Json;
@@ -30,6 +32,10 @@ pub struct HealthResponse {
     pub status: &'static str,
     pub version: &'static str,
     pub uptime_seconds: u64,
+    /// When the dependency checks reported here ran: one round answers every call within
+    /// `health_cache_ms`.
+    #[schema(value_type = String, format = DateTime)]
+    pub checked_at: chrono::DateTime<chrono::Utc>,
     pub checks: HealthChecks,
 }
 
@@ -97,10 +103,113 @@ pub struct ProbeResponse {
 }
 
 /// Outcome of one dependency check.
+#[derive(Clone)]
 enum Check {
     Ok(Duration),
     Failed(String),
     Disabled,
+}
+
+/// One round of dependency checks, shared by every health and readiness call while fresh.
+#[derive(Clone)]
+struct Round {
+    at: Instant,
+    checked_at: chrono::DateTime<chrono::Utc>,
+    database: Check,
+    redis: Check,
+    /// The storage fault while the database refuses writes (checked only when it answers).
+    writes: Option<crate::store::StorageFault>,
+    memory_bytes: u64,
+}
+
+/// The dependency checks behind `/api/health` and `/api/health/ready`, single-flight with a
+/// short cache: one round runs at a time, and its result answers every call for `period`.
+/// A burst of probes (load balancers, dashboards, scripts) then costs one database ping,
+/// one Redis ping and one /proc read per period instead of one per call.
+pub struct HealthProbe {
+    period: Duration,
+    last: arc_swap::ArcSwapOption<Round>,
+    /// Held while a round runs; callers that find the result stale wait here for it.
+    running: tokio::sync::Mutex<()>,
+    /// The last write probe: when, and the fault it met. At most one a second.
+    write_probe: std::sync::Mutex<Option<(Instant, Option<crate::store::StorageFault>)>>,
+}
+
+impl HealthProbe {
+    pub fn new(period: Duration) -> Self {
+        HealthProbe {
+            period,
+            last: arc_swap::ArcSwapOption::empty(),
+            running: tokio::sync::Mutex::new(()),
+            write_probe: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn fresh(&self) -> Option<Arc<Round>> {
+        self.last
+            .load_full()
+            .filter(|round| round.at.elapsed() < self.period)
+    }
+
+    /// The current round: the cached one while fresh, else a new one (run by the first
+    /// caller, awaited by the others).
+    async fn round(&self, state: &AppState) -> Arc<Round> {
+        if let Some(round) = self.fresh() {
+            return round;
+        }
+        let _running = self.running.lock().await;
+        // Someone else may have finished a round while this call waited.
+        if let Some(round) = self.fresh() {
+            return round;
+        }
+        let (database, redis) = tokio::join!(check_database(state), check_redis(state));
+        let writes = if matches!(database, Check::Ok(_)) {
+            self.check_writes(state).await
+        } else {
+            None
+        };
+        let round = Arc::new(Round {
+            at: Instant::now(),
+            checked_at: chrono::Utc::now(),
+            database,
+            redis,
+            writes,
+            memory_bytes: crate::telemetry::resident_memory_bytes(),
+        });
+        self.last.store(Some(round.clone()));
+        round
+    }
+
+    /// Whether the database takes writes: a one-row write at most once a second. A storage
+    /// fault starts (or continues) a fault episode; other failures are the reachability
+    /// check's job.
+    async fn check_writes(&self, state: &AppState) -> Option<crate::store::StorageFault> {
+        let fresh = self
+            .write_probe
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .filter(|(at, _)| at.elapsed() < Duration::from_secs(1));
+        let fault = match fresh {
+            Some((_, fault)) => fault,
+            None => {
+                let probe = tokio::time::timeout(
+                    state.config.health_check_timeout,
+                    state.store.write_probe(),
+                )
+                .await;
+                let fault = match probe {
+                    Ok(Err(e)) => e.storage_fault().inspect(|f| {
+                        crate::store::note_storage_fault(*f, &e.to_string());
+                    }),
+                    _ => None,
+                };
+                *self.write_probe.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some((Instant::now(), fault));
+                fault
+            }
+        };
+        fault
+    }
 }
 
 async fn timed<F, E>(budget: Duration, fut: F) -> Check
@@ -122,39 +231,6 @@ async fn check_database(state: &AppState) -> Check {
         tracing::warn!(target: "aragora::health", error = %detail, "health: database check failed");
     }
     check
-}
-
-/// The last write probe: when, and the fault it met (None: the write succeeded). A burst of
-/// health calls shares one probe per second.
-static WRITE_PROBE: std::sync::Mutex<Option<(Instant, Option<crate::store::StorageFault>)>> =
-    std::sync::Mutex::new(None);
-
-/// Whether the database takes writes: a one-row write at most once a second. A storage fault
-/// starts (or continues) a fault episode; other failures are the reachability check's job.
-async fn check_writes(state: &AppState) -> Option<crate::store::StorageFault> {
-    let fresh = WRITE_PROBE
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .filter(|(at, _)| at.elapsed() < Duration::from_secs(1));
-    let fault = match fresh {
-        Some((_, fault)) => fault,
-        None => {
-            let probe =
-                tokio::time::timeout(state.config.health_check_timeout, state.store.write_probe())
-                    .await;
-            let fault = match probe {
-                Ok(Err(e)) => e.storage_fault().inspect(|f| {
-                    crate::store::note_storage_fault(*f, &e.to_string());
-                }),
-                _ => None,
-            };
-            *WRITE_PROBE.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), fault));
-            fault
-        }
-    };
-    // A probe that writes is not proof that larger writes succeed (a full disk may still
-    // take a rewrite of one row): the episode ends with the next real write.
-    fault.or_else(crate::store::storage_failing)
 }
 
 async fn check_redis(state: &AppState) -> Check {
@@ -212,11 +288,28 @@ impl DependencyCheck {
     )
 )]
 pub async fn get_health(State(state): State<AppState>) -> Response {
-    let (database, redis) = tokio::join!(check_database(&state), check_redis(&state));
+    let round = state.health.round(&state).await;
+    let Round {
+        ref database,
+        redis: ref checked_redis,
+        writes,
+        memory_bytes,
+        checked_at,
+        ..
+    } = *round;
+    // What changes between rounds without a check is read live: a storage fault met by a
+    // real write (a probe that writes is no proof that larger writes succeed: the episode
+    // ends with the next real write), and a rate limiter that gave up on Redis.
     let writes = if matches!(database, Check::Ok(_)) {
-        check_writes(&state).await
+        writes.or_else(crate::store::storage_failing)
     } else {
         None
+    };
+    let limiter_off_redis = Check::Failed("the rate limiter cannot use redis".into());
+    let redis = if matches!(checked_redis, Check::Ok(_)) && state.ratelimit.redis_failing() {
+        &limiter_off_redis
+    } else {
+        checked_redis
     };
     let (open, half_open) = state.debates.agents().breaker_counts();
     let status = if matches!(database, Check::Failed(_)) {
@@ -231,6 +324,7 @@ pub async fn get_health(State(state): State<AppState>) -> Response {
         status,
         version: env!("CARGO_PKG_VERSION"),
         uptime_seconds: state.started_at.elapsed().as_secs(),
+        checked_at,
         checks: HealthChecks {
             database: DependencyCheck {
                 backend: Some(state.store.backend().as_str()),
@@ -245,15 +339,15 @@ pub async fn get_health(State(state): State<AppState>) -> Response {
                     "ok"
                 }),
                 writes_error: writes.map(crate::store::StorageFault::describe),
-                ..DependencyCheck::from_check(&database, "database unreachable")
+                ..DependencyCheck::from_check(database, "database unreachable")
             },
-            redis: DependencyCheck::from_check(&redis, "redis unreachable"),
+            redis: DependencyCheck::from_check(redis, "redis unreachable"),
             websocket: WebsocketCheck {
                 status: "ok",
                 connections: state.ws.connections(),
             },
             circuit_breakers: BreakerCounts { open, half_open },
-            memory_mb: resident_memory_mb(),
+            memory_mb: memory_bytes / (1024 * 1024),
             active_debates: state.debates.active(),
         },
     };
@@ -301,7 +395,7 @@ pub async fn get_ready(State(state): State<AppState>) -> Response {
     if state.shutdown.is_cancelled() {
         return unavailable("shutting_down", None);
     }
-    match check_database(&state).await {
+    match state.health.round(&state).await.database {
         Check::Failed(_) => unavailable("not_ready", Some("database unreachable")),
         _ => Json(ProbeResponse {
             status: "ready",
@@ -309,22 +403,4 @@ pub async fn get_ready(State(state): State<AppState>) -> Response {
         })
         .into_response(),
     }
-}
-
-/// Resident set size of this process in MiB, from /proc (0 where /proc is unavailable).
-pub fn resident_memory_mb() -> u64 {
-    resident_memory_bytes() / (1024 * 1024)
-}
-
-pub fn resident_memory_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
 }

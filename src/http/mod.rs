@@ -33,7 +33,7 @@ use crate::app::AppState;
 use crate::config::Config;
 
 pub use auth::valid_email;
-pub use health::{resident_memory_bytes, resident_memory_mb};
+pub use health::HealthProbe;
 
 /// Routes below `/api`, mounted at both `/api` and `/api/v1`. Every handler registered
 /// here with `routes!` is described in the OpenAPI document from its own annotations.

@@ -125,18 +125,7 @@ pub async fn pipeline(State(state): State<AppState>, req: Request, next: Next) -
             );
         }
     });
-    let labels = [
-        ("method", method.to_string()),
-        ("route", route.clone()),
-        ("status", status.to_string()),
-    ];
-    metrics::counter!("aragora_http_requests_total", &labels).increment(1);
-    metrics::histogram!(
-        "aragora_http_request_duration_seconds",
-        "method" => method.to_string(),
-        "route" => route,
-    )
-    .record(elapsed.as_secs_f64());
+    crate::telemetry::metrics::record_http_request(&method, &route, status, elapsed);
     response
 }
 

@@ -35,7 +35,7 @@ pub struct CleanupReport {
 }
 
 pub async fn cleanup(state: &AppState) -> CleanupReport {
-    let rss_before = crate::http::resident_memory_bytes();
+    let rss_before = crate::telemetry::resident_memory_bytes();
     let mut caches = Vec::new();
 
     let statements = state.store.clear_statement_caches().await;
@@ -65,7 +65,7 @@ pub async fn cleanup(state: &AppState) -> CleanupReport {
         }),
     });
 
-    let rss_after = crate::http::resident_memory_bytes();
+    let rss_after = crate::telemetry::resident_memory_bytes();
     tracing::info!(
         target: "aragora::ops",
         rss_before,

@@ -49,6 +49,86 @@ pub fn install() -> PrometheusHandle {
         .clone()
 }
 
+/// Series handles of the HTTP request metrics, per worker thread, so a request costs a hash
+/// of its method, route and status instead of building label strings and a metric key and
+/// looking them up in the recorder's registry. Bounded: past [`HTTP_SERIES_CACHED`] distinct
+/// series a thread goes through the registry like any other metric.
+struct HttpSeries {
+    method: axum::http::Method,
+    route: Box<str>,
+    status: u16,
+    requests: metrics::Counter,
+    duration: metrics::Histogram,
+}
+
+const HTTP_SERIES_CACHED: usize = 4096;
+
+thread_local! {
+    static HTTP_SERIES: std::cell::RefCell<(usize, std::collections::HashMap<u64, Vec<HttpSeries>>)> =
+        std::cell::RefCell::new((0, std::collections::HashMap::new()));
+}
+
+fn http_handles(
+    method: &axum::http::Method,
+    route: &str,
+    status: u16,
+) -> (metrics::Counter, metrics::Histogram) {
+    let labels = [
+        ("method", method.to_string()),
+        ("route", route.to_owned()),
+        ("status", status.to_string()),
+    ];
+    let requests = metrics::counter!("aragora_http_requests_total", &labels);
+    let duration = metrics::histogram!(
+        "aragora_http_request_duration_seconds",
+        "method" => method.to_string(),
+        "route" => route.to_owned(),
+    );
+    (requests, duration)
+}
+
+/// Count one HTTP request (`aragora_http_requests_total{method,route,status}`) and record its
+/// duration (`aragora_http_request_duration_seconds{method,route}`). `route` is the matched
+/// route pattern, never a raw path.
+pub fn record_http_request(
+    method: &axum::http::Method,
+    route: &str,
+    status: u16,
+    elapsed: std::time::Duration,
+) {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    method.as_str().hash(&mut hasher);
+    route.hash(&mut hasher);
+    status.hash(&mut hasher);
+    let hash = hasher.finish();
+    HTTP_SERIES.with_borrow_mut(|(count, series)| {
+        let found = series.get(&hash).and_then(|bucket| {
+            bucket
+                .iter()
+                .find(|s| s.status == status && s.method == method && &*s.route == route)
+        });
+        if let Some(s) = found {
+            s.requests.increment(1);
+            s.duration.record(elapsed.as_secs_f64());
+            return;
+        }
+        let (requests, duration) = http_handles(method, route, status);
+        requests.increment(1);
+        duration.record(elapsed.as_secs_f64());
+        if *count < HTTP_SERIES_CACHED {
+            *count += 1;
+            series.entry(hash).or_default().push(HttpSeries {
+                method: method.clone(),
+                route: route.into(),
+                status,
+                requests,
+                duration,
+            });
+        }
+    });
+}
+
 /// The exposition: the recorder's metrics followed by the process collector.
 pub fn render(handle: &PrometheusHandle) -> String {
     let mut text = handle.render();

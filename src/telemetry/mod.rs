@@ -11,6 +11,8 @@ pub mod sentry;
 pub mod systemd;
 pub mod traces;
 
+pub use process::resident_memory_bytes;
+
 use crate::config::Config;
 
 /// Install the process-wide logger for `config` (JSON lines on stdout, or split files in

@@ -22,6 +22,21 @@ pub struct ProcessStats {
 /// user space on every architecture for decades (sysconf(_SC_CLK_TCK)).
 const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
 
+/// Resident set size of this process in bytes, from `VmRSS` in /proc (0 where /proc is
+/// unavailable).
+pub fn resident_memory_bytes() -> u64 {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
 /// Read this process's statistics. Missing pieces are 0.
 pub fn read() -> ProcessStats {
     let mut stats = ProcessStats::default();
@@ -42,7 +57,7 @@ pub fn read() -> ProcessStats {
         }
     }
     // VmRSS is exact even where the page size is not 4 KiB.
-    let rss = crate::http::resident_memory_bytes();
+    let rss = resident_memory_bytes();
     if rss > 0 {
         stats.resident_memory_bytes = rss;
     }

@@ -200,7 +200,7 @@ pub fn dump(out: &Path, top: usize) -> Result<MemoryDump, String> {
         .map_err(|e| format!("cannot read {}: {e}", raw_path.display()))?;
     // Before symbolising: resolving frames loads debug info, which allocates a lot.
     let stats = allocator_stats();
-    let resident_memory_bytes = crate::http::resident_memory_bytes();
+    let resident_memory_bytes = crate::telemetry::resident_memory_bytes();
     let samples = parse_heap_profile(&text)?;
     let mut sites = aggregate(&samples, &mut Symbolizer::default());
     let sampled_live_bytes = sites.iter().map(|s| s.bytes).sum();

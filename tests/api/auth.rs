@@ -5,7 +5,7 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aragora::auth::passwords;
 use aragora::store::NewUser;
@@ -1261,4 +1261,91 @@ async fn credentials_that_cannot_be_checked_are_503_not_401() {
         }
     }
     app.stop().await.unwrap();
+}
+
+/// Two instances on one database: a key and an account resolved on B are reused there for at
+/// most `auth_cache_ms`, so a revocation or a demotion made through A (or straight in the
+/// database) applies on B within that time, and on A at once.
+#[tokio::test]
+async fn revocation_and_role_changes_reach_every_instance_within_the_auth_cache() {
+    let (schema, url) = crate::helpers::fresh_postgres_schema().await;
+    let a = auth_app(&[("ARAGORA_DATABASE_URL", url.as_str())]).await;
+    let b = auth_app(&[("ARAGORA_DATABASE_URL", url.as_str())]).await;
+    let id = add_user(&a, "two@example.com", "admin").await;
+    let (access, _) = tokens(&a, "two@example.com").await;
+    let v: Value = post_as(&a, "/api/auth/api-key", &access, json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let key = v["api_key"].as_str().unwrap().to_owned();
+    // B resolves both (and caches them); the key works many times in a row.
+    for _ in 0..5 {
+        assert_eq!(get_as(&b, "/api/debates", &key).await.status(), 200);
+        assert_eq!(
+            get_as(&b, "/api/system/errors", &access).await.status(),
+            200
+        );
+    }
+
+    // Revoked through A: refused by A at once, by B within the TTL (1 s).
+    let r = a
+        .client
+        .delete(a.url("/api/auth/api-key"))
+        .bearer_auth(&access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let revoked = Instant::now();
+    assert_eq!(get_as(&a, "/api/debates", &key).await.status(), 401);
+    let refused_after = loop {
+        let status = get_as(&b, "/api/debates", &key).await.status();
+        if status == 401 {
+            break revoked.elapsed();
+        }
+        assert_eq!(status, 200);
+        assert!(
+            revoked.elapsed() < Duration::from_secs(3),
+            "B still accepts the key"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    assert!(
+        refused_after <= Duration::from_millis(1100),
+        "{refused_after:?}"
+    );
+
+    // Demoted straight in the database: the admin route answers 403 on B within the TTL.
+    let pool = sqlx::PgPool::connect(&crate::helpers::with_search_path(
+        &crate::helpers::postgres_url(),
+        &schema,
+    ))
+    .await
+    .unwrap();
+    sqlx::query("UPDATE users SET role = 'member' WHERE id = $1")
+        .bind(&id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let demoted = Instant::now();
+    let denied_after = loop {
+        let status = get_as(&b, "/api/system/errors", &access).await.status();
+        if status == 403 {
+            break demoted.elapsed();
+        }
+        assert_eq!(status, 200);
+        assert!(
+            demoted.elapsed() < Duration::from_secs(3),
+            "B still sees an admin"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    assert!(
+        denied_after <= Duration::from_millis(1100),
+        "{denied_after:?}"
+    );
+    pool.close().await;
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
 }

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::helpers::{
-    Proxy, fresh_postgres_schema, redis_url, spawn_app, spawn_app_behind_db_proxy, spawn_app_with,
+    Proxy, TestApp, fresh_postgres_schema, redis_url, spawn_app, spawn_app_behind_db_proxy,
+    spawn_app_with,
 };
 
 #[tokio::test]
@@ -18,6 +19,10 @@ async fn health_has_the_contract_shape() {
     assert_eq!(body["status"], "healthy");
     assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
     assert!(body["uptime_seconds"].is_u64());
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(body["checked_at"].as_str().unwrap()).is_ok(),
+        "{body}"
+    );
     let checks = &body["checks"];
     assert_eq!(checks["database"]["status"], "ok");
     assert!(checks["database"]["latency_ms"].is_u64());
@@ -66,19 +71,44 @@ async fn redis_down_is_degraded_not_unhealthy() {
     let body: Value = app.get("/api/health").await.json().await.unwrap();
     assert_eq!(body["checks"]["redis"]["status"], "ok", "{body}");
     proxy.cut();
-    let started = Instant::now();
-    let response = app.get("/api/health").await;
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "took {:?}",
-        started.elapsed()
-    );
-    assert_eq!(response.status(), 200);
-    let body: Value = response.json().await.unwrap();
+    let body = first_answer_after_cut(&app, |body| body["status"] != "healthy").await;
     assert_eq!(body["status"], "degraded", "{body}");
     assert_eq!(body["checks"]["redis"]["status"], "error");
     assert_eq!(body["checks"]["database"]["status"], "ok");
     app.stop().await.unwrap();
+}
+
+/// Poll `/api/health` from the moment of a cut until `changed` holds for its body. Every
+/// answer comes within a second (the check budget), and the change shows within a second of
+/// the cut: one round of checks answers calls for at most `health_cache_ms` (100 ms), and a
+/// failing check takes at most its budget (800 ms).
+async fn first_answer_after_cut(app: &TestApp, changed: impl Fn(&Value) -> bool) -> Value {
+    let cut = Instant::now();
+    loop {
+        let started = Instant::now();
+        let response = app.get("/api/health").await;
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(1), "health took {took:?}");
+        let code = response.status().as_u16();
+        let body: Value = response.json().await.unwrap();
+        if changed(&body) {
+            assert_eq!(
+                code,
+                if body["status"] == "unhealthy" {
+                    503
+                } else {
+                    200
+                }
+            );
+            let after = cut.elapsed();
+            assert!(
+                after < Duration::from_secs(1),
+                "health still said the old state {after:?} after the cut"
+            );
+            return body;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]
@@ -97,13 +127,7 @@ async fn dead_database_is_unhealthy_503_within_a_second() {
     assert_eq!(app.get("/api/health").await.status(), 200);
 
     proxy.cut();
-    let started = Instant::now();
-    let response = app.get("/api/health").await;
-    let elapsed = started.elapsed();
-    assert_eq!(response.status(), 503);
-    assert!(elapsed < Duration::from_secs(1), "health took {elapsed:?}");
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["status"], "unhealthy");
+    let body = first_answer_after_cut(&app, |body| body["status"] == "unhealthy").await;
     assert_eq!(body["checks"]["database"]["status"], "error");
     // Public body: no connection details.
     assert!(!body.to_string().contains(&proxy.addr.to_string()));
@@ -117,18 +141,43 @@ async fn hanging_database_still_answers_within_the_check_budget() {
     let (app, proxy) = spawn_app_behind_db_proxy(&[
         ("ARAGORA_DB_POOL_SIZE", "1"),
         ("ARAGORA_DB_MAX_OVERFLOW", "0"),
+        // A check that hangs takes its whole budget: 100 ms of cache + 600 ms stay under 1 s.
+        ("ARAGORA_HEALTH_CHECK_TIMEOUT_MS", "600"),
     ])
     .await;
     assert_eq!(app.get("/api/health").await.status(), 200);
     proxy.blackhole();
-    let started = Instant::now();
-    let response = app.get("/api/health").await;
-    assert_eq!(response.status(), 503);
+    first_answer_after_cut(&app, |body| body["status"] == "unhealthy").await;
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_burst_of_health_calls_shares_one_round_of_checks() {
+    let app = spawn_app_with(&[("ARAGORA_HEALTH_CACHE_MS", "1000")]).await;
+    let calls = (0..50).map(|_| app.get("/api/health"));
+    let mut rounds = std::collections::BTreeSet::new();
+    for response in futures::future::join_all(calls).await {
+        assert_eq!(response.status(), 200);
+        let body: Value = response.json().await.unwrap();
+        rounds.insert(body["checked_at"].as_str().unwrap().to_owned());
+    }
+    // 50 concurrent calls within one period: one round of checks (two if the burst
+    // straddled the end of a period), never one per call.
     assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "took {:?}",
-        started.elapsed()
+        rounds.len() <= 2,
+        "{} rounds for 50 calls: {rounds:?}",
+        rounds.len()
     );
+    // With no cache every call runs its own round.
+    let uncached = spawn_app_with(&[("ARAGORA_HEALTH_CACHE_MS", "0")]).await;
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..3 {
+        let body: Value = uncached.get("/api/health").await.json().await.unwrap();
+        seen.insert(body["checked_at"].as_str().unwrap().to_owned());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    uncached.stop().await.unwrap();
     app.stop().await.unwrap();
 }
 
