@@ -26,7 +26,11 @@ use axum::Router;
 use axum::routing::get;
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_aragora");
+/// The server under test: this build's binary, or `BENCH_ARAGORA_BIN` (e.g. an older build,
+/// for a before/after comparison against the same baseline).
+fn server_binary() -> String {
+    std::env::var("BENCH_ARAGORA_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_aragora").to_owned())
+}
 const JWT_SECRET: &str = "hot-path-bench-secret-0123456789abcdef";
 const SERVICE_TOKEN: &str = "hot-path-bench-service-token";
 const PASSWORD: &str = "correct horse battery staple";
@@ -56,7 +60,7 @@ async fn start(dir: &Path, name: &str, env: &[(&str, String)]) -> Server {
     let work = dir.join(name);
     std::fs::create_dir_all(&work).unwrap();
     let log = std::fs::File::create(work.join("stdout.log")).unwrap();
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(server_binary());
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("ARAGORA_DATA_DIR", work.join("data"))
@@ -136,11 +140,15 @@ fn parse_latency(v: &str) -> f64 {
     }
 }
 
-async fn bare_baseline() -> String {
-    let app = Router::new().route(
+fn bare_router() -> Router {
+    Router::new().route(
         "/api/health/live",
         get(|| async { Json(json!({"status": "alive"})) }),
-    );
+    )
+}
+
+async fn bare_baseline() -> String {
+    let app = bare_router();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -211,6 +219,15 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
+    // BENCH_BARE_SERVE=PORT: serve only the baseline, on that port, until killed (to profile
+    // it, e.g. under callgrind, the same way as the server).
+    if let Ok(port) = std::env::var("BENCH_BARE_SERVE") {
+        let listener = tokio::net::TcpListener::bind(format!("127.0.0.1:{port}"))
+            .await
+            .unwrap();
+        axum::serve(listener, bare_router()).await.unwrap();
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let bare = bare_baseline().await;
     let sqlite = start(dir.path(), "sqlite", &[]).await;

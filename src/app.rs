@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -22,32 +21,7 @@ use crate::redis_client::RedisHandle;
 use crate::store::{self, DynStore, PoolSettings, StoreError};
 use crate::ws::{WsHub, WsLimits};
 
-/// Everything a handler can reach. Cheap to clone: all fields are shared.
-#[derive(Clone)]
-pub struct AppState {
-    pub config: Arc<Config>,
-    pub store: DynStore,
-    pub redis: Option<RedisHandle>,
-    pub ws: Arc<WsHub>,
-    /// Debate queue, workers and the agent registry.
-    pub debates: Arc<DebateManager>,
-    pub metrics: Option<PrometheusHandle>,
-    /// Decision receipts: issuing, signing key, verification.
-    pub receipts: Arc<crate::receipts::Receipts>,
-    /// Rate limits: rules, backends, SIGHUP reload.
-    pub ratelimit: Arc<RateLimiter>,
-    /// Failed logins per client IP (429 beyond the limit).
-    pub login_limiter: Arc<crate::auth::LoginLimiter>,
-    /// The dependency checks of `/api/health`, shared by calls within `health_cache_ms`.
-    pub health: Arc<crate::http::HealthProbe>,
-    /// Resolved API keys and JWT accounts, reused for `auth_cache_ms`.
-    pub credentials: Arc<crate::auth::CredentialCache>,
-    pub started_at: Instant,
-    /// Cancelled when shutdown starts.
-    pub shutdown: CancellationToken,
-    /// Spawned tasks (WebSocket connections, debates) that shutdown waits for.
-    pub tasks: TaskTracker,
-}
+pub use crate::state::{AppState, Shared};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -267,7 +241,7 @@ impl Application {
             send_queue: config.ws_send_queue as usize,
             slow_after: config.ws_slow_consumer,
         }));
-        let state = AppState {
+        let state = AppState::new(Shared {
             store,
             redis,
             ws,
@@ -285,7 +259,7 @@ impl Application {
             config: Arc::new(config),
             shutdown,
             tasks,
-        };
+        });
         Ok(Application {
             state,
             api_listener,

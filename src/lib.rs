@@ -23,6 +23,7 @@ pub mod ratelimit;
 pub mod ratings;
 pub mod receipts;
 pub mod redis_client;
+pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod text;

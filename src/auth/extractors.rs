@@ -257,7 +257,8 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
             .insert(crate::ratelimit::Principal(principal.id.clone()));
     }
     req.extensions_mut().insert(principal);
-    next.run(req).await
+    // Rate limiting follows at once, in this same middleware.
+    crate::ratelimit::limit(&state, req, next).await
 }
 
 #[cfg(test)]

@@ -86,14 +86,10 @@ pub fn router(state: AppState) -> Router {
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(RequestBodyLimitLayer::new(config.max_body_bytes))
-        // Inside the pipeline (429s get correlation ids and the log line) and inside CORS
+        // Credentials are resolved once here, then rate limits applied in the same layer
+        // (`ratelimit::limit`), so limits key on the authenticated principal. Inside the
+        // pipeline (401s and 429s get correlation ids and the log line) and inside CORS
         // (browsers can read a 429; preflights are answered before it).
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            crate::ratelimit::middleware,
-        ))
-        // Credentials are resolved once here, before rate limiting, so limits key on the
-        // authenticated principal; CORS (outside) answers preflights first.
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::auth::extractors::authenticate,

@@ -105,13 +105,21 @@ pub fn init(settings: &LogSettings) -> anyhow::Result<()> {
         .with(stdout)
         .with(files)
         .with(super::errors::ErrorLayer::new(super::errors::global()))
+        // Without a Sentry client these layers would build a breadcrumb for every INFO line
+        // (every request) only for it to be dropped: they see events only while reporting.
         .with(
-            ::sentry::integrations::tracing::BreadcrumbLayer::new()
-                .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
+            ::sentry::integrations::tracing::BreadcrumbLayer::new().with_filter(
+                tracing_subscriber::filter::filter_fn(|meta| {
+                    *meta.level() <= tracing::Level::INFO && super::sentry::reporting()
+                }),
+            ),
         )
         .with(
-            ::sentry::integrations::tracing::ErrorLayer::new()
-                .with_filter(tracing_subscriber::filter::LevelFilter::ERROR),
+            ::sentry::integrations::tracing::ErrorLayer::new().with_filter(
+                tracing_subscriber::filter::filter_fn(|meta| {
+                    *meta.level() <= tracing::Level::ERROR && super::sentry::reporting()
+                }),
+            ),
         )
         .try_init()
         .context("cannot install the global log subscriber (logging already initialised?)")
@@ -222,7 +230,7 @@ where
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        let timestamp = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
+        let now = Utc::now();
         // Records bridged from the `log` crate carry their real target in `log.*` fields.
         let normalized = event.normalized_metadata();
         let meta: &Metadata<'_> = normalized.as_ref().unwrap_or_else(|| event.metadata());
@@ -251,15 +259,16 @@ where
         append_for_grep(&mut message, &fields, "debate_id");
         append_for_grep(&mut message, &fields, "duration_ms");
 
-        let mut line = Vec::with_capacity(256);
-        line.push(b'{');
-        push_entry(&mut line, "timestamp", &Value::String(timestamp));
-        line.push(b',');
-        push_entry(&mut line, "level", &Value::from(meta.level().as_str()));
-        line.push(b',');
+        let mut line = Vec::with_capacity(512);
+        line.extend_from_slice(b"{\"timestamp\":\"");
+        push_timestamp(&mut line, now);
+        line.extend_from_slice(b"\",\"level\":\"");
+        line.extend_from_slice(meta.level().as_str().as_bytes());
+        line.extend_from_slice(b"\",");
         push_entry(&mut line, "logger", &Value::from(meta.target()));
         line.push(b',');
-        push_entry(&mut line, "message", &Value::String(message));
+        push_key(&mut line, "message");
+        push_str(&mut line, &message);
         for (name, value) in &fields.0 {
             line.push(b',');
             if RESERVED_KEYS.contains(name) {
@@ -279,22 +288,82 @@ where
 const RESERVED_KEYS: [&str; 4] = ["timestamp", "level", "logger", "message"];
 
 fn push_entry(line: &mut Vec<u8>, key: &str, value: &Value) {
-    // Serializing a `str` or a `Value` into a `Vec` cannot fail.
-    serde_json::to_writer(&mut *line, key).expect("JSON into a Vec");
-    line.push(b':');
-    serde_json::to_writer(&mut *line, value).expect("JSON into a Vec");
+    push_key(line, key);
+    match value {
+        Value::String(text) => push_str(line, text),
+        // Serializing a `Value` into a `Vec` cannot fail.
+        other => serde_json::to_writer(&mut *line, other).expect("JSON into a Vec"),
+    }
+}
+
+/// `"key":` — field names are identifiers, written as they are; anything else is escaped.
+fn push_key(line: &mut Vec<u8>, key: &str) {
+    if key
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    {
+        line.push(b'"');
+        line.extend_from_slice(key.as_bytes());
+        line.extend_from_slice(b"\":");
+    } else {
+        push_str(line, key);
+        line.push(b':');
+    }
+}
+
+/// A JSON string: copied as it is when nothing in it needs escaping (the common case),
+/// else through serde_json's escaping.
+fn push_str(line: &mut Vec<u8>, text: &str) {
+    if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        line.push(b'"');
+        line.extend_from_slice(text.as_bytes());
+        line.push(b'"');
+    } else {
+        // Serializing a `str` into a `Vec` cannot fail.
+        serde_json::to_writer(&mut *line, text).expect("JSON into a Vec");
+    }
+}
+
+thread_local! {
+    /// The timestamp's text up to the seconds (`2025-01-02T03:04:05`) and the second it is
+    /// for: formatted once a second per thread instead of once a line.
+    static SECOND: std::cell::RefCell<(i64, String)> = const {
+        std::cell::RefCell::new((i64::MIN, String::new()))
+    };
+}
+
+/// RFC 3339 UTC with milliseconds and `Z`, as `to_rfc3339_opts(Millis, true)` writes it.
+fn push_timestamp(line: &mut Vec<u8>, now: chrono::DateTime<Utc>) {
+    let second = now.timestamp();
+    SECOND.with_borrow_mut(|(cached, text)| {
+        if *cached != second {
+            let full = now.to_rfc3339_opts(SecondsFormat::Secs, true);
+            text.clear();
+            text.push_str(full.trim_end_matches('Z'));
+            *cached = second;
+        }
+        line.extend_from_slice(text.as_bytes());
+    });
+    let millis = now.timestamp_subsec_millis().min(999);
+    line.extend_from_slice(&[
+        b'.',
+        b'0' + (millis / 100) as u8,
+        b'0' + (millis / 10 % 10) as u8,
+        b'0' + (millis % 10) as u8,
+        b'Z',
+    ]);
 }
 
 /// Appends ` key=<value>` to `message` when `fields` has `key` and the message has no
 /// `key=` of its own (at a word boundary, so `old_debate_id=` does not count).
 fn append_for_grep(message: &mut String, fields: &Fields, key: &str) {
     let Some(value) = fields.get(key) else { return };
-    let needle = format!("{key}=");
-    let already = message.match_indices(&needle).any(|(at, _)| {
-        message[..at]
-            .chars()
-            .next_back()
-            .is_none_or(|c| !(c.is_alphanumeric() || c == '_'))
+    let already = message.match_indices(key).any(|(at, _)| {
+        message[at + key.len()..].starts_with('=')
+            && message[..at]
+                .chars()
+                .next_back()
+                .is_none_or(|c| !(c.is_alphanumeric() || c == '_'))
     });
     if already {
         return;
@@ -302,7 +371,8 @@ fn append_for_grep(message: &mut String, fields: &Fields, key: &str) {
     if !message.is_empty() {
         message.push(' ');
     }
-    message.push_str(&needle);
+    message.push_str(key);
+    message.push('=');
     match value {
         Value::String(text) => message.push_str(text),
         other => message.push_str(&other.to_string()),
@@ -600,6 +670,40 @@ mod tests {
         assert_eq!(lines[0]["agent"], "a");
         assert_eq!(lines[1].get("agent"), None, "span fields do not leak");
         assert_eq!(lines[1]["message"], "outside any span");
+    }
+
+    #[test]
+    fn timestamps_and_strings_are_written_as_chrono_and_serde_json_write_them() {
+        let base = chrono::DateTime::parse_from_rfc3339("2025-12-31T23:59:58.000Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        // Within one second, across a second, a minute, a year; every millisecond digit.
+        for ms in [
+            0, 1, 9, 10, 99, 100, 999, 1000, 1001, 1999, 2000, 2345, 61_789,
+        ] {
+            let at = base + chrono::Duration::milliseconds(ms);
+            let mut line = Vec::new();
+            push_timestamp(&mut line, at);
+            assert_eq!(
+                String::from_utf8(line).unwrap(),
+                at.to_rfc3339_opts(SecondsFormat::Millis, true),
+                "{ms}"
+            );
+        }
+        for text in [
+            "plain",
+            "",
+            "quote \" and backslash \\",
+            "tab\tnewline\ncontrol\u{1}",
+            "unicode é 漢字 \u{7f}",
+        ] {
+            let mut line = Vec::new();
+            push_str(&mut line, text);
+            assert_eq!(line, serde_json::to_vec(text).unwrap(), "{text:?}");
+        }
+        let mut line = Vec::new();
+        push_key(&mut line, "weird key\"");
+        assert_eq!(line, b"\"weird key\\\"\":");
     }
 
     #[test]

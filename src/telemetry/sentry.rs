@@ -19,6 +19,14 @@ use crate::config::Config;
 /// Keeps the Sentry client alive; dropping it flushes pending events (bounded).
 pub struct SentryGuard(#[allow(dead_code)] ::sentry::ClientInitGuard);
 
+/// Whether a Sentry client was started: the log layers that feed Sentry (breadcrumbs, error
+/// events) do nothing otherwise, so they skip building breadcrumbs that nobody would send.
+static REPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn reporting() -> bool {
+    REPORTING.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Start reporting when `config.sentry_dsn` is set. An unusable DSN is logged and ignored
 /// (error reporting must not stop the server).
 pub fn init(config: &Config) -> Option<SentryGuard> {
@@ -46,7 +54,9 @@ pub fn init(config: &Config) -> Option<SentryGuard> {
     options.attach_stacktrace = true;
     options.shutdown_timeout = std::time::Duration::from_secs(2);
     options.before_send = Some(Arc::new(move |event| Some(prepare(event, &scrubber))));
-    Some(SentryGuard(::sentry::init(options)))
+    let guard = SentryGuard(::sentry::init(options));
+    REPORTING.store(true, std::sync::atomic::Ordering::Relaxed);
+    Some(guard)
 }
 
 /// Tag the event with the ids of the span it happened in, then scrub it.
