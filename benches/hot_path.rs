@@ -228,6 +228,8 @@ async fn main() {
         axum::serve(listener, bare_router()).await.unwrap();
         return;
     }
+    // The HTTP client of the set-up calls (registration, login) needs rustls' provider.
+    aragora::agents::http::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     let bare = bare_baseline().await;
     let sqlite = start(dir.path(), "sqlite", &[]).await;
