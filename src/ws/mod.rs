@@ -24,7 +24,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::app::AppState;
 use crate::error::error_response;
@@ -87,8 +87,9 @@ pub struct WsHub {
     slow_dropped: AtomicU64,
     rejected: AtomicU64,
     errors: AtomicU64,
-    /// Bumped by SIGUSR1: every live connection closes with 1012.
-    reload: watch::Sender<u64>,
+    /// Cancelled (and replaced) by SIGUSR1: every live connection closes with 1012. Each
+    /// connection waits on a child token of its own.
+    reload: Mutex<CancellationToken>,
 }
 
 /// `GET /api/ws/stats` body.
@@ -145,7 +146,7 @@ impl WsHub {
             slow_dropped: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             errors: AtomicU64::new(0),
-            reload: watch::channel(0).0,
+            reload: Mutex::new(CancellationToken::new()),
         }
     }
 
@@ -155,8 +156,14 @@ impl WsHub {
 
     /// Close every WebSocket with 1012; REST and debates are untouched.
     pub fn reload(&self) {
-        self.reload.send_modify(|generation| *generation += 1);
+        let current = std::mem::take(&mut *self.reload.lock().expect("reload lock"));
+        current.cancel();
         tracing::info!(target: "aragora::ws", "websocket reload: closing all connections with 1012");
+    }
+
+    /// Cancelled by the next reload.
+    fn reload_token(&self) -> CancellationToken {
+        self.reload.lock().expect("reload lock").child_token()
     }
 
     /// Count a new connection, or say which limit it exceeds.
