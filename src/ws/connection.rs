@@ -107,7 +107,10 @@ fn poll_take(
 enum Written {
     Done,
     Gone,
+    /// The queue stayed full.
     Slow,
+    /// The connection's token: shutdown, reload, or a catch-up found the queue full.
+    Stopped,
 }
 
 pub async fn serve(
@@ -155,21 +158,22 @@ pub async fn serve(
     // Frames of catch-ups (and their hand-overs), bounded: a catch-up that finds it full for
     // `slow_after` signals `slow`.
     let (tx, mut rx) = mpsc::channel::<Out>(hub.limits.send_queue);
-    let slow = CancellationToken::new();
     let ended = CancellationToken::new();
     let mut subs: HashMap<String, SubHandle> = HashMap::new();
     // Subscriptions in their live phase, by id: this task receives their events.
     let mut live: StreamMap<u64, Live> = StreamMap::new();
     // Frames taken and not yet written, in order.
     let mut queue: VecDeque<Frame> = VecDeque::new();
-    let mut batch: Vec<Frame> = Vec::with_capacity(WRITE_BATCH);
     let mut restarts: Restarts = Vec::new();
     let next_sub = std::sync::atomic::AtomicU64::new(0);
     let mut delivered: HashMap<Arc<str>, i64> = HashMap::new();
-    // Tokens of this connection's own: waiting on one locks only its node, where the
-    // server-wide tokens would be locked on every wake-up of every connection.
-    let shutdown = state.shutdown.child_token();
+    // One token of this connection's own ends it: cancelled by a catch-up that found the
+    // queue full (slow), and, as the descendant of the reload token, itself a child of the
+    // shutdown token, by a reload or by shutdown; `stop_reason` says which. Waiting on it
+    // locks only this connection's node, where waiting on the server-wide tokens would lock
+    // theirs on every wake-up of every connection.
     let reload = hub.reload_token();
+    let slow = reload.child_token();
     let catch_up = |job: CatchUp| {
         state.tasks.spawn(subscription::run(
             state.clone(),
@@ -216,11 +220,22 @@ pub async fn serve(
     };
     // Created once, not on every wake-up: each would register with (and leave) a shared
     // notifier or the timer every time the task runs.
-    let shutdown = shutdown.cancelled();
-    let reloaded = reload.cancelled();
     let slowed = slow.cancelled();
     let idle = tokio::time::sleep_until(last_heard + IDLE_TIMEOUT);
-    tokio::pin!(shutdown, reloaded, slowed, idle);
+    tokio::pin!(slowed, idle);
+    let stop_reason = |delivered: &HashMap<Arc<str>, i64>| {
+        if state.shutdown.is_cancelled() {
+            Close(close_code::GOING_AWAY, "server shutting down".into())
+        } else if reload.is_cancelled() {
+            Close(
+                close_code::SERVICE_RESTART,
+                "websocket reload; reconnect and resume with since".into(),
+            )
+        } else {
+            hub.slow_dropped.fetch_add(1, Ordering::Relaxed);
+            Close(close_code::SLOW_CONSUMER, slow_reason(delivered))
+        }
+    };
 
     let reason: Option<Close> = loop {
         restart(&mut live, &mut restarts);
@@ -228,7 +243,9 @@ pub async fn serve(
             // Write what was taken in one go: frames are fed into the socket's buffer and
             // flushed once (one write for the batch, not one per frame).
             let n = queue.len().min(WRITE_BATCH);
-            batch.extend(queue.drain(..n));
+            // Allocated per batch: a buffer kept for the next one would stay resident in
+            // every idle connection.
+            let mut batch: Vec<Frame> = queue.drain(..n).collect();
             let mut fed = 0u64;
             let written = {
                 let write = async {
@@ -265,7 +282,7 @@ pub async fn serve(
                     tokio::select! {
                         biased;
                         r = &mut write => break if r.is_ok() { Written::Done } else { Written::Gone },
-                        _ = &mut slowed => break Written::Slow,
+                        _ = &mut slowed => break Written::Stopped,
                         _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)).await }, if deadline.is_some() => break Written::Slow,
                         _ = poll_fn(|cx| poll_take(cx, None, &mut live, &subs, &mut queue, &mut restarts, send_queue)), if !full => {
                             restart(&mut live, &mut restarts);
@@ -273,13 +290,14 @@ pub async fn serve(
                     }
                 }
             };
-            batch.clear();
+            drop(batch);
             match written {
                 Written::Done => {
                     hub.messages_sent.fetch_add(fed, Ordering::Relaxed);
                     continue;
                 }
                 Written::Gone => break None,
+                Written::Stopped => break Some(stop_reason(&delivered)),
                 Written::Slow => {
                     hub.slow_dropped.fetch_add(1, Ordering::Relaxed);
                     break Some(Close(close_code::SLOW_CONSUMER, slow_reason(&delivered)));
@@ -288,12 +306,7 @@ pub async fn serve(
         }
         tokio::select! {
             biased;
-            _ = &mut shutdown => break Some(Close(close_code::GOING_AWAY, "server shutting down".into())),
-            _ = &mut reloaded => break Some(Close(close_code::SERVICE_RESTART, "websocket reload; reconnect and resume with since".into())),
-            _ = &mut slowed => {
-                hub.slow_dropped.fetch_add(1, Ordering::Relaxed);
-                break Some(Close(close_code::SLOW_CONSUMER, slow_reason(&delivered)));
-            }
+            _ = &mut slowed => break Some(stop_reason(&delivered)),
             _ = poll_fn(|cx| poll_take(cx, Some(&mut rx), &mut live, &subs, &mut queue, &mut restarts, WRITE_BATCH)) => {}
             incoming = stream.next() => {
                 idle.as_mut().reset(Instant::now() + IDLE_TIMEOUT);

@@ -87,9 +87,11 @@ pub struct WsHub {
     slow_dropped: AtomicU64,
     rejected: AtomicU64,
     errors: AtomicU64,
-    /// Cancelled (and replaced) by SIGUSR1: every live connection closes with 1012. Each
-    /// connection waits on a child token of its own.
+    /// Cancelled (and replaced) by SIGUSR1: every live connection closes with 1012. A child
+    /// of the server's shutdown token, so it is cancelled by shutdown too; each connection
+    /// waits on a descendant of its own.
     reload: Mutex<CancellationToken>,
+    shutdown: CancellationToken,
 }
 
 /// `GET /api/ws/stats` body.
@@ -132,7 +134,7 @@ impl Drop for Admission {
 }
 
 impl WsHub {
-    pub fn new(limits: WsLimits) -> Self {
+    pub fn new(limits: WsLimits, shutdown: &CancellationToken) -> Self {
         WsHub {
             limits,
             fanout: Arc::new(Fanout::default()),
@@ -146,7 +148,8 @@ impl WsHub {
             slow_dropped: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             errors: AtomicU64::new(0),
-            reload: Mutex::new(CancellationToken::new()),
+            reload: Mutex::new(shutdown.child_token()),
+            shutdown: shutdown.clone(),
         }
     }
 
@@ -156,12 +159,13 @@ impl WsHub {
 
     /// Close every WebSocket with 1012; REST and debates are untouched.
     pub fn reload(&self) {
-        let current = std::mem::take(&mut *self.reload.lock().expect("reload lock"));
+        let next = self.shutdown.child_token();
+        let current = std::mem::replace(&mut *self.reload.lock().expect("reload lock"), next);
         current.cancel();
         tracing::info!(target: "aragora::ws", "websocket reload: closing all connections with 1012");
     }
 
-    /// Cancelled by the next reload.
+    /// Cancelled by the next reload, or by shutdown.
     fn reload_token(&self) -> CancellationToken {
         self.reload.lock().expect("reload lock").child_token()
     }
