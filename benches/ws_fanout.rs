@@ -229,8 +229,10 @@ struct Gate {
 impl Gate {
     async fn fill(&mut self, server: &Server) {
         while self.blockers.len() < WORKERS {
-            let agents = vec!["demo:3600000".to_owned(), "demo:3600000".to_owned()];
-            let id = server.create_debate(&agents, 1).await;
+            // A demo call may wait at most a minute: 20 rounds of them hold the worker far
+            // longer than the bench runs.
+            let agents = vec!["demo:60000".to_owned(), "demo:60000".to_owned()];
+            let id = server.create_debate(&agents, 20).await;
             server.wait_status(&id, |s| s == "running").await;
             self.blockers.push(id);
         }

@@ -234,13 +234,16 @@ impl Application {
                 });
             }));
         }
-        let ws = Arc::new(WsHub::new(WsLimits {
-            max_connections: config.ws_max_connections as usize,
-            max_per_ip: config.ws_max_per_ip as usize,
-            max_message_bytes: crate::ws::MAX_MESSAGE_BYTES,
-            send_queue: config.ws_send_queue as usize,
-            slow_after: config.ws_slow_consumer,
-        }));
+        let ws = Arc::new(WsHub::new(
+            WsLimits {
+                max_connections: config.ws_max_connections as usize,
+                max_per_ip: config.ws_max_per_ip as usize,
+                max_message_bytes: crate::ws::MAX_MESSAGE_BYTES,
+                send_queue: config.ws_send_queue as usize,
+                slow_after: config.ws_slow_consumer,
+            },
+            &shutdown,
+        ));
         let state = AppState::new(Shared {
             store,
             redis,

@@ -1,10 +1,15 @@
-//! One WebSocket connection: a writer fed by a bounded queue, the client's messages, the
-//! heartbeat and protocol pings, and the close codes.
+//! One WebSocket connection: one task that reads the client's messages, writes frames, and
+//! itself receives the live events of its subscriptions from the debates' broadcast channels
+//! (one wake-up per watcher for whatever is ready, written in one batch with one flush). The
+//! catch-up of a subscription from the store runs as a short task that queues its frames; see
+//! `subscription`. Also the heartbeat, protocol pings and the close codes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
@@ -13,19 +18,20 @@ use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_stream::StreamMap;
 use tokio_util::sync::CancellationToken;
 
-use super::subscription::{self, Out};
+use super::subscription::{self, CatchUp, Frame, Live, Out, Registration, Step, Watch};
 use super::{HEARTBEAT_INTERVAL, IDLE_TIMEOUT, MAX_SUBSCRIPTIONS, PING_INTERVAL, close_code};
 use crate::app::AppState;
 use crate::auth::Principal;
 
 type Sink = SplitSink<WebSocket, Message>;
 
-/// Most queued frames written with one flush.
+/// Most frames written with one flush.
 const WRITE_BATCH: usize = 64;
 
-/// A live subscription of this connection: stop it with `token`; `id` tags its frames.
+/// A subscription of this connection: stop it with `token`; `id` tags its frames.
 struct SubHandle {
     token: CancellationToken,
     id: u64,
@@ -33,6 +39,79 @@ struct SubHandle {
 
 /// Why the connection ends, and the close frame it gets.
 struct Close(u16, String);
+
+/// Live subscriptions that asked to go back to a catch-up.
+type Restarts = Vec<(u64, Step)>;
+
+/// Take what is ready without waiting, until `queue` holds `limit` frames: first what the
+/// catch-ups queued (when `rx` is given; a hand-over makes its subscription live), then live
+/// events. Ready when a frame was added or a subscription must catch up; otherwise every
+/// source has this task's waker (`queue` must have room when called).
+fn poll_take(
+    cx: &mut Context<'_>,
+    rx: Option<&mut mpsc::Receiver<Out>>,
+    live: &mut StreamMap<u64, Live>,
+    subs: &HashMap<String, SubHandle>,
+    queue: &mut VecDeque<Frame>,
+    restarts: &mut Restarts,
+    limit: usize,
+) -> Poll<()> {
+    let before = queue.len();
+    if let Some(rx) = rx {
+        while queue.len() < limit {
+            let Poll::Ready(Some(out)) = rx.poll_recv(cx) else {
+                break;
+            };
+            match out {
+                Out::Event {
+                    debate_id,
+                    seq,
+                    json,
+                    sub,
+                } => {
+                    // Frames queued before an unsubscribe (or by an earlier subscription to
+                    // the same debate) are not sent.
+                    if subs.get(&*debate_id).map(|h| h.id) == Some(sub) {
+                        queue.push_back(Frame {
+                            text: json,
+                            mark: seq.map(|s| (debate_id, s)),
+                        });
+                    }
+                }
+                Out::Control(text) => queue.push_back(Frame { text, mark: None }),
+                Out::Live(handoff) => {
+                    let current = subs.get(handoff.debate_id()).map(|h| h.id) == Some(handoff.id());
+                    if current && !handoff.token().is_cancelled() {
+                        live.insert(handoff.id(), Live::new(*handoff));
+                    }
+                }
+            }
+        }
+    }
+    while queue.len() < limit {
+        match live.poll_next_unpin(cx) {
+            Poll::Ready(Some((_, Step::Write(frame)))) => queue.push_back(frame),
+            Poll::Ready(Some((id, step))) => restarts.push((id, step)),
+            // No live subscription, or none has anything now.
+            Poll::Ready(None) | Poll::Pending => break,
+        }
+    }
+    if queue.len() > before || !restarts.is_empty() {
+        Poll::Ready(())
+    } else {
+        Poll::Pending
+    }
+}
+
+/// How writing a batch ended.
+enum Written {
+    Done,
+    Gone,
+    /// The queue stayed full.
+    Slow,
+    /// The connection's token: shutdown, reload, or a catch-up found the queue full.
+    Stopped,
+}
 
 pub async fn serve(
     socket: WebSocket,
@@ -76,35 +155,50 @@ pub async fn serve(
         return;
     }
 
+    // Frames of catch-ups (and their hand-overs), bounded: a catch-up that finds it full for
+    // `slow_after` signals `slow`.
     let (tx, mut rx) = mpsc::channel::<Out>(hub.limits.send_queue);
-    let slow = CancellationToken::new();
     let ended = CancellationToken::new();
     let mut subs: HashMap<String, SubHandle> = HashMap::new();
+    // Subscriptions in their live phase, by id: this task receives their events.
+    let mut live: StreamMap<u64, Live> = StreamMap::new();
+    // Frames taken and not yet written, in order.
+    let mut queue: VecDeque<Frame> = VecDeque::new();
+    let mut restarts: Restarts = Vec::new();
     let next_sub = std::sync::atomic::AtomicU64::new(0);
     let mut delivered: HashMap<Arc<str>, i64> = HashMap::new();
-    let mut reload = hub.reload.subscribe();
+    // One token of this connection's own ends it: cancelled by a catch-up that found the
+    // queue full (slow), and, as the descendant of the reload token, itself a child of the
+    // shutdown token, by a reload or by shutdown; `stop_reason` says which. Waiting on it
+    // locks only this connection's node, where waiting on the server-wide tokens would lock
+    // theirs on every wake-up of every connection.
+    let reload = hub.reload_token();
+    let slow = reload.child_token();
+    let catch_up = |job: CatchUp| {
+        state.tasks.spawn(subscription::run(
+            state.clone(),
+            job,
+            tx.clone(),
+            slow.clone(),
+        ));
+    };
     let start = |subs: &mut HashMap<String, SubHandle>, debate_id: String, since: i64| {
         let token = ended.child_token();
         let id = next_sub.fetch_add(1, Ordering::Relaxed) + 1;
-        subs.insert(
-            debate_id.clone(),
-            SubHandle {
-                token: token.clone(),
-                id,
-            },
+        let reg = Registration::new(
+            hub.clone(),
+            Arc::from(debate_id.as_str()),
+            id,
+            token.clone(),
         );
-        state.tasks.spawn(subscription::run(
-            state.clone(),
-            principal.clone(),
-            subscription::Target {
-                debate_id,
-                since,
-                id,
-            },
-            tx.clone(),
-            slow.clone(),
-            token,
-        ));
+        subs.insert(debate_id, SubHandle { token, id });
+        // The live receiver is taken here, before the catch-up reads the store.
+        catch_up(CatchUp {
+            watch: Watch::subscribe(reg),
+            since,
+            first: Some(principal.clone()),
+            pending: None,
+        });
     };
     if let Some((debate_id, since)) = initial {
         start(&mut subs, debate_id, since);
@@ -113,74 +207,122 @@ pub async fn serve(
     let mut heartbeat =
         tokio::time::interval_at(Instant::now() + HEARTBEAT_INTERVAL, HEARTBEAT_INTERVAL);
     let mut ping = tokio::time::interval_at(Instant::now() + PING_INTERVAL, PING_INTERVAL);
-    let mut last_heard = Instant::now();
+    let last_heard = Instant::now();
+    let send_queue = hub.limits.send_queue;
+    let slow_after = hub.limits.slow_after;
+
+    let restart = |live: &mut StreamMap<u64, Live>, restarts: &mut Restarts| {
+        for (id, step) in restarts.drain(..) {
+            if let (Some(sub), Step::CatchUp { pending }) = (live.remove(&id), step) {
+                catch_up(sub.restart(pending));
+            }
+        }
+    };
+    // Created once, not on every wake-up: each would register with (and leave) a shared
+    // notifier or the timer every time the task runs.
+    let slowed = slow.cancelled();
+    let idle = tokio::time::sleep_until(last_heard + IDLE_TIMEOUT);
+    tokio::pin!(slowed, idle);
+    let stop_reason = |delivered: &HashMap<Arc<str>, i64>| {
+        if state.shutdown.is_cancelled() {
+            Close(close_code::GOING_AWAY, "server shutting down".into())
+        } else if reload.is_cancelled() {
+            Close(
+                close_code::SERVICE_RESTART,
+                "websocket reload; reconnect and resume with since".into(),
+            )
+        } else {
+            hub.slow_dropped.fetch_add(1, Ordering::Relaxed);
+            Close(close_code::SLOW_CONSUMER, slow_reason(delivered))
+        }
+    };
 
     let reason: Option<Close> = loop {
+        restart(&mut live, &mut restarts);
+        if !queue.is_empty() {
+            // Write what was taken in one go: frames are fed into the socket's buffer and
+            // flushed once (one write for the batch, not one per frame).
+            let n = queue.len().min(WRITE_BATCH);
+            // Allocated per batch: a buffer kept for the next one would stay resident in
+            // every idle connection.
+            let mut batch: Vec<Frame> = queue.drain(..n).collect();
+            let mut fed = 0u64;
+            let written = {
+                let write = async {
+                    for Frame { text, mark } in batch.drain(..) {
+                        sink.feed(Message::Text(text)).await?;
+                        fed += 1;
+                        // Fed frames sit in the write buffer ahead of any close frame:
+                        // delivered.
+                        if let Some((debate_id, seq)) = mark {
+                            match delivered.get_mut(&debate_id) {
+                                Some(last) => *last = seq,
+                                None => {
+                                    delivered.insert(debate_id, seq);
+                                }
+                            }
+                        }
+                    }
+                    sink.flush().await
+                };
+                tokio::pin!(write);
+                // A client that stops reading blocks the flush. Meanwhile live events are
+                // still taken, into the queue, up to the send queue's size (with what the
+                // catch-ups queued); a queue that stays full for `slow_after` means the client
+                // is too slow (4008), as does a catch-up that found its queue full.
+                let mut full_since: Option<Instant> = None;
+                loop {
+                    let full = queue.len() + rx.len() >= send_queue;
+                    if !full {
+                        full_since = None;
+                    } else if full_since.is_none() {
+                        full_since = Some(Instant::now());
+                    }
+                    let deadline = full_since.map(|t| t + slow_after);
+                    tokio::select! {
+                        biased;
+                        r = &mut write => break if r.is_ok() { Written::Done } else { Written::Gone },
+                        _ = &mut slowed => break Written::Stopped,
+                        _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)).await }, if deadline.is_some() => break Written::Slow,
+                        _ = poll_fn(|cx| poll_take(cx, None, &mut live, &subs, &mut queue, &mut restarts, send_queue)), if !full => {
+                            restart(&mut live, &mut restarts);
+                        }
+                    }
+                }
+            };
+            drop(batch);
+            match written {
+                Written::Done => {
+                    hub.messages_sent.fetch_add(fed, Ordering::Relaxed);
+                    continue;
+                }
+                Written::Gone => break None,
+                Written::Stopped => break Some(stop_reason(&delivered)),
+                Written::Slow => {
+                    hub.slow_dropped.fetch_add(1, Ordering::Relaxed);
+                    break Some(Close(close_code::SLOW_CONSUMER, slow_reason(&delivered)));
+                }
+            }
+        }
         tokio::select! {
             biased;
-            _ = state.shutdown.cancelled() => break Some(Close(close_code::GOING_AWAY, "server shutting down".into())),
-            _ = reload.changed() => break Some(Close(close_code::SERVICE_RESTART, "websocket reload; reconnect and resume with since".into())),
-            _ = slow.cancelled() => {
-                hub.slow_dropped.fetch_add(1, Ordering::Relaxed);
-                break Some(Close(close_code::SLOW_CONSUMER, slow_reason(&delivered)));
-            }
-            out = rx.recv() => {
-                let Some(first) = out else { break None };
-                // Write what is already waiting in one go: frames are fed into the socket's
-                // buffer and flushed once (one write for the batch, not one per frame).
-                let mut batch = vec![first];
-                while batch.len() < WRITE_BATCH {
-                    match rx.try_recv() {
-                        Ok(more) => batch.push(more),
-                        Err(_) => break,
-                    }
-                }
-                let mut fed: Vec<Option<(Arc<str>, i64)>> = Vec::with_capacity(batch.len());
-                let outcome = {
-                    let write = async {
-                        for out in batch {
-                            let (text, mark) = match out {
-                                Out::Event { debate_id, seq, json, sub } => {
-                                    // Frames queued before an unsubscribe (or by an earlier
-                                    // subscription to the same debate) are not sent.
-                                    if subs.get(&*debate_id).map(|h| h.id) != Some(sub) {
-                                        continue;
-                                    }
-                                    (json, seq.map(|s| (debate_id, s)))
-                                }
-                                Out::Control(json) => (json, None),
-                            };
-                            sink.feed(Message::Text(text)).await?;
-                            fed.push(mark);
-                        }
-                        sink.flush().await
-                    };
-                    // A client that stops reading blocks the flush; the slow signal still wins.
-                    tokio::select! {
-                        r = write => Some(r.is_ok()),
-                        _ = slow.cancelled() => None,
-                    }
-                };
-                // Fed frames sit in the write buffer ahead of any close frame: delivered.
-                for (debate_id, seq) in fed.iter().flatten() {
-                    delivered.insert(debate_id.clone(), *seq);
-                }
-                match outcome {
-                    None => {
-                        hub.slow_dropped.fetch_add(1, Ordering::Relaxed);
-                        break Some(Close(close_code::SLOW_CONSUMER, slow_reason(&delivered)));
-                    }
-                    Some(false) => break None,
-                    Some(true) => {
-                        hub.messages_sent.fetch_add(fed.len() as u64, Ordering::Relaxed);
-                    }
-                }
-            }
+            _ = &mut slowed => break Some(stop_reason(&delivered)),
+            _ = poll_fn(|cx| poll_take(cx, Some(&mut rx), &mut live, &subs, &mut queue, &mut restarts, WRITE_BATCH)) => {}
             incoming = stream.next() => {
-                last_heard = Instant::now();
+                idle.as_mut().reset(Instant::now() + IDLE_TIMEOUT);
                 match incoming {
                     Some(Ok(Message::Text(text))) => {
-                        if let Some(reply) = handle_text(&text, &mut subs, &start) {
+                        let reply = handle_text(&text, &mut subs, &start);
+                        // Unsubscribed: its live events stop here.
+                        let stopped: Vec<u64> = live
+                            .iter()
+                            .filter(|(_, sub)| sub.is_cancelled())
+                            .map(|(id, _)| *id)
+                            .collect();
+                        for id in stopped {
+                            live.remove(&id);
+                        }
+                        if let Some(reply) = reply {
                             if sink.send(Message::Text(reply.to_string().into())).await.is_err() {
                                 break None;
                             }
@@ -218,12 +360,13 @@ pub async fn serve(
                     break None;
                 }
             }
-            _ = tokio::time::sleep_until(last_heard + IDLE_TIMEOUT) => {
+            _ = &mut idle => {
                 break Some(Close(close_code::GOING_AWAY, format!("no traffic from the client for {} s", IDLE_TIMEOUT.as_secs())));
             }
         }
     };
     ended.cancel();
+    drop(live);
     if let Some(reason) = reason {
         if reason.0 == close_code::SLOW_CONSUMER {
             tracing::warn!(target: "aragora::ws", %client_id, reason = %reason.1, "slow websocket client dropped");

@@ -15,18 +15,18 @@ use crate::bus::{EventBus, LiveEvent};
 /// Per-debate channel depth. A watcher further behind than this resyncs from the store.
 const DEBATE_CHANNEL: usize = 1024;
 
-/// An event ready to send: its JSON text, serialised once.
+/// An event ready to send: its JSON text, serialised once. Every watcher's copy shares the
+/// text (cloning it is one reference-count increment), so the frame a watcher writes is the
+/// value it received, with no further copy or allocation.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
     pub seq: Option<i64>,
     pub json: Utf8Bytes,
-    /// Bus timestamp, for delivery-latency measurements.
-    pub created: chrono::DateTime<chrono::Utc>,
 }
 
 #[derive(Debug, Clone)]
 pub enum Fan {
-    Event(Arc<Outgoing>),
+    Event(Outgoing),
     /// Events may have been missed: re-read the store.
     Resync,
 }
@@ -72,11 +72,10 @@ impl Fanout {
             Ok(j) => j,
             Err(_) => return,
         };
-        let _ = tx.send(Fan::Event(Arc::new(Outgoing {
+        let _ = tx.send(Fan::Event(Outgoing {
             seq: event.seq,
             json: json.into(),
-            created: event.timestamp,
-        })));
+        }));
     }
 
     fn resync_all(&self) {

@@ -24,7 +24,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::app::AppState;
 use crate::error::error_response;
@@ -87,8 +87,11 @@ pub struct WsHub {
     slow_dropped: AtomicU64,
     rejected: AtomicU64,
     errors: AtomicU64,
-    /// Bumped by SIGUSR1: every live connection closes with 1012.
-    reload: watch::Sender<u64>,
+    /// Cancelled (and replaced) by SIGUSR1: every live connection closes with 1012. A child
+    /// of the server's shutdown token, so it is cancelled by shutdown too; each connection
+    /// waits on a descendant of its own.
+    reload: Mutex<CancellationToken>,
+    shutdown: CancellationToken,
 }
 
 /// `GET /api/ws/stats` body.
@@ -131,7 +134,7 @@ impl Drop for Admission {
 }
 
 impl WsHub {
-    pub fn new(limits: WsLimits) -> Self {
+    pub fn new(limits: WsLimits, shutdown: &CancellationToken) -> Self {
         WsHub {
             limits,
             fanout: Arc::new(Fanout::default()),
@@ -145,7 +148,8 @@ impl WsHub {
             slow_dropped: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             errors: AtomicU64::new(0),
-            reload: watch::channel(0).0,
+            reload: Mutex::new(shutdown.child_token()),
+            shutdown: shutdown.clone(),
         }
     }
 
@@ -155,8 +159,15 @@ impl WsHub {
 
     /// Close every WebSocket with 1012; REST and debates are untouched.
     pub fn reload(&self) {
-        self.reload.send_modify(|generation| *generation += 1);
+        let next = self.shutdown.child_token();
+        let current = std::mem::replace(&mut *self.reload.lock().expect("reload lock"), next);
+        current.cancel();
         tracing::info!(target: "aragora::ws", "websocket reload: closing all connections with 1012");
+    }
+
+    /// Cancelled by the next reload, or by shutdown.
+    fn reload_token(&self) -> CancellationToken {
+        self.reload.lock().expect("reload lock").child_token()
     }
 
     /// Count a new connection, or say which limit it exceeds.

@@ -4,18 +4,31 @@
 //! skipped, anything beyond the next one means a gap that is filled from the store first. So
 //! the seam between replay and live has no gap and no duplicate, whatever the debate is doing
 //! meanwhile.
+//!
+//! The work is split in two phases. The *catch-up* (this module's [`run`], a short-lived task)
+//! reads the store after the cursor and queues those events for the connection's writer, while
+//! it holds the live receiver without reading it; when the store has nothing more it hands the
+//! receiver and its cursor to the connection ([`Out::Live`], queued behind its last event).
+//! From then on the connection task itself reads the receiver and writes each live event to
+//! the socket ([`Live`] applies the seq rules), one wake-up per watcher per batch of events.
+//! A gap, a lagging receiver or a resync signal sends the subscription back to a catch-up
+//! with a fresh receiver (taken before that store read) and the same cursor.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, ready};
 
 use axum::extract::ws::Utf8Bytes;
+use futures::{Stream, StreamExt};
 use serde_json::json;
-use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::BroadcastStream;
 use tokio_util::sync::CancellationToken;
 
+use super::WsHub;
 use super::connection::error_frame;
-use super::fanout::Fan;
+use super::fanout::{Fan, Outgoing};
 use crate::app::AppState;
 use crate::auth::Principal;
 use crate::bus::LiveEvent;
@@ -23,7 +36,7 @@ use crate::bus::LiveEvent;
 /// Events read from the store per query while replaying or filling a gap.
 const PAGE: u32 = 500;
 
-/// A frame for the connection's writer.
+/// What a catch-up queues for the connection's writer.
 pub enum Out {
     /// A debate event; durable ones carry their seq (the writer tracks the last delivered).
     Event {
@@ -34,11 +47,205 @@ pub enum Out {
         sub: u64,
     },
     Control(Utf8Bytes),
+    /// The catch-up is done: the connection delivers live events after the cursor from here on.
+    Live(Box<Handoff>),
+}
+
+/// A subscription's registration: counted in the stats while it exists, and when it is
+/// dropped (the subscription ended, whichever phase it was in) its token is cancelled and the
+/// debate's channel released if nobody else watches it.
+pub struct Registration {
+    hub: Arc<WsHub>,
+    debate_id: Arc<str>,
+    id: u64,
+    token: CancellationToken,
+}
+
+impl Registration {
+    pub fn new(hub: Arc<WsHub>, debate_id: Arc<str>, id: u64, token: CancellationToken) -> Self {
+        hub.subscriptions.fetch_add(1, Ordering::Relaxed);
+        Registration {
+            hub,
+            debate_id,
+            id,
+            token,
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.token.cancel();
+        self.hub.fanout.release(&self.debate_id);
+        self.hub.subscriptions.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A live receiver with the registration it belongs to. Field order matters: the receiver is
+/// dropped before the registration releases the channel.
+pub struct Watch {
+    rx: broadcast::Receiver<Fan>,
+    reg: Registration,
+}
+
+impl Watch {
+    /// Take the debate's live receiver now (before any store read that relies on it).
+    pub fn subscribe(reg: Registration) -> Self {
+        Watch {
+            rx: reg.hub.fanout.subscribe(&reg.debate_id),
+            reg,
+        }
+    }
+
+    pub fn id(&self) -> u64 {
+        self.reg.id
+    }
+
+    pub fn token(&self) -> &CancellationToken {
+        &self.reg.token
+    }
+}
+
+/// A caught-up subscription, ready for live delivery after `cursor`.
+pub struct Handoff {
+    watch: Watch,
+    cursor: i64,
+}
+
+impl Handoff {
+    pub fn id(&self) -> u64 {
+        self.watch.id()
+    }
+
+    pub fn debate_id(&self) -> &str {
+        &self.watch.reg.debate_id
+    }
+
+    pub fn token(&self) -> &CancellationToken {
+        self.watch.token()
+    }
+}
+
+/// A frame taken for the socket: its text and, for a durable event, the debate and seq it
+/// delivers (the 4008 reason names the last delivered seq per debate).
+pub struct Frame {
+    pub text: Utf8Bytes,
+    pub mark: Option<(Arc<str>, i64)>,
+}
+
+/// What a live subscription yields to the connection.
+pub enum Step {
+    /// The next event to write.
+    Write(Frame),
+    /// Events may be missing (a gap before this event, a lagging receiver, a resync): the
+    /// subscription goes back to a catch-up, which delivers `pending` in its place.
+    CatchUp { pending: Option<Outgoing> },
+}
+
+/// The live phase of a subscription, polled by its connection task: the debate's receiver and
+/// the last durable seq handed to the writer.
+pub struct Live {
+    events: BroadcastStream<Fan>,
+    debate_id: Arc<str>,
+    cursor: i64,
+    /// Set once it asked for a catch-up; it yields nothing more (the connection removes it).
+    halted: bool,
+    reg: Registration,
+}
+
+impl Live {
+    pub fn new(handoff: Handoff) -> Self {
+        let Handoff {
+            watch: Watch { rx, reg },
+            cursor,
+        } = handoff;
+        Live {
+            events: BroadcastStream::new(rx),
+            debate_id: reg.debate_id.clone(),
+            cursor,
+            halted: false,
+            reg,
+        }
+    }
+
+    /// Unsubscribed (or its connection ended).
+    pub fn is_cancelled(&self) -> bool {
+        self.reg.token.is_cancelled()
+    }
+
+    /// Back to a catch-up: a fresh receiver is taken now, before the catch-up reads the
+    /// store, and this one is dropped (what it still holds is in the store too).
+    pub fn restart(self, pending: Option<Outgoing>) -> CatchUp {
+        let Live {
+            events,
+            cursor,
+            reg,
+            ..
+        } = self;
+        let watch = Watch::subscribe(reg);
+        drop(events);
+        CatchUp {
+            watch,
+            since: cursor,
+            first: None,
+            pending,
+        }
+    }
+}
+
+impl Stream for Live {
+    type Item = Step;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Step>> {
+        let this = &mut *self;
+        if this.halted {
+            return Poll::Pending;
+        }
+        loop {
+            let step = match ready!(this.events.poll_next_unpin(cx)) {
+                // The channel is gone: the subscription ends.
+                None => return Poll::Ready(None),
+                Some(Ok(Fan::Event(event))) => match event.seq {
+                    Some(seq) if seq <= this.cursor => continue,
+                    Some(seq) if seq == this.cursor + 1 => {
+                        this.cursor = seq;
+                        Step::Write(Frame {
+                            text: event.json,
+                            mark: Some((this.debate_id.clone(), seq)),
+                        })
+                    }
+                    Some(_) => Step::CatchUp {
+                        pending: Some(event),
+                    },
+                    // Ephemeral (token deltas): live only.
+                    None => Step::Write(Frame {
+                        text: event.json,
+                        mark: None,
+                    }),
+                },
+                Some(Ok(Fan::Resync)) | Some(Err(_)) => Step::CatchUp { pending: None },
+            };
+            if matches!(step, Step::CatchUp { .. }) {
+                this.halted = true;
+            }
+            return Poll::Ready(Some(step));
+        }
+    }
+}
+
+/// A catch-up to run: deliver the stored events after `since` (first checking the debate and
+/// sending `subscribed` when `first` carries the subscriber), then hand `watch` to the
+/// connection.
+pub struct CatchUp {
+    pub watch: Watch,
+    pub since: i64,
+    pub first: Option<Principal>,
+    /// The live event that revealed a gap: delivered in its place if the store lacks it.
+    pub pending: Option<Outgoing>,
 }
 
 struct Sub {
     state: AppState,
-    debate_id: String,
     tag: Arc<str>,
     id: u64,
     tx: mpsc::Sender<Out>,
@@ -88,7 +295,7 @@ impl Sub {
             let page = self
                 .state
                 .store
-                .events_since(&self.debate_id, self.cursor, PAGE)
+                .events_since(&self.tag, self.cursor, PAGE)
                 .await
                 .map_err(|e| Stop::Store(e.to_string()))?;
             let full = page.len() as u32 == PAGE;
@@ -106,122 +313,118 @@ impl Sub {
     }
 }
 
-/// What to deliver: a debate from `since` on, tagged with the subscription's `id`.
-pub struct Target {
-    pub debate_id: String,
-    pub since: i64,
-    pub id: u64,
-}
-
+/// Run a catch-up; on success the subscription continues live in the connection task.
 pub async fn run(
     state: AppState,
-    principal: Principal,
-    Target {
-        debate_id,
+    CatchUp {
+        watch,
         since,
-        id,
-    }: Target,
+        first,
+        pending,
+    }: CatchUp,
     tx: mpsc::Sender<Out>,
     slow: CancellationToken,
-    cancel: CancellationToken,
 ) {
-    let hub = state.ws.clone();
-    // Subscribe first: whatever is published from now on is seen live or found in the store.
-    let mut live = hub.fanout.subscribe(&debate_id);
-    hub.subscriptions.fetch_add(1, Ordering::Relaxed);
+    let cancel = watch.token().clone();
+    let debate_id = watch.reg.debate_id.clone();
     let mut sub = Sub {
-        state: state.clone(),
-        tag: Arc::from(debate_id.as_str()),
-        id,
-        debate_id: debate_id.clone(),
+        state,
+        tag: debate_id.clone(),
+        id: watch.id(),
         tx,
         slow,
         cursor: since,
     };
     let result = tokio::select! {
-        r = deliver(&mut sub, &principal, &mut live) => r,
-        _ = cancel.cancelled() => Ok(()),
+        r = deliver(&mut sub, first, pending) => r,
+        _ = cancel.cancelled() => return,
     };
-    if let Err(Stop::Store(err)) = result {
-        tracing::error!(target: "aragora::ws", debate_id = %debate_id, error = %err, "subscription stopped: store unavailable");
-        hub.count_error();
-        let frame = error_frame(
-            "store_unavailable",
-            "events could not be read; resubscribe with since",
-            Some(&debate_id),
-        );
-        let _ = sub.tx.try_send(Out::Control(frame.to_string().into()));
-    }
-    cancel.cancel();
-    drop(live);
-    hub.fanout.release(&debate_id);
-    hub.subscriptions.fetch_sub(1, Ordering::Relaxed);
-}
-
-async fn deliver(
-    sub: &mut Sub,
-    principal: &Principal,
-    live: &mut tokio::sync::broadcast::Receiver<Fan>,
-) -> Result<(), Stop> {
-    let record = sub
-        .state
-        .store
-        .get_debate(&sub.debate_id)
-        .await
-        .map_err(|e| Stop::Store(e.to_string()))?;
-    // A debate the caller may not see over HTTP is "not found" here too. Anonymous readers
-    // (`ws_anonymous_read`) see only debates nobody owns.
-    let visible = |r: &crate::store::DebateRecord| {
-        principal.can_see(r) || (principal.role.is_none() && r.owner_id.is_none())
-    };
-    let Some(record) = record.filter(visible) else {
-        let frame = error_frame(
-            "debate_not_found",
-            &format!("debate {} not found", sub.debate_id),
-            Some(&sub.debate_id),
-        );
-        sub.push(Out::Control(frame.to_string().into())).await?;
-        return Ok(());
-    };
-    let last_seq = sub
-        .state
-        .store
-        .last_seq(&sub.debate_id)
-        .await
-        .map_err(|e| Stop::Store(e.to_string()))?;
-    let subscribed = json!({
-        "type": "subscribed",
-        "debate_id": sub.debate_id,
-        "status": record.status,
-        "last_seq": last_seq,
-        "since": sub.cursor,
-    });
-    sub.push(Out::Control(subscribed.to_string().into()))
-        .await?;
-    sub.catch_up(None).await?;
-
-    loop {
-        match live.recv().await {
-            Ok(Fan::Event(event)) => match event.seq {
-                Some(seq) if seq <= sub.cursor => {}
-                Some(seq) => {
-                    if seq > sub.cursor + 1 {
-                        sub.catch_up(Some(seq - 1)).await?;
-                    }
-                    if seq == sub.cursor + 1 {
-                        sub.push_event(Some(seq), event.json.clone()).await?;
-                    } else if seq > sub.cursor {
-                        // The store did not have the missing events yet: read through this one.
-                        sub.catch_up(Some(seq)).await?;
-                    }
-                }
-                None => {
-                    // Ephemeral (token deltas): live only.
-                    sub.push_event(None, event.json.clone()).await?;
-                }
-            },
-            Ok(Fan::Resync) | Err(RecvError::Lagged(_)) => sub.catch_up(None).await?,
-            Err(RecvError::Closed) => return Ok(()),
+    match result {
+        Ok(true) => {
+            let handoff = Out::Live(Box::new(Handoff {
+                watch,
+                cursor: sub.cursor,
+            }));
+            // Queued behind the events just sent, so the connection goes live after them. If
+            // it cannot be queued the subscription ends with it (the watch is dropped).
+            tokio::select! {
+                _ = sub.push(handoff) => {}
+                _ = cancel.cancelled() => {}
+            }
+        }
+        Ok(false) | Err(Stop::Client) => {}
+        Err(Stop::Store(err)) => {
+            tracing::error!(target: "aragora::ws", debate_id = %debate_id, error = %err, "subscription stopped: store unavailable");
+            sub.state.ws.count_error();
+            let frame = error_frame(
+                "store_unavailable",
+                "events could not be read; resubscribe with since",
+                Some(&debate_id),
+            );
+            let _ = sub.tx.try_send(Out::Control(frame.to_string().into()));
         }
     }
+    // Unless handed over, the watch is dropped here: the subscription ends.
+}
+
+/// Deliver the stored events; `Ok(true)` when the subscription should go live.
+async fn deliver(
+    sub: &mut Sub,
+    first: Option<Principal>,
+    pending: Option<Outgoing>,
+) -> Result<bool, Stop> {
+    if let Some(principal) = first {
+        let record = sub
+            .state
+            .store
+            .get_debate(&sub.tag)
+            .await
+            .map_err(|e| Stop::Store(e.to_string()))?;
+        // A debate the caller may not see over HTTP is "not found" here too. Anonymous
+        // readers (`ws_anonymous_read`) see only debates nobody owns.
+        let visible = |r: &crate::store::DebateRecord| {
+            principal.can_see(r) || (principal.role.is_none() && r.owner_id.is_none())
+        };
+        let Some(record) = record.filter(visible) else {
+            let frame = error_frame(
+                "debate_not_found",
+                &format!("debate {} not found", sub.tag),
+                Some(&sub.tag),
+            );
+            sub.push(Out::Control(frame.to_string().into())).await?;
+            return Ok(false);
+        };
+        let last_seq = sub
+            .state
+            .store
+            .last_seq(&sub.tag)
+            .await
+            .map_err(|e| Stop::Store(e.to_string()))?;
+        let subscribed = json!({
+            "type": "subscribed",
+            "debate_id": &*sub.tag,
+            "status": record.status,
+            "last_seq": last_seq,
+            "since": sub.cursor,
+        });
+        sub.push(Out::Control(subscribed.to_string().into()))
+            .await?;
+    }
+    if let Some(Outgoing {
+        seq: Some(seq),
+        json,
+    }) = pending
+    {
+        // A gap before `seq`: fill it from the store, then this event (unless the store
+        // already had it too).
+        if seq > sub.cursor + 1 {
+            sub.catch_up(Some(seq - 1)).await?;
+        }
+        if seq == sub.cursor + 1 {
+            sub.push_event(Some(seq), json).await?;
+        }
+    }
+    // Everything stored after the cursor: the fresh receiver has whatever comes later.
+    sub.catch_up(None).await?;
+    Ok(true)
 }

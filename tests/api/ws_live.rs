@@ -369,6 +369,136 @@ async fn a_slow_client_is_closed_with_4008_and_its_last_seq_while_others_get_eve
     app.stop().await.unwrap();
 }
 
+/// Stats until `done` says so (at most ~10 s).
+async fn stats_until(app: &TestApp, done: impl Fn(&Value) -> bool) -> Value {
+    let mut stats = Value::Null;
+    for _ in 0..500 {
+        stats = app.get("/api/ws/stats").await.json().await.unwrap();
+        if done(&stats) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stats
+}
+
+/// Live delivery is written by the connection task from the debate's channel: a watcher that
+/// stops reading while the debate streams is closed with 4008 naming exactly the last seq it
+/// was sent, and resuming from that seq gives the rest, so it sees every seq once; a watcher
+/// that reads gets everything; afterwards no subscription or debate channel is left behind.
+#[tokio::test]
+async fn a_slow_live_watcher_is_closed_with_4008_and_resumes_from_its_last_seq() {
+    let app = spawn_app_with(&[
+        ("ARAGORA_MAX_CONCURRENT_DEBATES", "1"),
+        ("ARAGORA_WS_SEND_QUEUE", "16"),
+        ("ARAGORA_WS_SLOW_CONSUMER_MS", "300"),
+        ("ARAGORA_WS_SOCKET_SEND_BUFFER", "16384"),
+    ])
+    .await;
+    // A blocker holds the only worker, so the watched debate stays queued (one stored event)
+    // until the blocker is cancelled: both watchers are live before it produces anything.
+    let blocker = start_debate(
+        &app,
+        json!({"task": "block", "agents": ["demo:60000", "demo:60000"], "rounds": 1}),
+    )
+    .await;
+    for _ in 0..200 {
+        let d: Value = app
+            .get(&format!("/api/debates/{blocker}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        if d["status"] == "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let agents: Vec<&str> = vec!["demo"; 10];
+    let id = start_debate(
+        &app,
+        json!({"task": "stream", "agents": agents, "rounds": 8, "min_rounds": 8}),
+    )
+    .await;
+    let watch_url = format!("ws://{}/ws?debate_id={id}", app.ws);
+
+    // The slow watcher: a tiny receive buffer, and it reads nothing until it is closed.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(app.ws).await.unwrap();
+    let (mut slow, _) = tokio_tungstenite::client_async(watch_url.as_str(), stream)
+        .await
+        .unwrap();
+    let mut fast = connect(&watch_url).await;
+    assert_eq!(next(&mut fast).await.unwrap()["type"], "connection_info");
+    assert_eq!(next(&mut fast).await.unwrap()["type"], "subscribed");
+    let fast = tokio::spawn(async move { collect_until_end(&mut fast).await });
+    stats_until(&app, |s| s["subscriptions"] == 2).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = app
+        .client
+        .post(app.url(&format!("/api/debates/{blocker}/cancel")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+
+    let stats = stats_until(&app, |s| s["slow_clients_dropped"] == 1).await;
+    assert_eq!(stats["slow_clients_dropped"], 1, "{stats}");
+    let mut got: Vec<i64> = Vec::new();
+    let close = loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), slow.next())
+            .await
+            .unwrap();
+        match msg {
+            Some(Ok(Message::Text(t))) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if let Some(seq) = v["seq"].as_i64() {
+                    got.push(seq);
+                }
+            }
+            Some(Ok(Message::Close(frame))) => break frame.unwrap(),
+            Some(Ok(_)) => {}
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(u16::from(close.code), 4008);
+    let last_sent = *got.last().expect("the queued event at least");
+    assert_eq!(got, (1..=last_sent).collect::<Vec<_>>(), "in order, once");
+    assert_eq!(
+        close.reason.as_str(),
+        format!("slow consumer; last seq {last_sent}")
+    );
+
+    let everything = fast.await.unwrap();
+    let last = *everything.last().unwrap();
+    assert_eq!(everything, (1..=last).collect::<Vec<_>>());
+    assert!(
+        last_sent < last,
+        "the slow watcher was closed while the debate streamed ({last_sent} of {last})"
+    );
+    // Resuming from the seq in the close reason gives exactly the rest.
+    let mut resumed = connect(&format!("{watch_url}&since={last_sent}")).await;
+    assert_eq!(next(&mut resumed).await.unwrap()["type"], "connection_info");
+    let sub = next(&mut resumed).await.unwrap();
+    assert_eq!(sub["type"], "subscribed");
+    assert_eq!(sub["since"], last_sent);
+    assert_eq!(
+        collect_until_end(&mut resumed).await,
+        ((last_sent + 1)..=last).collect::<Vec<_>>()
+    );
+    drop(resumed);
+    drop(slow);
+    // Every subscription ended with its connection, and the debate's channel went with it.
+    let stats = stats_until(&app, |s| {
+        s["subscriptions"] == 0 && s["watched_debates"] == 0
+    })
+    .await;
+    assert_eq!(stats["subscriptions"], 0, "{stats}");
+    assert_eq!(stats["watched_debates"], 0, "{stats}");
+    app.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn connection_limits_close_with_4029_and_stats_report_them() {
     let app = spawn_app_with(&[
