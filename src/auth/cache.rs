@@ -27,6 +27,9 @@ pub struct CredentialCache {
     keys: DashMap<String, (Instant, Principal)>,
     /// JWT subjects by user id.
     users: DashMap<String, (Instant, Principal)>,
+    /// Verified access tokens (the token itself) with their expiry (Unix seconds, leeway
+    /// included): a token seen within the TTL skips its signature check and claims parsing.
+    tokens: DashMap<String, (Instant, i64, Principal)>,
     /// When this instance last recorded each key's use, by key id.
     touched: DashMap<String, Instant>,
 }
@@ -37,6 +40,7 @@ impl CredentialCache {
             ttl,
             keys: DashMap::new(),
             users: DashMap::new(),
+            tokens: DashMap::new(),
             touched: DashMap::new(),
         }
     }
@@ -82,7 +86,34 @@ impl CredentialCache {
     pub fn forget_account(&self, user_id: &str) {
         self.keys
             .retain(|_, (_, principal)| principal.id != user_id);
+        self.tokens
+            .retain(|_, (_, _, principal)| principal.id != user_id);
         self.users.remove(user_id);
+    }
+
+    /// The principal of an access token verified within the TTL and not yet expired at
+    /// `now` (Unix seconds).
+    pub fn token(&self, token: &str, now: i64) -> Option<Principal> {
+        let entry = self.tokens.get(token)?;
+        let (at, expires, principal) = entry.value();
+        (at.elapsed() < self.ttl && *expires > now).then(|| principal.clone())
+    }
+
+    /// Remember a verified access token until `expires` (Unix seconds) or the TTL.
+    pub fn put_token(&self, token: &str, expires: i64, principal: &Principal) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        if self.tokens.len() >= MAX_ENTRIES {
+            self.tokens.retain(|_, (at, _, _)| at.elapsed() < self.ttl);
+            if self.tokens.len() >= MAX_ENTRIES {
+                self.tokens.clear();
+            }
+        }
+        self.tokens.insert(
+            token.to_owned(),
+            (Instant::now(), expires, principal.clone()),
+        );
     }
 
     /// Whether this instance should record a use of key `key_id` now (once a minute).
@@ -154,6 +185,20 @@ mod tests {
         assert_eq!(cache.api_key("h1b"), None);
         assert_eq!(cache.user("u1"), None);
         assert_eq!(cache.api_key("h2"), Some(member("u2")));
+    }
+
+    #[test]
+    fn a_verified_token_answers_until_the_ttl_or_its_expiry_whichever_is_first() {
+        let cache = CredentialCache::new(Duration::from_millis(50));
+        cache.put_token("t1", 1_000, &member("u1"));
+        assert_eq!(cache.token("t1", 999), Some(member("u1")));
+        assert_eq!(cache.token("t1", 1_000), None, "expired");
+        assert_eq!(cache.token("t2", 0), None);
+        cache.forget_account("u1");
+        assert_eq!(cache.token("t1", 0), None, "forgotten with its account");
+        cache.put_token("t3", i64::MAX, &member("u3"));
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(cache.token("t3", 0), None, "past the TTL");
     }
 
     #[test]

@@ -151,13 +151,21 @@ pub async fn resolve_token(state: &AppState, token: &str) -> Result<Principal, C
         state.credentials.put_api_key(&hash, &principal);
         return Ok(principal);
     }
+    let now = chrono::Utc::now().timestamp();
+    if config.jwt_secret.is_some()
+        && let Some(principal) = state.credentials.token(token, now)
+    {
+        return Ok(principal);
+    }
     if let Some(secret) = &config.jwt_secret
         && tokens::looks_like_jwt(token)
         && let Some(claims) = tokens::verify_access(secret.expose().as_bytes(), token)
     {
         // The account's current role counts (a demotion applies within `auth_cache_ms`);
         // a deleted account's tokens stop working.
+        let expires = claims.exp.saturating_add(tokens::LEEWAY_SECONDS as i64);
         if let Some(principal) = state.credentials.user(&claims.sub) {
+            state.credentials.put_token(token, expires, &principal);
             return Ok(principal);
         }
         let user = state
@@ -174,6 +182,7 @@ pub async fn resolve_token(state: &AppState, token: &str) -> Result<Principal, C
             kind: PrincipalKind::User,
         };
         state.credentials.put_user(&claims.sub, &principal);
+        state.credentials.put_token(token, expires, &principal);
         return Ok(principal);
     }
     Err(InvalidCredentials)

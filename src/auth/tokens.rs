@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::keys;
 
 /// Clock skew tolerated on `exp`/`iat`, seconds.
-const LEEWAY_SECONDS: u64 = 5;
+pub const LEEWAY_SECONDS: u64 = 5;
 pub const ACCESS: &str = "access";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
