@@ -313,7 +313,8 @@ async fn main() {
     servers.push(authed);
 
     println!(
-        "aragora hot_path bench: wrk -t2 -c50 -d{seconds}s, {rounds} rounds; redis limiter: {}",
+        "aragora hot_path bench: {}; wrk -t2 -c50 -d{seconds}s, {rounds} rounds; redis limiter: {}",
+        server_binary(),
         if redis.is_some() {
             "on"
         } else {

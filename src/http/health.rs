@@ -189,7 +189,7 @@ impl HealthProbe {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .filter(|(at, _)| at.elapsed() < Duration::from_secs(1));
-        let fault = match fresh {
+        match fresh {
             Some((_, fault)) => fault,
             None => {
                 let probe = tokio::time::timeout(
@@ -207,8 +207,7 @@ impl HealthProbe {
                     Some((Instant::now(), fault));
                 fault
             }
-        };
-        fault
+        }
     }
 }
 
