@@ -115,6 +115,7 @@ async fn engine_overhead() {
             size: config.db_pool_size,
             max_overflow: config.db_max_overflow,
             acquire_timeout: Duration::from_secs(10),
+            intake: config.db_intake_pool_size,
         },
     )
     .await
@@ -531,7 +532,11 @@ async fn run_level(n: usize) -> Level {
         }
         _ => None,
     };
-    for var in ["ARAGORA_DB_POOL_SIZE", "ARAGORA_DB_MAX_OVERFLOW"] {
+    for var in [
+        "ARAGORA_DB_POOL_SIZE",
+        "ARAGORA_DB_MAX_OVERFLOW",
+        "ARAGORA_DB_INTAKE_POOL_SIZE",
+    ] {
         if let Ok(v) = std::env::var(var) {
             env.push((var, v));
         }

@@ -61,6 +61,7 @@ pub async fn open_store(config: &Config) -> Result<DynStore, StoreError> {
         size: config.db_pool_size,
         max_overflow: config.db_max_overflow,
         acquire_timeout: config.db_acquire_timeout,
+        intake: config.db_intake_pool_size,
     };
     store::connect(config.database_url.expose(), pool).await
 }

@@ -53,6 +53,7 @@ const SETTINGS: &[Setting] = &[
     secret("supabase_key", &["SUPABASE_KEY"]),
     s("db_pool_size", &["ARAGORA_DB_POOL_SIZE"]),
     s("db_max_overflow", &["ARAGORA_DB_MAX_OVERFLOW"]),
+    s("db_intake_pool_size", &["ARAGORA_DB_INTAKE_POOL_SIZE"]),
     s("db_acquire_timeout_ms", &["ARAGORA_DB_ACQUIRE_TIMEOUT_MS"]),
     secret("redis_url", &["ARAGORA_REDIS_URL"]),
     s(
@@ -308,6 +309,8 @@ pub struct Config {
     pub db_pool_size: u32,
     /// Pool: extra connections above `db_pool_size` under load.
     pub db_max_overflow: u32,
+    /// Postgres: connections reserved for accepting debates (0: they share the pool).
+    pub db_intake_pool_size: u32,
     /// How long a request waits for a database connection (a new one included) before it
     /// fails; an unreachable database then answers 503 `database_unavailable`.
     pub db_acquire_timeout: Duration,
@@ -690,6 +693,7 @@ impl Config {
             supabase_key: p.text("supabase_key").map(Secret),
             db_pool_size: p.int("db_pool_size", 1, 1000)? as u32,
             db_max_overflow: p.int("db_max_overflow", 0, 1000)? as u32,
+            db_intake_pool_size: p.int("db_intake_pool_size", 0, 100)? as u32,
             db_acquire_timeout: Duration::from_millis(p.int(
                 "db_acquire_timeout_ms",
                 100,

@@ -42,6 +42,10 @@ pub struct PoolSettings {
     pub max_overflow: u32,
     /// How long a caller waits for a free connection before the call fails.
     pub acquire_timeout: Duration,
+    /// Postgres: connections of their own for accepting debates (counting the queue,
+    /// inserting a debate and its first event), so submissions never wait behind the writes
+    /// of running debates. 0 shares the main pool. SQLite ignores it (one writer).
+    pub intake: u32,
 }
 
 /// A snapshot of the pool for health and metrics.

@@ -13,6 +13,9 @@ const DEBATE_COLUMNS: &str = "id, task, status, agents, rounds, rounds_used, con
 
 pub struct PostgresStore {
     pool: PgPool,
+    /// Accepting debates (`count_queued`, `create_debate_with`): its own few connections
+    /// (`PoolSettings::intake`), or the main pool again when that is 0.
+    intake: PgPool,
 }
 
 #[derive(sqlx::FromRow)]
@@ -295,12 +298,21 @@ impl PostgresStore {
     pub async fn connect(url: &str, pool: PoolSettings) -> StoreResult<Self> {
         let opts = PgConnectOptions::from_str(url)?;
         let (min, max) = pool_bounds(&pool);
-        let pool = PgPoolOptions::new()
+        let main = PgPoolOptions::new()
             .min_connections(min)
             .max_connections(max)
             .acquire_timeout(pool.acquire_timeout)
-            .connect_lazy_with(opts);
-        Ok(Self { pool })
+            .connect_lazy_with(opts.clone());
+        let intake = if pool.intake == 0 {
+            main.clone()
+        } else {
+            PgPoolOptions::new()
+                .min_connections(0)
+                .max_connections(pool.intake)
+                .acquire_timeout(pool.acquire_timeout)
+                .connect_lazy_with(opts)
+        };
+        Ok(Self { pool: main, intake })
     }
 }
 
@@ -460,6 +472,7 @@ impl Store for PostgresStore {
 
     async fn close(&self) {
         self.pool.close().await;
+        self.intake.close().await;
     }
 
     async fn create_debate(&self, new: &NewDebate) -> StoreResult<DebateRecord> {
@@ -473,7 +486,7 @@ impl Store for PostgresStore {
     ) -> StoreResult<(DebateRecord, Vec<StoredEvent>)> {
         let created_at = now_micros();
         // ON CONFLICT DO NOTHING turns a duplicate into "0 rows" instead of an error to parse.
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.intake.begin().await?;
         let done = sqlx::query(
             "INSERT INTO debates (id, task, status, agents, rounds, rounds_used, consensus, \
              owner_id, correlation_id, options, created_at) \
@@ -680,7 +693,7 @@ impl Store for PostgresStore {
     async fn count_queued(&self) -> StoreResult<i64> {
         Ok(
             sqlx::query_scalar("SELECT COUNT(*) FROM debates WHERE status = 'queued'")
-                .fetch_one(&self.pool)
+                .fetch_one(&self.intake)
                 .await?,
         )
     }

@@ -384,6 +384,7 @@ async fn three_instances_racing_for_two_hundred_queued_debates_run_each_once() {
             size: 2,
             max_overflow: 2,
             acquire_timeout: Duration::from_secs(10),
+            intake: 1,
         },
     )
     .await

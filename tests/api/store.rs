@@ -22,6 +22,7 @@ const POOL: PoolSettings = PoolSettings {
     size: 2,
     max_overflow: 3,
     acquire_timeout: Duration::from_secs(10),
+    intake: 1,
 };
 
 fn pg_base_url() -> String {
