@@ -49,6 +49,8 @@ fn pool(size: u32) -> PoolSettings {
         size,
         max_overflow: 0,
         acquire_timeout: Duration::from_secs(30),
+        // The inserters measure the one pool: no separate intake connections.
+        intake: 0,
     }
 }
 
