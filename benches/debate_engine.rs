@@ -36,6 +36,8 @@ use aragora::debate::{
 use aragora::store::{DynStore, NewDebate, PoolSettings};
 use aragora::telemetry::logging::{JsonLogLayer, parse_filter};
 
+mod support;
+
 /// Part 1: sequential debates per sink, after WARMUP unmeasured ones.
 const SEQUENTIAL: usize = 300;
 const WARMUP: usize = 20;
@@ -516,18 +518,8 @@ async fn run_level(n: usize) -> Level {
     // BENCH_DATABASE_URL=postgres://…: the level runs on Postgres, in a fresh schema.
     let schema = match std::env::var("BENCH_DATABASE_URL") {
         Ok(base) if base.starts_with("postgres") => {
-            let schema = format!("bench_{}", uuid::Uuid::new_v4().simple());
-            let admin = sqlx::PgPool::connect(&base).await.unwrap();
-            sqlx::query(&format!("CREATE SCHEMA {schema}"))
-                .execute(&admin)
-                .await
-                .unwrap();
-            admin.close().await;
-            let sep = if base.contains('?') { '&' } else { '?' };
-            env.push((
-                "ARAGORA_DATABASE_URL",
-                format!("{base}{sep}options=-c%20search_path%3D{schema}"),
-            ));
+            let (schema, url) = support::fresh_schema(&base).await;
+            env.push(("ARAGORA_DATABASE_URL", url));
             Some((base, schema))
         }
         _ => None,
@@ -713,11 +705,7 @@ async fn run_level(n: usize) -> Level {
     shutdown.cancel();
     server.await.unwrap().unwrap();
     if let Some((base, schema)) = schema {
-        let admin = sqlx::PgPool::connect(&base).await.unwrap();
-        let _ = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-            .execute(&admin)
-            .await;
-        admin.close().await;
+        support::drop_schema(&base, &schema).await;
     }
     Level {
         submit: submit.as_secs_f64(),

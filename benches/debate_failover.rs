@@ -22,6 +22,9 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
 
+mod support;
+use support::free_port;
+
 const BIN: &str = env!("CARGO_BIN_EXE_aragora");
 const DEBATES: usize = 5;
 const REPEATS: usize = 3;
@@ -30,14 +33,6 @@ const POLL_MS: u64 = 200;
 fn pg_url() -> String {
     std::env::var("ARAGORA_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 struct Server {
@@ -103,14 +98,7 @@ async fn get(client: &reqwest::Client, url: String) -> Value {
 
 /// Seconds from the signal to B's first and last `debate_resumed` of A's debates.
 async fn one_run(client: &reqwest::Client, signal: Signal, lease: u64) -> (f64, f64) {
-    let schema = format!("bench_{}", uuid::Uuid::new_v4().simple());
-    let admin = sqlx::PgPool::connect(&pg_url()).await.expect("Postgres");
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    let sep = if pg_url().contains('?') { '&' } else { '?' };
-    let db = format!("{}{sep}options=-c%20search_path%3D{schema}", pg_url());
+    let (schema, db) = support::fresh_schema(&pg_url()).await;
     let dir = tempfile::tempdir().unwrap();
     let a = start(dir.path(), &db, "bench-a", lease);
     healthy(client, &a).await;
@@ -181,11 +169,7 @@ async fn one_run(client: &reqwest::Client, signal: Signal, lease: u64) -> (f64, 
     let all = stopped.elapsed();
     drop(a);
     drop(b);
-    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    admin.close().await;
+    support::drop_schema(&pg_url(), &schema).await;
     (first.unwrap().as_secs_f64(), all.as_secs_f64())
 }
 

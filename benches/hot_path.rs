@@ -26,6 +26,9 @@ use axum::Router;
 use axum::routing::get;
 use serde_json::{Value, json};
 
+mod support;
+use support::free_port;
+
 /// The server under test: this build's binary, or `BENCH_ARAGORA_BIN` (e.g. an older build,
 /// for a before/after comparison against the same baseline).
 fn server_binary() -> String {
@@ -45,14 +48,6 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 async fn start(dir: &Path, name: &str, env: &[(&str, String)]) -> Server {
@@ -155,18 +150,6 @@ async fn bare_baseline() -> String {
     format!("http://{addr}")
 }
 
-async fn fresh_schema(base: &str) -> String {
-    let schema = format!("bench_{}", uuid::Uuid::new_v4().simple());
-    let admin = sqlx::PgPool::connect(base).await.unwrap();
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    admin.close().await;
-    let sep = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{sep}options=-c%20search_path%3D{schema}")
-}
-
 /// Register an account, log in: (access token, API key).
 async fn credentials(base: &str, email: &str) -> (String, String) {
     let client = reqwest::Client::new();
@@ -255,8 +238,11 @@ async fn main() {
         },
     ];
     let mut servers = vec![sqlite];
-    if let Ok(base) = std::env::var("BENCH_DATABASE_URL") {
-        let url = fresh_schema(&base).await;
+    let pg_base = std::env::var("BENCH_DATABASE_URL").ok();
+    let mut pg_schema = None;
+    if let Some(base) = &pg_base {
+        let (schema, url) = support::fresh_schema(base).await;
+        pg_schema = Some(schema);
         let pg = start(dir.path(), "postgres", &[("ARAGORA_DATABASE_URL", url)]).await;
         rows.push(Row {
             name: "health (postgres)",
@@ -355,4 +341,7 @@ async fn main() {
         }
     }
     drop(servers);
+    if let (Some(base), Some(schema)) = (&pg_base, &pg_schema) {
+        support::drop_schema(base, schema).await;
+    }
 }

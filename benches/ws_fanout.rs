@@ -36,6 +36,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
+mod support;
+use support::free_port;
+
 const BIN: &str = env!("CARGO_BIN_EXE_aragora");
 /// Workers in the server, all but the released ones held by never-ending "blocker" debates.
 const WORKERS: usize = 8;
@@ -55,14 +58,6 @@ struct Server {
     api: SocketAddr,
     ws: SocketAddr,
     http: reqwest::Client,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Server {

@@ -21,15 +21,25 @@ const MAX_ENTRIES: usize = 50_000;
 /// for operators; the store also skips a write within the minute).
 const TOUCH_EVERY: Duration = Duration::from_secs(60);
 
+/// One resolved credential: when it was resolved, until when it may answer at most (Unix
+/// seconds; an access token's expiry, else no limit), and whose it is.
+struct Entry {
+    at: Instant,
+    expires: i64,
+    principal: Principal,
+}
+
+type Entries = DashMap<String, Entry>;
+
 pub struct CredentialCache {
     ttl: Duration,
     /// API keys by SHA-256 of the key.
-    keys: DashMap<String, (Instant, Principal)>,
+    keys: Entries,
     /// JWT subjects by user id.
-    users: DashMap<String, (Instant, Principal)>,
-    /// Verified access tokens (the token itself) with their expiry (Unix seconds, leeway
-    /// included): a token seen within the TTL skips its signature check and claims parsing.
-    tokens: DashMap<String, (Instant, i64, Principal)>,
+    users: Entries,
+    /// Verified access tokens (the token itself), until their expiry (leeway included): a
+    /// token seen within the TTL skips its signature check and claims parsing.
+    tokens: Entries,
     /// When this instance last recorded each key's use, by key id.
     touched: DashMap<String, Instant>,
 }
@@ -45,75 +55,65 @@ impl CredentialCache {
         }
     }
 
-    fn get(&self, map: &DashMap<String, (Instant, Principal)>, id: &str) -> Option<Principal> {
+    /// The entry's principal if it was resolved within the TTL and has not expired at `now`.
+    fn get(&self, map: &Entries, id: &str, now: i64) -> Option<Principal> {
         let entry = map.get(id)?;
-        let (at, principal) = entry.value();
-        (at.elapsed() < self.ttl).then(|| principal.clone())
+        (entry.at.elapsed() < self.ttl && entry.expires > now).then(|| entry.principal.clone())
     }
 
-    fn put(&self, map: &DashMap<String, (Instant, Principal)>, id: &str, principal: &Principal) {
+    fn put(&self, map: &Entries, id: &str, expires: i64, principal: &Principal) {
         if self.ttl.is_zero() {
             return;
         }
         if map.len() >= MAX_ENTRIES {
-            map.retain(|_, (at, _)| at.elapsed() < self.ttl);
+            map.retain(|_, entry| entry.at.elapsed() < self.ttl);
             if map.len() >= MAX_ENTRIES {
                 map.clear();
             }
         }
-        map.insert(id.to_owned(), (Instant::now(), principal.clone()));
+        let entry = Entry {
+            at: Instant::now(),
+            expires,
+            principal: principal.clone(),
+        };
+        map.insert(id.to_owned(), entry);
     }
 
     /// The principal of the API key with this hash, if resolved within the TTL.
     pub fn api_key(&self, key_hash: &str) -> Option<Principal> {
-        self.get(&self.keys, key_hash)
+        self.get(&self.keys, key_hash, i64::MIN)
     }
 
     pub fn put_api_key(&self, key_hash: &str, principal: &Principal) {
-        self.put(&self.keys, key_hash, principal);
+        self.put(&self.keys, key_hash, i64::MAX, principal);
     }
 
     /// The principal of a JWT subject, if its account was read within the TTL.
     pub fn user(&self, user_id: &str) -> Option<Principal> {
-        self.get(&self.users, user_id)
+        self.get(&self.users, user_id, i64::MIN)
     }
 
     pub fn put_user(&self, user_id: &str, principal: &Principal) {
-        self.put(&self.users, user_id, principal);
-    }
-
-    /// Drop everything known about an account (its keys changed or its rights did).
-    pub fn forget_account(&self, user_id: &str) {
-        self.keys
-            .retain(|_, (_, principal)| principal.id != user_id);
-        self.tokens
-            .retain(|_, (_, _, principal)| principal.id != user_id);
-        self.users.remove(user_id);
+        self.put(&self.users, user_id, i64::MAX, principal);
     }
 
     /// The principal of an access token verified within the TTL and not yet expired at
     /// `now` (Unix seconds).
     pub fn token(&self, token: &str, now: i64) -> Option<Principal> {
-        let entry = self.tokens.get(token)?;
-        let (at, expires, principal) = entry.value();
-        (at.elapsed() < self.ttl && *expires > now).then(|| principal.clone())
+        self.get(&self.tokens, token, now)
     }
 
     /// Remember a verified access token until `expires` (Unix seconds) or the TTL.
     pub fn put_token(&self, token: &str, expires: i64, principal: &Principal) {
-        if self.ttl.is_zero() {
-            return;
+        self.put(&self.tokens, token, expires, principal);
+    }
+
+    /// Drop everything known about an account (its keys changed or its rights did).
+    pub fn forget_account(&self, user_id: &str) {
+        for map in [&self.keys, &self.tokens] {
+            map.retain(|_, entry| entry.principal.id != user_id);
         }
-        if self.tokens.len() >= MAX_ENTRIES {
-            self.tokens.retain(|_, (at, _, _)| at.elapsed() < self.ttl);
-            if self.tokens.len() >= MAX_ENTRIES {
-                self.tokens.clear();
-            }
-        }
-        self.tokens.insert(
-            token.to_owned(),
-            (Instant::now(), expires, principal.clone()),
-        );
+        self.users.remove(user_id);
     }
 
     /// Whether this instance should record a use of key `key_id` now (once a minute).

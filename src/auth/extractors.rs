@@ -151,9 +151,10 @@ pub async fn resolve_token(state: &AppState, token: &str) -> Result<Principal, C
         state.credentials.put_api_key(&hash, &principal);
         return Ok(principal);
     }
-    let now = chrono::Utc::now().timestamp();
     if config.jwt_secret.is_some()
-        && let Some(principal) = state.credentials.token(token, now)
+        && let Some(principal) = state
+            .credentials
+            .token(token, chrono::Utc::now().timestamp())
     {
         return Ok(principal);
     }

@@ -24,6 +24,23 @@ async fn create_id(app: &TestApp, body: Value) -> String {
     v["debate_id"].as_str().unwrap().to_owned()
 }
 
+/// Poll every 20 ms, at most `tries` times, until the debate is `running` (then, or after the
+/// last try, return: the caller's own checks say what it needed).
+pub async fn wait_running(app: &TestApp, id: &str, tries: usize) {
+    for _ in 0..tries {
+        let d: Value = app
+            .get(&format!("/api/debates/{id}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        if d["status"] == "running" {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Poll until the debate leaves queued/running.
 pub async fn wait_finished(app: &TestApp, id: &str) -> Value {
     for _ in 0..400 {
@@ -307,18 +324,7 @@ async fn cancel_a_running_and_a_queued_debate() {
     let running = create_id(&app, slow.clone()).await;
     let queued = create_id(&app, slow).await;
     // Wait until the first one runs.
-    for _ in 0..100 {
-        let d: Value = app
-            .get(&format!("/api/debates/{running}"))
-            .await
-            .json()
-            .await
-            .unwrap();
-        if d["status"] == "running" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_running(&app, &running, 100).await;
     let q: Value = app
         .get(&format!("/api/debates/{queued}"))
         .await
@@ -389,18 +395,7 @@ async fn a_full_queue_answers_503_with_retry_after() {
     let first = create_id(&app, slow.clone()).await;
     // Let the worker take the first one, so the queue holds exactly one more (up to 10 s:
     // on a loaded 2-core machine the worker can take a while to get scheduled).
-    for _ in 0..500 {
-        let d: Value = app
-            .get(&format!("/api/debates/{first}"))
-            .await
-            .json()
-            .await
-            .unwrap();
-        if d["status"] == "running" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_running(&app, &first, 500).await;
     create_id(&app, slow.clone()).await;
     let r = create(&app, slow).await;
     assert_eq!(r.status(), 503);

@@ -8,7 +8,7 @@ use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::debates::wait_finished;
+use crate::debates::{wait_finished, wait_running};
 use crate::helpers::{TestApp, spawn_app, spawn_app_with};
 
 type Ws =
@@ -402,18 +402,7 @@ async fn a_slow_live_watcher_is_closed_with_4008_and_resumes_from_its_last_seq()
         json!({"task": "block", "agents": ["demo:60000", "demo:60000"], "rounds": 1}),
     )
     .await;
-    for _ in 0..200 {
-        let d: Value = app
-            .get(&format!("/api/debates/{blocker}"))
-            .await
-            .json()
-            .await
-            .unwrap();
-        if d["status"] == "running" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_running(&app, &blocker, 200).await;
     let agents: Vec<&str> = vec!["demo"; 10];
     let id = start_debate(
         &app,
