@@ -18,11 +18,14 @@ const DEBATE_COLUMNS: &str = "id, task, status, agents, rounds, rounds_used, con
      correlation_id, options, result, error, created_at, started_at, finished_at, instance, receipt_id";
 
 pub struct SqliteStore {
-    pool: SqlitePool,
-    /// Every write goes through this one connection. SQLite allows one writer at a time;
-    /// with writers spread over the pool they contended for the lock and slept in the busy
-    /// handler (≈10 ms naps), while queueing here is an async wait in arrival order. Reads
-    /// keep the whole pool (WAL lets them run beside the writer).
+    /// Reads only: WAL lets them run beside the writer. Nothing here writes through it.
+    readers: SqlitePool,
+    /// Every write goes through this one connection: debates, events, leases, ratings,
+    /// receipts, and accounts, API keys, refresh tokens and usage alike. SQLite allows one
+    /// writer at a time; with writers spread over a pool they contend for the lock and sleep
+    /// in the busy handler (≈10 ms naps), or fail with SQLITE_BUSY after `BUSY_TIMEOUT`, while
+    /// queueing here is an async wait in arrival order. Single statements run on it in
+    /// autocommit; multi-statement writes use [`SqliteStore::begin_write`].
     writer: SqlitePool,
 }
 
@@ -164,38 +167,45 @@ impl SqliteStore {
             }
         }
         let (min, max) = pool_bounds(&pool);
-        let mut pool_opts = SqlitePoolOptions::new()
+        let pool_opts = SqlitePoolOptions::new()
             .min_connections(min)
             .max_connections(max)
             .acquire_timeout(pool.acquire_timeout);
         if in_memory {
-            // A shared in-memory database lives only while a connection holds it open.
-            pool_opts = pool_opts
+            // A shared in-memory database lives only while a connection holds it open. Its
+            // one pool serialises access and is both the readers and the writer.
+            let pool = pool_opts
                 .min_connections(min.max(1))
                 .idle_timeout(None)
-                .max_lifetime(None);
-        }
-        // Local file open: bounded by acquire_timeout, and surfaces a bad path at startup.
-        let pool = pool_opts.connect_with(opts.clone()).await?;
-        let writer = if in_memory {
-            // One shared in-memory database: its pool already serialises access.
-            pool.clone()
-        } else {
-            SqlitePoolOptions::new()
-                .min_connections(1)
-                .max_connections(1)
-                .acquire_timeout(pool.options().get_acquire_timeout())
+                .max_lifetime(None)
                 .connect_with(opts)
-                .await?
-        };
-        Ok(Self { pool, writer })
+                .await?;
+            return Ok(Self {
+                readers: pool.clone(),
+                writer: pool,
+            });
+        }
+        // Local file open: bounded by acquire_timeout, and surfaces a bad path at startup. The
+        // writer opens first: it creates the file and switches it to WAL.
+        let writer = SqlitePoolOptions::new()
+            .min_connections(1)
+            .max_connections(1)
+            .acquire_timeout(pool.acquire_timeout)
+            .connect_with(opts.clone())
+            .await?;
+        // The readers are opened read-only, so a write sent to them by mistake fails at once
+        // ("attempt to write a readonly database") instead of contending with the writer.
+        let readers = pool_opts
+            .connect_with(opts.read_only(true).create_if_missing(false))
+            .await?;
+        Ok(Self { readers, writer })
     }
 
     async fn fetch_debate(&self, id: &str) -> StoreResult<Option<DebateRecord>> {
         let sql = format!("SELECT {DEBATE_COLUMNS} FROM debates WHERE id = ?");
         sqlx::query_as::<_, DebateRow>(&sql)
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.readers)
             .await?
             .map(DebateRow::into_record)
             .transpose()
@@ -478,16 +488,16 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query("SELECT 1").execute(&self.readers).await?;
         Ok(())
     }
 
     async fn clear_statement_caches(&self) -> super::StatementCacheReport {
-        super::clear_idle_statement_caches(&self.pool).await
+        super::clear_idle_statement_caches(&self.readers).await
     }
 
     fn pool_status(&self) -> PoolStatus {
-        super::pool_status_of(&self.pool)
+        super::pool_status_of(&self.readers)
     }
 
     async fn migrate(&self) -> StoreResult<()> {
@@ -501,7 +511,7 @@ impl Store for SqliteStore {
 
     async fn close(&self) {
         self.writer.close().await;
-        self.pool.close().await;
+        self.readers.close().await;
     }
 
     async fn create_debate(&self, new: &NewDebate) -> StoreResult<DebateRecord> {
@@ -599,7 +609,7 @@ impl Store for SqliteStore {
             .push_bind(i64::from(query.offset.unwrap_or(0)));
         let rows = qb
             .build_query_as::<DebateRow>()
-            .fetch_all(&self.pool)
+            .fetch_all(&self.readers)
             .await?;
         Ok(make_page(records(rows)?, limit))
     }
@@ -661,7 +671,7 @@ impl Store for SqliteStore {
     async fn count_queued(&self) -> StoreResult<i64> {
         Ok(
             sqlx::query_scalar("SELECT COUNT(*) FROM debates WHERE status = 'queued'")
-                .fetch_one(&self.pool)
+                .fetch_one(&self.readers)
                 .await?,
         )
     }
@@ -802,7 +812,7 @@ impl Store for SqliteStore {
              AND status = 'running'",
         )
         .bind(instance)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.readers)
         .await?;
         Ok(rows.into_iter().map(ControlRow::into_control).collect())
     }
@@ -825,7 +835,7 @@ impl Store for SqliteStore {
         let cost: Option<f64> =
             sqlx::query_scalar("SELECT SUM(cost_usd) FROM usage WHERE debate_id = ?")
                 .bind(debate_id)
-                .fetch_one(&self.pool)
+                .fetch_one(&self.readers)
                 .await?;
         Ok(cost.unwrap_or(0.0))
     }
@@ -839,7 +849,7 @@ impl Store for SqliteStore {
              FROM debates d WHERE d.status = 'running' \
              ORDER BY d.created_at, d.id LIMIT 1000",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.readers)
         .await?;
         rows.into_iter().map(ActiveRow::into_active).collect()
     }
@@ -857,7 +867,7 @@ impl Store for SqliteStore {
         .bind(debate_id)
         .bind(since)
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.readers)
         .await?;
         rows.into_iter().map(EventRow::into_event).collect()
     }
@@ -867,7 +877,7 @@ impl Store for SqliteStore {
             "SELECT COALESCE(MAX(seq), 0) FROM debate_events WHERE debate_id = ?",
         )
         .bind(debate_id)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.readers)
         .await?;
         Ok(seq)
     }
@@ -878,7 +888,7 @@ impl Store for SqliteStore {
              ORDER BY created_at ASC, id ASC"
         );
         let rows = sqlx::query_as::<_, DebateRow>(&sql)
-            .fetch_all(&self.pool)
+            .fetch_all(&self.readers)
             .await?;
         records(rows)
     }
@@ -910,7 +920,7 @@ impl Store for SqliteStore {
         )
         .bind(domain_key(domain))
         .bind(i64::from(clamp_ratings_limit(limit)))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.readers)
         .await?;
         rows.into_iter().map(RatingRow::into_rating).collect()
     }
@@ -939,7 +949,7 @@ impl Store for SqliteStore {
             .push_bind(i64::from(offset));
         let rows = qb
             .build_query_as::<EventRow>()
-            .fetch_all(&self.pool)
+            .fetch_all(&self.readers)
             .await?;
         rows.into_iter().map(EventRow::into_event).collect()
     }
@@ -948,7 +958,7 @@ impl Store for SqliteStore {
         let counts = sqlx::query_as::<_, (String, i64)>(
             "SELECT status, COUNT(*) FROM debates GROUP BY status ORDER BY status",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.readers)
         .await?;
         Ok(counts)
     }
@@ -965,7 +975,7 @@ impl Store for SqliteStore {
         .bind(&new.password_hash)
         .bind(&new.role)
         .bind(format_ts(created_at))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::Conflict(
@@ -988,7 +998,7 @@ impl Store for SqliteStore {
             "SELECT {USER_COLUMNS} FROM users WHERE email = ?"
         ))
         .bind(email.to_lowercase())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.readers)
         .await?;
         row.map(UserRow::into_user).transpose()
     }
@@ -997,7 +1007,7 @@ impl Store for SqliteStore {
         let row =
             sqlx::query_as::<_, UserRow>(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?"))
                 .bind(id)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.readers)
                 .await?;
         row.map(UserRow::into_user).transpose()
     }
@@ -1007,7 +1017,7 @@ impl Store for SqliteStore {
             "SELECT failures, locked_until FROM login_attempts WHERE email_hash = ?",
         )
         .bind(email_hash)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.readers)
         .await?;
         match row {
             None => Ok((0, None)),
@@ -1054,7 +1064,7 @@ impl Store for SqliteStore {
             .bind(failed_logins)
             .bind(locked_until.map(format_ts))
             .bind(user_id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -1067,7 +1077,7 @@ impl Store for SqliteStore {
         prefix: &str,
     ) -> StoreResult<ApiKeyRecord> {
         let now = now_micros();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query("UPDATE api_keys SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL")
             .bind(format_ts(now))
             .bind(user_id)
@@ -1099,7 +1109,7 @@ impl Store for SqliteStore {
             "SELECT {API_KEY_COLUMNS} FROM api_keys WHERE key_hash = ?"
         ))
         .bind(key_hash)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.readers)
         .await?;
         row.map(ApiKeyRow::into_record).transpose()
     }
@@ -1110,7 +1120,7 @@ impl Store for SqliteStore {
              ORDER BY created_at DESC LIMIT 1"
         ))
         .bind(user_id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.readers)
         .await?;
         row.map(ApiKeyRow::into_record).transpose()
     }
@@ -1121,7 +1131,7 @@ impl Store for SqliteStore {
         )
         .bind(format_ts(now_micros()))
         .bind(user_id)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(done.rows_affected())
     }
@@ -1134,7 +1144,7 @@ impl Store for SqliteStore {
         .bind(format_ts(at))
         .bind(id)
         .bind(format_ts(at - chrono::Duration::seconds(60)))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -1151,7 +1161,7 @@ impl Store for SqliteStore {
         .bind(token.used)
         .bind(token.revoked)
         .bind(format_ts(now_micros()))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -1162,7 +1172,7 @@ impl Store for SqliteStore {
              FROM refresh_tokens WHERE token_hash = ?",
         )
         .bind(token_hash)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.readers)
         .await?;
         row.map(
             |(token_hash, user_id, family_id, expires_at, used, revoked)| {
@@ -1184,7 +1194,7 @@ impl Store for SqliteStore {
             "UPDATE refresh_tokens SET used = 1 WHERE token_hash = ? AND used = 0 AND revoked = 0",
         )
         .bind(token_hash)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -1194,7 +1204,7 @@ impl Store for SqliteStore {
             "UPDATE refresh_tokens SET revoked = 1 WHERE family_id = ? AND revoked = 0",
         )
         .bind(family_id)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(done.rows_affected())
     }
@@ -1214,7 +1224,7 @@ impl Store for SqliteStore {
         .bind(u.estimated)
         .bind(u.cost_usd)
         .bind(format_ts(now_micros()))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -1233,7 +1243,7 @@ impl Store for SqliteStore {
         .bind(principal_id)
         .bind(&from)
         .bind(&to)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.readers)
         .await?;
         let rows = sqlx::query_as::<_, (String, String, i64, i64, i64, f64, bool)>(
             "SELECT provider, model, COUNT(*), COALESCE(SUM(input_tokens), 0), \
@@ -1244,7 +1254,7 @@ impl Store for SqliteStore {
         .bind(principal_id)
         .bind(&from)
         .bind(&to)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.readers)
         .await?;
         Ok(UsageSummary {
             debates,
@@ -1304,7 +1314,7 @@ impl Store for SqliteStore {
         let sql = format!("SELECT {RECEIPT_COLUMNS} FROM receipts WHERE receipt_id = ?");
         let row: Option<SqliteReceiptRow> = sqlx::query_as(&sql)
             .bind(receipt_id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.readers)
             .await?;
         row.map(SqliteReceiptRow::into_row).transpose()
     }
@@ -1313,7 +1323,7 @@ impl Store for SqliteStore {
         let sql = format!("SELECT {RECEIPT_COLUMNS} FROM receipts WHERE debate_id = ?");
         let row: Option<SqliteReceiptRow> = sqlx::query_as(&sql)
             .bind(debate_id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.readers)
             .await?;
         row.map(SqliteReceiptRow::into_row).transpose()
     }
@@ -1332,12 +1342,12 @@ impl Store for SqliteStore {
             .bind(owner_id)
             .bind(i64::from(limit))
             .bind(i64::from(offset))
-            .fetch_all(&self.pool)
+            .fetch_all(&self.readers)
             .await?;
         let total: i64 =
             sqlx::query_scalar("SELECT count(*) FROM receipts WHERE (?1 IS NULL OR owner_id = ?1)")
                 .bind(owner_id)
-                .fetch_one(&self.pool)
+                .fetch_one(&self.readers)
                 .await?;
         let rows = rows
             .into_iter()
@@ -1352,7 +1362,7 @@ impl Store for SqliteStore {
              AND status IN ('completed', 'no_consensus') ORDER BY finished_at LIMIT ?",
         )
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.readers)
         .await?)
     }
 
@@ -1375,7 +1385,7 @@ impl Store for SqliteStore {
         Ok(
             sqlx::query_scalar("SELECT public_key_pem FROM receipt_keys WHERE key_id = ?")
                 .bind(key_id)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.readers)
                 .await?,
         )
     }

@@ -135,6 +135,8 @@ suite! {
     list_cursor_paging => sqlite_list_cursor_paging, postgres_list_cursor_paging;
     malformed_cursor_is_corrupt => sqlite_malformed_cursor_is_corrupt,
         postgres_malformed_cursor_is_corrupt;
+    concurrent_writes_of_every_kind_all_land => sqlite_concurrent_writes_of_every_kind_all_land,
+        postgres_concurrent_writes_of_every_kind_all_land;
     concurrent_appends_are_contiguous => sqlite_concurrent_appends_are_contiguous,
         postgres_concurrent_appends_are_contiguous;
     events_since_and_last_seq => sqlite_events_since_and_last_seq,
@@ -848,6 +850,114 @@ async fn malformed_cursor_is_corrupt(s: &DynStore) {
             matches!(&err, StoreError::Corrupt(m) if m.contains("cursor")),
             "{bad:?}: {err:?}"
         );
+    }
+}
+
+/// Debate writes (events) and account writes (users, API keys, refresh tokens, login state,
+/// usage) at the same time: on SQLite both kinds queue on the one writer connection, so none
+/// fails with "database is locked" and nothing is lost.
+async fn concurrent_writes_of_every_kind_all_land(s: &DynStore) {
+    s.create_debate(&new_debate("d1", None)).await.unwrap();
+    let mut debate_writers = Vec::new();
+    for t in 0..6 {
+        let s = s.clone();
+        debate_writers.push(tokio::spawn(async move {
+            for i in 0..20 {
+                s.append_event("d1", &event(t * 100 + i)).await.unwrap();
+            }
+        }));
+    }
+    let mut account_writers = Vec::new();
+    for u in 0..6 {
+        let s = s.clone();
+        account_writers.push(tokio::spawn(async move {
+            let user_id = format!("u{u}");
+            s.create_user(&NewUser {
+                id: user_id.clone(),
+                email: format!("writer{u}@example.com"),
+                password_hash: "hash".into(),
+                role: "member".into(),
+            })
+            .await
+            .unwrap();
+            for k in 0..3 {
+                let key = s
+                    .replace_api_key(
+                        &user_id,
+                        &format!("k{u}-{k}"),
+                        &format!("h{u}-{k}"),
+                        "ara_x",
+                    )
+                    .await
+                    .unwrap();
+                s.touch_api_key(&key.id, Utc::now()).await.unwrap();
+            }
+            let token = RefreshTokenRecord {
+                token_hash: format!("rt{u}"),
+                user_id: user_id.clone(),
+                family_id: format!("fam{u}"),
+                expires_at: Utc::now() + chrono::Duration::hours(1),
+                used: false,
+                revoked: false,
+            };
+            s.insert_refresh_token(&token).await.unwrap();
+            assert!(s.use_refresh_token(&token.token_hash).await.unwrap());
+            s.set_login_state(&user_id, 2, None).await.unwrap();
+            s.set_login_attempts(&format!("email{u}"), 1, None)
+                .await
+                .unwrap();
+            for _ in 0..5 {
+                s.record_usage(&NewUsage {
+                    principal_id: user_id.clone(),
+                    debate_id: Some("d1".into()),
+                    agent: "demo".into(),
+                    provider: "demo".into(),
+                    model: "demo".into(),
+                    input_tokens: 10,
+                    output_tokens: 1,
+                    estimated: false,
+                    cost_usd: 0.0,
+                })
+                .await
+                .unwrap();
+            }
+        }));
+    }
+    for task in debate_writers.into_iter().chain(account_writers) {
+        task.await.unwrap();
+    }
+
+    let seqs: Vec<i64> = s
+        .events_since("d1", 0, 1000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(seqs, (1..=120).collect::<Vec<i64>>());
+    let from = Utc::now() - chrono::Duration::hours(1);
+    let to = Utc::now() + chrono::Duration::hours(1);
+    for u in 0..6 {
+        let user_id = format!("u{u}");
+        let user = s.user_by_id(&user_id).await.unwrap().expect("user stored");
+        assert_eq!(user.failed_logins, 2);
+        let key = s
+            .active_api_key(&user_id)
+            .await
+            .unwrap()
+            .expect("active key");
+        assert_eq!(
+            key.id,
+            format!("k{u}-2"),
+            "the last replacement is the active key"
+        );
+        assert!(key.last_used_at.is_some());
+        let token = s.refresh_token(&format!("rt{u}")).await.unwrap().unwrap();
+        assert!(token.used);
+        assert_eq!(s.login_attempts(&format!("email{u}")).await.unwrap().0, 1);
+        let usage = s.usage_summary(&user_id, from, to).await.unwrap();
+        assert_eq!(usage.lines.len(), 1);
+        assert_eq!((usage.lines[0].calls, usage.lines[0].input_tokens), (5, 50));
     }
 }
 
