@@ -158,42 +158,35 @@ const SETTINGS: &[Setting] = &[
     s("odr_issuer", &["ARAGORA_ODR_ISSUER"]),
 ];
 
-/// Provider credentials and endpoints, read from the environment only (contract §2).
-pub const PROVIDER_ENV: &[&str] = &[
-    "ANTHROPIC_API_KEY",
-    "OPENAI_API_KEY",
-    "GEMINI_API_KEY",
-    "XAI_API_KEY",
-    "MISTRAL_API_KEY",
-    "DEEPSEEK_API_KEY",
-    "OPENROUTER_API_KEY",
-    "OLLAMA_HOST",
-    "ARAGORA_ANTHROPIC_BASE_URL",
-    "ARAGORA_OPENAI_BASE_URL",
-    "ARAGORA_GEMINI_BASE_URL",
-    "ARAGORA_XAI_BASE_URL",
-    "ARAGORA_MISTRAL_BASE_URL",
-    "ARAGORA_DEEPSEEK_BASE_URL",
-    "ARAGORA_OPENROUTER_BASE_URL",
-    "ARAGORA_OLLAMA_BASE_URL",
-];
-
-/// The provider variables that are set. `Debug` shows names only: most are keys.
+/// The provider credentials and endpoints that are set, read from the environment only
+/// (contract §2); which variables those are is the provider catalogue's business
+/// ([`crate::agents::providers::env_vars`]). `Debug` shows names only: most are keys.
 #[derive(Clone, Default)]
 pub struct ProviderEnv(BTreeMap<&'static str, String>);
 
 impl ProviderEnv {
+    /// Every catalogue variable with a non-blank value in `env`.
+    pub fn read(env: impl Fn(&str) -> Option<String>) -> ProviderEnv {
+        ProviderEnv(
+            crate::agents::providers::env_vars()
+                .filter_map(|name| {
+                    env(name)
+                        .filter(|v| !v.trim().is_empty())
+                        .map(|v| (name, v))
+                })
+                .collect(),
+        )
+    }
+
     pub fn get(&self, name: &str) -> Option<String> {
         self.0.get(name).cloned()
     }
-}
 
-impl ProviderEnv {
-    /// The provider credentials that are set (values of `*_API_KEY` variables).
+    /// The provider credentials that are set (values of the API key variables).
     pub fn key_values(&self) -> Vec<String> {
         self.0
             .iter()
-            .filter(|(name, _)| name.ends_with("_API_KEY") || name.ends_with("_KEY"))
+            .filter(|(name, _)| crate::agents::providers::is_key_var(name))
             .map(|(_, value)| value.clone())
             .collect()
     }
@@ -552,16 +545,7 @@ impl Config {
             );
         }
 
-        let providers = ProviderEnv(
-            PROVIDER_ENV
-                .iter()
-                .filter_map(|name| {
-                    env(name)
-                        .filter(|v| !v.trim().is_empty())
-                        .map(|v| (*name, v))
-                })
-                .collect(),
-        );
+        let providers = ProviderEnv::read(&env);
         Ok(Config {
             providers,
             config_file: file.map(Path::to_path_buf),

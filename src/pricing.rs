@@ -63,9 +63,11 @@ impl Pricing {
         }
     }
 
-    /// The model's price, else the provider's default, else free.
+    /// The model's price, else the provider's default, else free. `provider` is a provider
+    /// id; its table is the catalogue's pricing key for it.
     pub fn price(&self, provider: &str, model: &str) -> Price {
-        self.providers.get(provider).map_or(Price::default(), |p| {
+        let key = crate::agents::providers::pricing_key(provider);
+        self.providers.get(key).map_or(Price::default(), |p| {
             p.models.get(model).copied().unwrap_or(Price {
                 input: p.input,
                 output: p.output,

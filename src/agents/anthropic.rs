@@ -7,46 +7,26 @@
 //! Usage: `input_tokens` includes the cache read / creation tokens Anthropic reports
 //! separately; `output_tokens` is the final (cumulative) count from `message_delta`.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::debug;
 
-use super::http::{self, ProviderClient};
+use super::http::{self, Connection, ProviderClient};
 use super::*;
 
-pub const DEFAULT_BASE_URL: &str = "https://api.anthropic.com";
 pub const API_VERSION: &str = "2023-06-01";
-const KEY_ENV: &str = "ANTHROPIC_API_KEY";
 
+#[derive(Debug)]
 pub struct Anthropic {
-    base_url: String,
-    api_key: Option<String>,
-    client: Result<ProviderClient, AgentError>,
-}
-
-impl std::fmt::Debug for Anthropic {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Anthropic")
-            .field("base_url", &self.base_url)
-            .field("has_key", &self.api_key.is_some())
-            .finish()
-    }
+    connection: Connection,
 }
 
 impl Anthropic {
-    /// `base_url` e.g. `https://api.anthropic.com`; `api_key` from ANTHROPIC_API_KEY.
-    pub fn new(base_url: String, api_key: Option<String>) -> Self {
+    /// Base URL e.g. `https://api.anthropic.com` (a trailing `/v1` is dropped).
+    pub fn new(connection: Connection) -> Self {
         Anthropic {
-            base_url: http::normalize_base(&base_url, Some("/v1")),
-            api_key: http::normalize_key(api_key),
-            client: ProviderClient::shared(),
+            connection: connection.without_base_suffix("/v1"),
         }
-    }
-
-    /// Use this client instead of the shared one (tests, custom timeouts).
-    pub fn with_client(mut self, client: ProviderClient) -> Self {
-        self.client = Ok(client);
-        self
     }
 }
 
@@ -63,14 +43,96 @@ struct MessagesRequest<'a> {
     stream: bool,
 }
 
+/// A Message (the non-streamed answer, and `message_start.message`).
+#[derive(Deserialize)]
+struct Message {
+    content: Option<Vec<ContentBlock>>,
+    model: Option<String>,
+    stop_reason: Option<String>,
+    usage: Option<WireUsage>,
+}
+
+#[derive(Deserialize)]
+struct ContentBlock {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    text: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireUsage {
+    input_tokens: Option<u64>,
+    cache_creation_input_tokens: Option<u64>,
+    cache_read_input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+}
+
+impl WireUsage {
+    /// Input tokens, cache tokens included.
+    fn input(&self) -> Option<u64> {
+        Some(
+            self.input_tokens?
+                + self.cache_creation_input_tokens.unwrap_or(0)
+                + self.cache_read_input_tokens.unwrap_or(0),
+        )
+    }
+}
+
+/// One event of a stream; `kind` falls back to the SSE event name.
+#[derive(Deserialize)]
+struct StreamEvent {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    /// `message_start`.
+    message: Option<Message>,
+    /// `content_block_delta` (`type`, `text`) and `message_delta` (`stop_reason`).
+    delta: Option<Delta>,
+    /// `message_delta`.
+    usage: Option<WireUsage>,
+    /// `error`.
+    error: Option<ErrorBody>,
+}
+
+#[derive(Deserialize)]
+struct Delta {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    text: Option<String>,
+    stop_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    message: Option<String>,
+}
+
+/// Usage from what the answer reported, estimated when it reported nothing.
+fn usage_of(
+    input: Option<u64>,
+    output: Option<u64>,
+    request: &CompletionRequest,
+    text: &str,
+) -> Usage {
+    match (input, output) {
+        (None, None) => http::estimate_usage(request, text),
+        (input, output) => Usage {
+            input_tokens: input.unwrap_or(0),
+            output_tokens: output.unwrap_or(0),
+            estimated: false,
+        },
+    }
+}
+
 #[async_trait]
 impl Provider for Anthropic {
     fn id(&self) -> &str {
-        "anthropic"
+        self.connection.info.id
     }
 
     fn available(&self) -> bool {
-        self.api_key.is_some()
+        self.connection.available()
     }
 
     async fn complete(
@@ -79,11 +141,8 @@ impl Provider for Anthropic {
         request: &CompletionRequest,
         deltas: Option<&DeltaSink>,
     ) -> Result<Completion, AgentError> {
-        let key = self
-            .api_key
-            .as_deref()
-            .ok_or_else(|| AgentError::MissingKey(KEY_ENV.into()))?;
-        let client = self.client.as_ref().map_err(Clone::clone)?;
+        let key = self.connection.required_key()?;
+        let client = self.connection.client()?;
         let sink = deltas.filter(|_| request.stream);
         let body = MessagesRequest {
             model,
@@ -102,7 +161,7 @@ impl Provider for Anthropic {
         );
         let builder = client
             .inner()
-            .post(format!("{}/v1/messages", self.base_url))
+            .post(format!("{}/v1/messages", self.connection.base_url()))
             .header("x-api-key", http::key_header("", key)?)
             .header("anthropic-version", API_VERSION)
             .header(
@@ -142,73 +201,43 @@ impl Provider for Anthropic {
     }
 }
 
-/// Input tokens of a `usage` object, cache tokens included.
-fn input_tokens(usage: &Value) -> Option<u64> {
-    let field = |name: &str| usage.get(name).and_then(Value::as_u64);
-    let base = field("input_tokens")?;
-    Some(
-        base + field("cache_creation_input_tokens").unwrap_or(0)
-            + field("cache_read_input_tokens").unwrap_or(0),
-    )
-}
-
 fn parse_message(
     value: &Value,
     model: &str,
     request: &CompletionRequest,
 ) -> Result<Completion, AgentError> {
-    let content = value
-        .get("content")
-        .and_then(Value::as_array)
+    let message: Message = http::decode(value, "Anthropic message")?;
+    let content = message
+        .content
         .ok_or_else(|| AgentError::Malformed("Anthropic response has no content array".into()))?;
     let text: String = content
-        .iter()
-        .filter(|block| block.get("type").and_then(Value::as_str) == Some("text"))
-        .filter_map(|block| block.get("text").and_then(Value::as_str))
+        .into_iter()
+        .filter(|block| block.kind.as_deref() == Some("text"))
+        .filter_map(|block| block.text)
         .collect();
-    let usage = value.get("usage");
-    let input = usage.and_then(input_tokens);
-    let output = usage
-        .and_then(|u| u.get("output_tokens"))
-        .and_then(Value::as_u64);
-    let usage = match (input, output) {
-        (None, None) => http::estimate_usage(request, &text),
-        (input, output) => Usage {
-            input_tokens: input.unwrap_or(0),
-            output_tokens: output.unwrap_or(0),
-            estimated: false,
-        },
-    };
+    let usage = message.usage.as_ref();
+    let usage = usage_of(
+        usage.and_then(WireUsage::input),
+        usage.and_then(|u| u.output_tokens),
+        request,
+        &text,
+    );
     Ok(Completion {
-        model: value
-            .get("model")
-            .and_then(Value::as_str)
-            .unwrap_or(model)
-            .to_owned(),
-        finish_reason: value
-            .get("stop_reason")
-            .and_then(Value::as_str)
-            .map(str::to_owned),
+        model: message.model.unwrap_or_else(|| model.to_owned()),
+        finish_reason: message.stop_reason,
         text,
         usage,
     })
 }
 
 /// Map an `error` event of the stream.
-fn stream_error(value: &Value, key: &str) -> AgentError {
-    let error = value.get("error");
-    let kind = error
-        .and_then(|e| e.get("type"))
-        .and_then(Value::as_str)
-        .unwrap_or_default();
+fn stream_error(error: Option<ErrorBody>, key: &str) -> AgentError {
+    let (kind, message) = error.map_or((None, None), |e| (e.kind, e.message));
     let message = http::clean_message(
-        error
-            .and_then(|e| e.get("message"))
-            .and_then(Value::as_str)
-            .unwrap_or("error event in the stream"),
+        message.as_deref().unwrap_or("error event in the stream"),
         Some(key),
     );
-    match kind {
+    match kind.as_deref().unwrap_or_default() {
         "overloaded_error" => AgentError::Server {
             status: 529,
             message,
@@ -268,88 +297,67 @@ async fn read_stream(
         if event.event == "ping" {
             continue;
         }
-        let value: Value = serde_json::from_str(&event.data).map_err(|e| {
+        let parsed: StreamEvent = serde_json::from_str(&event.data).map_err(|e| {
             AgentError::Malformed(format!(
                 "invalid JSON in Anthropic '{}' event: {e}",
                 event.event
             ))
         })?;
-        let kind = value
-            .get("type")
-            .and_then(Value::as_str)
-            .unwrap_or(&event.event);
-        match kind {
+        match parsed.kind.as_deref().unwrap_or(&event.event) {
             "message_start" => {
-                let message = value.get("message");
-                if let Some(m) = message.and_then(|m| m.get("model")).and_then(Value::as_str) {
-                    answered_model = Some(m.to_owned());
+                let message = parsed.message;
+                if let Some(m) = message.as_ref().and_then(|m| m.model.clone()) {
+                    answered_model = Some(m);
                 }
-                let usage = message.and_then(|m| m.get("usage"));
-                input = usage.and_then(input_tokens).or(input);
-                output = usage
-                    .and_then(|u| u.get("output_tokens"))
-                    .and_then(Value::as_u64)
-                    .or(output);
+                let usage = message.as_ref().and_then(|m| m.usage.as_ref());
+                input = usage.and_then(WireUsage::input).or(input);
+                output = usage.and_then(|u| u.output_tokens).or(output);
             }
             "content_block_delta" => {
-                let delta = value.get("delta");
-                if delta.and_then(|d| d.get("type")).and_then(Value::as_str) == Some("text_delta")
-                    && let Some(piece) = delta.and_then(|d| d.get("text")).and_then(Value::as_str)
-                    && !piece.is_empty()
+                if let Some(delta) = parsed.delta
+                    && delta.kind.as_deref() == Some("text_delta")
+                    && let Some(piece) = delta.text.filter(|t| !t.is_empty())
                 {
-                    sink.send(piece);
-                    text.push_str(piece);
+                    sink.send(&piece);
+                    text.push_str(&piece);
                 }
             }
             "message_delta" => {
-                if let Some(reason) = value.pointer("/delta/stop_reason").and_then(Value::as_str) {
-                    stop_reason = Some(reason.to_owned());
+                if let Some(reason) = parsed.delta.and_then(|d| d.stop_reason) {
+                    stop_reason = Some(reason);
                 }
-                let usage = value.get("usage");
-                output = usage
-                    .and_then(|u| u.get("output_tokens"))
-                    .and_then(Value::as_u64)
-                    .or(output);
+                let usage = parsed.usage.as_ref();
+                output = usage.and_then(|u| u.output_tokens).or(output);
                 // Newer API versions repeat (cumulative) input counts here.
-                input = usage.and_then(input_tokens).or(input);
+                input = usage.and_then(WireUsage::input).or(input);
             }
             "message_stop" => break,
-            "error" => return Err(stream_error(&value, key)),
+            "error" => return Err(stream_error(parsed.error, key)),
             // content_block_start / _stop, ping, and event types added later.
             _ => {}
         }
     }
-    let usage = match (input, output) {
-        (None, None) => http::estimate_usage(request, &text),
-        (input, output) => Usage {
-            input_tokens: input.unwrap_or(0),
-            output_tokens: output.unwrap_or(0),
-            estimated: false,
-        },
-    };
     Ok(Completion {
+        usage: usage_of(input, output, request, &text),
         text,
-        usage,
         model: answered_model.unwrap_or_else(|| model.to_owned()),
         finish_reason: stop_reason,
     })
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::time::Duration;
 
     use serde_json::json;
 
     use super::*;
-    use crate::agents::http::testing::*;
+    use crate::agents::conformance::{ErrorReply, Fixture};
+    use crate::agents::http::testing::UNICODE_PIECES;
 
     const KEY: &str = "sk-ant-test-SECRET-0123456789";
     const MODEL: &str = "claude-sonnet-4-5";
-
-    fn provider(server: &FakeServer) -> Anthropic {
-        Anthropic::new(format!("{}/", server.base), Some(KEY.into()))
-    }
+    const ANSWERED: &str = "claude-sonnet-4-5-20250929";
 
     fn request(stream: bool) -> CompletionRequest {
         CompletionRequest {
@@ -374,47 +382,57 @@ mod tests {
         }
     }
 
-    fn stream_body(pieces: &[&str], terminate: bool) -> String {
-        let mut body = String::new();
-        let mut event = |name: &str, data: Value| {
-            body.push_str(&format!("event: {name}\r\ndata: {data}\r\n\r\n"));
-        };
-        event(
-            "message_start",
-            json!({"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","model":"claude-sonnet-4-5-20250929","content":[],"stop_reason":null,"usage":{"input_tokens":25,"cache_read_input_tokens":5,"output_tokens":1}}}),
-        );
-        event(
-            "content_block_start",
-            json!({"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}),
-        );
-        event("ping", json!({"type":"ping"}));
-        for piece in pieces {
+    /// A Messages stream: start (usage with cache reads), a ping, one delta per piece, the
+    /// stop reason and final output count, message_stop.
+    fn stream_events(pieces: &[&str]) -> Vec<String> {
+        let event = |name: &str, data: Value| format!("event: {name}\r\ndata: {data}\r\n\r\n");
+        let mut events = vec![
             event(
+                "message_start",
+                json!({"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","model":ANSWERED,"content":[],"stop_reason":null,"usage":{"input_tokens":25,"cache_read_input_tokens":5,"output_tokens":1}}}),
+            ),
+            event(
+                "content_block_start",
+                json!({"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}),
+            ),
+            event("ping", json!({"type":"ping"})),
+        ];
+        for piece in pieces {
+            events.push(event(
                 "content_block_delta",
                 json!({"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":piece}}),
-            );
+            ));
         }
-        event(
+        events.push(event(
             "content_block_stop",
             json!({"type":"content_block_stop","index":0}),
-        );
-        event(
+        ));
+        events.push(event(
             "message_delta",
             json!({"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":42}}),
-        );
-        if terminate {
-            event("message_stop", json!({"type":"message_stop"}));
-        }
-        body
+        ));
+        events.push(event("message_stop", json!({"type":"message_stop"})));
+        events
     }
 
-    #[tokio::test]
-    async fn normal_reply() {
-        let server = FakeServer::start(json_reply(
-            200,
-            &json!({
-                "id": "msg_1", "type": "message", "role": "assistant",
-                "model": "claude-sonnet-4-5-20250929",
+    fn error_event(kind: &str) -> String {
+        format!(
+            "event: error\ndata: {}\n\n",
+            json!({"type":"error","error":{"type":kind,"message":"Overloaded"}})
+        )
+    }
+
+    pub(in crate::agents) fn conformance() -> Fixture {
+        Fixture {
+            provider: "anthropic",
+            key_env: "ANTHROPIC_API_KEY",
+            key: KEY,
+            model: MODEL,
+            base: |root| format!("{root}/"),
+            alt_base: |root| format!("{root}/v1"),
+            request,
+            reply: json!({
+                "id": "msg_1", "type": "message", "role": "assistant", "model": ANSWERED,
                 "content": [
                     {"type": "thinking", "thinking": "hmm", "signature": "x"},
                     {"type": "text", "text": "The motion "},
@@ -423,34 +441,20 @@ mod tests {
                 "stop_reason": "end_turn",
                 "usage": {"input_tokens": 30, "output_tokens": 7}
             }),
-        ))
-        .await;
-        let completion = provider(&server)
-            .complete(MODEL, &request(false), None)
-            .await
-            .unwrap();
-        assert_eq!(completion.text, "The motion stands.");
-        assert_eq!(completion.model, "claude-sonnet-4-5-20250929");
-        assert_eq!(completion.finish_reason.as_deref(), Some("end_turn"));
-        assert_eq!(
-            completion.usage,
-            Usage {
-                input_tokens: 30,
-                output_tokens: 7,
-                estimated: false
-            }
-        );
-
-        let req = server.only_request();
-        assert_eq!(req.method, "POST");
-        assert_eq!(req.target, "/v1/messages");
-        assert_eq!(req.header("x-api-key"), Some(KEY));
-        assert_eq!(req.header("anthropic-version"), Some("2023-06-01"));
-        assert_eq!(req.header("content-type"), Some("application/json"));
-        assert!(req.header("user-agent").unwrap().starts_with("aragora/"));
-        assert_eq!(
-            req.json(),
-            json!({
+            completion: Completion {
+                text: "The motion stands.".into(),
+                usage: Usage {
+                    input_tokens: 30,
+                    output_tokens: 7,
+                    estimated: false,
+                },
+                model: ANSWERED.into(),
+                finish_reason: Some("end_turn".into()),
+            },
+            target: "/v1/messages",
+            key_header: ("x-api-key", KEY.into()),
+            headers: vec![("anthropic-version", "2023-06-01")],
+            body: json!({
                 "model": MODEL,
                 "max_tokens": 512,
                 "system": "You argue for the motion.",
@@ -460,248 +464,89 @@ mod tests {
                     {"role": "user", "content": "Go on."}
                 ],
                 "temperature": 0.5
-            })
-        );
-    }
-
-    #[tokio::test]
-    async fn streamed_reply_in_small_chunks() {
-        let server = FakeServer::start(sse_reply(&stream_body(&UNICODE_PIECES, true), 3)).await;
-        let (sink, mut rx) = sink();
-        let completion = provider(&server)
-            .complete(MODEL, &request(true), Some(&sink))
-            .await
-            .unwrap();
-        let deltas = drain(&mut rx);
-        assert_eq!(deltas, UNICODE_PIECES);
-        assert_eq!(completion.text, deltas.concat());
-        assert_eq!(completion.model, "claude-sonnet-4-5-20250929");
-        assert_eq!(completion.finish_reason.as_deref(), Some("end_turn"));
-        assert_eq!(
-            completion.usage,
-            Usage {
-                input_tokens: 30,
-                output_tokens: 42,
-                estimated: false
-            }
-        );
-        let body = server.only_request().json();
-        assert_eq!(body["stream"], json!(true));
-    }
-
-    #[tokio::test]
-    async fn a_json_message_answering_a_streamed_request_is_read_whole() {
-        let server = FakeServer::start(json_reply(
-            200,
-            &json!({"model": MODEL, "content": [{"type": "text", "text": "Whole message."}], "stop_reason": "end_turn", "usage": {"input_tokens": 5, "output_tokens": 2}}),
-        ))
-        .await;
-        let (sink, mut rx) = sink();
-        let completion = provider(&server)
-            .complete(MODEL, &request(true), Some(&sink))
-            .await
-            .unwrap();
-        assert_eq!(completion.text, "Whole message.");
-        assert_eq!(drain(&mut rx), ["Whole message."]);
-        assert_eq!(server.only_request().json()["stream"], json!(true));
-    }
-
-    #[tokio::test]
-    async fn stream_flag_without_sink_is_not_streamed() {
-        let server = FakeServer::start(json_reply(
-            200,
-            &json!({"model": MODEL, "content": [{"type": "text", "text": "ok"}], "stop_reason": "end_turn", "usage": {"input_tokens": 1, "output_tokens": 1}}),
-        ))
-        .await;
-        let completion = provider(&server)
-            .complete(MODEL, &request(true), None)
-            .await
-            .unwrap();
-        assert_eq!(completion.text, "ok");
-        assert!(server.only_request().json().get("stream").is_none());
-    }
-
-    #[tokio::test]
-    async fn rate_limited_with_retry_after() {
-        let server = FakeServer::start(json_reply_with(
-            429,
-            &json!({"type":"error","error":{"type":"rate_limit_error","message":"Number of request tokens has exceeded your per-minute rate limit"}}),
-            &[("retry-after", "17")],
-        ))
-        .await;
-        let err = provider(&server)
-            .complete(MODEL, &request(false), None)
-            .await
-            .unwrap_err();
-        assert_eq!(
-            err,
-            AgentError::RateLimited {
-                retry_after: Some(Duration::from_secs(17))
-            }
-        );
-        assert!(err.is_retryable());
-    }
-
-    #[tokio::test]
-    async fn server_error_and_overloaded() {
-        let server = FakeServer::start(json_reply(
-            500,
-            &json!({"type":"error","error":{"type":"api_error","message":"Internal server error"}}),
-        ))
-        .await;
-        let err = provider(&server)
-            .complete(MODEL, &request(false), None)
-            .await
-            .unwrap_err();
-        assert_eq!(
-            err,
-            AgentError::Server {
-                status: 500,
-                message: "Internal server error".into()
-            }
-        );
-        assert!(err.is_retryable());
-
-        let server = FakeServer::start(json_reply(
-            529,
-            &json!({"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}),
-        ))
-        .await;
-        let err = provider(&server)
-            .complete(MODEL, &request(false), None)
-            .await
-            .unwrap_err();
-        assert_eq!(
-            err,
-            AgentError::Server {
-                status: 529,
-                message: "Overloaded".into()
-            }
-        );
-    }
-
-    #[tokio::test]
-    async fn hang_maps_to_timeout() {
-        let server = FakeServer::start(Reply::Hang).await;
-        // Shared client (no timeout of its own): still pending when the caller gives up.
-        let pending = tokio::time::timeout(
-            Duration::from_millis(200),
-            provider(&server).complete(MODEL, &request(false), None),
-        )
-        .await;
-        assert!(pending.is_err(), "the adapter returned early: {pending:?}");
-        // With a read timeout configured on the client, reqwest's timeout maps to Timeout.
-        let provider =
-            provider(&server).with_client(client_with_read_timeout(Duration::from_millis(150)));
-        let err = provider
-            .complete(MODEL, &request(false), None)
-            .await
-            .unwrap_err();
-        assert_eq!(err, AgentError::Timeout(Duration::from_millis(150)));
-        assert!(err.is_retryable());
-    }
-
-    #[tokio::test]
-    async fn truncated_stream_is_malformed() {
-        let server = FakeServer::start(sse_reply(&stream_body(&["partial"], false), 5)).await;
-        let (sink, _rx) = sink();
-        let err = provider(&server)
-            .complete(MODEL, &request(true), Some(&sink))
-            .await
-            .unwrap_err();
-        assert!(matches!(err, AgentError::Malformed(_)), "{err:?}");
-        assert!(err.is_retryable());
-    }
-
-    #[tokio::test]
-    async fn invalid_json_in_stream_is_malformed() {
-        let body = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":1}}}\n\nevent: content_block_delta\ndata: {not json\n\n";
-        let server = FakeServer::start(sse_reply(body, 7)).await;
-        let (sink, _rx) = sink();
-        let err = provider(&server)
-            .complete(MODEL, &request(true), Some(&sink))
-            .await
-            .unwrap_err();
-        assert!(matches!(err, AgentError::Malformed(_)), "{err:?}");
-    }
-
-    #[tokio::test]
-    async fn error_events_mid_stream() {
-        let cases = [
-            (
-                "overloaded_error",
-                AgentError::Server {
-                    status: 529,
-                    message: "Overloaded".into(),
+            }),
+            stream: stream_events,
+            terminated: true,
+            streamed: Completion {
+                text: UNICODE_PIECES.concat(),
+                // 25 input + 5 cache reads; the final output count of message_delta.
+                usage: Usage {
+                    input_tokens: 30,
+                    output_tokens: 42,
+                    estimated: false,
                 },
+                model: ANSWERED.into(),
+                finish_reason: Some("end_turn".into()),
+            },
+            stream_target: "/v1/messages",
+            stream_fields: json!({"stream": true}),
+            json_for_stream: (
+                json!({"model": MODEL, "content": [{"type": "text", "text": "Whole message."}], "stop_reason": "end_turn", "usage": {"input_tokens": 5, "output_tokens": 2}}),
+                "Whole message.",
             ),
-            (
-                "rate_limit_error",
-                AgentError::RateLimited { retry_after: None },
-            ),
-            (
-                "authentication_error",
+            stream_errors: vec![
+                (
+                    error_event("overloaded_error"),
+                    AgentError::Server {
+                        status: 529,
+                        message: "Overloaded".into(),
+                    },
+                ),
+                (
+                    error_event("rate_limit_error"),
+                    AgentError::RateLimited { retry_after: None },
+                ),
+                (
+                    error_event("authentication_error"),
+                    AgentError::Auth {
+                        status: 401,
+                        message: "Overloaded".into(),
+                    },
+                ),
+                (
+                    error_event("api_error"),
+                    AgentError::Server {
+                        status: 500,
+                        message: "Overloaded".into(),
+                    },
+                ),
+            ],
+            rate_limits: vec![
+                ErrorReply::new(
+                    429,
+                    json!({"type":"error","error":{"type":"rate_limit_error","message":"Number of request tokens has exceeded your per-minute rate limit"}}),
+                    AgentError::RateLimited {
+                        retry_after: Some(Duration::from_secs(17)),
+                    },
+                )
+                .with_header("retry-after", "17"),
+            ],
+            server_errors: vec![
+                ErrorReply::new(
+                    500,
+                    json!({"type":"error","error":{"type":"api_error","message":"Internal server error"}}),
+                    AgentError::Server {
+                        status: 500,
+                        message: "Internal server error".into(),
+                    },
+                ),
+                ErrorReply::new(
+                    529,
+                    json!({"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}),
+                    AgentError::Server {
+                        status: 529,
+                        message: "Overloaded".into(),
+                    },
+                ),
+            ],
+            bad_keys: vec![ErrorReply::new(
+                401,
+                json!({"type":"error","error":{"type":"authentication_error","message":format!("invalid x-api-key {KEY}")}}),
                 AgentError::Auth {
                     status: 401,
-                    message: "Overloaded".into(),
+                    message: "invalid x-api-key [redacted]".into(),
                 },
-            ),
-            (
-                "api_error",
-                AgentError::Server {
-                    status: 500,
-                    message: "Overloaded".into(),
-                },
-            ),
-        ];
-        for (kind, expected) in cases {
-            let mut body = stream_body(&["a"], false);
-            body.push_str(&format!(
-                "event: error\ndata: {}\n\n",
-                json!({"type":"error","error":{"type":kind,"message":"Overloaded"}})
-            ));
-            let server = FakeServer::start(sse_reply(&body, 64)).await;
-            let (sink, _rx) = sink();
-            let err = provider(&server)
-                .complete(MODEL, &request(true), Some(&sink))
-                .await
-                .unwrap_err();
-            assert_eq!(err, expected, "{kind}");
+            )],
         }
-    }
-
-    #[tokio::test]
-    async fn bad_key_is_auth_without_the_key() {
-        let server = FakeServer::start(json_reply(
-            401,
-            &json!({"type":"error","error":{"type":"authentication_error","message":format!("invalid x-api-key {KEY}")}}),
-        ))
-        .await;
-        let err = provider(&server)
-            .complete(MODEL, &request(false), None)
-            .await
-            .unwrap_err();
-        assert_auth_without_key(&err, KEY);
-    }
-
-    #[tokio::test]
-    async fn missing_key_makes_no_request() {
-        let server = FakeServer::start(Reply::Hang).await;
-        let provider = Anthropic::new(server.base.clone(), Some("  ".into()));
-        assert!(!provider.available());
-        let err = provider
-            .complete(MODEL, &request(false), None)
-            .await
-            .unwrap_err();
-        assert_eq!(err, AgentError::MissingKey("ANTHROPIC_API_KEY".into()));
-        assert!(server.requests().is_empty());
-        assert!(Anthropic::new(server.base.clone(), Some(KEY.into())).available());
-        assert!(
-            !format!(
-                "{:?}",
-                Anthropic::new(server.base.clone(), Some(KEY.into()))
-            )
-            .contains(KEY)
-        );
     }
 }

@@ -20,6 +20,7 @@ use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::Value;
 
+use super::providers::ProviderInfo;
 use super::sse::{SseError, SseStream};
 use super::{AgentError, CompletionRequest, Usage};
 
@@ -202,6 +203,88 @@ impl ProviderClient {
             other => AgentError::Malformed(other.to_string()),
         }
     }
+}
+
+/// What every HTTP adapter holds: its catalogue entry, where it is reached, the key and the
+/// client. `Debug` shows whether a key is set, never the key.
+pub struct Connection {
+    pub info: &'static ProviderInfo,
+    base_url: String,
+    api_key: Option<String>,
+    client: Result<ProviderClient, AgentError>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("id", &self.info.id)
+            .field("base_url", &self.base_url)
+            .field("has_key", &self.api_key.is_some())
+            .finish()
+    }
+}
+
+impl Connection {
+    /// `base_url` without trailing slashes; an absent or blank `api_key` is no key. Uses the
+    /// shared client.
+    pub fn new(info: &'static ProviderInfo, base_url: &str, api_key: Option<String>) -> Self {
+        Connection {
+            info,
+            base_url: normalize_base(base_url, None),
+            api_key: normalize_key(api_key),
+            client: ProviderClient::shared(),
+        }
+    }
+
+    /// Use this client instead of the shared one (tests, custom timeouts).
+    pub fn with_client(mut self, client: ProviderClient) -> Self {
+        self.client = Ok(client);
+        self
+    }
+
+    /// Drop a version prefix the adapter adds itself (`/v1`), so a base given with it works.
+    pub(crate) fn without_base_suffix(mut self, suffix: &str) -> Self {
+        self.base_url = normalize_base(&self.base_url, Some(suffix));
+        self
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// Credentials present, or none needed.
+    pub fn available(&self) -> bool {
+        self.api_key.is_some() || !self.info.key_required
+    }
+
+    /// The key for one call: `MissingKey` naming its variable when the provider requires one
+    /// and none is set; None for a keyless provider without one.
+    pub fn key(&self) -> Result<Option<&str>, AgentError> {
+        match self.api_key.as_deref() {
+            None if self.info.key_required => Err(self.missing_key()),
+            key => Ok(key),
+        }
+    }
+
+    /// The key, for a wire format that cannot be spoken without one.
+    pub fn required_key(&self) -> Result<&str, AgentError> {
+        self.api_key.as_deref().ok_or_else(|| self.missing_key())
+    }
+
+    fn missing_key(&self) -> AgentError {
+        AgentError::MissingKey(self.info.key_env.unwrap_or_default().into())
+    }
+
+    /// The HTTP client (a build failure is reported on every call).
+    pub fn client(&self) -> Result<&ProviderClient, AgentError> {
+        self.client.as_ref().map_err(Clone::clone)
+    }
+}
+
+/// A vendor JSON document (already checked for an error payload) decoded into its typed
+/// form; a document that does not have the vendor's shape is `Malformed`.
+pub fn decode<T: serde::de::DeserializeOwned>(value: &Value, what: &str) -> Result<T, AgentError> {
+    T::deserialize(value).map_err(|e| AgentError::Malformed(format!("{what}: {e}")))
 }
 
 /// An SSE event stream over a response body.

@@ -1,17 +1,25 @@
 //! Agents: the LLM providers a debate talks to.
 //!
-//! Rule: one `Provider` trait, one file per vendor wire format (`anthropic.rs`, `openai.rs`
-//! for OpenAI and every OpenAI-compatible service, `gemini.rs`), a deterministic `demo.rs`
-//! that needs no network, and all retry / circuit-breaker policy in `resilience.rs`. Nothing
-//! here knows about HTTP routes or debates.
+//! Rule: one `Provider` trait; one catalogue of providers (`providers.rs`: id, wire format,
+//! key and base URL variables, pricing key) that config, registry, pricing and the
+//! connectivity check all read; one file per vendor wire format (`anthropic.rs`, `openai.rs`
+//! for OpenAI and every OpenAI-compatible service, `gemini.rs`), each decoding its vendor's
+//! answers into typed structs and passing the one conformance suite (`conformance.rs`); a
+//! deterministic `demo.rs` that needs no network; `agents.toml` parsing in `spec.rs`, name
+//! resolution and breakers in `registry.rs`, and all retry / circuit-breaker policy in
+//! `resilience.rs`. Nothing here knows about HTTP routes or debates.
 
 pub mod anthropic;
+#[cfg(test)]
+mod conformance;
 pub mod demo;
 pub mod gemini;
 pub mod http;
 pub mod openai;
+pub mod providers;
 pub mod registry;
 pub mod resilience;
+pub mod spec;
 pub mod sse;
 
 use std::time::Duration;
@@ -20,8 +28,9 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-pub use registry::{Agent, AgentRegistry, AgentSpec, UnknownAgent};
+pub use registry::{Agent, AgentRegistry, UnknownAgent};
 pub use resilience::{BreakerConfig, BreakerState, CircuitBreaker, RetryPolicy};
+pub use spec::AgentSpec;
 
 /// Who said a chat message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

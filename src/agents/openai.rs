@@ -6,84 +6,47 @@
 //!   `https://openrouter.ai/api/v1`, `https://api.x.ai/v1`, `https://api.deepseek.com/v1`,
 //!   `https://api.mistral.ai/v1`, `http://localhost:11434/v1`.
 //! - `Authorization: Bearer <key>` is sent whenever a key is set (also for ollama).
-//! - The output limit is sent as `max_completion_tokens` to `openai` (its reasoning models
-//!   reject `max_tokens`) and as `max_tokens` to every compatible service.
-//! - `stream_options: {include_usage: true}` is sent when streaming to the services that
-//!   accept it (`openai`, `openrouter`, `xai`, `deepseek`, and `ollama`, whose OpenAI layer
-//!   honours it in current releases and ignores unknown fields in older ones); Mistral
-//!   validates its parameters strictly and reports usage in its last chunk unasked.
+//! - Per-service differences come from the catalogue's
+//!   [`WireFormat::OpenAiChat`](super::providers::WireFormat::OpenAiChat): the output limit
+//!   is sent as `max_completion_tokens` to `openai` (its reasoning models reject
+//!   `max_tokens`) and as `max_tokens` to every compatible service; `stream_options:
+//!   {include_usage: true}` is sent when streaming to the services that accept it (all but
+//!   Mistral, which validates its parameters strictly and reports usage in its last chunk
+//!   unasked).
 //! - Without usage in the answer (common with Ollama and some proxies) the usage is
 //!   estimated from the text (`Usage::estimated == true`).
 //! - A stream must end with `data: [DONE]`; otherwise the call fails as `Malformed`.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::debug;
 
-use super::http::{self, ProviderClient};
+use super::http::{self, Connection, ProviderClient};
+use super::providers::WireFormat;
 use super::*;
 
-/// Provider ids known to accept `stream_options.include_usage`.
-const STREAM_USAGE_IDS: [&str; 5] = ["openai", "openrouter", "xai", "deepseek", "ollama"];
-
+#[derive(Debug)]
 pub struct OpenAiCompatible {
-    id: String,
-    base_url: String,
-    api_key: Option<String>,
-    key_env: &'static str,
-    key_required: bool,
-    client: Result<ProviderClient, AgentError>,
-}
-
-impl std::fmt::Debug for OpenAiCompatible {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpenAiCompatible")
-            .field("id", &self.id)
-            .field("base_url", &self.base_url)
-            .field("has_key", &self.api_key.is_some())
-            .field("key_required", &self.key_required)
-            .finish()
-    }
+    connection: Connection,
+    max_completion_tokens: bool,
+    stream_usage: bool,
 }
 
 impl OpenAiCompatible {
-    /// `id`: openai, openrouter, xai, deepseek, mistral or ollama. `base_url` includes the
-    /// version prefix (e.g. `https://api.openai.com/v1`, `http://localhost:11434/v1`).
-    /// `key_env` names the variable the key comes from (for error messages); `api_key` None
-    /// with `key_required` false (ollama) is fine.
-    pub fn new(
-        id: &str,
-        base_url: String,
-        api_key: Option<String>,
-        key_env: &'static str,
-        key_required: bool,
-    ) -> Self {
+    /// Base URL including the version prefix (e.g. `https://api.openai.com/v1`,
+    /// `http://localhost:11434/v1`).
+    pub fn new(connection: Connection) -> Self {
+        let (max_completion_tokens, stream_usage) = match connection.info.wire {
+            WireFormat::OpenAiChat {
+                max_completion_tokens,
+                stream_usage,
+            } => (max_completion_tokens, stream_usage),
+            _ => (false, false),
+        };
         OpenAiCompatible {
-            id: id.to_owned(),
-            base_url: http::normalize_base(&base_url, None),
-            api_key: http::normalize_key(api_key),
-            key_env,
-            key_required,
-            client: ProviderClient::shared(),
-        }
-    }
-
-    /// Use this client instead of the shared one (tests, custom timeouts).
-    pub fn with_client(mut self, client: ProviderClient) -> Self {
-        self.client = Ok(client);
-        self
-    }
-
-    fn tag(&self) -> &'static str {
-        // `tracing` targets must be static: the six known ids, else the generic one.
-        match self.id.as_str() {
-            "openai" => "openai",
-            "openrouter" => "openrouter",
-            "xai" => "xai",
-            "deepseek" => "deepseek",
-            "mistral" => "mistral",
-            "ollama" => "ollama",
-            _ => "compatible",
+            connection,
+            max_completion_tokens,
+            stream_usage,
         }
     }
 }
@@ -115,6 +78,67 @@ struct ChatRequest<'a> {
     stream_options: Option<StreamOptions>,
 }
 
+/// A chat completion, or one chunk of a streamed one (`delta` instead of `message`).
+#[derive(Deserialize)]
+struct ChatResponse {
+    model: Option<String>,
+    choices: Option<Vec<Choice>>,
+    usage: Option<WireUsage>,
+}
+
+#[derive(Deserialize)]
+struct Choice {
+    index: Option<u64>,
+    message: Option<ChoiceMessage>,
+    delta: Option<ChoiceMessage>,
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ChoiceMessage {
+    content: Option<String>,
+    /// The explanation of a refusal (then `content` is null).
+    refusal: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireUsage {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+}
+
+impl ChatResponse {
+    /// The model that answered, when named.
+    fn model(&self) -> Option<&str> {
+        self.model.as_deref().filter(|m| !m.is_empty())
+    }
+
+    /// `usage.prompt_tokens` / `completion_tokens`, when reported.
+    fn usage(&self) -> Option<Usage> {
+        let usage = self.usage.as_ref()?;
+        if usage.prompt_tokens.is_none() && usage.completion_tokens.is_none() {
+            return None;
+        }
+        Some(Usage {
+            input_tokens: usage.prompt_tokens.unwrap_or(0),
+            output_tokens: usage.completion_tokens.unwrap_or(0),
+            estimated: false,
+        })
+    }
+
+    /// The choice with index 0, else the first.
+    fn first_choice(self) -> Option<Choice> {
+        let mut choices = self.choices?;
+        let at = choices.iter().position(|c| c.index == Some(0)).unwrap_or(0);
+        (at < choices.len()).then(|| choices.swap_remove(at))
+    }
+}
+
+/// An `error` object in a 200 answer or a stream chunk.
+fn has_error(value: &Value) -> bool {
+    value.get("error").is_some_and(|e| !e.is_null())
+}
+
 fn wire_messages(request: &CompletionRequest) -> Vec<WireMessage<'_>> {
     let system = (!request.system.is_empty()).then(|| WireMessage {
         role: "system",
@@ -135,11 +159,11 @@ fn wire_messages(request: &CompletionRequest) -> Vec<WireMessage<'_>> {
 #[async_trait]
 impl Provider for OpenAiCompatible {
     fn id(&self) -> &str {
-        &self.id
+        self.connection.info.id
     }
 
     fn available(&self) -> bool {
-        self.api_key.is_some() || !self.key_required
+        self.connection.available()
     }
 
     async fn complete(
@@ -148,30 +172,25 @@ impl Provider for OpenAiCompatible {
         request: &CompletionRequest,
         deltas: Option<&DeltaSink>,
     ) -> Result<Completion, AgentError> {
-        let key = self.api_key.as_deref();
-        if key.is_none() && self.key_required {
-            return Err(AgentError::MissingKey(self.key_env.into()));
-        }
-        let client = self.client.as_ref().map_err(Clone::clone)?;
+        let key = self.connection.key()?;
+        let client = self.connection.client()?;
         let sink = deltas.filter(|_| request.stream);
         let streaming = sink.is_some();
-        let is_openai = self.id == "openai";
         let body = ChatRequest {
             model,
             messages: wire_messages(request),
-            max_tokens: (!is_openai).then_some(request.max_tokens),
-            max_completion_tokens: is_openai.then_some(request.max_tokens),
+            max_tokens: (!self.max_completion_tokens).then_some(request.max_tokens),
+            max_completion_tokens: self.max_completion_tokens.then_some(request.max_tokens),
             temperature: request.temperature,
             stream: streaming,
-            stream_options: (streaming && STREAM_USAGE_IDS.contains(&self.id.as_str())).then_some(
-                StreamOptions {
-                    include_usage: true,
-                },
-            ),
+            stream_options: (streaming && self.stream_usage).then_some(StreamOptions {
+                include_usage: true,
+            }),
         };
+        let provider = self.id();
         debug!(
             target: "aragora::agents::openai",
-            provider = self.tag(),
+            provider,
             model,
             stream = streaming,
             messages = request.messages.len(),
@@ -179,7 +198,7 @@ impl Provider for OpenAiCompatible {
         );
         let mut builder = client
             .inner()
-            .post(format!("{}/chat/completions", self.base_url))
+            .post(format!("{}/chat/completions", self.connection.base_url()))
             .header(
                 reqwest::header::ACCEPT,
                 if streaming {
@@ -213,7 +232,7 @@ impl Provider for OpenAiCompatible {
         };
         debug!(
             target: "aragora::agents::openai",
-            provider = self.tag(),
+            provider,
             model = %completion.model,
             input_tokens = completion.usage.input_tokens,
             output_tokens = completion.usage.output_tokens,
@@ -225,64 +244,31 @@ impl Provider for OpenAiCompatible {
     }
 }
 
-/// `usage.prompt_tokens` / `completion_tokens`, when the object is there.
-fn reported_usage(value: &Value) -> Option<Usage> {
-    let usage = value.get("usage").filter(|u| u.is_object())?;
-    let field = |name: &str| usage.get(name).and_then(Value::as_u64);
-    let (input, output) = (field("prompt_tokens"), field("completion_tokens"));
-    if input.is_none() && output.is_none() {
-        return None;
-    }
-    Some(Usage {
-        input_tokens: input.unwrap_or(0),
-        output_tokens: output.unwrap_or(0),
-        estimated: false,
-    })
-}
-
-fn first_choice(value: &Value) -> Option<&Value> {
-    let choices = value.get("choices")?.as_array()?;
-    choices
-        .iter()
-        .find(|c| c.get("index").and_then(Value::as_u64) == Some(0))
-        .or_else(|| choices.first())
-}
-
 fn parse_response(
     value: &Value,
     model: &str,
     request: &CompletionRequest,
     key: Option<&str>,
 ) -> Result<Completion, AgentError> {
-    if value.get("error").is_some_and(|e| !e.is_null()) && value.get("choices").is_none() {
+    if has_error(value) && value.get("choices").is_none() {
         return Err(http::error_from_payload(value, 500, key));
     }
-    let choice = first_choice(value)
+    let response: ChatResponse = http::decode(value, "chat completion")?;
+    let answered_model = response.model().map(str::to_owned);
+    let usage = response.usage();
+    let choice = response
+        .first_choice()
         .ok_or_else(|| AgentError::Malformed("chat completion has no choices".into()))?;
     let message = choice
-        .get("message")
+        .message
         .ok_or_else(|| AgentError::Malformed("chat completion choice has no message".into()))?;
     // A refusal comes with `content: null` and the explanation in `refusal`.
-    let text = message
-        .get("content")
-        .and_then(Value::as_str)
-        .or_else(|| message.get("refusal").and_then(Value::as_str))
-        .unwrap_or_default()
-        .to_owned();
-    let usage = reported_usage(value).unwrap_or_else(|| http::estimate_usage(request, &text));
+    let text = message.content.or(message.refusal).unwrap_or_default();
     Ok(Completion {
-        model: value
-            .get("model")
-            .and_then(Value::as_str)
-            .filter(|m| !m.is_empty())
-            .unwrap_or(model)
-            .to_owned(),
-        finish_reason: choice
-            .get("finish_reason")
-            .and_then(Value::as_str)
-            .map(str::to_owned),
+        usage: usage.unwrap_or_else(|| http::estimate_usage(request, &text)),
+        model: answered_model.unwrap_or_else(|| model.to_owned()),
+        finish_reason: choice.finish_reason,
         text,
-        usage,
     })
 }
 
@@ -319,28 +305,27 @@ async fn read_stream(
         let value: Value = serde_json::from_str(data).map_err(|e| {
             AgentError::Malformed(format!("invalid JSON in chat completion chunk: {e}"))
         })?;
-        if value.get("error").is_some_and(|e| !e.is_null()) || event.event == "error" {
+        if has_error(&value) || event.event == "error" {
             return Err(http::error_from_payload(&value, 500, key));
         }
-        if let Some(m) = value
-            .get("model")
-            .and_then(Value::as_str)
-            .filter(|m| !m.is_empty())
-        {
+        let chunk: ChatResponse = http::decode(&value, "chat completion chunk")?;
+        if let Some(m) = chunk.model() {
             answered_model = Some(m.to_owned());
         }
-        if let Some(reported) = reported_usage(&value) {
+        if let Some(reported) = chunk.usage() {
             usage = Some(reported);
         }
-        if let Some(choice) = first_choice(&value) {
-            if let Some(piece) = choice.pointer("/delta/content").and_then(Value::as_str)
-                && !piece.is_empty()
+        if let Some(choice) = chunk.first_choice() {
+            if let Some(piece) = choice
+                .delta
+                .and_then(|d| d.content)
+                .filter(|p| !p.is_empty())
             {
-                sink.send(piece);
-                text.push_str(piece);
+                sink.send(&piece);
+                text.push_str(&piece);
             }
-            if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
-                finish_reason = Some(reason.to_owned());
+            if let Some(reason) = choice.finish_reason {
+                finish_reason = Some(reason);
             }
         }
     }
@@ -353,35 +338,28 @@ async fn read_stream(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::time::Duration;
 
     use serde_json::json;
 
     use super::*;
+    use crate::agents::conformance::{ErrorReply, Fixture};
     use crate::agents::http::testing::*;
+    use crate::agents::providers::{self, PROVIDERS};
 
     const KEY: &str = "sk-proj-test-SECRET-9876543210";
     const MODEL: &str = "gpt-4.1-mini";
+    const ANSWERED: &str = "gpt-4.1-mini-2025-04-14";
 
-    fn provider(server: &FakeServer) -> OpenAiCompatible {
-        OpenAiCompatible::new(
-            "openai",
-            format!("{}/v1/", server.base),
-            Some(KEY.into()),
-            "OPENAI_API_KEY",
-            true,
-        )
-    }
-
-    fn ollama(server: &FakeServer) -> OpenAiCompatible {
-        OpenAiCompatible::new(
-            "ollama",
-            format!("{}/v1", server.base),
-            None,
-            "OLLAMA_API_KEY",
-            false,
-        )
+    /// A catalogue provider of this wire format at the fake server.
+    fn provider(id: &str, server: &FakeServer, key: Option<&str>) -> OpenAiCompatible {
+        let info = providers::get(id).unwrap();
+        OpenAiCompatible::new(Connection::new(
+            info,
+            &format!("{}/v1", server.base),
+            key.map(str::to_owned),
+        ))
     }
 
     fn request(stream: bool) -> CompletionRequest {
@@ -409,93 +387,67 @@ mod tests {
 
     fn chunk(content: Option<&str>, finish: Option<&str>) -> Value {
         json!({
-            "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4.1-mini-2025-04-14",
+            "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": ANSWERED,
             "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": finish}]
         })
     }
 
-    fn stream_body(pieces: &[&str], usage: bool, done: bool) -> String {
-        let mut body = String::from(": OPENROUTER PROCESSING\n\n");
-        body.push_str(&format!(
-            "data: {}\n\n",
-            json!({"id":"chatcmpl-1","model":"gpt-4.1-mini-2025-04-14","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]})
-        ));
-        for piece in pieces {
-            body.push_str(&format!("data: {}\n\n", chunk(Some(piece), None)));
-        }
-        body.push_str(&format!("data: {}\n\n", chunk(None, Some("stop"))));
+    fn data(value: Value) -> String {
+        format!("data: {value}\n\n")
+    }
+
+    /// OpenRouter's keep-alive comment, a role chunk, one chunk per piece, the finish
+    /// reason, a usage-only chunk (`stream_options.include_usage`) when `usage`, `[DONE]`.
+    fn events(pieces: &[&str], usage: bool) -> Vec<String> {
+        let mut events = vec![
+            ": OPENROUTER PROCESSING\n\n".to_owned()
+                + &data(
+                    json!({"id":"chatcmpl-1","model":ANSWERED,"choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}),
+                ),
+        ];
+        events.extend(pieces.iter().map(|p| data(chunk(Some(p), None))));
+        events.push(data(chunk(None, Some("stop"))));
         if usage {
-            body.push_str(&format!(
-                "data: {}\n\n",
-                json!({"id":"chatcmpl-1","model":"gpt-4.1-mini-2025-04-14","choices":[],"usage":{"prompt_tokens":33,"completion_tokens":12,"total_tokens":45}})
+            events.push(data(
+                json!({"id":"chatcmpl-1","model":ANSWERED,"choices":[],"usage":{"prompt_tokens":33,"completion_tokens":12,"total_tokens":45}}),
             ));
         }
-        if done {
-            body.push_str("data: [DONE]\n\n");
-        }
-        body
+        events.push("data: [DONE]\n\n".into());
+        events
     }
 
-    #[tokio::test]
-    async fn a_json_answer_to_a_streamed_request_is_read_whole() {
-        let server = FakeServer::start(json_reply(
-            200,
-            &json!({
-                "id": "chatcmpl-2", "object": "chat.completion", "model": "gpt-4o",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": "Whole answer."}, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 12, "completion_tokens": 3}
-            }),
-        ))
-        .await;
-        let (sink, mut rx) = sink();
-        let completion = provider(&server)
-            .complete(MODEL, &request(true), Some(&sink))
-            .await
-            .unwrap();
-        assert_eq!(completion.text, "Whole answer.");
-        assert_eq!(drain(&mut rx), ["Whole answer."]);
-        assert!(!completion.usage.estimated);
-        assert_eq!(server.only_request().json()["stream"], json!(true));
+    fn stream_events(pieces: &[&str]) -> Vec<String> {
+        events(pieces, true)
     }
 
-    #[tokio::test]
-    async fn normal_reply() {
-        let server = FakeServer::start(json_reply(
-            200,
-            &json!({
-                "id": "chatcmpl-1", "object": "chat.completion", "model": "gpt-4.1-mini-2025-04-14",
+    pub(in crate::agents) fn conformance() -> Fixture {
+        Fixture {
+            provider: "openai",
+            key_env: "OPENAI_API_KEY",
+            key: KEY,
+            model: MODEL,
+            base: |root| format!("{root}/v1/"),
+            alt_base: |root| format!("{root}/v1"),
+            request,
+            reply: json!({
+                "id": "chatcmpl-1", "object": "chat.completion", "model": ANSWERED,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": "No, because…", "refusal": null}, "finish_reason": "stop"}],
                 "usage": {"prompt_tokens": 40, "completion_tokens": 9, "total_tokens": 49}
             }),
-        ))
-        .await;
-        let completion = provider(&server)
-            .complete(MODEL, &request(false), None)
-            .await
-            .unwrap();
-        assert_eq!(completion.text, "No, because…");
-        assert_eq!(completion.model, "gpt-4.1-mini-2025-04-14");
-        assert_eq!(completion.finish_reason.as_deref(), Some("stop"));
-        assert_eq!(
-            completion.usage,
-            Usage {
-                input_tokens: 40,
-                output_tokens: 9,
-                estimated: false
-            }
-        );
-
-        let req = server.only_request();
-        assert_eq!(req.method, "POST");
-        assert_eq!(req.target, "/v1/chat/completions");
-        assert_eq!(
-            req.header("authorization"),
-            Some(format!("Bearer {KEY}").as_str())
-        );
-        assert_eq!(req.header("content-type"), Some("application/json"));
-        assert_eq!(
-            req.json(),
-            json!({
+            completion: Completion {
+                text: "No, because…".into(),
+                usage: Usage {
+                    input_tokens: 40,
+                    output_tokens: 9,
+                    estimated: false,
+                },
+                model: ANSWERED.into(),
+                finish_reason: Some("stop".into()),
+            },
+            target: "/v1/chat/completions",
+            key_header: ("authorization", format!("Bearer {KEY}")),
+            headers: Vec::new(),
+            body: json!({
                 "model": MODEL,
                 "messages": [
                     {"role": "system", "content": "You argue against the motion."},
@@ -505,8 +457,92 @@ mod tests {
                 ],
                 "max_completion_tokens": 256,
                 "temperature": 0.25
-            })
-        );
+            }),
+            stream: stream_events,
+            terminated: true,
+            streamed: Completion {
+                text: UNICODE_PIECES.concat(),
+                usage: Usage {
+                    input_tokens: 33,
+                    output_tokens: 12,
+                    estimated: false,
+                },
+                model: ANSWERED.into(),
+                finish_reason: Some("stop".into()),
+            },
+            stream_target: "/v1/chat/completions",
+            stream_fields: json!({"stream": true, "stream_options": {"include_usage": true}}),
+            json_for_stream: (
+                json!({
+                    "id": "chatcmpl-2", "object": "chat.completion", "model": "gpt-4o",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Whole answer."}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 12, "completion_tokens": 3}
+                }),
+                "Whole answer.",
+            ),
+            stream_errors: vec![
+                (
+                    data(json!({"error": {"message": "Provider returned error", "code": 502}})),
+                    AgentError::Server {
+                        status: 502,
+                        message: "Provider returned error".into(),
+                    },
+                ),
+                (
+                    data(
+                        json!({"error": {"message": "Rate limit reached", "type": "rate_limit_error"}}),
+                    ),
+                    AgentError::RateLimited { retry_after: None },
+                ),
+            ],
+            rate_limits: vec![
+                // `retry-after-ms` wins over `retry-after`.
+                ErrorReply::new(
+                    429,
+                    json!({"error": {"message": "Rate limit reached for gpt-4.1-mini", "type": "requests", "code": "rate_limit_exceeded"}}),
+                    AgentError::RateLimited {
+                        retry_after: Some(Duration::from_millis(19_500)),
+                    },
+                )
+                .with_header("retry-after", "20")
+                .with_header("retry-after-ms", "19500"),
+                ErrorReply::new(
+                    429,
+                    json!({"error": {"message": "slow"}}),
+                    AgentError::RateLimited {
+                        retry_after: Some(Duration::from_secs(3)),
+                    },
+                )
+                .with_header("retry-after", "3"),
+            ],
+            server_errors: vec![ErrorReply::new(
+                500,
+                json!({"error": {"message": "The server had an error while processing your request.", "type": "server_error"}}),
+                AgentError::Server {
+                    status: 500,
+                    message: "The server had an error while processing your request.".into(),
+                },
+            )],
+            bad_keys: vec![ErrorReply::new(
+                401,
+                json!({"error": {"message": format!("Incorrect API key provided: {KEY}. You can find your API key at https://platform.openai.com/account/api-keys."), "type": "invalid_request_error", "code": "invalid_api_key"}}),
+                AgentError::Auth {
+                    status: 401,
+                    message: "Incorrect API key provided: [redacted]. You can find your API key at https://platform.openai.com/account/api-keys.".into(),
+                },
+            )],
+        }
+    }
+
+    /// The same suite through a compatible service (xAI): `max_tokens`, its own key variable.
+    pub(in crate::agents) fn compatible_conformance() -> Fixture {
+        let mut fixture = conformance();
+        fixture.provider = "xai";
+        fixture.key_env = "XAI_API_KEY";
+        let body = fixture.body.as_object_mut().unwrap();
+        body.remove("max_completion_tokens");
+        body.insert("max_tokens".into(), json!(256));
+        fixture
     }
 
     #[tokio::test]
@@ -516,17 +552,10 @@ mod tests {
             &json!({"model": "deepseek-chat", "choices": [{"index": 0, "message": {"content": "ok"}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 1, "completion_tokens": 1}}),
         ))
         .await;
-        let provider = OpenAiCompatible::new(
-            "deepseek",
-            format!("{}/v1", server.base),
-            Some(KEY.into()),
-            "DEEPSEEK_API_KEY",
-            true,
-        );
         let mut req = request(false);
         req.temperature = None;
         req.system.clear();
-        provider
+        provider("deepseek", &server, Some(KEY))
             .complete("deepseek-chat", &req, None)
             .await
             .unwrap();
@@ -541,41 +570,62 @@ mod tests {
         );
     }
 
+    /// Each catalogue service gets its own limit field and usage request when streaming.
     #[tokio::test]
-    async fn streamed_reply_in_small_chunks() {
-        let server =
-            FakeServer::start(sse_reply(&stream_body(&UNICODE_PIECES, true, true), 3)).await;
-        let (sink, mut rx) = sink();
-        let completion = provider(&server)
-            .complete(MODEL, &request(true), Some(&sink))
-            .await
-            .unwrap();
-        let deltas = drain(&mut rx);
-        assert_eq!(deltas, UNICODE_PIECES);
-        assert_eq!(completion.text, deltas.concat());
-        assert_eq!(completion.finish_reason.as_deref(), Some("stop"));
-        assert_eq!(completion.model, "gpt-4.1-mini-2025-04-14");
-        assert_eq!(
-            completion.usage,
-            Usage {
-                input_tokens: 33,
-                output_tokens: 12,
-                estimated: false
+    async fn streamed_request_fields_follow_the_catalogue() {
+        for info in PROVIDERS.iter() {
+            let WireFormat::OpenAiChat {
+                max_completion_tokens,
+                stream_usage,
+            } = info.wire
+            else {
+                continue;
+            };
+            let server = FakeServer::start(sse_reply(&events(&["x"], false).concat(), 64)).await;
+            let (sink, _rx) = sink();
+            let adapter = provider(info.id, &server, Some(KEY));
+            assert_eq!(adapter.id(), info.id);
+            adapter
+                .complete("m", &request(true), Some(&sink))
+                .await
+                .unwrap();
+            let body = server.only_request().json();
+            let id = info.id;
+            assert_eq!(body["stream"], json!(true), "{id}");
+            assert_eq!(
+                body.get("stream_options").is_some(),
+                stream_usage,
+                "{id}: {body}"
+            );
+            assert_eq!(
+                body.get("max_completion_tokens").is_some(),
+                max_completion_tokens,
+                "{id}"
+            );
+            assert_eq!(
+                body.get("max_tokens").is_some(),
+                !max_completion_tokens,
+                "{id}"
+            );
+        }
+        let mistral = providers::get("mistral").unwrap().wire;
+        assert!(matches!(
+            mistral,
+            WireFormat::OpenAiChat {
+                stream_usage: false,
+                ..
             }
-        );
-        let body = server.only_request().json();
-        assert_eq!(body["stream"], json!(true));
-        assert_eq!(body["stream_options"], json!({"include_usage": true}));
+        ));
     }
 
     #[tokio::test]
     async fn ollama_stream_without_usage_is_estimated() {
         let server = FakeServer::start(sse_reply(
-            &stream_body(&["Four", " words", " here", " now"], false, true),
+            &events(&["Four", " words", " here", " now"], false).concat(),
             4,
         ))
         .await;
-        let provider = ollama(&server);
+        let provider = provider("ollama", &server, None);
         assert!(provider.available());
         let (sink, mut rx) = sink();
         let req = request(true);
@@ -590,11 +640,11 @@ mod tests {
             http::estimate_usage(&req, "Four words here now")
         );
         // Usage was asked for; an Ollama too old to send it leaves it estimated.
+        let sent = server.only_request();
         assert_eq!(
-            server.only_request().json()["stream_options"],
+            sent.json()["stream_options"],
             json!({"include_usage": true})
         );
-        let sent = server.only_request();
         assert_eq!(sent.header("authorization"), None, "no key, no header");
     }
 
@@ -606,7 +656,7 @@ mod tests {
         ))
         .await;
         let req = request(false);
-        let completion = ollama(&server)
+        let completion = provider("ollama", &server, None)
             .complete("llama3.2", &req, None)
             .await
             .unwrap();
@@ -623,155 +673,21 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn rate_limited_with_retry_after() {
-        let server = FakeServer::start(json_reply_with(
-            429,
-            &json!({"error": {"message": "Rate limit reached for gpt-4.1-mini", "type": "requests", "code": "rate_limit_exceeded"}}),
-            &[("retry-after", "20"), ("retry-after-ms", "19500")],
-        ))
-        .await;
-        let err = provider(&server)
-            .complete(MODEL, &request(false), None)
-            .await
-            .unwrap_err();
-        assert_eq!(
-            err,
-            AgentError::RateLimited {
-                retry_after: Some(Duration::from_millis(19_500))
-            }
-        );
-
-        let server = FakeServer::start(json_reply_with(
-            429,
-            &json!({"error": {"message": "slow"}}),
-            &[("retry-after", "3")],
-        ))
-        .await;
-        let err = provider(&server)
-            .complete(MODEL, &request(false), None)
-            .await
-            .unwrap_err();
-        assert_eq!(
-            err,
-            AgentError::RateLimited {
-                retry_after: Some(Duration::from_secs(3))
-            }
-        );
-    }
-
-    #[tokio::test]
-    async fn server_error_is_retryable() {
+    async fn refusal_is_the_text_and_choice_zero_is_read() {
         let server = FakeServer::start(json_reply(
-            500,
-            &json!({"error": {"message": "The server had an error while processing your request.", "type": "server_error"}}),
+            200,
+            &json!({"model": "", "choices": [
+                {"index": 1, "message": {"content": "other"}, "finish_reason": "stop"},
+                {"index": 0, "message": {"content": null, "refusal": "I can't argue that."}, "finish_reason": "stop"}
+            ]}),
         ))
         .await;
-        let err = provider(&server)
+        let completion = provider("openai", &server, Some(KEY))
             .complete(MODEL, &request(false), None)
             .await
-            .unwrap_err();
-        assert_eq!(
-            err,
-            AgentError::Server {
-                status: 500,
-                message: "The server had an error while processing your request.".into()
-            }
-        );
-        assert!(err.is_retryable());
-    }
-
-    #[tokio::test]
-    async fn hang_maps_to_timeout() {
-        let server = FakeServer::start(Reply::Hang).await;
-        let pending = tokio::time::timeout(
-            Duration::from_millis(200),
-            provider(&server).complete(MODEL, &request(false), None),
-        )
-        .await;
-        assert!(pending.is_err(), "the adapter returned early: {pending:?}");
-        let provider =
-            provider(&server).with_client(client_with_read_timeout(Duration::from_millis(150)));
-        let err = provider
-            .complete(MODEL, &request(false), None)
-            .await
-            .unwrap_err();
-        assert_eq!(err, AgentError::Timeout(Duration::from_millis(150)));
-    }
-
-    #[tokio::test]
-    async fn stream_stalled_mid_way_times_out() {
-        // Headers and one event, then silence: the chunked body never ends.
-        let first = format!("data: {}\n\n", chunk(Some("partial"), None));
-        let server = FakeServer::start(Reply::Stall {
-            status: 200,
-            headers: vec![("content-type".into(), "text/event-stream".into())],
-            chunks: vec![first.into_bytes()],
-        })
-        .await;
-        let provider =
-            provider(&server).with_client(client_with_read_timeout(Duration::from_millis(200)));
-        let (sink, mut rx) = sink();
-        let err = provider
-            .complete(MODEL, &request(true), Some(&sink))
-            .await
-            .unwrap_err();
-        assert_eq!(err, AgentError::Timeout(Duration::from_millis(200)));
-        assert_eq!(drain(&mut rx), ["partial"]);
-    }
-
-    #[tokio::test]
-    async fn stream_without_done_is_malformed() {
-        let server = FakeServer::start(sse_reply(&stream_body(&["x"], true, false), 5)).await;
-        let (sink, _rx) = sink();
-        let err = provider(&server)
-            .complete(MODEL, &request(true), Some(&sink))
-            .await
-            .unwrap_err();
-        assert!(matches!(err, AgentError::Malformed(_)), "{err:?}");
-    }
-
-    #[tokio::test]
-    async fn invalid_json_chunk_is_malformed() {
-        let server = FakeServer::start(sse_reply("data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\ndata: {\"choices\": [\n\ndata: [DONE]\n\n", 6)).await;
-        let (sink, _rx) = sink();
-        let err = provider(&server)
-            .complete(MODEL, &request(true), Some(&sink))
-            .await
-            .unwrap_err();
-        assert!(matches!(err, AgentError::Malformed(_)), "{err:?}");
-    }
-
-    #[tokio::test]
-    async fn error_payload_mid_stream() {
-        let mut body = stream_body(&["a"], false, false);
-        body.push_str(&format!(
-            "data: {}\n\n",
-            json!({"error": {"message": "Provider returned error", "code": 502}})
-        ));
-        let server = FakeServer::start(sse_reply(&body, 9)).await;
-        let (sink, _rx) = sink();
-        let err = provider(&server)
-            .complete(MODEL, &request(true), Some(&sink))
-            .await
-            .unwrap_err();
-        assert_eq!(
-            err,
-            AgentError::Server {
-                status: 502,
-                message: "Provider returned error".into()
-            }
-        );
-
-        let body = format!(
-            "data: {}\n\n",
-            json!({"error": {"message": "Rate limit reached", "type": "rate_limit_error"}})
-        );
-        let server = FakeServer::start(sse_reply(&body, 9)).await;
-        let err = provider(&server)
-            .complete(MODEL, &request(true), Some(&sink))
-            .await
-            .unwrap_err();
-        assert!(matches!(err, AgentError::RateLimited { .. }), "{err:?}");
+            .unwrap();
+        assert_eq!(completion.text, "I can't argue that.");
+        assert_eq!(completion.model, MODEL, "an empty model name is no name");
     }
 
     #[tokio::test]
@@ -781,7 +697,7 @@ mod tests {
             &json!({"error": {"message": "No endpoints found", "code": 404}}),
         ))
         .await;
-        let err = provider(&server)
+        let err = provider("openrouter", &server, Some(KEY))
             .complete(MODEL, &request(false), None)
             .await
             .unwrap_err();
@@ -795,33 +711,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn bad_key_is_auth_without_the_key() {
-        let server = FakeServer::start(json_reply(
-            401,
-            &json!({"error": {"message": format!("Incorrect API key provided: {KEY}. You can find your API key at https://platform.openai.com/account/api-keys."), "type": "invalid_request_error", "code": "invalid_api_key"}}),
-        ))
-        .await;
-        let err = provider(&server)
-            .complete(MODEL, &request(false), None)
-            .await
-            .unwrap_err();
-        assert_auth_without_key(&err, KEY);
-        assert!(
-            err.to_string().contains("Incorrect API key provided"),
-            "{err}"
-        );
-    }
-
-    #[tokio::test]
-    async fn missing_key_makes_no_request() {
-        let server = FakeServer::start(Reply::Hang).await;
-        let provider = OpenAiCompatible::new("xai", server.base.clone(), None, "XAI_API_KEY", true);
-        assert!(!provider.available());
-        let err = provider
-            .complete("grok-4", &request(false), None)
-            .await
-            .unwrap_err();
-        assert_eq!(err, AgentError::MissingKey("XAI_API_KEY".into()));
-        assert!(server.requests().is_empty());
+    async fn answers_without_the_vendor_shape_are_malformed() {
+        for body in [
+            json!({"model": "m"}),
+            json!({"choices": [{"index": 0}]}),
+            json!({"choices": "none"}),
+        ] {
+            let server = FakeServer::start(json_reply(200, &body)).await;
+            let err = provider("openai", &server, Some(KEY))
+                .complete(MODEL, &request(false), None)
+                .await
+                .unwrap_err();
+            assert!(matches!(err, AgentError::Malformed(_)), "{body}: {err:?}");
+        }
     }
 }

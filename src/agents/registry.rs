@@ -1,10 +1,11 @@
-//! Agent names → provider + model, from `config/agents.toml` (compiled in as the default,
-//! or an operator's copy), plus the dynamic names `ollama:<model>` and `demo:<ms>`.
+//! The agent registry: agent names (from `agents.toml`, see [`spec`](super::spec), plus the
+//! dynamic `ollama:<model>` and `demo:<ms>`) resolved to a provider adapter, a model and the
+//! name's circuit breaker.
 //!
-//! Providers are built once from the environment (API keys, base URL overrides); the
-//! environment is injected so tests never touch the process environment. Every agent name
-//! gets one circuit breaker, created on first use and shared by every debate and every
-//! [`Agent`] value resolved for that name.
+//! Providers are built once from the environment through the catalogue
+//! ([`providers`](super::providers)); the environment is injected so tests never touch the
+//! process environment. Every agent name gets one circuit breaker, created on first use and
+//! shared by every debate and every [`Agent`] value resolved for that name.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -15,348 +16,14 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 
-use super::anthropic::Anthropic;
-use super::demo::DemoProvider;
-use super::gemini::Gemini;
-use super::openai::OpenAiCompatible;
+use super::providers::{self, Env, ProviderEndpoint, provider_endpoints};
 use super::resilience::{
     BreakerConfig, BreakerSnapshot, BreakerState, CallOutcome, CircuitBreaker, RetryPolicy,
     call_with_resilience,
 };
+pub use super::spec::{AgentSpec, RegistryError};
+use super::spec::{load_agents_toml, parse_agents_toml};
 use super::{AgentError, CompletionRequest, DeltaSink, Provider};
-
-/// The compiled-in `config/agents.toml`.
-pub const DEFAULT_AGENTS_TOML: &str = include_str!("../../config/agents.toml");
-
-/// Provider ids an `agents.toml` entry may name.
-pub const PROVIDER_IDS: [&str; 9] = [
-    "anthropic",
-    "openai",
-    "gemini",
-    "xai",
-    "mistral",
-    "deepseek",
-    "openrouter",
-    "ollama",
-    "demo",
-];
-
-/// One agent name's provider and model.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct AgentSpec {
-    pub name: String,
-    pub provider: String,
-    pub model: String,
-}
-
-impl AgentSpec {
-    /// The dynamic names: `ollama:<model>` and `demo:<ms>`.
-    pub fn dynamic(name: &str) -> Option<AgentSpec> {
-        if let Some(model) = name.strip_prefix("ollama:") {
-            let model = model.trim();
-            if model.is_empty() || model.chars().any(char::is_whitespace) {
-                return None;
-            }
-            return Some(AgentSpec {
-                name: name.to_owned(),
-                provider: "ollama".into(),
-                model: model.to_owned(),
-            });
-        }
-        if name.starts_with("demo:") && DemoProvider::parse_model(name).is_some() {
-            return Some(AgentSpec {
-                name: name.to_owned(),
-                provider: "demo".into(),
-                model: name.to_owned(),
-            });
-        }
-        None
-    }
-}
-
-/// Where a provider is reached (for diagnostics; never contains the key itself).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ProviderEndpoint {
-    pub id: &'static str,
-    /// Empty for `demo`.
-    pub base_url: String,
-    /// The variable the key comes from (None: no key needed).
-    pub key_env: Option<&'static str>,
-    pub key_required: bool,
-    pub key_set: bool,
-    /// The operator set this provider up: its key, or for keyless Ollama its address
-    /// (OLLAMA_HOST / ARAGORA_OLLAMA_BASE_URL). The built-in default address of an
-    /// unconfigured Ollama is not a promise that one runs there.
-    pub configured: bool,
-}
-
-impl ProviderEndpoint {
-    /// Credentials present, or none needed.
-    pub fn available(&self) -> bool {
-        !self.key_required || self.key_set
-    }
-}
-
-/// (id, key variable, key required, base URL override variable, default base URL)
-const ENDPOINTS: [(&str, &str, bool, &str, &str); 7] = [
-    (
-        "anthropic",
-        "ANTHROPIC_API_KEY",
-        true,
-        "ARAGORA_ANTHROPIC_BASE_URL",
-        "https://api.anthropic.com",
-    ),
-    (
-        "openai",
-        "OPENAI_API_KEY",
-        true,
-        "ARAGORA_OPENAI_BASE_URL",
-        "https://api.openai.com/v1",
-    ),
-    (
-        "gemini",
-        "GEMINI_API_KEY",
-        true,
-        "ARAGORA_GEMINI_BASE_URL",
-        "https://generativelanguage.googleapis.com",
-    ),
-    (
-        "xai",
-        "XAI_API_KEY",
-        true,
-        "ARAGORA_XAI_BASE_URL",
-        "https://api.x.ai/v1",
-    ),
-    (
-        "mistral",
-        "MISTRAL_API_KEY",
-        true,
-        "ARAGORA_MISTRAL_BASE_URL",
-        "https://api.mistral.ai/v1",
-    ),
-    (
-        "deepseek",
-        "DEEPSEEK_API_KEY",
-        true,
-        "ARAGORA_DEEPSEEK_BASE_URL",
-        "https://api.deepseek.com/v1",
-    ),
-    (
-        "openrouter",
-        "OPENROUTER_API_KEY",
-        true,
-        "ARAGORA_OPENROUTER_BASE_URL",
-        "https://openrouter.ai/api/v1",
-    ),
-];
-
-/// Non-empty, trimmed value of an environment variable.
-fn env_value(env: &dyn Fn(&str) -> Option<String>, key: &str) -> Option<String> {
-    env(key)
-        .map(|v| v.trim().to_owned())
-        .filter(|v| !v.is_empty())
-}
-
-/// `OLLAMA_HOST` as a base URL: `host[:port]` without a scheme gets `http://` and, without
-/// a port, Ollama's 11434 (as the ollama CLI does).
-fn ollama_host_url(host: &str) -> String {
-    let host = host.trim().trim_end_matches('/');
-    if host.contains("://") {
-        return host.to_owned();
-    }
-    let authority = host.split('/').next().unwrap_or(host);
-    let has_port = match authority.rsplit_once(':') {
-        // `[::1]:11434` has a port, `[::1]` has not.
-        Some((before, port)) => {
-            !port.is_empty()
-                && port.bytes().all(|b| b.is_ascii_digit())
-                && (!before.contains(':') || before.ends_with(']'))
-        }
-        None => false,
-    };
-    if has_port {
-        format!("http://{host}")
-    } else {
-        format!("http://{authority}:11434{}", &host[authority.len()..])
-    }
-}
-
-/// Every provider's endpoint as the environment configures it.
-pub fn provider_endpoints(env: &dyn Fn(&str) -> Option<String>) -> Vec<ProviderEndpoint> {
-    let mut out: Vec<ProviderEndpoint> = ENDPOINTS
-        .iter()
-        .map(
-            |&(id, key_env, key_required, base_env, default)| ProviderEndpoint {
-                id,
-                base_url: env_value(env, base_env)
-                    .unwrap_or_else(|| default.to_owned())
-                    .trim_end_matches('/')
-                    .to_owned(),
-                key_env: Some(key_env),
-                key_required,
-                key_set: env_value(env, key_env).is_some(),
-                configured: env_value(env, key_env).is_some(),
-            },
-        )
-        .collect();
-    let ollama = env_value(env, "ARAGORA_OLLAMA_BASE_URL")
-        .map(|u| u.trim_end_matches('/').to_owned())
-        .unwrap_or_else(|| {
-            let host = env_value(env, "OLLAMA_HOST").unwrap_or_else(|| "localhost:11434".into());
-            format!("{}/v1", ollama_host_url(&host))
-        });
-    out.push(ProviderEndpoint {
-        id: "ollama",
-        base_url: ollama,
-        key_env: Some("OLLAMA_API_KEY"),
-        key_required: false,
-        key_set: env_value(env, "OLLAMA_API_KEY").is_some(),
-        configured: ["ARAGORA_OLLAMA_BASE_URL", "OLLAMA_HOST", "OLLAMA_API_KEY"]
-            .iter()
-            .any(|v| env_value(env, v).is_some()),
-    });
-    out.push(ProviderEndpoint {
-        id: "demo",
-        base_url: String::new(),
-        key_env: None,
-        key_required: false,
-        key_set: false,
-        configured: true,
-    });
-    out
-}
-
-fn build_provider(
-    ep: &ProviderEndpoint,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Arc<dyn Provider> {
-    let key = ep.key_env.and_then(|k| env_value(env, k));
-    let base = ep.base_url.clone();
-    match ep.id {
-        "anthropic" => Arc::new(Anthropic::new(base, key)),
-        "gemini" => Arc::new(Gemini::new(base, key)),
-        "demo" => Arc::new(DemoProvider::new()),
-        id => Arc::new(OpenAiCompatible::new(
-            id,
-            base,
-            key,
-            ep.key_env.unwrap_or(""),
-            ep.key_required,
-        )),
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// agents.toml
-// ---------------------------------------------------------------------------------------
-
-/// Why the registry could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum RegistryError {
-    #[error("cannot read agents file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{source_name}: invalid TOML: {message}")]
-    Toml {
-        source_name: String,
-        message: String,
-    },
-    #[error("{source_name}: {message}")]
-    Structure {
-        source_name: String,
-        message: String,
-    },
-    #[error("{source_name}: agent `{agent}` ([agents.{agent}]): {message}")]
-    Entry {
-        source_name: String,
-        agent: String,
-        message: String,
-    },
-}
-
-/// Parse an `agents.toml` text. `source_name` (a path, or "built-in agents.toml") is used
-/// in errors.
-pub fn parse_agents_toml(text: &str, source_name: &str) -> Result<Vec<AgentSpec>, RegistryError> {
-    let structure = |message: String| RegistryError::Structure {
-        source_name: source_name.to_owned(),
-        message,
-    };
-    let table: toml::Table = toml::from_str(text).map_err(|e| RegistryError::Toml {
-        source_name: source_name.to_owned(),
-        message: e.to_string().trim().to_owned(),
-    })?;
-    if let Some(key) = table.keys().find(|k| *k != "agents") {
-        return Err(structure(format!(
-            "unknown top-level key `{key}` (expected [agents.<name>] tables)"
-        )));
-    }
-    let Some(agents) = table.get("agents") else {
-        return Ok(Vec::new());
-    };
-    let agents = agents
-        .as_table()
-        .ok_or_else(|| structure("`agents` must be a table of [agents.<name>] entries".into()))?;
-
-    let mut specs = Vec::with_capacity(agents.len());
-    for (name, entry) in agents {
-        let fail = |message: String| RegistryError::Entry {
-            source_name: source_name.to_owned(),
-            agent: name.clone(),
-            message,
-        };
-        if name.trim().is_empty() || name.chars().any(|c| c.is_whitespace() || c == ':') {
-            return Err(fail(
-                "invalid name: names may not be empty or contain whitespace or `:` \
-                 (reserved for ollama:<model> and demo:<ms>)"
-                    .into(),
-            ));
-        }
-        let entry = entry
-            .as_table()
-            .ok_or_else(|| fail("must be a table with `provider` and `model`".into()))?;
-        if let Some(key) = entry.keys().find(|k| *k != "provider" && *k != "model") {
-            return Err(fail(format!(
-                "unknown key `{key}` (expected `provider` and `model`)"
-            )));
-        }
-        let string = |key: &str| -> Result<String, RegistryError> {
-            match entry.get(key) {
-                None => Err(fail(format!("missing `{key}`"))),
-                Some(toml::Value::String(s)) if !s.trim().is_empty() => Ok(s.trim().to_owned()),
-                Some(toml::Value::String(_)) => Err(fail(format!("`{key}` is empty"))),
-                Some(other) => Err(fail(format!(
-                    "`{key}` must be a string, not {}",
-                    other.type_str()
-                ))),
-            }
-        };
-        let provider = string("provider")?;
-        if !PROVIDER_IDS.contains(&provider.as_str()) {
-            return Err(fail(format!(
-                "unknown provider `{provider}` (known: {})",
-                PROVIDER_IDS.join(", ")
-            )));
-        }
-        let model = string("model")?;
-        if provider == "demo" && DemoProvider::parse_model(&model).is_none() {
-            return Err(fail(format!(
-                "invalid demo model `{model}` (use `demo` or `demo:<ms>`)"
-            )));
-        }
-        specs.push(AgentSpec {
-            name: name.clone(),
-            provider,
-            model,
-        });
-    }
-    Ok(specs)
-}
-
-// ---------------------------------------------------------------------------------------
-// Registry
-// ---------------------------------------------------------------------------------------
 
 /// `resolve` got a name that is neither configured nor dynamic.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -415,28 +82,19 @@ impl AgentRegistry {
     /// `env`. `timeout` bounds each agent call (retries included).
     pub fn load(
         agents_toml: Option<&Path>,
-        env: &dyn Fn(&str) -> Option<String>,
+        env: Env<'_>,
         breaker: BreakerConfig,
         retry: RetryPolicy,
         timeout: Duration,
     ) -> Result<AgentRegistry, RegistryError> {
-        let specs = match agents_toml {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| RegistryError::Read {
-                    path: path.display().to_string(),
-                    source,
-                })?;
-                parse_agents_toml(&text, &path.display().to_string())?
-            }
-            None => parse_agents_toml(DEFAULT_AGENTS_TOML, "built-in agents.toml")?,
-        };
+        let specs = load_agents_toml(agents_toml)?;
         Ok(Self::from_specs(specs, env, breaker, retry, timeout))
     }
 
     /// A registry from an `agents.toml` text (tests, embedded configs).
     pub fn from_toml_str(
         text: &str,
-        env: &dyn Fn(&str) -> Option<String>,
+        env: Env<'_>,
         breaker: BreakerConfig,
         retry: RetryPolicy,
         timeout: Duration,
@@ -453,7 +111,7 @@ impl AgentRegistry {
 
     fn from_specs(
         specs: Vec<AgentSpec>,
-        env: &dyn Fn(&str) -> Option<String>,
+        env: Env<'_>,
         breaker_config: BreakerConfig,
         retry: RetryPolicy,
         timeout: Duration,
@@ -461,7 +119,7 @@ impl AgentRegistry {
         let providers: BTreeMap<&'static str, (Arc<dyn Provider>, ProviderEndpoint)> =
             provider_endpoints(env)
                 .into_iter()
-                .map(|ep| (ep.id, (build_provider(&ep, env), ep)))
+                .map(|ep| (ep.id, (providers::build(&ep, env), ep)))
                 .collect();
         let entries = specs
             .into_iter()
@@ -770,16 +428,6 @@ mod tests {
         .expect("built-in agents.toml is valid")
     }
 
-    fn from_str(text: &str) -> Result<AgentRegistry, RegistryError> {
-        AgentRegistry::from_toml_str(
-            text,
-            &no_env,
-            BreakerConfig::default(),
-            RetryPolicy::default(),
-            Duration::from_secs(30),
-        )
-    }
-
     /// Always fails with a 503 and counts calls.
     struct Failing(AtomicU32);
 
@@ -928,143 +576,24 @@ mod tests {
     }
 
     #[test]
-    fn default_base_urls() {
-        let eps: HashMap<&str, ProviderEndpoint> = provider_endpoints(&no_env)
+    fn endpoints_come_from_the_catalogue_and_the_env() {
+        let env = env_of(&[
+            ("ARAGORA_XAI_BASE_URL", "http://x/v1/"),
+            ("OLLAMA_HOST", "gpu-box:11500"),
+            ("GEMINI_API_KEY", "g"),
+        ]);
+        let mut expected = provider_endpoints(&env);
+        expected.sort_by_key(|e| e.id);
+        assert_eq!(registry(&env).endpoints(), expected);
+        let eps: HashMap<&str, ProviderEndpoint> = registry(&env)
+            .endpoints()
             .into_iter()
             .map(|e| (e.id, e))
             .collect();
-        let expect = [
-            ("anthropic", "https://api.anthropic.com"),
-            ("openai", "https://api.openai.com/v1"),
-            ("gemini", "https://generativelanguage.googleapis.com"),
-            ("xai", "https://api.x.ai/v1"),
-            ("mistral", "https://api.mistral.ai/v1"),
-            ("deepseek", "https://api.deepseek.com/v1"),
-            ("openrouter", "https://openrouter.ai/api/v1"),
-            ("ollama", "http://localhost:11434/v1"),
-        ];
-        for (id, url) in expect {
-            assert_eq!(eps[id].base_url, url, "{id}");
-        }
-        assert_eq!(eps["openai"].key_env, Some("OPENAI_API_KEY"));
-        assert!(eps["anthropic"].key_required && !eps["anthropic"].key_set);
-        assert!(!eps["ollama"].key_required);
-        assert_eq!(eps.len(), PROVIDER_IDS.len());
-    }
-
-    #[test]
-    fn base_urls_are_overridable() {
-        let env = env_of(&[
-            ("ARAGORA_ANTHROPIC_BASE_URL", "http://127.0.0.1:9001/"),
-            ("ARAGORA_OPENAI_BASE_URL", "http://proxy.local/openai/v1"),
-            ("ARAGORA_GEMINI_BASE_URL", "http://127.0.0.1:9003"),
-            ("ARAGORA_XAI_BASE_URL", "http://x/v1"),
-            ("ARAGORA_MISTRAL_BASE_URL", "http://m/v1"),
-            ("ARAGORA_DEEPSEEK_BASE_URL", "http://d/v1"),
-            ("ARAGORA_OPENROUTER_BASE_URL", "http://o/api/v1"),
-            ("OLLAMA_HOST", "gpu-box:11500"),
-        ]);
-        let r = registry(&env);
-        let eps: HashMap<&str, ProviderEndpoint> =
-            r.endpoints().into_iter().map(|e| (e.id, e)).collect();
-        assert_eq!(eps["anthropic"].base_url, "http://127.0.0.1:9001");
-        assert_eq!(eps["openai"].base_url, "http://proxy.local/openai/v1");
-        assert_eq!(eps["gemini"].base_url, "http://127.0.0.1:9003");
         assert_eq!(eps["xai"].base_url, "http://x/v1");
-        assert_eq!(eps["mistral"].base_url, "http://m/v1");
-        assert_eq!(eps["deepseek"].base_url, "http://d/v1");
-        assert_eq!(eps["openrouter"].base_url, "http://o/api/v1");
         assert_eq!(eps["ollama"].base_url, "http://gpu-box:11500/v1");
-
-        let ollama = |pairs: &[(&str, &str)]| {
-            provider_endpoints(&env_of(pairs))
-                .into_iter()
-                .find(|e| e.id == "ollama")
-                .unwrap()
-                .base_url
-        };
-        assert_eq!(
-            ollama(&[("OLLAMA_HOST", "https://ollama.example.com/")]),
-            "https://ollama.example.com/v1"
-        );
-        assert_eq!(
-            ollama(&[("OLLAMA_HOST", "10.0.0.5")]),
-            "http://10.0.0.5:11434/v1"
-        );
-        assert_eq!(ollama(&[("OLLAMA_HOST", "[::1]")]), "http://[::1]:11434/v1");
-        assert_eq!(
-            ollama(&[("OLLAMA_HOST", "[::1]:8080")]),
-            "http://[::1]:8080/v1"
-        );
-        assert_eq!(
-            ollama(&[
-                ("OLLAMA_HOST", "ignored:1"),
-                ("ARAGORA_OLLAMA_BASE_URL", "http://ollama:11434/v1/"),
-            ]),
-            "http://ollama:11434/v1"
-        );
-    }
-
-    #[test]
-    fn invalid_agents_toml_errors_name_the_entry() {
-        let err = from_str("[agents.foo]\nprovider = \"acme\"\nmodel = \"x\"\n").unwrap_err();
-        let msg = err.to_string();
-        assert!(matches!(&err, RegistryError::Entry { agent, .. } if agent == "foo"));
-        assert!(
-            msg.contains("`foo`") && msg.contains("unknown provider `acme`"),
-            "{msg}"
-        );
-
-        let msg = from_str("[agents.bar]\nprovider = \"openai\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            msg.contains("`bar`") && msg.contains("missing `model`"),
-            "{msg}"
-        );
-
-        let msg = from_str("[agents.baz]\nprovider = \"openai\"\nmodle = \"gpt\"\nmodel = \"x\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            msg.contains("`baz`") && msg.contains("unknown key `modle`"),
-            "{msg}"
-        );
-
-        let msg = from_str("[agents.qux]\nprovider = \"openai\"\nmodel = 4\n")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            msg.contains("`qux`") && msg.contains("must be a string"),
-            "{msg}"
-        );
-
-        let msg = from_str("[agents.slow]\nprovider = \"demo\"\nmodel = \"demo:soon\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            msg.contains("`slow`") && msg.contains("invalid demo model"),
-            "{msg}"
-        );
-
-        let msg = from_str("[agents.\"a:b\"]\nprovider = \"demo\"\nmodel = \"demo\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            msg.contains("`a:b`") && msg.contains("invalid name"),
-            "{msg}"
-        );
-
-        let err = from_str("[agents.claude\nprovider = ").unwrap_err();
-        assert!(matches!(err, RegistryError::Toml { .. }), "{err}");
-        assert!(err.to_string().contains("invalid TOML"));
-
-        let err =
-            from_str("[agent.claude]\nprovider = \"anthropic\"\nmodel = \"m\"\n").unwrap_err();
-        assert!(
-            err.to_string().contains("unknown top-level key `agent`"),
-            "{err}"
-        );
+        assert!(eps["gemini"].key_set && eps["gemini"].configured);
+        assert_eq!(eps.len(), providers::PROVIDER_IDS.len());
     }
 
     #[test]

@@ -304,3 +304,12 @@ pub fn assert_auth_without_key(err: &AgentError, key: &str) {
     assert!(!err.to_string().contains(key), "key leaked: {err}");
     assert!(!format!("{err:?}").contains(key), "key leaked: {err:?}");
 }
+
+/// Like [`sse_reply`] for a body that need not be UTF-8.
+pub fn sse_bytes_reply(body: &[u8], chunk: usize) -> Reply {
+    Reply::Chunked {
+        status: 200,
+        headers: vec![("content-type".into(), "text/event-stream".into())],
+        chunks: body.chunks(chunk).map(<[u8]>::to_vec).collect(),
+    }
+}

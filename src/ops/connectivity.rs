@@ -84,8 +84,9 @@ pub async fn check(
     let started = Instant::now();
     let mut targets = Vec::new();
     let mut unconfigured = Vec::new();
+    // The catalogue's providers as the registry built them from the environment.
     for endpoint in state.debates.agents().endpoints() {
-        if endpoint.base_url.is_empty() {
+        if !endpoint.networked() {
             continue;
         }
         if !endpoint.configured && !include_unconfigured {

@@ -317,3 +317,58 @@ async fn agent_test_takes_the_streaming_path_a_debate_takes() {
         app.stop().await.unwrap();
     }
 }
+
+/// Every variable of the provider catalogue reaches the running server through the config:
+/// a key for keyless Ollama (for an authenticating proxy in front of it) is sent as a bearer
+/// token, to the address ARAGORA_OLLAMA_BASE_URL names.
+#[tokio::test]
+async fn an_ollama_key_set_in_the_environment_reaches_the_provider() {
+    let seen: Arc<std::sync::Mutex<Vec<Option<String>>>> = Arc::default();
+    let recorded = seen.clone();
+    let app = Router::new().route(
+        "/v1/chat/completions",
+        post(move |headers: HeaderMap, Json(body): Json<Value>| {
+            let recorded = recorded.clone();
+            async move {
+                let auth = headers
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                recorded.lock().unwrap().push(auth);
+                Json(json!({
+                    "model": body["model"],
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "[ollama] hi"}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 3, "completion_tokens": 2}
+                }))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let base = format!("http://{addr}/v1");
+
+    let app = spawn_app_with(&[
+        ("ARAGORA_OLLAMA_BASE_URL", base.as_str()),
+        ("OLLAMA_API_KEY", "ollama-proxy-key-42"),
+        ("ARAGORA_AGENT_MAX_ATTEMPTS", "1"),
+    ])
+    .await;
+    let t: Value = app
+        .client
+        .post(app.url("/api/debug/agent-test"))
+        .json(&json!({"agent": "ollama:llama3.2", "prompt": "hello"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(t["ok"], true, "{t}");
+    assert_eq!(t["response"], "[ollama] hi");
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [Some("Bearer ollama-proxy-key-42".to_owned())]
+    );
+    app.stop().await.unwrap();
+}
