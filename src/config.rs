@@ -4,6 +4,9 @@
 //! Rule: every value is validated before anything starts; a bad value is reported in one line
 //! naming where it came from (variable or file key), the value, and what is allowed. Secrets
 //! never appear in `Debug`, in `aragora config`, or in an error message.
+//!
+//! Reload (SIGHUP) is this module's too: [`reload`] reads and validates the layers again and
+//! hands each subsystem that changes live its new settings, which the subsystem only applies.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -450,6 +453,8 @@ pub struct Config {
     pub providers: ProviderEnv,
     /// The `--config` file this was loaded from (SIGHUP re-reads it).
     pub config_file: Option<PathBuf>,
+    /// The flags this was loaded with (a reload applies them again).
+    flags: Flags,
     /// Where each value came from, for `aragora config`.
     sources: Sources,
 }
@@ -565,8 +570,15 @@ impl Config {
         Ok(Config {
             providers,
             config_file: file.map(Path::to_path_buf),
+            flags: flags.clone(),
             ..Self::from_layers(layers)?
         })
+    }
+
+    /// The configuration read again the way this one was — defaults, the same `--config`
+    /// file, the environment as it is now, the same flags — and validated.
+    pub fn reread(&self) -> Result<Config, ConfigError> {
+        Self::load(self.config_file.as_deref(), &self.flags)
     }
 
     fn from_layers(mut layers: Layers) -> Result<Config, ConfigError> {
@@ -823,6 +835,7 @@ impl Config {
             },
             providers: ProviderEnv::default(),
             config_file: None,
+            flags: Flags::default(),
             sources: Sources::default(),
         };
         Ok(Config {
@@ -1054,6 +1067,35 @@ fn is_origin(item: &str) -> bool {
             && u.fragment().is_none()
             && !item.ends_with('/')
     })
+}
+
+/// SIGHUP: read the configuration again ([`Config::reread`]) and hand each subsystem that
+/// changes without a restart its new settings: the rate limiter its limits, whitelist and
+/// trusted proxies. A configuration that does not load or validate changes nothing; the error
+/// is logged. Either way the outcome is what the rate limiter reports as its last reload.
+/// Returns what changed.
+pub fn reload(
+    current: &Config,
+    limiter: &crate::ratelimit::RateLimiter,
+) -> Result<Vec<String>, String> {
+    let outcome = current
+        .reread()
+        .map(|new| limiter.apply(crate::ratelimit::Settings::from_config(&new)))
+        .map_err(|err| err.to_string());
+    if let Err(message) = &outcome {
+        tracing::error!(
+            target: "aragora::ratelimit",
+            error = %message,
+            "rate_limit reload failed; previous settings stay in force: {message}"
+        );
+    }
+    limiter.record_reload(crate::ratelimit::ReloadReport {
+        at: chrono::Utc::now(),
+        result: if outcome.is_ok() { "ok" } else { "error" },
+        error: outcome.as_ref().err().cloned(),
+        changes: outcome.as_ref().cloned().unwrap_or_default(),
+    });
+    outcome
 }
 
 /// Parse `10.0.0.0/8`, `fd00::/8` or a bare address.
