@@ -1403,4 +1403,49 @@ mod tests {
             "{err}"
         );
     }
+
+    #[test]
+    fn reload_rereads_the_file_keeps_the_flags_and_hands_the_limiter_its_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("aragora.toml");
+        std::fs::write(&file, "rate_limit_rpm = 2\n").unwrap();
+        let flags = Flags {
+            api_port: Some(9999),
+            ..Flags::default()
+        };
+        let config = Config::load(Some(&file), &flags).unwrap();
+        let limiter = crate::ratelimit::RateLimiter::new(&config, None);
+        assert_eq!(limiter.settings().default_rpm, 2);
+
+        std::fs::write(
+            &file,
+            "rate_limit_rpm = 50\nrate_limit_whitelist = \"10.0.0.0/8\"\n",
+        )
+        .unwrap();
+        let reread = config.reread().unwrap();
+        assert_eq!((reread.rate_limit_rpm, reread.api_port), (50, 9999));
+        let changes = reload(&config, &limiter).unwrap();
+        assert!(
+            changes.contains(&"rate_limit_rpm: 2 -> 50".to_owned()),
+            "{changes:?}"
+        );
+        assert_eq!(limiter.settings().default_rpm, 50);
+        assert_eq!(
+            limiter.settings().whitelist,
+            vec![parse_cidr("10.0.0.0/8").unwrap()]
+        );
+        let report = limiter.last_reload().unwrap();
+        assert_eq!((report.result, report.changes), ("ok", changes));
+
+        // A bad value changes nothing and is reported.
+        std::fs::write(&file, "rate_limit_rpm = \"lots\"\n").unwrap();
+        let err = reload(&config, &limiter).unwrap_err();
+        assert!(
+            err.contains("rate_limit_rpm") && err.contains("lots"),
+            "{err}"
+        );
+        assert_eq!(limiter.settings().default_rpm, 50);
+        let report = limiter.last_reload().unwrap();
+        assert_eq!((report.result, report.error), ("error", Some(err)));
+    }
 }

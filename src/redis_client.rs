@@ -83,3 +83,84 @@ fn manager_config() -> ConnectionManagerConfig {
         .set_response_timeout(RESPONSE_TIMEOUT)
         .set_tcp_settings(tcp)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    fn redis_url() -> String {
+        std::env::var("ARAGORA_TEST_REDIS_URL")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
+    }
+
+    #[tokio::test]
+    async fn a_redis_that_accepts_but_never_answers_fails_each_call_instead_of_hanging() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mute = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let redis = RedisHandle::new(&format!("redis://{addr}/0")).unwrap();
+        for _ in 0..2 {
+            let started = Instant::now();
+            assert!(redis.ping().await.is_err());
+            let took = started.elapsed();
+            assert!(
+                took >= CONNECT_TIMEOUT && took < CONNECT_TIMEOUT + Duration::from_millis(500),
+                "{took:?}"
+            );
+        }
+        mute.abort();
+    }
+
+    #[tokio::test]
+    async fn a_broken_connection_is_replaced_by_itself() {
+        let redis = RedisHandle::new(&redis_url()).unwrap();
+        let mut conn = redis
+            .connection()
+            .await
+            .unwrap_or_else(|e| panic!("Redis at {} is required: {e}", redis_url()));
+        let id: i64 = redis::cmd("CLIENT")
+            .arg("ID")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        // Another client closes the shared connection under it.
+        let mut other = redis::Client::open(redis_url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let killed: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("ID")
+            .arg(id)
+            .query_async(&mut other)
+            .await
+            .unwrap();
+        assert_eq!(killed, 1);
+        // The call that meets the closed connection may fail; the next ones use a new one.
+        let _ = redis.ping().await;
+        let mut answered = false;
+        for _ in 0..20 {
+            if redis.ping().await.is_ok() {
+                answered = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(answered, "no answer after the connection was killed");
+        let mut conn = redis.connection().await.unwrap();
+        let new_id: i64 = redis::cmd("CLIENT")
+            .arg("ID")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_ne!(new_id, id);
+    }
+}

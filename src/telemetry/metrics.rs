@@ -479,3 +479,26 @@ fn register_http() {
         let _ = metrics::histogram!(HTTP_REQUEST_DURATION_SECONDS.name, "method" => "GET", "route" => route);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_is_named_once_with_the_suffix_its_type_needs() {
+        let mut names: Vec<&str> = ALL.iter().map(|m| m.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ALL.len(), "a name is listed twice");
+        for metric in ALL {
+            assert!(metric.name.starts_with("aragora_"), "{}", metric.name);
+            match metric.kind {
+                // Prometheus convention, checked by promtool.
+                Kind::Counter => assert!(metric.name.ends_with("_total"), "{}", metric.name),
+                // The only histogram buckets configured are those of `_seconds` metrics.
+                Kind::Histogram => assert!(metric.name.ends_with("_seconds"), "{}", metric.name),
+                Kind::Gauge => assert!(!metric.name.ends_with("_total"), "{}", metric.name),
+            }
+        }
+    }
+}
