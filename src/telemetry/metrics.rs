@@ -6,6 +6,12 @@
 //! label value known up front (each debate status, rate-limit rule, configured agent with
 //! each call outcome, the probed routes) are registered at zero when the recorder is
 //! installed. Series of other routes and statuses appear with their first request.
+//!
+//! Rule: a metric's name is spelled once, here, in a const that also gives its type and HELP
+//! text (`ALL` describes them all); code elsewhere records through the typed handle
+//! functions below (`active_debates().set(n)`), never with a name of its own. A new metric is
+//! a const, an entry in `ALL`, a handle function and, where its labels are known up front,
+//! a line in `register_initial`.
 
 use std::sync::OnceLock;
 
