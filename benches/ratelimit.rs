@@ -144,7 +144,8 @@ async fn main() {
     let url = std::env::var("ARAGORA_TEST_REDIS_URL")
         .unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into());
     let prefix = format!("bench:rl:{}:", std::process::id());
-    let redis = Arc::new(RedisLimiter::new(&url, &prefix, Duration::from_secs(1)).unwrap());
+    let redis = aragora::redis_client::RedisHandle::new(&url).unwrap();
+    let redis = Arc::new(RedisLimiter::new(redis, &prefix, Duration::from_secs(1)));
     if redis.ping().await.is_ok() {
         let redis: Arc<dyn Limiter> = redis;
         decisions(redis.clone(), 2_000, 1).await;

@@ -158,7 +158,7 @@ impl Application {
             None => None,
         };
 
-        let ratelimit = Arc::new(RateLimiter::new(&config).map_err(BuildError::Redis)?);
+        let ratelimit = Arc::new(RateLimiter::new(&config, redis.clone()));
 
         let api_listener = bind(&host, config.api_port).await?;
         let ws_listener = bind_ws(&host, config.ws_port, config.ws_socket_send_buffer).await?;
@@ -181,16 +181,16 @@ impl Application {
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         // Live events: in-process, or across instances through Redis when it is configured.
-        let bus: Arc<dyn EventBus> = match (&redis, &config.redis_url) {
-            (Some(_), Some(url)) => RedisBus::start(
-                redis::Client::open(url.expose()).map_err(|e| BuildError::Redis(e.to_string()))?,
+        let bus: Arc<dyn EventBus> = match &redis {
+            Some(redis) => RedisBus::start(
+                redis.clone(),
                 config.event_bus_channel.clone(),
                 config.instance_id.clone(),
                 BUS_CAPACITY,
                 &tasks,
                 shutdown.clone(),
             ),
-            _ => Arc::new(LocalBus::new(BUS_CAPACITY)),
+            None => Arc::new(LocalBus::new(BUS_CAPACITY)),
         };
         let debates = DebateManager::new(
             store.clone(),

@@ -300,7 +300,7 @@ async fn handle_signals(state: crate::app::AppState) {
             _ = hup.recv() => {
                 tracing::info!("SIGHUP received: reloading rate-limit settings");
                 // Errors are logged and recorded by reload(); the old settings stay.
-                let _ = state.ratelimit.reload();
+                let _ = crate::config::reload(&state.config, &state.ratelimit);
             }
         }
     }

@@ -4,6 +4,9 @@
 //! Rule: every value is validated before anything starts; a bad value is reported in one line
 //! naming where it came from (variable or file key), the value, and what is allowed. Secrets
 //! never appear in `Debug`, in `aragora config`, or in an error message.
+//!
+//! Reload (SIGHUP) is this module's too: [`reload`] reads and validates the layers again and
+//! hands each subsystem that changes live its new settings, which the subsystem only applies.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -443,6 +446,8 @@ pub struct Config {
     pub providers: ProviderEnv,
     /// The `--config` file this was loaded from (SIGHUP re-reads it).
     pub config_file: Option<PathBuf>,
+    /// The flags this was loaded with (a reload applies them again).
+    flags: Flags,
     /// Where each value came from, for `aragora config`.
     sources: Sources,
 }
@@ -549,8 +554,15 @@ impl Config {
         Ok(Config {
             providers,
             config_file: file.map(Path::to_path_buf),
+            flags: flags.clone(),
             ..Self::from_layers(layers)?
         })
+    }
+
+    /// The configuration read again the way this one was — defaults, the same `--config`
+    /// file, the environment as it is now, the same flags — and validated.
+    pub fn reread(&self) -> Result<Config, ConfigError> {
+        Self::load(self.config_file.as_deref(), &self.flags)
     }
 
     fn from_layers(mut layers: Layers) -> Result<Config, ConfigError> {
@@ -807,6 +819,7 @@ impl Config {
             },
             providers: ProviderEnv::default(),
             config_file: None,
+            flags: Flags::default(),
             sources: Sources::default(),
         };
         Ok(Config {
@@ -1038,6 +1051,35 @@ fn is_origin(item: &str) -> bool {
             && u.fragment().is_none()
             && !item.ends_with('/')
     })
+}
+
+/// SIGHUP: read the configuration again ([`Config::reread`]) and hand each subsystem that
+/// changes without a restart its new settings: the rate limiter its limits, whitelist and
+/// trusted proxies. A configuration that does not load or validate changes nothing; the error
+/// is logged. Either way the outcome is what the rate limiter reports as its last reload.
+/// Returns what changed.
+pub fn reload(
+    current: &Config,
+    limiter: &crate::ratelimit::RateLimiter,
+) -> Result<Vec<String>, String> {
+    let outcome = current
+        .reread()
+        .map(|new| limiter.apply(crate::ratelimit::Settings::from_config(&new)))
+        .map_err(|err| err.to_string());
+    if let Err(message) = &outcome {
+        tracing::error!(
+            target: "aragora::ratelimit",
+            error = %message,
+            "rate_limit reload failed; previous settings stay in force: {message}"
+        );
+    }
+    limiter.record_reload(crate::ratelimit::ReloadReport {
+        at: chrono::Utc::now(),
+        result: if outcome.is_ok() { "ok" } else { "error" },
+        error: outcome.as_ref().err().cloned(),
+        changes: outcome.as_ref().cloned().unwrap_or_default(),
+    });
+    outcome
 }
 
 /// Parse `10.0.0.0/8`, `fd00::/8` or a bare address.
@@ -1344,5 +1386,50 @@ mod tests {
             err.to_string().contains("ARAGORA_DB_ACQUIRE_TIMEOUT_MS"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn reload_rereads_the_file_keeps_the_flags_and_hands_the_limiter_its_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("aragora.toml");
+        std::fs::write(&file, "rate_limit_rpm = 2\n").unwrap();
+        let flags = Flags {
+            api_port: Some(9999),
+            ..Flags::default()
+        };
+        let config = Config::load(Some(&file), &flags).unwrap();
+        let limiter = crate::ratelimit::RateLimiter::new(&config, None);
+        assert_eq!(limiter.settings().default_rpm, 2);
+
+        std::fs::write(
+            &file,
+            "rate_limit_rpm = 50\nrate_limit_whitelist = \"10.0.0.0/8\"\n",
+        )
+        .unwrap();
+        let reread = config.reread().unwrap();
+        assert_eq!((reread.rate_limit_rpm, reread.api_port), (50, 9999));
+        let changes = reload(&config, &limiter).unwrap();
+        assert!(
+            changes.contains(&"rate_limit_rpm: 2 -> 50".to_owned()),
+            "{changes:?}"
+        );
+        assert_eq!(limiter.settings().default_rpm, 50);
+        assert_eq!(
+            limiter.settings().whitelist,
+            vec![parse_cidr("10.0.0.0/8").unwrap()]
+        );
+        let report = limiter.last_reload().unwrap();
+        assert_eq!((report.result, report.changes), ("ok", changes));
+
+        // A bad value changes nothing and is reported.
+        std::fs::write(&file, "rate_limit_rpm = \"lots\"\n").unwrap();
+        let err = reload(&config, &limiter).unwrap_err();
+        assert!(
+            err.contains("rate_limit_rpm") && err.contains("lots"),
+            "{err}"
+        );
+        assert_eq!(limiter.settings().default_rpm, 50);
+        let report = limiter.last_reload().unwrap();
+        assert_eq!((report.result, report.error), ("error", Some(err)));
     }
 }

@@ -401,8 +401,7 @@ impl CircuitBreaker {
     }
 
     fn set_gauge(&self, state: BreakerState) {
-        metrics::gauge!("aragora_circuit_breaker_state", "agent" => self.name.clone())
-            .set(state.gauge_value());
+        crate::telemetry::metrics::circuit_breaker_state(&self.name).set(state.gauge_value());
     }
 
     /// Open → half-open once `open_for` has passed.
@@ -700,26 +699,12 @@ pub async fn call_with_resilience(
     }
     match result {
         Ok((completion, attempts)) => {
-            metrics::counter!(
-                "aragora_agent_requests_total",
-                "agent" => name.to_owned(),
-                "outcome" => "success"
-            )
-            .increment(1);
-            metrics::histogram!("aragora_agent_response_seconds", "agent" => name.to_owned())
-                .record(latency.as_secs_f64());
-            metrics::counter!(
-                "aragora_agent_tokens_total",
-                "agent" => name.to_owned(),
-                "direction" => "input"
-            )
-            .increment(completion.usage.input_tokens);
-            metrics::counter!(
-                "aragora_agent_tokens_total",
-                "agent" => name.to_owned(),
-                "direction" => "output"
-            )
-            .increment(completion.usage.output_tokens);
+            crate::telemetry::metrics::agent_requests_total(name, "success").increment(1);
+            crate::telemetry::metrics::agent_response_seconds(name).record(latency.as_secs_f64());
+            crate::telemetry::metrics::agent_tokens_total(name, "input")
+                .increment(completion.usage.input_tokens);
+            crate::telemetry::metrics::agent_tokens_total(name, "output")
+                .increment(completion.usage.output_tokens);
             tracing::debug!(
                 target: TARGET,
                 agent = %name,
@@ -735,12 +720,7 @@ pub async fn call_with_resilience(
             })
         }
         Err(error) => {
-            metrics::counter!(
-                "aragora_agent_requests_total",
-                "agent" => name.to_owned(),
-                "outcome" => error.kind()
-            )
-            .increment(1);
+            crate::telemetry::metrics::agent_requests_total(name, error.kind()).increment(1);
             if !matches!(error, AgentError::Cancelled | AgentError::CircuitOpen(_)) {
                 tracing::warn!(
                     target: TARGET,
@@ -844,12 +824,7 @@ async fn attempts_loop(
             error = %error,
             "retrying agent call"
         );
-        metrics::counter!(
-            "aragora_agent_retries_total",
-            "agent" => name.to_owned(),
-            "error" => error.kind()
-        )
-        .increment(1);
+        crate::telemetry::metrics::agent_retries_total(name, error.kind()).increment(1);
         tokio::select! {
             biased;
             _ = cancel.cancelled() => return Err(AgentError::Cancelled),

@@ -2,6 +2,10 @@
 //! watchers directly and published on one Redis channel; each instance re-publishes what the
 //! others sent. While Redis is unreachable, local delivery goes on; when the subscription
 //! comes back, watchers are told to resync from the store, so nothing durable is missed.
+//!
+//! Publishing goes through the process's shared Redis connection ([`RedisHandle`]); the
+//! subscriber holds a connection of its own, since a subscribed connection runs no other
+//! command, and makes it again (with backoff) whenever it is lost.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,11 +18,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{EventBus, LiveEvent, LocalBus};
+use crate::redis_client::RedisHandle;
 
 /// Events waiting to be published to Redis; beyond this they are dropped from the
 /// cross-instance path only (remote watchers recover durable ones from the store).
 const PUBLISH_QUEUE: usize = 10_000;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// One publication (connection included), or one attempt to subscribe.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Serialize, Deserialize)]
 struct Envelope {
@@ -35,7 +42,7 @@ pub struct RedisBus {
 impl RedisBus {
     /// Start the publisher and subscriber tasks (tracked, stopped by `shutdown`).
     pub fn start(
-        client: redis::Client,
+        redis: RedisHandle,
         channel: String,
         origin: String,
         capacity: usize,
@@ -46,14 +53,14 @@ impl RedisBus {
         let (out, rx) = mpsc::channel(PUBLISH_QUEUE);
         let connected = Arc::new(AtomicBool::new(false));
         tasks.spawn(publisher(
-            client.clone(),
+            redis.clone(),
             channel.clone(),
             origin.clone(),
             rx,
             shutdown.clone(),
         ));
         tasks.spawn(subscriber(
-            client,
+            redis.client().clone(),
             channel,
             origin,
             local.clone(),
@@ -90,13 +97,12 @@ impl EventBus for RedisBus {
 }
 
 async fn publisher(
-    client: redis::Client,
+    redis: RedisHandle,
     channel: String,
     origin: String,
     mut rx: mpsc::Receiver<LiveEvent>,
     shutdown: CancellationToken,
 ) {
-    let mut conn: Option<redis::aio::MultiplexedConnection> = None;
     loop {
         let event = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -109,28 +115,17 @@ async fn publisher(
             Ok(p) => p,
             Err(_) => continue,
         };
-        if conn.is_none() {
-            conn = tokio::time::timeout(
-                Duration::from_secs(2),
-                client.get_multiplexed_async_connection(),
-            )
-            .await
-            .ok()
-            .and_then(Result::ok);
-        }
-        let Some(c) = conn.as_mut() else { continue };
-        let sent = tokio::time::timeout(
-            Duration::from_secs(2),
+        // A failure drops the event from the cross-instance path only; the shared
+        // connection reconnects by itself for the next one.
+        let _ = tokio::time::timeout(ATTEMPT_TIMEOUT, async {
+            let mut conn = redis.connection().await?;
             redis::cmd("PUBLISH")
                 .arg(&channel)
                 .arg(payload)
-                .query_async::<i64>(c),
-        )
+                .query_async::<i64>(&mut conn)
+                .await
+        })
         .await;
-        if !matches!(sent, Ok(Ok(_))) {
-            // Dropped from the cross-instance path; reconnect for the next one.
-            conn = None;
-        }
     }
 }
 
@@ -146,7 +141,7 @@ async fn subscriber(
     loop {
         let attempt = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = tokio::time::timeout(Duration::from_secs(2), client.get_async_pubsub()) => r,
+            r = tokio::time::timeout(ATTEMPT_TIMEOUT, client.get_async_pubsub()) => r,
         };
         match attempt {
             Ok(Ok(mut pubsub)) => {

@@ -369,7 +369,7 @@ impl DebateManager {
     fn note_queued(&self, queued: i64) {
         let queued = usize::try_from(queued).unwrap_or(0);
         self.queued.store(queued, Ordering::Relaxed);
-        metrics::gauge!("aragora_debates_queued").set(queued as f64);
+        crate::telemetry::metrics::debates_queued().set(queued as f64);
     }
 
     fn validate(&self, request: &DebateRequest) -> Result<Plan, CreateError> {
@@ -708,7 +708,7 @@ impl DebateManager {
         Ok(done.map(|(record, stored)| {
             log_event(&stored);
             self.bus.publish(LiveEvent::from(&stored));
-            metrics::counter!("aragora_debates_total", "status" => status.as_str()).increment(1);
+            crate::telemetry::metrics::debates_total(status.as_str()).increment(1);
             record
         }))
     }
@@ -805,7 +805,7 @@ impl DebateManager {
         let (pause, paused_by) = (job.pause.clone(), job.paused_by.clone());
         self.jobs().insert(claim.record.id.clone(), job);
         self.active.fetch_add(1, Ordering::Relaxed);
-        metrics::gauge!("aragora_active_debates").set(self.active() as f64);
+        crate::telemetry::metrics::active_debates().set(self.active() as f64);
         let me = self.clone();
         self.tasks.spawn(async move {
             let id = claim.record.id.clone();
@@ -850,7 +850,7 @@ impl DebateManager {
             }
             me.jobs().remove(&id);
             me.active.fetch_sub(1, Ordering::Relaxed);
-            metrics::gauge!("aragora_active_debates").set(me.active() as f64);
+            crate::telemetry::metrics::active_debates().set(me.active() as f64);
             me.wake.notify_one();
         });
     }
@@ -904,8 +904,7 @@ impl DebateManager {
                 debate_id = %id, from_seq, reason = reason.as_str(),
                 "debate_resumed debate_id={id} from seq {from_seq} ({})", reason.as_str()
             );
-            metrics::counter!("aragora_debates_resumed_total", "reason" => reason.as_str())
-                .increment(1);
+            crate::telemetry::metrics::debates_resumed_total(reason.as_str()).increment(1);
             let recorder =
                 Recorder::new(self.store.clone(), self.bus.clone(), &id).with_lease(lease.clone());
             recorder
@@ -971,12 +970,11 @@ impl DebateManager {
                 return Ok(true);
             }
         };
-        metrics::counter!("aragora_debates_total", "status" => outcome.status.as_str())
-            .increment(1);
+        crate::telemetry::metrics::debates_total(outcome.status.as_str()).increment(1);
         if outcome.status == FinalStatus::Completed {
-            metrics::counter!("aragora_consensus_reached_total").increment(1);
+            crate::telemetry::metrics::consensus_reached_total().increment(1);
         }
-        metrics::histogram!("aragora_debate_duration_seconds")
+        crate::telemetry::metrics::debate_duration_seconds()
             .record((spent + started.elapsed()).as_secs_f64());
         if matches!(
             outcome.status,
@@ -1016,7 +1014,7 @@ impl DebateManager {
             .await?;
         log_event(&stored);
         self.bus.publish(LiveEvent::from(&stored));
-        metrics::counter!("aragora_debates_total", "status" => "failed").increment(1);
+        crate::telemetry::metrics::debates_total("failed").increment(1);
         Ok(())
     }
 

@@ -245,7 +245,7 @@ async fn check_redis(state: &AppState) -> Check {
     {
         check = Check::Failed("the rate limiter cannot use redis".into());
     }
-    metrics::gauge!("aragora_redis_up").set(if matches!(check, Check::Ok(_)) {
+    crate::telemetry::metrics::redis_up().set(if matches!(check, Check::Ok(_)) {
         1.0
     } else {
         0.0

@@ -35,23 +35,23 @@ pub async fn get_metrics(State(state): State<AppState>) -> Response {
         );
     };
     let pool = state.store.pool_status();
-    metrics::gauge!("aragora_db_pool_connections", "state" => "idle").set(pool.idle as f64);
-    metrics::gauge!("aragora_db_pool_connections", "state" => "in_use")
+    crate::telemetry::metrics::db_pool_connections("idle").set(pool.idle as f64);
+    crate::telemetry::metrics::db_pool_connections("in_use")
         .set(pool.size.saturating_sub(pool.idle) as f64);
-    metrics::gauge!("aragora_db_pool_connections", "state" => "max").set(pool.max as f64);
-    metrics::gauge!("aragora_websocket_connections").set(state.ws.connections() as f64);
-    metrics::gauge!("aragora_active_debates").set(state.debates.active() as f64);
+    crate::telemetry::metrics::db_pool_connections("max").set(pool.max as f64);
+    crate::telemetry::metrics::websocket_connections().set(state.ws.connections() as f64);
+    crate::telemetry::metrics::active_debates().set(state.debates.active() as f64);
     match &state.redis {
         Some(redis) => {
-            metrics::gauge!("aragora_redis_configured").set(1.0);
+            crate::telemetry::metrics::redis_configured().set(1.0);
             let up = tokio::time::timeout(state.config.health_check_timeout, redis.ping())
                 .await
                 .is_ok_and(|r| r.is_ok());
-            metrics::gauge!("aragora_redis_up").set(if up { 1.0 } else { 0.0 });
+            crate::telemetry::metrics::redis_up().set(if up { 1.0 } else { 0.0 });
         }
         None => {
-            metrics::gauge!("aragora_redis_configured").set(0.0);
-            metrics::gauge!("aragora_redis_up").set(0.0);
+            crate::telemetry::metrics::redis_configured().set(0.0);
+            crate::telemetry::metrics::redis_up().set(0.0);
         }
     }
     (

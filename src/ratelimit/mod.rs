@@ -11,14 +11,14 @@
 //! Rule of this module: a limiter failure never fails a request. A Redis error or timeout
 //! makes the decision in memory, marks Redis down (health `degraded`, `aragora_redis_up` 0)
 //! and Redis is tried again after a short backoff, so the limiter returns to it by itself.
-//! Limits and whitelist are swapped atomically on SIGHUP ([`RateLimiter::reload`]).
+//! Limits and whitelist are swapped atomically when the configuration is reloaded (SIGHUP,
+//! [`crate::config::reload`] hands them over to [`RateLimiter::apply`]).
 
 pub mod memory;
 pub mod redis;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -38,7 +38,8 @@ use tokio_util::task::TaskTracker;
 pub use self::memory::MemoryLimiter;
 pub use self::redis::RedisLimiter;
 use crate::app::AppState;
-use crate::config::{Config, Flags};
+use crate::config::Config;
+use crate::redis_client::RedisHandle;
 
 /// Every limit is per minute.
 pub const PERIOD: Duration = Duration::from_secs(60);
@@ -371,7 +372,7 @@ impl Settings {
     }
 }
 
-/// Outcome of the last SIGHUP reload.
+/// Outcome of the last configuration reload (SIGHUP).
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ReloadReport {
     #[schema(value_type = String, format = DateTime)]
@@ -414,36 +415,34 @@ pub struct RateLimiter {
     /// Milliseconds since `epoch` before which a failed Redis is not tried again.
     redis_retry_at: AtomicU64,
     epoch: Instant,
-    config_file: Option<PathBuf>,
     last_reload: Mutex<Option<ReloadReport>>,
     hits: Mutex<HashMap<(Rule, String), HitSummary>>,
 }
 
 impl RateLimiter {
-    pub fn new(config: &Config) -> Result<RateLimiter, String> {
-        let redis = match (&config.redis_url, config.enable_redis_rate_limit) {
-            (Some(url), true) => Some(
+    /// The limiter of `config`, deciding in `redis` when `enable_redis_rate_limit` (and in
+    /// memory while Redis fails), else in memory.
+    pub fn new(config: &Config, redis: Option<RedisHandle>) -> RateLimiter {
+        let redis = redis
+            .filter(|_| config.enable_redis_rate_limit)
+            .map(|redis| {
                 RedisLimiter::new(
-                    url.expose(),
+                    redis,
                     &config.rate_limit_prefix,
                     config.rate_limit_redis_timeout,
                 )
-                .map_err(|e| e.to_string())?,
-            ),
-            _ => None,
-        };
+            });
         // Each rule's hit counter is published at zero by telemetry::metrics::install.
-        Ok(RateLimiter {
+        RateLimiter {
             settings: ArcSwap::from_pointee(Settings::from_config(config)),
             memory: MemoryLimiter::new(),
             redis,
             redis_ok: AtomicBool::new(true),
             redis_retry_at: AtomicU64::new(0),
             epoch: Instant::now(),
-            config_file: config.config_file.clone(),
             last_reload: Mutex::new(None),
             hits: Mutex::new(HashMap::new()),
-        })
+        }
     }
 
     pub fn settings(&self) -> Arc<Settings> {
@@ -500,7 +499,7 @@ impl RateLimiter {
     fn redis_succeeded(&self) {
         // Only on the transition: this runs on every decision.
         if !self.redis_ok.swap(true, Ordering::AcqRel) {
-            metrics::gauge!("aragora_redis_up").set(1.0);
+            crate::telemetry::metrics::redis_up().set(1.0);
             tracing::info!(
                 target: "aragora::ratelimit",
                 "rate_limit backend: redis answers again; limits are shared through redis again"
@@ -520,7 +519,7 @@ impl RateLimiter {
                 "rate_limit backend: redis failed ({err}); deciding in memory until it answers"
             );
         }
-        metrics::gauge!("aragora_redis_up").set(0.0);
+        crate::telemetry::metrics::redis_up().set(0.0);
     }
 
     /// Ask Redis now (health check, maintenance): true when it answers.
@@ -632,7 +631,7 @@ impl RateLimiter {
     /// Remember a 429 for the admin view, count it and log it (masked key).
     pub fn record_hit(&self, rule: Rule, key: &str, decision: &Decision) {
         let masked = mask_key(key);
-        metrics::counter!("aragora_rate_limit_hits_total", "rule" => rule.name()).increment(1);
+        crate::telemetry::metrics::rate_limit_hits_total(rule).increment(1);
         tracing::info!(
             target: "aragora::ratelimit",
             rule = rule.name(),
@@ -684,33 +683,14 @@ impl RateLimiter {
         self.last_reload.lock().expect("lock").clone()
     }
 
-    /// SIGHUP: read the configuration again (same `--config` file, the process environment)
-    /// and swap in the new limits, whitelist and trusted proxies. A bad value keeps the old
-    /// settings. The backend (Redis URL, prefix, timeout) needs a restart.
-    pub fn reload(&self) -> Result<Vec<String>, String> {
-        match Config::load(self.config_file.as_deref(), &Flags::default()) {
-            Ok(config) => Ok(self.apply(&config)),
-            Err(err) => {
-                let message = err.to_string();
-                tracing::error!(
-                    target: "aragora::ratelimit",
-                    error = %message,
-                    "rate_limit reload failed; previous settings stay in force: {message}"
-                );
-                *self.last_reload.lock().expect("lock") = Some(ReloadReport {
-                    at: Utc::now(),
-                    result: "error",
-                    error: Some(message.clone()),
-                    changes: Vec::new(),
-                });
-                Err(message)
-            }
-        }
+    /// Remember the outcome of a configuration reload, for the admin view.
+    pub fn record_reload(&self, report: ReloadReport) {
+        *self.last_reload.lock().expect("lock") = Some(report);
     }
 
-    /// Swap in the rate-limit settings of `config`; returns what changed.
-    pub fn apply(&self, config: &Config) -> Vec<String> {
-        let new = Settings::from_config(config);
+    /// Swap in new limits, whitelist and trusted proxies (the backend — Redis, prefix,
+    /// timeout — stays until a restart); returns what changed.
+    pub fn apply(&self, new: Settings) -> Vec<String> {
         let old = self.settings.swap(Arc::new(new.clone()));
         let changes = new.changes_from(&old);
         tracing::info!(
@@ -719,12 +699,6 @@ impl RateLimiter {
             "rate_limit settings reloaded: {}",
             if changes.is_empty() { "no changes".to_owned() } else { changes.join("; ") }
         );
-        *self.last_reload.lock().expect("lock") = Some(ReloadReport {
-            at: Utc::now(),
-            result: "ok",
-            error: None,
-            changes: changes.clone(),
-        });
         changes
     }
 

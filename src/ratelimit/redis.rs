@@ -3,18 +3,16 @@
 //! Every instance sharing the Redis and the key prefix shares the limits. Time comes from the
 //! Redis server (`TIME`), so instances with skewed clocks still agree.
 //!
-//! Rule: every call is bounded by a short timeout; an error or a timeout drops the cached
-//! connection (the next call reconnects) and is returned to the caller, which decides in
-//! memory instead.
+//! Rule: every call is bounded by a short timeout; an error or a timeout is returned to the
+//! caller, which decides in memory instead. The connection is the process's shared one
+//! ([`RedisHandle`]), which reconnects by itself.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
-use redis::aio::MultiplexedConnection;
 
 use super::{Backend, Decision, Limiter, LimiterError, Quota, Rule};
+use crate::redis_client::RedisHandle;
 
 /// GCRA over the theoretical arrival time (TAT) stored at KEYS[1], in microseconds.
 /// ARGV: emission interval, burst tolerance (limit × interval), mode: 0 = decide,
@@ -52,24 +50,21 @@ return {1, math.floor((burst - (new_tat - now)) / interval), new_tat - now, 0}
 ";
 
 pub struct RedisLimiter {
-    client: redis::Client,
-    /// Cached multiplexed connection; `None` after an error until the next call reconnects.
-    conn: ArcSwapOption<MultiplexedConnection>,
+    redis: RedisHandle,
     script: redis::Script,
     prefix: String,
     timeout: Duration,
 }
 
 impl RedisLimiter {
-    /// Parse the URL; nothing connects until the first decision.
-    pub fn new(url: &str, prefix: &str, timeout: Duration) -> redis::RedisResult<Self> {
-        Ok(RedisLimiter {
-            client: redis::Client::open(url)?,
-            conn: ArcSwapOption::empty(),
+    /// Limits under `prefix` in `redis`, each call bounded by `timeout`.
+    pub fn new(redis: RedisHandle, prefix: &str, timeout: Duration) -> Self {
+        RedisLimiter {
+            redis,
             script: redis::Script::new(GCRA_SCRIPT),
             prefix: prefix.to_owned(),
             timeout,
-        })
+        }
     }
 
     pub fn prefix(&self) -> &str {
@@ -85,37 +80,21 @@ impl RedisLimiter {
         format!("{}{}:{}", self.prefix, rule.name(), key)
     }
 
-    async fn connection(&self) -> redis::RedisResult<MultiplexedConnection> {
-        if let Some(conn) = self.conn.load_full() {
-            return Ok((*conn).clone());
-        }
-        let conn = self.client.get_multiplexed_async_connection().await?;
-        self.conn.store(Some(Arc::new(conn.clone())));
-        Ok(conn)
-    }
-
-    /// Run `op` within the timeout; on failure forget the connection.
+    /// Run `op` within the timeout.
     async fn bounded<T>(
         &self,
         op: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, LimiterError> {
-        let result = match tokio::time::timeout(self.timeout, op).await {
-            Ok(Ok(value)) => return Ok(value),
-            Ok(Err(err)) => LimiterError::Redis(err),
-            Err(_) => LimiterError::Timeout(self.timeout.as_millis() as u64),
-        };
-        self.conn.store(None);
-        Err(result)
+        match tokio::time::timeout(self.timeout, op).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(err)) => Err(LimiterError::Redis(err)),
+            Err(_) => Err(LimiterError::Timeout(self.timeout.as_millis() as u64)),
+        }
     }
 
     /// PING within the timeout.
     pub async fn ping(&self) -> Result<(), LimiterError> {
-        self.bounded(async {
-            let mut conn = self.connection().await?;
-            redis::cmd("PING").query_async::<String>(&mut conn).await?;
-            Ok(())
-        })
-        .await
+        self.bounded(self.redis.ping()).await
     }
 
     /// Give back one request of `key` (it was counted, then refused for bad input).
@@ -135,7 +114,7 @@ impl RedisLimiter {
         let redis_key = self.key(rule, key);
         let (allowed, remaining, reset_us, retry_us): (i64, i64, i64, i64) = self
             .bounded(async {
-                let mut conn = self.connection().await?;
+                let mut conn = self.redis.connection().await?;
                 self.script
                     .key(&redis_key)
                     .arg(interval)

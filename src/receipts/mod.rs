@@ -132,8 +132,7 @@ impl Receipts {
         // One receipt per debate: when another instance issued it first, theirs stands.
         let inserted = self.store.insert_receipt(&new).await?;
         if inserted {
-            metrics::counter!("aragora_receipts_issued_total", "signed" => if key_id.is_some() { "true" } else { "false" })
-                .increment(1);
+            crate::telemetry::metrics::receipts_issued_total(key_id.is_some()).increment(1);
             tracing::info!(
                 target: "aragora::receipts",
                 debate_id, receipt_id = %new.receipt_id, key_id = key_id.as_deref().unwrap_or("unsigned"),

@@ -6,10 +6,16 @@
 //! label value known up front (each debate status, rate-limit rule, configured agent with
 //! each call outcome, the probed routes) are registered at zero when the recorder is
 //! installed. Series of other routes and statuses appear with their first request.
+//!
+//! Rule: a metric's name is spelled once, here, in a const that also gives its type and HELP
+//! text (`ALL` describes them all); code elsewhere records through the typed handle
+//! functions below (`active_debates().set(n)`), never with a name of its own. A new metric is
+//! a const, an entry in `ALL`, a handle function and, where its labels are known up front,
+//! a line in `register_initial`.
 
 use std::sync::OnceLock;
 
-use metrics::{describe_counter, describe_gauge, describe_histogram};
+use metrics::{Counter, Gauge, Histogram, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -78,9 +84,9 @@ fn http_handles(
         ("route", route.to_owned()),
         ("status", status.to_string()),
     ];
-    let requests = metrics::counter!("aragora_http_requests_total", &labels);
+    let requests = metrics::counter!(HTTP_REQUESTS_TOTAL.name, &labels);
     let duration = metrics::histogram!(
-        "aragora_http_request_duration_seconds",
+        HTTP_REQUEST_DURATION_SECONDS.name,
         "method" => method.to_string(),
         "route" => route.to_owned(),
     );
@@ -139,123 +145,310 @@ pub fn render(handle: &PrometheusHandle) -> String {
     text
 }
 
-fn describe() {
-    describe_counter!(
-        "aragora_debates_total",
-        "Debates finished, by final status."
-    );
-    describe_counter!(
-        "aragora_debates_resumed_total",
-        "Debates this instance continued from their event log, by reason (restart, crash, lease_expired, resumed_by_user)."
-    );
-    describe_counter!(
-        "aragora_consensus_reached_total",
-        "Debates that ended with consensus."
-    );
-    describe_gauge!("aragora_active_debates", "Debates running now.");
-    describe_gauge!(
-        "aragora_debates_queued",
-        "Debates accepted and waiting for a worker."
-    );
-    describe_histogram!(
-        "aragora_debate_duration_seconds",
-        "Wall time of finished debates in seconds."
-    );
-    describe_histogram!(
-        "aragora_agent_response_seconds",
-        "Latency of one agent call (including retries) in seconds."
-    );
-    describe_counter!(
-        "aragora_agent_requests_total",
-        "Agent calls, by agent and outcome."
-    );
-    describe_counter!(
-        "aragora_agent_tokens_total",
-        "Tokens exchanged with providers, by agent and direction (input/output)."
-    );
-    describe_gauge!(
-        "aragora_circuit_breaker_state",
-        "Circuit breaker per agent: 0 closed, 1 half-open, 2 open."
-    );
-    describe_gauge!(
-        "aragora_websocket_connections",
-        "Open WebSocket connections."
-    );
-    describe_counter!(
-        "aragora_ws_connection_errors_total",
-        "WebSocket connections that ended in an error or were refused."
-    );
-    describe_counter!(
-        "aragora_rate_limit_hits_total",
-        "Requests refused by a rate limit, by rule."
-    );
-    describe_counter!(
-        "aragora_http_requests_total",
-        "HTTP requests, by method, route pattern and status."
-    );
-    describe_histogram!(
-        "aragora_http_request_duration_seconds",
-        "HTTP request latency in seconds, by method and route pattern."
-    );
-    describe_gauge!(
-        "aragora_redis_up",
-        "1 when Redis answered the last check, else 0 (also 0 when Redis is not configured)."
-    );
-    describe_gauge!(
-        "aragora_redis_configured",
-        "1 when ARAGORA_REDIS_URL is set (aragora_redis_up is meaningful only then)."
-    );
-    describe_gauge!(
-        "aragora_db_pool_connections",
-        "Database pool connections, by state (idle, in_use, max)."
-    );
-    describe_counter!(
-        "aragora_otel_spans_exported_total",
-        "Trace spans sent to the OTLP collector (0 unless OTEL_EXPORTER_OTLP_ENDPOINT is set)."
-    );
-    describe_counter!(
-        "aragora_otel_spans_dropped_total",
-        "Trace spans dropped instead of blocking: queue_full, export_failed (collector down or slow), shutdown."
-    );
-    describe_counter!(
-        "aragora_receipts_issued_total",
-        "Decision receipts issued by this instance, by whether they are signed."
-    );
-    describe_gauge!(
-        "aragora_build_info",
-        "Always 1; the version label names the running build."
-    );
+/// A metric: its name, spelled here once, its type and its HELP text.
+struct Metric {
+    name: &'static str,
+    kind: Kind,
+    help: &'static str,
 }
 
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+const fn counter(name: &'static str, help: &'static str) -> Metric {
+    Metric {
+        name,
+        kind: Kind::Counter,
+        help,
+    }
+}
+
+const fn gauge(name: &'static str, help: &'static str) -> Metric {
+    Metric {
+        name,
+        kind: Kind::Gauge,
+        help,
+    }
+}
+
+const fn histogram(name: &'static str, help: &'static str) -> Metric {
+    Metric {
+        name,
+        kind: Kind::Histogram,
+        help,
+    }
+}
+
+const DEBATES_TOTAL: Metric = counter(
+    "aragora_debates_total",
+    "Debates finished, by final status.",
+);
+const DEBATES_RESUMED_TOTAL: Metric = counter(
+    "aragora_debates_resumed_total",
+    "Debates this instance continued from their event log, by reason (restart, crash, lease_expired, resumed_by_user).",
+);
+const CONSENSUS_REACHED_TOTAL: Metric = counter(
+    "aragora_consensus_reached_total",
+    "Debates that ended with consensus.",
+);
+const ACTIVE_DEBATES: Metric = gauge("aragora_active_debates", "Debates running now.");
+const DEBATES_QUEUED: Metric = gauge(
+    "aragora_debates_queued",
+    "Debates accepted and waiting for a worker.",
+);
+const DEBATE_DURATION_SECONDS: Metric = histogram(
+    "aragora_debate_duration_seconds",
+    "Wall time of finished debates in seconds.",
+);
+const AGENT_RESPONSE_SECONDS: Metric = histogram(
+    "aragora_agent_response_seconds",
+    "Latency of one agent call (including retries) in seconds.",
+);
+const AGENT_REQUESTS_TOTAL: Metric = counter(
+    "aragora_agent_requests_total",
+    "Agent calls, by agent and outcome.",
+);
+const AGENT_TOKENS_TOTAL: Metric = counter(
+    "aragora_agent_tokens_total",
+    "Tokens exchanged with providers, by agent and direction (input/output).",
+);
+const AGENT_RETRIES_TOTAL: Metric = counter(
+    "aragora_agent_retries_total",
+    "Agent call attempts retried, by agent and the error that caused the retry.",
+);
+const CIRCUIT_BREAKER_STATE: Metric = gauge(
+    "aragora_circuit_breaker_state",
+    "Circuit breaker per agent: 0 closed, 1 half-open, 2 open.",
+);
+const WEBSOCKET_CONNECTIONS: Metric = gauge(
+    "aragora_websocket_connections",
+    "Open WebSocket connections.",
+);
+const WS_CONNECTION_ERRORS_TOTAL: Metric = counter(
+    "aragora_ws_connection_errors_total",
+    "WebSocket connections that ended in an error or were refused.",
+);
+const RATE_LIMIT_HITS_TOTAL: Metric = counter(
+    "aragora_rate_limit_hits_total",
+    "Requests refused by a rate limit, by rule.",
+);
+const HTTP_REQUESTS_TOTAL: Metric = counter(
+    "aragora_http_requests_total",
+    "HTTP requests, by method, route pattern and status.",
+);
+const HTTP_REQUEST_DURATION_SECONDS: Metric = histogram(
+    "aragora_http_request_duration_seconds",
+    "HTTP request latency in seconds, by method and route pattern.",
+);
+const REDIS_UP: Metric = gauge(
+    "aragora_redis_up",
+    "1 when Redis answered the last check, else 0 (also 0 when Redis is not configured).",
+);
+const REDIS_CONFIGURED: Metric = gauge(
+    "aragora_redis_configured",
+    "1 when ARAGORA_REDIS_URL is set (aragora_redis_up is meaningful only then).",
+);
+const DB_POOL_CONNECTIONS: Metric = gauge(
+    "aragora_db_pool_connections",
+    "Database pool connections, by state (idle, in_use, max).",
+);
+const OTEL_SPANS_EXPORTED_TOTAL: Metric = counter(
+    "aragora_otel_spans_exported_total",
+    "Trace spans sent to the OTLP collector (0 unless OTEL_EXPORTER_OTLP_ENDPOINT is set).",
+);
+const OTEL_SPANS_DROPPED_TOTAL: Metric = counter(
+    "aragora_otel_spans_dropped_total",
+    "Trace spans dropped instead of blocking: queue_full, export_failed (collector down or slow), shutdown.",
+);
+const RECEIPTS_ISSUED_TOTAL: Metric = counter(
+    "aragora_receipts_issued_total",
+    "Decision receipts issued by this instance, by whether they are signed.",
+);
+const BUILD_INFO: Metric = gauge(
+    "aragora_build_info",
+    "Always 1; the version label names the running build.",
+);
+
+/// Every metric, described (HELP and TYPE) when the recorder is installed.
+const ALL: &[&Metric] = &[
+    &DEBATES_TOTAL,
+    &DEBATES_RESUMED_TOTAL,
+    &CONSENSUS_REACHED_TOTAL,
+    &ACTIVE_DEBATES,
+    &DEBATES_QUEUED,
+    &DEBATE_DURATION_SECONDS,
+    &AGENT_RESPONSE_SECONDS,
+    &AGENT_REQUESTS_TOTAL,
+    &AGENT_TOKENS_TOTAL,
+    &AGENT_RETRIES_TOTAL,
+    &CIRCUIT_BREAKER_STATE,
+    &WEBSOCKET_CONNECTIONS,
+    &WS_CONNECTION_ERRORS_TOTAL,
+    &RATE_LIMIT_HITS_TOTAL,
+    &HTTP_REQUESTS_TOTAL,
+    &HTTP_REQUEST_DURATION_SECONDS,
+    &REDIS_UP,
+    &REDIS_CONFIGURED,
+    &DB_POOL_CONNECTIONS,
+    &OTEL_SPANS_EXPORTED_TOTAL,
+    &OTEL_SPANS_DROPPED_TOTAL,
+    &RECEIPTS_ISSUED_TOTAL,
+    &BUILD_INFO,
+];
+
+fn describe() {
+    for metric in ALL {
+        match metric.kind {
+            Kind::Counter => describe_counter!(metric.name, metric.help),
+            Kind::Gauge => describe_gauge!(metric.name, metric.help),
+            Kind::Histogram => describe_histogram!(metric.name, metric.help),
+        }
+    }
+}
+
+// The handles, one function per metric: the only places that name a series. Each call looks
+// the series up in the recorder (a no-op before `install`), as the `metrics` macros do.
+
+/// `aragora_debates_total{status}`: one of [`FINAL_STATUSES`].
+pub fn debates_total(status: &'static str) -> Counter {
+    metrics::counter!(DEBATES_TOTAL.name, "status" => status)
+}
+
+/// `aragora_debates_resumed_total{reason}`: one of [`RESUME_REASONS`].
+pub fn debates_resumed_total(reason: &'static str) -> Counter {
+    metrics::counter!(DEBATES_RESUMED_TOTAL.name, "reason" => reason)
+}
+
+/// `aragora_consensus_reached_total`.
+pub fn consensus_reached_total() -> Counter {
+    metrics::counter!(CONSENSUS_REACHED_TOTAL.name)
+}
+
+/// `aragora_active_debates`.
+pub fn active_debates() -> Gauge {
+    metrics::gauge!(ACTIVE_DEBATES.name)
+}
+
+/// `aragora_debates_queued`.
+pub fn debates_queued() -> Gauge {
+    metrics::gauge!(DEBATES_QUEUED.name)
+}
+
+/// `aragora_debate_duration_seconds`.
+pub fn debate_duration_seconds() -> Histogram {
+    metrics::histogram!(DEBATE_DURATION_SECONDS.name)
+}
+
+/// `aragora_agent_response_seconds{agent}`.
+pub fn agent_response_seconds(agent: &str) -> Histogram {
+    metrics::histogram!(AGENT_RESPONSE_SECONDS.name, "agent" => agent.to_owned())
+}
+
+/// `aragora_agent_requests_total{agent,outcome}`: `success` or an [`AgentError`] kind.
+///
+/// [`AgentError`]: crate::agents::AgentError
+pub fn agent_requests_total(agent: &str, outcome: &'static str) -> Counter {
+    metrics::counter!(AGENT_REQUESTS_TOTAL.name, "agent" => agent.to_owned(), "outcome" => outcome)
+}
+
+/// `aragora_agent_tokens_total{agent,direction}`: `input` or `output`.
+pub fn agent_tokens_total(agent: &str, direction: &'static str) -> Counter {
+    metrics::counter!(AGENT_TOKENS_TOTAL.name, "agent" => agent.to_owned(), "direction" => direction)
+}
+
+/// `aragora_agent_retries_total{agent,error}`: the kind of the error retried.
+pub fn agent_retries_total(agent: &str, error: &'static str) -> Counter {
+    metrics::counter!(AGENT_RETRIES_TOTAL.name, "agent" => agent.to_owned(), "error" => error)
+}
+
+/// `aragora_circuit_breaker_state{agent}`.
+pub fn circuit_breaker_state(agent: &str) -> Gauge {
+    metrics::gauge!(CIRCUIT_BREAKER_STATE.name, "agent" => agent.to_owned())
+}
+
+/// `aragora_websocket_connections`.
+pub fn websocket_connections() -> Gauge {
+    metrics::gauge!(WEBSOCKET_CONNECTIONS.name)
+}
+
+/// `aragora_ws_connection_errors_total`.
+pub fn ws_connection_errors_total() -> Counter {
+    metrics::counter!(WS_CONNECTION_ERRORS_TOTAL.name)
+}
+
+/// `aragora_rate_limit_hits_total{rule}`.
+pub fn rate_limit_hits_total(rule: crate::ratelimit::Rule) -> Counter {
+    metrics::counter!(RATE_LIMIT_HITS_TOTAL.name, "rule" => rule.name())
+}
+
+/// `aragora_redis_up`.
+pub fn redis_up() -> Gauge {
+    metrics::gauge!(REDIS_UP.name)
+}
+
+/// `aragora_redis_configured`.
+pub fn redis_configured() -> Gauge {
+    metrics::gauge!(REDIS_CONFIGURED.name)
+}
+
+/// `aragora_db_pool_connections{state}`: `idle`, `in_use` or `max`.
+pub fn db_pool_connections(state: &'static str) -> Gauge {
+    metrics::gauge!(DB_POOL_CONNECTIONS.name, "state" => state)
+}
+
+/// `aragora_otel_spans_exported_total`.
+pub fn otel_spans_exported_total() -> Counter {
+    metrics::counter!(OTEL_SPANS_EXPORTED_TOTAL.name)
+}
+
+/// `aragora_otel_spans_dropped_total{reason}`: one of [`SPAN_DROP_REASONS`].
+pub fn otel_spans_dropped_total(reason: &'static str) -> Counter {
+    metrics::counter!(OTEL_SPANS_DROPPED_TOTAL.name, "reason" => reason)
+}
+
+/// `aragora_receipts_issued_total{signed}`.
+pub fn receipts_issued_total(signed: bool) -> Counter {
+    metrics::counter!(RECEIPTS_ISSUED_TOTAL.name, "signed" => if signed { "true" } else { "false" })
+}
+
+/// Why a debate was resumed (`aragora_debates_resumed_total{reason}`).
+pub const RESUME_REASONS: [&str; 4] = ["restart", "crash", "lease_expired", "resumed_by_user"];
+
+/// Why trace spans were dropped (`aragora_otel_spans_dropped_total{reason}`).
+pub const SPAN_DROP_REASONS: [&str; 3] = ["queue_full", "export_failed", "shutdown"];
+
 fn register_initial() {
-    metrics::gauge!("aragora_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    metrics::gauge!(BUILD_INFO.name, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     register_http();
     for rule in crate::ratelimit::Rule::ALL {
-        metrics::counter!("aragora_rate_limit_hits_total", "rule" => rule.name()).increment(0);
+        rate_limit_hits_total(rule).increment(0);
     }
     for status in FINAL_STATUSES {
-        metrics::counter!("aragora_debates_total", "status" => status).increment(0);
+        debates_total(status).increment(0);
     }
-    for reason in ["restart", "crash", "lease_expired", "resumed_by_user"] {
-        metrics::counter!("aragora_debates_resumed_total", "reason" => reason).increment(0);
+    for reason in RESUME_REASONS {
+        debates_resumed_total(reason).increment(0);
     }
-    metrics::counter!("aragora_consensus_reached_total").increment(0);
-    let _ = metrics::histogram!("aragora_debate_duration_seconds");
-    metrics::counter!("aragora_otel_spans_exported_total").increment(0);
-    for reason in ["queue_full", "export_failed", "shutdown"] {
-        metrics::counter!("aragora_otel_spans_dropped_total", "reason" => reason).increment(0);
+    consensus_reached_total().increment(0);
+    let _ = debate_duration_seconds();
+    otel_spans_exported_total().increment(0);
+    for reason in SPAN_DROP_REASONS {
+        otel_spans_dropped_total(reason).increment(0);
     }
-    for signed in ["true", "false"] {
-        metrics::counter!("aragora_receipts_issued_total", "signed" => signed).increment(0);
+    for signed in [true, false] {
+        receipts_issued_total(signed).increment(0);
     }
-    metrics::counter!("aragora_ws_connection_errors_total").increment(0);
-    metrics::gauge!("aragora_active_debates").set(0.0);
-    metrics::gauge!("aragora_debates_queued").set(0.0);
-    metrics::gauge!("aragora_websocket_connections").set(0.0);
-    metrics::gauge!("aragora_redis_up").set(0.0);
-    metrics::gauge!("aragora_redis_configured").set(0.0);
+    ws_connection_errors_total().increment(0);
+    active_debates().set(0.0);
+    debates_queued().set(0.0);
+    websocket_connections().set(0.0);
+    redis_up().set(0.0);
+    redis_configured().set(0.0);
     for state in ["idle", "in_use", "max"] {
-        metrics::gauge!("aragora_db_pool_connections", "state" => state).set(0.0);
+        db_pool_connections(state).set(0.0);
     }
 }
 
@@ -264,17 +457,15 @@ fn register_initial() {
 /// histogram, so dashboards and `rate()` alerts read 0 rather than "no data".
 pub fn register_agents<'a>(names: impl IntoIterator<Item = &'a str>) {
     for name in names {
-        metrics::gauge!("aragora_circuit_breaker_state", "agent" => name.to_owned()).set(0.0);
+        circuit_breaker_state(name).set(0.0);
         for outcome in std::iter::once("success").chain(crate::agents::AgentError::KINDS) {
-            metrics::counter!("aragora_agent_requests_total", "agent" => name.to_owned(), "outcome" => outcome)
-                .increment(0);
+            agent_requests_total(name, outcome).increment(0);
         }
         for direction in ["input", "output"] {
-            metrics::counter!("aragora_agent_tokens_total", "agent" => name.to_owned(), "direction" => direction)
-                .increment(0);
+            agent_tokens_total(name, direction).increment(0);
         }
         // Creating the handle registers the histogram (empty buckets, count 0).
-        let _ = metrics::histogram!("aragora_agent_response_seconds", "agent" => name.to_owned());
+        let _ = agent_response_seconds(name);
     }
 }
 
@@ -289,8 +480,31 @@ const PROBED_ROUTES: [&str; 4] = [
 
 fn register_http() {
     for route in PROBED_ROUTES {
-        metrics::counter!("aragora_http_requests_total", "method" => "GET", "route" => route, "status" => "200")
+        metrics::counter!(HTTP_REQUESTS_TOTAL.name, "method" => "GET", "route" => route, "status" => "200")
             .increment(0);
-        let _ = metrics::histogram!("aragora_http_request_duration_seconds", "method" => "GET", "route" => route);
+        let _ = metrics::histogram!(HTTP_REQUEST_DURATION_SECONDS.name, "method" => "GET", "route" => route);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_is_named_once_with_the_suffix_its_type_needs() {
+        let mut names: Vec<&str> = ALL.iter().map(|m| m.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ALL.len(), "a name is listed twice");
+        for metric in ALL {
+            assert!(metric.name.starts_with("aragora_"), "{}", metric.name);
+            match metric.kind {
+                // Prometheus convention, checked by promtool.
+                Kind::Counter => assert!(metric.name.ends_with("_total"), "{}", metric.name),
+                // The only histogram buckets configured are those of `_seconds` metrics.
+                Kind::Histogram => assert!(metric.name.ends_with("_seconds"), "{}", metric.name),
+                Kind::Gauge => assert!(!metric.name.ends_with("_total"), "{}", metric.name),
+            }
+        }
     }
 }

@@ -247,7 +247,7 @@ impl std::fmt::Debug for Control {
 }
 
 fn dropped(reason: &'static str, n: usize) {
-    metrics::counter!("aragora_otel_spans_dropped_total", "reason" => reason).increment(n as u64);
+    super::metrics::otel_spans_dropped_total(reason).increment(n as u64);
 }
 
 impl QueueProcessor {
@@ -360,7 +360,7 @@ async fn export<E: SpanExporter>(
     let n = batch.len();
     let failure = match tokio::time::timeout(settings.timeout, exporter.export(batch)).await {
         Ok(Ok(())) => {
-            metrics::counter!("aragora_otel_spans_exported_total").increment(n as u64);
+            super::metrics::otel_spans_exported_total().increment(n as u64);
             None
         }
         Ok(Err(e)) => Some(e.to_string()),

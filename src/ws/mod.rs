@@ -129,7 +129,7 @@ impl Drop for Admission {
                 per_ip.remove(&self.ip);
             }
         }
-        metrics::gauge!("aragora_websocket_connections").decrement(1.0);
+        crate::telemetry::metrics::websocket_connections().decrement(1.0);
     }
 }
 
@@ -191,7 +191,7 @@ impl WsHub {
         self.per_ip_peak.fetch_max(*mine, Ordering::Relaxed);
         let now = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
         self.connections_peak.fetch_max(now, Ordering::Relaxed);
-        metrics::gauge!("aragora_websocket_connections").increment(1.0);
+        crate::telemetry::metrics::websocket_connections().increment(1.0);
         Ok(Admission {
             hub: self.clone(),
             ip,
@@ -200,7 +200,7 @@ impl WsHub {
 
     fn count_error(&self) {
         self.errors.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("aragora_ws_connection_errors_total").increment(1);
+        crate::telemetry::metrics::ws_connection_errors_total().increment(1);
     }
 
     pub fn stats(&self) -> WsStats {
