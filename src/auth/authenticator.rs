@@ -63,11 +63,6 @@ impl Authenticator {
         }
     }
 
-    /// Whether credentials are checked at all (off: every caller is the local owner).
-    pub fn enabled(&self) -> bool {
-        self.enabled
-    }
-
     /// The principal of a caller: `token` is what it presented (header, subprotocol or
     /// query), `peer` its TCP address.
     pub async fn principal_for(

@@ -5,6 +5,9 @@
 //! Rules: every connection has a bounded send queue, and a client that cannot keep up is
 //! closed with 4008 naming its last delivered seq — nothing is dropped silently and one slow
 //! client never delays another. Every connection task is tracked so shutdown can send 1001.
+//!
+//! The server runs on its own [`WsContext`] (hub, store, authenticator, tasks), not on the
+//! HTTP application state; [`hub`] keeps the connection limits and counters.
 
 mod connection;
 pub mod fanout;
