@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::agents::{AgentRegistry, BreakerConfig, RetryPolicy};
+use crate::auth::{AccountSettings, Accounts, Authenticator, CredentialCache};
 use crate::bus::{EventBus, LocalBus, RedisBus};
 use crate::config::Config;
 use crate::debate::manager::{DebateManager, ManagerSettings};
@@ -19,7 +20,7 @@ use crate::lockfile::{LockError, PidLock};
 use crate::ratelimit::RateLimiter;
 use crate::redis_client::RedisHandle;
 use crate::store::{self, DynStore, PoolSettings, StoreError};
-use crate::ws::{WsHub, WsLimits};
+use crate::ws::{WsContext, WsHub, WsLimits};
 
 pub use crate::state::{AppState, Shared};
 
@@ -245,18 +246,37 @@ impl Application {
             },
             &shutdown,
         ));
+        // One credential cache: the authenticator fills it, account changes (a key replaced
+        // or revoked) drop an account's entries from it.
+        let credentials = Arc::new(CredentialCache::new(config.auth_cache));
+        let auth = Arc::new(Authenticator::new(
+            &config,
+            store.clone(),
+            credentials.clone(),
+        ));
+        let accounts = Arc::new(Accounts::new(
+            store.clone(),
+            AccountSettings::from_config(&config),
+            credentials,
+        ));
+        let ws_server = Arc::new(WsContext {
+            hub: ws.clone(),
+            store: store.clone(),
+            auth: auth.clone(),
+            anonymous_read: config.ws_anonymous_read,
+            tasks: tasks.clone(),
+            shutdown: shutdown.clone(),
+        });
         let state = AppState::new(Shared {
             store,
             redis,
             ws,
+            ws_server,
             debates,
             receipts,
-            login_limiter: Arc::new(crate::auth::LoginLimiter::new(
-                config.login_ip_max_failures,
-                config.login_lockout,
-            )),
+            auth,
+            accounts,
             health: Arc::new(crate::http::HealthProbe::new(config.health_cache)),
-            credentials: Arc::new(crate::auth::CredentialCache::new(config.auth_cache)),
             metrics,
             ratelimit,
             started_at: Instant::now(),
@@ -360,7 +380,7 @@ impl Application {
         );
         let ws = crate::http::server::serve(
             ws_listener,
-            crate::ws::router(state.clone()),
+            crate::ws::router(state.ws_server.clone()),
             token.clone(),
         );
 

@@ -427,7 +427,7 @@ fn create_user(config: Config, email: &str, role: &str) -> ExitCode {
     use std::io::IsTerminal;
 
     let email = email.trim().to_lowercase();
-    if !crate::http::valid_email(&email) {
+    if !crate::auth::accounts::valid_email(&email) {
         eprintln!("aragora: `--email` must be an address such as name@example.com");
         return ExitCode::from(2);
     }

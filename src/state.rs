@@ -10,12 +10,13 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::{Accounts, Authenticator};
 use crate::config::Config;
 use crate::debate::manager::DebateManager;
 use crate::ratelimit::RateLimiter;
 use crate::redis_client::RedisHandle;
 use crate::store::DynStore;
-use crate::ws::WsHub;
+use crate::ws::{WsContext, WsHub};
 
 /// Everything a handler can reach (fields through `Deref` to [`Shared`]).
 #[derive(Clone)]
@@ -46,14 +47,16 @@ pub struct Shared {
     pub metrics: Option<PrometheusHandle>,
     /// Decision receipts: issuing, signing key, verification.
     pub receipts: Arc<crate::receipts::Receipts>,
+    /// The WebSocket server's own context (both listeners).
+    pub ws_server: Arc<WsContext>,
     /// Rate limits: rules, backends, SIGHUP reload.
     pub ratelimit: Arc<RateLimiter>,
-    /// Failed logins per client IP (429 beyond the limit).
-    pub login_limiter: Arc<crate::auth::LoginLimiter>,
+    /// Credentials to principals (the HTTP gate and the WebSocket handshake).
+    pub auth: Arc<Authenticator>,
+    /// Login, lockout, token rotation, registration, API keys.
+    pub accounts: Arc<Accounts>,
     /// The dependency checks of `/api/health`, shared by calls within `health_cache_ms`.
     pub health: Arc<crate::http::HealthProbe>,
-    /// Resolved API keys and JWT accounts, reused for `auth_cache_ms`.
-    pub credentials: Arc<crate::auth::CredentialCache>,
     pub started_at: Instant,
     /// Cancelled when shutdown starts.
     pub shutdown: CancellationToken,

@@ -1,23 +1,32 @@
-//! Accounts and access (contract §4): who is calling (a [`Principal`]), with which [`Role`].
+//! Accounts and access (contract §4): who is calling (a [`Principal`], the one type every
+//! layer uses), with which [`Role`].
 //!
+//! - `authenticator`: a presented credential becomes a principal ([`Authenticator`], shared
+//!   by the HTTP gate and the WebSocket handshake).
+//! - `accounts`: login, lockout, refresh rotation and reuse detection, logout, registration,
+//!   API keys, over the store ([`Accounts`]).
+//! - `extractors`: the credential a request presents, the access a route declares
+//!   ([`Access`]) and `require` (401 / 403).
+//! - `cache`: resolved credentials, reused for `auth_cache_ms`.
 //! - `tokens`: HS256 access tokens and opaque refresh tokens.
 //! - `passwords`: argon2id hashing.
 //! - `keys`: `ara_…` API keys (stored as SHA-256) and constant-time comparison.
-//! - `extractors`: the middleware that resolves credentials once per request, the route
-//!   policy (public / member / admin) and `require`.
+//!
+//! Nothing here knows routes or the application state; the HTTP middleware that applies
+//! these per request lives in `http::middleware`.
 
+pub mod accounts;
+pub mod authenticator;
 pub mod cache;
 pub mod extractors;
 pub mod keys;
 pub mod passwords;
 pub mod tokens;
 
+pub use accounts::{AccountError, AccountSettings, Accounts};
+pub use authenticator::{Authenticator, CredentialError};
 pub use cache::CredentialCache;
-
-use std::collections::HashMap;
-use std::net::IpAddr;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+pub use extractors::Access;
 
 use serde::Serialize;
 
@@ -66,7 +75,8 @@ pub enum PrincipalKind {
     Anonymous,
 }
 
-/// The caller of one request, resolved once by the auth middleware.
+/// The caller of one request (or WebSocket connection), resolved once by the HTTP gate or the
+/// handshake. Rate limits key on it too when it is authenticated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     pub id: String,
@@ -141,46 +151,5 @@ impl Principal {
     /// The user account behind this principal, if any.
     pub fn user_id(&self) -> Option<&str> {
         matches!(self.kind, PrincipalKind::User | PrincipalKind::ApiKey).then_some(self.id.as_str())
-    }
-}
-
-/// Failed logins per client IP in a sliding window: beyond the limit, logins from that IP
-/// get 429 until the window passes (slows password guessing across many accounts).
-pub struct LoginLimiter {
-    max: u32,
-    window: Duration,
-    failures: Mutex<HashMap<IpAddr, (Instant, u32)>>,
-}
-
-impl LoginLimiter {
-    pub fn new(max: u32, window: Duration) -> Self {
-        LoginLimiter {
-            max,
-            window,
-            failures: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Seconds to wait when this IP is over its limit.
-    pub fn blocked(&self, ip: IpAddr) -> Option<u64> {
-        let map = self.failures.lock().expect("limiter lock");
-        let (start, count) = map.get(&ip)?;
-        let elapsed = start.elapsed();
-        (*count >= self.max && elapsed < self.window)
-            .then(|| (self.window - elapsed).as_secs().max(1))
-    }
-
-    pub fn fail(&self, ip: IpAddr) {
-        let mut map = self.failures.lock().expect("limiter lock");
-        // Bound the memory a flood of distinct addresses can take.
-        if map.len() > 100_000 {
-            let window = self.window;
-            map.retain(|_, (start, _)| start.elapsed() < window);
-        }
-        let entry = map.entry(ip).or_insert((Instant::now(), 0));
-        if entry.0.elapsed() >= self.window {
-            *entry = (Instant::now(), 0);
-        }
-        entry.1 += 1;
     }
 }

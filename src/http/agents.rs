@@ -9,19 +9,19 @@ use axum::extract::{Path, State};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
-use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::ApiRouter;
 use crate::agents::CompletionRequest;
 use crate::app::AppState;
 use crate::error::{ApiError, ErrorBody};
 
-pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(list_agents))
-        .routes(routes!(list_circuit_breakers))
-        .routes(routes!(reset_circuit))
-        .routes(routes!(test_agent))
+pub fn router() -> ApiRouter {
+    ApiRouter::new()
+        .public(routes!(list_agents))
+        .public(routes!(list_circuit_breakers))
+        .admin(routes!(reset_circuit))
+        .admin(routes!(test_agent))
 }
 
 /// Configured agents: name, provider, model, available (key present), circuit state.

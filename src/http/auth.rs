@@ -1,5 +1,8 @@
-//! Accounts (contract §3/§4): login, refresh (rotating, reuse revokes the family), logout,
-//! me, API keys, and registration when enabled.
+//! Accounts over HTTP (contract §3/§4): login, refresh (rotating, reuse revokes the family),
+//! logout, me, API keys, and registration when enabled. The account rules themselves
+//! (lockout, rotation, reuse detection, revocation, email validation) are
+//! `crate::auth::accounts`; this module keeps what is HTTP: cookies, the Origin check and
+//! the JSON bodies.
 //!
 //! Bad credentials always get the same 401 whether or not the email exists; a locked
 //! account gets 423 with Retry-After. No token, key, cookie or password is ever logged.
@@ -10,36 +13,33 @@
 //! in the body use that cookie. Cookie-based calls also refuse a foreign `Origin` (403), in
 //! addition to SameSite, as a CSRF defence. The access token stays in the page's memory.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use utoipa::ToSchema;
-use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::ApiRouter;
 use crate::app::AppState;
-use crate::auth::{Principal, Role, keys, passwords, tokens};
+use crate::auth::accounts::{AccountError, Session};
+use crate::auth::{Principal, Role};
 use crate::error::{ApiError, ErrorBody, error_response};
-use crate::store::{NewUser, RefreshTokenRecord, User};
 
-pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(login))
-        .routes(routes!(refresh))
-        .routes(routes!(logout))
-        .routes(routes!(me))
-        .routes(routes!(create_api_key, revoke_api_key))
-        .routes(routes!(register))
+pub fn router() -> ApiRouter {
+    ApiRouter::new()
+        .public(routes!(login))
+        .public(routes!(refresh))
+        .public(routes!(logout))
+        .member(routes!(me))
+        .member(routes!(create_api_key, revoke_api_key))
+        .public(routes!(register))
 }
-
-const BAD_CREDENTIALS: &str = "invalid email or password";
 
 #[derive(Deserialize, ToSchema)]
 pub struct LoginRequest {
@@ -81,7 +81,7 @@ fn is_https(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> bool {
     if origin_https {
         return true;
     }
-    from_trusted_proxy(state, peer)
+    state.auth.from_trusted_proxy(peer)
         && headers
             .get("x-forwarded-proto")
             .and_then(|v| v.to_str().ok())
@@ -117,17 +117,6 @@ fn refresh_cookie(headers: &HeaderMap) -> Option<String> {
         .filter(|value| !value.is_empty())
 }
 
-/// Whether the TCP peer is a trusted proxy (ARAGORA_TRUSTED_PROXIES), by the rule
-/// [`crate::ratelimit::client_ip`] uses.
-fn from_trusted_proxy(state: &AppState, peer: SocketAddr) -> bool {
-    let peer = peer.ip().to_canonical();
-    state
-        .config
-        .trusted_proxies
-        .iter()
-        .any(|net| net.contains(&peer))
-}
-
 /// CSRF defence for cookie-based calls: an `Origin` header, when present, must be this
 /// server's own origin (scheme as in [`is_https`]; host from the Host header or the request
 /// URI, or X-Forwarded-Host from a trusted proxy) or an allowed origin
@@ -158,7 +147,7 @@ fn check_origin(
         header_text(header::HOST.as_str()),
         uri.authority().map(|a| a.as_str().to_owned()),
     ];
-    if from_trusted_proxy(state, peer) {
+    if state.auth.from_trusted_proxy(peer) {
         hosts.push(header_text("x-forwarded-host"));
     }
     let same = hosts
@@ -209,55 +198,17 @@ fn optional_json<T: serde::de::DeserializeOwned + Default>(
         .map_err(|rejection| Box::new(rejection.into_response()))
 }
 
-/// The client address: the peer, or the right-most X-Forwarded-For entry when the peer is a
-/// trusted proxy.
-/// The client's address, by the same rule the rate limiter uses (proxies are believed only
-/// when they are in ARAGORA_TRUSTED_PROXIES).
-fn client_ip(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
-    crate::ratelimit::client_ip(peer.ip(), headers, &state.config.trusted_proxies)
-}
-
-fn jwt_secret(state: &AppState) -> Result<&[u8], ApiError> {
-    state
-        .config
-        .jwt_secret
-        .as_ref()
-        .map(|s| s.expose().as_bytes())
-        .ok_or_else(|| {
-            ApiError::NotFound(
-                "password login is not configured on this server (no ARAGORA_JWT_SECRET)".into(),
-            )
-        })
-}
-
-/// A fresh access token and a refresh token in `family_id`.
-async fn issue(state: &AppState, user: &User, family_id: &str) -> Result<Value, ApiError> {
-    let secret = jwt_secret(state)?;
-    let ttl = state.config.access_token_ttl.as_secs();
-    let access =
-        tokens::issue_access(secret, &user.id, &user.role, ttl).map_err(ApiError::Internal)?;
-    let (refresh, hash) = tokens::new_refresh_token();
-    state
-        .store
-        .insert_refresh_token(&RefreshTokenRecord {
-            token_hash: hash,
-            user_id: user.id.clone(),
-            family_id: family_id.to_owned(),
-            expires_at: Utc::now()
-                + chrono::Duration::from_std(state.config.refresh_token_ttl)
-                    .unwrap_or(chrono::Duration::days(30)),
-            used: false,
-            revoked: false,
-        })
-        .await?;
-    Ok(json!({
-        "access_token": access,
+/// A session's JSON body: `{access_token, token_type, expires_in, refresh_token,
+/// refresh_expires_in, user}`.
+fn session_body(session: Session) -> Value {
+    json!({
+        "access_token": session.access_token,
         "token_type": "Bearer",
-        "expires_in": ttl,
-        "refresh_token": refresh,
-        "refresh_expires_in": state.config.refresh_token_ttl.as_secs(),
-        "user": {"id": user.id, "email": user.email, "role": user.role},
-    }))
+        "expires_in": session.expires_in,
+        "refresh_token": session.refresh_token,
+        "refresh_expires_in": session.refresh_expires_in,
+        "user": {"id": session.user.id, "email": session.user.email, "role": session.user.role},
+    })
 }
 
 /// Exchange email and password for an access token and a refresh token.
@@ -281,70 +232,10 @@ pub async fn login(
     headers: HeaderMap,
     Json(body): Json<LoginRequest>,
 ) -> Result<Response, ApiError> {
-    jwt_secret(&state)?;
-    let ip = client_ip(&state, peer, &headers);
-    if let Some(retry_after) = state.login_limiter.blocked(ip) {
-        tracing::warn!(target: "aragora::auth", client = %ip, "login refused: too many failures from this client");
-        return Err(ApiError::TooManyRequests {
-            message: "too many failed logins from this client; try again later".into(),
-            retry_after,
-        });
-    }
-    // Failures and locks are kept by email, whether or not an account has it: a locked
-    // unknown email answers exactly like a locked account, so lockouts reveal nothing.
-    let email = body.email.trim().to_lowercase();
-    crate::text::check("email", &email, false).map_err(ApiError::BadRequest)?;
-    let email_key = email_hash(&email);
-    let now = Utc::now();
-    let (failures, locked_until) = state.store.login_attempts(&email_key).await?;
-    if let Some(until) = locked_until
-        && until > now
-    {
-        state.login_limiter.fail(ip);
-        return Err(locked(until - now));
-    }
-    let user = state.store.user_by_email(&email).await?;
-    let password = body.password;
-    let ok = match &user {
-        Some(user) => {
-            let hash = user.password_hash.clone();
-            tokio::task::spawn_blocking(move || passwords::verify(&password, &hash))
-                .await
-                .map_err(|e| ApiError::Internal(e.to_string()))?
-        }
-        None => {
-            // Same work as a real check, off the async threads like the real one.
-            let _ = tokio::task::spawn_blocking(move || passwords::verify_dummy(&password)).await;
-            false
-        }
-    };
-    let Some(user) = user.filter(|_| ok) else {
-        state.login_limiter.fail(ip);
-        let failures = failures + 1;
-        if failures as u32 >= state.config.login_max_failures {
-            let until = now
-                + chrono::Duration::from_std(state.config.login_lockout)
-                    .unwrap_or(chrono::Duration::minutes(15));
-            state
-                .store
-                .set_login_attempts(&email_key, 0, Some(until))
-                .await?;
-            tracing::warn!(target: "aragora::auth", client = %ip, "email locked after repeated failed logins");
-        } else {
-            state
-                .store
-                .set_login_attempts(&email_key, failures, None)
-                .await?;
-            tracing::info!(target: "aragora::auth", client = %ip, "login failed");
-        }
-        return Err(ApiError::Unauthorized(BAD_CREDENTIALS.into()));
-    };
-    if failures != 0 || locked_until.is_some() {
-        state.store.set_login_attempts(&email_key, 0, None).await?;
-    }
-    let family = uuid::Uuid::new_v4().simple().to_string();
-    let tokens = issue(&state, &user, &family).await?;
-    tracing::info!(target: "aragora::auth", user_id = %user.id, cookie = body.use_cookie, "login");
+    let ip = state.auth.client_ip(peer, &headers);
+    let session = state.accounts.login(&body.email, body.password, ip).await?;
+    tracing::info!(target: "aragora::auth", user_id = %session.user.id, cookie = body.use_cookie, "login");
+    let tokens = session_body(session);
     if body.use_cookie {
         let secure = is_https(&state, peer, &headers);
         return Ok(with_cookie(&state, tokens, secure));
@@ -366,18 +257,6 @@ fn with_cookie(state: &AppState, mut tokens: Value, secure: bool) -> Response {
         session_cookie(&refresh, state.config.refresh_token_ttl.as_secs(), secure),
     );
     response
-}
-
-fn locked(remaining: chrono::Duration) -> ApiError {
-    ApiError::Locked {
-        message: "this account is temporarily locked after repeated failed logins; try again later"
-            .into(),
-        retry_after: remaining.num_seconds().max(1) as u64,
-    }
-}
-
-fn invalid_refresh() -> ApiError {
-    ApiError::Unauthorized("invalid or expired refresh token".into())
 }
 
 /// Rotate a refresh token: the old one is spent, a new pair is issued. Presenting a spent
@@ -405,10 +284,11 @@ pub async fn refresh(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    jwt_secret(&state)?;
+    state.accounts.configured()?;
     let cookie = match presented_refresh(&state, peer, &uri, &headers, &body)? {
         Ok(RefreshFrom::Body(token)) => {
-            return Ok(Json(rotate(&state, &token).await?).into_response());
+            let session = state.accounts.refresh(&token).await?;
+            return Ok(Json(session_body(session)).into_response());
         }
         Ok(RefreshFrom::Cookie(cookie)) => cookie,
         Err(rejection) => return Ok(*rejection),
@@ -419,16 +299,16 @@ pub async fn refresh(
             "no refresh token: send `{\"refresh_token\": …}` or the aragora_refresh cookie".into(),
         ));
     };
-    match rotate(&state, &token).await {
-        Ok(tokens) => Ok(with_cookie(&state, tokens, secure)),
-        Err(e @ ApiError::Unauthorized(_)) => {
-            let mut response = e.into_response();
+    match state.accounts.refresh(&token).await {
+        Ok(session) => Ok(with_cookie(&state, session_body(session), secure)),
+        Err(e @ AccountError::InvalidRefresh) => {
+            let mut response = ApiError::from(e).into_response();
             response
                 .headers_mut()
                 .append(header::SET_COOKIE, clearing_cookie(secure));
             Ok(response)
         }
-        Err(e) => Err(e),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -461,36 +341,6 @@ fn presented_refresh(
     Ok(Ok(RefreshFrom::Cookie(refresh_cookie(headers))))
 }
 
-/// Spend `token` and issue a new pair in its family.
-async fn rotate(state: &AppState, token: &str) -> Result<Value, ApiError> {
-    let hash = keys::sha256_hex(token.trim());
-    let record = state
-        .store
-        .refresh_token(&hash)
-        .await?
-        .ok_or_else(invalid_refresh)?;
-    if record.revoked || record.expires_at <= Utc::now() {
-        return Err(invalid_refresh());
-    }
-    // The atomic "unused → used" flip decides races: only one rotation wins.
-    if record.used || !state.store.use_refresh_token(&hash).await? {
-        let revoked = state.store.revoke_refresh_family(&record.family_id).await?;
-        tracing::warn!(
-            target: "aragora::auth",
-            user_id = %record.user_id,
-            revoked,
-            "refresh token reuse detected; the token family is revoked"
-        );
-        return Err(invalid_refresh());
-    }
-    let user = state
-        .store
-        .user_by_id(&record.user_id)
-        .await?
-        .ok_or_else(invalid_refresh)?;
-    issue(state, &user, &record.family_id).await
-}
-
 /// Revoke the refresh token's family. The access token expires on its own (short-lived).
 /// Without `refresh_token` in the body (or without a body) the `aragora_refresh` cookie's
 /// family is revoked and the cookie cleared.
@@ -517,12 +367,10 @@ pub async fn logout(
         Ok(RefreshFrom::Cookie(cookie)) => (cookie, true),
         Err(rejection) => return Ok(*rejection),
     };
-    if let Some(token) = token {
-        let hash = keys::sha256_hex(token.trim());
-        if let Some(record) = state.store.refresh_token(&hash).await? {
-            state.store.revoke_refresh_family(&record.family_id).await?;
-            tracing::info!(target: "aragora::auth", user_id = %record.user_id, cookie = from_cookie, "logout");
-        }
+    if let Some(token) = token
+        && let Some(user_id) = state.accounts.logout(&token).await?
+    {
+        tracing::info!(target: "aragora::auth", user_id = %user_id, cookie = from_cookie, "logout");
     }
     let mut response = StatusCode::NO_CONTENT.into_response();
     if from_cookie {
@@ -556,27 +404,18 @@ pub async fn me(
         "created_at": null,
         "api_key": null,
     });
-    if let Some(user_id) = principal.user_id() {
-        if let Some(user) = state.store.user_by_id(user_id).await? {
-            body["created_at"] = json!(user.created_at);
-        }
-        if let Some(key) = state.store.active_api_key(user_id).await? {
-            body["api_key"] = json!({
-                "prefix": key.prefix,
-                "created_at": key.created_at,
-                "last_used_at": key.last_used_at,
-            });
-        }
+    let profile = state.accounts.profile(&principal).await?;
+    if let Some(created_at) = profile.created_at {
+        body["created_at"] = json!(created_at);
+    }
+    if let Some(key) = profile.api_key {
+        body["api_key"] = json!({
+            "prefix": key.prefix,
+            "created_at": key.created_at,
+            "last_used_at": key.last_used_at,
+        });
     }
     Ok(Json(body))
-}
-
-fn account_of(principal: &Principal) -> Result<&str, ApiError> {
-    principal.user_id().ok_or_else(|| {
-        ApiError::BadRequest(
-            "API keys belong to user accounts; this caller is not a user (log in first)".into(),
-        )
-    })
 }
 
 /// Create an API key (`ara_…`), shown this once; any previous key of the caller is revoked.
@@ -593,16 +432,8 @@ pub async fn create_api_key(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
 ) -> Result<Response, ApiError> {
-    let user_id = account_of(&principal)?;
-    let (key, prefix, hash) = keys::new_api_key();
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    let record = state
-        .store
-        .replace_api_key(user_id, &id, &hash, &prefix)
-        .await?;
-    // The replaced key stops working here at once (elsewhere within `auth_cache_ms`).
-    state.credentials.forget_account(user_id);
-    tracing::info!(target: "aragora::auth", user_id = %user_id, prefix = %record.prefix, "api key created");
+    let crate::auth::accounts::NewApiKey { key, record } =
+        state.accounts.create_api_key(&principal).await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({
@@ -627,10 +458,7 @@ pub async fn revoke_api_key(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
 ) -> Result<Json<Value>, ApiError> {
-    let user_id = account_of(&principal)?;
-    let revoked = state.store.revoke_api_keys(user_id).await?;
-    state.credentials.forget_account(user_id);
-    tracing::info!(target: "aragora::auth", user_id = %user_id, revoked, "api key revoked");
+    let revoked = state.accounts.revoke_api_keys(&principal).await?;
     Ok(Json(json!({"revoked": revoked})))
 }
 
@@ -651,62 +479,10 @@ pub async fn register(
     State(state): State<AppState>,
     Json(body): Json<RegisterRequest>,
 ) -> Result<Response, ApiError> {
-    if !state.config.registration_enabled {
-        return Err(ApiError::NotFound(
-            "registration is disabled on this server".into(),
-        ));
-    }
-    let email = body.email.trim().to_lowercase();
-    if !valid_email(&email) {
-        return Err(ApiError::Validation {
-            field: "email".into(),
-            message: "`email` must be an address such as name@example.com".into(),
-        });
-    }
-    passwords::check_new(&body.password).map_err(|message| ApiError::Validation {
-        field: "password".into(),
-        message,
-    })?;
-    let password = body.password;
-    let hash = tokio::task::spawn_blocking(move || passwords::hash(&password))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(ApiError::Internal)?;
-    let user = state
-        .store
-        .create_user(&NewUser {
-            id: uuid::Uuid::new_v4().to_string(),
-            email,
-            password_hash: hash,
-            role: Role::Member.as_str().into(),
-        })
-        .await?;
-    tracing::info!(target: "aragora::auth", user_id = %user.id, "user registered");
+    let user = state.accounts.register(&body.email, body.password).await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({"id": user.id, "email": user.email, "role": user.role})),
     )
         .into_response())
-}
-
-/// The key failed logins are kept under: SHA-256 hex of the lower-cased email (the address
-/// itself is not stored for attempts).
-fn email_hash(email: &str) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(email.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-pub fn valid_email(email: &str) -> bool {
-    let Some((local, domain)) = email.split_once('@') else {
-        return false;
-    };
-    !local.is_empty()
-        && domain.contains('.')
-        && !domain.starts_with('.')
-        && !domain.ends_with('.')
-        && email.len() <= 254
-        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
 }

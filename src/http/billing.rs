@@ -6,15 +6,15 @@ use chrono::{DateTime, Datelike, TimeZone, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use utoipa::IntoParams;
-use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::ApiRouter;
 use crate::app::AppState;
 use crate::auth::{Principal, Role};
 use crate::error::{ApiError, ErrorBody};
 
-pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(usage))
+pub fn router() -> ApiRouter {
+    ApiRouter::new().member(routes!(usage))
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]

@@ -10,20 +10,20 @@ use chrono::{Datelike, TimeZone, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use utoipa::IntoParams;
-use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::ApiRouter;
 use crate::app::AppState;
 use crate::auth::Principal;
 use crate::error::{ApiError, ErrorBody};
 
-pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(health_detailed))
-        .routes(routes!(circuit_breakers))
-        .routes(routes!(agent_elo))
-        .routes(routes!(usage_summary))
-        .routes(routes!(create_api_key))
+pub fn router() -> ApiRouter {
+    ApiRouter::new()
+        .public(routes!(health_detailed))
+        .public(routes!(circuit_breakers))
+        .public(routes!(agent_elo))
+        .member(routes!(usage_summary))
+        .member(routes!(create_api_key))
 }
 
 /// The full health report (the SDK's `health.detailed`): the same body as `GET /health`.

@@ -8,9 +8,9 @@ use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use utoipa::IntoParams;
-use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::ApiRouter;
 use super::correlation;
 use crate::app::AppState;
 use crate::auth::Principal;
@@ -18,20 +18,20 @@ use crate::debate::manager::{CreateError, DebateRequest, SteerError};
 use crate::error::{ApiError, ErrorBody};
 use crate::store::{DebateQuery, DebateRecord, DebateStatus, StoreError, StoredEvent};
 
-pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(create_debate, list_debates))
-        .routes(routes!(list_active_debates))
-        .routes(routes!(get_debate))
-        .routes(routes!(list_messages))
-        .routes(routes!(list_events))
-        .routes(routes!(cancel_debate))
-        .routes(routes!(export_debate))
-        .routes(routes!(pause_debate))
-        .routes(routes!(resume_debate))
-        .routes(routes!(intervention_pause))
-        .routes(routes!(intervention_resume))
-        .routes(routes!(inject_intervention))
+pub fn router() -> ApiRouter {
+    ApiRouter::new()
+        .member(routes!(create_debate, list_debates))
+        .member(routes!(list_active_debates))
+        .member(routes!(get_debate))
+        .member(routes!(list_messages))
+        .member(routes!(list_events))
+        .member(routes!(cancel_debate))
+        .member(routes!(export_debate))
+        .member(routes!(pause_debate))
+        .member(routes!(resume_debate))
+        .member(routes!(intervention_pause))
+        .member(routes!(intervention_resume))
+        .member(routes!(inject_intervention))
 }
 
 /// The debate record as the API shows it.

@@ -12,16 +12,16 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
-use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::ApiRouter;
 use crate::app::AppState;
 
-pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(get_health))
-        .routes(routes!(get_live))
-        .routes(routes!(get_ready))
+pub fn router() -> ApiRouter {
+    ApiRouter::new()
+        .public(routes!(get_health))
+        .public(routes!(get_live))
+        .public(routes!(get_ready))
 }
 
 /// `GET /api/health` body (contract §3).

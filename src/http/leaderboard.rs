@@ -5,14 +5,14 @@ use axum::extract::{Query, State};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use utoipa::IntoParams;
-use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::ApiRouter;
 use crate::app::AppState;
 use crate::error::{ApiError, ErrorBody};
 
-pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(get_leaderboard))
+pub fn router() -> ApiRouter {
+    ApiRouter::new().public(routes!(get_leaderboard))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

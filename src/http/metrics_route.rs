@@ -6,14 +6,14 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::ApiRouter;
 use crate::app::AppState;
 use crate::error::error_response;
 
-pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(get_metrics))
+pub fn router() -> ApiRouter {
+    ApiRouter::new().public(routes!(get_metrics))
 }
 
 /// Prometheus text exposition of the server's metrics.

@@ -1,15 +1,17 @@
-//! The REST API. One module per resource, each owning its `router()`; this module composes
-//! them under `/api` and the `/api/v1` alias and wraps them in the request pipeline.
+//! The REST API. One module per resource, each owning its `router()` in which every route
+//! declares who may call it (`ApiRouter::public`, `member`, `admin`); this module composes
+//! them under `/api` and the `/api/v1` alias and wraps them in the request pipeline and the
+//! gate (`middleware`), which enforces those declarations.
 
 mod agents;
 mod auth;
 mod billing;
 mod compat;
-pub mod correlation;
 mod debates;
 mod health;
 mod leaderboard;
 mod metrics_route;
+pub mod middleware;
 mod openapi;
 mod ops;
 mod pipeline;
@@ -18,6 +20,8 @@ mod receipts;
 pub mod server;
 mod system;
 mod ws_stats;
+
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -30,15 +34,19 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::app::AppState;
+use crate::auth::Access;
 use crate::config::Config;
+// The correlation id lives in telemetry; `http::correlation` is kept for the error body.
+pub(crate) use crate::telemetry::correlation;
 
-pub use auth::valid_email;
 pub use health::HealthProbe;
+pub use middleware::ApiRouter;
 
 /// Routes below `/api`, mounted at both `/api` and `/api/v1`. Every handler registered
-/// here with `routes!` is described in the OpenAPI document from its own annotations.
-fn api_routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
+/// here with `routes!` is described in the OpenAPI document from its own annotations, with
+/// the access its router declares.
+fn api_routes() -> ApiRouter {
+    ApiRouter::new()
         .merge(health::router())
         .merge(metrics_route::router())
         .merge(openapi::router())
@@ -56,14 +64,14 @@ fn api_routes() -> OpenApiRouter<AppState> {
 }
 
 /// Routes mounted under `/api` only: the receipts API lives at `/api/v2/receipts`.
-fn api_only_routes() -> OpenApiRouter<AppState> {
+fn api_only_routes() -> ApiRouter {
     api_routes().merge(receipts::v2_router())
 }
 
 /// The OpenAPI document of the whole API, generated from the handlers.
 pub fn openapi_document() -> utoipa::openapi::OpenApi {
     let (_, document) = OpenApiRouter::<AppState>::with_openapi(openapi::ApiDoc::openapi())
-        .nest("/api", api_only_routes())
+        .nest("/api", api_only_routes().into_openapi_router())
         .split_for_parts();
     document
 }
@@ -71,29 +79,39 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
 /// The whole HTTP application for the API port.
 pub fn router(state: AppState) -> Router {
     let config = state.config.clone();
-    Router::new()
-        .nest("/api", Router::from(api_only_routes()))
-        .nest("/api/v1", Router::from(api_routes()))
-        // One base URL reaches the WebSocket too (contract §5).
-        .route("/ws", get(crate::ws::upgrade))
+    let (routes, access) = ApiRouter::new()
+        .nest("/api", api_only_routes())
+        .nest("/api/v1", api_routes())
+        // One base URL reaches the WebSocket too (contract §5); the handshake checks the
+        // credentials itself (1008, `ws_anonymous_read`).
+        .route(
+            Access::Public,
+            "/ws",
+            get(crate::ws::upgrade).with_state(state.ws_server.clone()),
+        )
         // Prometheus' default scrape path, and the SDK's `system.get_prometheus_metrics`.
-        .route("/metrics", get(compat::root_metrics))
+        .route(Access::Public, "/metrics", get(compat::root_metrics))
         // The receipts' trust anchor, where verifiers look for it.
         .merge(receipts::well_known())
-        // The browser console: outside /api (not rate limited, not in the OpenAPI document).
-        .merge(crate::admin::router(&config))
+        // The browser console's files: outside /api (not rate limited, not in the OpenAPI
+        // document), public; the data it shows comes from /api, which enforces the roles.
+        .merge_under(Access::Public, "/admin", crate::admin::router(&config))
+        .finish();
+    let gate = Arc::new(middleware::Gate {
+        auth: state.auth.clone(),
+        limiter: state.ratelimit.clone(),
+        access,
+    });
+    routes
         .fallback(pipeline::not_found)
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(RequestBodyLimitLayer::new(config.max_body_bytes))
-        // Credentials are resolved once here, then rate limits applied in the same layer
-        // (`ratelimit::limit`), so limits key on the authenticated principal. Inside the
-        // pipeline (401s and 429s get correlation ids and the log line) and inside CORS
-        // (browsers can read a 429; preflights are answered before it).
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            crate::auth::extractors::authenticate,
-        ))
+        // Credentials are resolved once here, checked against the route's declared access,
+        // then rate limits applied in the same layer, so limits key on the authenticated
+        // principal. Inside the pipeline (401s and 429s get correlation ids and the log
+        // line) and inside CORS (browsers can read a 429; preflights are answered before it).
+        .layer(axum::middleware::from_fn_with_state(gate, middleware::gate))
         .layer(cors(&config))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

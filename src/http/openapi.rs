@@ -6,10 +6,9 @@ use std::sync::OnceLock;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use utoipa::OpenApi;
-use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::AppState;
+use super::ApiRouter;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -64,8 +63,8 @@ impl utoipa::Modify for Credentials {
     }
 }
 
-pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(get_openapi))
+pub fn router() -> ApiRouter {
+    ApiRouter::new().public(routes!(get_openapi))
 }
 
 /// This document.

@@ -11,20 +11,20 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 use utoipa::IntoParams;
-use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::ApiRouter;
 use crate::app::AppState;
 use crate::error::{ApiError, error_response};
 use crate::ops::caches::{self, CleanupReport};
 use crate::ops::connectivity::{self, ConnectivityReport};
 use crate::telemetry::profiling;
 
-pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(connectivity_check))
-        .routes(routes!(memory_dump))
-        .routes(routes!(cleanup_caches))
+pub fn router() -> ApiRouter {
+    ApiRouter::new()
+        .admin(routes!(connectivity_check))
+        .admin(routes!(memory_dump))
+        .admin(routes!(cleanup_caches))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

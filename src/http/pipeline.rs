@@ -12,9 +12,9 @@ use axum::middleware::Next;
 use axum::response::Response;
 use tracing::Instrument;
 
-use super::correlation;
 use crate::app::AppState;
 use crate::error::error_response;
+use crate::telemetry::correlation;
 
 /// Most request headers accepted (431 beyond).
 pub const MAX_HEADERS: usize = 100;

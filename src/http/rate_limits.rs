@@ -8,17 +8,17 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
-use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::ApiRouter;
 use crate::app::AppState;
 use crate::ratelimit::{Backend, ClientIdentity, HitSummary, PERIOD, ReloadReport, Rule};
 
-pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(get_rate_limit_status))
-        .routes(routes!(get_rate_limit_config))
-        .routes(routes!(get_system_rate_limits))
+pub fn router() -> ApiRouter {
+    ApiRouter::new()
+        .public(routes!(get_rate_limit_status))
+        .public(routes!(get_rate_limit_config))
+        .admin(routes!(get_system_rate_limits))
 }
 
 /// One rule's bucket for the caller.

@@ -3,17 +3,17 @@
 //! `/api/debates/{id}/receipt`. Export, verify and the signing key are public (a receipt is
 //! meant to be checked by third parties); listing and reading follow debate visibility.
 
+use axum::Extension;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use utoipa::IntoParams;
-use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::ApiRouter;
 use crate::app::AppState;
 use crate::auth::Principal;
 use crate::error::{ApiError, ErrorBody};
@@ -22,23 +22,24 @@ use crate::receipts::{native_json, odr_text};
 use crate::store::ReceiptRow;
 
 /// `/v2/receipts…`, mounted under `/api` only (the SDK calls them there).
-pub fn v2_router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(list_receipts))
-        .routes(routes!(verify_receipt))
-        .routes(routes!(signing_key))
-        .routes(routes!(get_receipt))
-        .routes(routes!(export_receipt))
+pub fn v2_router() -> ApiRouter {
+    ApiRouter::new()
+        .member(routes!(list_receipts))
+        .public(routes!(verify_receipt))
+        .public(routes!(signing_key))
+        .member(routes!(get_receipt))
+        .public(routes!(export_receipt))
 }
 
 /// `/debates/{id}/receipt`, under `/api` and `/api/v1` with the other debate routes.
-pub fn debate_router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(debate_receipt))
+pub fn debate_router() -> ApiRouter {
+    ApiRouter::new().member(routes!(debate_receipt))
 }
 
 /// `/.well-known/aragora-odr-signing-key` (outside /api).
-pub fn well_known() -> Router<AppState> {
-    Router::new().route(
+pub fn well_known() -> ApiRouter {
+    ApiRouter::new().route(
+        crate::auth::Access::Public,
         "/.well-known/aragora-odr-signing-key",
         axum::routing::get(well_known_key),
     )

@@ -7,17 +7,17 @@ use axum::extract::{Query, State};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
-use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::ApiRouter;
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::telemetry::errors::{self, RecentError};
 
-pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(list_errors))
-        .routes(routes!(list_system_circuit_breakers))
+pub fn router() -> ApiRouter {
+    ApiRouter::new()
+        .admin(routes!(list_errors))
+        .admin(routes!(list_system_circuit_breakers))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

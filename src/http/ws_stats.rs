@@ -2,14 +2,14 @@
 
 use axum::Json;
 use axum::extract::State;
-use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::ApiRouter;
 use crate::app::AppState;
 use crate::ws::WsStats;
 
-pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(get_ws_stats))
+pub fn router() -> ApiRouter {
+    ApiRouter::new().public(routes!(get_ws_stats))
 }
 
 /// WebSocket server statistics.

@@ -3,9 +3,10 @@
 //! Rules: `default` over `/api/*` (health and metrics exempt), `debate_create`
 //! (POST /api/debates), `login` (POST /api/auth/login, always per IP) and `agent_test`
 //! (POST /api/debug/agent-test); `/api/v1/*` is the same. A request counts against its one
-//! most specific rule. The key is the authenticated principal when the auth layer put a
-//! [`Principal`] in the request, else the client IP (IPv6 by /64); X-Forwarded-For and
-//! X-Real-IP are believed only from `trusted_proxies`.
+//! most specific rule. The key is the authenticated [`Principal`] when there is one, else the
+//! client IP (IPv6 by /64); X-Forwarded-For and X-Real-IP are believed only from
+//! `trusted_proxies`. The per-request step (headers, 429) is HTTP middleware:
+//! `http::middleware::ratelimit`; this module is the limiter itself.
 //!
 //! Backends: Redis (shared by every instance) when `enable_redis_rate_limit`, else memory.
 //! Rule of this module: a limiter failure never fails a request. A Redis error or timeout
@@ -18,17 +19,14 @@ pub mod memory;
 pub mod redis;
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use axum::extract::{ConnectInfo, Request};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, Method};
 use chrono::{DateTime, Utc};
 use ipnet::{IpNet, Ipv6Net};
 use serde::Serialize;
@@ -37,7 +35,7 @@ use tokio_util::task::TaskTracker;
 
 pub use self::memory::MemoryLimiter;
 pub use self::redis::RedisLimiter;
-use crate::app::AppState;
+use crate::auth::Principal;
 use crate::config::Config;
 use crate::redis_client::RedisHandle;
 
@@ -95,12 +93,6 @@ impl Rule {
         }
     }
 }
-
-/// The authenticated principal of a request. The auth layer inserts it as a request
-/// extension (it must run before the rate-limit layer); the limiter then keys on it, so
-/// users behind one NAT do not share a bucket.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal(pub String);
 
 /// `limit` requests per `period`, with bursts up to `limit`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -243,13 +235,15 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
         .unwrap_or(peer)
 }
 
-/// The bucket key: `user:<principal>` when authenticated (except for login, which is per IP
-/// by definition), else `ip:<address>`; IPv6 by /64, the block one host usually gets.
+/// The bucket key: `user:<principal>` when the caller is authenticated (except for login,
+/// which is per IP by definition), so users behind one NAT do not share a bucket; else
+/// `ip:<address>`, IPv6 by /64, the block one host usually gets.
 pub fn client_key(rule: Rule, principal: Option<&Principal>, ip: IpAddr) -> String {
     if let Some(p) = principal
+        && p.authenticated()
         && rule != Rule::Login
     {
-        return format!("user:{}", p.0);
+        return format!("user:{}", p.id);
     }
     match ip {
         IpAddr::V4(v4) => format!("ip:{v4}"),
@@ -733,90 +727,6 @@ fn prune(hits: &mut HashMap<(Rule, String), HitSummary>, now: DateTime<Utc>) {
     hits.retain(|_, h| now - h.last_hit < window);
 }
 
-fn ceil_secs(d: Duration) -> u64 {
-    d.as_micros().div_ceil(1_000_000) as u64
-}
-
-fn set_headers(headers: &mut HeaderMap, decision: &Decision) {
-    headers.insert("x-ratelimit-limit", HeaderValue::from(decision.limit));
-    headers.insert(
-        "x-ratelimit-remaining",
-        HeaderValue::from(decision.remaining),
-    );
-    headers.insert(
-        "x-ratelimit-reset",
-        HeaderValue::from(ceil_secs(decision.reset_after)),
-    );
-}
-
-fn too_many_requests(rule: Rule, decision: &Decision) -> Response {
-    let retry_after = ceil_secs(decision.retry_after).max(1);
-    let body = serde_json::json!({
-        "error": format!(
-            "too many requests: the {} limit is {} per minute; retry in {retry_after} s",
-            rule.name(),
-            decision.limit
-        ),
-        "code": "rate_limited",
-        "correlation_id": crate::http::correlation::current(),
-        "retry_after": retry_after,
-        "rule": rule.name(),
-        "limit": decision.limit,
-    });
-    let mut response = (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
-    set_headers(response.headers_mut(), decision);
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
-    response
-}
-
-/// The rate limit step of a request: identify the client, decide, add the X-RateLimit-*
-/// headers or answer 429 with Retry-After. The authentication middleware calls it once the
-/// credentials are resolved (one middleware layer instead of two on every route, so a request
-/// clones and boxes the inner service stack once less).
-pub async fn limit(state: &AppState, mut req: Request, next: Next) -> Response {
-    let Some(rule) = rule_for(req.method(), req.uri().path()) else {
-        return next.run(req).await;
-    };
-    let limiter = &state.ratelimit;
-    let settings = limiter.settings();
-    let peer = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
-    let ip = client_ip(peer, req.headers(), &settings.trusted_proxies);
-    let key = client_key(rule, req.extensions().get::<Principal>(), ip);
-    let whitelisted = settings.is_whitelisted(ip);
-    req.extensions_mut().insert(ClientIdentity {
-        ip,
-        key: key.clone(),
-        whitelisted,
-    });
-    if settings.disabled || whitelisted {
-        return next.run(req).await;
-    }
-    // A request refused for what it is — bad input, an unknown route or debate, a debate not
-    // accepted — does not use up the caller's budget. Refused credentials (401/403) do: they
-    // are what a guesser sends.
-    let admission = limiter.admit(rule, &key).await;
-    if !admission.decision.allowed {
-        limiter.record_hit(rule, &key, &admission.decision);
-        return too_many_requests(rule, &admission.decision);
-    }
-    let mut response = next.run(req).await;
-    let status = response.status();
-    let refused = if rule == Rule::DebateCreate {
-        // Spent only by debates actually accepted.
-        !status.is_success()
-    } else {
-        status.is_client_error() && !matches!(status.as_u16(), 401 | 403 | 429)
-    };
-    let decision = limiter.settle(rule, &key, admission, refused).await;
-    set_headers(response.headers_mut(), &decision);
-    response
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -917,7 +827,7 @@ mod tests {
         for (k, v) in pairs {
             h.append(
                 axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
+                axum::http::HeaderValue::from_str(v).unwrap(),
             );
         }
         h
@@ -955,10 +865,22 @@ mod tests {
     #[test]
     fn keys_prefer_the_principal_except_for_login() {
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        let p = Principal("u-42".into());
+        let p = Principal {
+            id: "u-42".into(),
+            email: None,
+            role: Some(crate::auth::Role::Member),
+            kind: crate::auth::PrincipalKind::User,
+        };
         assert_eq!(client_key(Rule::Default, Some(&p), ip), "user:u-42");
         assert_eq!(client_key(Rule::Login, Some(&p), ip), "ip:192.0.2.1");
         assert_eq!(client_key(Rule::Default, None, ip), "ip:192.0.2.1");
+        // Anonymous callers (the local owner included) are keyed by address.
+        for anonymous in [Principal::anonymous(), Principal::local_owner()] {
+            assert_eq!(
+                client_key(Rule::Default, Some(&anonymous), ip),
+                "ip:192.0.2.1"
+            );
+        }
         let v6: IpAddr = "2001:db8:1:2:3:4:5:6".parse().unwrap();
         assert_eq!(client_key(Rule::Default, None, v6), "ip:2001:db8:1:2::/64");
     }

@@ -1,7 +1,9 @@
-//! Telemetry: structured JSON logs (one object per line, split by area when a log directory
-//! is set), Prometheus metrics with a process collector, the recent-errors buffer, Sentry
-//! error reporting, jemalloc heap profiling and systemd notifications.
+//! Telemetry: the correlation id of the request being served, structured JSON logs (one
+//! object per line, split by area when a log directory is set), Prometheus metrics with a
+//! process collector (the /proc reader), the recent-errors buffer, Sentry error reporting,
+//! jemalloc heap profiling and systemd notifications.
 
+pub mod correlation;
 pub mod errors;
 pub mod logging;
 pub mod metrics;

@@ -73,7 +73,7 @@ fn prepare(mut event: Event<'static>, scrubber: &Scrubber) -> Event<'static> {
     let from_fields = |key: &str| fields.get(key).and_then(Value::as_str).map(str::to_owned);
     let correlation_id = from_fields("correlation_id")
         .or(ids.correlation_id)
-        .or_else(crate::http::correlation::current);
+        .or_else(super::correlation::current);
     let debate_id = from_fields("debate_id").or(ids.debate_id);
     if let Some(id) = correlation_id {
         event.tags.insert("correlation_id".into(), id);

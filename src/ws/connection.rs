@@ -21,9 +21,9 @@ use tokio::time::Instant;
 use tokio_stream::StreamMap;
 use tokio_util::sync::CancellationToken;
 
+use super::WsContext;
 use super::subscription::{self, CatchUp, Frame, Live, Out, Registration, Step, Watch};
 use super::{HEARTBEAT_INTERVAL, IDLE_TIMEOUT, MAX_SUBSCRIPTIONS, PING_INTERVAL, close_code};
-use crate::app::AppState;
 use crate::auth::Principal;
 
 type Sink = SplitSink<WebSocket, Message>;
@@ -115,12 +115,12 @@ enum Written {
 
 pub async fn serve(
     socket: WebSocket,
-    state: AppState,
+    ws_server: Arc<WsContext>,
     peer: SocketAddr,
     initial: Option<(String, i64)>,
     principal: Principal,
 ) {
-    let hub = state.ws.clone();
+    let hub = ws_server.hub.clone();
     let (mut sink, mut stream) = socket.split();
     let _admission = match hub.admit(peer.ip()) {
         Ok(a) => a,
@@ -175,8 +175,8 @@ pub async fn serve(
     let reload = hub.reload_token();
     let slow = reload.child_token();
     let catch_up = |job: CatchUp| {
-        state.tasks.spawn(subscription::run(
-            state.clone(),
+        ws_server.tasks.spawn(subscription::run(
+            ws_server.clone(),
             job,
             tx.clone(),
             slow.clone(),
@@ -224,7 +224,7 @@ pub async fn serve(
     let idle = tokio::time::sleep_until(last_heard + IDLE_TIMEOUT);
     tokio::pin!(slowed, idle);
     let stop_reason = |delivered: &HashMap<Arc<str>, i64>| {
-        if state.shutdown.is_cancelled() {
+        if ws_server.shutdown.is_cancelled() {
             Close(close_code::GOING_AWAY, "server shutting down".into())
         } else if reload.is_cancelled() {
             Close(

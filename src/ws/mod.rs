@@ -5,16 +5,17 @@
 //! Rules: every connection has a bounded send queue, and a client that cannot keep up is
 //! closed with 4008 naming its last delivered seq — nothing is dropped silently and one slow
 //! client never delays another. Every connection task is tracked so shutdown can send 1001.
+//!
+//! The server runs on its own [`WsContext`] (hub, store, authenticator, tasks), not on the
+//! HTTP application state; [`hub`] keeps the connection limits and counters.
 
 mod connection;
 pub mod fanout;
+pub mod hub;
 mod subscription;
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -23,12 +24,31 @@ use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::app::AppState;
+use crate::auth::{Authenticator, CredentialError, Principal};
 use crate::error::error_response;
+use crate::store::DynStore;
 pub use fanout::Fanout;
+pub use hub::{WsHub, WsLimits, WsStats};
+
+/// What the WebSocket server reaches: built once by `app::Application::build`, shared by
+/// both listeners (cloning it is one reference count).
+pub struct WsContext {
+    pub hub: Arc<WsHub>,
+    /// Catch-up reads and debate visibility.
+    pub store: DynStore,
+    /// The handshake's credential check (the same as the HTTP gate's).
+    pub auth: Arc<Authenticator>,
+    /// With auth on, credential-less clients may connect (read-only).
+    pub anonymous_read: bool,
+    /// Connection and catch-up tasks, waited for by shutdown.
+    pub tasks: TaskTracker,
+    /// Cancelled when shutdown starts.
+    pub shutdown: CancellationToken,
+}
 
 /// Per-connection read buffer (messages larger than this are still read, in several reads).
 const READ_BUFFER_BYTES: usize = 4 * 1024;
@@ -56,184 +76,12 @@ pub mod close_code {
     pub const LIMITS: u16 = 4029;
 }
 
-/// Connection limits and back-pressure settings.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct WsLimits {
-    pub max_connections: usize,
-    pub max_per_ip: usize,
-    pub max_message_bytes: usize,
-    /// Frames one connection may have waiting to be written.
-    pub send_queue: usize,
-    /// How long a full send queue may stay full before the client counts as too slow.
-    #[serde(rename = "slow_consumer_after_ms", serialize_with = "as_millis")]
-    pub slow_after: Duration,
-}
-
-fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_u64(d.as_millis() as u64)
-}
-
-/// Connection bookkeeping and counters shared by both listeners.
-pub struct WsHub {
-    pub limits: WsLimits,
-    pub fanout: Arc<Fanout>,
-    connections: AtomicUsize,
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
-    per_ip_peak: AtomicUsize,
-    connections_peak: AtomicUsize,
-    next_client: AtomicU64,
-    subscriptions: AtomicUsize,
-    messages_sent: AtomicU64,
-    slow_dropped: AtomicU64,
-    rejected: AtomicU64,
-    errors: AtomicU64,
-    /// Cancelled (and replaced) by SIGUSR1: every live connection closes with 1012. A child
-    /// of the server's shutdown token, so it is cancelled by shutdown too; each connection
-    /// waits on a descendant of its own.
-    reload: Mutex<CancellationToken>,
-    shutdown: CancellationToken,
-}
-
-/// `GET /api/ws/stats` body.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct WsStats {
-    pub connections: usize,
-    pub connections_peak: usize,
-    /// Most connections one client IP holds now.
-    pub per_ip_max: usize,
-    /// Most connections one client IP has held since start.
-    pub per_ip_peak: usize,
-    pub subscriptions: usize,
-    pub watched_debates: usize,
-    pub messages_sent: u64,
-    pub slow_clients_dropped: u64,
-    pub rejected_connections: u64,
-    pub errors: u64,
-    #[schema(value_type = Object)]
-    pub limits: WsLimits,
-}
-
-/// Decrements the per-IP and total counts however the connection ends.
-pub struct Admission {
-    hub: Arc<WsHub>,
-    ip: IpAddr,
-}
-
-impl Drop for Admission {
-    fn drop(&mut self) {
-        self.hub.connections.fetch_sub(1, Ordering::Relaxed);
-        let mut per_ip = self.hub.per_ip.lock().expect("per-ip lock");
-        if let Some(n) = per_ip.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                per_ip.remove(&self.ip);
-            }
-        }
-        crate::telemetry::metrics::websocket_connections().decrement(1.0);
-    }
-}
-
-impl WsHub {
-    pub fn new(limits: WsLimits, shutdown: &CancellationToken) -> Self {
-        WsHub {
-            limits,
-            fanout: Arc::new(Fanout::default()),
-            connections: AtomicUsize::new(0),
-            per_ip: Mutex::new(HashMap::new()),
-            per_ip_peak: AtomicUsize::new(0),
-            connections_peak: AtomicUsize::new(0),
-            next_client: AtomicU64::new(1),
-            subscriptions: AtomicUsize::new(0),
-            messages_sent: AtomicU64::new(0),
-            slow_dropped: AtomicU64::new(0),
-            rejected: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
-            reload: Mutex::new(shutdown.child_token()),
-            shutdown: shutdown.clone(),
-        }
-    }
-
-    pub fn connections(&self) -> usize {
-        self.connections.load(Ordering::Relaxed)
-    }
-
-    /// Close every WebSocket with 1012; REST and debates are untouched.
-    pub fn reload(&self) {
-        let next = self.shutdown.child_token();
-        let current = std::mem::replace(&mut *self.reload.lock().expect("reload lock"), next);
-        current.cancel();
-        tracing::info!(target: "aragora::ws", "websocket reload: closing all connections with 1012");
-    }
-
-    /// Cancelled by the next reload, or by shutdown.
-    fn reload_token(&self) -> CancellationToken {
-        self.reload.lock().expect("reload lock").child_token()
-    }
-
-    /// Count a new connection, or say which limit it exceeds.
-    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admission, String> {
-        let mut per_ip = self.per_ip.lock().expect("per-ip lock");
-        let total = self.connections.load(Ordering::Relaxed);
-        if total >= self.limits.max_connections {
-            return Err(format!(
-                "server connection limit ({}) reached",
-                self.limits.max_connections
-            ));
-        }
-        let mine = per_ip.entry(ip).or_default();
-        if *mine >= self.limits.max_per_ip {
-            return Err(format!(
-                "per-client connection limit ({}) reached",
-                self.limits.max_per_ip
-            ));
-        }
-        *mine += 1;
-        self.per_ip_peak.fetch_max(*mine, Ordering::Relaxed);
-        let now = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
-        self.connections_peak.fetch_max(now, Ordering::Relaxed);
-        crate::telemetry::metrics::websocket_connections().increment(1.0);
-        Ok(Admission {
-            hub: self.clone(),
-            ip,
-        })
-    }
-
-    fn count_error(&self) {
-        self.errors.fetch_add(1, Ordering::Relaxed);
-        crate::telemetry::metrics::ws_connection_errors_total().increment(1);
-    }
-
-    pub fn stats(&self) -> WsStats {
-        let per_ip_max = self
-            .per_ip
-            .lock()
-            .expect("per-ip lock")
-            .values()
-            .copied()
-            .max()
-            .unwrap_or(0);
-        WsStats {
-            connections: self.connections(),
-            connections_peak: self.connections_peak.load(Ordering::Relaxed),
-            per_ip_max,
-            per_ip_peak: self.per_ip_peak.load(Ordering::Relaxed),
-            subscriptions: self.subscriptions.load(Ordering::Relaxed),
-            watched_debates: self.fanout.watched_debates(),
-            messages_sent: self.messages_sent.load(Ordering::Relaxed),
-            slow_clients_dropped: self.slow_dropped.load(Ordering::Relaxed),
-            rejected_connections: self.rejected.load(Ordering::Relaxed),
-            errors: self.errors.load(Ordering::Relaxed),
-            limits: self.limits,
-        }
-    }
-}
-
 /// Router for the dedicated WebSocket port.
-pub fn router(state: AppState) -> Router {
+pub fn router(ws: Arc<WsContext>) -> Router {
     Router::new()
         .route("/", get(upgrade))
         .route("/ws", get(upgrade))
-        .with_state(state)
+        .with_state(ws)
 }
 
 /// `?debate_id=…&since=…` subscribes on connect; `token` is for auth and never logged.
@@ -272,29 +120,30 @@ fn ws_credentials(headers: &HeaderMap, query: &ConnectQuery) -> (Option<String>,
 }
 
 pub async fn upgrade(
-    State(state): State<AppState>,
+    State(ws_server): State<Arc<WsContext>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(query): Query<ConnectQuery>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
     let (token, protocol) = ws_credentials(&headers, &query);
-    let principal =
-        crate::auth::extractors::principal_for(&state, token.as_deref(), Some(peer.ip()), &headers)
-            .await;
+    let principal = ws_server
+        .auth
+        .principal_for(token.as_deref(), Some(peer.ip()), &headers)
+        .await;
     // Refused connections are still upgraded so the client sees the 1008 close code.
     let refusal = match &principal {
-        Err(crate::auth::extractors::CredentialError::Unavailable(_)) => Some((
+        Err(CredentialError::Unavailable(_)) => Some((
             close_code::TRY_AGAIN_LATER,
             "credentials cannot be checked now (database unreachable); try again",
         )),
         Err(_) => Some((close_code::POLICY, "invalid or expired credentials")),
-        Ok(p) if p.role.is_none() && !state.config.ws_anonymous_read => {
+        Ok(p) if p.role.is_none() && !ws_server.anonymous_read => {
             Some((close_code::POLICY, "authentication required"))
         }
         Ok(_) => None,
     };
-    let principal = principal.unwrap_or_else(|_| crate::auth::Principal::anonymous());
+    let principal = principal.unwrap_or_else(|_| Principal::anonymous());
     let ws = match protocol {
         Some(p) => ws.protocols([p]),
         None => ws,
@@ -313,7 +162,7 @@ pub async fn upgrade(
         }
         None => None,
     };
-    let tasks = state.tasks.clone();
+    let tasks = ws_server.tasks.clone();
     // Small read buffer: clients mostly send a few short messages, and the library's default
     // (128 KiB, zero-filled on first read) would stay resident for every idle connection.
     ws.read_buffer_size(READ_BUFFER_BYTES)
@@ -327,7 +176,7 @@ pub async fn upgrade(
             tasks.track_future(async move {
                 match refusal {
                     Some((code, reason)) => connection::refuse(socket, peer, code, reason).await,
-                    None => connection::serve(socket, state, peer, initial, principal).await,
+                    None => connection::serve(socket, ws_server, peer, initial, principal).await,
                 }
             })
         })

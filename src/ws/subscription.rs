@@ -26,10 +26,9 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_util::sync::CancellationToken;
 
-use super::WsHub;
 use super::connection::error_frame;
 use super::fanout::{Fan, Outgoing};
-use crate::app::AppState;
+use super::{WsContext, WsHub};
 use crate::auth::Principal;
 use crate::bus::LiveEvent;
 
@@ -245,7 +244,7 @@ pub struct CatchUp {
 }
 
 struct Sub {
-    state: AppState,
+    ws_server: Arc<WsContext>,
     tag: Arc<str>,
     id: u64,
     tx: mpsc::Sender<Out>,
@@ -263,7 +262,7 @@ enum Stop {
 
 impl Sub {
     async fn push(&self, out: Out) -> Result<(), Stop> {
-        let wait = self.state.ws.limits.slow_after;
+        let wait = self.ws_server.hub.limits.slow_after;
         match self.tx.send_timeout(out, wait).await {
             Ok(()) => Ok(()),
             Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
@@ -293,7 +292,7 @@ impl Sub {
     async fn catch_up(&mut self, until: Option<i64>) -> Result<(), Stop> {
         loop {
             let page = self
-                .state
+                .ws_server
                 .store
                 .events_since(&self.tag, self.cursor, PAGE)
                 .await
@@ -315,7 +314,7 @@ impl Sub {
 
 /// Run a catch-up; on success the subscription continues live in the connection task.
 pub async fn run(
-    state: AppState,
+    ws_server: Arc<WsContext>,
     CatchUp {
         watch,
         since,
@@ -328,7 +327,7 @@ pub async fn run(
     let cancel = watch.token().clone();
     let debate_id = watch.reg.debate_id.clone();
     let mut sub = Sub {
-        state,
+        ws_server,
         tag: debate_id.clone(),
         id: watch.id(),
         tx,
@@ -355,7 +354,7 @@ pub async fn run(
         Ok(false) | Err(Stop::Client) => {}
         Err(Stop::Store(err)) => {
             tracing::error!(target: "aragora::ws", debate_id = %debate_id, error = %err, "subscription stopped: store unavailable");
-            sub.state.ws.count_error();
+            sub.ws_server.hub.count_error();
             let frame = error_frame(
                 "store_unavailable",
                 "events could not be read; resubscribe with since",
@@ -375,7 +374,7 @@ async fn deliver(
 ) -> Result<bool, Stop> {
     if let Some(principal) = first {
         let record = sub
-            .state
+            .ws_server
             .store
             .get_debate(&sub.tag)
             .await
@@ -395,7 +394,7 @@ async fn deliver(
             return Ok(false);
         };
         let last_seq = sub
-            .state
+            .ws_server
             .store
             .last_seq(&sub.tag)
             .await

@@ -2,6 +2,7 @@
 //! port 0 with spawn_app(); the Postgres and Redis tests use the real servers
 //! (ARAGORA_TEST_DATABASE_URL, ARAGORA_TEST_REDIS_URL) and fail when they are unreachable.
 
+mod access;
 mod admin;
 mod auth;
 mod cli;

@@ -1,0 +1,453 @@
+//! Access declared beside the route. Each resource's `router()` adds its handlers with the
+//! access they need — `.public(routes!(…))`, `.member(routes!(…))`, `.admin(routes!(…))` —
+//! and [`ApiRouter`] has no way to add a route without saying which. The declaration goes
+//! into the OpenAPI document (`x-access` on every operation, and a `security` requirement
+//! on the ones that need credentials), and the gate enforces it from an [`AccessTable`]
+//! built from that same document: what the document says is what the server does.
+//!
+//! Anything without a declaration — a route added to the router some other way — is
+//! refused to every caller ([`Access::Deny`]), never public. A request that matches no
+//! route at all gets the JSON 404 whoever asks.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use axum::Router;
+use axum::http::Method;
+use axum::routing::MethodRouter;
+use utoipa::openapi::OpenApi;
+use utoipa::openapi::path::{Operation, PathItem};
+use utoipa::openapi::security::SecurityRequirement;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
+
+use crate::app::AppState;
+use crate::auth::Access;
+
+/// The OpenAPI extension that carries an operation's declared access.
+pub const EXTENSION: &str = "x-access";
+
+/// Routes of the API with their declared access. Wraps `OpenApiRouter`: documented routes
+/// come with `routes!`; the few undocumented ones (the WebSocket, the console, the
+/// well-known key) are declared with [`ApiRouter::route`] and [`ApiRouter::merge_under`].
+pub struct ApiRouter<S = AppState> {
+    router: OpenApiRouter<S>,
+    /// Declarations of routes outside the OpenAPI document.
+    undocumented: Vec<Undocumented>,
+}
+
+/// An undocumented route's declaration: an exact route pattern, or every route under a
+/// prefix (a router from elsewhere whose routes are not listed here).
+#[derive(Debug, Clone)]
+struct Undocumented {
+    path: String,
+    under: bool,
+    access: Access,
+}
+
+impl<S: Clone + Send + Sync + 'static> Default for ApiRouter<S> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<S: Clone + Send + Sync + 'static> ApiRouter<S> {
+    pub fn new() -> Self {
+        ApiRouter {
+            router: OpenApiRouter::new(),
+            undocumented: Vec::new(),
+        }
+    }
+
+    /// Routes anyone may call.
+    pub fn public(self, routes: UtoipaMethodRouter<S>) -> Self {
+        self.declare(Access::Public, routes)
+    }
+
+    /// Routes for authenticated callers with a role (member, admin, owner): 401 without
+    /// credentials.
+    pub fn member(self, routes: UtoipaMethodRouter<S>) -> Self {
+        self.declare(Access::Member, routes)
+    }
+
+    /// Routes for admins and owners: 401 without credentials, 403 for members.
+    pub fn admin(self, routes: UtoipaMethodRouter<S>) -> Self {
+        self.declare(Access::Admin, routes)
+    }
+
+    fn declare(
+        mut self,
+        access: Access,
+        (schemas, mut paths, methods): UtoipaMethodRouter<S>,
+    ) -> Self {
+        for item in paths.paths.values_mut() {
+            for (_, operation) in operations_mut(item) {
+                mark(operation, access);
+            }
+        }
+        self.router = self.router.routes((schemas, paths, methods));
+        self
+    }
+
+    /// A route outside the OpenAPI document, with its access.
+    pub fn route(mut self, access: Access, path: &str, methods: MethodRouter<S>) -> Self {
+        self.router = self.router.route(path, methods);
+        self.undocumented.push(Undocumented {
+            path: path.to_owned(),
+            under: false,
+            access,
+        });
+        self
+    }
+
+    /// Merge a router whose routes all lie under `prefix` (itself included), with one access
+    /// for all of them.
+    pub fn merge_under(mut self, access: Access, prefix: &str, router: Router<S>) -> Self {
+        self.router = self.router.merge(OpenApiRouter::from(router));
+        self.undocumented.push(Undocumented {
+            path: prefix.trim_end_matches('/').to_owned(),
+            under: true,
+            access,
+        });
+        self
+    }
+
+    pub fn merge(mut self, other: ApiRouter<S>) -> Self {
+        self.router = self.router.merge(other.router);
+        self.undocumented.extend(other.undocumented);
+        self
+    }
+
+    pub fn nest(mut self, prefix: &str, other: ApiRouter<S>) -> Self {
+        self.router = self.router.nest(prefix, other.router);
+        self.undocumented
+            .extend(other.undocumented.into_iter().map(|u| Undocumented {
+                path: format!("{prefix}{}", u.path),
+                ..u
+            }));
+        self
+    }
+
+    /// The documented routes and their document (undocumented routes are in the router but
+    /// not in the document).
+    pub fn into_openapi_router(self) -> OpenApiRouter<S> {
+        self.router
+    }
+
+    /// The router and the table the gate enforces.
+    pub fn finish(self) -> (Router<S>, AccessTable) {
+        let (router, document) = self.router.split_for_parts();
+        let mut table = AccessTable::from_document(&document);
+        for u in self.undocumented {
+            if u.under {
+                table.under.push((u.path.into_boxed_str(), u.access));
+            } else {
+                table
+                    .routes
+                    .insert(u.path.into_boxed_str(), RouteAccess::all(u.access));
+            }
+        }
+        (router, table)
+    }
+}
+
+/// Record `access` on an operation: `x-access`, and the credentials it takes.
+fn mark(operation: &mut Operation, access: Access) {
+    operation
+        .extensions
+        .get_or_insert_with(Default::default)
+        .insert(EXTENSION.to_owned(), access.as_str().into());
+    if access != Access::Public {
+        let empty: [&str; 0] = [];
+        operation.security = Some(vec![
+            SecurityRequirement::new("bearer", empty),
+            SecurityRequirement::new("api_key", empty),
+        ]);
+    }
+}
+
+/// The declared access of an operation (`None`: undeclared).
+pub fn declared(operation: &Operation) -> Option<Access> {
+    operation
+        .extensions
+        .as_ref()?
+        .get(EXTENSION)?
+        .as_str()
+        .and_then(Access::parse)
+}
+
+fn operations_mut(item: &mut PathItem) -> impl Iterator<Item = (Method, &mut Operation)> {
+    [
+        (Method::GET, item.get.as_mut()),
+        (Method::PUT, item.put.as_mut()),
+        (Method::POST, item.post.as_mut()),
+        (Method::DELETE, item.delete.as_mut()),
+        (Method::OPTIONS, item.options.as_mut()),
+        (Method::HEAD, item.head.as_mut()),
+        (Method::PATCH, item.patch.as_mut()),
+        (Method::TRACE, item.trace.as_mut()),
+    ]
+    .into_iter()
+    .filter_map(|(method, operation)| Some((method, operation?)))
+}
+
+fn operations(item: &PathItem) -> impl Iterator<Item = (Method, &Operation)> {
+    [
+        (Method::GET, item.get.as_ref()),
+        (Method::PUT, item.put.as_ref()),
+        (Method::POST, item.post.as_ref()),
+        (Method::DELETE, item.delete.as_ref()),
+        (Method::OPTIONS, item.options.as_ref()),
+        (Method::HEAD, item.head.as_ref()),
+        (Method::PATCH, item.patch.as_ref()),
+        (Method::TRACE, item.trace.as_ref()),
+    ]
+    .into_iter()
+    .filter_map(|(method, operation)| Some((method, operation?)))
+}
+
+/// The access of one route pattern, by method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RouteAccess {
+    get: Option<Access>,
+    post: Option<Access>,
+    put: Option<Access>,
+    delete: Option<Access>,
+    patch: Option<Access>,
+    /// Any other method (axum answers 405, HEAD is a GET): the strictest declared here, so
+    /// a wrong method on a protected route is refused before anything is revealed.
+    other: Access,
+}
+
+impl RouteAccess {
+    fn all(access: Access) -> Self {
+        RouteAccess {
+            get: Some(access),
+            post: Some(access),
+            put: Some(access),
+            delete: Some(access),
+            patch: Some(access),
+            other: access,
+        }
+    }
+
+    fn none() -> Self {
+        RouteAccess {
+            get: None,
+            post: None,
+            put: None,
+            delete: None,
+            patch: None,
+            other: Access::Public,
+        }
+    }
+
+    fn set(&mut self, method: &Method, access: Access) {
+        let slot = match *method {
+            Method::GET => &mut self.get,
+            Method::POST => &mut self.post,
+            Method::PUT => &mut self.put,
+            Method::DELETE => &mut self.delete,
+            Method::PATCH => &mut self.patch,
+            _ => {
+                self.other = self.other.max(access);
+                return;
+            }
+        };
+        *slot = Some(access);
+        self.other = self.other.max(access);
+    }
+
+    fn of(&self, method: &Method) -> Access {
+        let declared = match *method {
+            Method::GET | Method::HEAD => self.get,
+            Method::POST => self.post,
+            Method::PUT => self.put,
+            Method::DELETE => self.delete,
+            Method::PATCH => self.patch,
+            _ => None,
+        };
+        declared.unwrap_or(self.other)
+    }
+}
+
+/// Declared access by route pattern (axum's `MatchedPath`), built once with the router.
+pub struct AccessTable {
+    routes: HashMap<Box<str>, RouteAccess, BuildHasherDefault<RouteHasher>>,
+    /// Routers merged whole under a prefix; looked at only when no pattern matches.
+    under: Vec<(Box<str>, Access)>,
+}
+
+impl AccessTable {
+    /// The table of a document whose operations carry `x-access` (an operation without it
+    /// is denied).
+    pub fn from_document(document: &OpenApi) -> Self {
+        let mut routes: HashMap<Box<str>, RouteAccess, BuildHasherDefault<RouteHasher>> =
+            HashMap::default();
+        for (path, item) in &document.paths.paths {
+            let entry = routes
+                .entry(path.as_str().into())
+                .or_insert_with(RouteAccess::none);
+            for (method, operation) in operations(item) {
+                entry.set(&method, declared(operation).unwrap_or(Access::Deny));
+            }
+        }
+        AccessTable {
+            routes,
+            under: Vec::new(),
+        }
+    }
+
+    /// What a request for `route` (the matched route pattern) with `method` needs;
+    /// [`Access::Deny`] for a route nobody declared.
+    pub fn lookup(&self, route: &str, method: &Method) -> Access {
+        if let Some(access) = self.routes.get(route) {
+            return access.of(method);
+        }
+        self.under
+            .iter()
+            .find(|(prefix, _)| {
+                route
+                    .strip_prefix(&**prefix)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            })
+            .map_or(Access::Deny, |(_, access)| *access)
+    }
+}
+
+/// A fast hash for the table's keys: route patterns of this server, never caller input
+/// (the gate looks up axum's `MatchedPath`), so no protection against chosen keys is needed.
+/// FxHash's word-at-a-time multiply; a lookup costs a few nanoseconds.
+#[derive(Default, Clone, Copy)]
+pub struct RouteHasher(u64);
+
+impl Hasher for RouteHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let word = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+            self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(K);
+        }
+        let mut tail = [0u8; 8];
+        let rest = chunks.remainder();
+        tail[..rest.len()].copy_from_slice(rest);
+        self.0 =
+            (self.0.rotate_left(5) ^ u64::from_le_bytes(tail) ^ rest.len() as u64).wrapping_mul(K);
+    }
+
+    fn write_u8(&mut self, byte: u8) {
+        self.0 = (self.0.rotate_left(5) ^ u64::from(byte)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[utoipa::path(get, path = "/open")]
+    async fn open() {}
+
+    #[utoipa::path(get, path = "/things")]
+    async fn list_things() {}
+
+    #[utoipa::path(post, path = "/things")]
+    async fn make_thing() {}
+
+    #[utoipa::path(post, path = "/things/{id}/reset")]
+    async fn reset_thing() {}
+
+    fn api() -> ApiRouter<()> {
+        ApiRouter::new()
+            .public(utoipa_axum::routes!(open))
+            .public(utoipa_axum::routes!(list_things))
+            .member(utoipa_axum::routes!(make_thing))
+            .admin(utoipa_axum::routes!(reset_thing))
+            .route(Access::Public, "/ws", axum::routing::get(|| async {}))
+            .merge_under(Access::Public, "/console/", Router::new())
+    }
+
+    fn table() -> (AccessTable, OpenApi) {
+        let document = ApiRouter::<()>::new()
+            .nest("/api", api())
+            .into_openapi_router()
+            .into_openapi();
+        let (_, table) = ApiRouter::<()>::new().nest("/api", api()).finish();
+        (table, document)
+    }
+
+    #[test]
+    fn declarations_reach_the_document() {
+        let (_, document) = table();
+        let op = |path: &str, method: &str| {
+            let item = &document.paths.paths[path];
+            let op = match method {
+                "get" => item.get.as_ref(),
+                _ => item.post.as_ref(),
+            };
+            op.unwrap().clone()
+        };
+        assert_eq!(declared(&op("/api/open", "get")), Some(Access::Public));
+        assert!(op("/api/open", "get").security.is_none());
+        assert_eq!(declared(&op("/api/things", "get")), Some(Access::Public));
+        assert_eq!(declared(&op("/api/things", "post")), Some(Access::Member));
+        assert_eq!(
+            declared(&op("/api/things/{id}/reset", "post")),
+            Some(Access::Admin)
+        );
+        assert_eq!(op("/api/things", "post").security.unwrap().len(), 2);
+        let json = serde_json::to_value(&document).unwrap();
+        assert_eq!(json["paths"]["/api/things"]["post"]["x-access"], "member");
+    }
+
+    #[test]
+    fn the_table_follows_the_declarations_and_denies_the_rest() {
+        let (table, _) = table();
+        assert_eq!(table.lookup("/api/open", &Method::GET), Access::Public);
+        assert_eq!(table.lookup("/api/open", &Method::HEAD), Access::Public);
+        assert_eq!(table.lookup("/api/things", &Method::GET), Access::Public);
+        assert_eq!(table.lookup("/api/things", &Method::POST), Access::Member);
+        // A method nobody routed (405) needs what the strictest method there needs.
+        assert_eq!(table.lookup("/api/things", &Method::DELETE), Access::Member);
+        assert_eq!(
+            table.lookup("/api/things/{id}/reset", &Method::POST),
+            Access::Admin
+        );
+        assert_eq!(
+            table.lookup("/api/things/{id}/reset", &Method::GET),
+            Access::Admin
+        );
+        assert_eq!(table.lookup("/api/open", &Method::POST), Access::Public);
+        assert_eq!(table.lookup("/api/ws", &Method::GET), Access::Public);
+        assert_eq!(table.lookup("/api/console", &Method::GET), Access::Public);
+        assert_eq!(
+            table.lookup("/api/console/app.js", &Method::GET),
+            Access::Public
+        );
+        assert_eq!(table.lookup("/api/consolex", &Method::GET), Access::Deny);
+        // A route nobody declared is refused, not public.
+        assert_eq!(table.lookup("/api/undeclared", &Method::GET), Access::Deny);
+        assert_eq!(table.lookup("/ws", &Method::GET), Access::Deny);
+    }
+
+    #[test]
+    fn the_hasher_tells_route_patterns_apart() {
+        use std::hash::BuildHasher;
+        let hash = |s: &str| BuildHasherDefault::<RouteHasher>::default().hash_one(s);
+        let paths = [
+            "/api/debates",
+            "/api/debates/{id}",
+            "/api/v1/debates",
+            "/api/v1/debates/{id}",
+            "/api/debates/{id}/events",
+            "/api/debates/{id}/events/",
+            "",
+            "/",
+        ];
+        let distinct: std::collections::HashSet<u64> = paths.iter().map(|p| hash(p)).collect();
+        assert_eq!(distinct.len(), paths.len());
+    }
+}

@@ -1,0 +1,98 @@
+//! The rate-limit step of a request: identify the client, decide, add the X-RateLimit-*
+//! headers or answer 429 with Retry-After. The gate ([`super::gate`]) runs it once the
+//! credentials are resolved, in the same middleware layer (one layer instead of two on
+//! every route, so a request clones and boxes the inner service stack once less). The
+//! limiter itself (rules, keys, backends, reload) is `crate::ratelimit`.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, Request};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::auth::Principal;
+use crate::ratelimit::{
+    ClientIdentity, Decision, RateLimiter, Rule, client_ip, client_key, rule_for,
+};
+
+/// Limit one request; the principal (if the gate stored one) keys it.
+pub async fn limit(limiter: &RateLimiter, mut req: Request, next: Next) -> Response {
+    let Some(rule) = rule_for(req.method(), req.uri().path()) else {
+        return next.run(req).await;
+    };
+    let settings = limiter.settings();
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
+    let ip = client_ip(peer, req.headers(), &settings.trusted_proxies);
+    let key = client_key(rule, req.extensions().get::<Principal>(), ip);
+    let whitelisted = settings.is_whitelisted(ip);
+    req.extensions_mut().insert(ClientIdentity {
+        ip,
+        key: key.clone(),
+        whitelisted,
+    });
+    if settings.disabled || whitelisted {
+        return next.run(req).await;
+    }
+    // A request refused for what it is — bad input, an unknown route or debate, a debate not
+    // accepted — does not use up the caller's budget. Refused credentials (401/403) do: they
+    // are what a guesser sends.
+    let admission = limiter.admit(rule, &key).await;
+    if !admission.decision.allowed {
+        limiter.record_hit(rule, &key, &admission.decision);
+        return too_many_requests(rule, &admission.decision);
+    }
+    let mut response = next.run(req).await;
+    let status = response.status();
+    let refused = if rule == Rule::DebateCreate {
+        // Spent only by debates actually accepted.
+        !status.is_success()
+    } else {
+        status.is_client_error() && !matches!(status.as_u16(), 401 | 403 | 429)
+    };
+    let decision = limiter.settle(rule, &key, admission, refused).await;
+    set_headers(response.headers_mut(), &decision);
+    response
+}
+
+fn ceil_secs(d: Duration) -> u64 {
+    d.as_micros().div_ceil(1_000_000) as u64
+}
+
+fn set_headers(headers: &mut HeaderMap, decision: &Decision) {
+    headers.insert("x-ratelimit-limit", HeaderValue::from(decision.limit));
+    headers.insert(
+        "x-ratelimit-remaining",
+        HeaderValue::from(decision.remaining),
+    );
+    headers.insert(
+        "x-ratelimit-reset",
+        HeaderValue::from(ceil_secs(decision.reset_after)),
+    );
+}
+
+fn too_many_requests(rule: Rule, decision: &Decision) -> Response {
+    let retry_after = ceil_secs(decision.retry_after).max(1);
+    let body = serde_json::json!({
+        "error": format!(
+            "too many requests: the {} limit is {} per minute; retry in {retry_after} s",
+            rule.name(),
+            decision.limit
+        ),
+        "code": "rate_limited",
+        "correlation_id": crate::telemetry::correlation::current(),
+        "retry_after": retry_after,
+        "rule": rule.name(),
+        "limit": decision.limit,
+    });
+    let mut response = (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
+    set_headers(response.headers_mut(), decision);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+    response
+}
