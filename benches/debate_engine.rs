@@ -15,7 +15,9 @@
 //! Run: `cargo bench --bench debate_engine` (release build; about 70 s once built). Method
 //! and recorded numbers: docs/benchmarks.md.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -361,7 +363,7 @@ impl TimingSink {
     }
 
     fn take(&self) -> (Vec<Instant>, usize) {
-        std::mem::take(&mut *self.marks.lock().unwrap())
+        std::mem::take(&mut *self.marks.lock())
     }
 }
 
@@ -369,7 +371,7 @@ impl TimingSink {
 impl EventSink for TimingSink {
     async fn record(&self, events: &[Event]) -> Result<(), String> {
         {
-            let mut marks = self.marks.lock().unwrap();
+            let mut marks = self.marks.lock();
             for e in events {
                 if e.kind() == "round_start" {
                     marks.0.push(Instant::now());
@@ -382,7 +384,7 @@ impl EventSink for TimingSink {
 
     async fn finish(&self, end: &Event, outcome: &DebateOutcome) -> Result<(), String> {
         {
-            let mut marks = self.marks.lock().unwrap();
+            let mut marks = self.marks.lock();
             marks.0.push(Instant::now());
             marks.1 += 1;
         }

@@ -162,7 +162,7 @@ const SETTINGS: &[Setting] = &[
 ];
 
 /// The provider credentials and endpoints that are set, read from the environment only
-/// (contract §2); which variables those are is the provider catalogue's business
+/// (docs/configuration.md); which variables those are is the provider catalogue's business
 /// ([`crate::agents::providers::env_vars`]). `Debug` shows names only: most are keys.
 #[derive(Clone, Default)]
 pub struct ProviderEnv(BTreeMap<&'static str, String>);

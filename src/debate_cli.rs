@@ -38,7 +38,7 @@ struct Printer {
     tty: bool,
     colour: bool,
     /// (the round under way, when the last event was printed, the status line is shown)
-    status: std::sync::Mutex<(u32, std::time::Instant, bool)>,
+    status: parking_lot::Mutex<(u32, std::time::Instant, bool)>,
 }
 
 impl Printer {
@@ -48,12 +48,12 @@ impl Printer {
         Printer {
             tty,
             colour: tty && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
-            status: std::sync::Mutex::new((0, std::time::Instant::now(), false)),
+            status: parking_lot::Mutex::new((0, std::time::Instant::now(), false)),
         }
     }
 
     fn out(&self, text: &str) {
-        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        let mut status = self.status.lock();
         let mut stdout = std::io::stdout().lock();
         if status.2 {
             // Clear the status line before the event takes its place.
@@ -91,7 +91,7 @@ impl Printer {
                 _ = done.cancelled() => break,
                 _ = tokio::time::sleep(std::time::Duration::from_millis(120)) => {}
             }
-            let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+            let mut status = self.status.lock();
             let waited = status.1.elapsed();
             if waited < std::time::Duration::from_millis(300) {
                 continue;
@@ -108,7 +108,7 @@ impl Printer {
             let _ = stdout.flush();
             status.2 = true;
         }
-        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        let mut status = self.status.lock();
         if status.2 {
             let mut stdout = std::io::stdout().lock();
             let _ = stdout.write_all(b"\r\x1b[2K");
@@ -123,7 +123,7 @@ impl EventSink for Printer {
     async fn record(&self, events: &[Event]) -> Result<(), String> {
         for e in events {
             if let Some(round) = e.round.filter(|_| e.kind() == "round_start") {
-                self.status.lock().unwrap_or_else(|p| p.into_inner()).0 = round;
+                self.status.lock().0 = round;
             }
             let text = format_event(e.kind(), e.round, e.agent.as_deref(), &e.data());
             self.out(&self.paint(e.kind(), text));

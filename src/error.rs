@@ -8,7 +8,7 @@ use serde_json::json;
 use crate::http::correlation;
 use crate::store::StoreError;
 
-/// The error body every failed request gets (contract §3). Extra fields (`field`,
+/// The error body every failed request gets (`{"error", "code", "correlation_id"}`). Extra fields (`field`,
 /// `retry_after`) appear when they help.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {

@@ -1,4 +1,4 @@
-//! The pid lock file `<lock_dir>/aragora_<api-port>.lock` (contract §1): a second server on
+//! The pid lock file `<lock_dir>/aragora_<api-port>.lock` (docs/operations.md, "Layout of an installation"): a second server on
 //! the same port is refused with a clear message; a lock left by a dead process is taken over.
 
 use std::fs::OpenOptions;

@@ -1,4 +1,4 @@
-//! The browser admin console at `/admin` (contract §3), served from the binary.
+//! The browser admin console at `/admin` (docs/admin-console.md), served from the binary.
 //!
 //! The console's files are embedded with `include_bytes!`; only names in [`ASSETS`] are
 //! served, so there is no filesystem access and no path to traverse. The console's settings

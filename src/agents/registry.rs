@@ -7,9 +7,10 @@
 //! process environment. Every agent name gets one circuit breaker, created on first use and
 //! shared by every debate and every [`Agent`] value resolved for that name.
 
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -306,7 +307,7 @@ impl AgentRegistry {
     }
 
     fn lock_breakers(&self) -> MutexGuard<'_, BTreeMap<String, Arc<CircuitBreaker>>> {
-        self.breakers.lock().unwrap_or_else(|e| e.into_inner())
+        self.breakers.lock()
     }
 }
 

@@ -12,7 +12,7 @@
 //! Time comes from `tokio::time::Instant`, so tests run the state machine under tokio's
 //! paused clock (`start_paused`, `advance`) instead of sleeping.
 
-use std::sync::{Mutex, MutexGuard};
+use parking_lot::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use chrono::{SecondsFormat, Utc};
@@ -397,7 +397,7 @@ impl CircuitBreaker {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock cannot leave the state inconsistent in a way
         // that matters more than refusing all further calls would.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.lock()
     }
 
     fn set_gauge(&self, state: BreakerState) {
@@ -889,8 +889,8 @@ mod tests {
         ) -> Result<Completion, AgentError> {
             self.calls.fetch_add(1, Ordering::SeqCst);
             let next = {
-                let mut script = self.script.lock().unwrap();
-                let mut last = self.last.lock().unwrap();
+                let mut script = self.script.lock();
+                let mut last = self.last.lock();
                 match script.pop_front() {
                     Some(entry) => {
                         *last = Some(entry.clone());
@@ -1445,7 +1445,7 @@ mod tests {
 
     impl std::io::Write for Captured {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
+            self.0.lock().extend_from_slice(buf);
             Ok(buf.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
@@ -1455,7 +1455,7 @@ mod tests {
 
     impl Captured {
         fn text(&self) -> String {
-            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+            String::from_utf8(self.0.lock().clone()).unwrap()
         }
     }
 

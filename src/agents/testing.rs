@@ -2,7 +2,8 @@
 //! requests and answers with scripted replies (whole bodies, chunked bodies flushed chunk by
 //! chunk, or never). Compiled only for tests (`agents::http::testing`).
 
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -139,7 +140,7 @@ impl FakeServer {
     }
 
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        self.requests.lock().unwrap().clone()
+        self.requests.lock().clone()
     }
 
     pub fn only_request(&self) -> RecordedRequest {
@@ -206,7 +207,7 @@ async fn serve(
         headers,
         body,
     };
-    recorded.lock().unwrap().push(request.clone());
+    recorded.lock().push(request.clone());
     match responder(&request) {
         Reply::Hang => {
             tokio::time::sleep(Duration::from_secs(3600)).await;

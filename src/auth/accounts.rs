@@ -8,9 +8,10 @@
 //! unknown email answers exactly like a locked account. No token, key or password is ever
 //! logged.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -437,7 +438,7 @@ impl LoginLimiter {
 
     /// Seconds to wait when this IP is over its limit.
     pub fn blocked(&self, ip: IpAddr) -> Option<u64> {
-        let map = self.failures.lock().expect("limiter lock");
+        let map = self.failures.lock();
         let (start, count) = map.get(&ip)?;
         let elapsed = start.elapsed();
         (*count >= self.max && elapsed < self.window)
@@ -445,7 +446,7 @@ impl LoginLimiter {
     }
 
     pub fn fail(&self, ip: IpAddr) {
-        let mut map = self.failures.lock().expect("limiter lock");
+        let mut map = self.failures.lock();
         // Bound the memory a flood of distinct addresses can take.
         if map.len() > 100_000 {
             let window = self.window;

@@ -1,4 +1,4 @@
-//! Accounts and access (contract §4): who is calling (a [`Principal`], the one type every
+//! Accounts and access (README.md, "HTTP API": roles and credentials): who is calling (a [`Principal`], the one type every
 //! layer uses), with which [`Role`].
 //!
 //! - `authenticator`: a presented credential becomes a principal ([`Authenticator`], shared

@@ -19,7 +19,7 @@ use tokio::sync::broadcast;
 
 use crate::store::StoredEvent;
 
-/// The WebSocket envelope (contract §5).
+/// The WebSocket envelope (docs/websocket.md).
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct LiveEvent {
     #[serde(rename = "type")]

@@ -274,7 +274,7 @@ struct Ctx<'a> {
     stop: Option<&'a CancellationToken>,
     pause: Option<&'a CancellationToken>,
     /// The moderator's messages, refreshed at each phase boundary; every prompt carries them.
-    notes: std::sync::Mutex<Arc<Vec<String>>>,
+    notes: parking_lot::Mutex<Arc<Vec<String>>>,
 }
 
 impl Ctx<'_> {
@@ -316,7 +316,7 @@ impl Ctx<'_> {
             }
             Err(e) => return Err(Abort::Storage(e)),
         };
-        *self.notes.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(checkpoint.interventions);
+        *self.notes.lock() = Arc::new(checkpoint.interventions);
         if let Some(cap) = cap
             && checkpoint.cost_usd >= cap
         {
@@ -343,7 +343,7 @@ impl Ctx<'_> {
         if self.stopping() {
             return Err(Abort::Suspended);
         }
-        let notes = self.notes.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let notes = self.notes.lock().clone();
         let request = prompts::with_moderator_notes(request, &notes);
         let batch = match call_seat(self, agent, seat, round, phase, request).await {
             Ok(reply) => to_events(reply),
@@ -428,7 +428,7 @@ async fn run_inner(
         replay,
         stop,
         pause,
-        notes: std::sync::Mutex::new(Arc::new(Vec::new())),
+        notes: parking_lot::Mutex::new(Arc::new(Vec::new())),
     };
     let start = EventBody::DebateStart(ev::Start {
         task: input.task.clone(),

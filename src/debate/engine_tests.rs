@@ -2,9 +2,10 @@
 //! sink. Time is paused (`start_paused`), so agent delays and debate timeouts cost nothing
 //! and elapsed virtual time shows whether a phase ran its agents concurrently.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -105,7 +106,6 @@ impl FakeAgent {
     fn on(self, phase: &str, step: Step) -> FakeAgent {
         self.script
             .lock()
-            .unwrap()
             .entry(phase.to_owned())
             .or_default()
             .push(step);
@@ -127,7 +127,7 @@ impl FakeAgent {
     }
 
     fn calls(&self) -> Vec<Call> {
-        self.calls.lock().unwrap().clone()
+        self.calls.lock().clone()
     }
 
     fn calls_in(&self, phase: &str) -> Vec<Call> {
@@ -196,7 +196,7 @@ impl DebateAgent for FakeAgent {
         let seat = header(&request.system, "Aragora-Seat:").to_owned();
         let prompt = request.messages.last().unwrap().content.clone();
         let (index, nth) = {
-            let mut calls = self.calls.lock().unwrap();
+            let mut calls = self.calls.lock();
             let nth = calls
                 .iter()
                 .filter(|c| c.phase == phase && c.seat == seat)
@@ -215,7 +215,6 @@ impl DebateAgent for FakeAgent {
         let step = self
             .script
             .lock()
-            .unwrap()
             .get(&phase)
             .and_then(|steps| steps.get(nth).or(steps.last()).cloned())
             .unwrap_or_else(|| Step::text(default_reply(&phase, &seat, &prompt, nth + 1)));
@@ -241,7 +240,7 @@ impl DebateAgent for FakeAgent {
                 tokio::task::yield_now().await;
             }
         }
-        self.calls.lock().unwrap()[index].finished = Some(Instant::now());
+        self.calls.lock()[index].finished = Some(Instant::now());
         let text = step.reply?.replace("{seat}", &seat);
         Ok(AgentReply {
             completion: Completion {
@@ -299,7 +298,7 @@ impl Recorder {
     }
 
     fn events(&self) -> Vec<Event> {
-        self.events.lock().unwrap().clone()
+        self.events.lock().clone()
     }
 
     fn kinds(&self) -> Vec<String> {
@@ -320,7 +319,7 @@ impl Recorder {
     }
 
     fn deltas(&self) -> Vec<Delta> {
-        self.deltas.lock().unwrap().clone()
+        self.deltas.lock().clone()
     }
 }
 
@@ -328,7 +327,7 @@ impl Recorder {
 impl EventSink for Recorder {
     async fn record(&self, batch: &[super::Event]) -> Result<(), String> {
         self.attempts.fetch_add(1, Ordering::SeqCst);
-        let mut events = self.events.lock().unwrap();
+        let mut events = self.events.lock();
         if self.fail_after.is_some_and(|n| events.len() >= n) {
             return Err("disk full".into());
         }
@@ -345,7 +344,7 @@ impl EventSink for Recorder {
     }
 
     fn token_delta(&self, round: u32, agent: &str, delta: &str) {
-        self.deltas.lock().unwrap().push(Delta {
+        self.deltas.lock().push(Delta {
             seq: self.seq.fetch_add(1, Ordering::SeqCst),
             round,
             agent: agent.to_owned(),

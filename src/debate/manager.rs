@@ -189,7 +189,7 @@ struct Job {
     /// Pause at the next phase boundary.
     pause: CancellationToken,
     /// Who asked for the pause, when it was asked here.
-    paused_by: Arc<std::sync::Mutex<Option<String>>>,
+    paused_by: Arc<parking_lot::Mutex<Option<String>>>,
     generation: i64,
     claimed_at: Instant,
 }
@@ -216,7 +216,7 @@ pub struct DebateManager {
     agents: Arc<AgentRegistry>,
     bus: Arc<dyn EventBus>,
     settings: ManagerSettings,
-    jobs: std::sync::Mutex<HashMap<String, Job>>,
+    jobs: parking_lot::Mutex<HashMap<String, Job>>,
     active: AtomicUsize,
     /// Fleet-wide queued debates at the last look.
     queued: AtomicUsize,
@@ -244,7 +244,7 @@ impl DebateManager {
             agents,
             bus,
             settings,
-            jobs: std::sync::Mutex::new(HashMap::new()),
+            jobs: parking_lot::Mutex::new(HashMap::new()),
             active: AtomicUsize::new(0),
             queued: AtomicUsize::new(0),
             wake: Notify::new(),
@@ -282,10 +282,10 @@ impl DebateManager {
         self.queued.load(Ordering::Relaxed)
     }
 
-    fn jobs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Job>> {
+    fn jobs(&self) -> parking_lot::MutexGuard<'_, HashMap<String, Job>> {
         // A panic while holding the map cannot leave it inconsistent (single inserts and
         // removes), so a poisoned lock is still usable.
-        self.jobs.lock().unwrap_or_else(|e| e.into_inner())
+        self.jobs.lock()
     }
 
     /// Start claiming work: the claim loop and the lease keeper.
@@ -560,7 +560,7 @@ impl DebateManager {
             return Ok(record);
         }
         if let Some(job) = self.jobs().get(id) {
-            *job.paused_by.lock().unwrap_or_else(|e| e.into_inner()) = by;
+            *job.paused_by.lock() = by;
             job.pause.cancel();
             tracing::info!(target: "aragora::debate", debate_id = id, "pause requested; the debate stops at its next phase boundary");
             return Ok(record);
@@ -862,7 +862,7 @@ impl DebateManager {
         claim: ClaimedDebate,
         cancel: CancellationToken,
         pause: CancellationToken,
-        paused_by: Arc<std::sync::Mutex<Option<String>>>,
+        paused_by: Arc<parking_lot::Mutex<Option<String>>>,
     ) -> Result<bool, StoreError> {
         let ClaimedDebate {
             record,
@@ -949,7 +949,7 @@ impl DebateManager {
             DurableEnd::Finished(outcome) => outcome,
             DurableEnd::HandedBack => return Ok(false),
             DurableEnd::Paused { rounds_used } => {
-                let by = paused_by.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let by = paused_by.lock().clone();
                 let event = Event::new(
                     None,
                     None,

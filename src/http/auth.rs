@@ -1,4 +1,4 @@
-//! Accounts over HTTP (contract §3/§4): login, refresh (rotating, reuse revokes the family),
+//! Accounts over HTTP (README.md, "HTTP API"): login, refresh (rotating, reuse revokes the family),
 //! logout, me, API keys, and registration when enabled. The account rules themselves
 //! (lockout, rotation, reuse detection, revocation, email validation) are
 //! `crate::auth::accounts`; this module keeps what is HTTP: cookies, the Origin check and

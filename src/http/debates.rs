@@ -1,4 +1,4 @@
-//! Debates API (contract §3): create (202, queued), list with status filter and cursor or
+//! Debates API (README.md, "HTTP API"): create (202, queued), list with status filter and cursor or
 //! offset paging, read one, its messages and its durable event log, cancel.
 
 use axum::extract::{Path, Query, State};

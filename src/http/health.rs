@@ -24,7 +24,7 @@ pub fn router() -> ApiRouter {
         .public(routes!(get_ready))
 }
 
-/// `GET /api/health` body (contract §3).
+/// `GET /api/health` body: status, per-dependency checks, pool and breaker state.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct HealthResponse {
     /// `healthy` (200), `degraded` (200) or `unhealthy` (503).
@@ -132,7 +132,7 @@ pub struct HealthProbe {
     /// Held while a round runs; callers that find the result stale wait here for it.
     running: tokio::sync::Mutex<()>,
     /// The last write probe: when, and the fault it met. At most one a second.
-    write_probe: std::sync::Mutex<Option<(Instant, Option<crate::store::StorageFault>)>>,
+    write_probe: parking_lot::Mutex<Option<(Instant, Option<crate::store::StorageFault>)>>,
 }
 
 impl HealthProbe {
@@ -141,7 +141,7 @@ impl HealthProbe {
             period,
             last: arc_swap::ArcSwapOption::empty(),
             running: tokio::sync::Mutex::new(()),
-            write_probe: std::sync::Mutex::new(None),
+            write_probe: parking_lot::Mutex::new(None),
         }
     }
 
@@ -187,7 +187,6 @@ impl HealthProbe {
         let fresh = self
             .write_probe
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
             .filter(|(at, _)| at.elapsed() < Duration::from_secs(1));
         match fresh {
             Some((_, fault)) => fault,
@@ -203,8 +202,7 @@ impl HealthProbe {
                     }),
                     _ => None,
                 };
-                *self.write_probe.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some((Instant::now(), fault));
+                *self.write_probe.lock() = Some((Instant::now(), fault));
                 fault
             }
         }

@@ -82,7 +82,7 @@ pub fn router(state: AppState) -> Router {
     let (routes, access) = ApiRouter::new()
         .nest("/api", api_only_routes())
         .nest("/api/v1", api_routes())
-        // One base URL reaches the WebSocket too (contract §5); the handshake checks the
+        // One base URL reaches the WebSocket too (docs/websocket.md); the handshake checks the
         // credentials itself (1008, `ws_anonymous_read`).
         .route(
             Access::Public,

@@ -37,7 +37,7 @@ use super::ApiRouter;
 )]
 pub struct ApiDoc;
 
-/// The credentials the API accepts (contract §4): `Authorization: Bearer` with an access
+/// The credentials the API accepts: `Authorization: Bearer` with an access
 /// token, an `ara_` API key or the service token; or `X-API-Key`.
 struct Credentials;
 

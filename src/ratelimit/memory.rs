@@ -1,9 +1,10 @@
 //! The in-memory backend: one keyed `governor` GCRA limiter per rule, local to this process.
 //! Used when Redis is not configured for rate limiting, and as the fallback while Redis fails.
 
+use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -42,12 +43,12 @@ impl MemoryLimiter {
     }
 
     fn limiter(&self, rule: Rule, quota: Quota) -> Arc<Keyed> {
-        if let Some(bucket) = self.buckets.read().expect("lock").get(&rule)
+        if let Some(bucket) = self.buckets.read().get(&rule)
             && bucket.quota == quota
         {
             return bucket.limiter.clone();
         }
-        let mut buckets = self.buckets.write().expect("lock");
+        let mut buckets = self.buckets.write();
         match buckets.get(&rule) {
             Some(bucket) if bucket.quota == quota => bucket.limiter.clone(),
             _ => {
@@ -74,7 +75,7 @@ impl MemoryLimiter {
 
     /// Forget keys whose buckets are full again (bounded memory under many clients).
     pub fn cleanup(&self) {
-        for bucket in self.buckets.read().expect("lock").values() {
+        for bucket in self.buckets.read().values() {
             bucket.limiter.retain_recent();
             bucket.limiter.shrink_to_fit();
         }

@@ -1,4 +1,4 @@
-//! Rate limiting (contract §2–§3): a GCRA decision per request, per rule and per client key.
+//! Rate limiting (docs/rate-limiting.md): a GCRA decision per request, per rule and per client key.
 //!
 //! Rules: `default` over `/api/*` (health and metrics exempt), `debate_create`
 //! (POST /api/debates), `login` (POST /api/auth/login, always per IP) and `agent_test`
@@ -18,10 +18,11 @@
 pub mod memory;
 pub mod redis;
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -637,7 +638,7 @@ impl RateLimiter {
             decision.limit
         );
         let now = Utc::now();
-        let mut hits = self.hits.lock().expect("lock");
+        let mut hits = self.hits.lock();
         if hits.len() >= MAX_TRACKED_HITS && !hits.contains_key(&(rule, masked.clone())) {
             prune(&mut hits, now);
             if hits.len() >= MAX_TRACKED_HITS
@@ -665,7 +666,7 @@ impl RateLimiter {
 
     /// The most-limited keys of the last hour, most hits first.
     pub fn top_hits(&self, limit: usize) -> Vec<HitSummary> {
-        let mut hits = self.hits.lock().expect("lock");
+        let mut hits = self.hits.lock();
         prune(&mut hits, Utc::now());
         let mut list: Vec<HitSummary> = hits.values().cloned().collect();
         list.sort_by(|a, b| b.hits.cmp(&a.hits).then(b.last_hit.cmp(&a.last_hit)));
@@ -674,12 +675,12 @@ impl RateLimiter {
     }
 
     pub fn last_reload(&self) -> Option<ReloadReport> {
-        self.last_reload.lock().expect("lock").clone()
+        self.last_reload.lock().clone()
     }
 
     /// Remember the outcome of a configuration reload, for the admin view.
     pub fn record_reload(&self, report: ReloadReport) {
-        *self.last_reload.lock().expect("lock") = Some(report);
+        *self.last_reload.lock() = Some(report);
     }
 
     /// Swap in new limits, whitelist and trusted proxies (the backend — Redis, prefix,
@@ -715,7 +716,7 @@ impl RateLimiter {
                 }
                 if n.is_multiple_of(60) {
                     me.memory.cleanup();
-                    prune(&mut me.hits.lock().expect("lock"), Utc::now());
+                    prune(&mut me.hits.lock(), Utc::now());
                 }
             }
         });

@@ -39,7 +39,7 @@ pub struct Receipts {
     judge_model: ModelLookup,
     /// Public keys by key id: this instance's, and every key that signed a stored receipt
     /// (read from the store once asked for).
-    keys: std::sync::RwLock<HashMap<String, VerifyingKey>>,
+    keys: parking_lot::RwLock<HashMap<String, VerifyingKey>>,
 }
 
 impl Receipts {
@@ -63,7 +63,7 @@ impl Receipts {
             signer,
             issuer,
             judge_model,
-            keys: std::sync::RwLock::new(keys),
+            keys: parking_lot::RwLock::new(keys),
         }))
     }
 
@@ -193,12 +193,7 @@ impl Receipts {
 
     /// A trusted public key by id: this instance's or one registered in the store.
     pub async fn key(&self, key_id: &str) -> Result<Option<VerifyingKey>, StoreError> {
-        if let Some(key) = self
-            .keys
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(key_id)
-        {
+        if let Some(key) = self.keys.read().get(key_id) {
             return Ok(Some(*key));
         }
         let Some(pem) = self.store.signing_key(key_id).await? else {
@@ -208,10 +203,7 @@ impl Receipts {
         else {
             return Ok(None);
         };
-        self.keys
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key_id.to_owned(), key);
+        self.keys.write().insert(key_id.to_owned(), key);
         Ok(Some(key))
     }
 

@@ -35,7 +35,7 @@ impl Backend {
     }
 }
 
-/// Connection pool settings (contract §2: min idle = size, max = size + overflow).
+/// Connection pool settings (min idle = size, max = size + overflow; docs/configuration.md).
 #[derive(Debug, Clone, Copy)]
 pub struct PoolSettings {
     pub size: u32,

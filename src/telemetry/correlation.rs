@@ -1,4 +1,4 @@
-//! Correlation IDs (contract §3): taken from `X-Correlation-ID` or `X-Request-ID` when
+//! Correlation IDs (every request and response carries one): taken from `X-Correlation-ID` or `X-Request-ID` when
 //! well-formed, else generated as `corr-` + 12 hex. The id of the request being served is kept
 //! in a task-local so error bodies and log lines can carry it without threading it through.
 

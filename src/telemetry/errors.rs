@@ -5,9 +5,10 @@
 //! The same layer records those two ids on every span ([`SpanIds`]), so the Sentry hook can
 //! tag an error or a panic with the ids of the span it happened in.
 
+use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::fmt::Write as _;
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::OnceLock;
 
 use chrono::{SecondsFormat, Utc};
 use serde::Serialize;
@@ -52,7 +53,7 @@ impl ErrorLog {
     }
 
     pub fn push(&self, entry: RecentError) {
-        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut entries = self.entries.lock();
         while entries.len() >= self.capacity {
             entries.pop_front();
         }
@@ -61,15 +62,12 @@ impl ErrorLog {
 
     /// The newest `limit` entries, newest first.
     pub fn recent(&self, limit: usize) -> Vec<RecentError> {
-        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let entries = self.entries.lock();
         entries.iter().rev().take(limit).cloned().collect()
     }
 
     pub fn len(&self) -> usize {
-        self.entries
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        self.entries.lock().len()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -32,10 +32,11 @@
 //!
 //! Never log secrets; pass keys through [`mask`] first.
 
+use parking_lot::{Mutex, MutexGuard};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use chrono::{SecondsFormat, Utc};
@@ -470,7 +471,7 @@ impl Visit for FieldVisitor<'_> {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+    mutex.lock()
 }
 
 /// The file sink: four append-mode files in one directory, chosen by target

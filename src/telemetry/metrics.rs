@@ -1,7 +1,7 @@
 //! Prometheus metrics: one process-wide recorder, rendered at `GET /api/metrics` together with
 //! the process collector (`telemetry::process`).
 //!
-//! Every metric of contract §6 is described here (HELP/TYPE lines, so `promtool check metrics`
+//! Every metric the server exports (docs/operations.md, "Metrics") is described here (HELP/TYPE lines, so `promtool check metrics`
 //! accepts the exposition) and exported from the first scrape: the unlabelled ones and every
 //! label value known up front (each debate status, rate-limit rule, configured agent with
 //! each call outcome, the probed routes) are registered at zero when the recorder is

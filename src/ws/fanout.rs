@@ -2,8 +2,9 @@
 //! broadcast channel of its debate, serialising it once for every watcher. Channels exist
 //! only while someone watches.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::broadcast;
@@ -38,7 +39,7 @@ pub struct Fanout {
 
 impl Fanout {
     pub fn subscribe(&self, debate_id: &str) -> broadcast::Receiver<Fan> {
-        let mut channels = self.channels.lock().expect("fanout lock");
+        let mut channels = self.channels.lock();
         channels
             .entry(debate_id.to_owned())
             .or_insert_with(|| broadcast::channel(DEBATE_CHANNEL).0)
@@ -47,7 +48,7 @@ impl Fanout {
 
     /// Drop the debate's channel when its last watcher has gone.
     pub fn release(&self, debate_id: &str) {
-        let mut channels = self.channels.lock().expect("fanout lock");
+        let mut channels = self.channels.lock();
         if channels
             .get(debate_id)
             .is_some_and(|tx| tx.receiver_count() == 0)
@@ -57,12 +58,12 @@ impl Fanout {
     }
 
     pub fn watched_debates(&self) -> usize {
-        self.channels.lock().expect("fanout lock").len()
+        self.channels.lock().len()
     }
 
     fn route(&self, event: &LiveEvent) {
         let tx = {
-            let channels = self.channels.lock().expect("fanout lock");
+            let channels = self.channels.lock();
             match channels.get(&event.debate_id) {
                 Some(tx) => tx.clone(),
                 None => return,
@@ -79,7 +80,7 @@ impl Fanout {
     }
 
     fn resync_all(&self) {
-        let channels = self.channels.lock().expect("fanout lock");
+        let channels = self.channels.lock();
         for tx in channels.values() {
             let _ = tx.send(Fan::Resync);
         }

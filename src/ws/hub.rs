@@ -2,10 +2,11 @@
 //! the counters behind `GET /api/ws/stats`, the fan-out of live events, and the reload token
 //! (SIGUSR1 closes every connection with 1012).
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -79,7 +80,7 @@ pub struct Admission {
 impl Drop for Admission {
     fn drop(&mut self) {
         self.hub.connections.fetch_sub(1, Ordering::Relaxed);
-        let mut per_ip = self.hub.per_ip.lock().expect("per-ip lock");
+        let mut per_ip = self.hub.per_ip.lock();
         if let Some(n) = per_ip.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {
@@ -117,19 +118,19 @@ impl WsHub {
     /// Close every WebSocket with 1012; REST and debates are untouched.
     pub fn reload(&self) {
         let next = self.shutdown.child_token();
-        let current = std::mem::replace(&mut *self.reload.lock().expect("reload lock"), next);
+        let current = std::mem::replace(&mut *self.reload.lock(), next);
         current.cancel();
         tracing::info!(target: "aragora::ws", "websocket reload: closing all connections with 1012");
     }
 
     /// Cancelled by the next reload, or by shutdown.
     pub(super) fn reload_token(&self) -> CancellationToken {
-        self.reload.lock().expect("reload lock").child_token()
+        self.reload.lock().child_token()
     }
 
     /// Count a new connection, or say which limit it exceeds.
     pub(super) fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admission, String> {
-        let mut per_ip = self.per_ip.lock().expect("per-ip lock");
+        let mut per_ip = self.per_ip.lock();
         let total = self.connections.load(Ordering::Relaxed);
         if total >= self.limits.max_connections {
             return Err(format!(
@@ -161,14 +162,7 @@ impl WsHub {
     }
 
     pub fn stats(&self) -> WsStats {
-        let per_ip_max = self
-            .per_ip
-            .lock()
-            .expect("per-ip lock")
-            .values()
-            .copied()
-            .max()
-            .unwrap_or(0);
+        let per_ip_max = self.per_ip.lock().values().copied().max().unwrap_or(0);
         WsStats {
             connections: self.connections(),
             connections_peak: self.connections_peak.load(Ordering::Relaxed),

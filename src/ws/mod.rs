@@ -1,4 +1,4 @@
-//! The WebSocket server (contract §5): served on the WS port at `/ws` and `/`, and at `/ws` on
+//! The WebSocket server (docs/websocket.md): served on the WS port at `/ws` and `/`, and at `/ws` on
 //! the API port. Clients subscribe to debates and get the durable events they missed from
 //! the store, then live events, in seq order, with no gap and no duplicate at the seam.
 //!

@@ -15,7 +15,7 @@ use crate::helpers::{
 };
 use crate::process::Server;
 
-/// The series every scrape must show from the start (contract §6; labelled series that only
+/// The series every scrape must show from the start (docs/operations.md, "Metrics"; labelled series that only
 /// exist once used, such as per-agent or per-route ones, are checked separately).
 const ALWAYS_PRESENT: &[&str] = &[
     "aragora_debates_total",
@@ -34,7 +34,7 @@ const ALWAYS_PRESENT: &[&str] = &[
     "process_start_time_seconds",
 ];
 
-/// Every metric name of contract §6, as sample names (histograms by their `_bucket`).
+/// Every metric name the server exports, as sample names (histograms by their `_bucket`).
 const CONTRACT: &[&str] = &[
     "aragora_debates_total",
     "aragora_consensus_reached_total",
