@@ -58,12 +58,12 @@ pub struct Application {
 /// Open the configured store with the configured pool.
 pub async fn open_store(config: &Config) -> Result<DynStore, StoreError> {
     let pool = PoolSettings {
-        size: config.db_pool_size,
-        max_overflow: config.db_max_overflow,
-        acquire_timeout: config.db_acquire_timeout,
-        intake: config.db_intake_pool_size,
+        size: config.database.pool_size,
+        max_overflow: config.database.max_overflow,
+        acquire_timeout: config.database.acquire_timeout,
+        intake: config.database.intake_pool_size,
     };
-    store::connect(config.database_url.expose(), pool).await
+    store::connect(config.database.url.expose(), pool).await
 }
 
 /// How often breaker transitions are exchanged with the other instances through Redis.
@@ -75,9 +75,9 @@ const BREAKER_SYNC_PERIOD: Duration = Duration::from_millis(500);
 fn receipt_signer(config: &Config) -> Result<Option<Arc<crate::receipts::Signer>>, BuildError> {
     use crate::receipts::Signer;
     let fail = |e: crate::receipts::keys::KeyError| BuildError::Receipts(e.to_string());
-    let signer = match &config.odr_signing_key_file {
+    let signer = match &config.receipts.signing_key_file {
         Some(path) => Signer::load(path).map_err(fail)?,
-        None if config.odr_unsigned => {
+        None if config.receipts.unsigned => {
             tracing::warn!(target: "aragora::receipts", "ARAGORA_ODR_UNSIGNED=1: decision receipts are issued unsigned");
             return Ok(None);
         }
@@ -104,22 +104,22 @@ const BUS_CAPACITY: usize = 16_384;
 /// The agent registry for `config` (agents file, provider keys, resilience policy).
 pub fn load_agents(config: &Config) -> Result<AgentRegistry, String> {
     let breaker = BreakerConfig {
-        failure_threshold: config.breaker_failure_threshold,
-        open_for: config.breaker_open,
-        success_threshold: config.breaker_success_threshold,
+        failure_threshold: config.breaker.failure_threshold,
+        open_for: config.breaker.open,
+        success_threshold: config.breaker.success_threshold,
         ..BreakerConfig::default()
     };
     let retry = RetryPolicy {
-        max_attempts: config.agent_max_attempts,
+        max_attempts: config.agents.max_attempts,
         ..RetryPolicy::default()
     };
-    let providers = config.providers.clone();
+    let providers = config.agents.providers.clone();
     AgentRegistry::load(
-        config.agents_file.as_deref(),
+        config.agents.file.as_deref(),
         &move |name: &str| providers.get(name),
         breaker,
         retry,
-        config.agent_timeout,
+        config.agents.timeout,
     )
     .map_err(|e| e.to_string())
 }
@@ -128,7 +128,7 @@ impl Application {
     pub async fn build(config: Config) -> Result<Application, BuildError> {
         let host = config.bind_host().to_owned();
         // The lock comes first so a second start says "already running", not "address in use".
-        let lock = PidLock::acquire(&config.lock_dir, config.api_port)?;
+        let lock = PidLock::acquire(&config.lock_dir, config.http.port)?;
 
         let agents = Arc::new(load_agents(&config).map_err(BuildError::Agents)?);
         let signer = receipt_signer(&config)?;
@@ -139,7 +139,7 @@ impl Application {
             crate::receipts::Receipts::start(
                 store.clone(),
                 signer,
-                config.odr_issuer.clone(),
+                config.receipts.issuer.clone(),
                 Box::new(move |name: &str| {
                     agents
                         .resolve(name)
@@ -151,7 +151,7 @@ impl Application {
             .map_err(BuildError::Store)?
         };
 
-        let redis = match &config.redis_url {
+        let redis = match &config.redis.url {
             Some(url) => {
                 Some(RedisHandle::new(url.expose()).map_err(|e| BuildError::Redis(e.to_string()))?)
             }
@@ -160,8 +160,8 @@ impl Application {
 
         let ratelimit = Arc::new(RateLimiter::new(&config, redis.clone()));
 
-        let api_listener = bind(&host, config.api_port).await?;
-        let ws_listener = bind_ws(&host, config.ws_port, config.ws_socket_send_buffer).await?;
+        let api_listener = bind(&host, config.http.port).await?;
+        let ws_listener = bind_ws(&host, config.ws.port, config.ws.socket_send_buffer).await?;
         let api_addr = api_listener
             .local_addr()
             .expect("bound socket has an address");
@@ -170,6 +170,7 @@ impl Application {
             .expect("bound socket has an address");
 
         let metrics = config
+            .logging
             .metrics_enabled
             .then(crate::telemetry::metrics::install);
         if metrics.is_some() {
@@ -184,7 +185,7 @@ impl Application {
         let bus: Arc<dyn EventBus> = match &redis {
             Some(redis) => RedisBus::start(
                 redis.clone(),
-                config.event_bus_channel.clone(),
+                config.redis.event_bus_channel.clone(),
                 config.instance_id.clone(),
                 BUS_CAPACITY,
                 &tasks,
@@ -197,19 +198,19 @@ impl Application {
             agents,
             bus,
             ManagerSettings {
-                max_concurrent: config.max_concurrent_debates as usize,
-                queue_size: config.debate_queue_size as usize,
-                default_agents: config.default_agents.clone(),
-                default_rounds: config.default_rounds,
-                threshold: config.consensus_threshold,
-                debate_timeout: config.debate_timeout,
+                max_concurrent: config.debates.max_concurrent as usize,
+                queue_size: config.debates.queue_size as usize,
+                default_agents: config.agents.default_agents.clone(),
+                default_rounds: config.debates.default_rounds,
+                threshold: config.debates.consensus_threshold,
+                debate_timeout: config.debates.timeout,
                 instance_id: config.instance_id.clone(),
-                lease: config.debate_lease,
-                claim_poll: config.debate_claim_poll,
+                lease: config.debates.lease,
+                claim_poll: config.debates.claim_poll,
                 shutdown_timeout: config.shutdown_timeout,
-                max_cost_usd: config.debate_max_cost_usd,
+                max_cost_usd: config.debates.max_cost_usd,
                 pricing: Arc::new(
-                    crate::pricing::Pricing::load(config.pricing_file.as_deref())
+                    crate::pricing::Pricing::load(config.agents.pricing_file.as_deref())
                         .map_err(BuildError::Pricing)?,
                 ),
             },
@@ -237,11 +238,11 @@ impl Application {
         }
         let ws = Arc::new(WsHub::new(
             WsLimits {
-                max_connections: config.ws_max_connections as usize,
-                max_per_ip: config.ws_max_per_ip as usize,
+                max_connections: config.ws.max_connections as usize,
+                max_per_ip: config.ws.max_per_ip as usize,
                 max_message_bytes: crate::ws::MAX_MESSAGE_BYTES,
-                send_queue: config.ws_send_queue as usize,
-                slow_after: config.ws_slow_consumer,
+                send_queue: config.ws.send_queue as usize,
+                slow_after: config.ws.slow_consumer,
             },
             &shutdown,
         ));
@@ -252,11 +253,11 @@ impl Application {
             debates,
             receipts,
             login_limiter: Arc::new(crate::auth::LoginLimiter::new(
-                config.login_ip_max_failures,
-                config.login_lockout,
+                config.auth.login_ip_max_failures,
+                config.auth.login_lockout,
             )),
-            health: Arc::new(crate::http::HealthProbe::new(config.health_cache)),
-            credentials: Arc::new(crate::auth::CredentialCache::new(config.auth_cache)),
+            health: Arc::new(crate::http::HealthProbe::new(config.http.health_cache)),
+            credentials: Arc::new(crate::auth::CredentialCache::new(config.auth.cache)),
             metrics,
             ratelimit,
             started_at: Instant::now(),
@@ -316,7 +317,7 @@ impl Application {
                  has owner rights (bound to {} unless --host says otherwise)",
                 state.config.bind_host()
             );
-        } else if state.config.local_operator {
+        } else if state.config.auth.local_operator {
             tracing::warn!(
                 "local_operator is on: credential-less requests from loopback without proxy \
                  headers get owner rights"
@@ -331,7 +332,7 @@ impl Application {
             state.tasks.spawn(
                 crate::bus::breakers::BreakerSync {
                     redis: redis.clone(),
-                    namespace: state.config.event_bus_channel.clone(),
+                    namespace: state.config.redis.event_bus_channel.clone(),
                     instance: state.config.instance_id.clone(),
                     registry: state.debates.agents().clone(),
                     period: BREAKER_SYNC_PERIOD,

@@ -211,7 +211,7 @@ pub fn run() -> ExitCode {
             // Before any thread exists: may replace this process with itself started with
             // jemalloc's heap profiler on (ARAGORA_MEMORY_PROFILING=1).
             if let Err(err) =
-                crate::telemetry::profiling::reexec_with_profiling(config.memory_profiling)
+                crate::telemetry::profiling::reexec_with_profiling(config.logging.memory_profiling)
             {
                 eprintln!("aragora: memory profiling: {err}");
             }
@@ -336,7 +336,7 @@ async fn migrate(config: Config) -> ExitCode {
 /// not fail because, say, a production secret is not in the operator's shell).
 fn local_ports(cli: &Cli) -> (u16, u16) {
     match Config::load(cli.config.as_deref(), &Flags::default()) {
-        Ok(c) => (c.api_port, c.ws_port),
+        Ok(c) => (c.http.port, c.ws.port),
         Err(err) => {
             eprintln!("aragora: using the default ports; the configuration did not load: {err}");
             (8080, 8766)

@@ -111,7 +111,7 @@ fn unavailable(e: crate::store::StoreError) -> CredentialError {
 /// Resolve a presented credential. Auth must be on.
 pub async fn resolve_token(state: &AppState, token: &str) -> Result<Principal, CredentialError> {
     let config = &state.config;
-    if let Some(service) = &config.api_token
+    if let Some(service) = &config.auth.api_token
         && keys::ct_eq(token, service.expose())
     {
         return Ok(Principal::service());
@@ -151,14 +151,14 @@ pub async fn resolve_token(state: &AppState, token: &str) -> Result<Principal, C
         state.credentials.put_api_key(&hash, &principal);
         return Ok(principal);
     }
-    if config.jwt_secret.is_some()
+    if config.auth.jwt_secret.is_some()
         && let Some(principal) = state
             .credentials
             .token(token, chrono::Utc::now().timestamp())
     {
         return Ok(principal);
     }
-    if let Some(secret) = &config.jwt_secret
+    if let Some(secret) = &config.auth.jwt_secret
         && tokens::looks_like_jwt(token)
         && let Some(claims) = tokens::verify_access(secret.expose().as_bytes(), token)
     {
@@ -209,7 +209,7 @@ pub async fn principal_for(
     }
     match token {
         Some(token) => resolve_token(state, token).await,
-        None if state.config.local_operator && is_local(peer, headers) => {
+        None if state.config.auth.local_operator && is_local(peer, headers) => {
             Ok(Principal::local_owner())
         }
         None => Ok(Principal::anonymous()),

@@ -123,6 +123,7 @@ fn from_trusted_proxy(state: &AppState, peer: SocketAddr) -> bool {
     let peer = peer.ip().to_canonical();
     state
         .config
+        .http
         .trusted_proxies
         .iter()
         .any(|net| net.contains(&peer))
@@ -167,6 +168,7 @@ fn check_origin(
         .any(|host| format!("{scheme}://{host}").eq_ignore_ascii_case(origin));
     let allowed = state
         .config
+        .http
         .allowed_origins
         .iter()
         .any(|o| o.eq_ignore_ascii_case(origin));
@@ -214,12 +216,13 @@ fn optional_json<T: serde::de::DeserializeOwned + Default>(
 /// The client's address, by the same rule the rate limiter uses (proxies are believed only
 /// when they are in ARAGORA_TRUSTED_PROXIES).
 fn client_ip(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
-    crate::ratelimit::client_ip(peer.ip(), headers, &state.config.trusted_proxies)
+    crate::ratelimit::client_ip(peer.ip(), headers, &state.config.http.trusted_proxies)
 }
 
 fn jwt_secret(state: &AppState) -> Result<&[u8], ApiError> {
     state
         .config
+        .auth
         .jwt_secret
         .as_ref()
         .map(|s| s.expose().as_bytes())
@@ -233,7 +236,7 @@ fn jwt_secret(state: &AppState) -> Result<&[u8], ApiError> {
 /// A fresh access token and a refresh token in `family_id`.
 async fn issue(state: &AppState, user: &User, family_id: &str) -> Result<Value, ApiError> {
     let secret = jwt_secret(state)?;
-    let ttl = state.config.access_token_ttl.as_secs();
+    let ttl = state.config.auth.access_token_ttl.as_secs();
     let access =
         tokens::issue_access(secret, &user.id, &user.role, ttl).map_err(ApiError::Internal)?;
     let (refresh, hash) = tokens::new_refresh_token();
@@ -244,7 +247,7 @@ async fn issue(state: &AppState, user: &User, family_id: &str) -> Result<Value, 
             user_id: user.id.clone(),
             family_id: family_id.to_owned(),
             expires_at: Utc::now()
-                + chrono::Duration::from_std(state.config.refresh_token_ttl)
+                + chrono::Duration::from_std(state.config.auth.refresh_token_ttl)
                     .unwrap_or(chrono::Duration::days(30)),
             used: false,
             revoked: false,
@@ -255,7 +258,7 @@ async fn issue(state: &AppState, user: &User, family_id: &str) -> Result<Value, 
         "token_type": "Bearer",
         "expires_in": ttl,
         "refresh_token": refresh,
-        "refresh_expires_in": state.config.refresh_token_ttl.as_secs(),
+        "refresh_expires_in": state.config.auth.refresh_token_ttl.as_secs(),
         "user": {"id": user.id, "email": user.email, "role": user.role},
     }))
 }
@@ -321,9 +324,9 @@ pub async fn login(
     let Some(user) = user.filter(|_| ok) else {
         state.login_limiter.fail(ip);
         let failures = failures + 1;
-        if failures as u32 >= state.config.login_max_failures {
+        if failures as u32 >= state.config.auth.login_max_failures {
             let until = now
-                + chrono::Duration::from_std(state.config.login_lockout)
+                + chrono::Duration::from_std(state.config.auth.login_lockout)
                     .unwrap_or(chrono::Duration::minutes(15));
             state
                 .store
@@ -363,7 +366,11 @@ fn with_cookie(state: &AppState, mut tokens: Value, secure: bool) -> Response {
     let mut response = Json(tokens).into_response();
     response.headers_mut().append(
         header::SET_COOKIE,
-        session_cookie(&refresh, state.config.refresh_token_ttl.as_secs(), secure),
+        session_cookie(
+            &refresh,
+            state.config.auth.refresh_token_ttl.as_secs(),
+            secure,
+        ),
     );
     response
 }
@@ -651,7 +658,7 @@ pub async fn register(
     State(state): State<AppState>,
     Json(body): Json<RegisterRequest>,
 ) -> Result<Response, ApiError> {
-    if !state.config.registration_enabled {
+    if !state.config.auth.registration_enabled {
         return Err(ApiError::NotFound(
             "registration is disabled on this server".into(),
         ));

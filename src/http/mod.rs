@@ -84,8 +84,8 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::admin::router(&config))
         .fallback(pipeline::not_found)
         .layer(CatchPanicLayer::custom(panic_response))
-        .layer(DefaultBodyLimit::max(config.max_body_bytes))
-        .layer(RequestBodyLimitLayer::new(config.max_body_bytes))
+        .layer(DefaultBodyLimit::max(config.http.max_body_bytes))
+        .layer(RequestBodyLimitLayer::new(config.http.max_body_bytes))
         // Credentials are resolved once here, then rate limits applied in the same layer
         // (`ratelimit::limit`), so limits key on the authenticated principal. Inside the
         // pipeline (401s and 429s get correlation ids and the log line) and inside CORS
@@ -104,6 +104,7 @@ pub fn router(state: AppState) -> Router {
 
 fn cors(config: &Config) -> CorsLayer {
     let origins: Vec<HeaderValue> = config
+        .http
         .allowed_origins
         .iter()
         .filter_map(|o| HeaderValue::from_str(o).ok())

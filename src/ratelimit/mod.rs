@@ -296,13 +296,13 @@ pub struct Settings {
 impl Settings {
     pub fn from_config(c: &Config) -> Settings {
         Settings {
-            disabled: c.rate_limit_disabled,
-            default_rpm: c.rate_limit_rpm,
-            debate_rpm: c.rate_limit_debate_rpm,
-            login_rpm: c.rate_limit_login_rpm,
-            agent_test_rpm: c.rate_limit_agent_test_rpm,
-            whitelist: c.rate_limit_whitelist.clone(),
-            trusted_proxies: c.trusted_proxies.clone(),
+            disabled: c.rate_limit.disabled,
+            default_rpm: c.rate_limit.rpm,
+            debate_rpm: c.rate_limit.debate_rpm,
+            login_rpm: c.rate_limit.login_rpm,
+            agent_test_rpm: c.rate_limit.agent_test_rpm,
+            whitelist: c.rate_limit.whitelist.clone(),
+            trusted_proxies: c.http.trusted_proxies.clone(),
         }
     }
 
@@ -423,15 +423,13 @@ impl RateLimiter {
     /// The limiter of `config`, deciding in `redis` when `enable_redis_rate_limit` (and in
     /// memory while Redis fails), else in memory.
     pub fn new(config: &Config, redis: Option<RedisHandle>) -> RateLimiter {
-        let redis = redis
-            .filter(|_| config.enable_redis_rate_limit)
-            .map(|redis| {
-                RedisLimiter::new(
-                    redis,
-                    &config.rate_limit_prefix,
-                    config.rate_limit_redis_timeout,
-                )
-            });
+        let redis = redis.filter(|_| config.rate_limit.redis).map(|redis| {
+            RedisLimiter::new(
+                redis,
+                &config.rate_limit.prefix,
+                config.rate_limit.redis_timeout,
+            )
+        });
         // Each rule's hit counter is published at zero by telemetry::metrics::install.
         RateLimiter {
             settings: ArcSwap::from_pointee(Settings::from_config(config)),

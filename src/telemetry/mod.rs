@@ -21,8 +21,8 @@ use crate::config::Config;
 pub fn init_logging(config: &Config) -> anyhow::Result<()> {
     let tracer = traces::init(&|name| std::env::var(name).ok())?;
     logging::init(&logging::LogSettings {
-        dir: config.log_dir.clone(),
-        filter: config.log_level.clone(),
+        dir: config.logging.dir.clone(),
+        filter: config.logging.level.clone(),
         tracer,
     })
 }

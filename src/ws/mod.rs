@@ -289,7 +289,7 @@ pub async fn upgrade(
             "credentials cannot be checked now (database unreachable); try again",
         )),
         Err(_) => Some((close_code::POLICY, "invalid or expired credentials")),
-        Ok(p) if p.role.is_none() && !state.config.ws_anonymous_read => {
+        Ok(p) if p.role.is_none() && !state.config.ws.anonymous_read => {
             Some((close_code::POLICY, "authentication required"))
         }
         Ok(_) => None,
