@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::agents::{AgentRegistry, BreakerConfig, RetryPolicy};
 use crate::bus::{EventBus, LocalBus, RedisBus};
-use crate::config::Config;
+use crate::config::{Config, DatabaseConfig, ReceiptsConfig, WsConfig};
 use crate::debate::manager::{DebateManager, ManagerSettings};
 use crate::lockfile::{LockError, PidLock};
 use crate::ratelimit::RateLimiter;
@@ -55,34 +55,37 @@ pub struct Application {
     _lock: PidLock,
 }
 
-/// Open the configured store with the configured pool.
-pub async fn open_store(config: &Config) -> Result<DynStore, StoreError> {
+/// Open the store of the `database` section with its pool.
+pub async fn open_store(database: &DatabaseConfig) -> Result<DynStore, StoreError> {
     let pool = PoolSettings {
-        size: config.database.pool_size,
-        max_overflow: config.database.max_overflow,
-        acquire_timeout: config.database.acquire_timeout,
-        intake: config.database.intake_pool_size,
+        size: database.pool_size,
+        max_overflow: database.max_overflow,
+        acquire_timeout: database.acquire_timeout,
+        intake: database.intake_pool_size,
     };
-    store::connect(config.database.url.expose(), pool).await
+    store::connect(database.url.expose(), pool).await
 }
 
 /// How often breaker transitions are exchanged with the other instances through Redis.
 const BREAKER_SYNC_PERIOD: Duration = Duration::from_millis(500);
 
-/// The key receipts are signed with: the configured file; in development without one, a key
-/// generated once under the data directory; none with `odr_unsigned` (production insists on
-/// one of the two, see `Config`).
-fn receipt_signer(config: &Config) -> Result<Option<Arc<crate::receipts::Signer>>, BuildError> {
+/// The key receipts are signed with: the section's key file; in development without one, a
+/// key generated once under `data_dir`; none when `unsigned` (production insists on one of
+/// the two, see `Config`).
+fn receipt_signer(
+    receipts: &ReceiptsConfig,
+    data_dir: &std::path::Path,
+) -> Result<Option<Arc<crate::receipts::Signer>>, BuildError> {
     use crate::receipts::Signer;
     let fail = |e: crate::receipts::keys::KeyError| BuildError::Receipts(e.to_string());
-    let signer = match &config.receipts.signing_key_file {
+    let signer = match &receipts.signing_key_file {
         Some(path) => Signer::load(path).map_err(fail)?,
-        None if config.receipts.unsigned => {
+        None if receipts.unsigned => {
             tracing::warn!(target: "aragora::receipts", "ARAGORA_ODR_UNSIGNED=1: decision receipts are issued unsigned");
             return Ok(None);
         }
         None => {
-            let path = config.data_dir.join("odr-signing-key.pem");
+            let path = data_dir.join("odr-signing-key.pem");
             let (signer, created) = Signer::load_or_create(&path).map_err(fail)?;
             if created {
                 tracing::info!(
@@ -98,17 +101,23 @@ fn receipt_signer(config: &Config) -> Result<Option<Arc<crate::receipts::Signer>
     Ok(Some(Arc::new(signer)))
 }
 
+/// The WebSocket hub's limits from the `ws` section.
+fn ws_limits(ws: &WsConfig) -> WsLimits {
+    WsLimits {
+        max_connections: ws.max_connections as usize,
+        max_per_ip: ws.max_per_ip as usize,
+        max_message_bytes: crate::ws::MAX_MESSAGE_BYTES,
+        send_queue: ws.send_queue as usize,
+        slow_after: ws.slow_consumer,
+    }
+}
+
 /// Live events buffered for the fan-out dispatcher.
 const BUS_CAPACITY: usize = 16_384;
 
 /// The agent registry for `config` (agents file, provider keys, resilience policy).
 pub fn load_agents(config: &Config) -> Result<AgentRegistry, String> {
-    let breaker = BreakerConfig {
-        failure_threshold: config.breaker.failure_threshold,
-        open_for: config.breaker.open,
-        success_threshold: config.breaker.success_threshold,
-        ..BreakerConfig::default()
-    };
+    let breaker = BreakerConfig::from(&config.breaker);
     let retry = RetryPolicy {
         max_attempts: config.agents.max_attempts,
         ..RetryPolicy::default()
@@ -131,8 +140,10 @@ impl Application {
         let lock = PidLock::acquire(&config.lock_dir, config.http.port)?;
 
         let agents = Arc::new(load_agents(&config).map_err(BuildError::Agents)?);
-        let signer = receipt_signer(&config)?;
-        let store = open_store(&config).await.map_err(BuildError::Store)?;
+        let signer = receipt_signer(&config.receipts, &config.data_dir)?;
+        let store = open_store(&config.database)
+            .await
+            .map_err(BuildError::Store)?;
         store.migrate().await.map_err(BuildError::Migrate)?;
         let receipts = {
             let agents = agents.clone();
@@ -236,16 +247,7 @@ impl Application {
                 });
             }));
         }
-        let ws = Arc::new(WsHub::new(
-            WsLimits {
-                max_connections: config.ws.max_connections as usize,
-                max_per_ip: config.ws.max_per_ip as usize,
-                max_message_bytes: crate::ws::MAX_MESSAGE_BYTES,
-                send_queue: config.ws.send_queue as usize,
-                slow_after: config.ws.slow_consumer,
-            },
-            &shutdown,
-        ));
+        let ws = Arc::new(WsHub::new(ws_limits(&config.ws), &shutdown));
         let state = AppState::new(Shared {
             store,
             redis,

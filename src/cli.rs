@@ -242,7 +242,7 @@ fn block_on(fut: impl Future<Output = ExitCode>) -> ExitCode {
 }
 
 async fn serve(config: Config) -> ExitCode {
-    if let Err(err) = crate::telemetry::init_logging(&config) {
+    if let Err(err) = crate::telemetry::init_logging(&config.logging) {
         eprintln!("aragora: cannot set up logging: {err:#}");
         return ExitCode::from(2);
     }
@@ -307,7 +307,7 @@ async fn handle_signals(state: crate::app::AppState) {
 }
 
 async fn migrate(config: Config) -> ExitCode {
-    let store = match open_store(&config).await {
+    let store = match open_store(&config.database).await {
         Ok(store) => store,
         Err(err) => {
             eprintln!("aragora: cannot open the database: {err}");
@@ -469,7 +469,7 @@ fn create_user(config: Config, email: &str, role: &str) -> ExitCode {
         }
     };
     block_on(async move {
-        let store = match open_store(&config).await {
+        let store = match open_store(&config.database).await {
             Ok(store) => store,
             Err(err) => {
                 eprintln!("aragora: cannot open the database: {err}");

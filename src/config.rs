@@ -1205,7 +1205,12 @@ pub fn reload(
 ) -> Result<Vec<String>, String> {
     let outcome = current
         .reread()
-        .map(|new| limiter.apply(crate::ratelimit::Settings::from_config(&new)))
+        .map(|new| {
+            limiter.apply(crate::ratelimit::Settings::from_config(
+                &new.rate_limit,
+                &new.http.trusted_proxies,
+            ))
+        })
         .map_err(|err| err.to_string());
     if let Err(message) = &outcome {
         tracing::error!(

@@ -38,7 +38,7 @@ use tokio_util::task::TaskTracker;
 pub use self::memory::MemoryLimiter;
 pub use self::redis::RedisLimiter;
 use crate::app::AppState;
-use crate::config::Config;
+use crate::config::{Config, RateLimitConfig};
 use crate::redis_client::RedisHandle;
 
 /// Every limit is per minute.
@@ -294,15 +294,17 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn from_config(c: &Config) -> Settings {
+    /// The limits of the `rate_limit` section; client addresses are read through
+    /// `trusted_proxies` (the `http` section's).
+    pub fn from_config(section: &RateLimitConfig, trusted_proxies: &[IpNet]) -> Settings {
         Settings {
-            disabled: c.rate_limit.disabled,
-            default_rpm: c.rate_limit.rpm,
-            debate_rpm: c.rate_limit.debate_rpm,
-            login_rpm: c.rate_limit.login_rpm,
-            agent_test_rpm: c.rate_limit.agent_test_rpm,
-            whitelist: c.rate_limit.whitelist.clone(),
-            trusted_proxies: c.http.trusted_proxies.clone(),
+            disabled: section.disabled,
+            default_rpm: section.rpm,
+            debate_rpm: section.debate_rpm,
+            login_rpm: section.login_rpm,
+            agent_test_rpm: section.agent_test_rpm,
+            whitelist: section.whitelist.clone(),
+            trusted_proxies: trusted_proxies.to_vec(),
         }
     }
 
@@ -420,7 +422,7 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
-    /// The limiter of `config`, deciding in `redis` when `enable_redis_rate_limit` (and in
+    /// The limiter of `config`, deciding in `redis` when `rate_limit.redis` (and in
     /// memory while Redis fails), else in memory.
     pub fn new(config: &Config, redis: Option<RedisHandle>) -> RateLimiter {
         let redis = redis.filter(|_| config.rate_limit.redis).map(|redis| {
@@ -432,7 +434,10 @@ impl RateLimiter {
         });
         // Each rule's hit counter is published at zero by telemetry::metrics::install.
         RateLimiter {
-            settings: ArcSwap::from_pointee(Settings::from_config(config)),
+            settings: ArcSwap::from_pointee(Settings::from_config(
+                &config.rate_limit,
+                &config.http.trusted_proxies,
+            )),
             memory: MemoryLimiter::new(),
             redis,
             redis_ok: AtomicBool::new(true),

@@ -27,7 +27,7 @@ pub fn reporting() -> bool {
     REPORTING.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-/// Start reporting when `config.sentry_dsn` is set. An unusable DSN is logged and ignored
+/// Start reporting when `config.logging.sentry_dsn` is set. An unusable DSN is logged and ignored
 /// (error reporting must not stop the server).
 pub fn init(config: &Config) -> Option<SentryGuard> {
     let dsn = config.logging.sentry_dsn.as_ref()?;
