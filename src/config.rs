@@ -297,16 +297,27 @@ pub struct Config {
     pub lock_dir: PathBuf,
     /// Longest a graceful shutdown may take.
     pub shutdown_timeout: Duration,
+    /// The REST API listener.
     pub http: HttpConfig,
+    /// The WebSocket listener.
     pub ws: WsConfig,
+    /// The store.
     pub database: DatabaseConfig,
+    /// Redis (event bus, shared rate limits).
     pub redis: RedisConfig,
+    /// Per-client request limits.
     pub rate_limit: RateLimitConfig,
+    /// Credentials, tokens and accounts.
     pub auth: AuthConfig,
+    /// Agents, providers and prices.
     pub agents: AgentsConfig,
+    /// Debate budgets and the queue.
     pub debates: DebatesConfig,
+    /// The per-agent circuit breaker.
     pub breaker: BreakerConfig,
+    /// Logs, metrics and error reporting.
     pub logging: LoggingConfig,
+    /// Decision receipts.
     pub receipts: ReceiptsConfig,
     /// The `--config` file this was loaded from (SIGHUP re-reads it).
     pub config_file: Option<PathBuf>,
@@ -348,8 +359,9 @@ pub struct HttpConfig {
 pub struct WsConfig {
     /// WebSocket port (0 = any free port, for tests).
     pub port: u16,
-    /// WebSocket connection caps.
+    /// WebSocket connections open at once (all clients).
     pub max_connections: u32,
+    /// WebSocket connections open at once from one client IP.
     pub max_per_ip: u32,
     /// Frames one WebSocket connection may have waiting to be written.
     pub send_queue: u32,
@@ -369,6 +381,7 @@ pub struct DatabaseConfig {
     pub url: Secret,
     /// Supabase project URL: only used to explain that a Postgres URL is needed.
     pub supabase_url: Option<String>,
+    /// Supabase API key: accepted and redacted, not used (the store speaks Postgres).
     pub supabase_key: Option<Secret>,
     /// Pool: min idle connections.
     pub pool_size: u32,
@@ -503,6 +516,7 @@ pub struct LoggingConfig {
     pub memory_profiling: bool,
     /// Serve Prometheus metrics at /api/metrics.
     pub metrics_enabled: bool,
+    /// Sentry DSN: when set, errors are reported there (secrets scrubbed).
     pub sentry_dsn: Option<Secret>,
 }
 
