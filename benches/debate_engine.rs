@@ -116,10 +116,10 @@ async fn engine_overhead() {
     let store = aragora::store::connect(
         &url,
         PoolSettings {
-            size: config.db_pool_size,
-            max_overflow: config.db_max_overflow,
+            size: config.database.pool_size,
+            max_overflow: config.database.max_overflow,
             acquire_timeout: Duration::from_secs(10),
-            intake: config.db_intake_pool_size,
+            intake: config.database.intake_pool_size,
         },
     )
     .await

@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::agents::{AgentRegistry, BreakerConfig, RetryPolicy};
 use crate::auth::{AccountSettings, Accounts, Authenticator, CredentialCache};
 use crate::bus::{EventBus, LocalBus, RedisBus};
-use crate::config::Config;
+use crate::config::{Config, DatabaseConfig, ReceiptsConfig, WsConfig};
 use crate::debate::manager::{DebateManager, ManagerSettings};
 use crate::lockfile::{LockError, PidLock};
 use crate::ratelimit::RateLimiter;
@@ -56,34 +56,37 @@ pub struct Application {
     _lock: PidLock,
 }
 
-/// Open the configured store with the configured pool.
-pub async fn open_store(config: &Config) -> Result<DynStore, StoreError> {
+/// Open the store of the `database` section with its pool.
+pub async fn open_store(database: &DatabaseConfig) -> Result<DynStore, StoreError> {
     let pool = PoolSettings {
-        size: config.db_pool_size,
-        max_overflow: config.db_max_overflow,
-        acquire_timeout: config.db_acquire_timeout,
-        intake: config.db_intake_pool_size,
+        size: database.pool_size,
+        max_overflow: database.max_overflow,
+        acquire_timeout: database.acquire_timeout,
+        intake: database.intake_pool_size,
     };
-    store::connect(config.database_url.expose(), pool).await
+    store::connect(database.url.expose(), pool).await
 }
 
 /// How often breaker transitions are exchanged with the other instances through Redis.
 const BREAKER_SYNC_PERIOD: Duration = Duration::from_millis(500);
 
-/// The key receipts are signed with: the configured file; in development without one, a key
-/// generated once under the data directory; none with `odr_unsigned` (production insists on
-/// one of the two, see `Config`).
-fn receipt_signer(config: &Config) -> Result<Option<Arc<crate::receipts::Signer>>, BuildError> {
+/// The key receipts are signed with: the section's key file; in development without one, a
+/// key generated once under `data_dir`; none when `unsigned` (production insists on one of
+/// the two, see `Config`).
+fn receipt_signer(
+    receipts: &ReceiptsConfig,
+    data_dir: &std::path::Path,
+) -> Result<Option<Arc<crate::receipts::Signer>>, BuildError> {
     use crate::receipts::Signer;
     let fail = |e: crate::receipts::keys::KeyError| BuildError::Receipts(e.to_string());
-    let signer = match &config.odr_signing_key_file {
+    let signer = match &receipts.signing_key_file {
         Some(path) => Signer::load(path).map_err(fail)?,
-        None if config.odr_unsigned => {
+        None if receipts.unsigned => {
             tracing::warn!(target: "aragora::receipts", "ARAGORA_ODR_UNSIGNED=1: decision receipts are issued unsigned");
             return Ok(None);
         }
         None => {
-            let path = config.data_dir.join("odr-signing-key.pem");
+            let path = data_dir.join("odr-signing-key.pem");
             let (signer, created) = Signer::load_or_create(&path).map_err(fail)?;
             if created {
                 tracing::info!(
@@ -99,28 +102,34 @@ fn receipt_signer(config: &Config) -> Result<Option<Arc<crate::receipts::Signer>
     Ok(Some(Arc::new(signer)))
 }
 
+/// The WebSocket hub's limits from the `ws` section.
+fn ws_limits(ws: &WsConfig) -> WsLimits {
+    WsLimits {
+        max_connections: ws.max_connections as usize,
+        max_per_ip: ws.max_per_ip as usize,
+        max_message_bytes: crate::ws::MAX_MESSAGE_BYTES,
+        send_queue: ws.send_queue as usize,
+        slow_after: ws.slow_consumer,
+    }
+}
+
 /// Live events buffered for the fan-out dispatcher.
 const BUS_CAPACITY: usize = 16_384;
 
 /// The agent registry for `config` (agents file, provider keys, resilience policy).
 pub fn load_agents(config: &Config) -> Result<AgentRegistry, String> {
-    let breaker = BreakerConfig {
-        failure_threshold: config.breaker_failure_threshold,
-        open_for: config.breaker_open,
-        success_threshold: config.breaker_success_threshold,
-        ..BreakerConfig::default()
-    };
+    let breaker = BreakerConfig::from(&config.breaker);
     let retry = RetryPolicy {
-        max_attempts: config.agent_max_attempts,
+        max_attempts: config.agents.max_attempts,
         ..RetryPolicy::default()
     };
-    let providers = config.providers.clone();
+    let providers = config.agents.providers.clone();
     AgentRegistry::load(
-        config.agents_file.as_deref(),
+        config.agents.file.as_deref(),
         &move |name: &str| providers.get(name),
         breaker,
         retry,
-        config.agent_timeout,
+        config.agents.timeout,
     )
     .map_err(|e| e.to_string())
 }
@@ -129,18 +138,20 @@ impl Application {
     pub async fn build(config: Config) -> Result<Application, BuildError> {
         let host = config.bind_host().to_owned();
         // The lock comes first so a second start says "already running", not "address in use".
-        let lock = PidLock::acquire(&config.lock_dir, config.api_port)?;
+        let lock = PidLock::acquire(&config.lock_dir, config.http.port)?;
 
         let agents = Arc::new(load_agents(&config).map_err(BuildError::Agents)?);
-        let signer = receipt_signer(&config)?;
-        let store = open_store(&config).await.map_err(BuildError::Store)?;
+        let signer = receipt_signer(&config.receipts, &config.data_dir)?;
+        let store = open_store(&config.database)
+            .await
+            .map_err(BuildError::Store)?;
         store.migrate().await.map_err(BuildError::Migrate)?;
         let receipts = {
             let agents = agents.clone();
             crate::receipts::Receipts::start(
                 store.clone(),
                 signer,
-                config.odr_issuer.clone(),
+                config.receipts.issuer.clone(),
                 Box::new(move |name: &str| {
                     agents
                         .resolve(name)
@@ -152,7 +163,7 @@ impl Application {
             .map_err(BuildError::Store)?
         };
 
-        let redis = match &config.redis_url {
+        let redis = match &config.redis.url {
             Some(url) => {
                 Some(RedisHandle::new(url.expose()).map_err(|e| BuildError::Redis(e.to_string()))?)
             }
@@ -161,8 +172,8 @@ impl Application {
 
         let ratelimit = Arc::new(RateLimiter::new(&config, redis.clone()));
 
-        let api_listener = bind(&host, config.api_port).await?;
-        let ws_listener = bind_ws(&host, config.ws_port, config.ws_socket_send_buffer).await?;
+        let api_listener = bind(&host, config.http.port).await?;
+        let ws_listener = bind_ws(&host, config.ws.port, config.ws.socket_send_buffer).await?;
         let api_addr = api_listener
             .local_addr()
             .expect("bound socket has an address");
@@ -171,6 +182,7 @@ impl Application {
             .expect("bound socket has an address");
 
         let metrics = config
+            .logging
             .metrics_enabled
             .then(crate::telemetry::metrics::install);
         if metrics.is_some() {
@@ -185,7 +197,7 @@ impl Application {
         let bus: Arc<dyn EventBus> = match &redis {
             Some(redis) => RedisBus::start(
                 redis.clone(),
-                config.event_bus_channel.clone(),
+                config.redis.event_bus_channel.clone(),
                 config.instance_id.clone(),
                 BUS_CAPACITY,
                 &tasks,
@@ -198,19 +210,19 @@ impl Application {
             agents,
             bus,
             ManagerSettings {
-                max_concurrent: config.max_concurrent_debates as usize,
-                queue_size: config.debate_queue_size as usize,
-                default_agents: config.default_agents.clone(),
-                default_rounds: config.default_rounds,
-                threshold: config.consensus_threshold,
-                debate_timeout: config.debate_timeout,
+                max_concurrent: config.debates.max_concurrent as usize,
+                queue_size: config.debates.queue_size as usize,
+                default_agents: config.agents.default_agents.clone(),
+                default_rounds: config.debates.default_rounds,
+                threshold: config.debates.consensus_threshold,
+                debate_timeout: config.debates.timeout,
                 instance_id: config.instance_id.clone(),
-                lease: config.debate_lease,
-                claim_poll: config.debate_claim_poll,
+                lease: config.debates.lease,
+                claim_poll: config.debates.claim_poll,
                 shutdown_timeout: config.shutdown_timeout,
-                max_cost_usd: config.debate_max_cost_usd,
+                max_cost_usd: config.debates.max_cost_usd,
                 pricing: Arc::new(
-                    crate::pricing::Pricing::load(config.pricing_file.as_deref())
+                    crate::pricing::Pricing::load(config.agents.pricing_file.as_deref())
                         .map_err(BuildError::Pricing)?,
                 ),
             },
@@ -236,19 +248,10 @@ impl Application {
                 });
             }));
         }
-        let ws = Arc::new(WsHub::new(
-            WsLimits {
-                max_connections: config.ws_max_connections as usize,
-                max_per_ip: config.ws_max_per_ip as usize,
-                max_message_bytes: crate::ws::MAX_MESSAGE_BYTES,
-                send_queue: config.ws_send_queue as usize,
-                slow_after: config.ws_slow_consumer,
-            },
-            &shutdown,
-        ));
+        let ws = Arc::new(WsHub::new(ws_limits(&config.ws), &shutdown));
         // One credential cache: the authenticator fills it, account changes (a key replaced
         // or revoked) drop an account's entries from it.
-        let credentials = Arc::new(CredentialCache::new(config.auth_cache));
+        let credentials = Arc::new(CredentialCache::new(config.auth.cache));
         let auth = Arc::new(Authenticator::new(
             &config,
             store.clone(),
@@ -263,7 +266,7 @@ impl Application {
             hub: ws.clone(),
             store: store.clone(),
             auth: auth.clone(),
-            anonymous_read: config.ws_anonymous_read,
+            anonymous_read: config.ws.anonymous_read,
             tasks: tasks.clone(),
             shutdown: shutdown.clone(),
         });
@@ -276,7 +279,7 @@ impl Application {
             receipts,
             auth,
             accounts,
-            health: Arc::new(crate::http::HealthProbe::new(config.health_cache)),
+            health: Arc::new(crate::http::HealthProbe::new(config.http.health_cache)),
             metrics,
             ratelimit,
             started_at: Instant::now(),
@@ -336,7 +339,7 @@ impl Application {
                  has owner rights (bound to {} unless --host says otherwise)",
                 state.config.bind_host()
             );
-        } else if state.config.local_operator {
+        } else if state.config.auth.local_operator {
             tracing::warn!(
                 "local_operator is on: credential-less requests from loopback without proxy \
                  headers get owner rights"
@@ -351,7 +354,7 @@ impl Application {
             state.tasks.spawn(
                 crate::bus::breakers::BreakerSync {
                     redis: redis.clone(),
-                    namespace: state.config.event_bus_channel.clone(),
+                    namespace: state.config.redis.event_bus_channel.clone(),
                     instance: state.config.instance_id.clone(),
                     registry: state.debates.agents().clone(),
                     period: BREAKER_SYNC_PERIOD,

@@ -211,7 +211,7 @@ pub fn run() -> ExitCode {
             // Before any thread exists: may replace this process with itself started with
             // jemalloc's heap profiler on (ARAGORA_MEMORY_PROFILING=1).
             if let Err(err) =
-                crate::telemetry::profiling::reexec_with_profiling(config.memory_profiling)
+                crate::telemetry::profiling::reexec_with_profiling(config.logging.memory_profiling)
             {
                 eprintln!("aragora: memory profiling: {err}");
             }
@@ -242,7 +242,7 @@ fn block_on(fut: impl Future<Output = ExitCode>) -> ExitCode {
 }
 
 async fn serve(config: Config) -> ExitCode {
-    if let Err(err) = crate::telemetry::init_logging(&config) {
+    if let Err(err) = crate::telemetry::init_logging(&config.logging) {
         eprintln!("aragora: cannot set up logging: {err:#}");
         return ExitCode::from(2);
     }
@@ -307,7 +307,7 @@ async fn handle_signals(state: crate::app::AppState) {
 }
 
 async fn migrate(config: Config) -> ExitCode {
-    let store = match open_store(&config).await {
+    let store = match open_store(&config.database).await {
         Ok(store) => store,
         Err(err) => {
             eprintln!("aragora: cannot open the database: {err}");
@@ -336,7 +336,7 @@ async fn migrate(config: Config) -> ExitCode {
 /// not fail because, say, a production secret is not in the operator's shell).
 fn local_ports(cli: &Cli) -> (u16, u16) {
     match Config::load(cli.config.as_deref(), &Flags::default()) {
-        Ok(c) => (c.api_port, c.ws_port),
+        Ok(c) => (c.http.port, c.ws.port),
         Err(err) => {
             eprintln!("aragora: using the default ports; the configuration did not load: {err}");
             (8080, 8766)
@@ -469,7 +469,7 @@ fn create_user(config: Config, email: &str, role: &str) -> ExitCode {
         }
     };
     block_on(async move {
-        let store = match open_store(&config).await {
+        let store = match open_store(&config.database).await {
             Ok(store) => store,
             Err(err) => {
                 eprintln!("aragora: cannot open the database: {err}");

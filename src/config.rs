@@ -283,132 +283,156 @@ pub struct Flags {
     pub ws_port: Option<u16>,
 }
 
-/// The validated, effective configuration.
+/// The validated, effective configuration, in sections: each subsystem reads its own.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// `development` or `production`; production insists on auth secrets.
     pub env: Environment,
+    /// Identity of this server among several sharing one database: it names the holder of
+    /// a debate's lease (and a restart under the same id resumes its debates at once).
+    pub instance_id: String,
+    /// Data directory for the embedded SQLite database.
+    pub data_dir: PathBuf,
+    /// Directory of the pid lock file.
+    pub lock_dir: PathBuf,
+    /// Longest a graceful shutdown may take.
+    pub shutdown_timeout: Duration,
+    /// The REST API listener.
+    pub http: HttpConfig,
+    /// The WebSocket listener.
+    pub ws: WsConfig,
+    /// The store.
+    pub database: DatabaseConfig,
+    /// Redis (event bus, shared rate limits).
+    pub redis: RedisConfig,
+    /// Per-client request limits.
+    pub rate_limit: RateLimitConfig,
+    /// Credentials, tokens and accounts.
+    pub auth: AuthConfig,
+    /// Agents, providers and prices.
+    pub agents: AgentsConfig,
+    /// Debate budgets and the queue.
+    pub debates: DebatesConfig,
+    /// The per-agent circuit breaker.
+    pub breaker: BreakerConfig,
+    /// Logs, metrics and error reporting.
+    pub logging: LoggingConfig,
+    /// Decision receipts.
+    pub receipts: ReceiptsConfig,
+    /// The `--config` file this was loaded from (SIGHUP re-reads it).
+    pub config_file: Option<PathBuf>,
+    /// The flags this was loaded with (a reload applies them again).
+    flags: Flags,
+    /// Where each value came from, for `aragora config`.
+    sources: Sources,
+}
+
+/// The REST API listener and what it accepts.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
     /// Interface to bind; `None` means the safe default (127.0.0.1).
     pub host: Option<String>,
     /// REST API port (0 = any free port, for tests).
-    pub api_port: u16,
-    /// WebSocket port (0 = any free port, for tests).
-    pub ws_port: u16,
-    /// Data directory for the embedded SQLite database.
-    pub data_dir: PathBuf,
-    /// `sqlite://…` or `postgres://…`, always set (derived from data_dir when not given).
-    pub database_url: Secret,
-    /// Supabase project URL: only used to explain that a Postgres URL is needed.
-    pub supabase_url: Option<String>,
-    pub supabase_key: Option<Secret>,
-    /// Pool: min idle connections.
-    pub db_pool_size: u32,
-    /// Pool: extra connections above `db_pool_size` under load.
-    pub db_max_overflow: u32,
-    /// Postgres: connections reserved for accepting debates (0: they share the pool).
-    pub db_intake_pool_size: u32,
-    /// How long a request waits for a database connection (a new one included) before it
-    /// fails; an unreachable database then answers 503 `database_unavailable`.
-    pub db_acquire_timeout: Duration,
-    /// Redis for cross-instance fan-out and shared rate limits.
-    pub redis_url: Option<Secret>,
-    /// Keep rate-limit state in Redis (needs `redis_url`).
-    pub enable_redis_rate_limit: bool,
-    /// Default per-client limit, requests/minute.
-    pub rate_limit_rpm: u32,
-    /// Debate creation per client per minute.
-    pub rate_limit_debate_rpm: u32,
-    /// Clients exempt from rate limits.
-    pub rate_limit_whitelist: Vec<IpNet>,
-    /// Turn rate limiting off entirely.
-    pub rate_limit_disabled: bool,
-    /// Login attempts per client IP per minute (POST /api/auth/login).
-    pub rate_limit_login_rpm: u32,
-    /// Agent test calls per client per minute (POST /api/debug/agent-test).
-    pub rate_limit_agent_test_rpm: u32,
-    /// Prefix of every rate-limit key in Redis (several deployments can share one Redis).
-    pub rate_limit_prefix: String,
-    /// Budget of one rate-limit decision in Redis; past it the decision is made in memory.
-    pub rate_limit_redis_timeout: Duration,
-    /// Proxies whose X-Forwarded-For / X-Real-IP are believed.
-    pub trusted_proxies: Vec<IpNet>,
-    /// CORS allowlist (exact origins such as `https://admin.example.com`).
-    pub allowed_origins: Vec<String>,
-    /// Budget for one agent call.
-    pub agent_timeout: Duration,
-    /// Budget for one whole debate.
-    pub debate_timeout: Duration,
-    /// Debates running at once; more wait in a bounded queue.
-    pub max_concurrent_debates: u32,
-    /// Share of weighted votes needed for consensus (0, 1].
-    pub consensus_threshold: f64,
-    /// WebSocket connection caps.
-    pub ws_max_connections: u32,
-    pub ws_max_per_ip: u32,
-    /// When set, logs are split into api/websocket/debate/agent files there.
-    pub log_dir: Option<PathBuf>,
-    /// tracing filter directives.
-    pub log_level: String,
-    /// Allocation profiling for memory dumps.
-    pub memory_profiling: bool,
-    /// Serve Prometheus metrics at /api/metrics.
-    pub metrics_enabled: bool,
-    pub sentry_dsn: Option<Secret>,
-    /// Static bearer token for service clients (owner rights).
-    pub api_token: Option<Secret>,
-    /// HS256 signing key (≥ 32 bytes).
-    pub jwt_secret: Option<Secret>,
-    /// Longest a graceful shutdown may take.
-    pub shutdown_timeout: Duration,
-    /// Directory of the pid lock file.
-    pub lock_dir: PathBuf,
+    pub port: u16,
     /// Longest one HTTP request may take.
     pub request_timeout: Duration,
     /// Largest request body accepted (413 beyond).
     pub max_body_bytes: usize,
+    /// CORS allowlist (exact origins such as `https://admin.example.com`).
+    pub allowed_origins: Vec<String>,
+    /// Proxies whose X-Forwarded-For / X-Real-IP are believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Serve the browser admin console at `/admin` (false: `/admin*` answers 404).
+    pub admin_console: bool,
+    /// Origin of the API the console talks to (e.g. `https://api.example.com`); `None`
+    /// means the console's own origin. Also added to the console's CSP `connect-src`.
+    pub admin_api_url: Option<String>,
     /// Budget of each health check.
     pub health_check_timeout: Duration,
     /// How long one round of dependency checks answers `/api/health` and `/ready` (one round
     /// runs at a time, however many calls arrive); zero checks on every call. At most 1 s.
     pub health_cache: Duration,
-    /// How long a resolved API key or JWT account is reused before the store is asked
-    /// again: the longest a revocation or role change takes to reach this instance
-    /// (revocations made here apply at once). Zero asks on every request. At most 1 s.
-    pub auth_cache: Duration,
-    /// Identity of this server among several sharing one database: it names the holder of
-    /// a debate's lease (and a restart under the same id resumes its debates at once).
-    pub instance_id: String,
-    /// Operator's agents file; `None` uses the compiled-in config/agents.toml.
-    pub agents_file: Option<PathBuf>,
-    /// Agents of a debate request that names none.
-    pub default_agents: Vec<String>,
-    /// Rounds of a debate request that names none.
-    pub default_rounds: u32,
-    /// Debates that may wait for a free slot (503 beyond), across the fleet.
-    pub debate_queue_size: u32,
-    /// Lease of a running debate; renewed every third of it. An instance silent for longer
-    /// loses its debates to the others.
-    pub debate_lease: Duration,
-    /// How often an idle instance looks for debates to claim (new ones wake it at once).
-    pub debate_claim_poll: Duration,
-    /// Cost cap (USD) of a debate whose request names none; `None`: no cap.
-    pub debate_max_cost_usd: Option<f64>,
-    /// Attempts per agent call (1 = no retries).
-    pub agent_max_attempts: u32,
-    /// Consecutive failures that open an agent's circuit breaker.
-    pub breaker_failure_threshold: u32,
-    /// Seconds an open breaker waits before a half-open probe.
-    pub breaker_open: Duration,
-    /// Successful probes that close a half-open breaker.
-    pub breaker_success_threshold: u32,
+}
+
+/// The WebSocket listener and its per-connection limits.
+#[derive(Debug, Clone)]
+pub struct WsConfig {
+    /// WebSocket port (0 = any free port, for tests).
+    pub port: u16,
+    /// WebSocket connections open at once (all clients).
+    pub max_connections: u32,
+    /// WebSocket connections open at once from one client IP.
+    pub max_per_ip: u32,
     /// Frames one WebSocket connection may have waiting to be written.
-    pub ws_send_queue: u32,
+    pub send_queue: u32,
     /// How long a full send queue may stay full before the client is closed with 4008.
-    pub ws_slow_consumer: Duration,
+    pub slow_consumer: Duration,
     /// Kernel send buffer of each WebSocket connection on the WS port, bytes.
-    pub ws_socket_send_buffer: u32,
+    pub socket_send_buffer: u32,
+    /// With auth on, let WebSocket clients connect without credentials (read-only; they
+    /// still see no debate they could not see over HTTP). Off: closed with 1008.
+    pub anonymous_read: bool,
+}
+
+/// The store: where it is and how its pool is sized.
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    /// `sqlite://…` or `postgres://…`, always set (derived from data_dir when not given).
+    pub url: Secret,
+    /// Supabase project URL: only used to explain that a Postgres URL is needed.
+    pub supabase_url: Option<String>,
+    /// Supabase API key: accepted and redacted, not used (the store speaks Postgres).
+    pub supabase_key: Option<Secret>,
+    /// Pool: min idle connections.
+    pub pool_size: u32,
+    /// Pool: extra connections above `pool_size` under load.
+    pub max_overflow: u32,
+    /// Postgres: connections reserved for accepting debates (0: they share the pool).
+    pub intake_pool_size: u32,
+    /// How long a request waits for a database connection (a new one included) before it
+    /// fails; an unreachable database then answers 503 `database_unavailable`.
+    pub acquire_timeout: Duration,
+}
+
+/// Redis, shared by the event bus and the rate limiter.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// Redis for cross-instance fan-out and shared rate limits.
+    pub url: Option<Secret>,
     /// Redis pub/sub channel of the cross-instance event bus.
     pub event_bus_channel: String,
+}
+
+/// Per-client request limits.
+#[derive(Debug, Clone)]
+pub struct RateLimitConfig {
+    /// Keep rate-limit state in Redis (needs `redis.url`).
+    pub redis: bool,
+    /// Default per-client limit, requests/minute.
+    pub rpm: u32,
+    /// Debate creation per client per minute.
+    pub debate_rpm: u32,
+    /// Clients exempt from rate limits.
+    pub whitelist: Vec<IpNet>,
+    /// Turn rate limiting off entirely.
+    pub disabled: bool,
+    /// Login attempts per client IP per minute (POST /api/auth/login).
+    pub login_rpm: u32,
+    /// Agent test calls per client per minute (POST /api/debug/agent-test).
+    pub agent_test_rpm: u32,
+    /// Prefix of every rate-limit key in Redis (several deployments can share one Redis).
+    pub prefix: String,
+    /// Budget of one rate-limit decision in Redis; past it the decision is made in memory.
+    pub redis_timeout: Duration,
+}
+
+/// Credentials, tokens and accounts.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// Static bearer token for service clients (owner rights).
+    pub api_token: Option<Secret>,
+    /// HS256 signing key (≥ 32 bytes).
+    pub jwt_secret: Option<Secret>,
     /// Lifetime of a JWT access token.
     pub access_token_ttl: Duration,
     /// Lifetime of an opaque refresh token.
@@ -425,31 +449,87 @@ pub struct Config {
     /// proxy headers (runbook curls on the host). Never enable behind a local reverse proxy
     /// that is not listed in trusted_proxies.
     pub local_operator: bool,
-    /// With auth on, let WebSocket clients connect without credentials (read-only; they
-    /// still see no debate they could not see over HTTP). Off: closed with 1008.
-    pub ws_anonymous_read: bool,
+    /// How long a resolved API key or JWT account is reused before the store is asked
+    /// again: the longest a revocation or role change takes to reach this instance
+    /// (revocations made here apply at once). Zero asks on every request. At most 1 s.
+    pub cache: Duration,
+}
+
+/// The agents: which exist, how they are called, what they cost.
+#[derive(Debug, Clone)]
+pub struct AgentsConfig {
+    /// Operator's agents file; `None` uses the compiled-in config/agents.toml.
+    pub file: Option<PathBuf>,
+    /// Agents of a debate request that names none.
+    pub default_agents: Vec<String>,
+    /// Budget for one agent call.
+    pub timeout: Duration,
+    /// Attempts per agent call (1 = no retries).
+    pub max_attempts: u32,
     /// Operator's pricing table; `None` uses the compiled-in config/pricing.toml.
     pub pricing_file: Option<PathBuf>,
-    /// Serve the browser admin console at `/admin` (false: `/admin*` answers 404).
-    pub admin_console: bool,
-    /// Origin of the API the console talks to (e.g. `https://api.example.com`); `None`
-    /// means the console's own origin. Also added to the console's CSP `connect-src`.
-    pub admin_api_url: Option<String>,
-    /// Receipts: the Ed25519 signing key (PKCS#8 PEM). Unset in development: a key generated
-    /// once under `data_dir`; unset in production: refused unless `odr_unsigned`.
-    pub odr_signing_key_file: Option<PathBuf>,
-    /// Issue receipts unsigned (production without a key file).
-    pub odr_unsigned: bool,
-    /// The issuer named in every ODR 0.2 signature.
-    pub odr_issuer: String,
     /// Provider keys and base URLs from the environment.
     pub providers: ProviderEnv,
-    /// The `--config` file this was loaded from (SIGHUP re-reads it).
-    pub config_file: Option<PathBuf>,
-    /// The flags this was loaded with (a reload applies them again).
-    flags: Flags,
-    /// Where each value came from, for `aragora config`.
-    sources: Sources,
+}
+
+/// Debates: budgets, concurrency and the fleet-wide queue.
+#[derive(Debug, Clone)]
+pub struct DebatesConfig {
+    /// Budget for one whole debate.
+    pub timeout: Duration,
+    /// Debates running at once; more wait in a bounded queue.
+    pub max_concurrent: u32,
+    /// Share of weighted votes needed for consensus (0, 1].
+    pub consensus_threshold: f64,
+    /// Rounds of a debate request that names none.
+    pub default_rounds: u32,
+    /// Debates that may wait for a free slot (503 beyond), across the fleet.
+    pub queue_size: u32,
+    /// Lease of a running debate; renewed every third of it. An instance silent for longer
+    /// loses its debates to the others.
+    pub lease: Duration,
+    /// How often an idle instance looks for debates to claim (new ones wake it at once).
+    pub claim_poll: Duration,
+    /// Cost cap (USD) of a debate whose request names none; `None`: no cap.
+    pub max_cost_usd: Option<f64>,
+}
+
+/// The per-agent circuit breaker.
+#[derive(Debug, Clone)]
+pub struct BreakerConfig {
+    /// Consecutive failures that open an agent's circuit breaker.
+    pub failure_threshold: u32,
+    /// Seconds an open breaker waits before a half-open probe.
+    pub open: Duration,
+    /// Successful probes that close a half-open breaker.
+    pub success_threshold: u32,
+}
+
+/// Logs, metrics and error reporting.
+#[derive(Debug, Clone)]
+pub struct LoggingConfig {
+    /// When set, logs are split into api/websocket/debate/agent files there.
+    pub dir: Option<PathBuf>,
+    /// tracing filter directives.
+    pub level: String,
+    /// Allocation profiling for memory dumps.
+    pub memory_profiling: bool,
+    /// Serve Prometheus metrics at /api/metrics.
+    pub metrics_enabled: bool,
+    /// Sentry DSN: when set, errors are reported there (secrets scrubbed).
+    pub sentry_dsn: Option<Secret>,
+}
+
+/// Decision receipts: how they are signed.
+#[derive(Debug, Clone)]
+pub struct ReceiptsConfig {
+    /// The Ed25519 signing key (PKCS#8 PEM). Unset in development: a key generated once
+    /// under `data_dir`; unset in production: refused unless `unsigned`.
+    pub signing_key_file: Option<PathBuf>,
+    /// Issue receipts unsigned (production without a key file).
+    pub unsigned: bool,
+    /// The issuer named in every ODR 0.2 signature.
+    pub issuer: String,
 }
 
 /// The raw layered values behind the typed fields; `Debug` shows only where each came from,
@@ -471,10 +551,14 @@ type Layers = BTreeMap<&'static str, (String, Source)>;
 impl Config {
     /// Every secret value this process was configured with (for scrubbing error reports).
     pub fn secret_values(&self) -> Vec<String> {
-        let mut out = self.providers.key_values();
-        for secret in [&self.api_token, &self.jwt_secret, &self.sentry_dsn]
-            .into_iter()
-            .flatten()
+        let mut out = self.agents.providers.key_values();
+        for secret in [
+            &self.auth.api_token,
+            &self.auth.jwt_secret,
+            &self.logging.sentry_dsn,
+        ]
+        .into_iter()
+        .flatten()
         {
             out.push(secret.expose().to_owned());
         }
@@ -550,13 +634,11 @@ impl Config {
             );
         }
 
-        let providers = ProviderEnv::read(&env);
-        Ok(Config {
-            providers,
-            config_file: file.map(Path::to_path_buf),
-            flags: flags.clone(),
-            ..Self::from_layers(layers)?
-        })
+        let mut config = Self::from_layers(layers)?;
+        config.agents.providers = ProviderEnv::read(&env);
+        config.config_file = file.map(Path::to_path_buf);
+        config.flags = flags.clone();
+        Ok(config)
     }
 
     /// The configuration read again the way this one was — defaults, the same `--config`
@@ -678,165 +760,238 @@ impl Config {
             return Err(p.invalid("host", "an IP address such as 127.0.0.1, 0.0.0.0 or ::"));
         }
 
-        let config = Config {
-            env,
-            host,
-            api_port: p.port("api_port")?,
-            ws_port: p.port("ws_port")?,
-            data_dir,
-            database_url: Secret(database_url),
-            supabase_url,
-            supabase_key: p.text("supabase_key").map(Secret),
-            db_pool_size: p.int("db_pool_size", 1, 1000)? as u32,
-            db_max_overflow: p.int("db_max_overflow", 0, 1000)? as u32,
-            db_intake_pool_size: p.int("db_intake_pool_size", 0, 100)? as u32,
-            db_acquire_timeout: Duration::from_millis(p.int(
-                "db_acquire_timeout_ms",
-                100,
-                600_000,
-            )?),
-            redis_url: redis_url.map(Secret),
-            enable_redis_rate_limit,
-            rate_limit_rpm: p.int("rate_limit_rpm", 1, 1_000_000)? as u32,
-            rate_limit_debate_rpm: p.int("rate_limit_debate_rpm", 1, 1_000_000)? as u32,
-            rate_limit_whitelist: p.cidrs("rate_limit_whitelist")?,
-            rate_limit_disabled: p.boolean("rate_limit_disabled")?,
-            rate_limit_login_rpm: p.int("rate_limit_login_rpm", 1, 1_000_000)? as u32,
-            rate_limit_agent_test_rpm: p.int("rate_limit_agent_test_rpm", 1, 1_000_000)? as u32,
-            rate_limit_prefix: {
-                let prefix = p.text("rate_limit_prefix").unwrap_or_default();
-                if prefix.is_empty()
-                    || prefix.len() > 100
-                    || prefix.chars().any(char::is_whitespace)
-                {
-                    return Err(p.invalid(
-                        "rate_limit_prefix",
-                        "1 to 100 characters without spaces, such as aragora:rl:",
-                    ));
-                }
-                prefix
-            },
-            rate_limit_redis_timeout: Duration::from_millis(p.int(
-                "rate_limit_redis_timeout_ms",
-                1,
-                10_000,
-            )?),
-            trusted_proxies: p.cidrs("trusted_proxies")?,
-            allowed_origins: p.origins("allowed_origins")?,
-            agent_timeout: Duration::from_secs(p.int("agent_timeout_seconds", 1, 3600)?),
-            debate_timeout: Duration::from_secs(p.int("debate_timeout_seconds", 1, 86_400)?),
-            max_concurrent_debates: p.int("max_concurrent_debates", 1, 10_000)? as u32,
-            consensus_threshold,
-            ws_max_connections: p.int("ws_max_connections", 1, 1_000_000)? as u32,
-            ws_max_per_ip: p.int("ws_max_per_ip", 1, 1_000_000)? as u32,
-            log_dir: p.text("log_dir").map(PathBuf::from),
-            log_level,
-            memory_profiling: p.boolean("memory_profiling")?,
-            metrics_enabled: p.boolean("metrics_enabled")?,
-            sentry_dsn: p.text("sentry_dsn").map(Secret),
-            api_token: api_token.map(Secret),
-            jwt_secret: jwt_secret.map(Secret),
-            shutdown_timeout: Duration::from_secs(p.int("shutdown_timeout_seconds", 1, 3600)?),
-            lock_dir: PathBuf::from(p.text("lock_dir").unwrap_or_else(|| "/tmp".into())),
-            request_timeout: Duration::from_secs(p.int("request_timeout_seconds", 1, 3600)?),
-            max_body_bytes: p.int("max_body_bytes", 1024, 1 << 30)? as usize,
-            health_check_timeout: Duration::from_millis(p.int(
-                "health_check_timeout_ms",
-                10,
-                60_000,
-            )?),
-            health_cache: Duration::from_millis(p.int("health_cache_ms", 0, 1000)?),
-            auth_cache: Duration::from_millis(p.int("auth_cache_ms", 0, 1000)?),
-            instance_id: p.text("instance_id").unwrap_or_else(|| {
-                let host = nix::unistd::gethostname()
+        let api_port = p.port("api_port")?;
+        let ws_port = p.port("ws_port")?;
+        let database_url = Secret(database_url);
+        let supabase_key = p.text("supabase_key").map(Secret);
+        let db_pool_size = p.int("db_pool_size", 1, 1000)? as u32;
+        let db_max_overflow = p.int("db_max_overflow", 0, 1000)? as u32;
+        let db_intake_pool_size = p.int("db_intake_pool_size", 0, 100)? as u32;
+        let db_acquire_timeout =
+            Duration::from_millis(p.int("db_acquire_timeout_ms", 100, 600_000)?);
+        let redis_url = redis_url.map(Secret);
+        let rate_limit_rpm = p.int("rate_limit_rpm", 1, 1_000_000)? as u32;
+        let rate_limit_debate_rpm = p.int("rate_limit_debate_rpm", 1, 1_000_000)? as u32;
+        let rate_limit_whitelist = p.cidrs("rate_limit_whitelist")?;
+        let rate_limit_disabled = p.boolean("rate_limit_disabled")?;
+        let rate_limit_login_rpm = p.int("rate_limit_login_rpm", 1, 1_000_000)? as u32;
+        let rate_limit_agent_test_rpm = p.int("rate_limit_agent_test_rpm", 1, 1_000_000)? as u32;
+        let rate_limit_prefix = {
+            let prefix = p.text("rate_limit_prefix").unwrap_or_default();
+            if prefix.is_empty() || prefix.len() > 100 || prefix.chars().any(char::is_whitespace) {
+                return Err(p.invalid(
+                    "rate_limit_prefix",
+                    "1 to 100 characters without spaces, such as aragora:rl:",
+                ));
+            }
+            prefix
+        };
+        let rate_limit_redis_timeout =
+            Duration::from_millis(p.int("rate_limit_redis_timeout_ms", 1, 10_000)?);
+        let trusted_proxies = p.cidrs("trusted_proxies")?;
+        let allowed_origins = p.origins("allowed_origins")?;
+        let agent_timeout = Duration::from_secs(p.int("agent_timeout_seconds", 1, 3600)?);
+        let debate_timeout = Duration::from_secs(p.int("debate_timeout_seconds", 1, 86_400)?);
+        let max_concurrent_debates = p.int("max_concurrent_debates", 1, 10_000)? as u32;
+        let ws_max_connections = p.int("ws_max_connections", 1, 1_000_000)? as u32;
+        let ws_max_per_ip = p.int("ws_max_per_ip", 1, 1_000_000)? as u32;
+        let log_dir = p.text("log_dir").map(PathBuf::from);
+        let memory_profiling = p.boolean("memory_profiling")?;
+        let metrics_enabled = p.boolean("metrics_enabled")?;
+        let sentry_dsn = p.text("sentry_dsn").map(Secret);
+        let api_token = api_token.map(Secret);
+        let jwt_secret = jwt_secret.map(Secret);
+        let shutdown_timeout = Duration::from_secs(p.int("shutdown_timeout_seconds", 1, 3600)?);
+        let lock_dir = PathBuf::from(p.text("lock_dir").unwrap_or_else(|| "/tmp".into()));
+        let request_timeout = Duration::from_secs(p.int("request_timeout_seconds", 1, 3600)?);
+        let max_body_bytes = p.int("max_body_bytes", 1024, 1 << 30)? as usize;
+        let health_check_timeout =
+            Duration::from_millis(p.int("health_check_timeout_ms", 10, 60_000)?);
+        let health_cache = Duration::from_millis(p.int("health_cache_ms", 0, 1000)?);
+        let auth_cache = Duration::from_millis(p.int("auth_cache_ms", 0, 1000)?);
+        let instance_id = p.text("instance_id").unwrap_or_else(|| {
+            let host = nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "localhost".into());
+            format!(
+                "{host}:{}",
+                layers.get("api_port").map_or("8080", |(v, _)| v.as_str())
+            )
+        });
+        let agents_file = p.text("agents_file").map(PathBuf::from);
+        let default_agents = {
+            let agents = p.list("default_agents");
+            if !(2..=10).contains(&agents.len()) {
+                return Err(p.invalid("default_agents", "2 to 10 comma-separated agent names"));
+            }
+            agents
+        };
+        let default_rounds = p.int("default_rounds", 1, 20)? as u32;
+        let debate_queue_size = p.int("debate_queue_size", 1, 100_000)? as u32;
+        let debate_lease = Duration::from_secs(p.int("debate_lease_seconds", 3, 3600)?);
+        let debate_claim_poll = Duration::from_millis(p.int("debate_claim_poll_ms", 50, 60_000)?);
+        let debate_max_cost_usd = match p.text("debate_max_cost_usd") {
+            None => None,
+            Some(_) => Some(
+                p.float("debate_max_cost_usd")
                     .ok()
-                    .and_then(|h| h.into_string().ok())
-                    .unwrap_or_else(|| "localhost".into());
-                format!(
-                    "{host}:{}",
-                    layers.get("api_port").map_or("8080", |(v, _)| v.as_str())
-                )
-            }),
-            agents_file: p.text("agents_file").map(PathBuf::from),
-            default_agents: {
-                let agents = p.list("default_agents");
-                if !(2..=10).contains(&agents.len()) {
-                    return Err(p.invalid("default_agents", "2 to 10 comma-separated agent names"));
-                }
-                agents
-            },
-            default_rounds: p.int("default_rounds", 1, 20)? as u32,
-            debate_queue_size: p.int("debate_queue_size", 1, 100_000)? as u32,
-            debate_lease: Duration::from_secs(p.int("debate_lease_seconds", 3, 3600)?),
-            debate_claim_poll: Duration::from_millis(p.int("debate_claim_poll_ms", 50, 60_000)?),
-            debate_max_cost_usd: match p.text("debate_max_cost_usd") {
-                None => None,
-                Some(_) => Some(
-                    p.float("debate_max_cost_usd")
-                        .ok()
-                        .filter(|c| *c > 0.0)
-                        .ok_or_else(|| {
-                            p.invalid("debate_max_cost_usd", "a positive number of US dollars")
-                        })?,
-                ),
-            },
-            agent_max_attempts: p.int("agent_max_attempts", 1, 10)? as u32,
-            breaker_failure_threshold: p.int("breaker_failure_threshold", 1, 1000)? as u32,
-            breaker_open: Duration::from_secs(p.int("breaker_open_seconds", 1, 86_400)?),
-            breaker_success_threshold: p.int("breaker_success_threshold", 1, 100)? as u32,
-            ws_send_queue: p.int("ws_send_queue", 16, 1_000_000)? as u32,
-            ws_slow_consumer: Duration::from_millis(p.int("ws_slow_consumer_ms", 10, 600_000)?),
-            ws_socket_send_buffer: p.int("ws_socket_send_buffer", 4096, 64 << 20)? as u32,
-            event_bus_channel: p
-                .text("event_bus_channel")
-                .unwrap_or_else(|| "aragora:events".into()),
-            access_token_ttl: Duration::from_secs(p.int("access_token_ttl_seconds", 30, 86_400)?),
-            refresh_token_ttl: Duration::from_secs(p.int(
-                "refresh_token_ttl_seconds",
-                60,
-                365 * 86_400,
-            )?),
-            login_max_failures: p.int("login_max_failures", 1, 1000)? as u32,
-            login_lockout: Duration::from_secs(p.int("login_lockout_seconds", 1, 86_400)?),
-            login_ip_max_failures: p.int("login_ip_max_failures", 1, 1_000_000)? as u32,
-            registration_enabled: p.boolean("registration_enabled")?,
-            local_operator: p.boolean("local_operator")?,
-            ws_anonymous_read: p.boolean("ws_anonymous_read")?,
-            pricing_file: p.text("pricing_file").map(PathBuf::from),
-            admin_console: p.boolean("admin_console")?,
-            admin_api_url: p.origin("admin_api_url")?,
-            odr_signing_key_file: p.text("odr_signing_key_file").map(PathBuf::from),
-            odr_unsigned: p.boolean("odr_unsigned")?,
-            odr_issuer: match p.text("odr_issuer") {
-                Some(issuer) if issuer.trim().is_empty() || issuer.len() > 200 => {
-                    return Err(p.invalid(
-                        "odr_issuer",
-                        "1 to 200 characters, e.g. aragora.example.com",
-                    ));
-                }
-                Some(issuer) => issuer,
-                None => "aragora".into(),
-            },
-            providers: ProviderEnv::default(),
-            config_file: None,
-            flags: Flags::default(),
-            sources: Sources::default(),
+                    .filter(|c| *c > 0.0)
+                    .ok_or_else(|| {
+                        p.invalid("debate_max_cost_usd", "a positive number of US dollars")
+                    })?,
+            ),
+        };
+        let agent_max_attempts = p.int("agent_max_attempts", 1, 10)? as u32;
+        let breaker_failure_threshold = p.int("breaker_failure_threshold", 1, 1000)? as u32;
+        let breaker_open = Duration::from_secs(p.int("breaker_open_seconds", 1, 86_400)?);
+        let breaker_success_threshold = p.int("breaker_success_threshold", 1, 100)? as u32;
+        let ws_send_queue = p.int("ws_send_queue", 16, 1_000_000)? as u32;
+        let ws_slow_consumer = Duration::from_millis(p.int("ws_slow_consumer_ms", 10, 600_000)?);
+        let ws_socket_send_buffer = p.int("ws_socket_send_buffer", 4096, 64 << 20)? as u32;
+        let event_bus_channel = p
+            .text("event_bus_channel")
+            .unwrap_or_else(|| "aragora:events".into());
+        let access_token_ttl =
+            Duration::from_secs(p.int("access_token_ttl_seconds", 30, 86_400)?);
+        let refresh_token_ttl =
+            Duration::from_secs(p.int("refresh_token_ttl_seconds", 60, 365 * 86_400)?);
+        let login_max_failures = p.int("login_max_failures", 1, 1000)? as u32;
+        let login_lockout = Duration::from_secs(p.int("login_lockout_seconds", 1, 86_400)?);
+        let login_ip_max_failures = p.int("login_ip_max_failures", 1, 1_000_000)? as u32;
+        let registration_enabled = p.boolean("registration_enabled")?;
+        let local_operator = p.boolean("local_operator")?;
+        let ws_anonymous_read = p.boolean("ws_anonymous_read")?;
+        let pricing_file = p.text("pricing_file").map(PathBuf::from);
+        let admin_console = p.boolean("admin_console")?;
+        let admin_api_url = p.origin("admin_api_url")?;
+        let odr_signing_key_file = p.text("odr_signing_key_file").map(PathBuf::from);
+        let odr_unsigned = p.boolean("odr_unsigned")?;
+        let odr_issuer = match p.text("odr_issuer") {
+            Some(issuer) if issuer.trim().is_empty() || issuer.len() > 200 => {
+                return Err(p.invalid(
+                    "odr_issuer",
+                    "1 to 200 characters, e.g. aragora.example.com",
+                ));
+            }
+            Some(issuer) => issuer,
+            None => "aragora".into(),
         };
         Ok(Config {
+            env,
+            instance_id,
+            data_dir,
+            lock_dir,
+            shutdown_timeout,
+            http: HttpConfig {
+                host,
+                port: api_port,
+                request_timeout,
+                max_body_bytes,
+                allowed_origins,
+                trusted_proxies,
+                admin_console,
+                admin_api_url,
+                health_check_timeout,
+                health_cache,
+            },
+            ws: WsConfig {
+                port: ws_port,
+                max_connections: ws_max_connections,
+                max_per_ip: ws_max_per_ip,
+                send_queue: ws_send_queue,
+                slow_consumer: ws_slow_consumer,
+                socket_send_buffer: ws_socket_send_buffer,
+                anonymous_read: ws_anonymous_read,
+            },
+            database: DatabaseConfig {
+                url: database_url,
+                supabase_url,
+                supabase_key,
+                pool_size: db_pool_size,
+                max_overflow: db_max_overflow,
+                intake_pool_size: db_intake_pool_size,
+                acquire_timeout: db_acquire_timeout,
+            },
+            redis: RedisConfig {
+                url: redis_url,
+                event_bus_channel,
+            },
+            rate_limit: RateLimitConfig {
+                redis: enable_redis_rate_limit,
+                rpm: rate_limit_rpm,
+                debate_rpm: rate_limit_debate_rpm,
+                whitelist: rate_limit_whitelist,
+                disabled: rate_limit_disabled,
+                login_rpm: rate_limit_login_rpm,
+                agent_test_rpm: rate_limit_agent_test_rpm,
+                prefix: rate_limit_prefix,
+                redis_timeout: rate_limit_redis_timeout,
+            },
+            auth: AuthConfig {
+                api_token,
+                jwt_secret,
+                access_token_ttl,
+                refresh_token_ttl,
+                login_max_failures,
+                login_lockout,
+                login_ip_max_failures,
+                registration_enabled,
+                local_operator,
+                cache: auth_cache,
+            },
+            agents: AgentsConfig {
+                file: agents_file,
+                default_agents,
+                timeout: agent_timeout,
+                max_attempts: agent_max_attempts,
+                pricing_file,
+                providers: ProviderEnv::default(),
+            },
+            debates: DebatesConfig {
+                timeout: debate_timeout,
+                max_concurrent: max_concurrent_debates,
+                consensus_threshold,
+                default_rounds,
+                queue_size: debate_queue_size,
+                lease: debate_lease,
+                claim_poll: debate_claim_poll,
+                max_cost_usd: debate_max_cost_usd,
+            },
+            breaker: BreakerConfig {
+                failure_threshold: breaker_failure_threshold,
+                open: breaker_open,
+                success_threshold: breaker_success_threshold,
+            },
+            logging: LoggingConfig {
+                dir: log_dir,
+                level: log_level,
+                memory_profiling,
+                metrics_enabled,
+                sentry_dsn,
+            },
+            receipts: ReceiptsConfig {
+                signing_key_file: odr_signing_key_file,
+                unsigned: odr_unsigned,
+                issuer: odr_issuer,
+            },
+            config_file: None,
+            flags: Flags::default(),
             sources: Sources(layers),
-            ..config
         })
     }
 
     /// Auth is on when a JWT secret or API token is configured, and always in production.
     pub fn auth_enabled(&self) -> bool {
-        self.jwt_secret.is_some() || self.api_token.is_some() || self.env == Environment::Production
+        self.auth.jwt_secret.is_some()
+            || self.auth.api_token.is_some()
+            || self.env == Environment::Production
     }
 
     /// The interface to bind: `host` when given, else loopback so an unconfigured server is
     /// never reachable from the network.
     pub fn bind_host(&self) -> &str {
-        self.host.as_deref().unwrap_or("127.0.0.1")
+        self.http.host.as_deref().unwrap_or("127.0.0.1")
     }
 
     /// The effective configuration as `key = value  # source` lines, secrets redacted.
@@ -849,7 +1004,7 @@ impl Config {
             };
             out.push_str(&format!("{} = {value}  # {source}\n", setting.key));
         }
-        for (name, value) in &self.providers.0 {
+        for (name, value) in &self.agents.providers.0 {
             let shown = if name.ends_with("_KEY") {
                 "[redacted]"
             } else {
@@ -1064,7 +1219,12 @@ pub fn reload(
 ) -> Result<Vec<String>, String> {
     let outcome = current
         .reread()
-        .map(|new| limiter.apply(crate::ratelimit::Settings::from_config(&new)))
+        .map(|new| {
+            limiter.apply(crate::ratelimit::Settings::from_config(
+                &new.rate_limit,
+                &new.http.trusted_proxies,
+            ))
+        })
         .map_err(|err| err.to_string());
     if let Err(message) = &outcome {
         tracing::error!(
@@ -1106,16 +1266,16 @@ mod tests {
     fn defaults_match_the_contract() {
         let c = load(&[]).unwrap();
         assert_eq!(c.env, Environment::Development);
-        assert_eq!((c.api_port, c.ws_port), (8080, 8766));
-        assert_eq!(c.database_url.expose(), "sqlite://./data/aragora.db");
-        assert_eq!((c.db_pool_size, c.db_max_overflow), (10, 10));
-        assert_eq!((c.rate_limit_rpm, c.rate_limit_debate_rpm), (120, 10));
-        assert_eq!(c.agent_timeout, Duration::from_secs(120));
-        assert_eq!(c.debate_timeout, Duration::from_secs(900));
-        assert_eq!(c.max_concurrent_debates, 10);
-        assert_eq!(c.consensus_threshold, 0.6);
-        assert_eq!((c.ws_max_connections, c.ws_max_per_ip), (10000, 100));
-        assert!(c.metrics_enabled && !c.memory_profiling && !c.rate_limit_disabled);
+        assert_eq!((c.http.port, c.ws.port), (8080, 8766));
+        assert_eq!(c.database.url.expose(), "sqlite://./data/aragora.db");
+        assert_eq!((c.database.pool_size, c.database.max_overflow), (10, 10));
+        assert_eq!((c.rate_limit.rpm, c.rate_limit.debate_rpm), (120, 10));
+        assert_eq!(c.agents.timeout, Duration::from_secs(120));
+        assert_eq!(c.debates.timeout, Duration::from_secs(900));
+        assert_eq!(c.debates.max_concurrent, 10);
+        assert_eq!(c.debates.consensus_threshold, 0.6);
+        assert_eq!((c.ws.max_connections, c.ws.max_per_ip), (10000, 100));
+        assert!(c.logging.metrics_enabled && !c.logging.memory_profiling && !c.rate_limit.disabled);
         assert_eq!(c.shutdown_timeout, Duration::from_secs(30));
         assert!(!c.auth_enabled());
         assert_eq!(c.bind_host(), "127.0.0.1");
@@ -1124,19 +1284,22 @@ mod tests {
     #[test]
     fn account_settings_default_safe_and_validate() {
         let c = load(&[]).unwrap();
-        assert_eq!(c.access_token_ttl, Duration::from_secs(900));
-        assert_eq!(c.refresh_token_ttl, Duration::from_secs(30 * 86_400));
-        assert_eq!((c.login_max_failures, c.login_ip_max_failures), (5, 20));
-        assert_eq!(c.login_lockout, Duration::from_secs(900));
-        assert!(!c.registration_enabled && !c.local_operator && !c.ws_anonymous_read);
-        assert_eq!(c.pricing_file, None);
+        assert_eq!(c.auth.access_token_ttl, Duration::from_secs(900));
+        assert_eq!(c.auth.refresh_token_ttl, Duration::from_secs(30 * 86_400));
+        assert_eq!(
+            (c.auth.login_max_failures, c.auth.login_ip_max_failures),
+            (5, 20)
+        );
+        assert_eq!(c.auth.login_lockout, Duration::from_secs(900));
+        assert!(!c.auth.registration_enabled && !c.auth.local_operator && !c.ws.anonymous_read);
+        assert_eq!(c.agents.pricing_file, None);
         let c = load(&[
             ("ARAGORA_REGISTRATION_ENABLED", "yes"),
             ("ARAGORA_LOCAL_OPERATOR", "1"),
             ("ARAGORA_JWT_SECRET", "0123456789abcdef0123456789abcdef"),
         ])
         .unwrap();
-        assert!(c.registration_enabled && c.local_operator && c.auth_enabled());
+        assert!(c.auth.registration_enabled && c.auth.local_operator && c.auth_enabled());
         let err = load(&[("ARAGORA_ACCESS_TOKEN_TTL_SECONDS", "5")]).unwrap_err();
         assert!(
             err.to_string().contains("ARAGORA_ACCESS_TOKEN_TTL_SECONDS"),
@@ -1158,11 +1321,11 @@ mod tests {
             ),
         ])
         .unwrap();
-        assert_eq!(c.db_pool_size, 20);
-        assert_eq!(c.database_url.expose(), "postgres://u:pw@db:5432/aragora");
-        assert!(!c.metrics_enabled);
-        assert_eq!(c.rate_limit_whitelist.len(), 4);
-        assert_eq!(c.rate_limit_whitelist[3].to_string(), "1.2.3.4/32");
+        assert_eq!(c.database.pool_size, 20);
+        assert_eq!(c.database.url.expose(), "postgres://u:pw@db:5432/aragora");
+        assert!(!c.logging.metrics_enabled);
+        assert_eq!(c.rate_limit.whitelist.len(), 4);
+        assert_eq!(c.rate_limit.whitelist[3].to_string(), "1.2.3.4/32");
     }
 
     #[test]
@@ -1249,11 +1412,11 @@ mod tests {
             ("ARAGORA_ODR_UNSIGNED", "1"),
         ])
         .unwrap();
-        assert!(unsigned.odr_unsigned);
-        assert_eq!(unsigned.odr_signing_key_file, None);
+        assert!(unsigned.receipts.unsigned);
+        assert_eq!(unsigned.receipts.signing_key_file, None);
         let dev = load(&[]).unwrap();
-        assert_eq!(dev.odr_issuer, "aragora");
-        assert!(!dev.odr_unsigned);
+        assert_eq!(dev.receipts.issuer, "aragora");
+        assert!(!dev.receipts.unsigned);
         let long = "x".repeat(201);
         let err = load(&[("ARAGORA_ODR_ISSUER", long.as_str())])
             .unwrap_err()
@@ -1295,15 +1458,15 @@ mod tests {
             env.get(k).map(|v| v.to_string())
         })
         .unwrap();
-        assert_eq!(c.rate_limit_rpm, 300);
-        assert_eq!(c.ws_max_per_ip, 9);
+        assert_eq!(c.rate_limit.rpm, 300);
+        assert_eq!(c.ws.max_per_ip, 9);
         let flags = Flags {
             api_port: Some(9999),
             ..Flags::default()
         };
         let c =
             Config::load_with(Some(&path), &flags, |_| Some("1".into()).filter(|_| false)).unwrap();
-        assert_eq!(c.api_port, 9999);
+        assert_eq!(c.http.port, 9999);
         assert!(c.render().contains("api_port = \"9999\"  # --api-port"));
 
         std::fs::write(&path, "rate_limt_rpm = 300\n").unwrap();
@@ -1325,7 +1488,7 @@ mod tests {
             "https://admin.example.com,http://localhost:3000",
         )])
         .unwrap();
-        assert_eq!(c.allowed_origins.len(), 2);
+        assert_eq!(c.http.allowed_origins.len(), 2);
         let err = load(&[("ARAGORA_ALLOWED_ORIGINS", "https://admin.example.com/path")])
             .unwrap_err()
             .to_string();
@@ -1335,10 +1498,10 @@ mod tests {
     #[test]
     fn admin_console_is_on_by_default_and_can_be_turned_off() {
         let c = load(&[]).unwrap();
-        assert!(c.admin_console);
-        assert_eq!(c.admin_api_url, None);
+        assert!(c.http.admin_console);
+        assert_eq!(c.http.admin_api_url, None);
         let c = load(&[("ARAGORA_ADMIN_CONSOLE", "false")]).unwrap();
-        assert!(!c.admin_console);
+        assert!(!c.http.admin_console);
         let err = load(&[("ARAGORA_ADMIN_CONSOLE", "maybe")])
             .unwrap_err()
             .to_string();
@@ -1349,12 +1512,18 @@ mod tests {
     #[test]
     fn admin_api_url_is_an_origin() {
         let c = load(&[("ARAGORA_ADMIN_API_URL", "https://api.example.com")]).unwrap();
-        assert_eq!(c.admin_api_url.as_deref(), Some("https://api.example.com"));
+        assert_eq!(
+            c.http.admin_api_url.as_deref(),
+            Some("https://api.example.com")
+        );
         let c = load(&[("ARAGORA_ADMIN_API_URL", "http://localhost:8080")]).unwrap();
-        assert_eq!(c.admin_api_url.as_deref(), Some("http://localhost:8080"));
+        assert_eq!(
+            c.http.admin_api_url.as_deref(),
+            Some("http://localhost:8080")
+        );
         // Empty means the console's own origin.
         let c = load(&[("ARAGORA_ADMIN_API_URL", "")]).unwrap();
-        assert_eq!(c.admin_api_url, None);
+        assert_eq!(c.http.admin_api_url, None);
         for bad in [
             "https://api.example.com/api",
             "https://api.example.com/",
@@ -1376,11 +1545,11 @@ mod tests {
     #[test]
     fn db_acquire_timeout_defaults_to_ten_seconds() {
         assert_eq!(
-            load(&[]).unwrap().db_acquire_timeout,
+            load(&[]).unwrap().database.acquire_timeout,
             Duration::from_secs(10)
         );
         let c = load(&[("ARAGORA_DB_ACQUIRE_TIMEOUT_MS", "1500")]).unwrap();
-        assert_eq!(c.db_acquire_timeout, Duration::from_millis(1500));
+        assert_eq!(c.database.acquire_timeout, Duration::from_millis(1500));
         let err = load(&[("ARAGORA_DB_ACQUIRE_TIMEOUT_MS", "0")]).unwrap_err();
         assert!(
             err.to_string().contains("ARAGORA_DB_ACQUIRE_TIMEOUT_MS"),
@@ -1407,7 +1576,7 @@ mod tests {
         )
         .unwrap();
         let reread = config.reread().unwrap();
-        assert_eq!((reread.rate_limit_rpm, reread.api_port), (50, 9999));
+        assert_eq!((reread.rate_limit.rpm, reread.http.port), (50, 9999));
         let changes = reload(&config, &limiter).unwrap();
         assert!(
             changes.contains(&"rate_limit_rpm: 2 -> 50".to_owned()),

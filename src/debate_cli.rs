@@ -222,8 +222,8 @@ pub async fn run_cli(config: &Config, options: Options) -> ExitCode {
                     rounds: options.rounds,
                     min_rounds: options.min_rounds.min(options.rounds),
                     mode: options.consensus,
-                    threshold: config.consensus_threshold,
-                    timeout: config.debate_timeout,
+                    threshold: config.debates.consensus_threshold,
+                    timeout: config.debates.timeout,
                     // The terminal debate keeps no usage rows to price.
                     max_cost_usd: None,
                 },

@@ -76,7 +76,7 @@ struct Console {
 /// WebSockets (the live debate view) and, when set, the configured API origin.
 pub fn content_security_policy(config: &Config) -> String {
     let mut connect = String::from("'self' ws: wss:");
-    if let Some(api) = &config.admin_api_url {
+    if let Some(api) = &config.http.admin_api_url {
         connect.push(' ');
         connect.push_str(api);
     }
@@ -89,17 +89,17 @@ pub fn content_security_policy(config: &Config) -> String {
 /// The body of `GET /admin/config.json`.
 pub fn console_config(config: &Config) -> serde_json::Value {
     json!({
-        "api_base": config.admin_api_url.as_deref().unwrap_or(""),
+        "api_base": config.http.admin_api_url.as_deref().unwrap_or(""),
         "version": env!("CARGO_PKG_VERSION"),
         "auth_enabled": config.auth_enabled(),
-        "password_login": config.jwt_secret.is_some(),
+        "password_login": config.auth.jwt_secret.is_some(),
     })
 }
 
 /// The console's routes (`/admin`, `/admin/`, `/admin/config.json`, `/admin/{file}`), or no
 /// routes at all when the console is turned off.
 pub fn router<S: Clone + Send + Sync + 'static>(config: &Config) -> Router<S> {
-    if !config.admin_console {
+    if !config.http.admin_console {
         return Router::new();
     }
     let config_json = serde_json::to_vec(&console_config(config)).expect("JSON serializes");

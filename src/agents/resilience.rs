@@ -95,6 +95,18 @@ pub struct BreakerConfig {
     pub success_threshold: u32,
 }
 
+impl From<&crate::config::BreakerConfig> for BreakerConfig {
+    /// The operator's `breaker` section; the rest of the policy keeps its defaults.
+    fn from(section: &crate::config::BreakerConfig) -> Self {
+        BreakerConfig {
+            failure_threshold: section.failure_threshold,
+            open_for: section.open,
+            success_threshold: section.success_threshold,
+            ..BreakerConfig::default()
+        }
+    }
+}
+
 impl Default for BreakerConfig {
     fn default() -> Self {
         BreakerConfig {

@@ -131,13 +131,13 @@ pub struct AccountSettings {
 impl AccountSettings {
     pub fn from_config(c: &Config) -> Self {
         AccountSettings {
-            jwt_secret: c.jwt_secret.clone(),
-            access_token_ttl: c.access_token_ttl,
-            refresh_token_ttl: c.refresh_token_ttl,
-            max_failures: c.login_max_failures,
-            lockout: c.login_lockout,
-            ip_max_failures: c.login_ip_max_failures,
-            registration_enabled: c.registration_enabled,
+            jwt_secret: c.auth.jwt_secret.clone(),
+            access_token_ttl: c.auth.access_token_ttl,
+            refresh_token_ttl: c.auth.refresh_token_ttl,
+            max_failures: c.auth.login_max_failures,
+            lockout: c.auth.login_lockout,
+            ip_max_failures: c.auth.login_ip_max_failures,
+            registration_enabled: c.auth.registration_enabled,
         }
     }
 }

@@ -55,10 +55,10 @@ impl Authenticator {
         Authenticator {
             store,
             enabled: config.auth_enabled(),
-            service_token: config.api_token.clone(),
-            jwt_secret: config.jwt_secret.clone(),
-            local_operator: config.local_operator,
-            trusted_proxies: config.trusted_proxies.clone(),
+            service_token: config.auth.api_token.clone(),
+            jwt_secret: config.auth.jwt_secret.clone(),
+            local_operator: config.auth.local_operator,
+            trusted_proxies: config.http.trusted_proxies.clone(),
             credentials,
         }
     }

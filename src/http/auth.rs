@@ -156,6 +156,7 @@ fn check_origin(
         .any(|host| format!("{scheme}://{host}").eq_ignore_ascii_case(origin));
     let allowed = state
         .config
+        .http
         .allowed_origins
         .iter()
         .any(|o| o.eq_ignore_ascii_case(origin));
@@ -254,7 +255,11 @@ fn with_cookie(state: &AppState, mut tokens: Value, secure: bool) -> Response {
     let mut response = Json(tokens).into_response();
     response.headers_mut().append(
         header::SET_COOKIE,
-        session_cookie(&refresh, state.config.refresh_token_ttl.as_secs(), secure),
+        session_cookie(
+            &refresh,
+            state.config.auth.refresh_token_ttl.as_secs(),
+            secure,
+        ),
     );
     response
 }

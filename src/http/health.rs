@@ -192,7 +192,7 @@ impl HealthProbe {
             Some((_, fault)) => fault,
             None => {
                 let probe = tokio::time::timeout(
-                    state.config.health_check_timeout,
+                    state.config.http.health_check_timeout,
                     state.store.write_probe(),
                 )
                 .await;
@@ -223,7 +223,7 @@ where
 }
 
 async fn check_database(state: &AppState) -> Check {
-    let check = timed(state.config.health_check_timeout, state.store.ping()).await;
+    let check = timed(state.config.http.health_check_timeout, state.store.ping()).await;
     if let Check::Failed(detail) = &check {
         tracing::warn!(target: "aragora::health", error = %detail, "health: database check failed");
     }
@@ -234,7 +234,7 @@ async fn check_redis(state: &AppState) -> Check {
     let Some(redis) = &state.redis else {
         return Check::Disabled;
     };
-    let mut check = timed(state.config.health_check_timeout, redis.ping()).await;
+    let mut check = timed(state.config.http.health_check_timeout, redis.ping()).await;
     // Redis answering PING is not enough while the rate limiter still decides in memory:
     // give it the chance to switch back now, and report what it actually uses.
     if matches!(check, Check::Ok(_))

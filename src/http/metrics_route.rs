@@ -44,7 +44,7 @@ pub async fn get_metrics(State(state): State<AppState>) -> Response {
     match &state.redis {
         Some(redis) => {
             crate::telemetry::metrics::redis_configured().set(1.0);
-            let up = tokio::time::timeout(state.config.health_check_timeout, redis.ping())
+            let up = tokio::time::timeout(state.config.http.health_check_timeout, redis.ping())
                 .await
                 .is_ok_and(|r| r.is_ok());
             crate::telemetry::metrics::redis_up().set(if up { 1.0 } else { 0.0 });

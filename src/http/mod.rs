@@ -105,8 +105,8 @@ pub fn router(state: AppState) -> Router {
     routes
         .fallback(pipeline::not_found)
         .layer(CatchPanicLayer::custom(panic_response))
-        .layer(DefaultBodyLimit::max(config.max_body_bytes))
-        .layer(RequestBodyLimitLayer::new(config.max_body_bytes))
+        .layer(DefaultBodyLimit::max(config.http.max_body_bytes))
+        .layer(RequestBodyLimitLayer::new(config.http.max_body_bytes))
         // Credentials are resolved once here, checked against the route's declared access,
         // then rate limits applied in the same layer, so limits key on the authenticated
         // principal. Inside the pipeline (401s and 429s get correlation ids and the log
@@ -122,6 +122,7 @@ pub fn router(state: AppState) -> Router {
 
 fn cors(config: &Config) -> CorsLayer {
     let origins: Vec<HeaderValue> = config
+        .http
         .allowed_origins
         .iter()
         .filter_map(|o| HeaderValue::from_str(o).ok())

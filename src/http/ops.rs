@@ -91,7 +91,7 @@ pub async fn connectivity_check(
     )
 )]
 pub async fn memory_dump(State(state): State<AppState>) -> Response {
-    if !state.config.memory_profiling {
+    if !state.config.logging.memory_profiling {
         return error_response(
             StatusCode::CONFLICT,
             "memory_profiling_disabled",

@@ -52,7 +52,7 @@ pub async fn pipeline(State(state): State<AppState>, req: Request, next: Next) -
         traces::attribute(&span, "http.route", route.clone());
         traces::attribute(&span, "url.path", req.uri().path().to_owned());
     }
-    let timeout = state.config.request_timeout;
+    let timeout = state.config.http.request_timeout;
     // Control characters (NUL…) in the path or a query value are refused here, once, the
     // same on both backends (Postgres cannot store NUL; SQLite can).
     let too_large = request_too_large(&req);

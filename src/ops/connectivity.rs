@@ -109,7 +109,7 @@ pub async fn check(
             Err(error) => targets.push(Err((endpoint.id.to_owned(), "provider", error))),
         }
     }
-    let db_url = state.config.database_url.expose();
+    let db_url = state.config.database.url.expose();
     if db_url.starts_with("sqlite:") {
         targets.push(Ok(Target {
             name: "database".into(),
@@ -131,7 +131,7 @@ pub async fn check(
             Err(e) => targets.push(Err(("database".into(), "database", e))),
         }
     }
-    if let Some(url) = &state.config.redis_url {
+    if let Some(url) = &state.config.redis.url {
         match target_from_url("redis", "redis", url.expose(), 6379) {
             Ok(mut t) => {
                 t.tls = url.expose().starts_with("rediss:");

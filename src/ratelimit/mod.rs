@@ -37,7 +37,7 @@ use tokio_util::task::TaskTracker;
 pub use self::memory::MemoryLimiter;
 pub use self::redis::RedisLimiter;
 use crate::auth::Principal;
-use crate::config::Config;
+use crate::config::{Config, RateLimitConfig};
 use crate::redis_client::RedisHandle;
 
 /// Every limit is per minute.
@@ -289,15 +289,17 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn from_config(c: &Config) -> Settings {
+    /// The limits of the `rate_limit` section; client addresses are read through
+    /// `trusted_proxies` (the `http` section's).
+    pub fn from_config(section: &RateLimitConfig, trusted_proxies: &[IpNet]) -> Settings {
         Settings {
-            disabled: c.rate_limit_disabled,
-            default_rpm: c.rate_limit_rpm,
-            debate_rpm: c.rate_limit_debate_rpm,
-            login_rpm: c.rate_limit_login_rpm,
-            agent_test_rpm: c.rate_limit_agent_test_rpm,
-            whitelist: c.rate_limit_whitelist.clone(),
-            trusted_proxies: c.trusted_proxies.clone(),
+            disabled: section.disabled,
+            default_rpm: section.rpm,
+            debate_rpm: section.debate_rpm,
+            login_rpm: section.login_rpm,
+            agent_test_rpm: section.agent_test_rpm,
+            whitelist: section.whitelist.clone(),
+            trusted_proxies: trusted_proxies.to_vec(),
         }
     }
 
@@ -415,21 +417,22 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
-    /// The limiter of `config`, deciding in `redis` when `enable_redis_rate_limit` (and in
+    /// The limiter of `config`, deciding in `redis` when `rate_limit.redis` (and in
     /// memory while Redis fails), else in memory.
     pub fn new(config: &Config, redis: Option<RedisHandle>) -> RateLimiter {
-        let redis = redis
-            .filter(|_| config.enable_redis_rate_limit)
-            .map(|redis| {
-                RedisLimiter::new(
-                    redis,
-                    &config.rate_limit_prefix,
-                    config.rate_limit_redis_timeout,
-                )
-            });
+        let redis = redis.filter(|_| config.rate_limit.redis).map(|redis| {
+            RedisLimiter::new(
+                redis,
+                &config.rate_limit.prefix,
+                config.rate_limit.redis_timeout,
+            )
+        });
         // Each rule's hit counter is published at zero by telemetry::metrics::install.
         RateLimiter {
-            settings: ArcSwap::from_pointee(Settings::from_config(config)),
+            settings: ArcSwap::from_pointee(Settings::from_config(
+                &config.rate_limit,
+                &config.http.trusted_proxies,
+            )),
             memory: MemoryLimiter::new(),
             redis,
             redis_ok: AtomicBool::new(true),

@@ -15,16 +15,16 @@ pub mod traces;
 
 pub use process::resident_memory_bytes;
 
-use crate::config::Config;
+use crate::config::LoggingConfig;
 
-/// Install the process-wide logger for `config` (JSON lines on stdout, or split files in
-/// `log_dir`), and OpenTelemetry traces when `OTEL_EXPORTER_OTLP_ENDPOINT` is set. Must run
-/// inside the tokio runtime.
-pub fn init_logging(config: &Config) -> anyhow::Result<()> {
+/// Install the process-wide logger of the `logging` section (JSON lines on stdout, or split
+/// files in its `dir`), and OpenTelemetry traces when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+/// Must run inside the tokio runtime.
+pub fn init_logging(section: &LoggingConfig) -> anyhow::Result<()> {
     let tracer = traces::init(&|name| std::env::var(name).ok())?;
     logging::init(&logging::LogSettings {
-        dir: config.log_dir.clone(),
-        filter: config.log_level.clone(),
+        dir: section.dir.clone(),
+        filter: section.level.clone(),
         tracer,
     })
 }

@@ -27,10 +27,10 @@ pub fn reporting() -> bool {
     REPORTING.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-/// Start reporting when `config.sentry_dsn` is set. An unusable DSN is logged and ignored
+/// Start reporting when `config.logging.sentry_dsn` is set. An unusable DSN is logged and ignored
 /// (error reporting must not stop the server).
 pub fn init(config: &Config) -> Option<SentryGuard> {
-    let dsn = config.sentry_dsn.as_ref()?;
+    let dsn = config.logging.sentry_dsn.as_ref()?;
     crate::agents::http::install_crypto_provider();
     let dsn = match dsn.expose().parse::<::sentry::types::Dsn>() {
         Ok(dsn) => dsn,
@@ -124,8 +124,8 @@ impl Scrubber {
     pub fn from_config(config: &Config) -> Self {
         let mut secrets: Vec<String> = config.secret_values();
         for url in [
-            Some(config.database_url.expose().to_owned()),
-            config.redis_url.as_ref().map(|u| u.expose().to_owned()),
+            Some(config.database.url.expose().to_owned()),
+            config.redis.url.as_ref().map(|u| u.expose().to_owned()),
         ]
         .into_iter()
         .flatten()

@@ -97,7 +97,9 @@ mod tests {
             (k == "ARAGORA_DATABASE_URL").then(|| "sqlite::memory:".to_owned())
         })
         .expect("valid config");
-        let store = crate::app::open_store(&config).await.expect("store");
+        let store = crate::app::open_store(&config.database)
+            .await
+            .expect("store");
         let gate_state = |access| {
             Arc::new(Gate {
                 auth: Arc::new(Authenticator::new(
