@@ -56,18 +56,26 @@ pub fn breakers_json(state: &AppState) -> Json<Value> {
     Json(json!({"circuit_breakers": breakers, "open": open, "half_open": half_open}))
 }
 
+/// A breaker closed by an operator.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct CircuitReset {
+    pub agent: String,
+    #[schema(example = "closed")]
+    pub state: &'static str,
+}
+
 /// Close an agent's circuit breaker (operator action).
 #[utoipa::path(
     post,
     path = "/agents/{name}/reset-circuit",
     tag = "agents",
     params(("name" = String, Path, description = "agent name")),
-    responses((status = 200, description = "breaker closed"), (status = 404, description = "unknown agent", body = ErrorBody))
+    responses((status = 200, description = "breaker closed", body = CircuitReset), (status = 404, description = "unknown agent", body = ErrorBody))
 )]
 pub async fn reset_circuit(
     State(state): State<AppState>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CircuitReset>, ApiError> {
     let registry = state.debates.agents();
     if !registry.reset_breaker(&name) {
         let known = registry.known_names().join(", ");
@@ -76,7 +84,10 @@ pub async fn reset_circuit(
         )));
     }
     tracing::warn!(target: "aragora::agents", agent = %name, "circuit_breaker {name} reset by operator");
-    Ok(Json(json!({"agent": name, "state": "closed"})))
+    Ok(Json(CircuitReset {
+        agent: name,
+        state: "closed",
+    }))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

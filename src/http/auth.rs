@@ -199,8 +199,7 @@ fn optional_json<T: serde::de::DeserializeOwned + Default>(
         });
     if !is_json {
         return Err(Box::new(error_response(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            crate::error::ErrorCode::UnsupportedMediaType,
             "send JSON with Content-Type: application/json (or no body to use the session cookie)",
         )));
     }

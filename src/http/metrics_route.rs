@@ -3,14 +3,14 @@
 //! scrape; the process collector is read from /proc at each scrape.
 
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::app::AppState;
-use crate::error::error_response;
+use crate::error::{ErrorCode, error_response};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(get_metrics))
@@ -29,8 +29,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 pub async fn get_metrics(State(state): State<AppState>) -> Response {
     let Some(handle) = state.metrics.as_ref() else {
         return error_response(
-            StatusCode::NOT_FOUND,
-            "metrics_disabled",
+            ErrorCode::MetricsDisabled,
             "metrics are disabled (METRICS_ENABLED=false)",
         );
     };
