@@ -32,13 +32,13 @@ pub enum BuildError {
     #[error("cannot apply database migrations: {0}")]
     Migrate(#[source] StoreError),
     #[error("invalid agent configuration: {0}")]
-    Agents(String),
+    Agents(#[from] crate::agents::registry::RegistryError),
     #[error("invalid pricing table: {0}")]
-    Pricing(String),
+    Pricing(#[from] crate::pricing::PricingError),
     #[error("invalid redis URL: {0}")]
-    Redis(String),
+    Redis(#[source] redis::RedisError),
     #[error("{0}")]
-    Receipts(String),
+    Receipts(#[from] crate::receipts::keys::KeyError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -74,16 +74,15 @@ const BREAKER_SYNC_PERIOD: Duration = Duration::from_millis(500);
 /// one of the two, see `Config`).
 fn receipt_signer(config: &Config) -> Result<Option<Arc<crate::receipts::Signer>>, BuildError> {
     use crate::receipts::Signer;
-    let fail = |e: crate::receipts::keys::KeyError| BuildError::Receipts(e.to_string());
     let signer = match &config.odr_signing_key_file {
-        Some(path) => Signer::load(path).map_err(fail)?,
+        Some(path) => Signer::load(path)?,
         None if config.odr_unsigned => {
             tracing::warn!(target: "aragora::receipts", "ARAGORA_ODR_UNSIGNED=1: decision receipts are issued unsigned");
             return Ok(None);
         }
         None => {
             let path = config.data_dir.join("odr-signing-key.pem");
-            let (signer, created) = Signer::load_or_create(&path).map_err(fail)?;
+            let (signer, created) = Signer::load_or_create(&path)?;
             if created {
                 tracing::info!(
                     target: "aragora::receipts",
@@ -102,7 +101,9 @@ fn receipt_signer(config: &Config) -> Result<Option<Arc<crate::receipts::Signer>
 const BUS_CAPACITY: usize = 16_384;
 
 /// The agent registry for `config` (agents file, provider keys, resilience policy).
-pub fn load_agents(config: &Config) -> Result<AgentRegistry, String> {
+pub fn load_agents(
+    config: &Config,
+) -> Result<AgentRegistry, crate::agents::registry::RegistryError> {
     let breaker = BreakerConfig {
         failure_threshold: config.breaker_failure_threshold,
         open_for: config.breaker_open,
@@ -121,7 +122,6 @@ pub fn load_agents(config: &Config) -> Result<AgentRegistry, String> {
         retry,
         config.agent_timeout,
     )
-    .map_err(|e| e.to_string())
 }
 
 impl Application {
@@ -130,7 +130,7 @@ impl Application {
         // The lock comes first so a second start says "already running", not "address in use".
         let lock = PidLock::acquire(&config.lock_dir, config.api_port)?;
 
-        let agents = Arc::new(load_agents(&config).map_err(BuildError::Agents)?);
+        let agents = Arc::new(load_agents(&config)?);
         let signer = receipt_signer(&config)?;
         let store = open_store(&config).await.map_err(BuildError::Store)?;
         store.migrate().await.map_err(BuildError::Migrate)?;
@@ -152,9 +152,7 @@ impl Application {
         };
 
         let redis = match &config.redis_url {
-            Some(url) => {
-                Some(RedisHandle::new(url.expose()).map_err(|e| BuildError::Redis(e.to_string()))?)
-            }
+            Some(url) => Some(RedisHandle::new(url.expose()).map_err(BuildError::Redis)?),
             None => None,
         };
 
@@ -183,7 +181,7 @@ impl Application {
         // Live events: in-process, or across instances through Redis when it is configured.
         let bus: Arc<dyn EventBus> = match (&redis, &config.redis_url) {
             (Some(_), Some(url)) => RedisBus::start(
-                redis::Client::open(url.expose()).map_err(|e| BuildError::Redis(e.to_string()))?,
+                redis::Client::open(url.expose()).map_err(BuildError::Redis)?,
                 config.event_bus_channel.clone(),
                 config.instance_id.clone(),
                 BUS_CAPACITY,
@@ -208,10 +206,9 @@ impl Application {
                 claim_poll: config.debate_claim_poll,
                 shutdown_timeout: config.shutdown_timeout,
                 max_cost_usd: config.debate_max_cost_usd,
-                pricing: Arc::new(
-                    crate::pricing::Pricing::load(config.pricing_file.as_deref())
-                        .map_err(BuildError::Pricing)?,
-                ),
+                pricing: Arc::new(crate::pricing::Pricing::load(
+                    config.pricing_file.as_deref(),
+                )?),
             },
             shutdown.clone(),
             tasks.clone(),

@@ -314,6 +314,18 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<crate::auth::passwords::HashError> for ApiError {
+    fn from(err: crate::auth::passwords::HashError) -> Self {
+        ApiError::Internal(err.to_string())
+    }
+}
+
+impl From<crate::auth::tokens::SignError> for ApiError {
+    fn from(err: crate::auth::tokens::SignError) -> Self {
+        ApiError::Internal(err.to_string())
+    }
+}
+
 /// Seconds a client is told to wait after `database_unavailable`.
 pub const DATABASE_RETRY_AFTER_SECS: u64 = 5;
 

@@ -233,8 +233,7 @@ fn jwt_secret(state: &AppState) -> Result<&[u8], ApiError> {
 async fn issue(state: &AppState, user: &User, family_id: &str) -> Result<Value, ApiError> {
     let secret = jwt_secret(state)?;
     let ttl = state.config.access_token_ttl.as_secs();
-    let access =
-        tokens::issue_access(secret, &user.id, &user.role, ttl).map_err(ApiError::Internal)?;
+    let access = tokens::issue_access(secret, &user.id, &user.role, ttl)?;
     let (refresh, hash) = tokens::new_refresh_token();
     state
         .store
@@ -270,6 +269,7 @@ async fn issue(state: &AppState, user: &User, family_id: &str) -> Result<Value, 
             with `use_cookie: true` the body has no `refresh_token` and the token is set as the HttpOnly cookie `aragora_refresh`",
             headers(("Set-Cookie" = String, description = "only with `use_cookie: true`: `aragora_refresh=<token>; HttpOnly; SameSite=Strict; Path=/api/auth; Max-Age=<refresh lifetime>` (+ `Secure` over HTTPS)"))),
         (status = 401, description = "invalid email or password", body = ErrorBody),
+        (status = 404, description = "password login is not configured (no ARAGORA_JWT_SECRET)", body = ErrorBody),
         (status = 423, description = "account locked; see Retry-After", body = ErrorBody),
         (status = 429, description = "too many failed logins from this client", body = ErrorBody),
     )
@@ -394,6 +394,7 @@ fn invalid_refresh() -> ApiError {
         (status = 200, description = "a new token pair, same shape as login (without `refresh_token` when the cookie was used)",
             headers(("Set-Cookie" = String, description = "cookie sessions: the rotated `aragora_refresh` cookie"))),
         (status = 401, description = "invalid, expired, revoked or reused refresh token (cookie sessions: the cookie is cleared)", body = ErrorBody),
+        (status = 404, description = "password login is not configured (no ARAGORA_JWT_SECRET)", body = ErrorBody),
         (status = 403, description = "cookie session called from a foreign `Origin`", body = ErrorBody),
     )
 )]
@@ -669,8 +670,7 @@ pub async fn register(
     let password = body.password;
     let hash = tokio::task::spawn_blocking(move || passwords::hash(&password))
         .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(ApiError::Internal)?;
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
     let user = state
         .store
         .create_user(&NewUser {

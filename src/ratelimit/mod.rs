@@ -420,16 +420,13 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
-    pub fn new(config: &Config) -> Result<RateLimiter, String> {
+    pub fn new(config: &Config) -> Result<RateLimiter, ::redis::RedisError> {
         let redis = match (&config.redis_url, config.enable_redis_rate_limit) {
-            (Some(url), true) => Some(
-                RedisLimiter::new(
-                    url.expose(),
-                    &config.rate_limit_prefix,
-                    config.rate_limit_redis_timeout,
-                )
-                .map_err(|e| e.to_string())?,
-            ),
+            (Some(url), true) => Some(RedisLimiter::new(
+                url.expose(),
+                &config.rate_limit_prefix,
+                config.rate_limit_redis_timeout,
+            )?),
             _ => None,
         };
         // Each rule's hit counter is published at zero by telemetry::metrics::install.
