@@ -419,11 +419,43 @@ mod tests {
                 "{code:?} repeats another row"
             );
             assert!(code.status().is_client_error() || code.status().is_server_error());
-            // Every row but the fallback (and 507, which only a handler gives) is the default
-            // for its status, or shares its status with one that is.
-            if !matches!(code, ErrorCode::Other | ErrorCode::StorageFull) {
-                assert_eq!(ErrorCode::for_status(code.status()).status(), code.status());
-            }
+        }
+        // The pipeline's fallback for bodies produced outside the table (framework
+        // rejections, layers): the same codes and messages as always.
+        for (status, wire, message) in [
+            (400, "bad_request", "the request is malformed"),
+            (401, "unauthorized", "authentication is required"),
+            (403, "forbidden", "you are not allowed to do this"),
+            (404, "not_found", "no such route"),
+            (
+                405,
+                "method_not_allowed",
+                "this method is not allowed on this route",
+            ),
+            (408, "request_timeout", "the request took too long"),
+            (409, "error", "the request failed"),
+            (413, "payload_too_large", "the request body is too large"),
+            (
+                415,
+                "unsupported_media_type",
+                "send JSON with Content-Type: application/json",
+            ),
+            (422, "validation_error", "the request body is not valid"),
+            (429, "rate_limited", "too many requests"),
+            (500, "internal_error", "the server hit an internal error"),
+            (502, "internal_error", "the server hit an internal error"),
+            (
+                503,
+                "service_unavailable",
+                "the service is temporarily unavailable",
+            ),
+        ] {
+            let code = ErrorCode::for_status(StatusCode::from_u16(status).unwrap());
+            assert_eq!(
+                (code.as_str(), code.default_message()),
+                (wire, message),
+                "{status}"
+            );
         }
         // One 429 code, whichever limit refused.
         let too_many = ApiError::TooManyRequests {

@@ -35,13 +35,24 @@ pub async fn list_agents(State(state): State<AppState>) -> Json<Value> {
     get,
     path = "/agents/circuit-breakers",
     tag = "agents",
-    responses((status = 200, description = "`{\"circuit_breakers\": [...], \"open\", \"half_open\"}`"))
+    responses((status = 200, description = "every agent's breaker", body = BreakerList))
 )]
-pub async fn list_circuit_breakers(State(state): State<AppState>) -> Json<Value> {
+pub async fn list_circuit_breakers(State(state): State<AppState>) -> Json<BreakerList> {
     breakers_json(&state)
 }
 
-pub fn breakers_json(state: &AppState) -> Json<Value> {
+/// Every agent's breaker, with how many are open and half open.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct BreakerList {
+    /// Per agent: `agent`, `state` (closed, open, half_open), failures, last_failure,
+    /// opened_at, next_probe_at.
+    #[schema(value_type = Vec<Object>)]
+    pub circuit_breakers: Vec<Value>,
+    pub half_open: usize,
+    pub open: usize,
+}
+
+pub fn breakers_json(state: &AppState) -> Json<BreakerList> {
     let registry = state.debates.agents();
     let breakers: Vec<Value> = registry
         .breakers()
@@ -53,7 +64,11 @@ pub fn breakers_json(state: &AppState) -> Json<Value> {
         })
         .collect();
     let (open, half_open) = registry.breaker_counts();
-    Json(json!({"circuit_breakers": breakers, "open": open, "half_open": half_open}))
+    Json(BreakerList {
+        circuit_breakers: breakers,
+        half_open,
+        open,
+    })
 }
 
 /// A breaker closed by an operator.

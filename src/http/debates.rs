@@ -77,6 +77,28 @@ fn event_json(e: &StoredEvent) -> Value {
     })
 }
 
+/// A page of debates, newest first.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DebatePage {
+    /// Debate records, as `GET /debates/{id}`.
+    #[schema(value_type = Vec<Object>)]
+    pub debates: Vec<Value>,
+    /// Pass as `cursor` for the next page; null on the last.
+    pub next_cursor: Option<String>,
+}
+
+/// A page of a debate's event log.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct EventPage {
+    pub debate_id: String,
+    /// `type`, `debate_id`, `seq`, `timestamp`, `round`, `agent`, `data`, as the WebSocket
+    /// sends them.
+    #[schema(value_type = Vec<Object>)]
+    pub events: Vec<Value>,
+    /// The debate's latest seq (0 before any event).
+    pub last_seq: i64,
+}
+
 fn cursor_error(err: StoreError) -> ApiError {
     match err {
         StoreError::Corrupt(msg) if msg.contains("cursor") => {
@@ -180,7 +202,7 @@ pub struct ListParams {
     tag = "debates",
     params(ListParams),
     responses(
-        (status = 200, description = "`{\"debates\": [...], \"next_cursor\"}`"),
+        (status = 200, description = "a page of debates", body = DebatePage),
         (status = 400, description = "bad status, limit or cursor", body = ErrorBody),
     )
 )]
@@ -188,7 +210,7 @@ pub async fn list_debates(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     Query(params): Query<ListParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DebatePage>, ApiError> {
     if let Some(status) = &params.status
         && let Err(why) = status.parse::<DebateStatus>()
     {
@@ -213,10 +235,10 @@ pub async fn list_debates(
         })
         .await
         .map_err(cursor_error)?;
-    Ok(Json(json!({
-        "debates": page.debates.iter().map(debate_json).collect::<Vec<_>>(),
-        "next_cursor": page.next_cursor,
-    })))
+    Ok(Json(DebatePage {
+        debates: page.debates.iter().map(debate_json).collect(),
+        next_cursor: page.next_cursor,
+    }))
 }
 
 /// The debate if the caller may see it. Someone else's debate is "not found", exactly like
@@ -362,14 +384,14 @@ pub struct EventParams {
     path = "/debates/{id}/events",
     tag = "debates",
     params(("id" = String, Path, description = "debate id"), EventParams),
-    responses((status = 200, description = "`{\"events\": [...], \"last_seq\"}`"), (status = 404, body = ErrorBody))
+    responses((status = 200, description = "events after `since`", body = EventPage), (status = 404, body = ErrorBody))
 )]
 pub async fn list_events(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
     Query(params): Query<EventParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<EventPage>, ApiError> {
     tracing::Span::current().record("debate_id", id.as_str());
     load(&state, &principal, &id).await?;
     let limit = params.limit.unwrap_or(500);
@@ -386,11 +408,11 @@ pub async fn list_events(
     }
     let events = state.store.events_since(&id, since, limit).await?;
     let last_seq = state.store.last_seq(&id).await?;
-    Ok(Json(json!({
-        "debate_id": id,
-        "events": events.iter().map(event_json).collect::<Vec<_>>(),
-        "last_seq": last_seq,
-    })))
+    Ok(Json(EventPage {
+        debate_id: id,
+        events: events.iter().map(event_json).collect(),
+        last_seq,
+    }))
 }
 
 /// Cancel a queued or running debate.
