@@ -133,6 +133,15 @@ impl Drop for Admission {
     }
 }
 
+/// A WebSocket connection refused for a connection limit.
+#[derive(Debug, thiserror::Error)]
+pub enum LimitReached {
+    #[error("server connection limit ({0}) reached")]
+    Server(usize),
+    #[error("per-client connection limit ({0}) reached")]
+    PerClient(usize),
+}
+
 impl WsHub {
     pub fn new(limits: WsLimits, shutdown: &CancellationToken) -> Self {
         WsHub {
@@ -171,21 +180,17 @@ impl WsHub {
     }
 
     /// Count a new connection, or say which limit it exceeds.
-    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admission, String> {
+    ///
+    /// The refusal is the close reason the client reads.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admission, LimitReached> {
         let mut per_ip = self.per_ip.lock().expect("per-ip lock");
         let total = self.connections.load(Ordering::Relaxed);
         if total >= self.limits.max_connections {
-            return Err(format!(
-                "server connection limit ({}) reached",
-                self.limits.max_connections
-            ));
+            return Err(LimitReached::Server(self.limits.max_connections));
         }
         let mine = per_ip.entry(ip).or_default();
         if *mine >= self.limits.max_per_ip {
-            return Err(format!(
-                "per-client connection limit ({}) reached",
-                self.limits.max_per_ip
-            ));
+            return Err(LimitReached::PerClient(self.limits.max_per_ip));
         }
         *mine += 1;
         self.per_ip_peak.fetch_max(*mine, Ordering::Relaxed);
