@@ -33,13 +33,13 @@ pub enum BuildError {
     #[error("cannot apply database migrations: {0}")]
     Migrate(#[source] StoreError),
     #[error("invalid agent configuration: {0}")]
-    Agents(String),
+    Agents(#[from] crate::agents::registry::RegistryError),
     #[error("invalid pricing table: {0}")]
-    Pricing(String),
+    Pricing(#[from] crate::pricing::PricingError),
     #[error("invalid redis URL: {0}")]
-    Redis(String),
+    Redis(#[source] redis::RedisError),
     #[error("{0}")]
-    Receipts(String),
+    Receipts(#[from] crate::receipts::keys::KeyError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -78,16 +78,15 @@ fn receipt_signer(
     data_dir: &std::path::Path,
 ) -> Result<Option<Arc<crate::receipts::Signer>>, BuildError> {
     use crate::receipts::Signer;
-    let fail = |e: crate::receipts::keys::KeyError| BuildError::Receipts(e.to_string());
     let signer = match &receipts.signing_key_file {
-        Some(path) => Signer::load(path).map_err(fail)?,
+        Some(path) => Signer::load(path)?,
         None if receipts.unsigned => {
             tracing::warn!(target: "aragora::receipts", "ARAGORA_ODR_UNSIGNED=1: decision receipts are issued unsigned");
             return Ok(None);
         }
         None => {
             let path = data_dir.join("odr-signing-key.pem");
-            let (signer, created) = Signer::load_or_create(&path).map_err(fail)?;
+            let (signer, created) = Signer::load_or_create(&path)?;
             if created {
                 tracing::info!(
                     target: "aragora::receipts",
@@ -117,7 +116,9 @@ fn ws_limits(ws: &WsConfig) -> WsLimits {
 const BUS_CAPACITY: usize = 16_384;
 
 /// The agent registry for `config` (agents file, provider keys, resilience policy).
-pub fn load_agents(config: &Config) -> Result<AgentRegistry, String> {
+pub fn load_agents(
+    config: &Config,
+) -> Result<AgentRegistry, crate::agents::registry::RegistryError> {
     let breaker = BreakerConfig::from(&config.breaker);
     let retry = RetryPolicy {
         max_attempts: config.agents.max_attempts,
@@ -131,7 +132,6 @@ pub fn load_agents(config: &Config) -> Result<AgentRegistry, String> {
         retry,
         config.agents.timeout,
     )
-    .map_err(|e| e.to_string())
 }
 
 impl Application {
@@ -140,7 +140,7 @@ impl Application {
         // The lock comes first so a second start says "already running", not "address in use".
         let lock = PidLock::acquire(&config.lock_dir, config.http.port)?;
 
-        let agents = Arc::new(load_agents(&config).map_err(BuildError::Agents)?);
+        let agents = Arc::new(load_agents(&config)?);
         let signer = receipt_signer(&config.receipts, &config.data_dir)?;
         let store = open_store(&config.database)
             .await
@@ -164,9 +164,7 @@ impl Application {
         };
 
         let redis = match &config.redis.url {
-            Some(url) => {
-                Some(RedisHandle::new(url.expose()).map_err(|e| BuildError::Redis(e.to_string()))?)
-            }
+            Some(url) => Some(RedisHandle::new(url.expose()).map_err(BuildError::Redis)?),
             None => None,
         };
 
@@ -221,10 +219,9 @@ impl Application {
                 claim_poll: config.debates.claim_poll,
                 shutdown_timeout: config.shutdown_timeout,
                 max_cost_usd: config.debates.max_cost_usd,
-                pricing: Arc::new(
-                    crate::pricing::Pricing::load(config.agents.pricing_file.as_deref())
-                        .map_err(BuildError::Pricing)?,
-                ),
+                pricing: Arc::new(crate::pricing::Pricing::load(
+                    config.agents.pricing_file.as_deref(),
+                )?),
             },
             shutdown.clone(),
             tasks.clone(),

@@ -1,5 +1,6 @@
-//! One error type for the HTTP API. Each variant has a stable `code`; internal details are
-//! logged once here and never sent to the client.
+//! One error type for the HTTP API, and the one table of the error codes it answers with
+//! ([`ErrorCode`]): the server, the OpenAPI document and the tests read the status and the
+//! wire code from there. Internal details are logged once here and never sent to the client.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -8,8 +9,183 @@ use serde_json::json;
 use crate::http::correlation;
 use crate::store::StoreError;
 
-/// The error body every failed request gets (`{"error", "code", "correlation_id"}`). Extra fields (`field`,
-/// `retry_after`) appear when they help.
+/// Every `code` an HTTP error body can carry, with its status. A wire code may appear with
+/// more than one status (`request_timeout`: 408 from the client, 503 when the server gave
+/// up; `storage_unavailable`: 503, or 507 when the disk is full), so each (status, code) pair
+/// is one variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    BadRequest,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    /// `GET /api/metrics` with METRICS_ENABLED=false.
+    MetricsDisabled,
+    MethodNotAllowed,
+    /// The client was too slow sending its request.
+    RequestTimeout,
+    Conflict,
+    /// `POST /api/debug/memory-dump` with profiling off.
+    MemoryProfilingDisabled,
+    /// `POST /api/debug/memory-dump`: profiling asked for, but jemalloc's profiler is not on.
+    MemoryProfilerUnavailable,
+    PayloadTooLarge,
+    UriTooLong,
+    UnsupportedMediaType,
+    Validation,
+    AccountLocked,
+    /// Too many requests from this client, whichever limit refused it (the per-rule limiter
+    /// or the failed-login throttle).
+    RateLimited,
+    HeaderFieldsTooLarge,
+    Internal,
+    ServiceUnavailable,
+    DatabaseUnavailable,
+    StorageUnavailable,
+    /// The database's disk is full (507, same wire code as [`ErrorCode::StorageUnavailable`]).
+    StorageFull,
+    /// The server abandoned a request that ran past ARAGORA_REQUEST_TIMEOUT (503).
+    HandlerTimeout,
+    /// A client error of a status this table does not name (the pipeline's fallback).
+    Other,
+}
+
+impl ErrorCode {
+    /// The table, in status order.
+    pub const ALL: [ErrorCode; 24] = [
+        ErrorCode::BadRequest,
+        ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
+        ErrorCode::NotFound,
+        ErrorCode::MetricsDisabled,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::RequestTimeout,
+        ErrorCode::Conflict,
+        ErrorCode::MemoryProfilingDisabled,
+        ErrorCode::MemoryProfilerUnavailable,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::UriTooLong,
+        ErrorCode::UnsupportedMediaType,
+        ErrorCode::Validation,
+        ErrorCode::AccountLocked,
+        ErrorCode::RateLimited,
+        ErrorCode::HeaderFieldsTooLarge,
+        ErrorCode::Internal,
+        ErrorCode::ServiceUnavailable,
+        ErrorCode::DatabaseUnavailable,
+        ErrorCode::StorageUnavailable,
+        ErrorCode::StorageFull,
+        ErrorCode::HandlerTimeout,
+        ErrorCode::Other,
+    ];
+
+    /// (status, wire code, the message used when nothing more specific is known).
+    const fn row(self) -> (u16, &'static str, &'static str) {
+        match self {
+            ErrorCode::BadRequest => (400, "bad_request", "the request is malformed"),
+            ErrorCode::Unauthorized => (401, "unauthorized", "authentication is required"),
+            ErrorCode::Forbidden => (403, "forbidden", "you are not allowed to do this"),
+            ErrorCode::NotFound => (404, "not_found", "no such route"),
+            ErrorCode::MetricsDisabled => (404, "metrics_disabled", "metrics are disabled"),
+            ErrorCode::MethodNotAllowed => (
+                405,
+                "method_not_allowed",
+                "this method is not allowed on this route",
+            ),
+            ErrorCode::RequestTimeout => (408, "request_timeout", "the request took too long"),
+            ErrorCode::Conflict => (
+                409,
+                "conflict",
+                "the request conflicts with the current state",
+            ),
+            ErrorCode::MemoryProfilingDisabled => {
+                (409, "memory_profiling_disabled", "memory profiling is off")
+            }
+            ErrorCode::MemoryProfilerUnavailable => (
+                409,
+                "memory_profiler_unavailable",
+                "jemalloc's heap profiler is not running",
+            ),
+            ErrorCode::PayloadTooLarge => {
+                (413, "payload_too_large", "the request body is too large")
+            }
+            ErrorCode::UriTooLong => (414, "uri_too_long", "the request URI is too long"),
+            ErrorCode::UnsupportedMediaType => (
+                415,
+                "unsupported_media_type",
+                "send JSON with Content-Type: application/json",
+            ),
+            ErrorCode::Validation => (422, "validation_error", "the request body is not valid"),
+            ErrorCode::AccountLocked => (423, "account_locked", "the account is locked"),
+            ErrorCode::RateLimited => (429, "rate_limited", "too many requests"),
+            ErrorCode::HeaderFieldsTooLarge => (
+                431,
+                "request_header_fields_too_large",
+                "the request has too many headers",
+            ),
+            ErrorCode::Internal => (500, "internal_error", "the server hit an internal error"),
+            ErrorCode::ServiceUnavailable => (
+                503,
+                "service_unavailable",
+                "the service is temporarily unavailable",
+            ),
+            ErrorCode::DatabaseUnavailable => {
+                (503, "database_unavailable", "the database is unreachable")
+            }
+            ErrorCode::StorageUnavailable => {
+                (503, "storage_unavailable", "the database cannot write")
+            }
+            ErrorCode::StorageFull => (507, "storage_unavailable", "the database's disk is full"),
+            ErrorCode::HandlerTimeout => (503, "request_timeout", "the request took too long"),
+            ErrorCode::Other => (400, "error", "the request failed"),
+        }
+    }
+
+    pub fn status(self) -> StatusCode {
+        StatusCode::from_u16(self.row().0).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    /// The wire code (`"code"` of the error body).
+    pub const fn as_str(self) -> &'static str {
+        self.row().1
+    }
+
+    /// The message of an error response that came without one.
+    pub const fn default_message(self) -> &'static str {
+        self.row().2
+    }
+
+    /// The code for an error response of `status` produced outside this table (a framework
+    /// rejection, a layer): the first row with that status; any other 5xx is
+    /// `internal_error`, any other 4xx `error`.
+    pub fn for_status(status: StatusCode) -> ErrorCode {
+        // Rows that share a status with a more general one are never the default.
+        const GENERAL: [ErrorCode; 11] = [
+            ErrorCode::BadRequest,
+            ErrorCode::Unauthorized,
+            ErrorCode::Forbidden,
+            ErrorCode::NotFound,
+            ErrorCode::MethodNotAllowed,
+            ErrorCode::RequestTimeout,
+            ErrorCode::PayloadTooLarge,
+            ErrorCode::UnsupportedMediaType,
+            ErrorCode::Validation,
+            ErrorCode::RateLimited,
+            ErrorCode::ServiceUnavailable,
+        ];
+        GENERAL
+            .into_iter()
+            .find(|code| code.status() == status)
+            .unwrap_or(if status.is_server_error() {
+                ErrorCode::Internal
+            } else {
+                ErrorCode::Other
+            })
+    }
+}
+
+/// The error body every failed request gets (`{"error", "code", "correlation_id"}`). Extra fields appear when they
+/// help.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// A human sentence.
@@ -19,6 +195,22 @@ pub struct ErrorBody {
     pub code: String,
     #[schema(example = "corr-0123456789ab")]
     pub correlation_id: Option<String>,
+    /// The offending field, path segment or query parameter (400/422).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "task")]
+    pub field: Option<String>,
+    /// Seconds to wait before retrying (also the Retry-After header): 423, 429, 503, 507.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<u64>,
+    /// The debate's final status when it has already ended (409).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// The rate-limit rule that refused the request (429 from the limiter).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// That rule's requests per minute (429 from the limiter).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,42 +265,33 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    pub fn status(&self) -> StatusCode {
+    /// The row of the error-code table this error answers with.
+    pub fn error_code(&self) -> ErrorCode {
         match self {
-            ApiError::BadRequest(_) | ApiError::BadField { .. } => StatusCode::BAD_REQUEST,
-            ApiError::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Conflict(_) | ApiError::DebateEnded { .. } => StatusCode::CONFLICT,
-            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::Locked { .. } => StatusCode::LOCKED,
-            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable { .. } | ApiError::DatabaseUnavailable(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::BadRequest(_) | ApiError::BadField { .. } => ErrorCode::BadRequest,
+            ApiError::Validation { .. } => ErrorCode::Validation,
+            ApiError::NotFound(_) => ErrorCode::NotFound,
+            ApiError::Conflict(_) | ApiError::DebateEnded { .. } => ErrorCode::Conflict,
+            ApiError::Unauthorized(_) => ErrorCode::Unauthorized,
+            ApiError::Forbidden(_) => ErrorCode::Forbidden,
+            ApiError::Locked { .. } => ErrorCode::AccountLocked,
+            ApiError::TooManyRequests { .. } => ErrorCode::RateLimited,
+            ApiError::Unavailable { .. } => ErrorCode::ServiceUnavailable,
+            ApiError::DatabaseUnavailable(_) => ErrorCode::DatabaseUnavailable,
             ApiError::StorageUnavailable(crate::store::StorageFault::Full) => {
-                StatusCode::INSUFFICIENT_STORAGE
+                ErrorCode::StorageFull
             }
-            ApiError::StorageUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::StorageUnavailable(_) => ErrorCode::StorageUnavailable,
+            ApiError::Internal(_) => ErrorCode::Internal,
         }
     }
 
+    pub fn status(&self) -> StatusCode {
+        self.error_code().status()
+    }
+
     pub fn code(&self) -> &'static str {
-        match self {
-            ApiError::BadRequest(_) | ApiError::BadField { .. } => "bad_request",
-            ApiError::Validation { .. } => "validation_error",
-            ApiError::NotFound(_) => "not_found",
-            ApiError::Conflict(_) | ApiError::DebateEnded { .. } => "conflict",
-            ApiError::Unauthorized(_) => "unauthorized",
-            ApiError::Forbidden(_) => "forbidden",
-            ApiError::Locked { .. } => "account_locked",
-            ApiError::TooManyRequests { .. } => "too_many_requests",
-            ApiError::Unavailable { .. } => "service_unavailable",
-            ApiError::DatabaseUnavailable(_) => "database_unavailable",
-            ApiError::StorageUnavailable(_) => "storage_unavailable",
-            ApiError::Internal(_) => "internal_error",
-        }
+        self.error_code().as_str()
     }
 }
 
@@ -128,6 +311,18 @@ impl From<StoreError> for ApiError {
             }
             other => ApiError::Internal(other.to_string()),
         }
+    }
+}
+
+impl From<crate::auth::passwords::HashError> for ApiError {
+    fn from(err: crate::auth::passwords::HashError) -> Self {
+        ApiError::Internal(err.to_string())
+    }
+}
+
+impl From<crate::auth::tokens::SignError> for ApiError {
+    fn from(err: crate::auth::tokens::SignError) -> Self {
+        ApiError::Internal(err.to_string())
     }
 }
 
@@ -189,12 +384,18 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Build the contract's error body for a status produced outside a handler (404 fallback,
-/// body limit, timeout, extractor rejections).
-pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
+/// Build the contract's error body for an error produced outside a handler (404 fallback,
+/// body limit, timeout, extractor rejections), with the code's status.
+pub fn error_response(code: ErrorCode, message: &str) -> Response {
+    error_response_with_status(code.status(), code, message)
+}
+
+/// As [`error_response`], for a status the code is the pipeline's fallback for
+/// ([`ErrorCode::for_status`]).
+pub fn error_response_with_status(status: StatusCode, code: ErrorCode, message: &str) -> Response {
     let body = json!({
         "error": message,
-        "code": code,
+        "code": code.as_str(),
         "correlation_id": correlation::current(),
     });
     (status, axum::Json(body)).into_response()
@@ -203,6 +404,75 @@ pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_code_table_is_consistent() {
+        let mut seen = std::collections::HashSet::new();
+        for code in ErrorCode::ALL {
+            let wire = code.as_str();
+            assert!(
+                wire.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+                "{wire} is snake_case"
+            );
+            assert!(
+                seen.insert((code.status(), wire)),
+                "{code:?} repeats another row"
+            );
+            assert!(code.status().is_client_error() || code.status().is_server_error());
+        }
+        // The pipeline's fallback for bodies produced outside the table (framework
+        // rejections, layers): the same codes and messages as always.
+        for (status, wire, message) in [
+            (400, "bad_request", "the request is malformed"),
+            (401, "unauthorized", "authentication is required"),
+            (403, "forbidden", "you are not allowed to do this"),
+            (404, "not_found", "no such route"),
+            (
+                405,
+                "method_not_allowed",
+                "this method is not allowed on this route",
+            ),
+            (408, "request_timeout", "the request took too long"),
+            (409, "error", "the request failed"),
+            (413, "payload_too_large", "the request body is too large"),
+            (
+                415,
+                "unsupported_media_type",
+                "send JSON with Content-Type: application/json",
+            ),
+            (422, "validation_error", "the request body is not valid"),
+            (429, "rate_limited", "too many requests"),
+            (500, "internal_error", "the server hit an internal error"),
+            (502, "internal_error", "the server hit an internal error"),
+            (
+                503,
+                "service_unavailable",
+                "the service is temporarily unavailable",
+            ),
+        ] {
+            let code = ErrorCode::for_status(StatusCode::from_u16(status).unwrap());
+            assert_eq!(
+                (code.as_str(), code.default_message()),
+                (wire, message),
+                "{status}"
+            );
+        }
+        // One 429 code, whichever limit refused.
+        let too_many = ApiError::TooManyRequests {
+            message: "x".into(),
+            retry_after: 1,
+        };
+        assert_eq!(too_many.code(), "rate_limited");
+        assert_eq!(
+            ErrorCode::for_status(StatusCode::TOO_MANY_REQUESTS),
+            ErrorCode::RateLimited
+        );
+        assert_eq!(
+            ErrorCode::for_status(StatusCode::BAD_GATEWAY),
+            ErrorCode::Internal
+        );
+        assert_eq!(ErrorCode::for_status(StatusCode::GONE).as_str(), "error");
+    }
 
     #[test]
     fn unreachable_database_is_503_database_unavailable() {

@@ -33,9 +33,30 @@ pub struct Pricing {
     providers: BTreeMap<String, ProviderPrices>,
 }
 
+/// Why a pricing table was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PricingError {
+    #[error("{}", .0.message())]
+    Syntax(#[source] toml::de::Error),
+    #[error("provider `{0}`: prices must be ≥ 0")]
+    Negative(String),
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    File {
+        path: std::path::PathBuf,
+        #[source]
+        source: Box<PricingError>,
+    },
+}
+
 impl Pricing {
-    pub fn parse(text: &str) -> Result<Pricing, String> {
-        let pricing: Pricing = toml::from_str(text).map_err(|e| e.message().to_owned())?;
+    pub fn parse(text: &str) -> Result<Pricing, PricingError> {
+        let pricing: Pricing = toml::from_str(text).map_err(PricingError::Syntax)?;
         for (name, p) in &pricing.providers {
             let all = std::iter::once(Price {
                 input: p.input,
@@ -44,7 +65,7 @@ impl Pricing {
             .chain(p.models.values().copied());
             for price in all {
                 if !(price.input >= 0.0 && price.output >= 0.0) {
-                    return Err(format!("provider `{name}`: prices must be ≥ 0"));
+                    return Err(PricingError::Negative(name.clone()));
                 }
             }
         }
@@ -52,13 +73,18 @@ impl Pricing {
     }
 
     /// The compiled-in table, or the operator's file.
-    pub fn load(file: Option<&Path>) -> Result<Pricing, String> {
+    pub fn load(file: Option<&Path>) -> Result<Pricing, PricingError> {
         match file {
             None => Pricing::parse(DEFAULT_PRICING_TOML),
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-                Pricing::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+                let text = std::fs::read_to_string(path).map_err(|source| PricingError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                Pricing::parse(&text).map_err(|e| PricingError::File {
+                    path: path.to_owned(),
+                    source: Box::new(e),
+                })
             }
         }
     }

@@ -253,7 +253,7 @@ impl Accounts {
         let secret = self.jwt_secret()?;
         let ttl = self.settings.access_token_ttl.as_secs();
         let access_token = tokens::issue_access(secret, &user.id, &user.role, ttl)
-            .map_err(AccountError::Internal)?;
+            .map_err(|e| AccountError::Internal(e.to_string()))?;
         let (refresh_token, hash) = tokens::new_refresh_token();
         self.store
             .insert_refresh_token(&RefreshTokenRecord {
@@ -337,7 +337,7 @@ impl Accounts {
         let hash = tokio::task::spawn_blocking(move || passwords::hash(&password))
             .await
             .map_err(|e| AccountError::Internal(e.to_string()))?
-            .map_err(AccountError::Internal)?;
+            .map_err(|e| AccountError::Internal(e.to_string()))?;
         let user = self
             .store
             .create_user(&NewUser {

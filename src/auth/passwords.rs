@@ -9,13 +9,19 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 /// Shortest password accepted.
 pub const MIN_LENGTH: usize = 12;
 
+/// The password could not be hashed (argon2's error; it implements no `std::error::Error`
+/// without its `std` feature, so it is kept as a value rather than a source).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot hash the password: {0}")]
+pub struct HashError(pub argon2::password_hash::Error);
+
 /// The PHC string of `password` (argon2id, random salt).
-pub fn hash(password: &str) -> Result<String, String> {
+pub fn hash(password: &str) -> Result<String, HashError> {
     let salt = SaltString::generate(&mut OsRng);
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
-        .map_err(|e| format!("cannot hash the password: {e}"))
+        .map_err(HashError)
 }
 
 /// Whether `password` matches the PHC string `hash` (constant time inside argon2).

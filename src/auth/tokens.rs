@@ -29,7 +29,7 @@ pub fn issue_access(
     user_id: &str,
     role: &str,
     ttl_seconds: u64,
-) -> Result<String, String> {
+) -> Result<String, SignError> {
     let now = chrono::Utc::now().timestamp();
     let claims = Claims {
         sub: user_id.to_owned(),
@@ -44,8 +44,13 @@ pub fn issue_access(
         &claims,
         &EncodingKey::from_secret(secret),
     )
-    .map_err(|e| format!("cannot sign a token: {e}"))
+    .map_err(SignError)
 }
+
+/// An access token could not be signed.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot sign a token: {0}")]
+pub struct SignError(#[source] pub jsonwebtoken::errors::Error);
 
 /// The claims of a valid access token; `None` for anything else (bad signature, other
 /// algorithm, expired, missing claims, not an access token). The reason is not reported:

@@ -35,13 +35,24 @@ pub async fn list_agents(State(state): State<AppState>) -> Json<Value> {
     get,
     path = "/agents/circuit-breakers",
     tag = "agents",
-    responses((status = 200, description = "`{\"circuit_breakers\": [...], \"open\", \"half_open\"}`"))
+    responses((status = 200, description = "every agent's breaker", body = BreakerList))
 )]
-pub async fn list_circuit_breakers(State(state): State<AppState>) -> Json<Value> {
+pub async fn list_circuit_breakers(State(state): State<AppState>) -> Json<BreakerList> {
     breakers_json(&state)
 }
 
-pub fn breakers_json(state: &AppState) -> Json<Value> {
+/// Every agent's breaker, with how many are open and half open.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct BreakerList {
+    /// Per agent: `agent`, `state` (closed, open, half_open), failures, last_failure,
+    /// opened_at, next_probe_at.
+    #[schema(value_type = Vec<Object>)]
+    pub circuit_breakers: Vec<Value>,
+    pub half_open: usize,
+    pub open: usize,
+}
+
+pub fn breakers_json(state: &AppState) -> Json<BreakerList> {
     let registry = state.debates.agents();
     let breakers: Vec<Value> = registry
         .breakers()
@@ -53,7 +64,19 @@ pub fn breakers_json(state: &AppState) -> Json<Value> {
         })
         .collect();
     let (open, half_open) = registry.breaker_counts();
-    Json(json!({"circuit_breakers": breakers, "open": open, "half_open": half_open}))
+    Json(BreakerList {
+        circuit_breakers: breakers,
+        half_open,
+        open,
+    })
+}
+
+/// A breaker closed by an operator.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct CircuitReset {
+    pub agent: String,
+    #[schema(example = "closed")]
+    pub state: &'static str,
 }
 
 /// Close an agent's circuit breaker (operator action).
@@ -62,12 +85,12 @@ pub fn breakers_json(state: &AppState) -> Json<Value> {
     path = "/agents/{name}/reset-circuit",
     tag = "agents",
     params(("name" = String, Path, description = "agent name")),
-    responses((status = 200, description = "breaker closed"), (status = 404, description = "unknown agent", body = ErrorBody))
+    responses((status = 200, description = "breaker closed", body = CircuitReset), (status = 404, description = "unknown agent", body = ErrorBody))
 )]
 pub async fn reset_circuit(
     State(state): State<AppState>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CircuitReset>, ApiError> {
     let registry = state.debates.agents();
     if !registry.reset_breaker(&name) {
         let known = registry.known_names().join(", ");
@@ -76,7 +99,10 @@ pub async fn reset_circuit(
         )));
     }
     tracing::warn!(target: "aragora::agents", agent = %name, "circuit_breaker {name} reset by operator");
-    Ok(Json(json!({"agent": name, "state": "closed"})))
+    Ok(Json(CircuitReset {
+        agent: name,
+        state: "closed",
+    }))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

@@ -189,8 +189,7 @@ fn optional_json<T: serde::de::DeserializeOwned + Default>(
         });
     if !is_json {
         return Err(Box::new(error_response(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            crate::error::ErrorCode::UnsupportedMediaType,
             "send JSON with Content-Type: application/json (or no body to use the session cookie)",
         )));
     }
@@ -223,6 +222,7 @@ fn session_body(session: Session) -> Value {
             with `use_cookie: true` the body has no `refresh_token` and the token is set as the HttpOnly cookie `aragora_refresh`",
             headers(("Set-Cookie" = String, description = "only with `use_cookie: true`: `aragora_refresh=<token>; HttpOnly; SameSite=Strict; Path=/api/auth; Max-Age=<refresh lifetime>` (+ `Secure` over HTTPS)"))),
         (status = 401, description = "invalid email or password", body = ErrorBody),
+        (status = 404, description = "password login is not configured (no ARAGORA_JWT_SECRET)", body = ErrorBody),
         (status = 423, description = "account locked; see Retry-After", body = ErrorBody),
         (status = 429, description = "too many failed logins from this client", body = ErrorBody),
     )
@@ -279,6 +279,7 @@ fn with_cookie(state: &AppState, mut tokens: Value, secure: bool) -> Response {
         (status = 200, description = "a new token pair, same shape as login (without `refresh_token` when the cookie was used)",
             headers(("Set-Cookie" = String, description = "cookie sessions: the rotated `aragora_refresh` cookie"))),
         (status = 401, description = "invalid, expired, revoked or reused refresh token (cookie sessions: the cookie is cleared)", body = ErrorBody),
+        (status = 404, description = "password login is not configured (no ARAGORA_JWT_SECRET)", body = ErrorBody),
         (status = 403, description = "cookie session called from a foreign `Origin`", body = ErrorBody),
     )
 )]

@@ -46,9 +46,9 @@ pub async fn health_detailed(state: State<AppState>) -> Response {
     get,
     path = "/circuit-breakers",
     tag = "agents",
-    responses((status = 200, description = "`{\"circuit_breakers\": [...], \"open\", \"half_open\"}`"))
+    responses((status = 200, description = "every agent's breaker", body = super::agents::BreakerList))
 )]
-pub async fn circuit_breakers(state: State<AppState>) -> Json<Value> {
+pub async fn circuit_breakers(state: State<AppState>) -> Json<super::agents::BreakerList> {
     super::agents::list_circuit_breakers(state).await
 }
 

@@ -5,7 +5,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::IntoParams;
 use utoipa_axum::routes;
@@ -77,6 +77,28 @@ fn event_json(e: &StoredEvent) -> Value {
     })
 }
 
+/// A page of debates, newest first.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DebatePage {
+    /// Debate records, as `GET /debates/{id}`.
+    #[schema(value_type = Vec<Object>)]
+    pub debates: Vec<Value>,
+    /// Pass as `cursor` for the next page; null on the last.
+    pub next_cursor: Option<String>,
+}
+
+/// A page of a debate's event log.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct EventPage {
+    pub debate_id: String,
+    /// `type`, `debate_id`, `seq`, `timestamp`, `round`, `agent`, `data`, as the WebSocket
+    /// sends them.
+    #[schema(value_type = Vec<Object>)]
+    pub events: Vec<Value>,
+    /// The debate's latest seq (0 before any event).
+    pub last_seq: i64,
+}
+
 fn cursor_error(err: StoreError) -> ApiError {
     match err {
         StoreError::Corrupt(msg) if msg.contains("cursor") => {
@@ -86,6 +108,36 @@ fn cursor_error(err: StoreError) -> ApiError {
     }
 }
 
+/// A debate accepted (`POST /debates`). Fields in alphabetical order, as the API has always
+/// written them.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DebateCreated {
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub debate_id: String,
+    pub status: DebateStatus,
+}
+
+/// A steering step accepted (cancel, pause, resume): the debate and where it now stands.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DebateStep {
+    pub debate_id: String,
+    /// `cancelled` or `cancelling`; `paused` or `pausing`; after a resume, the debate's
+    /// status (`queued`).
+    #[schema(example = "pausing")]
+    pub status: String,
+}
+
+/// An intervention appended to the debate's event log.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Injected {
+    pub debate_id: String,
+    pub seq: i64,
+    #[serde(rename = "type")]
+    #[schema(example = "intervention")]
+    pub kind: String,
+}
+
 /// Start a debate; it runs in the background.
 #[utoipa::path(
     post,
@@ -93,7 +145,7 @@ fn cursor_error(err: StoreError) -> ApiError {
     tag = "debates",
     request_body = DebateRequest,
     responses(
-        (status = 202, description = "accepted and queued: `{\"debate_id\", \"status\": \"queued\"}`"),
+        (status = 202, description = "accepted and queued", body = DebateCreated),
         (status = 400, description = "a control character (NUL…) in a text field, named in `field`", body = ErrorBody),
         (status = 422, description = "invalid field (named in `field`); unknown agents list the known ones", body = ErrorBody),
         (status = 503, description = "queue full; see Retry-After", body = ErrorBody),
@@ -123,7 +175,11 @@ pub async fn create_debate(
         })?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"debate_id": record.id, "status": record.status, "created_at": record.created_at})),
+        Json(DebateCreated {
+            created_at: record.created_at,
+            debate_id: record.id,
+            status: record.status,
+        }),
     )
         .into_response())
 }
@@ -146,7 +202,7 @@ pub struct ListParams {
     tag = "debates",
     params(ListParams),
     responses(
-        (status = 200, description = "`{\"debates\": [...], \"next_cursor\"}`"),
+        (status = 200, description = "a page of debates", body = DebatePage),
         (status = 400, description = "bad status, limit or cursor", body = ErrorBody),
     )
 )]
@@ -154,7 +210,7 @@ pub async fn list_debates(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     Query(params): Query<ListParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DebatePage>, ApiError> {
     if let Some(status) = &params.status
         && let Err(why) = status.parse::<DebateStatus>()
     {
@@ -179,10 +235,10 @@ pub async fn list_debates(
         })
         .await
         .map_err(cursor_error)?;
-    Ok(Json(json!({
-        "debates": page.debates.iter().map(debate_json).collect::<Vec<_>>(),
-        "next_cursor": page.next_cursor,
-    })))
+    Ok(Json(DebatePage {
+        debates: page.debates.iter().map(debate_json).collect(),
+        next_cursor: page.next_cursor,
+    }))
 }
 
 /// The debate if the caller may see it. Someone else's debate is "not found", exactly like
@@ -328,14 +384,14 @@ pub struct EventParams {
     path = "/debates/{id}/events",
     tag = "debates",
     params(("id" = String, Path, description = "debate id"), EventParams),
-    responses((status = 200, description = "`{\"events\": [...], \"last_seq\"}`"), (status = 404, body = ErrorBody))
+    responses((status = 200, description = "events after `since`", body = EventPage), (status = 404, body = ErrorBody))
 )]
 pub async fn list_events(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
     Query(params): Query<EventParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<EventPage>, ApiError> {
     tracing::Span::current().record("debate_id", id.as_str());
     load(&state, &principal, &id).await?;
     let limit = params.limit.unwrap_or(500);
@@ -352,11 +408,11 @@ pub async fn list_events(
     }
     let events = state.store.events_since(&id, since, limit).await?;
     let last_seq = state.store.last_seq(&id).await?;
-    Ok(Json(json!({
-        "debate_id": id,
-        "events": events.iter().map(event_json).collect::<Vec<_>>(),
-        "last_seq": last_seq,
-    })))
+    Ok(Json(EventPage {
+        debate_id: id,
+        events: events.iter().map(event_json).collect(),
+        last_seq,
+    }))
 }
 
 /// Cancel a queued or running debate.
@@ -366,7 +422,7 @@ pub async fn list_events(
     tag = "debates",
     params(("id" = String, Path, description = "debate id")),
     responses(
-        (status = 202, description = "cancellation accepted"),
+        (status = 202, description = "cancellation accepted: `cancelled`, or `cancelling` while a call finishes", body = DebateStep),
         (status = 404, body = ErrorBody),
         (status = 409, description = "already finished", body = ErrorBody),
     )
@@ -386,7 +442,10 @@ pub async fn cancel_debate(
     };
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"debate_id": id, "status": status})),
+        Json(DebateStep {
+            debate_id: id,
+            status: status.to_owned(),
+        }),
     )
         .into_response())
 }
@@ -425,7 +484,10 @@ async fn pause(state: AppState, principal: Principal, id: String) -> Result<Resp
     };
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"debate_id": id, "status": status})),
+        Json(DebateStep {
+            debate_id: id,
+            status: status.to_owned(),
+        }),
     )
         .into_response())
 }
@@ -436,7 +498,10 @@ async fn resume(state: AppState, principal: Principal, id: String) -> Result<Res
     let record = state.debates.resume(&id).await.map_err(steer_error)?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"debate_id": id, "status": record.status})),
+        Json(DebateStep {
+            debate_id: id,
+            status: record.status.to_string(),
+        }),
     )
         .into_response())
 }
@@ -449,7 +514,7 @@ async fn resume(state: AppState, principal: Principal, id: String) -> Result<Res
     tag = "debates",
     params(("id" = String, Path, description = "debate id")),
     responses(
-        (status = 202, description = "`{\"debate_id\", \"status\": \"paused\" | \"pausing\"}`: paused at once (it was queued) or at the next phase boundary"),
+        (status = 202, description = "`paused` at once (it was queued) or `pausing` until the next phase boundary", body = DebateStep),
         (status = 404, body = ErrorBody),
         (status = 409, description = "already ended; `status` names how", body = ErrorBody),
     )
@@ -469,7 +534,7 @@ pub async fn pause_debate(
     tag = "debates",
     params(("id" = String, Path, description = "debate id")),
     responses(
-        (status = 202, description = "as `POST /debates/{id}/pause`"),
+        (status = 202, description = "as `POST /debates/{id}/pause`", body = DebateStep),
         (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody),
     )
@@ -490,7 +555,7 @@ pub async fn intervention_pause(
     tag = "debates",
     params(("id" = String, Path, description = "debate id")),
     responses(
-        (status = 202, description = "`{\"debate_id\", \"status\": \"queued\"}`"),
+        (status = 202, description = "queued again", body = DebateStep),
         (status = 404, body = ErrorBody),
         (status = 409, description = "not paused, or already ended", body = ErrorBody),
     )
@@ -510,7 +575,7 @@ pub async fn resume_debate(
     tag = "debates",
     params(("id" = String, Path, description = "debate id")),
     responses(
-        (status = 202, description = "as `POST /debates/{id}/resume`"),
+        (status = 202, description = "as `POST /debates/{id}/resume`", body = DebateStep),
         (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody),
     )
@@ -543,7 +608,7 @@ pub struct InjectRequest {
     params(("id" = String, Path, description = "debate id")),
     request_body = InjectRequest,
     responses(
-        (status = 201, description = "`{\"debate_id\", \"seq\", \"type\": \"intervention\"}`"),
+        (status = 201, description = "the intervention's event", body = Injected),
         (status = 400, description = "a control character (NUL…) in `content`", body = ErrorBody),
         (status = 404, body = ErrorBody),
         (status = 409, description = "already ended", body = ErrorBody),
@@ -573,7 +638,11 @@ pub async fn inject_intervention(
         .map_err(steer_error)?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({"debate_id": id, "seq": stored.seq, "type": stored.kind})),
+        Json(Injected {
+            debate_id: id,
+            seq: stored.seq,
+            kind: stored.kind,
+        }),
     )
         .into_response())
 }

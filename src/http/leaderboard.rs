@@ -2,9 +2,8 @@
 
 use axum::Json;
 use axum::extract::{Query, State};
-use serde::Deserialize;
-use serde_json::{Value, json};
-use utoipa::IntoParams;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::routes;
 
 use super::ApiRouter;
@@ -23,18 +22,41 @@ pub struct LeaderboardParams {
     domain: Option<String>,
 }
 
+/// Fields in alphabetical order, as the API has always written them.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Leaderboard {
+    /// The domain asked for; null = overall.
+    pub domain: Option<String>,
+    pub ratings: Vec<RatingRow>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RatingRow {
+    pub agent: String,
+    pub draws: i64,
+    pub games: i64,
+    pub losses: i64,
+    /// 1 = best.
+    pub rank: usize,
+    /// Elo, one decimal.
+    pub rating: f64,
+    #[schema(value_type = String, format = DateTime)]
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+    pub wins: i64,
+}
+
 /// Agent ratings, best first.
 #[utoipa::path(
     get,
     path = "/leaderboard",
     tag = "debates",
     params(LeaderboardParams),
-    responses((status = 200, description = "`{\"domain\", \"ratings\": [...]}`"), (status = 400, body = ErrorBody))
+    responses((status = 200, description = "ratings, best first", body = Leaderboard), (status = 400, body = ErrorBody))
 )]
 pub async fn get_leaderboard(
     State(state): State<AppState>,
     Query(params): Query<LeaderboardParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Leaderboard>, ApiError> {
     let limit = params.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
         return Err(ApiError::BadRequest(format!(
@@ -42,14 +64,22 @@ pub async fn get_leaderboard(
         )));
     }
     let ratings = state.store.ratings(params.domain.as_deref(), limit).await?;
-    let rows: Vec<Value> = ratings
-        .iter()
+    let ratings = ratings
+        .into_iter()
         .enumerate()
-        .map(|(i, r)| {
-            json!({"rank": i + 1, "agent": r.agent, "rating": (r.rating * 10.0).round() / 10.0,
-                   "games": r.games, "wins": r.wins, "losses": r.losses, "draws": r.draws,
-                   "updated_at": r.updated_at})
+        .map(|(i, r)| RatingRow {
+            rank: i + 1,
+            rating: (r.rating * 10.0).round() / 10.0,
+            agent: r.agent,
+            games: r.games,
+            wins: r.wins,
+            losses: r.losses,
+            draws: r.draws,
+            updated_at: r.updated_at,
         })
         .collect();
-    Ok(Json(json!({"domain": params.domain, "ratings": rows})))
+    Ok(Json(Leaderboard {
+        domain: params.domain,
+        ratings,
+    }))
 }

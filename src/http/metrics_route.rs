@@ -3,14 +3,14 @@
 //! scrape; the process collector is read from /proc at each scrape.
 
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
 use utoipa_axum::routes;
 
 use super::ApiRouter;
 use crate::app::AppState;
-use crate::error::error_response;
+use crate::error::{ErrorCode, error_response};
 
 pub fn router() -> ApiRouter {
     ApiRouter::new().public(routes!(get_metrics))
@@ -29,8 +29,7 @@ pub fn router() -> ApiRouter {
 pub async fn get_metrics(State(state): State<AppState>) -> Response {
     let Some(handle) = state.metrics.as_ref() else {
         return error_response(
-            StatusCode::NOT_FOUND,
-            "metrics_disabled",
+            ErrorCode::MetricsDisabled,
             "metrics are disabled (METRICS_ENABLED=false)",
         );
     };

@@ -70,9 +70,10 @@ fn api_only_routes() -> ApiRouter {
 
 /// The OpenAPI document of the whole API, generated from the handlers.
 pub fn openapi_document() -> utoipa::openapi::OpenApi {
-    let (_, document) = OpenApiRouter::<AppState>::with_openapi(openapi::ApiDoc::openapi())
+    let (_, mut document) = OpenApiRouter::<AppState>::with_openapi(openapi::ApiDoc::openapi())
         .nest("/api", api_only_routes().into_openapi_router())
         .split_for_parts();
+    openapi::add_pipeline_responses(&mut document);
     document
 }
 
@@ -150,8 +151,7 @@ fn cors(config: &Config) -> CorsLayer {
 fn panic_response(_panic: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
     tracing::error!(target: "aragora::http", "handler panicked");
     crate::error::error_response(
-        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-        "internal_error",
+        crate::error::ErrorCode::Internal,
         "the server hit an internal error; the correlation id identifies it in the logs",
     )
 }

@@ -9,6 +9,8 @@ use utoipa::OpenApi;
 use utoipa_axum::routes;
 
 use super::ApiRouter;
+use crate::auth::Access;
+use crate::error::ErrorCode;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -60,6 +62,123 @@ impl utoipa::Modify for Credentials {
             "api_key",
             SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))),
         );
+    }
+}
+
+/// The error responses the request pipeline can give an operation, whatever its handler
+/// does: derived from the same rules the pipeline applies (URI and header limits, body limit
+/// and content type, the route's access policy, rate-limit rule), with the code table's
+/// statuses. A new route is documented by its own annotations only.
+pub fn pipeline_statuses(
+    method: &str,
+    path: &str,
+    has_body: bool,
+    access: Access,
+) -> Vec<(ErrorCode, &'static str)> {
+    let mut out = vec![
+        (
+            ErrorCode::BadRequest,
+            "a malformed request: a control character in the path or a query value, a bad \
+             path or query parameter, or a body that is not valid JSON",
+        ),
+        (ErrorCode::UriTooLong, "the request target is too long"),
+        (ErrorCode::HeaderFieldsTooLarge, "too many request headers"),
+        (
+            ErrorCode::Internal,
+            "an unexpected error (the correlation id identifies it in the logs)",
+        ),
+        (
+            ErrorCode::ServiceUnavailable,
+            "the request ran past the request timeout (`request_timeout`), or the database \
+             is unreachable (`database_unavailable`, with Retry-After) or cannot write \
+             (`storage_unavailable`)",
+        ),
+    ];
+    let writes = matches!(method, "post" | "put" | "patch");
+    if writes {
+        out.push((
+            ErrorCode::PayloadTooLarge,
+            "the body is larger than the configured limit",
+        ));
+        // The one route that reads JSON whatever the Content-Type says (the runbook's curl).
+        if !path.ends_with("/debug/agent-test") {
+            out.push((
+                ErrorCode::UnsupportedMediaType,
+                "the body is not application/json",
+            ));
+        }
+    }
+    if has_body {
+        out.push((
+            ErrorCode::Validation,
+            "the body does not match the request schema",
+        ));
+    }
+    if writes || method == "delete" {
+        out.push((
+            ErrorCode::StorageFull,
+            "the database's disk is full; nothing was written",
+        ));
+    }
+    match access {
+        Access::Public => {}
+        Access::Member => out.push((ErrorCode::Unauthorized, "no or invalid credentials")),
+        Access::Admin => {
+            out.push((ErrorCode::Unauthorized, "no or invalid credentials"));
+            out.push((ErrorCode::Forbidden, "the caller's role is below admin"));
+        }
+        // An undeclared operation is refused to everyone.
+        Access::Deny => {
+            out.push((ErrorCode::Unauthorized, "no or invalid credentials"));
+            out.push((ErrorCode::Forbidden, "this operation is open to no one"));
+        }
+    }
+    let http_method = axum::http::Method::from_bytes(method.to_ascii_uppercase().as_bytes());
+    if let Ok(http_method) = http_method
+        && crate::ratelimit::rule_for(&http_method, path).is_some()
+    {
+        out.push((ErrorCode::RateLimited, "rate limited; see Retry-After"));
+    }
+    out
+}
+
+/// Add [`pipeline_statuses`] to every operation that does not document them itself, each
+/// with the error body.
+pub fn add_pipeline_responses(document: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+    for (path, item) in document.paths.paths.iter_mut() {
+        let operations = [
+            ("get", &mut item.get),
+            ("put", &mut item.put),
+            ("post", &mut item.post),
+            ("delete", &mut item.delete),
+            ("patch", &mut item.patch),
+        ];
+        for (method, operation) in operations {
+            let Some(operation) = operation else { continue };
+            let has_body = operation.request_body.is_some();
+            let access = super::middleware::access::declared(operation).unwrap_or(Access::Deny);
+            for (code, description) in pipeline_statuses(method, path, has_body, access) {
+                let status = code.status().as_u16().to_string();
+                operation
+                    .responses
+                    .responses
+                    .entry(status)
+                    .or_insert_with(|| {
+                        RefOr::T(
+                            ResponseBuilder::new()
+                                .description(description)
+                                .content(
+                                    "application/json",
+                                    ContentBuilder::new()
+                                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                                        .build(),
+                                )
+                                .build(),
+                        )
+                    });
+            }
+        }
     }
 }
 

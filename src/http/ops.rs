@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
@@ -15,7 +14,7 @@ use utoipa_axum::routes;
 
 use super::ApiRouter;
 use crate::app::AppState;
-use crate::error::{ApiError, error_response};
+use crate::error::{ApiError, ErrorCode, error_response};
 use crate::ops::caches::{self, CleanupReport};
 use crate::ops::connectivity::{self, ConnectivityReport};
 use crate::telemetry::profiling;
@@ -93,16 +92,14 @@ pub async fn connectivity_check(
 pub async fn memory_dump(State(state): State<AppState>) -> Response {
     if !state.config.logging.memory_profiling {
         return error_response(
-            StatusCode::CONFLICT,
-            "memory_profiling_disabled",
+            ErrorCode::MemoryProfilingDisabled,
             "memory profiling is off: set ARAGORA_MEMORY_PROFILING=1 (e.g. in \
              /etc/aragora/aragora.env) and restart the server (systemctl restart aragora)",
         );
     }
     if !profiling::profiler_enabled() {
         return error_response(
-            StatusCode::CONFLICT,
-            "memory_profiler_unavailable",
+            ErrorCode::MemoryProfilerUnavailable,
             "ARAGORA_MEMORY_PROFILING=1 but jemalloc's heap profiler is not running in this \
              process: start it with `aragora serve` (which enables it at start-up) or set \
              MALLOC_CONF=prof:true",

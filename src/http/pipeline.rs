@@ -13,7 +13,7 @@ use axum::response::Response;
 use tracing::Instrument;
 
 use crate::app::AppState;
-use crate::error::error_response;
+use crate::error::{ErrorCode, error_response, error_response_with_status};
 use crate::telemetry::correlation;
 
 /// Most request headers accepted (431 beyond).
@@ -59,8 +59,8 @@ pub async fn pipeline(State(state): State<AppState>, req: Request, next: Next) -
     let bad_uri = crate::text::check_uri(req.uri().path(), req.uri().query()).err();
     let bad_type = unsupported_content_type(&req);
     let mut response = correlation::scope(id.clone(), async move {
-        if let Some((status, code, message)) = too_large {
-            return error_response(status, code, &message);
+        if let Some((code, message)) = too_large {
+            return error_response(code, &message);
         }
         if let Some((field, message)) = bad_uri {
             return axum::response::IntoResponse::into_response(crate::error::ApiError::BadField {
@@ -70,8 +70,7 @@ pub async fn pipeline(State(state): State<AppState>, req: Request, next: Next) -
         }
         if let Some(content_type) = bad_type {
             return error_response(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
+                ErrorCode::UnsupportedMediaType,
                 &format!(
                     "Content-Type `{content_type}` is not accepted; send JSON with \
                      Content-Type: application/json"
@@ -81,8 +80,7 @@ pub async fn pipeline(State(state): State<AppState>, req: Request, next: Next) -
         let response = match tokio::time::timeout(timeout, next.run(req)).await {
             Ok(response) => response,
             Err(_) => error_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "request_timeout",
+                ErrorCode::HandlerTimeout,
                 &format!(
                     "the request took longer than {} s and was abandoned",
                     timeout.as_secs()
@@ -131,20 +129,18 @@ pub async fn pipeline(State(state): State<AppState>, req: Request, next: Next) -
 
 /// Requests past the header or URI limits (hyper's own limits are set higher, so these get
 /// the JSON error body instead of hyper's empty 431/414).
-fn request_too_large(req: &Request) -> Option<(StatusCode, &'static str, String)> {
+fn request_too_large(req: &Request) -> Option<(ErrorCode, String)> {
     let headers = req.headers().len();
     if headers > MAX_HEADERS {
         return Some((
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "request_header_fields_too_large",
+            ErrorCode::HeaderFieldsTooLarge,
             format!("the request has {headers} headers; at most {MAX_HEADERS} are accepted"),
         ));
     }
     let uri = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
     if uri > MAX_URI_BYTES {
         return Some((
-            StatusCode::URI_TOO_LONG,
-            "uri_too_long",
+            ErrorCode::UriTooLong,
             format!("the request URI is {uri} bytes; at most {MAX_URI_BYTES} are accepted"),
         ));
     }
@@ -197,12 +193,12 @@ async fn as_json_error(response: Response) -> Response {
         .ok()
         .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
         .filter(|t| !t.is_empty());
-    let (code, default_message) = describe(status);
+    let code = ErrorCode::for_status(status);
     let message = match text {
         Some(t) if status != StatusCode::INTERNAL_SERVER_ERROR => t,
-        _ => default_message.to_owned(),
+        _ => code.default_message().to_owned(),
     };
-    let mut json = error_response(status, code, &message);
+    let mut json = error_response_with_status(status, code, &message);
     // Keep headers that matter to the client (Allow, Retry-After, CORS…).
     for (name, value) in parts.headers.iter() {
         if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
@@ -212,38 +208,10 @@ async fn as_json_error(response: Response) -> Response {
     json
 }
 
-fn describe(status: StatusCode) -> (&'static str, &'static str) {
-    match status.as_u16() {
-        400 => ("bad_request", "the request is malformed"),
-        401 => ("unauthorized", "authentication is required"),
-        403 => ("forbidden", "you are not allowed to do this"),
-        404 => ("not_found", "no such route"),
-        405 => (
-            "method_not_allowed",
-            "this method is not allowed on this route",
-        ),
-        408 => ("request_timeout", "the request took too long"),
-        413 => ("payload_too_large", "the request body is too large"),
-        415 => (
-            "unsupported_media_type",
-            "send JSON with Content-Type: application/json",
-        ),
-        422 => ("validation_error", "the request body is not valid"),
-        429 => ("rate_limited", "too many requests"),
-        503 => (
-            "service_unavailable",
-            "the service is temporarily unavailable",
-        ),
-        _ if status.is_server_error() => ("internal_error", "the server hit an internal error"),
-        _ => ("error", "the request failed"),
-    }
-}
-
 /// JSON 404 for unknown routes.
 pub async fn not_found(req: Request<Body>) -> Response {
     error_response(
-        StatusCode::NOT_FOUND,
-        "not_found",
+        ErrorCode::NotFound,
         &format!("no route for {} {}", req.method(), req.uri().path()),
     )
 }

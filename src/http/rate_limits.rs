@@ -3,7 +3,6 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -62,8 +61,7 @@ pub async fn get_rate_limit_status(
     let settings = limiter.settings();
     let Some(axum::Extension(identity)) = identity else {
         return crate::error::error_response(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
+            crate::error::ErrorCode::Internal,
             "the rate limiter did not identify this request",
         );
     };

@@ -69,6 +69,28 @@ pub struct ListParams {
     offset: Option<u32>,
 }
 
+/// A page of receipts. Fields in alphabetical order, as the API has always written them.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ReceiptPage {
+    pub limit: u32,
+    pub offset: u32,
+    /// Native receipts (as `GET /v2/receipts/{id}`), newest first.
+    #[schema(value_type = Vec<Object>)]
+    pub receipts: Vec<Value>,
+    /// Receipts the caller may see, across all pages.
+    pub total: i64,
+}
+
+/// A public key receipts are signed with.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct SigningKey {
+    #[schema(example = "Ed25519")]
+    pub algorithm: &'static str,
+    pub key_id: String,
+    /// SPKI PEM.
+    pub public_key_pem: String,
+}
+
 /// Decision receipts, newest first. Members see the receipts of their own debates.
 #[utoipa::path(
     get,
@@ -76,7 +98,7 @@ pub struct ListParams {
     tag = "receipts",
     params(ListParams),
     responses(
-        (status = 200, description = "`{\"receipts\": [...], \"total\", \"limit\", \"offset\"}`"),
+        (status = 200, description = "a page of receipts", body = ReceiptPage),
         (status = 400, description = "`limit` outside 1–200", body = ErrorBody),
         (status = 401, body = ErrorBody),
     )
@@ -85,7 +107,7 @@ pub async fn list_receipts(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     Query(params): Query<ListParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ReceiptPage>, ApiError> {
     let limit = params.limit.unwrap_or(20);
     if !(1..=200).contains(&limit) {
         return Err(ApiError::BadRequest(format!(
@@ -98,12 +120,12 @@ pub async fn list_receipts(
         .store
         .list_receipts(owner.as_deref(), limit, offset)
         .await?;
-    Ok(Json(json!({
-        "receipts": rows.iter().map(native_json).collect::<Vec<_>>(),
-        "total": total,
-        "limit": limit,
-        "offset": offset,
-    })))
+    Ok(Json(ReceiptPage {
+        limit,
+        offset,
+        receipts: rows.iter().map(native_json).collect(),
+        total,
+    }))
 }
 
 /// One receipt (the native form): verdict, participants, supporting and dissenting agents,
@@ -286,20 +308,20 @@ pub async fn verify_receipt(
     tag = "receipts",
     params(KeyParams),
     responses(
-        (status = 200, description = "`{\"algorithm\": \"Ed25519\", \"key_id\", \"public_key_pem\"}`"),
+        (status = 200, description = "the key", body = SigningKey),
         (status = 404, description = "receipts are issued unsigned here, or no such key", body = ErrorBody),
     )
 )]
 pub async fn signing_key(
     State(state): State<AppState>,
     Query(params): Query<KeyParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SigningKey>, ApiError> {
     let (key_id, pem) = key_of(&state, params.key_id.as_deref()).await?;
-    Ok(Json(json!({
-        "algorithm": "Ed25519",
-        "key_id": key_id,
-        "public_key_pem": pem,
-    })))
+    Ok(Json(SigningKey {
+        algorithm: "Ed25519",
+        key_id,
+        public_key_pem: pem,
+    }))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

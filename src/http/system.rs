@@ -5,7 +5,6 @@
 use axum::Json;
 use axum::extract::{Query, State};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::routes;
 
@@ -70,8 +69,10 @@ pub async fn list_errors(
     get,
     path = "/system/circuit-breakers",
     tag = "system",
-    responses((status = 200, description = "`{\"circuit_breakers\": [...], \"open\", \"half_open\"}`"))
+    responses((status = 200, description = "every agent's breaker", body = super::agents::BreakerList))
 )]
-pub async fn list_system_circuit_breakers(State(state): State<AppState>) -> Json<Value> {
+pub async fn list_system_circuit_breakers(
+    State(state): State<AppState>,
+) -> Json<super::agents::BreakerList> {
     super::agents::breakers_json(&state)
 }

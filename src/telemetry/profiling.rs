@@ -36,19 +36,52 @@ pub fn profiler_active() -> bool {
     b"prof.active\0".name().read().unwrap_or(false)
 }
 
+/// Why profiling could not be switched on, or a dump taken.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfilingError {
+    #[error("cannot set prof.active: {0}")]
+    SetActive(tikv_jemalloc_ctl::Error),
+    #[error("ARAGORA_MEMORY_PROFILING=1 but jemalloc's profiler is not available in this build")]
+    NotInBuild,
+    #[error("jemalloc's heap profiler is not enabled in this process")]
+    NotEnabled,
+    #[error("cannot find own executable: {0}")]
+    Executable(#[source] std::io::Error),
+    #[error("cannot re-execute with the heap profiler on: {0}")]
+    Reexec(#[source] std::io::Error),
+    #[error("prof.dump failed: {0}")]
+    Dump(tikv_jemalloc_ctl::Error),
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("not a jemalloc heap_v2 profile")]
+    NotAProfile,
+    #[error("{0}")]
+    Serialize(#[source] serde_json::Error),
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Turn sampling on or off (only meaningful when [`profiler_enabled`]).
-pub fn set_active(active: bool) -> Result<(), String> {
+pub fn set_active(active: bool) -> Result<(), ProfilingError> {
     b"prof.active\0"
         .name()
         .write(active)
-        .map_err(|e| format!("cannot set prof.active: {e}"))
+        .map_err(ProfilingError::SetActive)
 }
 
 /// Called before the runtime starts. With `wanted` and a process started without the
 /// profiler, replace this process with itself started with [`PROFILING_CONF`]; returns only
 /// if that is not needed or not possible (the error says why). Without `wanted`, makes sure
 /// a profiler enabled from the environment is not sampling.
-pub fn reexec_with_profiling(wanted: bool) -> Result<(), String> {
+pub fn reexec_with_profiling(wanted: bool) -> Result<(), ProfilingError> {
     if !wanted {
         if profiler_enabled() {
             let _ = set_active(false);
@@ -59,12 +92,9 @@ pub fn reexec_with_profiling(wanted: bool) -> Result<(), String> {
         return set_active(true);
     }
     if std::env::var_os(REEXEC_MARKER).is_some() {
-        return Err(
-            "ARAGORA_MEMORY_PROFILING=1 but jemalloc's profiler is not available in this build"
-                .into(),
-        );
+        return Err(ProfilingError::NotInBuild);
     }
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find own executable: {e}"))?;
+    let exe = std::env::current_exe().map_err(ProfilingError::Executable)?;
     let conf = |name: &str| match std::env::var(name) {
         Ok(existing) if !existing.is_empty() => format!("{existing},{PROFILING_CONF}"),
         _ => PROFILING_CONF.to_owned(),
@@ -76,9 +106,7 @@ pub fn reexec_with_profiling(wanted: bool) -> Result<(), String> {
         .env("_RJEM_MALLOC_CONF", conf("_RJEM_MALLOC_CONF"))
         .env(REEXEC_MARKER, "1")
         .exec();
-    Err(format!(
-        "cannot re-execute with the heap profiler on: {err}"
-    ))
+    Err(ProfilingError::Reexec(err))
 }
 
 /// One allocation site in a dump.
@@ -187,17 +215,18 @@ fn raw_profile_path() -> &'static [u8] {
 
 /// Take a heap profile and write the dump to `out`. Slow (symbolisation): run it on a
 /// blocking thread.
-pub fn dump(out: &Path, top: usize) -> Result<MemoryDump, String> {
+pub fn dump(out: &Path, top: usize) -> Result<MemoryDump, ProfilingError> {
     if !profiler_enabled() {
-        return Err("jemalloc's heap profiler is not enabled in this process".into());
+        return Err(ProfilingError::NotEnabled);
     }
     let raw_path = raw_profile_path();
-    tikv_jemalloc_ctl::raw::write_str(b"prof.dump\0", raw_path)
-        .map_err(|e| format!("prof.dump failed: {e}"))?;
+    tikv_jemalloc_ctl::raw::write_str(b"prof.dump\0", raw_path).map_err(ProfilingError::Dump)?;
     let raw_path =
         PathBuf::from(std::str::from_utf8(&raw_path[..raw_path.len() - 1]).expect("path is UTF-8"));
-    let text = std::fs::read_to_string(&raw_path)
-        .map_err(|e| format!("cannot read {}: {e}", raw_path.display()))?;
+    let text = std::fs::read_to_string(&raw_path).map_err(|source| ProfilingError::Read {
+        path: raw_path.clone(),
+        source,
+    })?;
     // Before symbolising: resolving frames loads debug info, which allocates a lot.
     let stats = allocator_stats();
     let resident_memory_bytes = crate::telemetry::resident_memory_bytes();
@@ -219,8 +248,11 @@ pub fn dump(out: &Path, top: usize) -> Result<MemoryDump, String> {
         top_allocations: sites,
         raw_profile: raw_path.display().to_string(),
     };
-    let json = serde_json::to_vec_pretty(&dump).map_err(|e| e.to_string())?;
-    std::fs::write(out, json).map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+    let json = serde_json::to_vec_pretty(&dump).map_err(ProfilingError::Serialize)?;
+    std::fs::write(out, json).map_err(|source| ProfilingError::Write {
+        path: out.to_owned(),
+        source,
+    })?;
     Ok(dump)
 }
 
@@ -234,9 +266,9 @@ pub struct Sample {
 
 /// Parse jemalloc's `heap_v2` profile: `@ 0x… 0x…` stack lines, each followed by
 /// `  t*: <objects>: <bytes> [<cum objects>: <cum bytes>]`.
-pub fn parse_heap_profile(text: &str) -> Result<Vec<Sample>, String> {
+pub fn parse_heap_profile(text: &str) -> Result<Vec<Sample>, ProfilingError> {
     if !text.starts_with("heap_v2/") {
-        return Err("not a jemalloc heap_v2 profile".into());
+        return Err(ProfilingError::NotAProfile);
     }
     let mut samples = Vec::new();
     let mut lines = text.lines().peekable();

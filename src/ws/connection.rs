@@ -128,7 +128,7 @@ pub async fn serve(
             hub.rejected.fetch_add(1, Ordering::Relaxed);
             hub.count_error();
             tracing::warn!(target: "aragora::ws", peer = %peer.ip(), %reason, "websocket connection refused");
-            let _ = close(&mut sink, Close(close_code::LIMITS, reason)).await;
+            let _ = close(&mut sink, Close(close_code::LIMITS, reason.to_string())).await;
             return;
         }
     };

@@ -71,6 +71,15 @@ pub struct WsStats {
     pub limits: WsLimits,
 }
 
+/// A WebSocket connection refused for a connection limit.
+#[derive(Debug, thiserror::Error)]
+pub enum LimitReached {
+    #[error("server connection limit ({0}) reached")]
+    Server(usize),
+    #[error("per-client connection limit ({0}) reached")]
+    PerClient(usize),
+}
+
 /// Decrements the per-IP and total counts however the connection ends.
 pub struct Admission {
     hub: Arc<WsHub>,
@@ -129,21 +138,17 @@ impl WsHub {
     }
 
     /// Count a new connection, or say which limit it exceeds.
-    pub(super) fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admission, String> {
+    ///
+    /// The refusal is the close reason the client reads.
+    pub(super) fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admission, LimitReached> {
         let mut per_ip = self.per_ip.lock();
         let total = self.connections.load(Ordering::Relaxed);
         if total >= self.limits.max_connections {
-            return Err(format!(
-                "server connection limit ({}) reached",
-                self.limits.max_connections
-            ));
+            return Err(LimitReached::Server(self.limits.max_connections));
         }
         let mine = per_ip.entry(ip).or_default();
         if *mine >= self.limits.max_per_ip {
-            return Err(format!(
-                "per-client connection limit ({}) reached",
-                self.limits.max_per_ip
-            ));
+            return Err(LimitReached::PerClient(self.limits.max_per_ip));
         }
         *mine += 1;
         self.per_ip_peak.fetch_max(*mine, Ordering::Relaxed);

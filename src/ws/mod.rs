@@ -21,7 +21,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
@@ -153,8 +153,7 @@ pub async fn upgrade(
             let since = query.since.or(query.replay_from_seq).unwrap_or(0);
             if since < 0 {
                 return error_response(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
+                    crate::error::ErrorCode::BadRequest,
                     "`since` must be a seq ≥ 0",
                 );
             }

@@ -592,7 +592,7 @@ async fn failed_logins_are_rate_limited_per_client_ip() {
     assert_eq!(r.status(), 429);
     assert!(r.headers().contains_key("retry-after"));
     let (_, code, _) = error_code(r).await;
-    assert_eq!(code, "too_many_requests");
+    assert_eq!(code, "rate_limited");
 }
 
 #[tokio::test]

@@ -83,7 +83,7 @@ fn too_many_requests(rule: Rule, decision: &Decision) -> Response {
             rule.name(),
             decision.limit
         ),
-        "code": "rate_limited",
+        "code": crate::error::ErrorCode::RateLimited.as_str(),
         "correlation_id": crate::telemetry::correlation::current(),
         "retry_after": retry_after,
         "rule": rule.name(),
