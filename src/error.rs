@@ -6,8 +6,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::http::correlation;
 use crate::store::StoreError;
+use crate::telemetry::correlation;
 
 /// Every `code` an HTTP error body can carry, with its status. A wire code may appear with
 /// more than one status (`request_timeout`: 408 from the client, 503 when the server gave

@@ -11,12 +11,12 @@ use utoipa::IntoParams;
 use utoipa_axum::routes;
 
 use super::ApiRouter;
-use super::correlation;
 use crate::app::AppState;
 use crate::auth::Principal;
 use crate::debate::manager::{CreateError, DebateRequest, SteerError};
 use crate::error::{ApiError, ErrorBody};
 use crate::store::{DebateQuery, DebateRecord, DebateStatus, StoreError, StoredEvent};
+use crate::telemetry::correlation;
 
 pub fn router() -> ApiRouter {
     ApiRouter::new()

@@ -36,8 +36,7 @@ use utoipa_axum::router::OpenApiRouter;
 use crate::app::AppState;
 use crate::auth::Access;
 use crate::config::Config;
-// The correlation id lives in telemetry; `http::correlation` is kept for the error body.
-pub(crate) use crate::telemetry::correlation;
+use crate::telemetry::correlation;
 
 pub use health::HealthProbe;
 pub use middleware::ApiRouter;
