@@ -27,7 +27,7 @@ use super::engine::{
 };
 use super::events::{self as ev, Event, EventBody, ResumeReason};
 use super::prompts::STANCES;
-use super::{AgentReply, DebateAgent, EventSink};
+use super::{AgentReply, DebateAgent, EventSink, SinkError};
 use crate::agents::{Agent, AgentError, AgentRegistry, CompletionRequest, DeltaSink};
 use crate::bus::{EventBus, LiveEvent};
 use crate::store::{
@@ -918,7 +918,8 @@ impl DebateManager {
                     }),
                 )])
                 .await
-                .map_err(StoreError::Fenced)?;
+                // Logged as before (`lease lost: …`), whatever the store's failure was.
+                .map_err(|e| StoreError::Fenced(e.to_string()))?;
         }
         let input = match self.build_input(&record) {
             Ok(input) => input,
@@ -1405,12 +1406,9 @@ const WRITE_RETRY_BUDGET: Duration = Duration::from_secs(20);
 
 #[async_trait]
 impl EventSink for Recorder {
-    async fn record(&self, events: &[Event]) -> Result<(), String> {
+    async fn record(&self, events: &[Event]) -> Result<(), SinkError> {
         let batch: Vec<NewEvent> = events.iter().map(NewEvent::from).collect();
-        let stored = self
-            .append_durably(&batch)
-            .await
-            .map_err(|e| e.to_string())?;
+        let stored = self.append_durably(&batch).await.map_err(SinkError::from)?;
         for e in &stored {
             self.publish(e);
         }
@@ -1430,12 +1428,12 @@ impl EventSink for Recorder {
         });
     }
 
-    async fn checkpoint(&self, cost: bool) -> Result<Checkpoint, String> {
+    async fn checkpoint(&self, cost: bool) -> Result<Checkpoint, SinkError> {
         let notes = self
             .store
             .events_of_kinds(&self.debate_id, &["intervention"], 1000, 0)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(SinkError::from)?;
         let interventions = notes
             .iter()
             .filter_map(|e| e.data.get("content").and_then(Value::as_str))
@@ -1445,7 +1443,7 @@ impl EventSink for Recorder {
             self.store
                 .debate_cost(&self.debate_id)
                 .await
-                .map_err(|e| e.to_string())?
+                .map_err(SinkError::from)?
         } else {
             0.0
         };
@@ -1455,7 +1453,7 @@ impl EventSink for Recorder {
         })
     }
 
-    async fn finish(&self, end: &Event, outcome: &DebateOutcome) -> Result<(), String> {
+    async fn finish(&self, end: &Event, outcome: &DebateOutcome) -> Result<(), SinkError> {
         // Ratings first: whoever sees the final status also sees the ratings it produced
         // (idempotent per debate, so a run that ends twice rates once).
         if !outcome.matches.is_empty()
@@ -1499,7 +1497,7 @@ impl EventSink for Recorder {
                 }
             })
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(SinkError::from)?;
         if let Some(stored) = stored {
             self.publish(&stored);
         }
