@@ -20,7 +20,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::consensus::ConsensusMode;
+use super::consensus::{ConsensusMode, UnknownConsensusMode};
 use super::engine::{
     self, Checkpoint, DebateInput, DebateOutcome, DebateSettings, DurableEnd, FinalStatus, Replay,
     Resume, Seat,
@@ -28,7 +28,8 @@ use super::engine::{
 use super::events::{self as ev, Event, EventBody, ResumeReason};
 use super::prompts::STANCES;
 use super::{AgentReply, DebateAgent, EventSink, SinkError};
-use crate::agents::{Agent, AgentError, AgentRegistry, CompletionRequest, DeltaSink};
+use crate::agents::{Agent, AgentError, AgentRegistry, CompletionRequest, DeltaSink, UnknownAgent};
+
 use crate::bus::{EventBus, LiveEvent};
 use crate::store::{
     ClaimedDebate, Control, DebateRecord, DebateStatus, DebateUpdate, DynStore, Lease, NewDebate,
@@ -446,7 +447,9 @@ impl DebateManager {
             ));
         }
         let mode: ConsensusMode = match &request.consensus {
-            Some(m) => m.parse().map_err(|e: String| invalid("consensus", e))?,
+            Some(m) => m
+                .parse()
+                .map_err(|e: UnknownConsensusMode| invalid("consensus", e.to_string()))?,
             None => ConsensusMode::Threshold,
         };
         let threshold = request
@@ -923,7 +926,12 @@ impl DebateManager {
         }
         let input = match self.build_input(&record) {
             Ok(input) => input,
-            Err(reason) => return self.fail(&record, &lease, &reason).await.map(|()| true),
+            Err(reason) => {
+                return self
+                    .fail(&record, &lease, &reason.to_string())
+                    .await
+                    .map(|()| true);
+            }
         };
         let replay = Replay::from_events(&log);
         if replay.steps() > 0 {
@@ -1097,11 +1105,11 @@ impl DebateManager {
 
     /// Resolve the stored debate into engine input (agents are resolved again, so a debate
     /// recovered after a configuration change fails clearly instead of running half-configured).
-    fn build_input(&self, record: &DebateRecord) -> Result<DebateInput, String> {
+    fn build_input(&self, record: &DebateRecord) -> Result<DebateInput, InputError> {
         let mut seats = Vec::new();
         let mut seen: HashMap<&str, usize> = HashMap::new();
         for (i, name) in record.agents.iter().enumerate() {
-            let agent = self.agents.resolve(name).map_err(|e| e.to_string())?;
+            let agent = self.agents.resolve(name)?;
             let n = seen.entry(name.as_str()).or_default();
             *n += 1;
             let seat = if *n == 1 {
@@ -1117,10 +1125,7 @@ impl DebateManager {
         }
         let opt = &record.options;
         let judge = match opt.get("judge").and_then(Value::as_str) {
-            Some(j) => Some(self.metered(
-                record,
-                RegistryAgent(self.agents.resolve(j).map_err(|e| e.to_string())?),
-            )),
+            Some(j) => Some(self.metered(record, RegistryAgent(self.agents.resolve(j)?))),
             None => None,
         };
         Ok(DebateInput {
@@ -1130,7 +1135,7 @@ impl DebateManager {
             settings: DebateSettings {
                 rounds: record.rounds as u32,
                 min_rounds: opt.get("min_rounds").and_then(Value::as_u64).unwrap_or(1) as u32,
-                mode: record.consensus.parse().map_err(|e: String| e)?,
+                mode: record.consensus.parse()?,
                 threshold: opt
                     .get("consensus_threshold")
                     .and_then(Value::as_f64)
@@ -1140,6 +1145,15 @@ impl DebateManager {
             },
         })
     }
+}
+
+/// Why a stored debate cannot be turned into engine input (its text is the debate's error).
+#[derive(Debug, thiserror::Error)]
+enum InputError {
+    #[error(transparent)]
+    Agent(#[from] UnknownAgent),
+    #[error(transparent)]
+    Consensus(#[from] UnknownConsensusMode),
 }
 
 struct Plan {
