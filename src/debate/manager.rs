@@ -380,9 +380,9 @@ impl DebateManager {
         };
         let task = request.task.trim();
         let text = |field: &str, value: &str, multiline: bool| {
-            crate::text::check(field, value, multiline).map_err(|message| CreateError::BadText {
+            crate::text::check(field, value, multiline).map_err(|e| CreateError::BadText {
                 field: field.to_owned(),
-                message,
+                message: e.to_string(),
             })
         };
         text("task", task, true)?;
@@ -399,8 +399,10 @@ impl DebateManager {
             }
         }
         if let Some(metadata) = &request.metadata {
-            crate::text::check_json("metadata", metadata)
-                .map_err(|(field, message)| CreateError::BadText { field, message })?;
+            crate::text::check_json("metadata", metadata).map_err(|e| CreateError::BadText {
+                message: e.to_string(),
+                field: e.field,
+            })?;
         }
         if task.is_empty() {
             return Err(invalid("task", "`task` must not be empty".into()));
@@ -630,9 +632,9 @@ impl DebateManager {
             field: "content".into(),
             message,
         };
-        crate::text::check("content", content, true).map_err(|message| SteerError::BadText {
+        crate::text::check("content", content, true).map_err(|e| SteerError::BadText {
             field: "content".into(),
-            message,
+            message: e.to_string(),
         })?;
         if content.is_empty() {
             return Err(invalid("`content` must not be empty".into()));
