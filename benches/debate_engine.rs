@@ -33,7 +33,7 @@ use aragora::debate::manager::{Recorder, RegistryAgent};
 use aragora::debate::prompts::STANCES;
 use aragora::debate::{
     ConsensusMode, DebateAgent, DebateInput, DebateOutcome, DebateSettings, Event, EventSink,
-    FinalStatus, Seat,
+    FinalStatus, Seat, SinkError,
 };
 use aragora::store::{DynStore, NewDebate, PoolSettings};
 use aragora::telemetry::logging::{JsonLogLayer, parse_filter};
@@ -340,7 +340,7 @@ struct NullSink;
 
 #[async_trait]
 impl EventSink for NullSink {
-    async fn record(&self, _events: &[Event]) -> Result<(), String> {
+    async fn record(&self, _events: &[Event]) -> Result<(), SinkError> {
         Ok(())
     }
 
@@ -369,7 +369,7 @@ impl TimingSink {
 
 #[async_trait]
 impl EventSink for TimingSink {
-    async fn record(&self, events: &[Event]) -> Result<(), String> {
+    async fn record(&self, events: &[Event]) -> Result<(), SinkError> {
         {
             let mut marks = self.marks.lock();
             for e in events {
@@ -382,7 +382,7 @@ impl EventSink for TimingSink {
         self.inner.record(events).await
     }
 
-    async fn finish(&self, end: &Event, outcome: &DebateOutcome) -> Result<(), String> {
+    async fn finish(&self, end: &Event, outcome: &DebateOutcome) -> Result<(), SinkError> {
         {
             let mut marks = self.marks.lock();
             marks.0.push(Instant::now());

@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::debate::manager::RegistryAgent;
 use crate::debate::prompts::STANCES;
 use crate::debate::{
-    ConsensusMode, DebateAgent, DebateInput, DebateSettings, Event, EventSink, Seat, run,
+    ConsensusMode, DebateAgent, DebateInput, DebateSettings, Event, EventSink, Seat, SinkError, run,
 };
 
 pub struct Options {
@@ -120,7 +120,7 @@ impl Printer {
 
 #[async_trait]
 impl EventSink for Printer {
-    async fn record(&self, events: &[Event]) -> Result<(), String> {
+    async fn record(&self, events: &[Event]) -> Result<(), SinkError> {
         for e in events {
             if let Some(round) = e.round.filter(|_| e.kind() == "round_start") {
                 self.status.lock().0 = round;

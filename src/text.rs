@@ -11,29 +11,38 @@ pub fn forbidden_char(s: &str, multiline: bool) -> Option<char> {
         .find(|&c| c.is_control() && !(multiline && matches!(c, '\t' | '\n' | '\r')))
 }
 
+/// A value refused for a character that may not be stored: the field (or JSON path) that
+/// held it, and the character.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{field}` contains a control character (U+{code:04X}); remove it", code = u32::from(*.ch))]
+pub struct ControlChar {
+    pub field: String,
+    pub ch: char,
+}
+
 /// Why `s`, the value of `field`, is refused.
-pub fn check(field: &str, s: &str, multiline: bool) -> Result<(), String> {
+pub fn check(field: &str, s: &str, multiline: bool) -> Result<(), ControlChar> {
     match forbidden_char(s, multiline) {
         None => Ok(()),
-        Some(c) => Err(format!(
-            "`{field}` contains a control character (U+{:04X}); remove it",
-            c as u32
-        )),
+        Some(ch) => Err(ControlChar {
+            field: field.to_owned(),
+            ch,
+        }),
     }
 }
 
 /// Every string and key of a JSON value, named by its path under `field`
 /// (`metadata.tags[2]`); tabs and newlines are allowed in values, not in keys.
-pub fn check_json(field: &str, value: &Value) -> Result<(), (String, String)> {
+pub fn check_json(field: &str, value: &Value) -> Result<(), ControlChar> {
     match value {
-        Value::String(s) => check(field, s, true).map_err(|m| (field.to_owned(), m)),
+        Value::String(s) => check(field, s, true),
         Value::Array(items) => items
             .iter()
             .enumerate()
             .try_for_each(|(i, v)| check_json(&format!("{field}[{i}]"), v)),
         Value::Object(map) => map.iter().try_for_each(|(k, v)| {
             let path = format!("{field}.{k}");
-            check(&path, k, false).map_err(|m| (path.clone(), m))?;
+            check(&path, k, false)?;
             check_json(&path, v)
         }),
         _ => Ok(()),
@@ -76,13 +85,15 @@ fn hex(b: Option<u8>) -> Option<u8> {
 pub fn check_uri(path: &str, query: Option<&str>) -> Result<(), (String, String)> {
     for segment in path.split('/') {
         if segment.contains('%') || forbidden_char(segment, false).is_some() {
-            check("path", &percent_decode(segment), false).map_err(|m| ("path".into(), m))?;
+            check("path", &percent_decode(segment), false)
+                .map_err(|e| ("path".into(), e.to_string()))?;
         }
     }
     if let Some(q) = query {
         for (name, value) in url::form_urlencoded::parse(q.as_bytes()) {
-            check(&name, &value, false).map_err(|m| (name.clone().into_owned(), m))?;
-            check("query parameter name", &name, false).map_err(|m| ("query".into(), m))?;
+            check(&name, &value, false).map_err(|e| (e.field.clone(), e.to_string()))?;
+            check("query parameter name", &name, false)
+                .map_err(|e| ("query".into(), e.to_string()))?;
         }
     }
     Ok(())
@@ -99,6 +110,7 @@ mod tests {
         assert!(
             check("task", "a\u{0}b", true)
                 .unwrap_err()
+                .to_string()
                 .contains("U+0000")
         );
         assert!(check("id", "a\nb", false).is_err());
@@ -110,14 +122,14 @@ mod tests {
     fn json_paths_name_the_offending_string() {
         let v = json!({"ok": "fine", "tags": ["a", "b\u{0}"]});
         assert_eq!(
-            check_json("metadata", &v).unwrap_err().0,
+            check_json("metadata", &v).unwrap_err().field,
             "metadata.tags[1]"
         );
         let v = json!({"bad\u{1}key": 1});
         assert!(
             check_json("metadata", &v)
                 .unwrap_err()
-                .0
+                .field
                 .starts_with("metadata.bad")
         );
         assert!(check_json("metadata", &json!({"n": 1, "x": null})).is_ok());

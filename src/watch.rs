@@ -20,16 +20,32 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// Consecutive failed connection attempts before giving up (about three minutes).
 const MAX_FAILURES: u32 = 25;
 
+/// A server URL `watch` cannot use; the text says what to give instead.
+#[derive(Debug, thiserror::Error)]
+pub enum BadServerUrl {
+    /// A URL of another scheme (the scheme).
+    #[error(
+        "--server must be a WebSocket URL (ws:// or wss://), got `{0}://…`; the server's \
+         WebSocket is ws://<host>:8766/ws, or ws://<host>:8080/ws on the API port"
+    )]
+    NotWebSocket(String),
+    #[error("--server `{server}` is not a URL: {source}")]
+    NotUrl {
+        server: String,
+        #[source]
+        source: url::ParseError,
+    },
+}
+
 /// Refuse a server URL `watch` cannot use, saying what to give instead.
-pub fn check_server_url(server: &str) -> Result<(), String> {
+pub fn check_server_url(server: &str) -> Result<(), BadServerUrl> {
     match url::Url::parse(server) {
         Ok(u) if matches!(u.scheme(), "ws" | "wss") => Ok(()),
-        Ok(u) => Err(format!(
-            "--server must be a WebSocket URL (ws:// or wss://), got `{}://…`; the server's \
-             WebSocket is ws://<host>:8766/ws, or ws://<host>:8080/ws on the API port",
-            u.scheme()
-        )),
-        Err(e) => Err(format!("--server `{server}` is not a URL: {e}")),
+        Ok(u) => Err(BadServerUrl::NotWebSocket(u.scheme().to_owned())),
+        Err(source) => Err(BadServerUrl::NotUrl {
+            server: server.to_owned(),
+            source,
+        }),
     }
 }
 

@@ -31,8 +31,8 @@ pub enum AccountError {
     #[error("too many failed logins from this client; try again later")]
     TooManyFailures { retry_after: u64 },
     /// The email is not acceptable text (400).
-    #[error("{0}")]
-    BadEmail(String),
+    #[error(transparent)]
+    BadEmail(crate::text::ControlChar),
     /// The email is locked after repeated failures (423).
     #[error("this account is temporarily locked after repeated failed logins; try again later")]
     Locked { retry_after: u64 },
@@ -330,9 +330,9 @@ impl Accounts {
                 message: "`email` must be an address such as name@example.com".into(),
             });
         }
-        passwords::check_new(&password).map_err(|message| AccountError::Invalid {
+        passwords::check_new(&password).map_err(|e| AccountError::Invalid {
             field: "password",
-            message,
+            message: e.to_string(),
         })?;
         let hash = tokio::task::spawn_blocking(move || passwords::hash(&password))
             .await
@@ -502,7 +502,13 @@ mod tests {
                 AccountError::TooManyFailures { retry_after: 3 },
                 StatusCode::TOO_MANY_REQUESTS,
             ),
-            (AccountError::BadEmail("x".into()), StatusCode::BAD_REQUEST),
+            (
+                AccountError::BadEmail(crate::text::ControlChar {
+                    field: "email".into(),
+                    ch: '\0',
+                }),
+                StatusCode::BAD_REQUEST,
+            ),
             (AccountError::Locked { retry_after: 3 }, StatusCode::LOCKED),
             (AccountError::BadCredentials, StatusCode::UNAUTHORIZED),
             (AccountError::InvalidRefresh, StatusCode::UNAUTHORIZED),

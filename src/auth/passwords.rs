@@ -41,12 +41,15 @@ pub fn verify_dummy(password: &str) {
     let _ = verify(password, dummy);
 }
 
+/// A new password refused: shorter than [`MIN_LENGTH`] characters (the only rule).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the password must be at least {MIN_LENGTH} characters")]
+pub struct TooShort;
+
 /// Why a new password is refused, if it is.
-pub fn check_new(password: &str) -> Result<(), String> {
+pub fn check_new(password: &str) -> Result<(), TooShort> {
     if password.chars().count() < MIN_LENGTH {
-        return Err(format!(
-            "the password must be at least {MIN_LENGTH} characters"
-        ));
+        return Err(TooShort);
     }
     Ok(())
 }

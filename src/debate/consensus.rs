@@ -48,19 +48,21 @@ impl fmt::Display for ConsensusMode {
     }
 }
 
+/// A consensus mode this version does not know (the name given).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown consensus mode `{0}`; expected one of {expected}", expected = ConsensusMode::ALL.join(", "))]
+pub struct UnknownConsensusMode(pub String);
+
 impl FromStr for ConsensusMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownConsensusMode;
+    fn from_str(s: &str) -> Result<Self, UnknownConsensusMode> {
         match s {
             "majority" => Ok(ConsensusMode::Majority),
             "threshold" => Ok(ConsensusMode::Threshold),
             "unanimous" => Ok(ConsensusMode::Unanimous),
             "judge" => Ok(ConsensusMode::Judge),
             "none" => Ok(ConsensusMode::None),
-            other => Err(format!(
-                "unknown consensus mode `{other}`; expected one of {}",
-                Self::ALL.join(", ")
-            )),
+            other => Err(UnknownConsensusMode(other.to_owned())),
         }
     }
 }

@@ -25,7 +25,7 @@ use super::convergence::{self, ConvergenceReport, ConvergenceStatus};
 use super::events::{self as ev, Event, EventBody};
 use super::json::find_object;
 use super::prompts::{self, Phase};
-use super::{AgentReply, DebateAgent, EventSink};
+use super::{AgentReply, DebateAgent, EventSink, SinkError};
 use crate::agents::{AgentError, CompletionRequest, DeltaSink};
 use crate::store::MatchResult;
 use tracing::Instrument as _;
@@ -152,7 +152,7 @@ const DELTA_MAX_BYTES: usize = 1024;
 /// Why a run stopped early.
 enum Abort {
     Failed(String),
-    Storage(String),
+    Storage(SinkError),
     /// Hand the debate back (shutdown): no new step starts; what finished is recorded.
     Suspended,
     /// Paused by its owner at a phase boundary.

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::consensus::ConsensusMode;
 use super::engine::{self, DebateInput, DebateOutcome, DebateSettings, FinalStatus, Seat};
-use super::{AgentReply, DebateAgent, EventSink};
+use super::{AgentReply, DebateAgent, EventSink, SinkError};
 use crate::agents::{AgentError, Completion, CompletionRequest, DeltaSink, Usage};
 use crate::store::MatchResult;
 
@@ -325,11 +325,13 @@ impl Recorder {
 
 #[async_trait]
 impl EventSink for Recorder {
-    async fn record(&self, batch: &[super::Event]) -> Result<(), String> {
+    async fn record(&self, batch: &[super::Event]) -> Result<(), SinkError> {
         self.attempts.fetch_add(1, Ordering::SeqCst);
         let mut events = self.events.lock();
         if self.fail_after.is_some_and(|n| events.len() >= n) {
-            return Err("disk full".into());
+            return Err(SinkError::Store(crate::store::StoreError::Database(
+                sqlx::Error::Io(std::io::Error::other("disk full")),
+            )));
         }
         for e in batch {
             events.push(Event {

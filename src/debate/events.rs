@@ -46,16 +46,32 @@ impl Event {
 
     /// Read a stored event back. Fails for a kind this version does not know or a payload
     /// that does not match its kind.
-    pub fn from_stored(e: &StoredEvent) -> Result<Event, String> {
-        let body: EventBody =
-            serde_json::from_value(serde_json::json!({"type": e.kind, "data": e.data}))
-                .map_err(|err| format!("event seq {} ({}): {err}", e.seq, e.kind))?;
+    pub fn from_stored(e: &StoredEvent) -> Result<Event, UnreadableEvent> {
+        let body: EventBody = serde_json::from_value(
+            serde_json::json!({"type": e.kind, "data": e.data}),
+        )
+        .map_err(|source| UnreadableEvent {
+            seq: e.seq,
+            kind: e.kind.clone(),
+            source,
+        })?;
         Ok(Event {
             round: e.round.and_then(|r| u32::try_from(r).ok()),
             agent: e.agent.clone(),
             body,
         })
     }
+}
+
+/// A stored event this version cannot read: an unknown kind, or a payload that does not
+/// match its kind.
+#[derive(Debug, thiserror::Error)]
+#[error("event seq {seq} ({kind}): {source}")]
+pub struct UnreadableEvent {
+    pub seq: i64,
+    pub kind: String,
+    #[source]
+    pub source: serde_json::Error,
 }
 
 impl From<&Event> for NewEvent {
@@ -349,7 +365,8 @@ mod tests {
             data: serde_json::json!({}),
             timestamp: chrono::Utc::now(),
         })
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("seq 3"), "{err}");
     }
 

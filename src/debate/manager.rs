@@ -20,15 +20,16 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::consensus::ConsensusMode;
+use super::consensus::{ConsensusMode, UnknownConsensusMode};
 use super::engine::{
     self, Checkpoint, DebateInput, DebateOutcome, DebateSettings, DurableEnd, FinalStatus, Replay,
     Resume, Seat,
 };
 use super::events::{self as ev, Event, EventBody, ResumeReason};
 use super::prompts::STANCES;
-use super::{AgentReply, DebateAgent, EventSink};
-use crate::agents::{Agent, AgentError, AgentRegistry, CompletionRequest, DeltaSink};
+use super::{AgentReply, DebateAgent, EventSink, SinkError};
+use crate::agents::{Agent, AgentError, AgentRegistry, CompletionRequest, DeltaSink, UnknownAgent};
+
 use crate::bus::{EventBus, LiveEvent};
 use crate::store::{
     ClaimedDebate, Control, DebateRecord, DebateStatus, DebateUpdate, DynStore, Lease, NewDebate,
@@ -379,9 +380,9 @@ impl DebateManager {
         };
         let task = request.task.trim();
         let text = |field: &str, value: &str, multiline: bool| {
-            crate::text::check(field, value, multiline).map_err(|message| CreateError::BadText {
+            crate::text::check(field, value, multiline).map_err(|e| CreateError::BadText {
                 field: field.to_owned(),
-                message,
+                message: e.to_string(),
             })
         };
         text("task", task, true)?;
@@ -398,8 +399,10 @@ impl DebateManager {
             }
         }
         if let Some(metadata) = &request.metadata {
-            crate::text::check_json("metadata", metadata)
-                .map_err(|(field, message)| CreateError::BadText { field, message })?;
+            crate::text::check_json("metadata", metadata).map_err(|e| CreateError::BadText {
+                message: e.to_string(),
+                field: e.field,
+            })?;
         }
         if task.is_empty() {
             return Err(invalid("task", "`task` must not be empty".into()));
@@ -446,7 +449,9 @@ impl DebateManager {
             ));
         }
         let mode: ConsensusMode = match &request.consensus {
-            Some(m) => m.parse().map_err(|e: String| invalid("consensus", e))?,
+            Some(m) => m
+                .parse()
+                .map_err(|e: UnknownConsensusMode| invalid("consensus", e.to_string()))?,
             None => ConsensusMode::Threshold,
         };
         let threshold = request
@@ -627,9 +632,9 @@ impl DebateManager {
             field: "content".into(),
             message,
         };
-        crate::text::check("content", content, true).map_err(|message| SteerError::BadText {
+        crate::text::check("content", content, true).map_err(|e| SteerError::BadText {
             field: "content".into(),
-            message,
+            message: e.to_string(),
         })?;
         if content.is_empty() {
             return Err(invalid("`content` must not be empty".into()));
@@ -918,11 +923,17 @@ impl DebateManager {
                     }),
                 )])
                 .await
-                .map_err(StoreError::Fenced)?;
+                // Logged as before (`lease lost: …`), whatever the store's failure was.
+                .map_err(|e| StoreError::Fenced(e.to_string()))?;
         }
         let input = match self.build_input(&record) {
             Ok(input) => input,
-            Err(reason) => return self.fail(&record, &lease, &reason).await.map(|()| true),
+            Err(reason) => {
+                return self
+                    .fail(&record, &lease, &reason.to_string())
+                    .await
+                    .map(|()| true);
+            }
         };
         let replay = Replay::from_events(&log);
         if replay.steps() > 0 {
@@ -1096,11 +1107,11 @@ impl DebateManager {
 
     /// Resolve the stored debate into engine input (agents are resolved again, so a debate
     /// recovered after a configuration change fails clearly instead of running half-configured).
-    fn build_input(&self, record: &DebateRecord) -> Result<DebateInput, String> {
+    fn build_input(&self, record: &DebateRecord) -> Result<DebateInput, InputError> {
         let mut seats = Vec::new();
         let mut seen: HashMap<&str, usize> = HashMap::new();
         for (i, name) in record.agents.iter().enumerate() {
-            let agent = self.agents.resolve(name).map_err(|e| e.to_string())?;
+            let agent = self.agents.resolve(name)?;
             let n = seen.entry(name.as_str()).or_default();
             *n += 1;
             let seat = if *n == 1 {
@@ -1116,10 +1127,7 @@ impl DebateManager {
         }
         let opt = &record.options;
         let judge = match opt.get("judge").and_then(Value::as_str) {
-            Some(j) => Some(self.metered(
-                record,
-                RegistryAgent(self.agents.resolve(j).map_err(|e| e.to_string())?),
-            )),
+            Some(j) => Some(self.metered(record, RegistryAgent(self.agents.resolve(j)?))),
             None => None,
         };
         Ok(DebateInput {
@@ -1129,7 +1137,7 @@ impl DebateManager {
             settings: DebateSettings {
                 rounds: record.rounds as u32,
                 min_rounds: opt.get("min_rounds").and_then(Value::as_u64).unwrap_or(1) as u32,
-                mode: record.consensus.parse().map_err(|e: String| e)?,
+                mode: record.consensus.parse()?,
                 threshold: opt
                     .get("consensus_threshold")
                     .and_then(Value::as_f64)
@@ -1139,6 +1147,15 @@ impl DebateManager {
             },
         })
     }
+}
+
+/// Why a stored debate cannot be turned into engine input (its text is the debate's error).
+#[derive(Debug, thiserror::Error)]
+enum InputError {
+    #[error(transparent)]
+    Agent(#[from] UnknownAgent),
+    #[error(transparent)]
+    Consensus(#[from] UnknownConsensusMode),
 }
 
 struct Plan {
@@ -1405,12 +1422,9 @@ const WRITE_RETRY_BUDGET: Duration = Duration::from_secs(20);
 
 #[async_trait]
 impl EventSink for Recorder {
-    async fn record(&self, events: &[Event]) -> Result<(), String> {
+    async fn record(&self, events: &[Event]) -> Result<(), SinkError> {
         let batch: Vec<NewEvent> = events.iter().map(NewEvent::from).collect();
-        let stored = self
-            .append_durably(&batch)
-            .await
-            .map_err(|e| e.to_string())?;
+        let stored = self.append_durably(&batch).await.map_err(SinkError::from)?;
         for e in &stored {
             self.publish(e);
         }
@@ -1430,12 +1444,12 @@ impl EventSink for Recorder {
         });
     }
 
-    async fn checkpoint(&self, cost: bool) -> Result<Checkpoint, String> {
+    async fn checkpoint(&self, cost: bool) -> Result<Checkpoint, SinkError> {
         let notes = self
             .store
             .events_of_kinds(&self.debate_id, &["intervention"], 1000, 0)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(SinkError::from)?;
         let interventions = notes
             .iter()
             .filter_map(|e| e.data.get("content").and_then(Value::as_str))
@@ -1445,7 +1459,7 @@ impl EventSink for Recorder {
             self.store
                 .debate_cost(&self.debate_id)
                 .await
-                .map_err(|e| e.to_string())?
+                .map_err(SinkError::from)?
         } else {
             0.0
         };
@@ -1455,7 +1469,7 @@ impl EventSink for Recorder {
         })
     }
 
-    async fn finish(&self, end: &Event, outcome: &DebateOutcome) -> Result<(), String> {
+    async fn finish(&self, end: &Event, outcome: &DebateOutcome) -> Result<(), SinkError> {
         // Ratings first: whoever sees the final status also sees the ratings it produced
         // (idempotent per debate, so a run that ends twice rates once).
         if !outcome.matches.is_empty()
@@ -1499,7 +1513,7 @@ impl EventSink for Recorder {
                 }
             })
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(SinkError::from)?;
         if let Some(stored) = stored {
             self.publish(&stored);
         }

@@ -27,6 +27,15 @@ pub use consensus::ConsensusMode;
 pub use engine::{DebateInput, DebateOutcome, DebateSettings, FinalStatus, Seat, run};
 pub use events::{Event, EventBody};
 
+/// Why an [`EventSink`] could not record the debate or read its checkpoint. Its text is the
+/// underlying failure's, which a failed debate quotes in its `error`.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The store failed (after whatever retries the sink makes).
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
 /// What the engine needs of an agent.
 #[async_trait]
 pub trait DebateAgent: Send + Sync {
@@ -53,20 +62,20 @@ pub struct AgentReply {
 /// all or nothing, before it returns); token deltas are live-only.
 #[async_trait]
 pub trait EventSink: Send + Sync {
-    async fn record(&self, events: &[Event]) -> Result<(), String>;
+    async fn record(&self, events: &[Event]) -> Result<(), SinkError>;
 
     fn token_delta(&self, round: u32, agent: &str, delta: &str);
 
     /// At a phase boundary: the moderator's messages so far and, when `cost` is asked for,
     /// the debate's priced usage. The default (a sink with no store) has neither.
-    async fn checkpoint(&self, cost: bool) -> Result<engine::Checkpoint, String> {
+    async fn checkpoint(&self, cost: bool) -> Result<engine::Checkpoint, SinkError> {
         let _ = cost;
         Ok(engine::Checkpoint::default())
     }
 
     /// The debate ended with `outcome`: record its `debate_end` event. A durable sink writes
     /// the final status in the same transaction.
-    async fn finish(&self, end: &Event, outcome: &DebateOutcome) -> Result<(), String> {
+    async fn finish(&self, end: &Event, outcome: &DebateOutcome) -> Result<(), SinkError> {
         let _ = outcome;
         self.record(std::slice::from_ref(end)).await
     }

@@ -147,9 +147,9 @@ pub async fn test_agent(
         })?;
     let prompt = request.prompt.unwrap_or_else(|| "Say hello".into());
     // The same bounds as a debate's task: the prompt goes to a paid provider.
-    crate::text::check("prompt", &prompt, true).map_err(|message| ApiError::BadField {
+    crate::text::check("prompt", &prompt, true).map_err(|e| ApiError::BadField {
         field: "prompt".into(),
-        message,
+        message: e.to_string(),
     })?;
     let max = crate::debate::manager::MAX_TASK_CHARS;
     if prompt.chars().count() > max {

@@ -157,7 +157,7 @@ pub async fn check(
                     status: "failed",
                     ms: 0,
                     detail: None,
-                    error: Some(error),
+                    error: Some(error.to_string()),
                 }],
             },
         }
@@ -183,16 +183,25 @@ fn strip_userinfo(url: &str) -> String {
     }
 }
 
+/// A configured URL that names no reachable target.
+#[derive(Debug, thiserror::Error)]
+enum BadTarget {
+    #[error("invalid URL: {0}")]
+    Url(#[from] url::ParseError),
+    #[error("the URL has no host")]
+    NoHost,
+}
+
 fn target_from_url(
     name: &str,
     kind: &'static str,
     url: &str,
     default_port: u16,
-) -> Result<Target, String> {
-    let parsed = url::Url::parse(url).map_err(|e| format!("invalid URL: {e}"))?;
+) -> Result<Target, BadTarget> {
+    let parsed = url::Url::parse(url)?;
     let host = parsed
         .host_str()
-        .ok_or_else(|| "the URL has no host".to_owned())?
+        .ok_or(BadTarget::NoHost)?
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_owned();

@@ -59,30 +59,56 @@ pub fn chain_head<'a>(events: impl IntoIterator<Item = &'a Value>) -> String {
     hex(&link)
 }
 
+/// Why a set of events cannot be the whole log of one debate (events are numbered from 1).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LogError {
+    #[error("the event list is empty")]
+    Empty,
+    #[error(
+        "event {index} has seq {seq}, expected {expected}: the log must be whole and in order \
+         (fetch every page of /api/debates/{{id}}/events)"
+    )]
+    OutOfOrder {
+        index: usize,
+        seq: i64,
+        expected: i64,
+    },
+    #[error("event {0} has no numeric `seq`")]
+    NoSeq(usize),
+    #[error("event seq {seq} belongs to debate {other}, not {debate_id}")]
+    OtherDebate {
+        seq: i64,
+        other: String,
+        debate_id: String,
+    },
+}
+
 /// Why a set of events cannot be the whole log of one debate.
-pub fn check_log(events: &[Value], debate_id: &str) -> Result<(), String> {
+pub fn check_log(events: &[Value], debate_id: &str) -> Result<(), LogError> {
     if events.is_empty() {
-        return Err("the event list is empty".into());
+        return Err(LogError::Empty);
     }
     for (i, e) in events.iter().enumerate() {
         let want = i as i64 + 1;
         match e.get("seq").and_then(Value::as_i64) {
             Some(seq) if seq == want => {}
             Some(seq) => {
-                return Err(format!(
-                    "event {} has seq {seq}, expected {want}: the log must be whole and in order \
-                     (fetch every page of /api/debates/{{id}}/events)",
-                    i + 1
-                ));
+                return Err(LogError::OutOfOrder {
+                    index: i + 1,
+                    seq,
+                    expected: want,
+                });
             }
-            None => return Err(format!("event {} has no numeric `seq`", i + 1)),
+            None => return Err(LogError::NoSeq(i + 1)),
         }
         if let Some(id) = e.get("debate_id").and_then(Value::as_str)
             && id != debate_id
         {
-            return Err(format!(
-                "event seq {want} belongs to debate {id}, not {debate_id}"
-            ));
+            return Err(LogError::OtherDebate {
+                seq: want,
+                other: id.to_owned(),
+                debate_id: debate_id.to_owned(),
+            });
         }
     }
     Ok(())
@@ -131,9 +157,11 @@ mod tests {
 
     #[test]
     fn a_log_with_a_gap_or_another_debates_event_is_named() {
-        let err = check_log(&[ev(1, "x"), ev(3, "z")], "d1").unwrap_err();
+        let err = check_log(&[ev(1, "x"), ev(3, "z")], "d1")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("seq 3, expected 2"), "{err}");
-        let err = check_log(&[ev(1, "x")], "d2").unwrap_err();
+        let err = check_log(&[ev(1, "x")], "d2").unwrap_err().to_string();
         assert!(err.contains("belongs to debate d1"), "{err}");
         assert!(check_log(&[], "d1").is_err());
         check_log(&[ev(1, "x"), ev(2, "y")], "d1").unwrap();

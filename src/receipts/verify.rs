@@ -432,7 +432,7 @@ pub fn verify_chain(doc: &Value, events: &[Value]) -> Check {
     }
     let debate_id = doc["subject"]["identifier"].as_str().unwrap_or_default();
     if let Err(e) = chain::check_log(events, debate_id) {
-        return check("event_chain", Status::Fail, e);
+        return check("event_chain", Status::Fail, e.to_string());
     }
     let head = chain::chain_head(events);
     if digest["value"].as_str() == Some(head.as_str()) {

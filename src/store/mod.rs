@@ -241,16 +241,26 @@ impl std::fmt::Display for DebateStatus {
     }
 }
 
+/// A debate status this version does not know (the name given).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown status `{0}`; expected one of {expected}", expected = DebateStatus::names())]
+pub struct UnknownStatus(pub String);
+
+impl DebateStatus {
+    /// Every status name, comma separated.
+    fn names() -> String {
+        let all: Vec<&str> = DebateStatus::ALL.iter().map(|s| s.as_str()).collect();
+        all.join(", ")
+    }
+}
+
 impl std::str::FromStr for DebateStatus {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownStatus;
+    fn from_str(s: &str) -> Result<Self, UnknownStatus> {
         DebateStatus::ALL
             .into_iter()
             .find(|st| st.as_str() == s)
-            .ok_or_else(|| {
-                let all: Vec<&str> = DebateStatus::ALL.iter().map(|s| s.as_str()).collect();
-                format!("unknown status `{s}`; expected one of {}", all.join(", "))
-            })
+            .ok_or_else(|| UnknownStatus(s.to_owned()))
     }
 }
 
@@ -261,7 +271,8 @@ impl PartialEq<&str> for DebateStatus {
 }
 
 fn parse_status(s: &str) -> StoreResult<DebateStatus> {
-    s.parse().map_err(StoreError::Corrupt)
+    s.parse()
+        .map_err(|e: UnknownStatus| StoreError::Corrupt(e.to_string()))
 }
 
 /// A debate as stored. JSON columns hold the request options and the result so the schema
