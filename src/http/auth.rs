@@ -556,3 +556,74 @@ pub async fn register(
     )
         .into_response())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bytes a `json!` object of the same fields would have had (keys sorted).
+    fn as_value_text<T: Serialize>(body: &T) -> String {
+        serde_json::to_value(body).unwrap().to_string()
+    }
+
+    #[test]
+    fn bodies_write_their_keys_in_alphabetical_order() {
+        let now = Utc::now();
+        let session = SessionBody {
+            access_token: "a".into(),
+            expires_in: 900,
+            refresh_expires_in: 86_400,
+            refresh_token: Some("r".into()),
+            token_type: "Bearer",
+            user: AccountBody {
+                email: "e@x.org".into(),
+                id: "u1".into(),
+                role: "member".into(),
+            },
+        };
+        let text = serde_json::to_string(&session).unwrap();
+        assert_eq!(text, as_value_text(&session));
+        assert!(text.contains("\"refresh_token\":\"r\""));
+        let cookie_session = SessionBody {
+            refresh_token: None,
+            ..session
+        };
+        let text = serde_json::to_string(&cookie_session).unwrap();
+        assert_eq!(text, as_value_text(&cookie_session));
+        assert!(!text.contains("refresh_token\""));
+
+        for me in [
+            MeBody {
+                api_key: None,
+                created_at: None,
+                email: None,
+                id: "service".into(),
+                kind: PrincipalKind::ServiceToken,
+                role: Some("owner"),
+            },
+            MeBody {
+                api_key: Some(ApiKeyInfo {
+                    created_at: now,
+                    last_used_at: None,
+                    prefix: "ara_1234".into(),
+                }),
+                created_at: Some(now),
+                email: Some("e@x.org".into()),
+                id: "u1".into(),
+                kind: PrincipalKind::ApiKey,
+                role: None,
+            },
+        ] {
+            let text = serde_json::to_string(&me).unwrap();
+            assert_eq!(text, as_value_text(&me));
+            assert!(text.contains("\"api_key\":") && text.contains("\"created_at\":"));
+        }
+        let key = NewApiKeyBody {
+            api_key: "ara_x".into(),
+            created_at: now,
+            note: "n",
+            prefix: "ara_".into(),
+        };
+        assert_eq!(serde_json::to_string(&key).unwrap(), as_value_text(&key));
+    }
+}
