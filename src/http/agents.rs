@@ -25,9 +25,38 @@ pub fn router() -> ApiRouter {
 }
 
 /// Configured agents: name, provider, model, available (key present), circuit state.
-#[utoipa::path(get, path = "/agents", tag = "agents", responses((status = 200, description = "`{\"agents\": [...]}`")))]
-pub async fn list_agents(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({"agents": state.debates.agents().list()}))
+#[utoipa::path(get, path = "/agents", tag = "agents", responses((status = 200, description = "the configured agents", body = AgentList)))]
+pub async fn list_agents(State(state): State<AppState>) -> Json<AgentList> {
+    let agents = state.debates.agents().list();
+    Json(AgentList {
+        agents: agents
+            .into_iter()
+            .map(|a| AgentView {
+                available: a.available,
+                circuit: a.circuit,
+                model: a.model,
+                name: a.name,
+                provider: a.provider,
+            })
+            .collect(),
+    })
+}
+
+/// `GET /agents`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct AgentList {
+    pub agents: Vec<AgentView>,
+}
+
+/// One configured agent. Fields in alphabetical order, as the API has always written them.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct AgentView {
+    /// Credentials present (or none needed).
+    pub available: bool,
+    pub circuit: crate::agents::BreakerState,
+    pub model: String,
+    pub name: String,
+    pub provider: String,
 }
 
 /// Every agent's circuit breaker.
@@ -122,7 +151,7 @@ pub struct AgentTestRequest {
     tag = "agents",
     request_body = AgentTestRequest,
     responses(
-        (status = 200, description = "`{\"ok\", \"response\", \"latency_ms\", \"tokens\", \"circuit_state\", \"streamed\", \"deltas\"}`: one streamed call, as a debate makes; ok=false with `error` when the call failed"),
+        (status = 200, description = "one streamed call, as a debate makes; ok=false with `error` when the call failed", body = AgentTestBody),
         (status = 400, description = "a control character in `prompt`", body = ErrorBody),
         (status = 422, description = "unknown agent, bad body, or a prompt over 20,000 characters", body = ErrorBody),
     )
@@ -130,7 +159,7 @@ pub struct AgentTestRequest {
 pub async fn test_agent(
     State(state): State<AppState>,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AgentTestBody>, ApiError> {
     let request: AgentTestRequest =
         serde_json::from_slice(&body).map_err(|e| ApiError::Validation {
             field: "agent".into(),
@@ -183,28 +212,133 @@ pub async fn test_agent(
     let latency_ms = started.elapsed().as_millis() as u64;
     drop(sink);
     let delta_count = counted.await.unwrap_or(0);
-    let base = json!({
-        "agent": agent.name(),
-        "provider": agent.provider_id(),
-        "model": agent.model(),
-        "latency_ms": latency_ms,
-        "circuit_state": agent.breaker_state(),
-    });
-    let mut out = base;
+    let mut body = AgentTestBody {
+        agent: agent.name().to_owned(),
+        attempts: None,
+        circuit_state: agent.breaker_state(),
+        deltas: None,
+        error: None,
+        latency_ms,
+        model: agent.model().to_owned(),
+        ok: result.is_ok(),
+        provider: agent.provider_id().to_owned(),
+        response: None,
+        streamed: None,
+        tokens: None,
+    };
     match result {
         Ok(outcome) => {
-            out["ok"] = json!(true);
-            out["response"] = json!(outcome.completion.text);
-            out["tokens"] = json!(outcome.completion.usage);
-            out["attempts"] = json!(outcome.attempts);
-            out["streamed"] = json!(true);
-            out["deltas"] = json!(delta_count);
+            body.response = Some(outcome.completion.text);
+            body.tokens = Some(serde_json::to_value(outcome.completion.usage).unwrap_or_default());
+            body.attempts = Some(outcome.attempts);
+            body.streamed = Some(true);
+            body.deltas = Some(delta_count);
         }
         Err(err) => {
-            out["ok"] = json!(false);
-            out["error"] = json!({"kind": err.kind(), "message": err.to_string()});
+            body.error = Some(AgentTestError {
+                kind: err.kind(),
+                message: err.to_string(),
+            });
         }
     }
-    out["circuit_state"] = json!(agent.breaker_state());
-    Ok(Json(out))
+    // The breaker as the call left it.
+    body.circuit_state = agent.breaker_state();
+    Ok(Json(body))
+}
+
+/// `POST /debug/agent-test`. Fields in alphabetical order, as the API has always written
+/// them; a failed call has `error` instead of `response`, `tokens`, `attempts`,
+/// `streamed` and `deltas`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct AgentTestBody {
+    pub agent: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+    /// The breaker as the call left it.
+    pub circuit_state: crate::agents::BreakerState,
+    /// Token deltas streamed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deltas: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<AgentTestError>,
+    pub latency_ms: u64,
+    pub model: String,
+    pub ok: bool,
+    pub provider: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub streamed: Option<bool>,
+    /// The call's token usage.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub tokens: Option<Value>,
+}
+
+/// Why the test call failed.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct AgentTestError {
+    pub kind: &'static str,
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agents::BreakerState;
+
+    fn same_bytes_as_a_json_object<T: serde::Serialize>(body: &T) -> String {
+        let text = serde_json::to_string(body).unwrap();
+        assert_eq!(text, serde_json::to_value(body).unwrap().to_string());
+        text
+    }
+
+    #[test]
+    fn agent_bodies_write_their_keys_in_alphabetical_order() {
+        same_bytes_as_a_json_object(&AgentList {
+            agents: vec![AgentView {
+                available: true,
+                circuit: BreakerState::HalfOpen,
+                model: "m".into(),
+                name: "a".into(),
+                provider: "p".into(),
+            }],
+        });
+        let ok = AgentTestBody {
+            agent: "a".into(),
+            attempts: Some(1),
+            circuit_state: BreakerState::Closed,
+            deltas: Some(3),
+            error: None,
+            latency_ms: 12,
+            model: "m".into(),
+            ok: true,
+            provider: "p".into(),
+            response: Some("hello".into()),
+            streamed: Some(true),
+            tokens: Some(serde_json::json!({"input_tokens": 1, "output_tokens": 2})),
+        };
+        let text = same_bytes_as_a_json_object(&ok);
+        assert!(!text.contains("\"error\""));
+        let failed = AgentTestBody {
+            attempts: None,
+            deltas: None,
+            error: Some(AgentTestError {
+                kind: "timeout",
+                message: "timed out".into(),
+            }),
+            ok: false,
+            response: None,
+            streamed: None,
+            tokens: None,
+            ..ok
+        };
+        let text = same_bytes_as_a_json_object(&failed);
+        for absent in ["response", "tokens", "attempts", "streamed", "deltas"] {
+            assert!(
+                !text.contains(&format!("\"{absent}\"")),
+                "{absent} in {text}"
+            );
+        }
+    }
 }

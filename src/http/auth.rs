@@ -20,15 +20,15 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::routes;
 
 use super::ApiRouter;
 use crate::app::AppState;
 use crate::auth::accounts::{AccountError, Session};
-use crate::auth::{Principal, Role};
+use crate::auth::{Principal, PrincipalKind, Role};
 use crate::error::{ApiError, ErrorBody, error_response};
 
 pub fn router() -> ApiRouter {
@@ -198,17 +198,87 @@ fn optional_json<T: serde::de::DeserializeOwned + Default>(
         .map_err(|rejection| Box::new(rejection.into_response()))
 }
 
-/// A session's JSON body: `{access_token, token_type, expires_in, refresh_token,
-/// refresh_expires_in, user}`.
-fn session_body(session: Session) -> Value {
-    json!({
-        "access_token": session.access_token,
-        "token_type": "Bearer",
-        "expires_in": session.expires_in,
-        "refresh_token": session.refresh_token,
-        "refresh_expires_in": session.refresh_expires_in,
-        "user": {"id": session.user.id, "email": session.user.email, "role": session.user.role},
-    })
+/// A session: the token pair and its user. Fields in alphabetical order, as the API has
+/// always written them.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionBody {
+    pub access_token: String,
+    /// Seconds the access token is valid.
+    pub expires_in: u64,
+    /// Seconds the refresh token is valid.
+    pub refresh_expires_in: u64,
+    /// Absent for browser sessions: the token is in the `aragora_refresh` cookie.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    /// Always `Bearer`.
+    pub token_type: &'static str,
+    pub user: AccountBody,
+}
+
+/// An account: id, email and role (`member`, `admin` or `owner`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AccountBody {
+    pub email: String,
+    pub id: String,
+    pub role: String,
+}
+
+fn session_body(session: Session) -> SessionBody {
+    SessionBody {
+        access_token: session.access_token,
+        expires_in: session.expires_in,
+        refresh_expires_in: session.refresh_expires_in,
+        refresh_token: Some(session.refresh_token),
+        token_type: "Bearer",
+        user: AccountBody {
+            email: session.user.email,
+            id: session.user.id,
+            role: session.user.role,
+        },
+    }
+}
+
+/// `GET /auth/me`. Fields in alphabetical order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MeBody {
+    /// The caller's current API key; null when it has none.
+    pub api_key: Option<ApiKeyInfo>,
+    /// Null for principals without an account (the service token).
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub created_at: Option<DateTime<Utc>>,
+    pub email: Option<String>,
+    pub id: String,
+    /// `user`, `api_key` or `service_token`.
+    #[schema(value_type = String)]
+    pub kind: PrincipalKind,
+    /// `member`, `admin` or `owner`; null = no rights.
+    pub role: Option<&'static str>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ApiKeyInfo {
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: DateTime<Utc>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub prefix: String,
+}
+
+/// A new API key, shown this once. Fields in alphabetical order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NewApiKeyBody {
+    /// The key (`ara_…`); it is not shown again.
+    pub api_key: String,
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: DateTime<Utc>,
+    pub note: &'static str,
+    pub prefix: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RevokedBody {
+    /// How many keys were revoked.
+    pub revoked: u64,
 }
 
 /// Exchange email and password for an access token and a refresh token.
@@ -218,8 +288,8 @@ fn session_body(session: Session) -> Value {
     tag = "auth",
     request_body = LoginRequest,
     responses(
-        (status = 200, description = "`{access_token, token_type, expires_in, refresh_token, refresh_expires_in, user}`; \
-            with `use_cookie: true` the body has no `refresh_token` and the token is set as the HttpOnly cookie `aragora_refresh`",
+        (status = 200, description = "the session; with `use_cookie: true` the body has no `refresh_token` and the token is set as the HttpOnly cookie `aragora_refresh`",
+            body = SessionBody,
             headers(("Set-Cookie" = String, description = "only with `use_cookie: true`: `aragora_refresh=<token>; HttpOnly; SameSite=Strict; Path=/api/auth; Max-Age=<refresh lifetime>` (+ `Secure` over HTTPS)"))),
         (status = 401, description = "invalid email or password", body = ErrorBody),
         (status = 404, description = "password login is not configured (no ARAGORA_JWT_SECRET)", body = ErrorBody),
@@ -246,12 +316,8 @@ pub async fn login(
 
 /// A token response for a browser session: the refresh token moves from the body into the
 /// cookie.
-fn with_cookie(state: &AppState, mut tokens: Value, secure: bool) -> Response {
-    let refresh = tokens
-        .as_object_mut()
-        .and_then(|o| o.remove("refresh_token"))
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default();
+fn with_cookie(state: &AppState, mut tokens: SessionBody, secure: bool) -> Response {
+    let refresh = tokens.refresh_token.take().unwrap_or_default();
     let mut response = Json(tokens).into_response();
     response.headers_mut().append(
         header::SET_COOKIE,
@@ -277,6 +343,7 @@ fn with_cookie(state: &AppState, mut tokens: Value, secure: bool) -> Response {
     request_body(content = Option<RefreshRequest>, description = "optional: without `refresh_token` (or without a body) the `aragora_refresh` cookie is used"),
     responses(
         (status = 200, description = "a new token pair, same shape as login (without `refresh_token` when the cookie was used)",
+            body = SessionBody,
             headers(("Set-Cookie" = String, description = "cookie sessions: the rotated `aragora_refresh` cookie"))),
         (status = 401, description = "invalid, expired, revoked or reused refresh token (cookie sessions: the cookie is cleared)", body = ErrorBody),
         (status = 404, description = "password login is not configured (no ARAGORA_JWT_SECRET)", body = ErrorBody),
@@ -394,34 +461,27 @@ pub async fn logout(
     path = "/auth/me",
     tag = "auth",
     responses(
-        (status = 200, description = "`{id, email, role, kind, created_at, api_key: {prefix, created_at, last_used_at} | null}`"),
+        (status = 200, description = "the caller", body = MeBody),
         (status = 401, body = ErrorBody),
     )
 )]
 pub async fn me(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-) -> Result<Json<Value>, ApiError> {
-    let mut body = json!({
-        "id": principal.id,
-        "email": principal.email,
-        "role": principal.role.map(Role::as_str),
-        "kind": principal.kind,
-        "created_at": null,
-        "api_key": null,
-    });
+) -> Result<Json<MeBody>, ApiError> {
     let profile = state.accounts.profile(&principal).await?;
-    if let Some(created_at) = profile.created_at {
-        body["created_at"] = json!(created_at);
-    }
-    if let Some(key) = profile.api_key {
-        body["api_key"] = json!({
-            "prefix": key.prefix,
-            "created_at": key.created_at,
-            "last_used_at": key.last_used_at,
-        });
-    }
-    Ok(Json(body))
+    Ok(Json(MeBody {
+        api_key: profile.api_key.map(|key| ApiKeyInfo {
+            created_at: key.created_at,
+            last_used_at: key.last_used_at,
+            prefix: key.prefix,
+        }),
+        created_at: profile.created_at,
+        email: principal.email,
+        id: principal.id,
+        kind: principal.kind,
+        role: principal.role.map(Role::as_str),
+    }))
 }
 
 /// Create an API key (`ara_…`), shown this once; any previous key of the caller is revoked.
@@ -430,7 +490,7 @@ pub async fn me(
     path = "/auth/api-key",
     tag = "auth",
     responses(
-        (status = 201, description = "`{api_key, prefix, created_at}`; the key is not shown again"),
+        (status = 201, description = "the new key; it is not shown again", body = NewApiKeyBody),
         (status = 401, body = ErrorBody),
     )
 )]
@@ -442,12 +502,12 @@ pub async fn create_api_key(
         state.accounts.create_api_key(&principal).await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({
-            "api_key": key,
-            "prefix": record.prefix,
-            "created_at": record.created_at,
-            "note": "store this key now: it is not shown again",
-        })),
+        Json(NewApiKeyBody {
+            api_key: key,
+            created_at: record.created_at,
+            note: "store this key now: it is not shown again",
+            prefix: record.prefix,
+        }),
     )
         .into_response())
 }
@@ -458,14 +518,14 @@ pub async fn create_api_key(
     delete,
     path = "/auth/api-key",
     tag = "auth",
-    responses((status = 200, description = "`{revoked: n}`"), (status = 401, body = ErrorBody))
+    responses((status = 200, description = "how many keys were revoked", body = RevokedBody), (status = 401, body = ErrorBody))
 )]
 pub async fn revoke_api_key(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RevokedBody>, ApiError> {
     let revoked = state.accounts.revoke_api_keys(&principal).await?;
-    Ok(Json(json!({"revoked": revoked})))
+    Ok(Json(RevokedBody { revoked }))
 }
 
 /// Create a member account (only when `registration_enabled`; 404 otherwise).
@@ -475,7 +535,7 @@ pub async fn revoke_api_key(
     tag = "auth",
     request_body = RegisterRequest,
     responses(
-        (status = 201, description = "`{id, email, role: \"member\"}`"),
+        (status = 201, description = "the account (role `member`)", body = AccountBody),
         (status = 404, description = "registration is disabled", body = ErrorBody),
         (status = 409, description = "email taken", body = ErrorBody),
         (status = 422, description = "bad email or password", body = ErrorBody),
@@ -488,7 +548,82 @@ pub async fn register(
     let user = state.accounts.register(&body.email, body.password).await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({"id": user.id, "email": user.email, "role": user.role})),
+        Json(AccountBody {
+            email: user.email,
+            id: user.id,
+            role: user.role,
+        }),
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bytes a `json!` object of the same fields would have had (keys sorted).
+    fn as_value_text<T: Serialize>(body: &T) -> String {
+        serde_json::to_value(body).unwrap().to_string()
+    }
+
+    #[test]
+    fn bodies_write_their_keys_in_alphabetical_order() {
+        let now = Utc::now();
+        let session = SessionBody {
+            access_token: "a".into(),
+            expires_in: 900,
+            refresh_expires_in: 86_400,
+            refresh_token: Some("r".into()),
+            token_type: "Bearer",
+            user: AccountBody {
+                email: "e@x.org".into(),
+                id: "u1".into(),
+                role: "member".into(),
+            },
+        };
+        let text = serde_json::to_string(&session).unwrap();
+        assert_eq!(text, as_value_text(&session));
+        assert!(text.contains("\"refresh_token\":\"r\""));
+        let cookie_session = SessionBody {
+            refresh_token: None,
+            ..session
+        };
+        let text = serde_json::to_string(&cookie_session).unwrap();
+        assert_eq!(text, as_value_text(&cookie_session));
+        assert!(!text.contains("refresh_token\""));
+
+        for me in [
+            MeBody {
+                api_key: None,
+                created_at: None,
+                email: None,
+                id: "service".into(),
+                kind: PrincipalKind::ServiceToken,
+                role: Some("owner"),
+            },
+            MeBody {
+                api_key: Some(ApiKeyInfo {
+                    created_at: now,
+                    last_used_at: None,
+                    prefix: "ara_1234".into(),
+                }),
+                created_at: Some(now),
+                email: Some("e@x.org".into()),
+                id: "u1".into(),
+                kind: PrincipalKind::ApiKey,
+                role: None,
+            },
+        ] {
+            let text = serde_json::to_string(&me).unwrap();
+            assert_eq!(text, as_value_text(&me));
+            assert!(text.contains("\"api_key\":") && text.contains("\"created_at\":"));
+        }
+        let key = NewApiKeyBody {
+            api_key: "ara_x".into(),
+            created_at: now,
+            note: "n",
+            prefix: "ara_".into(),
+        };
+        assert_eq!(serde_json::to_string(&key).unwrap(), as_value_text(&key));
+    }
 }

@@ -7,9 +7,8 @@ use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use chrono::{Datelike, TimeZone, Utc};
-use serde::Deserialize;
-use serde_json::{Value, json};
-use utoipa::IntoParams;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::routes;
 
 use super::ApiRouter;
@@ -52,6 +51,22 @@ pub async fn circuit_breakers(state: State<AppState>) -> Json<super::agents::Bre
     super::agents::list_circuit_breakers(state).await
 }
 
+/// One agent's overall rating. Fields in alphabetical order, as the API has always written
+/// them.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AgentElo {
+    pub agent: String,
+    pub draws: i64,
+    /// Elo, one decimal.
+    pub elo: f64,
+    pub games: i64,
+    pub losses: i64,
+    /// Null when the agent has played no rated debate.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub updated_at: Option<chrono::DateTime<Utc>>,
+    pub wins: i64,
+}
+
 /// One agent's overall Elo rating (the SDK's `agents.get_elo`); an agent that has played no
 /// rated debate has the initial rating.
 #[utoipa::path(
@@ -60,14 +75,14 @@ pub async fn circuit_breakers(state: State<AppState>) -> Json<super::agents::Bre
     tag = "agents",
     params(("name" = String, Path, description = "agent name")),
     responses(
-        (status = 200, description = "`{\"agent\", \"elo\", \"games\", \"wins\", \"losses\", \"draws\"}`"),
+        (status = 200, description = "the rating", body = AgentElo),
         (status = 404, description = "no such agent", body = ErrorBody),
     )
 )]
 pub async fn agent_elo(
     State(state): State<AppState>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AgentElo>, ApiError> {
     let rated = state
         .store
         .ratings(None, 500)
@@ -78,11 +93,24 @@ pub async fn agent_elo(
         return Err(ApiError::NotFound(format!("agent {name} not found")));
     }
     Ok(Json(match rated {
-        Some(r) => json!({"agent": r.agent, "elo": (r.rating * 10.0).round() / 10.0,
-                          "games": r.games, "wins": r.wins, "losses": r.losses,
-                          "draws": r.draws, "updated_at": r.updated_at}),
-        None => json!({"agent": name, "elo": crate::ratings::INITIAL_RATING, "games": 0,
-                       "wins": 0, "losses": 0, "draws": 0, "updated_at": null}),
+        Some(r) => AgentElo {
+            agent: r.agent,
+            draws: r.draws,
+            elo: (r.rating * 10.0).round() / 10.0,
+            games: r.games,
+            losses: r.losses,
+            updated_at: Some(r.updated_at),
+            wins: r.wins,
+        },
+        None => AgentElo {
+            agent: name,
+            draws: 0,
+            elo: crate::ratings::INITIAL_RATING,
+            games: 0,
+            losses: 0,
+            updated_at: None,
+            wins: 0,
+        },
     }))
 }
 
@@ -102,7 +130,7 @@ pub struct SummaryParams {
     tag = "billing",
     params(SummaryParams),
     responses(
-        (status = 200, description = "as `GET /billing/usage`, plus `period_name`"),
+        (status = 200, description = "as `GET /billing/usage`, plus `period_name`", body = super::billing::UsageBody),
         (status = 400, description = "unknown period", body = ErrorBody),
         (status = 401, body = ErrorBody),
     )
@@ -111,7 +139,7 @@ pub async fn usage_summary(
     state: State<AppState>,
     principal: Extension<Principal>,
     Query(params): Query<SummaryParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<super::billing::UsageBody>, ApiError> {
     if let Some(org) = &params.organization_id {
         tracing::debug!(target: "aragora::http", organization_id = %org, "usage summary: organisations do not apply here");
     }
@@ -138,7 +166,7 @@ pub async fn usage_summary(
         Query(super::billing::UsageParams::between(from, now)),
     )
     .await?;
-    body["period_name"] = json!(period);
+    body.period_name = Some(period.to_owned());
     Ok(Json(body))
 }
 
@@ -197,6 +225,27 @@ pub async fn root_metrics(state: State<AppState>, headers: HeaderMap) -> Respons
     let bytes = axum::body::to_bytes(response.into_body(), 64 << 20)
         .await
         .unwrap_or_default();
-    Json(json!({"format": "prometheus", "metrics": String::from_utf8_lossy(&bytes)}))
+    Json(serde_json::json!({"format": "prometheus", "metrics": String::from_utf8_lossy(&bytes)}))
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn elo_writes_its_keys_in_alphabetical_order_and_a_null_date() {
+        let body = AgentElo {
+            agent: "a".into(),
+            draws: 0,
+            elo: crate::ratings::INITIAL_RATING,
+            games: 0,
+            losses: 0,
+            updated_at: None,
+            wins: 0,
+        };
+        let text = serde_json::to_string(&body).unwrap();
+        assert_eq!(text, serde_json::to_value(&body).unwrap().to_string());
+        assert!(text.contains("\"updated_at\":null"));
+    }
 }

@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use utoipa::IntoParams;
 use utoipa_axum::routes;
 
@@ -34,55 +34,168 @@ pub fn router() -> ApiRouter {
         .member(routes!(inject_intervention))
 }
 
-/// The debate record as the API shows it.
-pub fn debate_json(d: &DebateRecord) -> Value {
+type Time = chrono::DateTime<chrono::Utc>;
+
+/// The debate record as the API shows it. Fields in alphabetical order, as the API has
+/// always written them; every field is present (null when unset).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DebateView {
+    pub agents: Vec<String>,
+    pub consensus: String,
+    #[schema(value_type = Option<f64>)]
+    pub consensus_threshold: Option<Value>,
+    pub correlation_id: Option<String>,
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: Time,
+    #[schema(value_type = Option<String>)]
+    pub domain: Option<Value>,
+    /// From start to finish, in seconds.
+    pub duration_seconds: Option<f64>,
+    pub error: Option<String>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub finished_at: Option<Time>,
+    pub id: String,
+    /// The instance running it (or that ran it).
+    pub instance: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub judge: Option<Value>,
+    /// As given at creation.
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Value>,
+    pub receipt_id: Option<String>,
+    /// The outcome: final answer, consensus, votes, usage.
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<Value>,
+    pub rounds: i32,
+    pub rounds_used: i32,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub started_at: Option<Time>,
+    pub status: DebateStatus,
+    pub task: String,
+    /// The result's `usage`.
+    #[schema(value_type = Option<Object>)]
+    pub usage: Option<Value>,
+}
+
+pub fn debate_json(d: &DebateRecord) -> DebateView {
     let duration = match (d.started_at, d.finished_at) {
         (Some(s), Some(f)) => Some(((f - s).num_milliseconds() as f64) / 1000.0),
         _ => None,
     };
-    json!({
-        "id": d.id,
-        "task": d.task,
-        "status": d.status,
-        "instance": d.instance,
-        "agents": d.agents,
-        "rounds": d.rounds,
-        "rounds_used": d.rounds_used,
-        "consensus": d.consensus,
-        "consensus_threshold": d.options.get("consensus_threshold"),
-        "judge": d.options.get("judge"),
-        "domain": d.options.get("domain"),
-        "metadata": d.options.get("metadata"),
-        "created_at": d.created_at,
-        "started_at": d.started_at,
-        "finished_at": d.finished_at,
-        "duration_seconds": duration,
-        "correlation_id": d.correlation_id,
-        "result": d.result,
-        "error": d.error,
-        "usage": d.result.as_ref().and_then(|r| r.get("usage")),
-        "receipt_id": d.receipt_id,
-    })
+    let option = |name: &str| d.options.get(name).cloned();
+    DebateView {
+        agents: d.agents.clone(),
+        consensus: d.consensus.clone(),
+        consensus_threshold: option("consensus_threshold"),
+        correlation_id: d.correlation_id.clone(),
+        created_at: d.created_at,
+        domain: option("domain"),
+        duration_seconds: duration,
+        error: d.error.clone(),
+        finished_at: d.finished_at,
+        id: d.id.clone(),
+        instance: d.instance.clone(),
+        judge: option("judge"),
+        metadata: option("metadata"),
+        receipt_id: d.receipt_id.clone(),
+        result: d.result.clone(),
+        rounds: d.rounds,
+        rounds_used: d.rounds_used,
+        started_at: d.started_at,
+        status: d.status,
+        task: d.task.clone(),
+        usage: d.result.as_ref().and_then(|r| r.get("usage")).cloned(),
+    }
 }
 
-fn event_json(e: &StoredEvent) -> Value {
-    json!({
-        "type": e.kind,
-        "debate_id": e.debate_id,
-        "seq": e.seq,
-        "timestamp": e.timestamp,
-        "round": e.round,
-        "agent": e.agent,
-        "data": e.data,
-    })
+/// An event as the API and the WebSocket show it. Fields in alphabetical order.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct EventView {
+    pub agent: Option<String>,
+    /// The event's payload (depends on `type`).
+    #[schema(value_type = Object)]
+    pub data: Value,
+    pub debate_id: String,
+    pub round: Option<i32>,
+    pub seq: i64,
+    #[schema(value_type = String, format = DateTime)]
+    pub timestamp: Time,
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+fn event_json(e: &StoredEvent) -> EventView {
+    EventView {
+        agent: e.agent.clone(),
+        data: e.data.clone(),
+        debate_id: e.debate_id.clone(),
+        round: e.round,
+        seq: e.seq,
+        timestamp: e.timestamp,
+        kind: e.kind.clone(),
+    }
+}
+
+/// `GET /debates/{id}/messages`. Fields in alphabetical order.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct MessageList {
+    pub debate_id: String,
+    pub messages: Vec<MessageView>,
+}
+
+/// A proposal, revision, synthesis, critique or vote. Fields in alphabetical order.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct MessageView {
+    pub agent: Option<String>,
+    #[schema(value_type = Object)]
+    pub data: Value,
+    pub round: Option<i32>,
+    pub seq: i64,
+    #[schema(value_type = String, format = DateTime)]
+    pub timestamp: Time,
+    /// `proposal`, `revision`, `synthesis`, … (an agent message's role), `critique` or `vote`.
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+/// `GET /debates/active`. Fields in alphabetical order.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ActiveDebates {
+    pub count: usize,
+    pub debates: Vec<ActiveDebateView>,
+    /// The instance that answered.
+    pub instance: String,
+}
+
+/// A running debate. Fields in alphabetical order.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ActiveDebateView {
+    pub debate_id: String,
+    pub elapsed_seconds: Option<f64>,
+    /// The instance holding its lease; null while it waits to be resumed.
+    pub instance: Option<String>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub lease_expires_at: Option<Time>,
+    pub round: i32,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub started_at: Option<Time>,
+    pub status: DebateStatus,
+    pub task: String,
+    pub total_rounds: i32,
+}
+
+/// `GET /debates/{id}/export/json`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DebateExport {
+    pub debate: DebateView,
+    pub events: Vec<EventView>,
 }
 
 /// A page of debates, newest first.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DebatePage {
     /// Debate records, as `GET /debates/{id}`.
-    #[schema(value_type = Vec<Object>)]
-    pub debates: Vec<Value>,
+    pub debates: Vec<DebateView>,
     /// Pass as `cursor` for the next page; null on the last.
     pub next_cursor: Option<String>,
 }
@@ -91,10 +204,8 @@ pub struct DebatePage {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EventPage {
     pub debate_id: String,
-    /// `type`, `debate_id`, `seq`, `timestamp`, `round`, `agent`, `data`, as the WebSocket
-    /// sends them.
-    #[schema(value_type = Vec<Object>)]
-    pub events: Vec<Value>,
+    /// As the WebSocket sends them.
+    pub events: Vec<EventView>,
     /// The debate's latest seq (0 before any event).
     pub last_seq: i64,
 }
@@ -259,14 +370,14 @@ async fn load(state: &AppState, principal: &Principal, id: &str) -> Result<Debat
     get,
     path = "/debates/active",
     tag = "debates",
-    responses((status = 200, description = "`{\"debates\": [{\"debate_id\", \"task\", \"instance\", \"round\", \"total_rounds\", \"started_at\", \"elapsed_seconds\"}], \"count\", \"instance\"}`; `instance` at the top is the answering one"))
+    responses((status = 200, description = "the running debates; `instance` at the top is the answering one", body = ActiveDebates))
 )]
 pub async fn list_active_debates(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ActiveDebates>, ApiError> {
     let now = chrono::Utc::now();
-    let debates: Vec<Value> = state
+    let debates: Vec<ActiveDebateView> = state
         .store
         .active_debates()
         .await?
@@ -276,24 +387,24 @@ pub async fn list_active_debates(
             let elapsed = d
                 .started_at
                 .map(|s| ((now - s).num_milliseconds().max(0) as f64) / 1000.0);
-            json!({
-                "debate_id": d.id,
-                "task": d.task,
-                "status": DebateStatus::Running,
-                "instance": d.instance,
-                "round": d.round,
-                "total_rounds": d.total_rounds,
-                "started_at": d.started_at,
-                "elapsed_seconds": elapsed,
-                "lease_expires_at": d.lease_expires_at,
-            })
+            ActiveDebateView {
+                debate_id: d.id,
+                elapsed_seconds: elapsed,
+                instance: d.instance,
+                lease_expires_at: d.lease_expires_at,
+                round: d.round,
+                started_at: d.started_at,
+                status: DebateStatus::Running,
+                task: d.task,
+                total_rounds: d.total_rounds,
+            }
         })
         .collect();
-    Ok(Json(json!({
-        "count": debates.len(),
-        "debates": debates,
-        "instance": state.debates.instance_id(),
-    })))
+    Ok(Json(ActiveDebates {
+        count: debates.len(),
+        debates,
+        instance: state.debates.instance_id().to_owned(),
+    }))
 }
 
 /// One debate with its result.
@@ -302,13 +413,13 @@ pub async fn list_active_debates(
     path = "/debates/{id}",
     tag = "debates",
     params(("id" = String, Path, description = "debate id")),
-    responses((status = 200, description = "the debate record"), (status = 404, body = ErrorBody))
+    responses((status = 200, description = "the debate record", body = DebateView), (status = 404, body = ErrorBody))
 )]
 pub async fn get_debate(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DebateView>, ApiError> {
     tracing::Span::current().record("debate_id", id.as_str());
     Ok(Json(debate_json(&load(&state, &principal, &id).await?)))
 }
@@ -326,14 +437,14 @@ pub struct PageParams {
     path = "/debates/{id}/messages",
     tag = "debates",
     params(("id" = String, Path, description = "debate id"), PageParams),
-    responses((status = 200, description = "`{\"messages\": [...]}`"), (status = 404, body = ErrorBody))
+    responses((status = 200, description = "the messages in order", body = MessageList), (status = 404, body = ErrorBody))
 )]
 pub async fn list_messages(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
     Query(params): Query<PageParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<MessageList>, ApiError> {
     tracing::Span::current().record("debate_id", id.as_str());
     load(&state, &principal, &id).await?;
     let limit = params.limit.unwrap_or(100);
@@ -351,8 +462,8 @@ pub async fn list_messages(
             params.offset.unwrap_or(0),
         )
         .await?;
-    let messages: Vec<Value> = events
-        .iter()
+    let messages: Vec<MessageView> = events
+        .into_iter()
         .map(|e| {
             let kind = match e.kind.as_str() {
                 "agent_message" => e
@@ -363,11 +474,20 @@ pub async fn list_messages(
                     .to_owned(),
                 other => other.to_owned(),
             };
-            json!({"seq": e.seq, "round": e.round, "agent": e.agent, "type": kind,
-                   "timestamp": e.timestamp, "data": e.data})
+            MessageView {
+                agent: e.agent,
+                data: e.data,
+                round: e.round,
+                seq: e.seq,
+                timestamp: e.timestamp,
+                kind,
+            }
         })
         .collect();
-    Ok(Json(json!({"debate_id": id, "messages": messages})))
+    Ok(Json(MessageList {
+        debate_id: id,
+        messages,
+    }))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -658,7 +778,7 @@ pub async fn inject_intervention(
         ("format" = String, Path, description = "json or md"),
     ),
     responses(
-        (status = 200, description = "`{\"debate\", \"events\"}` (json) or text/markdown (md)"),
+        (status = 200, description = "the record with its event log (json) or text/markdown (md)", body = DebateExport),
         (status = 404, body = ErrorBody),
         (status = 422, description = "a format other than json or md", body = ErrorBody),
     )
@@ -678,10 +798,10 @@ pub async fn export_debate(
     let record = load(&state, &principal, &id).await?;
     let events = state.store.events_since(&id, 0, u32::MAX).await?;
     if format == "json" {
-        return Ok(Json(json!({
-            "debate": debate_json(&record),
-            "events": events.iter().map(event_json).collect::<Vec<_>>(),
-        }))
+        return Ok(Json(DebateExport {
+            debate: debate_json(&record),
+            events: events.iter().map(event_json).collect(),
+        })
         .into_response());
     }
     let mut md = format!(
@@ -714,4 +834,86 @@ pub async fn export_debate(
         md,
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn same_bytes_as_a_json_object<T: Serialize>(body: &T) -> String {
+        let text = serde_json::to_string(body).unwrap();
+        assert_eq!(text, serde_json::to_value(body).unwrap().to_string());
+        text
+    }
+
+    #[test]
+    fn debate_and_event_views_write_their_keys_in_alphabetical_order() {
+        let now = chrono::Utc::now();
+        let record = DebateRecord {
+            id: "d1".into(),
+            task: "t".into(),
+            status: DebateStatus::Completed,
+            instance: Some("i1".into()),
+            agents: vec!["a".into(), "b".into()],
+            rounds: 3,
+            rounds_used: 2,
+            consensus: "majority".into(),
+            owner_id: Some("u1".into()),
+            correlation_id: None,
+            options: json!({"judge": "a", "metadata": {"z": 1, "a": 2}}),
+            result: Some(json!({"final_answer": "x", "usage": {"calls": 4}})),
+            error: None,
+            created_at: now,
+            started_at: Some(now),
+            finished_at: Some(now),
+            receipt_id: None,
+        };
+        let view = debate_json(&record);
+        let text = same_bytes_as_a_json_object(&view);
+        assert!(text.contains("\"consensus_threshold\":null"));
+        assert!(text.contains("\"domain\":null"));
+        assert!(text.contains("\"usage\":{\"calls\":4}"));
+        let event = StoredEvent {
+            debate_id: "d1".into(),
+            seq: 1,
+            kind: "vote".into(),
+            round: None,
+            agent: Some("a".into()),
+            data: json!({"choice": "b"}),
+            timestamp: now,
+        };
+        let export = DebateExport {
+            debate: view,
+            events: vec![event_json(&event)],
+        };
+        let text = same_bytes_as_a_json_object(&export);
+        assert!(text.contains("\"type\":\"vote\""));
+        same_bytes_as_a_json_object(&MessageList {
+            debate_id: "d1".into(),
+            messages: vec![MessageView {
+                agent: None,
+                data: json!({}),
+                round: Some(1),
+                seq: 2,
+                timestamp: now,
+                kind: "critique".into(),
+            }],
+        });
+        same_bytes_as_a_json_object(&ActiveDebates {
+            count: 1,
+            debates: vec![ActiveDebateView {
+                debate_id: "d1".into(),
+                elapsed_seconds: Some(1.5),
+                instance: None,
+                lease_expires_at: None,
+                round: 1,
+                started_at: Some(now),
+                status: DebateStatus::Running,
+                task: "t".into(),
+                total_rounds: 3,
+            }],
+            instance: "i1".into(),
+        });
+    }
 }

@@ -7,9 +7,8 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use serde_json::json;
-use utoipa::IntoParams;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::routes;
 
 use super::ApiRouter;
@@ -77,6 +76,69 @@ pub async fn connectivity_check(
     Ok(Json(report))
 }
 
+/// A heap profile: the document written to `/tmp/aragora_memory_dump.json` and where it
+/// is. Fields in alphabetical order, as the API has always written them.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MemoryDumpBody {
+    /// jemalloc `stats.allocated` when the profile was taken: bytes the application holds.
+    pub allocated_bytes: u64,
+    /// jemalloc `stats.resident`.
+    pub allocator_resident_bytes: u64,
+    pub generated_at: String,
+    pub lg_prof_sample: u32,
+    /// Where the document was written.
+    pub path: &'static str,
+    pub pid: u32,
+    /// The raw jemalloc profile (readable with `jeprof`).
+    pub raw_profile: String,
+    pub resident_memory_bytes: u64,
+    /// Sum of `bytes` over all sites (the profiler's estimate of the live heap).
+    pub sampled_live_bytes: u64,
+    pub sites: usize,
+    /// Largest sites first.
+    pub top_allocations: Vec<AllocationBody>,
+}
+
+/// One allocation site. Fields in alphabetical order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AllocationBody {
+    /// Estimated live bytes allocated from this site.
+    pub bytes: u64,
+    /// Estimated live allocations from this site.
+    pub count: u64,
+    /// The symbolised stack, innermost first (allocator frames removed), at most 12 frames.
+    pub frames: Vec<String>,
+    /// The first frame outside the allocator: `function (file:line)`.
+    pub site: String,
+}
+
+impl MemoryDumpBody {
+    fn new(dump: profiling::MemoryDump, path: &'static str) -> Self {
+        MemoryDumpBody {
+            allocated_bytes: dump.allocated_bytes,
+            allocator_resident_bytes: dump.allocator_resident_bytes,
+            generated_at: dump.generated_at,
+            lg_prof_sample: dump.lg_prof_sample,
+            path,
+            pid: dump.pid,
+            raw_profile: dump.raw_profile,
+            resident_memory_bytes: dump.resident_memory_bytes,
+            sampled_live_bytes: dump.sampled_live_bytes,
+            sites: dump.sites,
+            top_allocations: dump
+                .top_allocations
+                .into_iter()
+                .map(|a| AllocationBody {
+                    bytes: a.bytes,
+                    count: a.count,
+                    frames: a.frames,
+                    site: a.site,
+                })
+                .collect(),
+        }
+    }
+}
+
 /// With ARAGORA_MEMORY_PROFILING=1: take a jemalloc heap profile and write
 /// `/tmp/aragora_memory_dump.json` (`top_allocations`: bytes, count, site, frames); the body
 /// is the same document. Off: 409 saying how to turn it on. Admin or owner when auth is on.
@@ -85,7 +147,7 @@ pub async fn connectivity_check(
     path = "/debug/memory-dump",
     tag = "system",
     responses(
-        (status = 200, description = "the dump (also written to /tmp/aragora_memory_dump.json)"),
+        (status = 200, description = "the dump (also written to /tmp/aragora_memory_dump.json)", body = MemoryDumpBody),
         (status = 409, description = "profiling is off", body = crate::error::ErrorBody),
     )
 )]
@@ -116,9 +178,7 @@ pub async fn memory_dump(State(state): State<AppState>) -> Response {
                 path = profiling::DUMP_PATH,
                 "memory dump written"
             );
-            let mut body = serde_json::to_value(&dump).unwrap_or_default();
-            body["path"] = json!(profiling::DUMP_PATH);
-            Json(body).into_response()
+            Json(MemoryDumpBody::new(dump, profiling::DUMP_PATH)).into_response()
         }
         Ok(Err(detail)) => {
             ApiError::Internal(format!("memory dump failed: {detail}")).into_response()
@@ -137,4 +197,33 @@ pub async fn memory_dump(State(state): State<AppState>) -> Response {
 )]
 pub async fn cleanup_caches(State(state): State<AppState>) -> Json<CleanupReport> {
     Json(caches::cleanup(&state).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_dump_writes_its_keys_in_alphabetical_order() {
+        let body = MemoryDumpBody {
+            allocated_bytes: 1,
+            allocator_resident_bytes: 2,
+            generated_at: "2026-01-01T00:00:00Z".into(),
+            lg_prof_sample: 19,
+            path: profiling::DUMP_PATH,
+            pid: 7,
+            raw_profile: "heap".into(),
+            resident_memory_bytes: 3,
+            sampled_live_bytes: 4,
+            sites: 1,
+            top_allocations: vec![AllocationBody {
+                bytes: 4,
+                count: 1,
+                frames: vec!["f".into()],
+                site: "s".into(),
+            }],
+        };
+        let text = serde_json::to_string(&body).unwrap();
+        assert_eq!(text, serde_json::to_value(&body).unwrap().to_string());
+    }
 }

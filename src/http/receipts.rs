@@ -9,7 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use utoipa::IntoParams;
 use utoipa_axum::routes;
 
@@ -271,6 +271,32 @@ fn markdown(row: &ReceiptRow) -> String {
     md
 }
 
+/// The outcome of a verification. Fields in alphabetical order, as the API has always
+/// written them.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct VerifyBody {
+    /// Every check, in the order they ran.
+    pub checks: Vec<CheckBody>,
+    /// The document's `quorum.dissent.views`, as sent (empty when it has none).
+    #[schema(value_type = Vec<Object>)]
+    pub dissent_trail: Vec<Value>,
+    /// The key whose signature verified; null when none did.
+    pub key_id: Option<String>,
+    pub odr_digest: String,
+    pub receipt_id: String,
+    /// True only when no check failed and a signature by a known key held.
+    pub verified: bool,
+    pub warnings: Vec<String>,
+}
+
+/// One check. Fields in alphabetical order.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct CheckBody {
+    pub detail: String,
+    pub name: &'static str,
+    pub status: crate::receipts::verify::Status,
+}
+
 /// Verify an ODR document against this deployment's signing keys (the current one and any
 /// that signed receipts here before a rotation). Stateless: nothing is stored. `verified` is
 /// true only when no check failed and a signature by a known key held; read `checks` for why.
@@ -280,7 +306,7 @@ fn markdown(row: &ReceiptRow) -> String {
     tag = "receipts",
     request_body(content = Object, description = "an ODR document"),
     responses(
-        (status = 200, description = "`{\"verified\", \"checks\": [{name, status, detail}], \"warnings\", \"key_id\", \"receipt_id\", \"odr_digest\", \"dissent_trail\"}`"),
+        (status = 200, description = "the checks and the verdict", body = VerifyBody),
         (status = 400, description = "the body is not JSON", body = ErrorBody),
         (status = 413, description = "the body is larger than the configured limit", body = ErrorBody),
         (status = 415, description = "the body is not application/json", body = ErrorBody),
@@ -289,15 +315,29 @@ fn markdown(row: &ReceiptRow) -> String {
 pub async fn verify_receipt(
     State(state): State<AppState>,
     Json(document): Json<Value>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<VerifyBody>, ApiError> {
     let result = state.receipts.verify(&document).await?;
-    let mut body = serde_json::to_value(&result).unwrap_or_default();
-    body["dissent_trail"] = document["quorum"]["dissent"]["views"]
+    let dissent_trail = document["quorum"]["dissent"]["views"]
         .as_array()
         .cloned()
-        .map(Value::Array)
-        .unwrap_or_else(|| json!([]));
-    Ok(Json(body))
+        .unwrap_or_default();
+    Ok(Json(VerifyBody {
+        checks: result
+            .checks
+            .into_iter()
+            .map(|c| CheckBody {
+                detail: c.detail,
+                name: c.name,
+                status: c.status,
+            })
+            .collect(),
+        dissent_trail,
+        key_id: result.key_id,
+        odr_digest: result.odr_digest,
+        receipt_id: result.receipt_id,
+        verified: result.verified,
+        warnings: result.warnings,
+    }))
 }
 
 /// The public key receipts are signed with (the trust anchor for offline verification).
@@ -401,5 +441,31 @@ pub async fn debate_receipt(
              completed or no_consensus)",
             debate.status
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::receipts::verify::Status;
+
+    #[test]
+    fn verification_writes_its_keys_in_alphabetical_order() {
+        let body = VerifyBody {
+            checks: vec![CheckBody {
+                detail: "ok".into(),
+                name: "signature",
+                status: Status::Pass,
+            }],
+            dissent_trail: vec![serde_json::json!({"agent": "b", "view": "no"})],
+            key_id: None,
+            odr_digest: "d".into(),
+            receipt_id: "r".into(),
+            verified: false,
+            warnings: vec![],
+        };
+        let text = serde_json::to_string(&body).unwrap();
+        assert_eq!(text, serde_json::to_value(&body).unwrap().to_string());
+        assert!(text.contains("\"key_id\":null"));
     }
 }
