@@ -7,7 +7,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use utoipa_axum::routes;
 
@@ -73,23 +73,37 @@ pub async fn list_circuit_breakers(State(state): State<AppState>) -> Json<Breake
 /// Every agent's breaker, with how many are open and half open.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct BreakerList {
-    /// Per agent: `agent`, `state` (closed, open, half_open), failures, last_failure,
-    /// opened_at, next_probe_at.
-    #[schema(value_type = Vec<Object>)]
-    pub circuit_breakers: Vec<Value>,
+    pub circuit_breakers: Vec<BreakerView>,
     pub half_open: usize,
     pub open: usize,
 }
 
+/// One agent's breaker. Fields in alphabetical order, as the API has always written them.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct BreakerView {
+    pub agent: String,
+    pub consecutive_failures: u32,
+    /// The most recent counted failure; null when none.
+    pub last_failure: Option<crate::agents::resilience::FailureRecord>,
+    /// RFC 3339; when an open breaker lets the next probe through.
+    pub next_probe_at: Option<String>,
+    /// RFC 3339; set while open or half-open.
+    pub opened_at: Option<String>,
+    pub state: crate::agents::BreakerState,
+}
+
 pub fn breakers_json(state: &AppState) -> Json<BreakerList> {
     let registry = state.debates.agents();
-    let breakers: Vec<Value> = registry
+    let breakers: Vec<BreakerView> = registry
         .breakers()
         .into_iter()
-        .map(|(name, snapshot)| {
-            let mut v = serde_json::to_value(&snapshot).unwrap_or_default();
-            v["agent"] = json!(name);
-            v
+        .map(|(name, snapshot)| BreakerView {
+            agent: name.to_string(),
+            consecutive_failures: snapshot.consecutive_failures,
+            last_failure: snapshot.last_failure,
+            next_probe_at: snapshot.next_probe_at,
+            opened_at: snapshot.opened_at,
+            state: snapshot.state,
         })
         .collect();
     let (open, half_open) = registry.breaker_counts();
@@ -304,6 +318,22 @@ mod tests {
                 provider: "p".into(),
             }],
         });
+        let text = same_bytes_as_a_json_object(&BreakerList {
+            circuit_breakers: vec![BreakerView {
+                agent: "a".into(),
+                consecutive_failures: 2,
+                last_failure: Some(crate::agents::resilience::FailureRecord {
+                    at: "2026-01-01T00:00:00Z".into(),
+                    kind: "timeout".into(),
+                }),
+                next_probe_at: None,
+                opened_at: Some("2026-01-01T00:00:00Z".into()),
+                state: BreakerState::Open,
+            }],
+            half_open: 0,
+            open: 1,
+        });
+        assert!(text.contains("\"next_probe_at\":null"));
         let ok = AgentTestBody {
             agent: "a".into(),
             attempts: Some(1),
