@@ -580,10 +580,10 @@ impl Config {
         let defaults: toml::Table = DEFAULTS_TOML
             .parse()
             .expect("compiled-in config/aragora.toml is valid TOML");
-        apply_table(&mut layers, &defaults, |_| Source::Default).map_err(|message| {
+        apply_table(&mut layers, &defaults, |_| Source::Default).map_err(|e| {
             ConfigError::File {
                 path: "config/aragora.toml".into(),
-                message,
+                message: e.to_string(),
             }
         })?;
 
@@ -602,9 +602,9 @@ impl Config {
                 path: path.to_owned(),
                 key: key.to_owned(),
             })
-            .map_err(|message| ConfigError::File {
+            .map_err(|e| ConfigError::File {
                 path: path.to_owned(),
-                message,
+                message: e.to_string(),
             })?;
         }
 
@@ -1034,20 +1034,31 @@ fn display_value(setting: &Setting, value: &str) -> String {
     }
 }
 
+/// Why a TOML table cannot be merged into the layers.
+#[derive(Debug, thiserror::Error)]
+enum TableError {
+    #[error("unknown key `{0}` (known keys: {known})", known = known_keys())]
+    UnknownKey(String),
+    #[error("key `{key}` has an unsupported value {value}")]
+    Unsupported { key: String, value: toml::Value },
+}
+
+/// Every settings key, comma separated.
+fn known_keys() -> String {
+    let known: Vec<_> = SETTINGS.iter().map(|s| s.key).collect();
+    known.join(", ")
+}
+
 /// Merge one TOML table into the layers; unknown keys are errors (a typo must not be silently
 /// ignored).
 fn apply_table(
     layers: &mut Layers,
     table: &toml::Table,
     source: impl Fn(&str) -> Source,
-) -> Result<(), String> {
+) -> Result<(), TableError> {
     for (key, value) in table {
         let Some(setting) = SETTINGS.iter().find(|s| s.key == key) else {
-            let known: Vec<_> = SETTINGS.iter().map(|s| s.key).collect();
-            return Err(format!(
-                "unknown key `{key}` (known keys: {})",
-                known.join(", ")
-            ));
+            return Err(TableError::UnknownKey(key.clone()));
         };
         let text = match value {
             toml::Value::String(s) => s.clone(),
@@ -1062,7 +1073,12 @@ fn apply_table(
                 })
                 .collect::<Vec<_>>()
                 .join(","),
-            other => return Err(format!("key `{key}` has an unsupported value {other}")),
+            other => {
+                return Err(TableError::Unsupported {
+                    key: key.clone(),
+                    value: other.clone(),
+                });
+            }
         };
         layers.insert(setting.key, (text, source(key)));
     }
