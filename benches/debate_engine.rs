@@ -428,10 +428,10 @@ async fn concurrency() {
         "KiB/deb",
         "events/s"
     );
-    let levels: Vec<usize> = std::env::var("BENCH_LEVELS")
-        .ok()
-        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
-        .unwrap_or_else(|| LEVELS.to_vec());
+    let levels: Vec<usize> = std::env::var("BENCH_LEVELS").ok().map_or_else(
+        || LEVELS.to_vec(),
+        |v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect(),
+    );
     for n in levels {
         let output = tokio::process::Command::new(std::env::current_exe().unwrap())
             .env(CHILD_ENV, n.to_string())
@@ -815,9 +815,10 @@ fn reset_peak_rss() -> bool {
 }
 
 fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
+    std::fs::read_to_string("/proc/loadavg").map_or_else(
+        |_| "?".into(),
+        |s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+    )
 }
 
 fn mib(bytes: u64) -> f64 {

@@ -335,7 +335,7 @@ async fn run(pg: Pg) {
     for (n, (rate, split, calls)) in &drains {
         let split = split
             .iter()
-            .map(|c| c.to_string())
+            .map(std::string::ToString::to_string)
             .collect::<Vec<_>>()
             .join("/");
         println!("{n:<9} {rate:>11.0} {calls:>12} {split:>18}  ok");

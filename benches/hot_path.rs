@@ -112,8 +112,7 @@ fn wrk(url: &str, header: Option<&str>, seconds: u64) -> (f64, f64, u64) {
     let p99 = text
         .lines()
         .find_map(|l| l.trim().strip_prefix("99%"))
-        .map(|v| parse_latency(v.trim()))
-        .unwrap_or(f64::NAN);
+        .map_or(f64::NAN, |v| parse_latency(v.trim()));
     let non_2xx = text
         .lines()
         .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))

@@ -333,8 +333,7 @@ fn on_text(text: &str, tracks: &mut HashMap<String, Track>, shared: &Shared) {
     let debate = field(head, "\"debate_id\":\"").unwrap_or("");
     let ts = field(head, "\"timestamp\":\"")
         .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-        .map(|t| t.timestamp_micros())
-        .unwrap_or(now);
+        .map_or(now, |t| t.timestamp_micros());
     let track = match tracks.get_mut(debate) {
         Some(t) => t,
         None => tracks.entry(debate.to_owned()).or_default(),
@@ -348,7 +347,7 @@ fn on_text(text: &str, tracks: &mut HashMap<String, Track>, shared: &Shared) {
     if ts >= shared.live_from_us.load(Ordering::Relaxed) {
         track
             .lat_us
-            .push((now - ts).clamp(0, u32::MAX as i64) as u32);
+            .push((now - ts).clamp(0, i64::from(u32::MAX)) as u32);
     }
     if kind == "debate_end" {
         shared.ended.fetch_add(1, Ordering::Relaxed);
@@ -647,7 +646,7 @@ fn pct(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize] as f64 / 1000.0
+    f64::from(sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]) / 1000.0
 }
 
 /// `debates` debates of `agents` × `rounds`, created queued, watched by every client,
@@ -701,7 +700,7 @@ async fn fanout_run(
     let (mut first, mut last, mut events) = (i64::MAX, i64::MIN, 0usize);
     for id in &ids {
         let times = server.event_times(id).await;
-        last_seq.insert(id.clone(), times.last().map(|t| t.0).unwrap_or(0));
+        last_seq.insert(id.clone(), times.last().map_or(0, |t| t.0));
         for (_, ts) in times.iter().filter(|(_, ts)| *ts >= go) {
             first = first.min(ts.timestamp_micros());
             last = last.max(ts.timestamp_micros());
@@ -749,7 +748,7 @@ async fn fanout_run(
         delivery_rate: live_deliveries / delivery_span_s,
         p50_ms: pct(&lat, 0.50),
         p99_ms: pct(&lat, 0.99),
-        max_ms: lat.last().map(|&v| v as f64 / 1000.0).unwrap_or(f64::NAN),
+        max_ms: lat.last().map_or(f64::NAN, |&v| f64::from(v) / 1000.0),
         complete,
         slow_closed: clients.shared.closed_slow.load(Ordering::Relaxed) - slow_before,
         slow_dropped_stats: stats_after["slow_clients_dropped"].as_u64().unwrap_or(0)

@@ -260,7 +260,7 @@ async fn serve(config: Config) -> ExitCode {
     signals.abort();
     // Spans still queued go to the collector (bounded: a dead collector costs at most this).
     let _ = tokio::task::spawn_blocking(|| {
-        crate::telemetry::traces::shutdown(std::time::Duration::from_secs(3))
+        crate::telemetry::traces::shutdown(std::time::Duration::from_secs(3));
     })
     .await;
     match result {

@@ -1101,8 +1101,7 @@ impl Parser<'_> {
     fn source(&self, key: &str) -> Source {
         self.layers
             .get(key)
-            .map(|(_, s)| s.clone())
-            .unwrap_or(Source::Default)
+            .map_or(Source::Default, |(_, s)| s.clone())
     }
 
     fn invalid(&self, key: &str, expected: &str) -> ConfigError {
@@ -1146,8 +1145,8 @@ impl Parser<'_> {
 
     fn boolean(&self, key: &str) -> Result<bool, ConfigError> {
         match self.text(key).map(|t| t.to_ascii_lowercase()).as_deref() {
-            None | Some("0") | Some("false") | Some("no") | Some("off") => Ok(false),
-            Some("1") | Some("true") | Some("yes") | Some("on") => Ok(true),
+            None | Some("0" | "false" | "no" | "off") => Ok(false),
+            Some("1" | "true" | "yes" | "on") => Ok(true),
             Some(_) => Err(self.invalid(key, "1/0, true/false, yes/no or on/off")),
         }
     }
@@ -1471,7 +1470,7 @@ mod tests {
         std::fs::write(&path, "rate_limit_rpm = 300\nws_max_per_ip = 7\n").unwrap();
         let env: HashMap<&str, &str> = [("ARAGORA_WS_MAX_PER_IP", "9")].into();
         let c = Config::load_with(Some(&path), &Flags::default(), |k| {
-            env.get(k).map(|v| v.to_string())
+            env.get(k).map(std::string::ToString::to_string)
         })
         .unwrap();
         assert_eq!(c.rate_limit.rpm, 300);

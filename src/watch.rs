@@ -147,7 +147,7 @@ pub async fn run(server: &str, debate_id: &str) -> ExitCode {
                     Session::Dropped(why) => {
                         eprintln!(
                             "aragora watch: connection lost ({why}); resuming after seq {last_seq}"
-                        )
+                        );
                     }
                 }
             }

@@ -209,7 +209,7 @@ fn not_modified(request: &HeaderMap, etag: &HeaderValue) -> bool {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|candidate| candidate.trim())
+        .map(str::trim)
         .any(|candidate| {
             candidate == "*" || candidate.strip_prefix("W/").unwrap_or(candidate) == etag
         })

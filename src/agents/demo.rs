@@ -155,8 +155,7 @@ impl Prompt {
             .iter()
             .rev()
             .find(|m| m.role == Role::User)
-            .map(|m| m.content.as_str())
-            .unwrap_or("");
+            .map_or("", |m| m.content.as_str());
         // Headers are looked up in the last user turn first, then anywhere.
         let everything: String = request
             .messages
@@ -657,7 +656,7 @@ mod tests {
         }
         let (winner, votes) = tally.iter().max_by_key(|(_, n)| **n).unwrap();
         assert_eq!(*votes, 2, "{tally:?}");
-        assert!(*votes as f64 / 3.0 >= 0.6);
+        assert!(f64::from(*votes) / 3.0 >= 0.6);
         // The dissenter is the winner itself (it may not vote for itself).
         assert_ne!(&voters_for[winner], winner);
 

@@ -367,7 +367,7 @@ impl VendorError {
                 match err.get("code") {
                     Some(Value::String(code)) => out.code = Some(code.clone()),
                     Some(Value::Number(n)) => {
-                        out.status = n.as_u64().and_then(|n| u16::try_from(n).ok())
+                        out.status = n.as_u64().and_then(|n| u16::try_from(n).ok());
                     }
                     _ => {}
                 }

@@ -573,7 +573,7 @@ pub(super) mod tests {
     /// Each catalogue service gets its own limit field and usage request when streaming.
     #[tokio::test]
     async fn streamed_request_fields_follow_the_catalogue() {
-        for info in PROVIDERS.iter() {
+        for info in &PROVIDERS {
             let WireFormat::OpenAiChat {
                 max_completion_tokens,
                 stream_usage,

@@ -1561,8 +1561,8 @@ mod tests {
                     fail_n(&b, 5, &server_error());
                     b.reset();
                     assert_eq!(gauge("gauge-agent"), 0.0);
-                })
-            })
+                });
+            });
         });
         let lines: Vec<&str> = logs
             .lines()
@@ -1613,8 +1613,8 @@ mod tests {
                     )
                     .await
                     .unwrap_err();
-                })
-            })
+                });
+            });
         });
         let text = handle.render();
         let usage = Usage::estimate("prompt", "answer text");

@@ -442,7 +442,7 @@ impl LoginLimiter {
         let (start, count) = map.get(&ip)?;
         let elapsed = start.elapsed();
         (*count >= self.max && elapsed < self.window)
-            .then(|| (self.window - elapsed).as_secs().max(1))
+            .then(|| self.window.checked_sub(elapsed).unwrap().as_secs().max(1))
     }
 
     pub fn fail(&self, ip: IpAddr) {

@@ -108,12 +108,11 @@ async fn publisher(
             _ = shutdown.cancelled() => return,
             e = rx.recv() => match e { Some(e) => e, None => return },
         };
-        let payload = match serde_json::to_string(&Envelope {
+        let Ok(payload) = serde_json::to_string(&Envelope {
             origin: origin.clone(),
             event,
-        }) {
-            Ok(p) => p,
-            Err(_) => continue,
+        }) else {
+            continue;
         };
         // A failure drops the event from the cross-instance path only; the shared
         // connection reconnects by itself for the next one.
@@ -173,7 +172,7 @@ async fn subscriber(
                         Ok(env) if env.origin != origin => local.publish(env.event),
                         Ok(_) => {}
                         Err(err) => {
-                            tracing::warn!(target: "aragora::ws", error = %err, "unreadable message on the redis event bus")
+                            tracing::warn!(target: "aragora::ws", error = %err, "unreadable message on the redis event bus");
                         }
                     }
                 }

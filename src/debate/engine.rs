@@ -628,7 +628,7 @@ async fn run_rounds(ctx: &Ctx<'_>, state: &mut State) -> Result<(), Abort> {
                     phase = "judge",
                     otel.name = "judge"
                 ))
-                .await?
+                .await?;
         }
         ConsensusMode::None => {
             synthesis_phase(ctx, state)
@@ -637,7 +637,7 @@ async fn run_rounds(ctx: &Ctx<'_>, state: &mut State) -> Result<(), Abort> {
                     phase = "synthesis",
                     otel.name = "synthesis"
                 ))
-                .await?
+                .await?;
         }
         _ => {}
     }
@@ -987,13 +987,12 @@ fn ruling_event(
         let winner = answers
             .keys()
             .find(|c| c.eq_ignore_ascii_case(&winner))?
-            .to_string();
+            .clone();
         Some(Ruling {
             final_answer: o
                 .get("final_answer")
                 .and_then(Value::as_str)
-                .map(str::to_owned)
-                .unwrap_or_else(|| answers[&winner].clone()),
+                .map_or_else(|| answers[&winner].clone(), str::to_owned),
             confidence: o
                 .get("confidence")
                 .and_then(Value::as_f64)

@@ -141,8 +141,7 @@ impl FakeAgent {
 fn header<'a>(text: &'a str, name: &str) -> &'a str {
     text.lines()
         .find_map(|l| l.strip_prefix(name))
-        .map(str::trim)
-        .unwrap_or_else(|| panic!("no `{name}` line in {text:?}"))
+        .map_or_else(|| panic!("no `{name}` line in {text:?}"), str::trim)
 }
 
 fn candidates(prompt: &str) -> Vec<String> {

@@ -729,10 +729,10 @@ impl DebateManager {
         {
             None | Some(Ok(0)) => {}
             Some(Ok(n)) => {
-                tracing::info!(target: "aragora::debate", debates = n, "resuming debates this instance was running before it restarted")
+                tracing::info!(target: "aragora::debate", debates = n, "resuming debates this instance was running before it restarted");
             }
             Some(Err(err)) => {
-                tracing::warn!(target: "aragora::debate", error = %err, "could not look for debates left by a previous run; they resume when their lease expires")
+                tracing::warn!(target: "aragora::debate", error = %err, "could not look for debates left by a previous run; they resume when their lease expires");
             }
         }
         let mut failures = 0u32;

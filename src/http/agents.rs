@@ -98,7 +98,7 @@ pub fn breakers_json(state: &AppState) -> Json<BreakerList> {
         .breakers()
         .into_iter()
         .map(|(name, snapshot)| BreakerView {
-            agent: name.to_string(),
+            agent: name.clone(),
             consecutive_failures: snapshot.consecutive_failures,
             last_failure: snapshot.last_failure,
             next_probe_at: snapshot.next_probe_at,

@@ -34,10 +34,10 @@ pub async fn get_metrics(State(state): State<AppState>) -> Response {
         );
     };
     let pool = state.store.pool_status();
-    crate::telemetry::metrics::db_pool_connections("idle").set(pool.idle as f64);
+    crate::telemetry::metrics::db_pool_connections("idle").set(f64::from(pool.idle));
     crate::telemetry::metrics::db_pool_connections("in_use")
-        .set(pool.size.saturating_sub(pool.idle) as f64);
-    crate::telemetry::metrics::db_pool_connections("max").set(pool.max as f64);
+        .set(f64::from(pool.size.saturating_sub(pool.idle)));
+    crate::telemetry::metrics::db_pool_connections("max").set(f64::from(pool.max));
     crate::telemetry::metrics::websocket_connections().set(state.ws.connections() as f64);
     crate::telemetry::metrics::active_debates().set(state.debates.active() as f64);
     match &state.redis {

@@ -146,7 +146,7 @@ pub fn pipeline_statuses(
 /// with the error body.
 pub fn add_pipeline_responses(document: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
-    for (path, item) in document.paths.paths.iter_mut() {
+    for (path, item) in &mut document.paths.paths {
         let operations = [
             ("get", &mut item.get),
             ("put", &mut item.put),

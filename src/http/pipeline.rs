@@ -32,8 +32,7 @@ pub async fn pipeline(State(state): State<AppState>, req: Request, next: Next) -
     let route = req
         .extensions()
         .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let span = tracing::info_span!(
         "request",
         correlation_id = %id,
@@ -200,7 +199,7 @@ async fn as_json_error(response: Response) -> Response {
     };
     let mut json = error_response_with_status(status, code, &message);
     // Keep headers that matter to the client (Allow, Retry-After, CORS…).
-    for (name, value) in parts.headers.iter() {
+    for (name, value) in &parts.headers {
         if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
             json.headers_mut().insert(name.clone(), value.clone());
         }

@@ -232,8 +232,7 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
         .get("x-real-ip")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<IpAddr>().ok())
-        .map(|ip| ip.to_canonical())
-        .unwrap_or(peer)
+        .map_or(peer, |ip| ip.to_canonical())
 }
 
 /// The bucket key: `user:<principal>` when the caller is authenticated (except for login,
@@ -351,7 +350,7 @@ impl Settings {
         );
         let nets = |n: &[IpNet]| {
             n.iter()
-                .map(|n| n.to_string())
+                .map(std::string::ToString::to_string)
                 .collect::<Vec<_>>()
                 .join(",")
         };

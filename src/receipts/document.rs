@@ -178,8 +178,7 @@ impl Facts {
             participants
                 .iter()
                 .find(|p| p.agent == seat)
-                .map(|p| p.provider.clone())
-                .unwrap_or_else(|| "undisclosed".into())
+                .map_or_else(|| "undisclosed".into(), |p| p.provider.clone())
         };
         let observations: Vec<Observation> = observations
             .into_iter()

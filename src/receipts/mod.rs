@@ -182,10 +182,10 @@ impl Receipts {
             match swept {
                 Ok(0) => {}
                 Ok(n) => {
-                    tracing::info!(target: "aragora::receipts", issued = n, "issued {n} pending receipt(s)")
+                    tracing::info!(target: "aragora::receipts", issued = n, "issued {n} pending receipt(s)");
                 }
                 Err(e) => {
-                    tracing::warn!(target: "aragora::receipts", error = %e, "receipt sweep failed; retrying later")
+                    tracing::warn!(target: "aragora::receipts", error = %e, "receipt sweep failed; retrying later");
                 }
             }
         }

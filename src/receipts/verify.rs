@@ -98,7 +98,7 @@ pub fn structure_errors(doc: &Value) -> Vec<String> {
     match version {
         None => errors.push("odr_version: must be \"0.1\" or \"0.2\"".into()),
         Some(v) if doc["profile"].as_str() != Some(v.profile().as_str()) => {
-            errors.push("profile: must match odr_version".into())
+            errors.push("profile: must match odr_version".into());
         }
         Some(_) => {}
     }
@@ -194,7 +194,7 @@ pub fn structure_errors(doc: &Value) -> Vec<String> {
             }
         }
         None if obj.contains_key("signatures") => {
-            errors.push("signatures: must be an array".into())
+            errors.push("signatures: must be an array".into());
         }
         None => {}
     }

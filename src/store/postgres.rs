@@ -153,7 +153,7 @@ impl From<RatingRow> for Rating {
 /// safe to run again. Rows are locked in one global order, so this is a safety net only.
 fn is_retryable(err: &sqlx::Error) -> bool {
     err.as_database_error()
-        .and_then(|e| e.code())
+        .and_then(sqlx::error::DatabaseError::code)
         .is_some_and(|c| c == "40P01" || c == "40001")
 }
 
@@ -295,6 +295,10 @@ impl PostgresStore {
     /// startup, which is how a deployment or test picks its schema.
     ///
     /// Connects lazily so startup never hangs on an unreachable server; `ping` proves it.
+    #[expect(
+        clippy::unused_async,
+        reason = "the same signature as SqliteStore::connect, which opens its file"
+    )]
     pub async fn connect(url: &str, pool: PoolSettings) -> StoreResult<Self> {
         let opts = PgConnectOptions::from_str(url)?;
         let (min, max) = pool_bounds(&pool);

@@ -136,7 +136,7 @@ fn records(rows: Vec<DebateRow>) -> StoreResult<Vec<DebateRecord>> {
 /// the busy timeout; worth one more try rather than failing an append.
 fn is_busy(err: &sqlx::Error) -> bool {
     err.as_database_error()
-        .and_then(|e| e.code())
+        .and_then(sqlx::error::DatabaseError::code)
         .and_then(|c| c.parse::<i32>().ok())
         .is_some_and(|c| matches!(c & 0xff, 5 | 6))
 }

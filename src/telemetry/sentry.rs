@@ -189,7 +189,7 @@ impl Scrubber {
         if let Some(logentry) = &mut event.logentry {
             logentry.message = self.scrub(&logentry.message);
         }
-        for exception in event.exception.values.iter_mut() {
+        for exception in &mut event.exception.values {
             if let Some(value) = &mut exception.value {
                 *value = self.scrub(value);
             }
@@ -203,7 +203,7 @@ impl Scrubber {
                 self.scrub_map(map);
             }
         }
-        for crumb in event.breadcrumbs.values.iter_mut() {
+        for crumb in &mut event.breadcrumbs.values {
             if let Some(message) = &mut crumb.message {
                 *message = self.scrub(message);
             }
@@ -299,7 +299,7 @@ fn scrub_key_values(text: &str, key: &str) -> String {
         if bytes.get(i) == Some(&b'"') {
             i += 1;
         }
-        if !matches!(bytes.get(i), Some(b'=') | Some(b':')) {
+        if !matches!(bytes.get(i), Some(b'=' | b':')) {
             continue;
         }
         i += 1;
@@ -352,7 +352,7 @@ fn scrub_url_passwords(text: &str) -> String {
         if let Some(at_sign) = authority.rfind('@')
             && let Some(colon) = authority[..at_sign].find(':')
         {
-            out.push_str(&authority[..colon + 1]);
+            out.push_str(&authority[..=colon]);
             out.push_str(FILTERED);
             out.push_str(&authority[at_sign..]);
         } else {

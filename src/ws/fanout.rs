@@ -69,9 +69,8 @@ impl Fanout {
                 None => return,
             }
         };
-        let json = match serde_json::to_string(event) {
-            Ok(j) => j,
-            Err(_) => return,
+        let Ok(json) = serde_json::to_string(event) else {
+            return;
         };
         let _ = tx.send(Fan::Event(Outgoing {
             seq: event.seq,

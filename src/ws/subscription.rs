@@ -222,7 +222,7 @@ impl Stream for Live {
                         mark: None,
                     }),
                 },
-                Some(Ok(Fan::Resync)) | Some(Err(_)) => Step::CatchUp { pending: None },
+                Some(Ok(Fan::Resync) | Err(_)) => Step::CatchUp { pending: None },
             };
             if matches!(step, Step::CatchUp { .. }) {
                 this.halted = true;

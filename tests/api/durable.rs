@@ -538,8 +538,7 @@ async fn breaker_state(app: &crate::helpers::TestApp, agent: &str) -> Value {
         .unwrap()
         .iter()
         .find(|b| b["agent"] == agent || b["name"] == agent)
-        .map(|b| b["state"].clone())
-        .unwrap_or(Value::Null)
+        .map_or(Value::Null, |b| b["state"].clone())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

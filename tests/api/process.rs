@@ -149,7 +149,7 @@ async fn sigterm_drains_closes_websockets_with_1001_and_exits_0() {
             .unwrap()
         {
             Some(Ok(Message::Close(frame))) => break frame.unwrap(),
-            Some(Ok(_)) => continue,
+            Some(Ok(_)) => {}
             other => panic!("expected a close frame, got {other:?}"),
         }
     };
@@ -672,7 +672,7 @@ async fn sigusr1_closes_websockets_with_1012_while_rest_and_debates_carry_on() {
             .unwrap()
         {
             Some(Ok(Message::Close(frame))) => break frame.unwrap(),
-            Some(Ok(_)) => continue,
+            Some(Ok(_)) => {}
             other => panic!("expected a close frame, got {other:?}"),
         }
     };

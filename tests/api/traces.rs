@@ -126,7 +126,7 @@ impl TraceService for Grpc {
 }
 
 /// An OTLP/gRPC receiver (the collector's TraceService).
-async fn grpc_receiver() -> (String, Spans) {
+fn grpc_receiver() -> (String, Spans) {
     let spans: Spans = Arc::default();
     let port = free_port();
     let service = TraceServiceServer::new(Grpc(spans.clone()));
@@ -135,7 +135,7 @@ async fn grpc_receiver() -> (String, Spans) {
             .add_service(service)
             .serve(([127, 0, 0, 1], port).into())
             .await
-            .unwrap()
+            .unwrap();
     });
     (format!("http://127.0.0.1:{port}"), spans)
 }
@@ -289,7 +289,7 @@ async fn a_demo_debate_is_one_trace_under_the_callers_traceparent_over_http_prot
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_openai_agent_call_over_grpc_carries_the_gen_ai_attributes_and_content_when_asked() {
-    let (endpoint, spans) = grpc_receiver().await;
+    let (endpoint, spans) = grpc_receiver();
     let provider = recording_provider(Duration::from_millis(10), 42).await;
     let dir = tempfile::tempdir().unwrap();
     let mut env = otel_env(&endpoint, "grpc");
