@@ -343,16 +343,18 @@ pub fn adapter(connection: Connection) -> Arc<dyn Provider> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::HashMap;
 
     use super::*;
 
-    fn no_env(_: &str) -> Option<String> {
+    /// An environment with nothing set (shared with the registry's tests).
+    pub(crate) fn no_env(_: &str) -> Option<String> {
         None
     }
 
-    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
+    /// An environment of exactly `pairs`.
+    pub(crate) fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
         let map: HashMap<String, String> = pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))

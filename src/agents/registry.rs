@@ -404,19 +404,8 @@ mod tests {
     use async_trait::async_trait;
 
     use super::*;
+    use crate::agents::providers::tests::{env_of, no_env};
     use crate::agents::{Completion, Usage};
-
-    fn no_env(_: &str) -> Option<String> {
-        None
-    }
-
-    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        move |k: &str| map.get(k).cloned()
-    }
 
     fn registry(env: &dyn Fn(&str) -> Option<String>) -> AgentRegistry {
         AgentRegistry::load(
