@@ -2,7 +2,11 @@
 //! against its previous round (Jaccard for very short texts). ≥ 0.85 converged, < 0.40
 //! diverging, in between refining.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+
+// Term tables are hashed many times per comparison and hold no attacker-chosen keys that
+// could hurt more than one debate's own comparison: a fast hasher instead of SipHash.
+use foldhash::{HashMap, HashMapExt, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -44,7 +48,14 @@ pub struct ConvergenceReport {
 pub fn tokens(text: &str) -> Vec<String> {
     text.split(|c: char| !c.is_alphanumeric())
         .filter(|t| !t.is_empty())
-        .map(str::to_lowercase)
+        // The same as `to_lowercase` for ASCII, without its Unicode tables.
+        .map(|t| {
+            if t.is_ascii() {
+                t.to_ascii_lowercase()
+            } else {
+                t.to_lowercase()
+            }
+        })
         .collect()
 }
 
@@ -96,16 +107,22 @@ pub fn compare(
         }
     };
 
+    // Each answer was tokenised once above: previous' first, then current's, in key order.
+    let (before_docs, current_docs) = docs.split_at(previous.len());
+    let before_of: HashMap<&str, &Vec<String>> = previous
+        .keys()
+        .map(String::as_str)
+        .zip(before_docs)
+        .collect();
     let mut per_agent = BTreeMap::new();
-    for (seat, now) in current {
-        let Some(before) = previous.get(seat) else {
+    for (seat, tb) in current.keys().zip(current_docs) {
+        let Some(ta) = before_of.get(seat.as_str()) else {
             continue;
         };
-        let (ta, tb) = (tokens(before), tokens(now));
         let sim = if ta.len().min(tb.len()) < SHORT_TEXT_TOKENS {
-            jaccard(&ta, &tb)
+            jaccard(ta, tb)
         } else {
-            cosine(&vector(&ta, &idf), &vector(&tb, &idf))
+            cosine(&vector(ta, &idf), &vector(tb, &idf))
         };
         per_agent.insert(seat.clone(), round3(sim));
     }

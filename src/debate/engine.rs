@@ -256,8 +256,9 @@ pub enum DurableEnd {
 /// What the engine learns at each phase boundary from outside the debate.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Checkpoint {
-    /// The moderator's messages so far, oldest first.
-    pub interventions: Vec<String>,
+    /// The moderator's messages so far, oldest first; `None` when none can have arrived
+    /// since the last checkpoint (the engine keeps the ones it has).
+    pub interventions: Option<Vec<String>>,
     /// The debate's priced usage so far (USD); asked only when it has a cost cap.
     pub cost_usd: f64,
 }
@@ -316,7 +317,9 @@ impl Ctx<'_> {
             }
             Err(e) => return Err(Abort::Storage(e)),
         };
-        *self.notes.lock() = Arc::new(checkpoint.interventions);
+        if let Some(interventions) = checkpoint.interventions {
+            *self.notes.lock() = Arc::new(interventions);
+        }
         if let Some(cap) = cap
             && checkpoint.cost_usd >= cap
         {

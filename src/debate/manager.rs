@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -193,6 +193,8 @@ struct Job {
     paused_by: Arc<parking_lot::Mutex<Option<String>>>,
     generation: i64,
     claimed_at: Instant,
+    /// Set when a moderator message was added here: the next phase boundary reads them.
+    notes: Arc<AtomicBool>,
 }
 
 impl Job {
@@ -661,6 +663,9 @@ impl DebateManager {
         let stored = stored
             .pop()
             .ok_or_else(|| SteerError::NotFound(id.to_owned()))?;
+        if let Some(job) = self.jobs().get(id) {
+            job.notes.store(true, Ordering::Relaxed);
+        }
         log_event(&stored);
         self.bus.publish(LiveEvent::from(&stored));
         Ok(stored)
@@ -799,6 +804,7 @@ impl DebateManager {
             paused_by: Arc::default(),
             generation: claim.lease.generation,
             claimed_at: Instant::now(),
+            notes: Arc::new(AtomicBool::new(true)),
         };
         if claim.cancel_requested {
             job.cancel.cancel();
@@ -808,6 +814,14 @@ impl DebateManager {
         }
         let (cancel, lost) = (job.cancel.clone(), job.lost.clone());
         let (pause, paused_by) = (job.pause.clone(), job.paused_by.clone());
+        let handles = RunHandles {
+            cancel,
+            pause,
+            paused_by,
+            usage: UsageTab::default(),
+            notes: job.notes.clone(),
+        };
+        let usage = handles.usage.clone();
         self.jobs().insert(claim.record.id.clone(), job);
         self.active.fetch_add(1, Ordering::Relaxed);
         crate::telemetry::metrics::active_debates().set(self.active() as f64);
@@ -825,7 +839,7 @@ impl DebateManager {
                 traces::attribute(&span, "aragora.debate.previous_status", claim.previous_status.as_str().to_owned());
             }
             let lease = claim.lease.clone();
-            let run = tracing::Instrument::instrument(me.run_claimed(claim, cancel, pause, paused_by), span.clone());
+            let run = tracing::Instrument::instrument(me.run_claimed(claim, handles), span.clone());
             let handed_back = tokio::select! {
                 r = run => match r {
                     Ok(finished) => !finished,
@@ -853,6 +867,22 @@ impl DebateManager {
                     Err(err) => span.in_scope(|| tracing::warn!(target: "aragora::debate", error = %err, "could not release the lease; the debate resumes when it expires")),
                 }
             }
+            // Calls that finished without their step being recorded (the run stopped first)
+            // were still paid for.
+            let unrecorded = usage.take();
+            if !unrecorded.is_empty() {
+                let write = async {
+                    for row in &unrecorded {
+                        me.store.record_usage(row).await?;
+                    }
+                    Ok::<_, StoreError>(())
+                };
+                match tokio::time::timeout(RELEASE_MARGIN / 2, write).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(err)) => span.in_scope(|| tracing::warn!(target: "aragora::debate", error = %err, rows = unrecorded.len(), "could not record agent usage")),
+                    Err(_) => span.in_scope(|| tracing::warn!(target: "aragora::debate", rows = unrecorded.len(), "recording agent usage timed out")),
+                }
+            }
             me.jobs().remove(&id);
             me.active.fetch_sub(1, Ordering::Relaxed);
             crate::telemetry::metrics::active_debates().set(me.active() as f64);
@@ -865,10 +895,15 @@ impl DebateManager {
     async fn run_claimed(
         &self,
         claim: ClaimedDebate,
-        cancel: CancellationToken,
-        pause: CancellationToken,
-        paused_by: Arc<parking_lot::Mutex<Option<String>>>,
+        handles: RunHandles,
     ) -> Result<bool, StoreError> {
+        let RunHandles {
+            cancel,
+            pause,
+            paused_by,
+            usage,
+            notes,
+        } = handles;
         let ClaimedDebate {
             record,
             lease,
@@ -926,7 +961,7 @@ impl DebateManager {
                 // Logged as before (`lease lost: …`), whatever the store's failure was.
                 .map_err(|e| StoreError::Fenced(e.to_string()))?;
         }
-        let input = match self.build_input(&record) {
+        let input = match self.build_input(&record, &usage) {
             Ok(input) => input,
             Err(reason) => {
                 return self
@@ -942,7 +977,9 @@ impl DebateManager {
         let recorder = Arc::new(
             Recorder::new(self.store.clone(), self.bus.clone(), &id)
                 .with_lease(lease.clone())
-                .with_domain(record.options.get("domain").and_then(Value::as_str)),
+                .with_domain(record.options.get("domain").and_then(Value::as_str))
+                .with_usage(usage)
+                .with_notes_flag(notes),
         );
         let end = engine::run_durable(
             input,
@@ -1091,11 +1128,16 @@ impl DebateManager {
         }
     }
 
-    /// An agent of `record` whose every successful call writes a usage row.
-    fn metered(&self, record: &DebateRecord, agent: RegistryAgent) -> Arc<dyn DebateAgent> {
+    /// An agent of `record` whose every successful call leaves a usage row on `usage`.
+    fn metered(
+        &self,
+        record: &DebateRecord,
+        agent: RegistryAgent,
+        usage: &UsageTab,
+    ) -> Arc<dyn DebateAgent> {
         Arc::new(MeteredAgent {
             inner: agent,
-            store: self.store.clone(),
+            tab: usage.clone(),
             pricing: self.settings.pricing.clone(),
             principal_id: record
                 .owner_id
@@ -1107,7 +1149,11 @@ impl DebateManager {
 
     /// Resolve the stored debate into engine input (agents are resolved again, so a debate
     /// recovered after a configuration change fails clearly instead of running half-configured).
-    fn build_input(&self, record: &DebateRecord) -> Result<DebateInput, InputError> {
+    fn build_input(
+        &self,
+        record: &DebateRecord,
+        usage: &UsageTab,
+    ) -> Result<DebateInput, InputError> {
         let mut seats = Vec::new();
         let mut seen: HashMap<&str, usize> = HashMap::new();
         for (i, name) in record.agents.iter().enumerate() {
@@ -1121,13 +1167,13 @@ impl DebateManager {
             };
             seats.push(Seat {
                 name: seat,
-                agent: self.metered(record, RegistryAgent(agent)),
+                agent: self.metered(record, RegistryAgent(agent), usage),
                 stance: STANCES[i % STANCES.len()].to_owned(),
             });
         }
         let opt = &record.options;
         let judge = match opt.get("judge").and_then(Value::as_str) {
-            Some(j) => Some(self.metered(record, RegistryAgent(self.agents.resolve(j)?))),
+            Some(j) => Some(self.metered(record, RegistryAgent(self.agents.resolve(j)?), usage)),
             None => None,
         };
         Ok(DebateInput {
@@ -1196,11 +1242,41 @@ impl DebateAgent for RegistryAgent {
     }
 }
 
-/// An agent that records usage (principal, debate, agent, provider, model, tokens, cost)
-/// after each successful call. A failed usage write is logged, never fails the debate.
+/// What a debate's run shares between its agents, the recorder and the task that launched it.
+struct RunHandles {
+    cancel: CancellationToken,
+    pause: CancellationToken,
+    paused_by: Arc<parking_lot::Mutex<Option<String>>>,
+    usage: UsageTab,
+    notes: Arc<AtomicBool>,
+}
+
+/// Usage rows of a debate's agent calls whose step is not recorded yet. The recorder writes
+/// them with the next batch of events (the step's own, in the same statement); rows still
+/// here when the run stops are written on their own.
+#[derive(Clone, Default)]
+pub struct UsageTab(Arc<parking_lot::Mutex<Vec<crate::store::NewUsage>>>);
+
+impl UsageTab {
+    fn push(&self, row: crate::store::NewUsage) {
+        self.0.lock().push(row);
+    }
+
+    fn take(&self) -> Vec<crate::store::NewUsage> {
+        std::mem::take(&mut *self.0.lock())
+    }
+
+    /// Return rows whose write failed, to be written later.
+    fn put_back(&self, rows: Vec<crate::store::NewUsage>) {
+        self.0.lock().extend(rows);
+    }
+}
+
+/// An agent that notes usage (principal, debate, agent, provider, model, tokens, cost) after
+/// each successful call, on the debate's [`UsageTab`].
 struct MeteredAgent {
     inner: RegistryAgent,
-    store: DynStore,
+    tab: UsageTab,
     pricing: Arc<crate::pricing::Pricing>,
     principal_id: String,
     debate_id: String,
@@ -1239,9 +1315,7 @@ impl DebateAgent for MeteredAgent {
                 .pricing
                 .cost(provider, model, usage.input_tokens, usage.output_tokens),
         };
-        if let Err(e) = self.store.record_usage(&row).await {
-            tracing::warn!(target: "aragora::debate", debate_id = %self.debate_id, error = %e, "could not record agent usage");
-        }
+        self.tab.push(row);
         Ok(reply)
     }
 }
@@ -1312,6 +1386,14 @@ pub struct Recorder {
     debate_id: String,
     lease: Option<Lease>,
     domain: Option<String>,
+    /// Usage rows to write with the next batch.
+    usage: Option<UsageTab>,
+    /// Moderator messages may have been added since the last checkpoint read them: set
+    /// at the start, by an `inject` on this instance, and when an append finds a seq it did
+    /// not write (another instance's `inject`).
+    notes: Arc<AtomicBool>,
+    /// The highest seq this recorder has written.
+    last_seq: AtomicI64,
 }
 
 impl Recorder {
@@ -1322,6 +1404,34 @@ impl Recorder {
             debate_id: debate_id.to_owned(),
             lease: None,
             domain: None,
+            usage: None,
+            notes: Arc::new(AtomicBool::new(true)),
+            last_seq: AtomicI64::new(0),
+        }
+    }
+
+    /// Write the usage rows left on `tab` with each batch of events.
+    pub fn with_usage(mut self, tab: UsageTab) -> Self {
+        self.usage = Some(tab);
+        self
+    }
+
+    /// Share the "moderator messages may be waiting" flag (set by the manager's `inject`).
+    pub fn with_notes_flag(mut self, flag: Arc<AtomicBool>) -> Self {
+        flag.store(true, Ordering::Relaxed);
+        self.notes = flag;
+        self
+    }
+
+    /// Note the seqs an append got: a gap before them means someone else (a moderator's
+    /// `inject`, possibly on another instance) wrote to the log meanwhile.
+    fn note_written(&self, stored: &[StoredEvent]) {
+        let (Some(first), Some(last)) = (stored.first(), stored.last()) else {
+            return;
+        };
+        let before = self.last_seq.fetch_max(last.seq, Ordering::Relaxed);
+        if before == 0 || first.seq != before + 1 {
+            self.notes.store(true, Ordering::Relaxed);
         }
     }
 
@@ -1346,7 +1456,11 @@ impl Recorder {
     /// for up to [`WRITE_RETRY_BUDGET`]. An attempt whose answer was lost may still have
     /// committed, so before trying again the log is read: a batch already there is not
     /// written twice.
-    async fn append_durably(&self, batch: &[NewEvent]) -> StoreResult<Vec<StoredEvent>> {
+    async fn append_durably(
+        &self,
+        batch: &[NewEvent],
+        usage: &[crate::store::NewUsage],
+    ) -> StoreResult<Vec<StoredEvent>> {
         let first_try = std::sync::atomic::AtomicBool::new(true);
         self.retrying("an event", || async {
             if !first_try.swap(false, Ordering::Relaxed)
@@ -1355,7 +1469,7 @@ impl Recorder {
                 return Ok(stored);
             }
             self.store
-                .append_events(&self.debate_id, self.lease.as_ref(), batch)
+                .append_step(&self.debate_id, self.lease.as_ref(), batch, usage)
                 .await
         })
         .await
@@ -1424,7 +1538,20 @@ const WRITE_RETRY_BUDGET: Duration = Duration::from_secs(20);
 impl EventSink for Recorder {
     async fn record(&self, events: &[Event]) -> Result<(), SinkError> {
         let batch: Vec<NewEvent> = events.iter().map(NewEvent::from).collect();
-        let stored = self.append_durably(&batch).await.map_err(SinkError::from)?;
+        let usage = match &self.usage {
+            Some(tab) if !batch.is_empty() => tab.take(),
+            _ => Vec::new(),
+        };
+        let stored = match self.append_durably(&batch, &usage).await {
+            Ok(stored) => stored,
+            Err(e) => {
+                if let Some(tab) = &self.usage {
+                    tab.put_back(usage);
+                }
+                return Err(SinkError::from(e));
+            }
+        };
+        self.note_written(&stored);
         for e in &stored {
             self.publish(e);
         }
@@ -1445,16 +1572,30 @@ impl EventSink for Recorder {
     }
 
     async fn checkpoint(&self, cost: bool) -> Result<Checkpoint, SinkError> {
-        let notes = self
-            .store
-            .events_of_kinds(&self.debate_id, &["intervention"], 1000, 0)
-            .await
-            .map_err(SinkError::from)?;
-        let interventions = notes
-            .iter()
-            .filter_map(|e| e.data.get("content").and_then(Value::as_str))
-            .map(str::to_owned)
-            .collect();
+        // The log is read only when a moderator message may have arrived since the last
+        // read; otherwise the engine keeps the notes it has.
+        let interventions = if self.notes.swap(false, Ordering::Relaxed) {
+            let notes = match self
+                .store
+                .events_of_kinds(&self.debate_id, &["intervention"], 1000, 0)
+                .await
+            {
+                Ok(notes) => notes,
+                Err(e) => {
+                    self.notes.store(true, Ordering::Relaxed);
+                    return Err(SinkError::from(e));
+                }
+            };
+            Some(
+                notes
+                    .iter()
+                    .filter_map(|e| e.data.get("content").and_then(Value::as_str))
+                    .map(str::to_owned)
+                    .collect(),
+            )
+        } else {
+            None
+        };
         let cost_usd = if cost {
             self.store
                 .debate_cost(&self.debate_id)

@@ -33,8 +33,139 @@ pub fn event_json(e: &StoredEvent) -> Value {
 
 /// RFC 8785 canonical bytes of a JSON value. A `serde_json::Value` holds no NaN or
 /// infinity and only string keys, so this cannot fail.
+///
+/// Written straight into one buffer: members are sorted by their keys' UTF-16 code units,
+/// every number is written as the IEEE double ECMAScript would print (`ryu-js`), strings
+/// with JSON's minimal escapes. The tests check it byte for byte against an independent
+/// RFC 8785 implementation.
 pub fn canonical(value: &Value) -> Vec<u8> {
-    serde_json_canonicalizer::to_vec(value).expect("a serde_json::Value is always JCS-serialisable")
+    let mut out = Vec::with_capacity(256);
+    write_canonical(&mut out, value);
+    out
+}
+
+/// Append the canonical bytes of `value` to `out`.
+pub fn write_canonical(out: &mut Vec<u8>, value: &Value) {
+    match value {
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Bool(true) => out.extend_from_slice(b"true"),
+        Value::Bool(false) => out.extend_from_slice(b"false"),
+        Value::Number(n) => write_number(out, n.as_f64().unwrap_or(0.0)),
+        Value::String(s) => write_string(out, s),
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(out, item);
+            }
+            out.push(b']');
+        }
+        Value::Object(map) => {
+            let mut members: Vec<(&String, &Value)> = map.iter().collect();
+            // A map iterates in UTF-8 byte order (or insertion order, if serde_json's
+            // `preserve_order` is ever enabled), which differs from UTF-16 order only for
+            // some non-ASCII keys: sort unless already in order.
+            if !members.is_sorted_by(|a, b| utf16_order(a.0, b.0).is_le()) {
+                members.sort_unstable_by(|a, b| utf16_order(a.0, b.0));
+            }
+            out.push(b'{');
+            for (i, (key, item)) in members.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_string(out, key);
+                out.push(b':');
+                write_canonical(out, item);
+            }
+            out.push(b'}');
+        }
+    }
+}
+
+/// RFC 8785 orders members by the UTF-16 code units of their keys.
+fn utf16_order(a: &str, b: &str) -> std::cmp::Ordering {
+    if a.is_ascii() && b.is_ascii() {
+        return a.as_bytes().cmp(b.as_bytes());
+    }
+    a.encode_utf16().cmp(b.encode_utf16())
+}
+
+/// Every JSON number is an IEEE double in RFC 8785, printed as ECMAScript prints it.
+fn write_number(out: &mut Vec<u8>, n: f64) {
+    if n.is_finite() {
+        out.extend_from_slice(ryu_js::Buffer::new().format_finite(n).as_bytes());
+    } else {
+        // Unreachable for a serde_json::Value; RFC 8785 has no form for it.
+        out.extend_from_slice(b"null");
+    }
+}
+
+/// A JSON string with only the escapes RFC 8785 requires: `"`, `\\`, and the controls below
+/// U+0020 (`\b \t \n \f \r` by name, the rest as lowercase `\u00xx`).
+fn write_string(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0x00..=0x1f => &[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[(b >> 4) as usize],
+                HEX[(b & 0xf) as usize],
+            ],
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        out.extend_from_slice(escape);
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+/// The canonical bytes of [`event_json`]`(e)`, written without building that value.
+pub fn canonical_event(e: &StoredEvent) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512);
+    // Keys in RFC 8785 order: agent, data, debate_id, round, seq, timestamp, type.
+    out.extend_from_slice(b"{\"agent\":");
+    match &e.agent {
+        Some(a) => write_string(&mut out, a),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"data\":");
+    write_canonical(&mut out, &e.data);
+    out.extend_from_slice(b",\"debate_id\":");
+    write_string(&mut out, &e.debate_id);
+    out.extend_from_slice(b",\"round\":");
+    match e.round {
+        Some(r) => write_number(&mut out, f64::from(r)),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"seq\":");
+    #[allow(clippy::cast_precision_loss)] // as every JSON number: an IEEE double
+    write_number(&mut out, e.seq as f64);
+    out.extend_from_slice(b",\"timestamp\":");
+    match serde_json::to_value(e.timestamp) {
+        Ok(t) => write_canonical(&mut out, &t),
+        Err(_) => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"type\":");
+    write_string(&mut out, &e.kind);
+    out.push(b'}');
+    out
 }
 
 pub fn hex(bytes: &[u8]) -> String {
@@ -49,11 +180,21 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// The chain head over `events`, in the order given.
 pub fn chain_head<'a>(events: impl IntoIterator<Item = &'a Value>) -> String {
+    link_all(events.into_iter().map(canonical))
+}
+
+/// The chain head over stored events as the API serves them (what [`chain_head`] gives for
+/// their [`event_json`] forms).
+pub fn chain_head_of_stored(events: &[StoredEvent]) -> String {
+    link_all(events.iter().map(canonical_event))
+}
+
+fn link_all(canonical_events: impl Iterator<Item = Vec<u8>>) -> String {
     let mut link = [0u8; 32];
-    for event in events {
+    for bytes in canonical_events {
         let mut h = Sha256::new();
         h.update(link);
-        h.update(canonical(event));
+        h.update(bytes);
         link = h.finalize().into();
     }
     hex(&link)
@@ -165,6 +306,133 @@ mod tests {
         assert!(err.contains("belongs to debate d1"), "{err}");
         assert!(check_log(&[], "d1").is_err());
         check_log(&[ev(1, "x"), ev(2, "y")], "d1").unwrap();
+    }
+
+    /// A small deterministic generator of JSON values: nested arrays and objects, keys and
+    /// strings drawn from ASCII, controls, Latin, the private-use area (U+E000…, which
+    /// UTF-16 sorts after surrogate pairs) and astral characters, numbers from integers,
+    /// decimals and raw bit patterns.
+    struct Gen(u64);
+
+    impl Gen {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+        fn text(&mut self) -> String {
+            const CHARS: &[char] = &[
+                'a',
+                'b',
+                'Z',
+                '0',
+                ' ',
+                '"',
+                '\\',
+                '/',
+                '\n',
+                '\r',
+                '\t',
+                '\u{8}',
+                '\u{c}',
+                '\u{0}',
+                '\u{1f}',
+                '\u{7f}',
+                'é',
+                'ö',
+                '€',
+                '\u{2028}',
+                '\u{e000}',
+                '\u{fffd}',
+                '😀',
+                '\u{10ffff}',
+            ];
+            (0..self.below(8))
+                .map(|_| CHARS[self.below(CHARS.len() as u64) as usize])
+                .collect()
+        }
+        fn number(&mut self) -> Value {
+            match self.below(5) {
+                0 => json!(self.next() as i64),
+                1 => json!(self.next()),
+                2 => json!(self.below(2000) as i64 - 1000),
+                3 => json!((self.below(100_000) as f64) / 1000.0),
+                _ => {
+                    let f = f64::from_bits(self.next());
+                    if f.is_finite() { json!(f) } else { json!(0.5) }
+                }
+            }
+        }
+        fn value(&mut self, depth: u32) -> Value {
+            match self.below(if depth > 3 { 4 } else { 6 }) {
+                0 => Value::Null,
+                1 => Value::Bool(self.below(2) == 0),
+                2 => self.number(),
+                3 => Value::String(self.text()),
+                4 => (0..self.below(5)).map(|_| self.value(depth + 1)).collect(),
+                _ => Value::Object(
+                    (0..self.below(6))
+                        .map(|_| (self.text(), self.value(depth + 1)))
+                        .collect(),
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn canonical_bytes_match_an_independent_rfc_8785_implementation() {
+        let mut generator = Gen(0x9e37_79b9_7f4a_7c15);
+        for _ in 0..5_000 {
+            let v = generator.value(0);
+            let reference = serde_json_canonicalizer::to_vec(&v).unwrap();
+            assert_eq!(
+                String::from_utf8(canonical(&v)).unwrap(),
+                String::from_utf8(reference).unwrap(),
+                "for {v}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_stored_event_is_hashed_as_the_api_serves_it() {
+        let mut generator = Gen(7);
+        let timestamp = chrono::DateTime::parse_from_rfc3339("2026-12-03T10:00:00.123456Z")
+            .unwrap()
+            .to_utc();
+        for i in 0..500 {
+            let e = StoredEvent {
+                debate_id: format!("deb-{i}"),
+                seq: i64::from(i) * 7 + 1,
+                kind: generator.text(),
+                round: (i % 3 != 0).then_some(i - 100),
+                agent: (i % 2 == 0).then(|| generator.text()),
+                data: generator.value(1),
+                timestamp: timestamp + chrono::Duration::microseconds(i64::from(i) * 1_001),
+            };
+            assert_eq!(
+                canonical_event(&e),
+                serde_json_canonicalizer::to_vec(&event_json(&e)).unwrap(),
+                "for {}",
+                event_json(&e)
+            );
+        }
+        let events: Vec<StoredEvent> = (1..=3)
+            .map(|seq| StoredEvent {
+                debate_id: "d1".into(),
+                seq,
+                kind: "agent_message".into(),
+                round: Some(1),
+                agent: Some("a".into()),
+                data: json!({"content": format!("text {seq}"), "share": 0.5}),
+                timestamp,
+            })
+            .collect();
+        let served: Vec<Value> = events.iter().map(event_json).collect();
+        assert_eq!(chain_head_of_stored(&events), chain_head(&served));
     }
 
     /// RFC 8785's number forms (ECMAScript shortest round-trip), key order by UTF-16 code

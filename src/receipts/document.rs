@@ -312,7 +312,6 @@ impl Facts {
         });
         cruxes.truncate(3);
 
-        let logged: Vec<Value> = events.iter().map(chain::event_json).collect();
         Facts {
             receipt_id,
             debate_id: record.id.clone(),
@@ -337,8 +336,8 @@ impl Facts {
             reasoning,
             observations,
             cruxes,
-            chain_head: chain::chain_head(&logged),
-            event_count: logged.len(),
+            chain_head: chain::chain_head_of_stored(events),
+            event_count: events.len(),
             instance: record.instance.clone(),
         }
     }

@@ -598,6 +598,19 @@ pub trait Store: Send + Sync + 'static {
         debate_id: &str,
         lease: Option<&Lease>,
         events: &[NewEvent],
+    ) -> StoreResult<Vec<StoredEvent>> {
+        self.append_step(debate_id, lease, events, &[]).await
+    }
+
+    /// [`append_events`](Store::append_events) with the usage rows of the agent calls the
+    /// batch records, in the same transaction and fenced the same way: the rows land with
+    /// the events or not at all. One round trip for a step instead of one per row.
+    async fn append_step(
+        &self,
+        debate_id: &str,
+        lease: Option<&Lease>,
+        events: &[NewEvent],
+        usage: &[NewUsage],
     ) -> StoreResult<Vec<StoredEvent>>;
 
     /// Stop running a debate in one transaction: append `end` (its `debate_end`, or

@@ -584,29 +584,40 @@ impl Store for PostgresStore {
         Ok(make_page(records(rows)?, limit))
     }
 
-    async fn append_events(
+    async fn append_step(
         &self,
         debate_id: &str,
         lease: Option<&Lease>,
         events: &[NewEvent],
+        usage: &[NewUsage],
     ) -> StoreResult<Vec<StoredEvent>> {
         if events.is_empty() {
             return Ok(Vec::new());
         }
         // One statement, one round trip, atomic on its own: bump the debate's last_seq
-        // (fenced by the lease) and insert the batch numbered from it. A transaction around
-        // the same two statements took four round trips (BEGIN, UPDATE, INSERT, COMMIT),
-        // and appends are most of a running debate's writes.
+        // (fenced by the lease), insert the batch numbered from it and the usage rows of the
+        // calls it records. A transaction around the same statements took four round trips
+        // (BEGIN, UPDATE, INSERT, COMMIT) plus one per usage row, and appends are most of a
+        // running debate's writes.
         let n = events.len() as i64;
         let timestamp = now_micros();
         let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
         let rounds: Vec<Option<i32>> = events.iter().map(|e| e.round).collect();
         let agents: Vec<Option<&str>> = events.iter().map(|e| e.agent.as_deref()).collect();
         let data: Vec<Json<&serde_json::Value>> = events.iter().map(|e| Json(&e.data)).collect();
+        let column = |f: fn(&NewUsage) -> &str| usage.iter().map(f).collect::<Vec<&str>>();
         let seqs: Vec<i64> = sqlx::query_scalar(
             "WITH d AS (UPDATE debates SET last_seq = last_seq + $2 WHERE id = $1 \
                  AND ($3::TEXT IS NULL OR (lease_owner = $3 AND lease_generation = $4)) \
-                 RETURNING last_seq) \
+                 RETURNING last_seq), \
+             u AS (INSERT INTO usage (principal_id, debate_id, agent, provider, model, \
+                 input_tokens, output_tokens, estimated, cost_usd, created_at) \
+                 SELECT x.principal_id, $1, x.agent, x.provider, x.model, x.input_tokens, \
+                     x.output_tokens, x.estimated, x.cost_usd, $5 \
+                 FROM d, unnest($10::TEXT[], $11::TEXT[], $12::TEXT[], $13::TEXT[], \
+                     $14::BIGINT[], $15::BIGINT[], $16::BOOLEAN[], $17::FLOAT8[]) \
+                     AS x(principal_id, agent, provider, model, input_tokens, output_tokens, \
+                         estimated, cost_usd)) \
              INSERT INTO debate_events (debate_id, seq, kind, round, agent, data, created_at) \
              SELECT $1, d.last_seq - $2 + v.ord, v.kind, v.round, v.agent, v.data, $5 \
              FROM d, unnest($6::TEXT[], $7::INT[], $8::TEXT[], $9::JSONB[]) \
@@ -622,6 +633,14 @@ impl Store for PostgresStore {
         .bind(&rounds)
         .bind(&agents)
         .bind(&data)
+        .bind(column(|u| u.principal_id.as_str()))
+        .bind(column(|u| u.agent.as_str()))
+        .bind(column(|u| u.provider.as_str()))
+        .bind(column(|u| u.model.as_str()))
+        .bind(usage.iter().map(|u| u.input_tokens).collect::<Vec<_>>())
+        .bind(usage.iter().map(|u| u.output_tokens).collect::<Vec<_>>())
+        .bind(usage.iter().map(|u| u.estimated).collect::<Vec<_>>())
+        .bind(usage.iter().map(|u| u.cost_usd).collect::<Vec<_>>())
         .fetch_all(&self.pool)
         .await?;
         let Some(first) = seqs.iter().min().copied() else {

@@ -276,6 +276,26 @@ impl ActiveRow {
 
 /// Append `events` inside `tx` (which holds the write lock): bump `last_seq` by their number,
 /// fenced by `lease` when given, and insert them with the seqs that frees.
+async fn insert_usage(conn: &mut sqlx::SqliteConnection, u: &NewUsage) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO usage (principal_id, debate_id, agent, provider, model, input_tokens, \
+         output_tokens, estimated, cost_usd, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&u.principal_id)
+    .bind(&u.debate_id)
+    .bind(&u.agent)
+    .bind(&u.provider)
+    .bind(&u.model)
+    .bind(u.input_tokens)
+    .bind(u.output_tokens)
+    .bind(u.estimated)
+    .bind(u.cost_usd)
+    .bind(format_ts(now_micros()))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 async fn insert_events(
     tx: &mut sqlx::Transaction<'static, Sqlite>,
     debate_id: &str,
@@ -614,14 +634,20 @@ impl Store for SqliteStore {
         Ok(make_page(records(rows)?, limit))
     }
 
-    async fn append_events(
+    async fn append_step(
         &self,
         debate_id: &str,
         lease: Option<&Lease>,
         events: &[NewEvent],
+        usage: &[NewUsage],
     ) -> StoreResult<Vec<StoredEvent>> {
         let mut tx = self.begin_write().await?;
         let stored = insert_events(&mut tx, debate_id, lease, events).await?;
+        if !stored.is_empty() {
+            for u in usage {
+                insert_usage(&mut tx, u).await?;
+            }
+        }
         tx.commit().await?;
         Ok(stored)
     }
@@ -1210,23 +1236,8 @@ impl Store for SqliteStore {
     }
 
     async fn record_usage(&self, u: &NewUsage) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO usage (principal_id, debate_id, agent, provider, model, input_tokens, \
-             output_tokens, estimated, cost_usd, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&u.principal_id)
-        .bind(&u.debate_id)
-        .bind(&u.agent)
-        .bind(&u.provider)
-        .bind(&u.model)
-        .bind(u.input_tokens)
-        .bind(u.output_tokens)
-        .bind(u.estimated)
-        .bind(u.cost_usd)
-        .bind(format_ts(now_micros()))
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        let mut conn = self.writer.acquire().await?;
+        insert_usage(&mut conn, u).await
     }
 
     async fn usage_summary(

@@ -13,7 +13,7 @@ use crate::durable::{
     DEBATE, check_log, events, get_json, post_debate, provider_env, recording_provider, start,
     wait_all_finished, wait_progress,
 };
-use crate::helpers::{TestApp, http, spawn_app_with};
+use crate::helpers::{TestApp, fresh_postgres_schema, http, spawn_app_with};
 
 async fn post_path(base: &str, path: &str, body: Option<Value>) -> reqwest::Response {
     let mut r = http().post(format!("{base}{path}"));
@@ -119,6 +119,79 @@ async fn a_paused_debate_calls_no_agent_until_resumed_then_completes() {
     let r = post_path(&base, &format!("/api/debates/{id}/resume"), None).await;
     assert_eq!(r.status(), 409);
     app.stop().await.unwrap();
+}
+
+/// The instance running a debate reads the moderator's messages only when one may have
+/// arrived; a message added through another instance (which cannot tell it directly) is
+/// noticed from the gap it leaves in the running instance's seqs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_injected_through_another_instance_reaches_the_running_one() {
+    let provider = recording_provider(Duration::from_millis(600), 10).await;
+    let (_schema, url) = fresh_postgres_schema().await;
+    let a = spawn_with_provider(
+        &provider.base,
+        &[
+            ("ARAGORA_DATABASE_URL", url.as_str()),
+            ("ARAGORA_INSTANCE_ID", "steer-a"),
+        ],
+    )
+    .await;
+    let b = spawn_with_provider(
+        &provider.base,
+        &[
+            ("ARAGORA_DATABASE_URL", url.as_str()),
+            ("ARAGORA_INSTANCE_ID", "steer-b"),
+        ],
+    )
+    .await;
+    let id = post_debate(&a.url(""), &DEBATE()).await;
+    // While the proposals are in flight, through the instance that does not run it.
+    wait_progress(&a.url(""), std::slice::from_ref(&id), 3).await;
+    let runner = get_json(&a.url(&format!("/api/debates/{id}"))).await;
+    let (running, other) = if runner["instance"] == "steer-a" {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
+    let note = "Budget is frozen until next year.";
+    let r = post_path(
+        &other.url(""),
+        &format!("/api/debates/{id}/intervention/inject"),
+        Some(json!({"content": note})),
+    )
+    .await;
+    assert_eq!(r.status(), 201);
+    assert_eq!(
+        other.state.debates.active(),
+        0,
+        "the other instance runs nothing"
+    );
+    let done = wait_all_finished(
+        &a.url(""),
+        std::slice::from_ref(&id),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(done[0]["instance"], runner["instance"], "{}", done[0]);
+    assert_eq!(running.state.debates.active(), 0);
+    assert!(matches!(
+        done[0]["status"].as_str(),
+        Some("completed" | "no_consensus")
+    ));
+    let prompts = provider.prompts.lock().unwrap().clone();
+    let later: Vec<&(String, String)> = prompts
+        .iter()
+        .filter(|(phase, _)| phase != "proposal")
+        .collect();
+    assert_eq!(later.len(), 15, "{prompts:?}");
+    for (phase, prompt) in later {
+        assert!(
+            prompt.contains(note),
+            "{phase} prompt lacks the message injected through the other instance: {prompt}"
+        );
+    }
+    b.stop().await.unwrap();
+    a.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -184,6 +184,9 @@ suite! {
     pause_and_unpause => sqlite_pause_and_unpause, postgres_pause_and_unpause;
     debate_cost_sums_its_usage => sqlite_debate_cost_sums_its_usage,
         postgres_debate_cost_sums_its_usage;
+    a_step_writes_its_usage_with_its_events_or_neither =>
+        sqlite_a_step_writes_its_usage_with_its_events_or_neither,
+        postgres_a_step_writes_its_usage_with_its_events_or_neither;
 }
 
 fn ev(kind: &str) -> NewEvent {
@@ -436,6 +439,68 @@ async fn debate_cost_sums_its_usage(s: &DynStore) {
         .unwrap();
     }
     assert!((s.debate_cost("c1").await.unwrap() - 0.75).abs() < 1e-9);
+}
+
+async fn a_step_writes_its_usage_with_its_events_or_neither(s: &DynStore) {
+    s.create_debate(&new_debate("u1", None)).await.unwrap();
+    let lease = s.claim_debates("a", 1, TTL).await.unwrap().remove(0).lease;
+    let row = |agent: &str, cost: f64| NewUsage {
+        principal_id: "p-step".into(),
+        debate_id: Some("u1".into()),
+        agent: agent.into(),
+        provider: "openai".into(),
+        model: "gpt-4o".into(),
+        input_tokens: 100,
+        output_tokens: 40,
+        estimated: agent == "b",
+        cost_usd: cost,
+    };
+    let from = Utc::now() - chrono::Duration::minutes(1);
+    let stored = s
+        .append_step(
+            "u1",
+            Some(&lease),
+            &[ev("agent_message"), ev("critique")],
+            &[row("a", 0.25), row("b", 0.5)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(stored.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+    assert!((s.debate_cost("u1").await.unwrap() - 0.75).abs() < 1e-9);
+    let to = Utc::now() + chrono::Duration::minutes(1);
+    let summary = s.usage_summary("p-step", from, to).await.unwrap();
+    assert_eq!(summary.debates, 1, "{summary:?}");
+    let line = &summary.lines[0];
+    assert_eq!(
+        (
+            line.calls,
+            line.input_tokens,
+            line.output_tokens,
+            line.estimated
+        ),
+        (2, 200, 80, true),
+        "{summary:?}"
+    );
+
+    // Taken over: a fenced step writes neither its events nor its usage.
+    s.expire_leases_of("a").await.unwrap();
+    let taken = s.claim_debates("b", 1, TTL).await.unwrap().remove(0);
+    let err = s
+        .append_step("u1", Some(&lease), &[ev("vote")], &[row("a", 9.0)])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Fenced(_)), "{err:?}");
+    assert_eq!(s.last_seq("u1").await.unwrap(), 2);
+    assert!((s.debate_cost("u1").await.unwrap() - 0.75).abs() < 1e-9);
+    // The new holder's steps land, usage included; a step without usage is a plain append.
+    s.append_step("u1", Some(&taken.lease), &[ev("vote")], &[row("b", 1.0)])
+        .await
+        .unwrap();
+    s.append_step("u1", Some(&taken.lease), &[ev("consensus")], &[])
+        .await
+        .unwrap();
+    assert_eq!(s.last_seq("u1").await.unwrap(), 4);
+    assert!((s.debate_cost("u1").await.unwrap() - 1.75).abs() < 1e-9);
 }
 
 async fn finish_writes_status_and_end_together(s: &DynStore) {
