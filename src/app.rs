@@ -227,35 +227,12 @@ impl Application {
             tasks.clone(),
         );
         {
-            // One worker issues receipts in the order debates end: a burst of endings queues
-            // ids (a few bytes each) instead of running thousands of issues at once against
-            // the debates still running. `GET …/receipt` issues on demand meanwhile, and a
-            // failure, or a shutdown first, is made good by the sweeper (run()).
-            let (decided, mut pending) = tokio::sync::mpsc::unbounded_channel::<String>();
-            debates.on_decided(Arc::new(move |debate_id: String| {
-                let _ = decided.send(debate_id);
-            }));
             let receipts = receipts.clone();
-            let stop = shutdown.clone();
-            tasks.spawn(async move {
-                loop {
-                    let debate_id = tokio::select! {
-                        _ = stop.cancelled() => return,
-                        next = pending.recv() => match next {
-                            Some(id) => id,
-                            None => return,
-                        },
-                    };
-                    let issued = tokio::select! {
-                        _ = stop.cancelled() => return,
-                        issued = receipts.issue(&debate_id) => issued,
-                    };
-                    if let Err(e) = issued {
-                        tracing::warn!(target: "aragora::receipts", debate_id, error = %e, "receipt not issued yet; the sweeper retries");
-                    }
-                }
-            });
+            debates.on_decided(Arc::new(move |debate_id: String| {
+                receipts.enqueue(debate_id);
+            }));
         }
+        tasks.spawn(receipts.clone().run_worker(shutdown.clone()));
         let ws = Arc::new(WsHub::new(ws_limits(&config.ws), &shutdown));
         // One credential cache: the authenticator fills it, account changes (a key replaced
         // or revoked) drop an account's entries from it.

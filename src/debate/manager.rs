@@ -1394,6 +1394,10 @@ pub struct Recorder {
     notes: Arc<AtomicBool>,
     /// The highest seq this recorder has written.
     last_seq: AtomicI64,
+    /// One append of this debate at a time: the seats of a phase finish together, and their
+    /// appends all update the debate's row, so in the database they would queue on its row
+    /// lock, each holding a pool connection meanwhile. Queued here they hold none.
+    turn: tokio::sync::Mutex<()>,
 }
 
 impl Recorder {
@@ -1407,6 +1411,7 @@ impl Recorder {
             usage: None,
             notes: Arc::new(AtomicBool::new(true)),
             last_seq: AtomicI64::new(0),
+            turn: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -1538,6 +1543,7 @@ const WRITE_RETRY_BUDGET: Duration = Duration::from_secs(20);
 impl EventSink for Recorder {
     async fn record(&self, events: &[Event]) -> Result<(), SinkError> {
         let batch: Vec<NewEvent> = events.iter().map(NewEvent::from).collect();
+        let turn = self.turn.lock().await;
         let usage = match &self.usage {
             Some(tab) if !batch.is_empty() => tab.take(),
             _ => Vec::new(),
@@ -1552,9 +1558,12 @@ impl EventSink for Recorder {
             }
         };
         self.note_written(&stored);
+        // Published before the next append of this debate: watchers get its events in seq
+        // order.
         for e in &stored {
             self.publish(e);
         }
+        drop(turn);
         Ok(())
     }
 

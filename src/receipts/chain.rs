@@ -44,6 +44,18 @@ pub fn canonical(value: &Value) -> Vec<u8> {
     out
 }
 
+/// The canonical bytes of `value` without its member `skip` (an object's own member only;
+/// any other value as [`canonical`]): what hashing a copy with that member removed gives,
+/// without the copy.
+pub fn canonical_without(value: &Value, skip: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1024);
+    match value {
+        Value::Object(map) => write_members(&mut out, map.iter().filter(|(k, _)| *k != skip)),
+        other => write_canonical(&mut out, other),
+    }
+    out
+}
+
 /// Append the canonical bytes of `value` to `out`.
 pub fn write_canonical(out: &mut Vec<u8>, value: &Value) {
     match value {
@@ -62,26 +74,29 @@ pub fn write_canonical(out: &mut Vec<u8>, value: &Value) {
             }
             out.push(b']');
         }
-        Value::Object(map) => {
-            let mut members: Vec<(&String, &Value)> = map.iter().collect();
-            // A map iterates in UTF-8 byte order (or insertion order, if serde_json's
-            // `preserve_order` is ever enabled), which differs from UTF-16 order only for
-            // some non-ASCII keys: sort unless already in order.
-            if !members.is_sorted_by(|a, b| utf16_order(a.0, b.0).is_le()) {
-                members.sort_unstable_by(|a, b| utf16_order(a.0, b.0));
-            }
-            out.push(b'{');
-            for (i, (key, item)) in members.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_string(out, key);
-                out.push(b':');
-                write_canonical(out, item);
-            }
-            out.push(b'}');
-        }
+        Value::Object(map) => write_members(out, map.iter()),
     }
+}
+
+/// An object of `members`, in RFC 8785 order.
+fn write_members<'a>(out: &mut Vec<u8>, members: impl Iterator<Item = (&'a String, &'a Value)>) {
+    let mut members: Vec<(&String, &Value)> = members.collect();
+    // A map iterates in UTF-8 byte order (or insertion order, if serde_json's
+    // `preserve_order` is ever enabled), which differs from UTF-16 order only for some
+    // non-ASCII keys: sort unless already in order.
+    if !members.is_sorted_by(|a, b| utf16_order(a.0, b.0).is_le()) {
+        members.sort_unstable_by(|a, b| utf16_order(a.0, b.0));
+    }
+    out.push(b'{');
+    for (i, (key, item)) in members.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_string(out, key);
+        out.push(b':');
+        write_canonical(out, item);
+    }
+    out.push(b'}');
 }
 
 /// RFC 8785 orders members by the UTF-16 code units of their keys.
@@ -394,6 +409,12 @@ mod tests {
                 String::from_utf8(reference).unwrap(),
                 "for {v}"
             );
+            // Without a member: the same as canonicalising a copy that lacks it.
+            if let Some((key, _)) = v.as_object().and_then(|m| m.iter().next()) {
+                let mut copy = v.clone();
+                copy.as_object_mut().unwrap().remove(key);
+                assert_eq!(canonical_without(&v, key), canonical(&copy), "for {v}");
+            }
         }
     }
 

@@ -495,9 +495,12 @@ impl Facts {
 
 /// `odr_digest`: hex SHA-256 of the JCS bytes of the document without `signatures`.
 pub fn odr_digest(doc: &Value) -> String {
-    let mut body: Map<String, Value> = doc.as_object().cloned().unwrap_or_default();
-    body.remove("signatures");
-    chain::hex(&Sha256::digest(chain::canonical(&Value::Object(body))))
+    let body = match doc {
+        Value::Object(_) => chain::canonical_without(doc, "signatures"),
+        // Not an object: digested as the empty object, as before.
+        _ => chain::canonical(&Value::Object(Map::new())),
+    };
+    chain::hex(&Sha256::digest(body))
 }
 
 /// The bytes a signature entry signs, by the document's version (no fallback between them).

@@ -40,6 +40,11 @@ pub struct Receipts {
     /// Public keys by key id: this instance's, and every key that signed a stored receipt
     /// (read from the store once asked for).
     keys: parking_lot::RwLock<HashMap<String, VerifyingKey>>,
+    /// Debates handed to [`Receipts::enqueue`] whose receipt the worker has not issued yet
+    /// (the sweeper leaves them to it), and the queue itself.
+    queued: parking_lot::Mutex<std::collections::HashSet<String>>,
+    queue: tokio::sync::mpsc::UnboundedSender<String>,
+    next: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<String>>,
 }
 
 impl Receipts {
@@ -51,6 +56,7 @@ impl Receipts {
         issuer: String,
         judge_model: ModelLookup,
     ) -> Result<Arc<Receipts>, StoreError> {
+        let (queue, next) = tokio::sync::mpsc::unbounded_channel();
         let mut keys = HashMap::new();
         if let Some(signer) = &signer {
             store
@@ -64,6 +70,9 @@ impl Receipts {
             issuer,
             judge_model,
             keys: parking_lot::RwLock::new(keys),
+            queued: parking_lot::Mutex::default(),
+            queue,
+            next: tokio::sync::Mutex::new(next),
         }))
     }
 
@@ -145,6 +154,39 @@ impl Receipts {
 
     /// Issue the receipts of finished debates that have none (their instance stopped between
     /// the end and the receipt, or they ended before receipts existed). Returns how many.
+    /// Queue `debate_id` (just decided) for [`Receipts::run_worker`]: one worker issues
+    /// receipts in the order debates end, so a burst of endings queues ids (a few bytes
+    /// each) instead of running thousands of issues at once beside the debates still
+    /// running. `GET …/receipt` issues on demand meanwhile.
+    pub fn enqueue(&self, debate_id: String) {
+        if self.queued.lock().insert(debate_id.clone()) {
+            let _ = self.queue.send(debate_id);
+        }
+    }
+
+    /// Issue the receipts of queued debates, one at a time, until `shutdown`. A failure, or
+    /// a shutdown first, is made good by the sweeper.
+    pub async fn run_worker(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut next = self.next.lock().await;
+        loop {
+            let debate_id = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                id = next.recv() => match id {
+                    Some(id) => id,
+                    None => return,
+                },
+            };
+            let issued = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                issued = self.issue(&debate_id) => issued,
+            };
+            self.queued.lock().remove(&debate_id);
+            if let Err(e) = issued {
+                tracing::warn!(target: "aragora::receipts", debate_id, error = %e, "receipt not issued yet; the sweeper retries");
+            }
+        }
+    }
+
     pub async fn sweep(&self) -> Result<usize, StoreError> {
         let mut issued = 0;
         loop {
@@ -153,6 +195,17 @@ impl Receipts {
                 return Ok(issued);
             }
             let batch = pending.len();
+            // Debates the worker has queued are its to issue.
+            let pending: Vec<String> = {
+                let queued = self.queued.lock();
+                pending
+                    .into_iter()
+                    .filter(|id| !queued.contains(id))
+                    .collect()
+            };
+            if pending.is_empty() {
+                return Ok(issued);
+            }
             for id in pending {
                 if self.issue(&id).await?.is_some() {
                     issued += 1;

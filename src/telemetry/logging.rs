@@ -64,6 +64,8 @@ pub struct LogSettings {
     pub filter: String,
     /// Export `aragora::*` spans as OpenTelemetry traces (see `telemetry::traces`).
     pub tracer: Option<opentelemetry_sdk::trace::Tracer>,
+    /// A Sentry DSN is configured: install the layers that feed it.
+    pub sentry: bool,
 }
 
 impl Default for LogSettings {
@@ -72,6 +74,7 @@ impl Default for LogSettings {
             dir: None,
             filter: DEFAULT_FILTER.to_owned(),
             tracer: None,
+            sentry: false,
         }
     }
 }
@@ -106,22 +109,24 @@ pub fn init(settings: &LogSettings) -> anyhow::Result<()> {
         .with(stdout)
         .with(files)
         .with(super::errors::ErrorLayer::new(super::errors::global()))
-        // Without a Sentry client these layers would build a breadcrumb for every INFO line
-        // (every request) only for it to be dropped: they see events only while reporting.
-        .with(
+        // Installed only with a DSN: a filtered layer costs two lookups on every span enter
+        // and exit (every poll of an instrumented future) even when it takes nothing. And
+        // without a running client they would build a breadcrumb for every INFO line only
+        // for it to be dropped: they see events only while reporting.
+        .with(settings.sentry.then(|| {
             ::sentry::integrations::tracing::BreadcrumbLayer::new().with_filter(
                 tracing_subscriber::filter::filter_fn(|meta| {
                     *meta.level() <= tracing::Level::INFO && super::sentry::reporting()
                 }),
-            ),
-        )
-        .with(
+            )
+        }))
+        .with(settings.sentry.then(|| {
             ::sentry::integrations::tracing::ErrorLayer::new().with_filter(
                 tracing_subscriber::filter::filter_fn(|meta| {
                     *meta.level() <= tracing::Level::ERROR && super::sentry::reporting()
                 }),
-            ),
-        )
+            )
+        }))
         .try_init()
         .context("cannot install the global log subscriber (logging already initialised?)")
 }
@@ -991,6 +996,7 @@ mod tests {
             dir: None,
             filter: "info,sqlx=loudest".to_owned(),
             tracer: None,
+            sentry: false,
         };
         let err = init(&settings).unwrap_err();
         let text = format!("{err:#}");
@@ -1007,6 +1013,7 @@ mod tests {
             dir: Some(tmp.path().join("logs")),
             filter: "info,aragora::quiet=warn".to_owned(),
             tracer: None,
+            sentry: false,
         };
         init(&settings).unwrap();
         // A fresh thread has no scoped subscriber, so it uses the global one.

@@ -26,5 +26,6 @@ pub fn init_logging(section: &LoggingConfig) -> anyhow::Result<()> {
         dir: section.dir.clone(),
         filter: section.level.clone(),
         tracer,
+        sentry: section.sentry_dsn.is_some(),
     })
 }

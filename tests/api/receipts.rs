@@ -657,3 +657,84 @@ async fn an_unsafe_or_malformed_key_file_stops_the_start() {
     );
     app.stop().await.unwrap();
 }
+
+/// Debates queued for the receipt worker are left to it by the sweeper (no receipt is
+/// computed twice while the worker is behind); what it has not queued, the sweeper issues.
+#[tokio::test]
+async fn the_sweeper_leaves_debates_queued_for_the_worker_to_it() {
+    use aragora::receipts::Receipts;
+    use aragora::store::{DebateUpdate, NewDebate, NewEvent, PoolSettings};
+    let dir = tempfile::tempdir().unwrap();
+    let store = aragora::store::connect(
+        &format!("sqlite://{}", dir.path().join("r.db").display()),
+        PoolSettings {
+            size: 2,
+            max_overflow: 0,
+            acquire_timeout: Duration::from_secs(5),
+            intake: 0,
+        },
+    )
+    .await
+    .unwrap();
+    store.migrate().await.unwrap();
+    for id in ["queued-1", "unqueued-1"] {
+        store
+            .create_debate(&NewDebate {
+                id: id.into(),
+                task: "Decided".into(),
+                agents: vec!["demo".into(), "demo".into()],
+                rounds: 1,
+                consensus: "majority".into(),
+                owner_id: None,
+                correlation_id: None,
+                options: json!({}),
+            })
+            .await
+            .unwrap();
+        store
+            .finish_queued(
+                id,
+                &DebateUpdate {
+                    status: Some("completed".parse().unwrap()),
+                    rounds_used: Some(1),
+                    result: Some(json!({"final_answer": "Yes", "consensus_reached": true,
+                                        "winner": null, "mode": "majority", "votes": []})),
+                    ..Default::default()
+                },
+                &NewEvent {
+                    kind: "debate_end".into(),
+                    round: None,
+                    agent: None,
+                    data: json!({"status": "completed", "rounds_used": 1}),
+                },
+            )
+            .await
+            .unwrap()
+            .expect("finished");
+    }
+    let receipts = Receipts::start(store.clone(), None, "test".into(), Box::new(|_| None))
+        .await
+        .unwrap();
+    let receipt_of = |id: &'static str| {
+        let store = store.clone();
+        async move { store.get_debate(id).await.unwrap().unwrap().receipt_id }
+    };
+    receipts.enqueue("queued-1".into());
+    assert_eq!(receipts.sweep().await.unwrap(), 1);
+    assert!(receipt_of("unqueued-1").await.is_some());
+    assert!(receipt_of("queued-1").await.is_none(), "left to the worker");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let worker = tokio::spawn(receipts.clone().run_worker(stop.clone()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while receipt_of("queued-1").await.is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker never issued it"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(receipts.sweep().await.unwrap(), 0, "nothing left to sweep");
+    stop.cancel();
+    worker.await.unwrap();
+    store.close().await;
+}
