@@ -339,17 +339,13 @@ async fn only_decided_debates_get_receipts() {
     app.stop().await.unwrap();
 }
 
-/// An instance that ends a debate and dies before issuing its receipt: the sweeper of any
-/// instance issues it.
-#[tokio::test]
-async fn the_sweeper_issues_receipts_a_dead_instance_did_not() {
+/// A debate that ended `completed` (its end stored) and has no receipt yet.
+async fn decided_without_receipt(store: &aragora::store::DynStore, id: &str, task: &str) {
     use aragora::store::{DebateUpdate, NewDebate, NewEvent};
-    let app = spawn_app().await;
-    let store = &app.state.store;
     store
         .create_debate(&NewDebate {
-            id: "orphan".into(),
-            task: "Finished elsewhere".into(),
+            id: id.into(),
+            task: task.into(),
             agents: vec!["demo".into(), "demo".into()],
             rounds: 1,
             consensus: "majority".into(),
@@ -361,7 +357,7 @@ async fn the_sweeper_issues_receipts_a_dead_instance_did_not() {
         .unwrap();
     store
         .finish_queued(
-            "orphan",
+            id,
             &DebateUpdate {
                 status: Some("completed".parse().unwrap()),
                 rounds_used: Some(1),
@@ -381,6 +377,14 @@ async fn the_sweeper_issues_receipts_a_dead_instance_did_not() {
         .await
         .unwrap()
         .expect("finished");
+}
+
+/// An instance that ends a debate and dies before issuing its receipt: the sweeper of any
+/// instance issues it.
+#[tokio::test]
+async fn the_sweeper_issues_receipts_a_dead_instance_did_not() {
+    let app = spawn_app().await;
+    decided_without_receipt(&app.state.store, "orphan", "Finished elsewhere").await;
     // The sweeper (this call, or the server's own periodic one if it came first) issues it,
     // once.
     let issued = app.state.receipts.sweep().await.unwrap();
@@ -663,7 +667,7 @@ async fn an_unsafe_or_malformed_key_file_stops_the_start() {
 #[tokio::test]
 async fn the_sweeper_leaves_debates_queued_for_the_worker_to_it() {
     use aragora::receipts::Receipts;
-    use aragora::store::{DebateUpdate, NewDebate, NewEvent, PoolSettings};
+    use aragora::store::PoolSettings;
     let dir = tempfile::tempdir().unwrap();
     let store = aragora::store::connect(
         &format!("sqlite://{}", dir.path().join("r.db").display()),
@@ -678,39 +682,7 @@ async fn the_sweeper_leaves_debates_queued_for_the_worker_to_it() {
     .unwrap();
     store.migrate().await.unwrap();
     for id in ["queued-1", "unqueued-1"] {
-        store
-            .create_debate(&NewDebate {
-                id: id.into(),
-                task: "Decided".into(),
-                agents: vec!["demo".into(), "demo".into()],
-                rounds: 1,
-                consensus: "majority".into(),
-                owner_id: None,
-                correlation_id: None,
-                options: json!({}),
-            })
-            .await
-            .unwrap();
-        store
-            .finish_queued(
-                id,
-                &DebateUpdate {
-                    status: Some("completed".parse().unwrap()),
-                    rounds_used: Some(1),
-                    result: Some(json!({"final_answer": "Yes", "consensus_reached": true,
-                                        "winner": null, "mode": "majority", "votes": []})),
-                    ..Default::default()
-                },
-                &NewEvent {
-                    kind: "debate_end".into(),
-                    round: None,
-                    agent: None,
-                    data: json!({"status": "completed", "rounds_used": 1}),
-                },
-            )
-            .await
-            .unwrap()
-            .expect("finished");
+        decided_without_receipt(&store, id, "Decided").await;
     }
     let receipts = Receipts::start(store.clone(), None, "test".into(), Box::new(|_| None))
         .await

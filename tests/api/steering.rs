@@ -10,8 +10,8 @@ use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
 use crate::durable::{
-    DEBATE, check_log, events, get_json, post_debate, provider_env, recording_provider, start,
-    wait_all_finished, wait_progress,
+    DEBATE, Provider, check_log, events, get_json, post_debate, provider_env, recording_provider,
+    start, wait_all_finished, wait_progress,
 };
 use crate::helpers::{TestApp, fresh_postgres_schema, http, spawn_app_with};
 
@@ -33,6 +33,19 @@ async fn wait_status(base: &str, id: &str, status: &str) -> Value {
         assert!(Instant::now() < deadline, "never {status}: {d}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The (phase, prompt) of every call after the proposals of a 3-seat, 2-round debate: the
+/// critiques and votes of both rounds and the revisions, 3 seats × 5 phases.
+fn prompts_after_the_proposals(provider: &Provider) -> Vec<(String, String)> {
+    let prompts = provider.prompts.lock().unwrap().clone();
+    let later: Vec<(String, String)> = prompts
+        .iter()
+        .filter(|(phase, _)| phase != "proposal")
+        .cloned()
+        .collect();
+    assert_eq!(later.len(), 15, "{prompts:?}");
+    later
 }
 
 async fn spawn_with_provider(base: &str, extra: &[(&str, &str)]) -> TestApp {
@@ -178,13 +191,7 @@ async fn a_message_injected_through_another_instance_reaches_the_running_one() {
         done[0]["status"].as_str(),
         Some("completed" | "no_consensus")
     ));
-    let prompts = provider.prompts.lock().unwrap().clone();
-    let later: Vec<&(String, String)> = prompts
-        .iter()
-        .filter(|(phase, _)| phase != "proposal")
-        .collect();
-    assert_eq!(later.len(), 15, "{prompts:?}");
-    for (phase, prompt) in later {
+    for (phase, prompt) in prompts_after_the_proposals(&provider) {
         assert!(
             prompt.contains(note),
             "{phase} prompt lacks the message injected through the other instance: {prompt}"
@@ -221,14 +228,7 @@ async fn a_moderators_message_reaches_every_later_prompt() {
     let intervention = log.iter().find(|e| e["type"] == "intervention").unwrap();
     assert_eq!(intervention["data"]["content"], note);
     assert_eq!(intervention["data"]["role"], "moderator");
-    let prompts = provider.prompts.lock().unwrap().clone();
-    let later: Vec<&(String, String)> = prompts
-        .iter()
-        .filter(|(phase, _)| phase != "proposal")
-        .collect();
-    // critiques and votes of both rounds and the revisions: 3 seats × 5 phases.
-    assert_eq!(later.len(), 15, "{prompts:?}");
-    for (phase, prompt) in later {
+    for (phase, prompt) in prompts_after_the_proposals(&provider) {
         assert!(
             prompt.contains(note) && prompt.contains("Moderator's messages"),
             "{phase} prompt lacks the moderator's message: {prompt}"
