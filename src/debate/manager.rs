@@ -32,8 +32,8 @@ use crate::agents::{Agent, AgentError, AgentRegistry, CompletionRequest, DeltaSi
 
 use crate::bus::{EventBus, LiveEvent};
 use crate::store::{
-    ClaimedDebate, Control, DebateRecord, DebateStatus, DebateUpdate, DynStore, Lease, NewDebate,
-    NewEvent, StoreError, StoreResult, StoredEvent,
+    ClaimedDebate, Control, DebateRecord, DebateStatus, DebateUpdate, DynStore, GroupCommit, Lease,
+    NewDebate, NewEvent, StepWrite, StoreError, StoreResult, StoredEvent,
 };
 
 pub const MIN_AGENTS: usize = 2;
@@ -213,9 +213,13 @@ impl Job {
 const CANCEL_POLL: Duration = Duration::from_secs(1);
 /// Leaves this much of the shutdown budget to release leases and close the pool.
 const RELEASE_MARGIN: Duration = Duration::from_secs(2);
+/// Grouped appends in flight at once (docs/debates.md, "Writing the log").
+const APPEND_WRITERS: usize = 2;
 
 pub struct DebateManager {
     store: DynStore,
+    /// Every running debate's appends go through it, so one commit carries many debates.
+    appends: Arc<GroupCommit>,
     agents: Arc<AgentRegistry>,
     bus: Arc<dyn EventBus>,
     settings: ManagerSettings,
@@ -243,6 +247,7 @@ impl DebateManager {
         tasks: TaskTracker,
     ) -> Arc<Self> {
         Arc::new(DebateManager {
+            appends: Arc::new(GroupCommit::new(store.clone(), APPEND_WRITERS)),
             store,
             agents,
             bus,
@@ -945,8 +950,9 @@ impl DebateManager {
                 "debate_resumed debate_id={id} from seq {from_seq} ({})", reason.as_str()
             );
             crate::telemetry::metrics::debates_resumed_total(reason.as_str()).increment(1);
-            let recorder =
-                Recorder::new(self.store.clone(), self.bus.clone(), &id).with_lease(lease.clone());
+            let recorder = Recorder::new(self.store.clone(), self.bus.clone(), &id)
+                .with_lease(lease.clone())
+                .with_group(self.appends.clone());
             recorder
                 .record(&[Event::new(
                     None,
@@ -977,6 +983,7 @@ impl DebateManager {
         let recorder = Arc::new(
             Recorder::new(self.store.clone(), self.bus.clone(), &id)
                 .with_lease(lease.clone())
+                .with_group(self.appends.clone())
                 .with_domain(record.options.get("domain").and_then(Value::as_str))
                 .with_usage(usage)
                 .with_notes_flag(notes),
@@ -1394,10 +1401,21 @@ pub struct Recorder {
     notes: Arc<AtomicBool>,
     /// The highest seq this recorder has written.
     last_seq: AtomicI64,
+    /// Appends go through the instance's group commit when set, else straight to the store.
+    group: Option<Arc<GroupCommit>>,
     /// One append of this debate at a time: the seats of a phase finish together, and their
     /// appends all update the debate's row, so in the database they would queue on its row
     /// lock, each holding a pool connection meanwhile. Queued here they hold none.
     turn: tokio::sync::Mutex<()>,
+    /// Batches waiting for the turn: whoever takes it writes all of them as one append, in
+    /// the order they came, and tells the others how it went.
+    waiting: parking_lot::Mutex<Vec<Waiting>>,
+}
+
+/// A batch handed to whoever holds the recorder's turn.
+struct Waiting {
+    batch: Vec<NewEvent>,
+    done: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
 }
 
 impl Recorder {
@@ -1411,8 +1429,16 @@ impl Recorder {
             usage: None,
             notes: Arc::new(AtomicBool::new(true)),
             last_seq: AtomicI64::new(0),
+            group: None,
             turn: tokio::sync::Mutex::new(()),
+            waiting: parking_lot::Mutex::new(Vec::new()),
         }
+    }
+
+    /// Append through `group` (with the other debates' steps) instead of one by one.
+    pub fn with_group(mut self, group: Arc<GroupCommit>) -> Self {
+        self.group = Some(group);
+        self
     }
 
     /// Write the usage rows left on `tab` with each batch of events.
@@ -1461,21 +1487,27 @@ impl Recorder {
     /// for up to [`WRITE_RETRY_BUDGET`]. An attempt whose answer was lost may still have
     /// committed, so before trying again the log is read: a batch already there is not
     /// written twice.
-    async fn append_durably(
-        &self,
-        batch: &[NewEvent],
-        usage: &[crate::store::NewUsage],
-    ) -> StoreResult<Vec<StoredEvent>> {
+    async fn append_durably(&self, step: Arc<StepWrite>) -> StoreResult<Vec<StoredEvent>> {
         let first_try = std::sync::atomic::AtomicBool::new(true);
         self.retrying("an event", || async {
             if !first_try.swap(false, Ordering::Relaxed)
-                && let Some(stored) = self.already_written(batch).await?
+                && let Some(stored) = self.already_written(&step.events).await?
             {
                 return Ok(stored);
             }
-            self.store
-                .append_step(&self.debate_id, self.lease.as_ref(), batch, usage)
-                .await
+            match &self.group {
+                Some(group) => group.append(step.clone()).await,
+                None => {
+                    self.store
+                        .append_step(
+                            &self.debate_id,
+                            self.lease.as_ref(),
+                            &step.events,
+                            &step.usage,
+                        )
+                        .await
+                }
+            }
         })
         .await
     }
@@ -1539,32 +1571,90 @@ impl Recorder {
 /// the debate is handed back (to be resumed once the store answers again).
 const WRITE_RETRY_BUDGET: Duration = Duration::from_secs(20);
 
+/// What the turn's holder reported for a waiting batch.
+fn settle(
+    written: Result<Result<(), StoreError>, tokio::sync::oneshot::error::RecvError>,
+) -> Result<(), SinkError> {
+    match written {
+        Ok(result) => result.map_err(SinkError::from),
+        // The holder was dropped mid-write (its debate is being stopped).
+        Err(_) => Err(SinkError::from(StoreError::Database(
+            sqlx::Error::PoolClosed,
+        ))),
+    }
+}
+
+impl Recorder {
+    /// Write the waiting batches as one append (each batch's events stay together and in
+    /// order), publish the events, and tell each batch's caller.
+    async fn write_waiting(&self, group: Vec<Waiting>) {
+        let mut events = Vec::with_capacity(group.iter().map(|w| w.batch.len()).sum());
+        let mut callers = Vec::with_capacity(group.len());
+        for w in group {
+            events.extend(w.batch);
+            callers.push(w.done);
+        }
+        let usage = self.usage.as_ref().map(UsageTab::take).unwrap_or_default();
+        let step = Arc::new(StepWrite {
+            debate_id: self.debate_id.clone(),
+            lease: self.lease.clone(),
+            events,
+            usage,
+        });
+        match self.append_durably(step.clone()).await {
+            Ok(stored) => {
+                self.note_written(&stored);
+                // Published before the next append of this debate: watchers get its events
+                // in seq order.
+                for e in &stored {
+                    self.publish(e);
+                }
+                for caller in callers {
+                    let _ = caller.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                if let Some(tab) = &self.usage {
+                    let step = Arc::try_unwrap(step).unwrap_or_else(|shared| (*shared).clone());
+                    tab.put_back(step.usage);
+                }
+                let mut callers = callers.into_iter();
+                let first = callers.next();
+                for caller in callers {
+                    let _ = caller.send(Err(e.replicate()));
+                }
+                if let Some(caller) = first {
+                    let _ = caller.send(Err(e));
+                }
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl EventSink for Recorder {
     async fn record(&self, events: &[Event]) -> Result<(), SinkError> {
-        let batch: Vec<NewEvent> = events.iter().map(NewEvent::from).collect();
-        let turn = self.turn.lock().await;
-        let usage = match &self.usage {
-            Some(tab) if !batch.is_empty() => tab.take(),
-            _ => Vec::new(),
+        if events.is_empty() {
+            return Ok(());
+        }
+        let (done, mut outcome) = tokio::sync::oneshot::channel();
+        self.waiting.lock().push(Waiting {
+            batch: events.iter().map(NewEvent::from).collect(),
+            done,
+        });
+        // Either a holder of the turn writes this batch with its own, or this call takes the
+        // turn and writes every batch waiting by then.
+        let turn = tokio::select! {
+            biased;
+            written = &mut outcome => return settle(written),
+            turn = self.turn.lock() => turn,
         };
-        let stored = match self.append_durably(&batch, &usage).await {
-            Ok(stored) => stored,
-            Err(e) => {
-                if let Some(tab) = &self.usage {
-                    tab.put_back(usage);
-                }
-                return Err(SinkError::from(e));
-            }
-        };
-        self.note_written(&stored);
-        // Published before the next append of this debate: watchers get its events in seq
-        // order.
-        for e in &stored {
-            self.publish(e);
+        let group = std::mem::take(&mut *self.waiting.lock());
+        if !group.is_empty() {
+            self.write_waiting(group).await;
         }
         drop(turn);
-        Ok(())
+        settle(outcome.await)
     }
 
     fn token_delta(&self, round: u32, agent: &str, delta: &str) {

@@ -5,9 +5,11 @@
 //! nowhere else — Redis and in-process caches hold only what can be lost. Both backends
 //! satisfy the same contract, proven by one test suite run against each.
 
+mod group;
 mod postgres;
 mod sqlite;
 
+pub use group::GroupCommit;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
@@ -177,6 +179,29 @@ impl StoreError {
         match self {
             StoreError::Database(e) => storage_fault(e),
             _ => None,
+        }
+    }
+
+    /// The same failure for another caller that shared the attempt (the errors sqlx gives
+    /// are not `Clone`): the same variant and message, and a lost connection stays a lost
+    /// connection, so whoever retries transient failures still does.
+    pub fn replicate(&self) -> StoreError {
+        match self {
+            StoreError::Database(e) => StoreError::Database(match e {
+                sqlx::Error::PoolTimedOut => sqlx::Error::PoolTimedOut,
+                sqlx::Error::PoolClosed => sqlx::Error::PoolClosed,
+                sqlx::Error::WorkerCrashed => sqlx::Error::WorkerCrashed,
+                sqlx::Error::Io(io) => {
+                    sqlx::Error::Io(std::io::Error::new(io.kind(), io.to_string()))
+                }
+                sqlx::Error::Tls(tls) => sqlx::Error::Io(std::io::Error::other(tls.to_string())),
+                other => sqlx::Error::Protocol(other.to_string()),
+            }),
+            StoreError::Migrate(e) => StoreError::Corrupt(e.to_string()),
+            StoreError::NotFound(s) => StoreError::NotFound(s.clone()),
+            StoreError::Conflict(s) => StoreError::Conflict(s.clone()),
+            StoreError::Corrupt(s) => StoreError::Corrupt(s.clone()),
+            StoreError::Fenced(s) => StoreError::Fenced(s.clone()),
         }
     }
 }
@@ -364,6 +389,16 @@ pub struct NewEvent {
     pub round: Option<i32>,
     pub agent: Option<String>,
     pub data: serde_json::Value,
+}
+
+/// One debate's step for [`Store::append_steps`]: its events and the usage rows of the
+/// calls they record, fenced by `lease` like [`Store::append_step`].
+#[derive(Debug, Clone)]
+pub struct StepWrite {
+    pub debate_id: String,
+    pub lease: Option<Lease>,
+    pub events: Vec<NewEvent>,
+    pub usage: Vec<NewUsage>,
 }
 
 /// The fencing token of a claimed debate: every write of the debate's runner carries it, and
@@ -612,6 +647,27 @@ pub trait Store: Send + Sync + 'static {
         events: &[NewEvent],
         usage: &[NewUsage],
     ) -> StoreResult<Vec<StoredEvent>>;
+
+    /// The steps of several debates (at most one per debate) written together, each as
+    /// [`append_step`](Store::append_step) would: per step, its stored events or why it was
+    /// refused (`Fenced`, `NotFound`), in the order given. A refused step writes nothing and
+    /// does not stop the others. `Err`: the whole attempt failed; when the database answered
+    /// with an error nothing was written, when the connection was lost it may have been.
+    /// One transaction (and one commit) for them all is what makes many running debates
+    /// cheap: the default writes them one by one.
+    async fn append_steps(
+        &self,
+        steps: &[&StepWrite],
+    ) -> StoreResult<Vec<StoreResult<Vec<StoredEvent>>>> {
+        let mut out = Vec::with_capacity(steps.len());
+        for s in steps {
+            out.push(
+                self.append_step(&s.debate_id, s.lease.as_ref(), &s.events, &s.usage)
+                    .await,
+            );
+        }
+        Ok(out)
+    }
 
     /// Stop running a debate in one transaction: append `end` (its `debate_end`, or
     /// `debate_paused`), apply `update` (final status, result…, or `paused`) and drop the

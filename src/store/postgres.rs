@@ -1,4 +1,5 @@
 //! Postgres backend for production and multi-process deployments.
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -672,6 +673,164 @@ impl Store for PostgresStore {
             .collect())
     }
 
+    async fn append_steps(
+        &self,
+        steps: &[&StepWrite],
+    ) -> StoreResult<Vec<StoreResult<Vec<StoredEvent>>>> {
+        let steps_with_events: Vec<&StepWrite> = steps
+            .iter()
+            .copied()
+            .filter(|s| !s.events.is_empty())
+            .collect();
+        if steps_with_events.len() <= 1 {
+            let mut out = Vec::with_capacity(steps.len());
+            for s in steps {
+                out.push(
+                    self.append_step(&s.debate_id, s.lease.as_ref(), &s.events, &s.usage)
+                        .await,
+                );
+            }
+            return Ok(out);
+        }
+        // One statement for every debate of the group, as `append_step` is for one: lock
+        // the debates' rows in id order (lease renewals lock theirs in the same order, so
+        // the two never deadlock), bump each debate's last_seq by its count where its lease
+        // still holds, and insert the events and usage rows of exactly those debates,
+        // numbered from each one's new last_seq.
+        let timestamp = now_micros();
+        let ids: Vec<&str> = steps_with_events
+            .iter()
+            .map(|s| s.debate_id.as_str())
+            .collect();
+        let counts: Vec<i64> = steps_with_events
+            .iter()
+            .map(|s| s.events.len() as i64)
+            .collect();
+        let owners: Vec<Option<&str>> = steps_with_events
+            .iter()
+            .map(|s| s.lease.as_ref().map(|l| l.owner.as_str()))
+            .collect();
+        let generations: Vec<i64> = steps_with_events
+            .iter()
+            .map(|s| s.lease.as_ref().map_or(0, |l| l.generation))
+            .collect();
+        let events = || {
+            steps_with_events
+                .iter()
+                .flat_map(|s| s.events.iter().enumerate().map(move |(i, e)| (*s, i, e)))
+        };
+        let ev_ids: Vec<&str> = events().map(|(s, _, _)| s.debate_id.as_str()).collect();
+        let ev_ords: Vec<i64> = events().map(|(_, i, _)| i as i64 + 1).collect();
+        let kinds: Vec<&str> = events().map(|(_, _, e)| e.kind.as_str()).collect();
+        let rounds: Vec<Option<i32>> = events().map(|(_, _, e)| e.round).collect();
+        let agents: Vec<Option<&str>> = events().map(|(_, _, e)| e.agent.as_deref()).collect();
+        let data: Vec<Json<&serde_json::Value>> = events().map(|(_, _, e)| Json(&e.data)).collect();
+        let usage = || {
+            steps_with_events
+                .iter()
+                .flat_map(|s| s.usage.iter().map(move |u| (s.debate_id.as_str(), u)))
+        };
+        let text = |f: fn(&NewUsage) -> &str| usage().map(|(_, u)| f(u)).collect::<Vec<&str>>();
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "WITH r AS (SELECT * FROM unnest($1::TEXT[], $2::BIGINT[], $3::TEXT[], $4::BIGINT[]) \
+                 AS r(id, n, owner, generation)), \
+             l AS (SELECT id FROM debates WHERE id = ANY($1) ORDER BY id FOR UPDATE), \
+             d AS (UPDATE debates SET last_seq = debates.last_seq + r.n FROM r, l \
+                 WHERE debates.id = r.id AND l.id = r.id \
+                 AND (r.owner IS NULL OR (debates.lease_owner = r.owner \
+                     AND debates.lease_generation = r.generation)) \
+                 RETURNING debates.id, debates.last_seq - r.n AS base), \
+             u AS (INSERT INTO usage (principal_id, debate_id, agent, provider, model, \
+                 input_tokens, output_tokens, estimated, cost_usd, created_at) \
+                 SELECT x.principal_id, x.debate_id, x.agent, x.provider, x.model, \
+                     x.input_tokens, x.output_tokens, x.estimated, x.cost_usd, $11 \
+                 FROM unnest($12::TEXT[], $13::TEXT[], $14::TEXT[], $15::TEXT[], $16::TEXT[], \
+                     $17::BIGINT[], $18::BIGINT[], $19::BOOLEAN[], $20::FLOAT8[]) \
+                     AS x(debate_id, principal_id, agent, provider, model, input_tokens, \
+                         output_tokens, estimated, cost_usd) \
+                 JOIN d ON d.id = x.debate_id) \
+             INSERT INTO debate_events (debate_id, seq, kind, round, agent, data, created_at) \
+             SELECT v.debate_id, d.base + v.ord, v.kind, v.round, v.agent, v.data, $11 \
+             FROM unnest($5::TEXT[], $6::BIGINT[], $7::TEXT[], $8::INT[], $9::TEXT[], \
+                 $10::JSONB[]) AS v(debate_id, ord, kind, round, agent, data) \
+             JOIN d ON d.id = v.debate_id \
+             RETURNING debate_id, seq",
+        )
+        .bind(&ids)
+        .bind(&counts)
+        .bind(&owners)
+        .bind(&generations)
+        .bind(&ev_ids)
+        .bind(&ev_ords)
+        .bind(&kinds)
+        .bind(&rounds)
+        .bind(&agents)
+        .bind(&data)
+        .bind(timestamp)
+        .bind(usage().map(|(id, _)| id).collect::<Vec<&str>>())
+        .bind(text(|u| u.principal_id.as_str()))
+        .bind(text(|u| u.agent.as_str()))
+        .bind(text(|u| u.provider.as_str()))
+        .bind(text(|u| u.model.as_str()))
+        .bind(usage().map(|(_, u)| u.input_tokens).collect::<Vec<_>>())
+        .bind(usage().map(|(_, u)| u.output_tokens).collect::<Vec<_>>())
+        .bind(usage().map(|(_, u)| u.estimated).collect::<Vec<_>>())
+        .bind(usage().map(|(_, u)| u.cost_usd).collect::<Vec<_>>())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut first: HashMap<&str, i64> = HashMap::with_capacity(steps_with_events.len());
+        for (id, seq) in &rows {
+            let at = first.entry(id.as_str()).or_insert(*seq);
+            *at = (*at).min(*seq);
+        }
+        // The debates that got nothing were refused: gone, or their lease moved on.
+        let refused: Vec<&str> = ids
+            .iter()
+            .copied()
+            .filter(|id| !first.contains_key(id))
+            .collect();
+        let existing: HashSet<String> = if refused.is_empty() {
+            HashSet::new()
+        } else {
+            sqlx::query_scalar("SELECT id FROM debates WHERE id = ANY($1)")
+                .bind(&refused)
+                .fetch_all(&self.pool)
+                .await?
+                .into_iter()
+                .collect()
+        };
+        Ok(steps
+            .iter()
+            .map(|s| {
+                if s.events.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let Some(&from) = first.get(s.debate_id.as_str()) else {
+                    return Err(match (&s.lease, existing.contains(&s.debate_id)) {
+                        (Some(lease), true) => StoreError::Fenced(format!(
+                            "debate {} is no longer held by {} (generation {})",
+                            s.debate_id, lease.owner, lease.generation
+                        )),
+                        _ => StoreError::NotFound(format!("debate {}", s.debate_id)),
+                    });
+                };
+                Ok(s.events
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| StoredEvent {
+                        debate_id: s.debate_id.clone(),
+                        seq: from + i as i64,
+                        kind: e.kind.clone(),
+                        round: e.round,
+                        agent: e.agent.clone(),
+                        data: e.data.clone(),
+                        timestamp,
+                    })
+                    .collect())
+            })
+            .collect())
+    }
+
     async fn finish_debate(
         &self,
         debate_id: &str,
@@ -781,9 +940,13 @@ impl Store for PostgresStore {
 
     async fn renew_leases(&self, instance: &str, ttl: Duration) -> StoreResult<Vec<Control>> {
         let rows: Vec<ControlRow> = sqlx::query_as(
-            "UPDATE debates SET lease_expires_at = now() + make_interval(secs => $2) \
-             WHERE lease_owner = $1 AND status = 'running' \
-             RETURNING id, lease_generation, cancel_requested, pause_requested",
+            // Rows locked in id order, as grouped appends lock theirs: two statements that
+            // each lock many debates never wait on each other in a cycle.
+            "WITH l AS (SELECT id FROM debates WHERE lease_owner = $1 AND status = 'running' \
+                 ORDER BY id FOR UPDATE) \
+             UPDATE debates SET lease_expires_at = now() + make_interval(secs => $2) \
+             FROM l WHERE debates.id = l.id AND debates.lease_owner = $1 \
+             RETURNING debates.id, lease_generation, cancel_requested, pause_requested",
         )
         .bind(instance)
         .bind(ttl_secs(ttl))

@@ -652,6 +652,35 @@ impl Store for SqliteStore {
         Ok(stored)
     }
 
+    async fn append_steps(
+        &self,
+        steps: &[&StepWrite],
+    ) -> StoreResult<Vec<StoreResult<Vec<StoredEvent>>>> {
+        // One write transaction (one commit, one sync) for the group. A step refused for
+        // its lease or its missing debate wrote nothing and is answered alone; any other
+        // failure rolls the whole group back.
+        let mut tx = self.begin_write().await?;
+        let mut out = Vec::with_capacity(steps.len());
+        for s in steps {
+            match insert_events(&mut tx, &s.debate_id, s.lease.as_ref(), &s.events).await {
+                Ok(stored) => {
+                    if !stored.is_empty() {
+                        for u in &s.usage {
+                            insert_usage(&mut tx, u).await?;
+                        }
+                    }
+                    out.push(Ok(stored));
+                }
+                Err(refused @ (StoreError::Fenced(_) | StoreError::NotFound(_))) => {
+                    out.push(Err(refused));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
     async fn finish_debate(
         &self,
         debate_id: &str,

@@ -883,3 +883,120 @@ async fn debates_ride_out_a_database_blip_and_a_cut_and_finish_once_it_returns()
     }
     app.stop().await.unwrap();
 }
+
+/// Batches of one debate that reach its recorder together are written as one append (with
+/// other debates' steps, through the group commit): each batch's events stay together and in
+/// order, every event lands once, and watchers see them in seq order.
+async fn a_recorders_concurrent_batches_land_whole_and_in_seq_order(
+    store: aragora::store::DynStore,
+) {
+    use aragora::bus::{EventBus, LocalBus};
+    use aragora::debate::events::{EventBody, Intervention};
+    use aragora::debate::manager::Recorder;
+    use aragora::debate::{Event, EventSink};
+    use aragora::store::{GroupCommit, NewDebate};
+
+    const BATCHES: usize = 40;
+    const EACH: usize = 3;
+    store.migrate().await.unwrap();
+    store
+        .create_debate(&NewDebate {
+            id: "rec-1".into(),
+            task: "batches".into(),
+            agents: vec!["demo".into(), "demo".into()],
+            rounds: 1,
+            consensus: "majority".into(),
+            owner_id: None,
+            correlation_id: None,
+            options: json!({}),
+        })
+        .await
+        .unwrap();
+    let lease = store
+        .claim_debates("i-1", 1, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .remove(0)
+        .lease;
+    let bus = Arc::new(LocalBus::new(4 * BATCHES * EACH));
+    let mut live = bus.subscribe();
+    let group = Arc::new(GroupCommit::new(store.clone(), 2));
+    let recorder = Arc::new(
+        Recorder::new(store.clone(), bus.clone(), "rec-1")
+            .with_lease(lease)
+            .with_group(group),
+    );
+    let note = |b: usize, k: usize| {
+        Event::new(
+            Some(1),
+            None,
+            EventBody::Intervention(Intervention {
+                by: None,
+                role: "moderator".into(),
+                content: format!("b{b}-{k}"),
+            }),
+        )
+    };
+    let tasks: Vec<_> = (0..BATCHES)
+        .map(|b| {
+            let recorder = recorder.clone();
+            let batch: Vec<Event> = (0..EACH).map(|k| note(b, k)).collect();
+            tokio::spawn(async move { recorder.record(&batch).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().expect("every batch is recorded");
+    }
+    let log = store.events_since("rec-1", 0, 10_000).await.unwrap();
+    assert_eq!(
+        log.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (1..=(BATCHES * EACH) as i64).collect::<Vec<_>>()
+    );
+    let contents: Vec<String> = log
+        .iter()
+        .map(|e| e.data["content"].as_str().unwrap().to_owned())
+        .collect();
+    for b in 0..BATCHES {
+        let at = contents
+            .iter()
+            .position(|c| *c == format!("b{b}-0"))
+            .unwrap_or_else(|| panic!("batch {b} is missing"));
+        let run: Vec<String> = (0..EACH).map(|k| format!("b{b}-{k}")).collect();
+        assert_eq!(
+            contents[at..at + EACH],
+            run[..],
+            "batch {b} is whole and in order"
+        );
+    }
+    let mut seen = Vec::new();
+    while let Ok(e) = live.try_recv() {
+        seen.push(e.seq.expect("a stored event has its seq"));
+    }
+    assert_eq!(
+        seen,
+        (1..=(BATCHES * EACH) as i64).collect::<Vec<_>>(),
+        "watchers get every event once, in seq order"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_a_recorders_concurrent_batches_land_whole_and_in_seq_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("a.db").display());
+    let store = aragora::store::connect(&url, POOL).await.unwrap();
+    a_recorders_concurrent_batches_land_whole_and_in_seq_order(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_a_recorders_concurrent_batches_land_whole_and_in_seq_order() {
+    let (_schema, url) = fresh_postgres_schema().await;
+    let store = aragora::store::connect(&url, POOL).await.unwrap();
+    a_recorders_concurrent_batches_land_whole_and_in_seq_order(store).await;
+}
+
+const POOL: aragora::store::PoolSettings = aragora::store::PoolSettings {
+    size: 4,
+    max_overflow: 4,
+    acquire_timeout: Duration::from_secs(10),
+    intake: 1,
+};

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use aragora::ratings::{INITIAL_RATING, K_FACTOR};
 use aragora::store::{
-    self, Control, DebateQuery, DebateRecord, DebateStatus, DebateUpdate, DynStore, MatchResult,
-    NewDebate, NewEvent, NewUsage, NewUser, PoolSettings, PostgresStore, Rating,
-    RefreshTokenRecord, StoreError,
+    self, Control, DebateQuery, DebateRecord, DebateStatus, DebateUpdate, DynStore, GroupCommit,
+    Lease, MatchResult, NewDebate, NewEvent, NewUsage, NewUser, PoolSettings, PostgresStore,
+    Rating, RefreshTokenRecord, StepWrite, StoreError,
 };
 use chrono::{TimeZone, Utc};
 use serde_json::json;
@@ -187,6 +187,12 @@ suite! {
     a_step_writes_its_usage_with_its_events_or_neither =>
         sqlite_a_step_writes_its_usage_with_its_events_or_neither,
         postgres_a_step_writes_its_usage_with_its_events_or_neither;
+    grouped_steps_each_get_their_own_outcome =>
+        sqlite_grouped_steps_each_get_their_own_outcome,
+        postgres_grouped_steps_each_get_their_own_outcome;
+    the_group_commit_keeps_every_debates_log_whole_and_in_order =>
+        sqlite_the_group_commit_keeps_every_debates_log_whole_and_in_order,
+        postgres_the_group_commit_keeps_every_debates_log_whole_and_in_order;
 }
 
 fn ev(kind: &str) -> NewEvent {
@@ -501,6 +507,263 @@ async fn a_step_writes_its_usage_with_its_events_or_neither(s: &DynStore) {
         .unwrap();
     assert_eq!(s.last_seq("u1").await.unwrap(), 4);
     assert!((s.debate_cost("u1").await.unwrap() - 1.75).abs() < 1e-9);
+}
+
+fn usage_row(debate: &str, cost: f64) -> NewUsage {
+    NewUsage {
+        principal_id: "p-group".into(),
+        debate_id: Some(debate.into()),
+        agent: "a".into(),
+        provider: "openai".into(),
+        model: "gpt-4o".into(),
+        input_tokens: 10,
+        output_tokens: 4,
+        estimated: false,
+        cost_usd: cost,
+    }
+}
+
+fn step(
+    debate: &str,
+    lease: Option<&Lease>,
+    events: Vec<NewEvent>,
+    usage: Vec<NewUsage>,
+) -> StepWrite {
+    StepWrite {
+        debate_id: debate.into(),
+        lease: lease.cloned(),
+        events,
+        usage,
+    }
+}
+
+async fn grouped_steps_each_get_their_own_outcome(s: &DynStore) {
+    for id in ["g1", "g2", "g3", "g4"] {
+        s.create_debate(&new_debate(id, None)).await.unwrap();
+    }
+    let claims = s.claim_debates("a", 4, TTL).await.unwrap();
+    let lease = |id: &str| {
+        claims
+            .iter()
+            .find(|c| c.record.id == id)
+            .unwrap()
+            .lease
+            .clone()
+    };
+    // g1 has a log already; g3 is taken over by another instance.
+    s.append_step("g1", Some(&lease("g1")), &[ev("debate_start")], &[])
+        .await
+        .unwrap();
+    s.release_lease("g3", &lease("g3")).await.unwrap();
+    let taken = s.claim_debates("b", 1, TTL).await.unwrap().remove(0);
+    assert_eq!(taken.record.id, "g3");
+
+    let g1 = step(
+        "g1",
+        Some(&lease("g1")),
+        vec![
+            event(1),
+            NewEvent {
+                round: Some(2),
+                ..ev("critique")
+            },
+        ],
+        vec![usage_row("g1", 0.25), usage_row("g1", 0.5)],
+    );
+    let g2 = step(
+        "g2",
+        Some(&lease("g2")),
+        vec![event(2)],
+        vec![usage_row("g2", 1.0)],
+    );
+    let g3 = step(
+        "g3",
+        Some(&lease("g3")),
+        vec![ev("vote")],
+        vec![usage_row("g3", 9.0)],
+    );
+    let missing = step("nope", Some(&lease("g1")), vec![ev("vote")], vec![]);
+    let empty = step("g4", Some(&lease("g4")), vec![], vec![usage_row("g4", 3.0)]);
+    let unfenced = step("g4", None, vec![ev("intervention")], vec![]);
+    let results = s
+        .append_steps(&[&g1, &g2, &g3, &missing, &empty])
+        .await
+        .expect("the group as a whole is written");
+    assert_eq!(results.len(), 5);
+    let seqs = |r: &Result<Vec<store::StoredEvent>, StoreError>| -> Vec<i64> {
+        r.as_ref().unwrap().iter().map(|e| e.seq).collect()
+    };
+    assert_eq!(seqs(&results[0]), [2, 3], "numbered after g1's log");
+    assert_eq!(seqs(&results[1]), [1]);
+    assert!(
+        matches!(results[2], Err(StoreError::Fenced(_))),
+        "{:?}",
+        results[2]
+    );
+    assert!(
+        matches!(results[3], Err(StoreError::NotFound(_))),
+        "{:?}",
+        results[3]
+    );
+    assert!(seqs(&results[4]).is_empty());
+
+    // What each step wrote is its own, and what the refused ones carried is nowhere.
+    let g1_log = s.events_since("g1", 0, 100).await.unwrap();
+    assert_eq!(
+        g1_log
+            .iter()
+            .map(|e| (e.seq, e.kind.as_str(), e.round))
+            .collect::<Vec<_>>(),
+        [
+            (1, "debate_start", None),
+            (2, "agent_message", Some(1)),
+            (3, "critique", Some(2))
+        ]
+    );
+    assert_eq!(g1_log[1].data, event(1).data);
+    assert_eq!(g1_log[1].agent, event(1).agent);
+    assert_eq!(
+        s.events_since("g2", 0, 100).await.unwrap()[0].data,
+        event(2).data
+    );
+    assert_eq!(s.last_seq("g3").await.unwrap(), 0);
+    assert_eq!(s.last_seq("g4").await.unwrap(), 0);
+    assert!((s.debate_cost("g1").await.unwrap() - 0.75).abs() < 1e-9);
+    assert!((s.debate_cost("g2").await.unwrap() - 1.0).abs() < 1e-9);
+    assert_eq!(s.debate_cost("g3").await.unwrap(), 0.0);
+    assert_eq!(
+        s.debate_cost("g4").await.unwrap(),
+        0.0,
+        "an empty step writes no usage"
+    );
+
+    // The next group continues each log; an unfenced step (a moderator's note) lands too.
+    let g1 = step("g1", Some(&lease("g1")), vec![ev("vote")], vec![]);
+    let g3 = step(
+        "g3",
+        Some(&taken.lease),
+        vec![ev("vote"), ev("vote")],
+        vec![],
+    );
+    let results = s.append_steps(&[&g3, &unfenced, &g1]).await.unwrap();
+    assert_eq!(seqs(&results[0]), [1, 2]);
+    assert_eq!(seqs(&results[1]), [1]);
+    assert_eq!(seqs(&results[2]), [4]);
+    for (id, last) in [("g1", 4), ("g2", 1), ("g3", 2), ("g4", 1)] {
+        let log = s.events_since(id, 0, 100).await.unwrap();
+        assert_eq!(
+            log.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            (1..=last).collect::<Vec<_>>(),
+            "{id}"
+        );
+        assert_eq!(s.last_seq(id).await.unwrap(), last, "{id}");
+    }
+    // Renewal still sees (and extends) exactly the leases "a" holds after grouped writes.
+    let mut held: Vec<String> = s
+        .renew_leases("a", TTL)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.debate_id)
+        .collect();
+    held.sort();
+    assert_eq!(held, ["g1", "g2", "g4"]);
+}
+
+async fn the_group_commit_keeps_every_debates_log_whole_and_in_order(s: &DynStore) {
+    const DEBATES: usize = 12;
+    const STEPS: usize = 15;
+    for d in 0..DEBATES {
+        s.create_debate(&new_debate(&format!("gc{d}"), None))
+            .await
+            .unwrap();
+    }
+    let claims = s.claim_debates("a", DEBATES as u32, TTL).await.unwrap();
+    assert_eq!(claims.len(), DEBATES);
+    let group = std::sync::Arc::new(GroupCommit::new(s.clone(), 2));
+    let mut tasks = Vec::new();
+    for claim in claims {
+        let group = group.clone();
+        // One writer per debate appends its steps in order, as a debate's recorder does.
+        tasks.push(tokio::spawn(async move {
+            let id = claim.record.id.clone();
+            for i in 0..STEPS {
+                let events = (0..=i % 3).map(|j| event(i * 10 + j)).collect();
+                let stored = group
+                    .append(std::sync::Arc::new(step(
+                        &id,
+                        Some(&claim.lease),
+                        events,
+                        vec![usage_row(&id, 0.5)],
+                    )))
+                    .await
+                    .unwrap();
+                assert_eq!(stored.len(), i % 3 + 1);
+            }
+            id
+        }));
+    }
+    // Two steps of one debate in the queue at once still both land, one after the other.
+    s.create_debate(&new_debate("gc-twice", None))
+        .await
+        .unwrap();
+    let (a, b) = tokio::join!(
+        group.append(std::sync::Arc::new(step(
+            "gc-twice",
+            None,
+            vec![event(1), event(2)],
+            vec![]
+        ))),
+        group.append(std::sync::Arc::new(step(
+            "gc-twice",
+            None,
+            vec![event(3)],
+            vec![]
+        ))),
+    );
+    let mut twice: Vec<i64> = a
+        .unwrap()
+        .iter()
+        .chain(&b.unwrap())
+        .map(|e| e.seq)
+        .collect();
+    twice.sort_unstable();
+    assert_eq!(twice, [1, 2, 3]);
+    // A step whose lease is gone is refused without costing the others anything.
+    let fenced = group
+        .append(std::sync::Arc::new(step(
+            "gc0",
+            Some(&Lease {
+                owner: "a".into(),
+                generation: 99,
+            }),
+            vec![ev("vote")],
+            vec![usage_row("gc0", 100.0)],
+        )))
+        .await
+        .unwrap_err();
+    assert!(matches!(fenced, StoreError::Fenced(_)), "{fenced:?}");
+    for task in tasks {
+        let id = task.await.unwrap();
+        let log = s.events_since(&id, 0, 1000).await.unwrap();
+        let expected: Vec<serde_json::Value> = (0..STEPS)
+            .flat_map(|i| (0..=i % 3).map(move |j| event(i * 10 + j).data))
+            .collect();
+        assert_eq!(
+            log.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            (1..=expected.len() as i64).collect::<Vec<_>>(),
+            "{id}: every seq once, no gap"
+        );
+        assert_eq!(
+            log.iter().map(|e| e.data.clone()).collect::<Vec<_>>(),
+            expected,
+            "{id}: in order"
+        );
+        assert!(
+            (s.debate_cost(&id).await.unwrap() - 0.5 * STEPS as f64).abs() < 1e-9,
+            "{id}"
+        );
+    }
 }
 
 async fn finish_writes_status_and_end_together(s: &DynStore) {
