@@ -1023,7 +1023,14 @@
     if (ev.agent) {
       const key = `${ev.agent}|${ev.round}`;
       const s = live.streams.get(key);
-      if (s && ev.type === "agent_message") { s.remove(); live.streams.delete(key); }
+      // The call a stream shows has ended once the seat's next durable event of that round
+      // arrives (its message, critique, vote or failure).
+      if (s) { s.remove(); live.streams.delete(key); }
+    }
+    if (ev.type === "debate_end" || ev.type === "debate_paused") {
+      // Calls cut short by the end or the pause leave no half-written text behind.
+      for (const s of live.streams.values()) s.remove();
+      live.streams.clear();
     }
     const meta = (...bits) => h("div", { class: "meta" }, h("span", { class: "mono" }, `#${ev.seq}`), ...bits.filter(Boolean));
     let item;
