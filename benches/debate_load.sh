@@ -30,6 +30,8 @@ for i in $(seq 1 600); do curl -sf localhost:18080/api/health/live >/dev/null &&
 [ "$MODE" = callgrind ] && callgrind_control -z $PID >/dev/null
 pgcpu() { local t=0; for p in $(pgrep -x postgres); do t=$((t + $(awk '{print $14+$15}' /proc/$p/stat 2>/dev/null || echo 0))); done; echo $t; }
 pg0=$(pgcpu)
+commits() { psql -tA -h 127.0.0.1 -U postgres -d test -c "select xact_commit from pg_stat_database where datname = 'test'"; }
+[ "$DB" = pg ] && c0=$(commits)
 read u0 s0 < <(awk '{print $14, $15}' /proc/$PID/stat)
 T0=$(date +%s.%N)
 body='{"task":"Benchmark debate: should the team adopt a monorepo?","agents":["demo:1000","demo:1000","demo:1000"],"rounds":2,"min_rounds":2}'
@@ -60,6 +62,8 @@ fi
 T3=$(date +%s.%N)
 read u1 s1 < <(awk '{print $14, $15}' /proc/$PID/stat)
 pg1=$(pgcpu)
+[ "$DB" = pg ] && c1=$(commits) && echo "postgres commits $((c1-c0)) -> $(echo "scale=1; ($c1-$c0)/$N" | bc) per debate"
+echo "peak rss $(awk '/VmHWM/ {print $2, $3}' /proc/$PID/status)"
 echo "postgres cpu $(( pg1-pg0 )) ticks -> $(echo "scale=3; (($pg1-$pg0)*10)/$N" | bc) ms/debate (existing backends only)"
 [ "$MODE" = callgrind ] && callgrind_control -d $PID >/dev/null
 echo "codes: $(sort $D/codes | uniq -c | tr '\n' ' ')"
@@ -67,4 +71,4 @@ echo "submit $(echo "$T1-$T0"|bc) s, drained $(echo "$T2-$T0"|bc) s, receipts $(
 curl -s "localhost:18080/api/debates?status=completed&limit=1" | head -c 300; echo
 kill -INT $PID; wait $PID
 echo "dir $D"
-[ "$DB" = pg ] && psql -h 127.0.0.1 -U postgres -d test -c "select relname, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_dead_tup, pg_size_pretty(pg_total_relation_size(relid)) from pg_stat_user_tables where schemaname = '$S' and n_tup_ins + n_tup_upd > 0"; [ "$DB" = pg ] && psql -q -o /dev/null -h 127.0.0.1 -U postgres -d test -c "drop schema $S cascade" 2>/dev/null
+[ "$DB" = pg ] && psql -h 127.0.0.1 -U postgres -d test -c "select relname, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_dead_tup, pg_size_pretty(pg_total_relation_size(relid)) from pg_stat_user_tables where schemaname = '$S' and n_tup_ins + n_tup_upd > 0"; [ "$DB" = pg ] && [ -z "${KEEP_SCHEMA:-}" ] && psql -q -o /dev/null -h 127.0.0.1 -U postgres -d test -c "drop schema $S cascade" 2>/dev/null; [ "$DB" = pg ] && echo "schema $S"

@@ -692,9 +692,9 @@ impl Store for PostgresStore {
             }
             return Ok(out);
         }
-        // One statement for every debate of the group, as `append_step` is for one: lock
-        // the debates' rows in id order (lease renewals lock theirs in the same order, so
-        // the two never deadlock), bump each debate's last_seq by its count where its lease
+        // One statement for every debate of the group, as `append_step` is for one: in id
+        // order (lease renewals lock their rows in the same order, so the two never
+        // deadlock; migration 0009), bump each debate's last_seq by its count where its lease
         // still holds, and insert the events and usage rows of exactly those debates,
         // numbered from each one's new last_seq.
         let timestamp = now_micros();
@@ -732,14 +732,8 @@ impl Store for PostgresStore {
         };
         let text = |f: fn(&NewUsage) -> &str| usage().map(|(_, u)| f(u)).collect::<Vec<&str>>();
         let rows: Vec<(String, i64)> = sqlx::query_as(
-            "WITH r AS (SELECT * FROM unnest($1::TEXT[], $2::BIGINT[], $3::TEXT[], $4::BIGINT[]) \
-                 AS r(id, n, owner, generation)), \
-             l AS (SELECT id FROM debates WHERE id = ANY($1) ORDER BY id FOR UPDATE), \
-             d AS (UPDATE debates SET last_seq = debates.last_seq + r.n FROM r, l \
-                 WHERE debates.id = r.id AND l.id = r.id \
-                 AND (r.owner IS NULL OR (debates.lease_owner = r.owner \
-                     AND debates.lease_generation = r.generation)) \
-                 RETURNING debates.id, debates.last_seq - r.n AS base), \
+            "WITH d AS (SELECT debate_id AS id, base FROM aragora_bump_seqs($1::TEXT[], $2::BIGINT[], \
+                 $3::TEXT[], $4::BIGINT[])), \
              u AS (INSERT INTO usage (principal_id, debate_id, agent, provider, model, \
                  input_tokens, output_tokens, estimated, cost_usd, created_at) \
                  SELECT x.principal_id, x.debate_id, x.agent, x.provider, x.model, \

@@ -65,7 +65,10 @@ impl Server {
                 return;
             }
             if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("server exited early with {status}");
+                let said = std::fs::read_to_string(&self.err).unwrap_or_default();
+                let from = said.char_indices().rev().nth(2000).map_or(0, |(i, _)| i);
+                let tail = &said[from..];
+                panic!("server exited early with {status}; its stderr ends:\n{tail}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
