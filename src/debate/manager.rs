@@ -746,6 +746,10 @@ impl DebateManager {
             }
         }
         let mut failures = 0u32;
+        // Running debates whose lease is gone are looked for once per poll period; a wake
+        // between (a debate accepted here, a slot freed) claims queued debates only, which
+        // costs the same however many debates run.
+        let mut full_claim_at: Option<Instant> = None;
         loop {
             if self.shutdown.is_cancelled() {
                 return;
@@ -753,14 +757,21 @@ impl DebateManager {
             let free = self.settings.max_concurrent.saturating_sub(self.active());
             let mut claimed_all = false;
             if free > 0 {
-                let claim = self.store.claim_debates(
-                    &self.settings.instance_id,
-                    free as u32,
-                    self.settings.lease,
-                );
+                let full = full_claim_at.is_none_or(|at| at.elapsed() >= self.settings.claim_poll);
+                let (instance, lease) = (&self.settings.instance_id, self.settings.lease);
+                let claim = async {
+                    if full {
+                        self.store.claim_debates(instance, free as u32, lease).await
+                    } else {
+                        self.store.claim_queued(instance, free as u32, lease).await
+                    }
+                };
                 match self.unless_stopping(claim).await {
                     None => return,
                     Some(Ok(claims)) => {
+                        if full {
+                            full_claim_at = Some(Instant::now());
+                        }
                         failures = 0;
                         claimed_all = !claims.is_empty() && claims.len() == free;
                         for claim in claims {

@@ -291,6 +291,66 @@ async fn apply_update(
 }
 
 impl PostgresStore {
+    /// Claim up to `max` of the oldest debates matching `which` (a fixed condition on
+    /// `debates`), for `instance`.
+    async fn claim(
+        &self,
+        instance: &str,
+        max: u32,
+        ttl: Duration,
+        which: &str,
+    ) -> StoreResult<Vec<ClaimedDebate>> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let columns = DEBATE_COLUMNS
+            .split(", ")
+            .map(|c| format!("d.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        // SKIP LOCKED: concurrent claimers each take different rows without waiting on one
+        // another; the CTE keeps the values from before the claim.
+        let sql = format!(
+            "WITH next AS ( \
+                 SELECT id, status AS previous_status, lease_owner AS previous_owner FROM debates \
+                 WHERE {which} \
+                 ORDER BY created_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
+             UPDATE debates d SET status = 'running', \
+                 started_at = COALESCE(d.started_at, date_trunc('microseconds', now())), \
+                 lease_owner = $1, lease_generation = d.lease_generation + 1, instance = $1, \
+                 lease_expires_at = now() + make_interval(secs => $3) \
+             FROM next WHERE d.id = next.id \
+             RETURNING {columns}, d.lease_owner, d.lease_generation, next.previous_status, \
+                 next.previous_owner, d.cancel_requested, d.pause_requested"
+        );
+        let rows = sqlx::query_as::<_, ClaimRow>(&sql)
+            .bind(instance)
+            .bind(i64::from(max))
+            .bind(ttl_secs(ttl))
+            .fetch_all(&self.pool)
+            .await?;
+        let mut claimed = rows
+            .into_iter()
+            .map(|r| {
+                Ok(ClaimedDebate {
+                    record: r.debate.into_record()?,
+                    lease: Lease {
+                        owner: r.lease_owner,
+                        generation: r.lease_generation,
+                    },
+                    previous_status: parse_status(&r.previous_status)?,
+                    previous_owner: r.previous_owner,
+                    cancel_requested: r.cancel_requested,
+                    pause_requested: r.pause_requested,
+                })
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        claimed.sort_by(|a, b| {
+            (a.record.created_at, &a.record.id).cmp(&(b.record.created_at, &b.record.id))
+        });
+        Ok(claimed)
+    }
+
     /// Accepts `postgres://` / `postgresql://` URLs as sqlx parses them; the `options` query
     /// parameter (e.g. `?options=-c%20search_path%3Dmy_schema`) is passed to the server at
     /// startup, which is how a deployment or test picks its schema.
@@ -880,56 +940,23 @@ impl Store for PostgresStore {
         max: u32,
         ttl: Duration,
     ) -> StoreResult<Vec<ClaimedDebate>> {
-        if max == 0 {
-            return Ok(Vec::new());
-        }
-        let columns = DEBATE_COLUMNS
-            .split(", ")
-            .map(|c| format!("d.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        // SKIP LOCKED: concurrent claimers each take different rows without waiting on one
-        // another; the CTE keeps the values from before the claim.
-        let sql = format!(
-            "WITH next AS ( \
-                 SELECT id, status AS previous_status, lease_owner AS previous_owner FROM debates \
-                 WHERE status IN ('queued', 'running') AND (status = 'queued' \
-                       OR lease_expires_at IS NULL OR lease_expires_at < now()) \
-                 ORDER BY created_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
-             UPDATE debates d SET status = 'running', \
-                 started_at = COALESCE(d.started_at, date_trunc('microseconds', now())), \
-                 lease_owner = $1, lease_generation = d.lease_generation + 1, instance = $1, \
-                 lease_expires_at = now() + make_interval(secs => $3) \
-             FROM next WHERE d.id = next.id \
-             RETURNING {columns}, d.lease_owner, d.lease_generation, next.previous_status, \
-                 next.previous_owner, d.cancel_requested, d.pause_requested"
-        );
-        let rows = sqlx::query_as::<_, ClaimRow>(&sql)
-            .bind(instance)
-            .bind(i64::from(max))
-            .bind(ttl_secs(ttl))
-            .fetch_all(&self.pool)
-            .await?;
-        let mut claimed = rows
-            .into_iter()
-            .map(|r| {
-                Ok(ClaimedDebate {
-                    record: r.debate.into_record()?,
-                    lease: Lease {
-                        owner: r.lease_owner,
-                        generation: r.lease_generation,
-                    },
-                    previous_status: parse_status(&r.previous_status)?,
-                    previous_owner: r.previous_owner,
-                    cancel_requested: r.cancel_requested,
-                    pause_requested: r.pause_requested,
-                })
-            })
-            .collect::<StoreResult<Vec<_>>>()?;
-        claimed.sort_by(|a, b| {
-            (a.record.created_at, &a.record.id).cmp(&(b.record.created_at, &b.record.id))
-        });
-        Ok(claimed)
+        self.claim(
+            instance,
+            max,
+            ttl,
+            "status IN ('queued', 'running') AND (status = 'queued' \
+             OR lease_expires_at IS NULL OR lease_expires_at < now())",
+        )
+        .await
+    }
+
+    async fn claim_queued(
+        &self,
+        instance: &str,
+        max: u32,
+        ttl: Duration,
+    ) -> StoreResult<Vec<ClaimedDebate>> {
+        self.claim(instance, max, ttl, "status = 'queued'").await
     }
 
     async fn renew_leases(&self, instance: &str, ttl: Duration) -> StoreResult<Vec<Control>> {

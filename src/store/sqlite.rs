@@ -142,6 +142,65 @@ fn is_busy(err: &sqlx::Error) -> bool {
 }
 
 impl SqliteStore {
+    /// Claim up to `max` of the oldest debates `which` selects (`INDEXED BY … WHERE …`, with
+    /// one `?` for the expiry bound), for `instance`.
+    async fn claim(
+        &self,
+        instance: &str,
+        max: u32,
+        ttl: Duration,
+        which: &str,
+    ) -> StoreResult<Vec<ClaimedDebate>> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        // One writer at a time (BEGIN IMMEDIATE): the select and the updates cannot interleave
+        // with another claim.
+        let mut tx = self.begin_write().await?;
+        let now = Utc::now();
+        let candidates: Vec<(String, String, Option<String>, bool, bool)> =
+            sqlx::query_as(&format!(
+                "SELECT id, status, lease_owner, cancel_requested, pause_requested FROM debates \
+                 {which} ORDER BY created_at, id LIMIT ?"
+            ))
+            .bind(format_ts(now))
+            .bind(i64::from(max))
+            .fetch_all(&mut *tx)
+            .await?;
+        let expires = format_ts(now + chrono::Duration::from_std(ttl).unwrap_or_default());
+        let sql = format!(
+            "UPDATE debates SET status = 'running', \
+             started_at = COALESCE(started_at, ?), lease_owner = ?, \
+             lease_generation = lease_generation + 1, instance = ?, \
+             lease_expires_at = ? WHERE id = ? RETURNING {DEBATE_COLUMNS}, lease_generation"
+        );
+        let mut claimed = Vec::with_capacity(candidates.len());
+        for (id, previous_status, previous_owner, cancel_requested, pause_requested) in candidates {
+            let row = sqlx::query_as::<_, ClaimRow>(&sql)
+                .bind(format_ts(now))
+                .bind(instance)
+                .bind(instance)
+                .bind(&expires)
+                .bind(&id)
+                .fetch_one(&mut *tx)
+                .await?;
+            claimed.push(ClaimedDebate {
+                record: row.debate.into_record()?,
+                lease: Lease {
+                    owner: instance.to_owned(),
+                    generation: row.lease_generation,
+                },
+                previous_status: parse_status(&previous_status)?,
+                previous_owner,
+                cancel_requested,
+                pause_requested,
+            });
+        }
+        let result = Ok(claimed);
+        tx.commit().await?;
+        result
+    }
+
     /// Accepts `sqlite:///abs/path.db`, `sqlite://./rel/path.db`, `sqlite:path.db` and
     /// `sqlite::memory:`. The parent directory is created so a fresh data dir just works.
     pub async fn connect(url: &str, pool: PoolSettings) -> StoreResult<Self> {
@@ -737,57 +796,32 @@ impl Store for SqliteStore {
         max: u32,
         ttl: Duration,
     ) -> StoreResult<Vec<ClaimedDebate>> {
-        if max == 0 {
-            return Ok(Vec::new());
-        }
-        // One writer at a time (BEGIN IMMEDIATE): the select and the updates cannot interleave
-        // with another claim.
-        let mut tx = self.begin_write().await?;
-        let now = Utc::now();
-        let candidates: Vec<(String, String, Option<String>, bool, bool)> = sqlx::query_as(
-            // Without statistics SQLite would read every queued row by status and sort
-            // them; the partial claim index yields them in order, so LIMIT stops early.
-            "SELECT id, status, lease_owner, cancel_requested, pause_requested FROM debates \
-             INDEXED BY debates_claim_idx WHERE status IN ('queued', 'running') AND (status = 'queued' \
-                   OR lease_expires_at IS NULL OR lease_expires_at < ?) \
-             ORDER BY created_at, id LIMIT ?",
+        // Without statistics SQLite would read every queued row by status and sort them;
+        // the partial claim index yields them in order, so LIMIT stops early.
+        self.claim(
+            instance,
+            max,
+            ttl,
+            "INDEXED BY debates_claim_idx WHERE status IN ('queued', 'running') \
+             AND (status = 'queued' OR lease_expires_at IS NULL OR lease_expires_at < ?)",
         )
-        .bind(format_ts(now))
-        .bind(i64::from(max))
-        .fetch_all(&mut *tx)
-        .await?;
-        let expires = format_ts(now + chrono::Duration::from_std(ttl).unwrap_or_default());
-        let sql = format!(
-            "UPDATE debates SET status = 'running', \
-             started_at = COALESCE(started_at, ?), lease_owner = ?, \
-             lease_generation = lease_generation + 1, instance = ?, \
-             lease_expires_at = ? WHERE id = ? RETURNING {DEBATE_COLUMNS}, lease_generation"
-        );
-        let mut claimed = Vec::with_capacity(candidates.len());
-        for (id, previous_status, previous_owner, cancel_requested, pause_requested) in candidates {
-            let row = sqlx::query_as::<_, ClaimRow>(&sql)
-                .bind(format_ts(now))
-                .bind(instance)
-                .bind(instance)
-                .bind(&expires)
-                .bind(&id)
-                .fetch_one(&mut *tx)
-                .await?;
-            claimed.push(ClaimedDebate {
-                record: row.debate.into_record()?,
-                lease: Lease {
-                    owner: instance.to_owned(),
-                    generation: row.lease_generation,
-                },
-                previous_status: parse_status(&previous_status)?,
-                previous_owner,
-                cancel_requested,
-                pause_requested,
-            });
-        }
-        let result = Ok(claimed);
-        tx.commit().await?;
-        result
+        .await
+    }
+
+    async fn claim_queued(
+        &self,
+        instance: &str,
+        max: u32,
+        ttl: Duration,
+    ) -> StoreResult<Vec<ClaimedDebate>> {
+        // `?` (the expiry bound) is bound either way; this condition does not use it.
+        self.claim(
+            instance,
+            max,
+            ttl,
+            "INDEXED BY debates_queued_idx WHERE status = 'queued' AND ? IS NOT NULL",
+        )
+        .await
     }
 
     async fn renew_leases(&self, instance: &str, ttl: Duration) -> StoreResult<Vec<Control>> {

@@ -187,6 +187,9 @@ suite! {
     a_step_writes_its_usage_with_its_events_or_neither =>
         sqlite_a_step_writes_its_usage_with_its_events_or_neither,
         postgres_a_step_writes_its_usage_with_its_events_or_neither;
+    claiming_queued_debates_leaves_expired_leases_for_the_full_claim =>
+        sqlite_claiming_queued_debates_leaves_expired_leases_for_the_full_claim,
+        postgres_claiming_queued_debates_leaves_expired_leases_for_the_full_claim;
     grouped_steps_each_get_their_own_outcome =>
         sqlite_grouped_steps_each_get_their_own_outcome,
         postgres_grouped_steps_each_get_their_own_outcome;
@@ -535,6 +538,42 @@ fn step(
         events,
         usage,
     }
+}
+
+async fn claiming_queued_debates_leaves_expired_leases_for_the_full_claim(s: &DynStore) {
+    // o1 runs on "a" and is then orphaned (a's leases expire); q1 and q2 are queued after.
+    s.create_debate(&new_debate("o1", None)).await.unwrap();
+    assert_eq!(
+        s.claim_debates("a", 1, TTL).await.unwrap()[0].record.id,
+        "o1"
+    );
+    for id in ["q1", "q2"] {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        s.create_debate(&new_debate(id, None)).await.unwrap();
+    }
+    s.expire_leases_of("a").await.unwrap();
+    let queued = s.claim_queued("b", 10, TTL).await.unwrap();
+    assert_eq!(
+        ids_of(&queued),
+        ["q1", "q2"],
+        "only queued debates, oldest first"
+    );
+    for c in &queued {
+        assert_eq!(c.previous_status, DebateStatus::Queued);
+        assert_eq!(c.lease.owner, "b");
+        assert_eq!(c.record.status, DebateStatus::Running);
+    }
+    assert!(s.claim_queued("c", 10, TTL).await.unwrap().is_empty());
+    // The full claim still finds the orphan, as a resume by a new owner.
+    let orphan = s.claim_debates("c", 10, TTL).await.unwrap();
+    assert_eq!(ids_of(&orphan), ["o1"]);
+    assert_eq!(orphan[0].previous_status, DebateStatus::Running);
+    assert_eq!(orphan[0].previous_owner.as_deref(), Some("a"));
+    assert_eq!(orphan[0].lease.generation, 2);
+}
+
+fn ids_of(claims: &[store::ClaimedDebate]) -> Vec<&str> {
+    claims.iter().map(|c| c.record.id.as_str()).collect()
 }
 
 async fn grouped_steps_each_get_their_own_outcome(s: &DynStore) {
