@@ -64,6 +64,8 @@ read u1 s1 < <(awk '{print $14, $15}' /proc/$PID/stat)
 pg1=$(pgcpu)
 [ "$DB" = pg ] && c1=$(commits) && echo "postgres commits $((c1-c0)) -> $(echo "scale=1; ($c1-$c0)/$N" | bc) per debate"
 echo "peak rss $(awk '/VmHWM/ {print $2, $3}' /proc/$PID/status)"
+# The busiest threads by CPU ticks (the SQLite writer is one thread of its own).
+echo "threads: $(for t in /proc/$PID/task/*; do awk '{printf "%s=%d\n", $2, $14+$15}' $t/stat; done | sort -t= -k2 -rn | head -6 | tr '\n' ' ')"
 echo "postgres cpu $(( pg1-pg0 )) ticks -> $(echo "scale=3; (($pg1-$pg0)*10)/$N" | bc) ms/debate (existing backends only)"
 [ "$MODE" = callgrind ] && callgrind_control -d $PID >/dev/null
 echo "codes: $(sort $D/codes | uniq -c | tr '\n' ' ')"

@@ -1,4 +1,5 @@
 //! Embedded SQLite backend: the zero-setup default for single-node deployments.
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::str::FromStr;
 
@@ -142,6 +143,141 @@ fn is_busy(err: &sqlx::Error) -> bool {
 }
 
 impl SqliteStore {
+    /// [`Store::append_steps`] for a group: a handful of statements for the whole group, not
+    /// a few per step. The writer's transaction is held while its holder is scheduled again
+    /// between statements, and with thousands of debates running that wait, not SQLite,
+    /// was what each statement cost.
+    async fn append_many(
+        &self,
+        steps: &[&StepWrite],
+    ) -> StoreResult<Vec<StoreResult<Vec<StoredEvent>>>> {
+        /// Rows per statement, under SQLite's 32,766 bound parameters.
+        const STEPS_PER_STATEMENT: usize = 2_000;
+        const EVENTS_PER_STATEMENT: usize = 4_000;
+        const USAGE_PER_STATEMENT: usize = 3_000;
+        let live: Vec<&StepWrite> = steps
+            .iter()
+            .copied()
+            .filter(|s| !s.events.is_empty())
+            .collect();
+        let timestamp = now_micros();
+        let at = format_ts(timestamp);
+        let mut tx = self.begin_write().await?;
+        // Each debate's last_seq, bumped by its count where its lease still holds.
+        let mut last: HashMap<String, i64> = HashMap::with_capacity(live.len());
+        for chunk in live.chunks(STEPS_PER_STATEMENT) {
+            let mut qb: QueryBuilder<Sqlite> =
+                QueryBuilder::new("WITH v(id, n, owner, generation) AS (");
+            qb.push_values(chunk, |mut row, s| {
+                row.push_bind(s.debate_id.as_str())
+                    .push_bind(s.events.len() as i64)
+                    .push_bind(s.lease.as_ref().map(|l| l.owner.as_str()))
+                    .push_bind(s.lease.as_ref().map_or(0, |l| l.generation));
+            });
+            qb.push(
+                ") UPDATE debates SET last_seq = debates.last_seq + v.n FROM v \
+                 WHERE debates.id = v.id AND (v.owner IS NULL OR \
+                     (debates.lease_owner = v.owner AND debates.lease_generation = v.generation)) \
+                 RETURNING debates.id, debates.last_seq",
+            );
+            let bumped: Vec<(String, i64)> = qb.build_query_as().fetch_all(&mut *tx).await?;
+            last.extend(bumped);
+        }
+        let written: Vec<&StepWrite> = live
+            .iter()
+            .copied()
+            .filter(|s| last.contains_key(&s.debate_id))
+            .collect();
+        let events: Vec<(&StepWrite, i64, &NewEvent)> = written
+            .iter()
+            .flat_map(|s| {
+                let first = last[&s.debate_id] - s.events.len() as i64 + 1;
+                s.events
+                    .iter()
+                    .enumerate()
+                    .map(move |(i, e)| (*s, first + i as i64, e))
+            })
+            .collect();
+        for chunk in events.chunks(EVENTS_PER_STATEMENT) {
+            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO debate_events (debate_id, seq, kind, round, agent, data, created_at) ",
+            );
+            qb.push_values(chunk, |mut row, (s, seq, e)| {
+                row.push_bind(s.debate_id.as_str())
+                    .push_bind(*seq)
+                    .push_bind(e.kind.as_str())
+                    .push_bind(e.round)
+                    .push_bind(e.agent.as_deref())
+                    .push_bind(Json(&e.data))
+                    .push_bind(at.as_str());
+            });
+            qb.build().execute(&mut *tx).await?;
+        }
+        let usage: Vec<&NewUsage> = written.iter().flat_map(|s| &s.usage).collect();
+        for chunk in usage.chunks(USAGE_PER_STATEMENT) {
+            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO usage (principal_id, debate_id, agent, provider, model, \
+                 input_tokens, output_tokens, estimated, cost_usd, created_at) ",
+            );
+            qb.push_values(chunk, |mut row, u| {
+                row.push_bind(u.principal_id.as_str())
+                    .push_bind(u.debate_id.as_deref())
+                    .push_bind(u.agent.as_str())
+                    .push_bind(u.provider.as_str())
+                    .push_bind(u.model.as_str())
+                    .push_bind(u.input_tokens)
+                    .push_bind(u.output_tokens)
+                    .push_bind(u.estimated)
+                    .push_bind(u.cost_usd)
+                    .push_bind(at.as_str());
+            });
+            qb.build().execute(&mut *tx).await?;
+        }
+        // Why the others were refused: their debate is gone, or their lease moved on.
+        let mut existing = HashSet::new();
+        for s in live.iter().filter(|s| !last.contains_key(&s.debate_id)) {
+            let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM debates WHERE id = ?")
+                .bind(&s.debate_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if found.is_some() {
+                existing.insert(s.debate_id.as_str());
+            }
+        }
+        tx.commit().await?;
+        Ok(steps
+            .iter()
+            .map(|s| {
+                if s.events.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let Some(&end) = last.get(&s.debate_id) else {
+                    return Err(match (&s.lease, existing.contains(s.debate_id.as_str())) {
+                        (Some(lease), true) => StoreError::Fenced(format!(
+                            "debate {} is no longer held by {} (generation {})",
+                            s.debate_id, lease.owner, lease.generation
+                        )),
+                        _ => StoreError::NotFound(format!("debate {}", s.debate_id)),
+                    });
+                };
+                let first = end - s.events.len() as i64 + 1;
+                Ok(s.events
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| StoredEvent {
+                        debate_id: s.debate_id.clone(),
+                        seq: first + i as i64,
+                        kind: e.kind.clone(),
+                        round: e.round,
+                        agent: e.agent.clone(),
+                        data: e.data.clone(),
+                        timestamp,
+                    })
+                    .collect())
+            })
+            .collect())
+    }
+
     /// Claim up to `max` of the oldest debates `which` selects (`INDEXED BY … WHERE …`, with
     /// one `?` for the expiry bound), for `instance`.
     async fn claim(
@@ -715,6 +851,9 @@ impl Store for SqliteStore {
         &self,
         steps: &[&StepWrite],
     ) -> StoreResult<Vec<StoreResult<Vec<StoredEvent>>>> {
+        if steps.iter().filter(|s| !s.events.is_empty()).count() > 1 {
+            return self.append_many(steps).await;
+        }
         // One write transaction (one commit, one sync) for the group. A step refused for
         // its lease or its missing debate wrote nothing and is answered alone; any other
         // failure rolls the whole group back.
