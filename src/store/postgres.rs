@@ -550,13 +550,25 @@ impl Store for PostgresStore {
         events: &[NewEvent],
     ) -> StoreResult<(DebateRecord, Vec<StoredEvent>)> {
         let created_at = now_micros();
-        // ON CONFLICT DO NOTHING turns a duplicate into "0 rows" instead of an error to parse.
-        let mut tx = self.intake.begin().await?;
-        let done = sqlx::query(
-            "INSERT INTO debates (id, task, status, agents, rounds, rounds_used, consensus, \
-             owner_id, correlation_id, options, created_at) \
-             VALUES ($1, $2, 'queued', $3, $4, 0, $5, $6, $7, $8, $9) \
-             ON CONFLICT (id) DO NOTHING",
+        // One statement, so accepting a debate is one round trip and one commit on the
+        // intake connections: the debate with its last_seq already counting its first
+        // events, and those events numbered from 1. ON CONFLICT DO NOTHING turns a duplicate
+        // into "not created" (and no events) instead of an error to parse.
+        let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+        let rounds: Vec<Option<i32>> = events.iter().map(|e| e.round).collect();
+        let agents: Vec<Option<&str>> = events.iter().map(|e| e.agent.as_deref()).collect();
+        let data: Vec<Json<&serde_json::Value>> = events.iter().map(|e| Json(&e.data)).collect();
+        let (created, _): (i64, i64) = sqlx::query_as(
+            "WITH d AS (INSERT INTO debates (id, task, status, agents, rounds, rounds_used, \
+                 consensus, owner_id, correlation_id, options, created_at, last_seq) \
+                 VALUES ($1, $2, 'queued', $3, $4, 0, $5, $6, $7, $8, $9, $10) \
+                 ON CONFLICT (id) DO NOTHING RETURNING id), \
+             e AS (INSERT INTO debate_events (debate_id, seq, kind, round, agent, data, created_at) \
+                 SELECT d.id, v.ord, v.kind, v.round, v.agent, v.data, $9 \
+                 FROM d, unnest($11::TEXT[], $12::INT[], $13::TEXT[], $14::JSONB[]) \
+                     WITH ORDINALITY AS v(kind, round, agent, data, ord) \
+                 RETURNING seq) \
+             SELECT (SELECT count(*) FROM d), (SELECT count(*) FROM e)",
         )
         .bind(&new.id)
         .bind(&new.task)
@@ -567,16 +579,32 @@ impl Store for PostgresStore {
         .bind(&new.correlation_id)
         .bind(Json(&new.options))
         .bind(created_at)
-        .execute(&mut *tx)
+        .bind(events.len() as i64)
+        .bind(&kinds)
+        .bind(&rounds)
+        .bind(&agents)
+        .bind(&data)
+        .fetch_one(&self.intake)
         .await?;
-        if done.rows_affected() == 0 {
+        if created == 0 {
             return Err(StoreError::Conflict(format!(
                 "debate {} already exists",
                 new.id
             )));
         }
-        let stored = insert_events(&mut tx, &new.id, None, events).await?;
-        tx.commit().await?;
+        let stored = events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| StoredEvent {
+                debate_id: new.id.clone(),
+                seq: i as i64 + 1,
+                kind: e.kind.clone(),
+                round: e.round,
+                agent: e.agent.clone(),
+                data: e.data.clone(),
+                timestamp: created_at,
+            })
+            .collect();
         let record = DebateRecord {
             id: new.id.clone(),
             task: new.task.clone(),

@@ -743,8 +743,8 @@ impl Store for SqliteStore {
         let mut tx = self.begin_write().await?;
         let done = sqlx::query(
             "INSERT INTO debates (id, task, status, agents, rounds, rounds_used, consensus, \
-             owner_id, correlation_id, options, created_at) \
-             VALUES (?, ?, 'queued', ?, ?, 0, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+             owner_id, correlation_id, options, created_at, last_seq) \
+             VALUES (?, ?, 'queued', ?, ?, 0, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
         )
         .bind(&new.id)
         .bind(&new.task)
@@ -755,6 +755,7 @@ impl Store for SqliteStore {
         .bind(&new.correlation_id)
         .bind(Json(&new.options))
         .bind(format_ts(created_at))
+        .bind(events.len() as i64)
         .execute(&mut *tx)
         .await?;
         if done.rows_affected() == 0 {
@@ -763,8 +764,38 @@ impl Store for SqliteStore {
                 new.id
             )));
         }
-        let stored = insert_events(&mut tx, &new.id, None, events).await?;
+        // The debate's last_seq already counts its first events: they are seqs 1..=n,
+        // written by one statement (few statements while the writer is held).
+        let at = format_ts(created_at);
+        if !events.is_empty() {
+            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO debate_events (debate_id, seq, kind, round, agent, data, created_at) ",
+            );
+            qb.push_values(events.iter().enumerate(), |mut row, (i, e)| {
+                row.push_bind(new.id.as_str())
+                    .push_bind(i as i64 + 1)
+                    .push_bind(e.kind.as_str())
+                    .push_bind(e.round)
+                    .push_bind(e.agent.as_deref())
+                    .push_bind(Json(&e.data))
+                    .push_bind(at.as_str());
+            });
+            qb.build().execute(&mut *tx).await?;
+        }
         tx.commit().await?;
+        let stored = events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| StoredEvent {
+                debate_id: new.id.clone(),
+                seq: i as i64 + 1,
+                kind: e.kind.clone(),
+                round: e.round,
+                agent: e.agent.clone(),
+                data: e.data.clone(),
+                timestamp: created_at,
+            })
+            .collect();
         let record = DebateRecord {
             id: new.id.clone(),
             task: new.task.clone(),

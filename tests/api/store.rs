@@ -187,6 +187,9 @@ suite! {
     a_step_writes_its_usage_with_its_events_or_neither =>
         sqlite_a_step_writes_its_usage_with_its_events_or_neither,
         postgres_a_step_writes_its_usage_with_its_events_or_neither;
+    a_debate_is_accepted_with_its_first_events_or_not_at_all =>
+        sqlite_a_debate_is_accepted_with_its_first_events_or_not_at_all,
+        postgres_a_debate_is_accepted_with_its_first_events_or_not_at_all;
     claiming_queued_debates_leaves_expired_leases_for_the_full_claim =>
         sqlite_claiming_queued_debates_leaves_expired_leases_for_the_full_claim,
         postgres_claiming_queued_debates_leaves_expired_leases_for_the_full_claim;
@@ -538,6 +541,53 @@ fn step(
         events,
         usage,
     }
+}
+
+async fn a_debate_is_accepted_with_its_first_events_or_not_at_all(s: &DynStore) {
+    let (record, stored) = s
+        .create_debate_with(
+            &new_debate("w1", Some("u1")),
+            &[event(1), ev("debate_queued")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(record.status, DebateStatus::Queued);
+    assert_eq!(stored.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+    let log = s.events_since("w1", 0, 100).await.unwrap();
+    assert_eq!(
+        log.iter()
+            .map(|e| (e.seq, e.kind.as_str()))
+            .collect::<Vec<_>>(),
+        [(1, "agent_message"), (2, "debate_queued")]
+    );
+    assert_eq!(log[0].data, event(1).data);
+    assert_eq!(log[0].agent, event(1).agent);
+    assert_eq!(s.last_seq("w1").await.unwrap(), 2);
+    // The log continues after them.
+    assert_eq!(s.append_event("w1", &ev("note")).await.unwrap().seq, 3);
+    // A duplicate id is refused whole: no record replaced, no event added.
+    let err = s
+        .create_debate_with(&new_debate("w1", Some("u2")), &[ev("debate_queued")])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert_eq!(
+        s.get_debate("w1")
+            .await
+            .unwrap()
+            .unwrap()
+            .owner_id
+            .as_deref(),
+        Some("u1")
+    );
+    assert_eq!(s.last_seq("w1").await.unwrap(), 3);
+    assert_eq!(s.events_since("w1", 0, 100).await.unwrap().len(), 3);
+    // Without events: a record with an empty log.
+    s.create_debate_with(&new_debate("w2", None), &[])
+        .await
+        .unwrap();
+    assert_eq!(s.last_seq("w2").await.unwrap(), 0);
+    assert!(s.events_since("w2", 0, 100).await.unwrap().is_empty());
 }
 
 async fn claiming_queued_debates_leaves_expired_leases_for_the_full_claim(s: &DynStore) {
