@@ -132,6 +132,10 @@ pub async fn serve(
             return;
         }
     };
+    // The reload token is taken before the client hears anything: a SIGUSR1 that comes after
+    // it has read `connection_info` always closes this connection (taken later, a reload in
+    // between would hand this connection the new token and leave it open).
+    let reload = hub.reload_token();
     let client_id = format!("ws-{}", hub.next_client.fetch_add(1, Ordering::Relaxed));
     let span = tracing::info_span!("ws", %client_id);
     let _enter = span.enter();
@@ -172,7 +176,6 @@ pub async fn serve(
     // shutdown token, by a reload or by shutdown; `stop_reason` says which. Waiting on it
     // locks only this connection's node, where waiting on the server-wide tokens would lock
     // theirs on every wake-up of every connection.
-    let reload = hub.reload_token();
     let slow = reload.child_token();
     let catch_up = |job: CatchUp| {
         ws_server.tasks.spawn(subscription::run(
