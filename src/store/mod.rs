@@ -391,6 +391,40 @@ pub struct NewEvent {
     pub data: serde_json::Value,
 }
 
+/// `events` as stored for `debate_id` from seq `first` on, at `timestamp`.
+pub(crate) fn stored_run(
+    debate_id: &str,
+    first: i64,
+    events: &[NewEvent],
+    timestamp: DateTime<Utc>,
+) -> Vec<StoredEvent> {
+    events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| StoredEvent {
+            debate_id: debate_id.to_owned(),
+            seq: first + i as i64,
+            kind: e.kind.clone(),
+            round: e.round,
+            agent: e.agent.clone(),
+            data: e.data.clone(),
+            timestamp,
+        })
+        .collect()
+}
+
+/// Why an append to `debate_id` wrote nothing: the debate `exists` but `lease` has moved
+/// on (`Fenced`), or it does not exist (`NotFound`).
+pub(crate) fn refused(debate_id: &str, lease: Option<&Lease>, exists: bool) -> StoreError {
+    match (lease, exists) {
+        (Some(lease), true) => StoreError::Fenced(format!(
+            "debate {debate_id} is no longer held by {} (generation {})",
+            lease.owner, lease.generation
+        )),
+        _ => StoreError::NotFound(format!("debate {debate_id}")),
+    }
+}
+
 /// One debate's step for [`Store::append_steps`]: its events and the usage rows of the
 /// calls they record, fenced by `lease` like [`Store::append_step`].
 #[derive(Debug, Clone)]

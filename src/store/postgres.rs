@@ -215,13 +215,7 @@ async fn insert_events(
             .bind(debate_id)
             .fetch_optional(&mut **tx)
             .await?;
-        return Err(match (exists, lease) {
-            (Some(_), Some(lease)) => StoreError::Fenced(format!(
-                "debate {debate_id} is no longer held by {} (generation {})",
-                lease.owner, lease.generation
-            )),
-            _ => StoreError::NotFound(format!("debate {debate_id}")),
-        });
+        return Err(refused(debate_id, lease, exists.is_some()));
     };
     let timestamp = now_micros();
     let mut stored = Vec::with_capacity(events.len());
@@ -592,19 +586,7 @@ impl Store for PostgresStore {
                 new.id
             )));
         }
-        let stored = events
-            .iter()
-            .enumerate()
-            .map(|(i, e)| StoredEvent {
-                debate_id: new.id.clone(),
-                seq: i as i64 + 1,
-                kind: e.kind.clone(),
-                round: e.round,
-                agent: e.agent.clone(),
-                data: e.data.clone(),
-                timestamp: created_at,
-            })
-            .collect();
+        let stored = stored_run(&new.id, 1, events, created_at);
         let record = DebateRecord {
             id: new.id.clone(),
             task: new.task.clone(),
@@ -738,27 +720,9 @@ impl Store for PostgresStore {
                     .bind(debate_id)
                     .fetch_optional(&self.pool)
                     .await?;
-            return Err(match (exists, lease) {
-                (Some(_), Some(lease)) => StoreError::Fenced(format!(
-                    "debate {debate_id} is no longer held by {} (generation {})",
-                    lease.owner, lease.generation
-                )),
-                _ => StoreError::NotFound(format!("debate {debate_id}")),
-            });
+            return Err(refused(debate_id, lease, exists.is_some()));
         };
-        Ok(events
-            .iter()
-            .enumerate()
-            .map(|(i, e)| StoredEvent {
-                debate_id: debate_id.to_owned(),
-                seq: first + i as i64,
-                kind: e.kind.clone(),
-                round: e.round,
-                agent: e.agent.clone(),
-                data: e.data.clone(),
-                timestamp,
-            })
-            .collect())
+        Ok(stored_run(debate_id, first, events, timestamp))
     }
 
     async fn append_steps(
@@ -866,16 +830,16 @@ impl Store for PostgresStore {
             *at = (*at).min(*seq);
         }
         // The debates that got nothing were refused: gone, or their lease moved on.
-        let refused: Vec<&str> = ids
+        let missing: Vec<&str> = ids
             .iter()
             .copied()
             .filter(|id| !first.contains_key(id))
             .collect();
-        let existing: HashSet<String> = if refused.is_empty() {
+        let existing: HashSet<String> = if missing.is_empty() {
             HashSet::new()
         } else {
             sqlx::query_scalar("SELECT id FROM debates WHERE id = ANY($1)")
-                .bind(&refused)
+                .bind(&missing)
                 .fetch_all(&self.pool)
                 .await?
                 .into_iter()
@@ -888,27 +852,13 @@ impl Store for PostgresStore {
                     return Ok(Vec::new());
                 }
                 let Some(&from) = first.get(s.debate_id.as_str()) else {
-                    return Err(match (&s.lease, existing.contains(&s.debate_id)) {
-                        (Some(lease), true) => StoreError::Fenced(format!(
-                            "debate {} is no longer held by {} (generation {})",
-                            s.debate_id, lease.owner, lease.generation
-                        )),
-                        _ => StoreError::NotFound(format!("debate {}", s.debate_id)),
-                    });
+                    return Err(refused(
+                        &s.debate_id,
+                        s.lease.as_ref(),
+                        existing.contains(&s.debate_id),
+                    ));
                 };
-                Ok(s.events
-                    .iter()
-                    .enumerate()
-                    .map(|(i, e)| StoredEvent {
-                        debate_id: s.debate_id.clone(),
-                        seq: from + i as i64,
-                        kind: e.kind.clone(),
-                        round: e.round,
-                        agent: e.agent.clone(),
-                        data: e.data.clone(),
-                        timestamp,
-                    })
-                    .collect())
+                Ok(stored_run(&s.debate_id, from, &s.events, timestamp))
             })
             .collect())
     }

@@ -261,19 +261,7 @@ impl SqliteStore {
                     });
                 };
                 let first = end - s.events.len() as i64 + 1;
-                Ok(s.events
-                    .iter()
-                    .enumerate()
-                    .map(|(i, e)| StoredEvent {
-                        debate_id: s.debate_id.clone(),
-                        seq: first + i as i64,
-                        kind: e.kind.clone(),
-                        round: e.round,
-                        agent: e.agent.clone(),
-                        data: e.data.clone(),
-                        timestamp,
-                    })
-                    .collect())
+                Ok(stored_run(&s.debate_id, first, &s.events, timestamp))
             })
             .collect())
     }
@@ -529,13 +517,7 @@ async fn insert_events(
             .bind(debate_id)
             .fetch_optional(&mut **tx)
             .await?;
-        return Err(match (exists, lease) {
-            (Some(_), Some(lease)) => StoreError::Fenced(format!(
-                "debate {debate_id} is no longer held by {} (generation {})",
-                lease.owner, lease.generation
-            )),
-            _ => StoreError::NotFound(format!("debate {debate_id}")),
-        });
+        return Err(refused(debate_id, lease, exists.is_some()));
     };
     let timestamp = now_micros();
     let first = last - n + 1;
@@ -783,19 +765,7 @@ impl Store for SqliteStore {
             qb.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
-        let stored = events
-            .iter()
-            .enumerate()
-            .map(|(i, e)| StoredEvent {
-                debate_id: new.id.clone(),
-                seq: i as i64 + 1,
-                kind: e.kind.clone(),
-                round: e.round,
-                agent: e.agent.clone(),
-                data: e.data.clone(),
-                timestamp: created_at,
-            })
-            .collect();
+        let stored = stored_run(&new.id, 1, events, created_at);
         let record = DebateRecord {
             id: new.id.clone(),
             task: new.task.clone(),
