@@ -233,7 +233,12 @@ fn block_on(fut: impl Future<Output = ExitCode>) -> ExitCode {
         .enable_all()
         .build()
     {
-        Ok(rt) => rt.block_on(fut),
+        Ok(rt) => {
+            let code = rt.block_on(fut);
+            // Buffered log lines are written before the process exits.
+            crate::telemetry::logging::flush();
+            code
+        }
         Err(err) => {
             eprintln!("aragora: cannot start the async runtime: {err}");
             ExitCode::FAILURE

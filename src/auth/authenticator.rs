@@ -75,10 +75,35 @@ impl Authenticator {
             return Ok(Principal::local_owner());
         }
         match token {
-            Some(token) => self.resolve_token(token).await,
+            Some(token) => match self.resolve_cached(token) {
+                Some(principal) => Ok(principal),
+                // What may read the store is boxed: its future is large, and a request
+                // that never needs it would otherwise carry (and copy) its whole state.
+                None => Box::pin(self.resolve_token(token)).await,
+            },
             None if self.local_operator && is_local(peer, headers) => Ok(Principal::local_owner()),
             None => Ok(Principal::anonymous()),
         }
+    }
+
+    /// The principal of a credential resolved recently on this instance (the service token,
+    /// a cached API key or access token), without I/O; the same order as
+    /// [`resolve_token`](Self::resolve_token). Auth must be on.
+    fn resolve_cached(&self, token: &str) -> Option<Principal> {
+        if let Some(service) = &self.service_token
+            && keys::ct_eq(token, service.expose())
+        {
+            return Some(Principal::service());
+        }
+        if keys::looks_like_api_key(token) {
+            return self.credentials.api_key(&keys::sha256_hex(token));
+        }
+        if self.jwt_secret.is_some() {
+            return self
+                .credentials
+                .token(token, chrono::Utc::now().timestamp());
+        }
+        None
     }
 
     /// Resolve a presented credential. Auth must be on.

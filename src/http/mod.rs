@@ -23,10 +23,11 @@ mod ws_stats;
 
 use std::sync::Arc;
 
-use axum::Router;
+use axum::body::Body;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::routing::get;
+use tower::{Layer, ServiceBuilder};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
@@ -76,8 +77,20 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
     document
 }
 
-/// The whole HTTP application for the API port.
-pub fn router(state: AppState) -> Router {
+/// The whole HTTP application for the API port: the request pipeline around CORS around the
+/// gate around the router. The middleware wraps the router once, not each route (axum's
+/// `Router::layer` would clone every layer's service for every request), so it is built
+/// with tower here and not with `Router::layer`.
+pub fn router(
+    state: AppState,
+) -> impl tower::Service<
+    axum::extract::Request,
+    Response = axum::response::Response,
+    Error = std::convert::Infallible,
+    Future: Send + 'static,
+> + Clone
++ Send
++ 'static {
     let config = state.config.clone();
     let (routes, access) = ApiRouter::new()
         .nest("/api", api_only_routes())
@@ -100,25 +113,26 @@ pub fn router(state: AppState) -> Router {
     let gate = Arc::new(middleware::Gate {
         auth: state.auth.clone(),
         limiter: state.ratelimit.clone(),
-        access,
     });
-    routes
-        .fallback(pipeline::not_found)
+    let timeout = config.http.request_timeout;
+    let handlers = ServiceBuilder::new()
+        .map_response(|response: axum::http::Response<_>| response.map(Body::new))
         .layer(CatchPanicLayer::custom(panic_response))
-        .layer(DefaultBodyLimit::max(config.http.max_body_bytes))
         .layer(RequestBodyLimitLayer::new(config.http.max_body_bytes))
-        // Credentials are resolved once here, checked against the route's declared access,
-        // then rate limits applied in the same layer, so limits key on the authenticated
-        // principal. Inside the pipeline (401s and 429s get correlation ids and the log
-        // line) and inside CORS (browsers can read a 429; preflights are answered before it).
-        .layer(axum::middleware::from_fn_with_state(gate, middleware::gate))
-        .layer(cors(&config))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            pipeline::pipeline,
-        ))
-        .with_state(state)
+        .layer(DefaultBodyLimit::max(config.http.max_body_bytes))
+        .service(routes.fallback(pipeline::not_found).with_state(state));
+    // Credentials are resolved once in the gate, checked against the route's declared
+    // access, then rate limits applied in the same step, so limits key on the authenticated
+    // principal. Inside the pipeline (401s and 429s get correlation ids and the log line)
+    // and inside CORS (browsers can read a 429; preflights are answered before it).
+    let gated = middleware::Gated::new(gate, handlers);
+    pipeline::Pipeline::new(Arc::new(access), timeout, cors(&config).layer(gated))
 }
+
+/// The `Vary` of every API response: what CORS answers depend on. The pipeline adds it
+/// ([`pipeline::Pipeline`]); the CORS layer is told to add none.
+pub(crate) const CORS_VARY: &str =
+    "origin, access-control-request-method, access-control-request-headers";
 
 fn cors(config: &Config) -> CorsLayer {
     let origins: Vec<HeaderValue> = config
@@ -145,6 +159,7 @@ fn cors(config: &Config) -> CorsLayer {
         ])
         .allow_credentials(true)
         .max_age(std::time::Duration::from_secs(600))
+        .vary([])
 }
 
 fn panic_response(_panic: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
@@ -153,4 +168,40 @@ fn panic_response(_panic: Box<dyn std::any::Any + Send + 'static>) -> axum::resp
         crate::error::ErrorCode::Internal,
         "the server hit an internal error; the correlation id identifies it in the logs",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::Method;
+
+    use super::*;
+
+    /// The pipeline finds a request's route with its own matcher: every documented route
+    /// must resolve to its own pattern, or its requests would be labelled `unmatched` and
+    /// answered 404 before reaching the router.
+    #[test]
+    fn every_documented_route_resolves_to_itself() {
+        let (_, table) = ApiRouter::new()
+            .nest("/api", api_only_routes())
+            .nest("/api/v1", api_routes())
+            .finish();
+        let document = openapi_document();
+        assert!(document.paths.paths.len() > 20);
+        for pattern in document.paths.paths.keys() {
+            // A concrete path for the pattern: each `{param}` becomes a value.
+            let path: String = pattern
+                .split('/')
+                .map(|segment| {
+                    if segment.starts_with('{') {
+                        "value-1"
+                    } else {
+                        segment
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("/");
+            let found = table.resolve(&path, &Method::GET);
+            assert_eq!(found.label(), pattern, "{path}");
+        }
+    }
 }

@@ -3,16 +3,22 @@
 //! body for every error response, whoever produced it (fallback, body limit, extractor
 //! rejections, method not allowed).
 
-use std::time::Instant;
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::Next;
+use axum::extract::Request;
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
+use tower::Service;
 use tracing::Instrument;
 
-use crate::app::AppState;
+use super::middleware::{AccessTable, RouteMatch};
 use crate::error::{ErrorCode, error_response, error_response_with_status};
 use crate::telemetry::correlation;
 
@@ -24,20 +30,97 @@ pub const MAX_URI_BYTES: usize = 16 * 1024;
 /// Longest body of a non-JSON error response that is carried into the JSON message.
 const MAX_PLAIN_ERROR: usize = 4096;
 
-pub async fn pipeline(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let id = correlation::from_headers(req.headers()).unwrap_or_else(correlation::generate);
-    let method = req.method().clone();
-    // Label by route pattern, never by raw path (bounded cardinality, no ids or tokens).
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+/// The pipeline as the outermost service of the API port, around CORS, the gate and the
+/// router (`S`). It wraps the router once: axum's `Router::layer` would wrap every route
+/// and clone the whole stack for every request. It matches the request's route itself
+/// ([`AccessTable::resolve`]: axum's matcher over the router's own patterns) and hands the
+/// match on to the gate in the request's extensions.
+#[derive(Clone)]
+pub struct Pipeline<S> {
+    routes: Arc<AccessTable>,
+    timeout: Duration,
+    inner: S,
+}
+
+impl<S> Pipeline<S> {
+    pub fn new(routes: Arc<AccessTable>, timeout: Duration, inner: S) -> Self {
+        Pipeline {
+            routes,
+            timeout,
+            inner,
+        }
+    }
+}
+
+type BoxResponse = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+impl<S> Service<Request> for Pipeline<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = BoxResponse;
+
+    /// Always ready: what it wraps (CORS around the gate) is.
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        let started = Instant::now();
+        let id = correlation::from_headers(req.headers()).unwrap_or_else(correlation::generate);
+        let method = req.method().clone();
+        // Label by route pattern, never by raw path (bounded cardinality, no ids or tokens).
+        let route = self.routes.resolve(req.uri().path(), &method);
+        let span = request_span(&id, &method, &route, &req);
+        // Control characters (NUL…) in the path or a query value are refused here, once, the
+        // same on both backends (Postgres cannot store NUL; SQLite can).
+        let refused = correlation::sync_scope(id.clone(), || refusal(&req));
+        let timeout = self.timeout;
+        let inner = match refused {
+            Some(response) => Err(response),
+            None => {
+                req.extensions_mut().insert(route.clone());
+                Ok(self.inner.call(req))
+            }
+        };
+        Box::pin(async move {
+            let response = correlation::scope(
+                id.clone(),
+                async move {
+                    let response = match inner {
+                        Err(refused) => refused,
+                        Ok(inner) => match tokio::time::timeout(timeout, inner).await {
+                            Ok(Ok(response)) => response,
+                            Ok(Err(never)) => match never {},
+                            Err(_) => error_response(
+                                ErrorCode::HandlerTimeout,
+                                &format!(
+                                    "the request took longer than {} s and was abandoned",
+                                    timeout.as_secs()
+                                ),
+                            ),
+                        },
+                    };
+                    as_json_error(response).await
+                }
+                .instrument(span.clone()),
+            )
+            .await;
+            Ok(finish(response, &id, &method, &route, &span, started))
+        })
+    }
+}
+
+fn request_span(id: &str, method: &Method, route: &RouteMatch, req: &Request) -> tracing::Span {
+    // Plain `&str` values: recorded as strings, without the formatting machinery.
     let span = tracing::info_span!(
         "request",
-        correlation_id = %id,
-        method = %method,
-        route = %route,
+        correlation_id = id,
+        method = method.as_str(),
+        route = route.label(),
         // Recorded by handlers of one debate, so its errors carry the debate's id too.
         debate_id = tracing::field::Empty,
         otel.name = tracing::field::Empty,
@@ -45,84 +128,81 @@ pub async fn pipeline(State(state): State<AppState>, req: Request, next: Next) -
     );
     if crate::telemetry::traces::enabled() {
         use crate::telemetry::traces;
-        span.record("otel.name", format!("{method} {route}"));
+        span.record("otel.name", format!("{method} {}", route.label()));
         traces::adopt_parent(&span, req.headers());
         traces::attribute(&span, "http.request.method", method.to_string());
-        traces::attribute(&span, "http.route", route.clone());
+        traces::attribute(&span, "http.route", route.label().to_owned());
         traces::attribute(&span, "url.path", req.uri().path().to_owned());
     }
-    let timeout = state.config.http.request_timeout;
-    // Control characters (NUL…) in the path or a query value are refused here, once, the
-    // same on both backends (Postgres cannot store NUL; SQLite can).
-    let too_large = request_too_large(&req);
-    let bad_uri = crate::text::check_uri(req.uri().path(), req.uri().query()).err();
-    let bad_type = unsupported_content_type(&req);
-    let mut response = correlation::scope(id.clone(), async move {
-        if let Some((code, message)) = too_large {
-            return error_response(code, &message);
-        }
-        if let Some((field, message)) = bad_uri {
-            return axum::response::IntoResponse::into_response(crate::error::ApiError::BadField {
-                field,
-                message,
-            });
-        }
-        if let Some(content_type) = bad_type {
-            return error_response(
-                ErrorCode::UnsupportedMediaType,
-                &format!(
-                    "Content-Type `{content_type}` is not accepted; send JSON with \
-                     Content-Type: application/json"
-                ),
-            );
-        }
-        let response = match tokio::time::timeout(timeout, next.run(req)).await {
-            Ok(response) => response,
-            Err(_) => error_response(
-                ErrorCode::HandlerTimeout,
-                &format!(
-                    "the request took longer than {} s and was abandoned",
-                    timeout.as_secs()
-                ),
-            ),
-        };
-        as_json_error(response).await
-    })
-    .instrument(span.clone())
-    .await;
+    span
+}
 
-    if let Ok(value) = HeaderValue::from_str(&id) {
+/// The answer to a request refused before it is routed: too many headers, too long a URI,
+/// control characters in the path or query, a body that is not JSON.
+fn refusal(req: &Request) -> Option<Response> {
+    if let Some((code, message)) = request_too_large(req) {
+        return Some(error_response(code, &message));
+    }
+    if let Err((field, message)) = crate::text::check_uri(req.uri().path(), req.uri().query()) {
+        return Some(axum::response::IntoResponse::into_response(
+            crate::error::ApiError::BadField { field, message },
+        ));
+    }
+    unsupported_content_type(req).map(|content_type| {
+        error_response(
+            ErrorCode::UnsupportedMediaType,
+            &format!(
+                "Content-Type `{content_type}` is not accepted; send JSON with \
+                 Content-Type: application/json"
+            ),
+        )
+    })
+}
+
+/// The correlation id on the response, the request's log line and its metrics.
+fn finish(
+    mut response: Response,
+    id: &str,
+    method: &Method,
+    route: &RouteMatch,
+    span: &tracing::Span,
+    started: Instant,
+) -> Response {
+    if let Ok(value) = HeaderValue::from_str(id) {
         response.headers_mut().insert(correlation::HEADER, value);
     }
     let status = response.status().as_u16();
     if crate::telemetry::traces::enabled() {
         use crate::telemetry::traces;
-        traces::attribute(&span, "http.response.status_code", i64::from(status));
+        traces::attribute(span, "http.response.status_code", i64::from(status));
         if status >= 500 {
-            traces::error(&span, &status.to_string(), "server error");
+            traces::error(span, &status.to_string(), "server error");
         }
     }
+    // CORS's `Vary`, on every response (tower-http's layer would build it per response).
+    response
+        .headers_mut()
+        .append(header::VARY, HeaderValue::from_static(super::CORS_VARY));
     let elapsed = started.elapsed();
     let duration_ms = elapsed.as_millis() as u64;
+    let label = route.label();
     span.in_scope(|| {
-        let level_is_error = status >= 500;
-        if level_is_error {
-            tracing::warn!(
-                target: "aragora::http",
-                status,
-                duration_ms,
-                "request {method} {route} status={status} duration_ms={duration_ms}"
-            );
+        // `request GET /api/debates status=200 duration_ms=5`, written out here: a `&str`
+        // message is recorded as it is, where a format string goes through `fmt` twice.
+        let mut message = String::with_capacity(48 + label.len());
+        message.push_str("request ");
+        message.push_str(method.as_str());
+        message.push(' ');
+        message.push_str(label);
+        let _ = write!(message, " status={status} duration_ms={duration_ms}");
+        let message = message.as_str();
+        if status >= 500 {
+            tracing::warn!(target: "aragora::http", message, status, duration_ms);
         } else {
-            tracing::info!(
-                target: "aragora::http",
-                status,
-                duration_ms,
-                "request {method} {route} status={status} duration_ms={duration_ms}"
-            );
+            tracing::info!(target: "aragora::http", message, status, duration_ms);
         }
     });
-    crate::telemetry::metrics::record_http_request(&method, &route, status, elapsed);
+    crate::telemetry::metrics::record_http_request(method, label, status, elapsed);
     response
 }
 

@@ -9,9 +9,9 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
+use axum::response::Response;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
@@ -19,7 +19,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
+use tower::{Service, ServiceExt};
 
 /// Headers hyper parses before refusing a request (431 without a body). The pipeline refuses
 /// more than [`super::pipeline::MAX_HEADERS`] with a JSON 431 first. Kept close to that limit:
@@ -28,11 +28,18 @@ use tower::ServiceExt;
 const HYPER_MAX_HEADERS: usize = 128;
 
 /// Serve `app` on `listener` until `shutdown`, then wait for open connections to finish.
-pub async fn serve(
+pub async fn serve<S>(
     listener: TcpListener,
-    app: Router,
+    app: S,
     shutdown: CancellationToken,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    S: Service<axum::http::Request<Body>, Response = Response, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     let mut builder = Builder::new(TokioExecutor::new());
     builder.http1().max_headers(HYPER_MAX_HEADERS);
     // CONNECT protocol for WebSockets over HTTP/2, as axum enables it.

@@ -14,8 +14,14 @@ tokio::task_local! {
 
 /// A fresh id: `corr-` followed by 12 lowercase hex digits.
 pub fn generate() -> String {
-    let n: u64 = rand::rng().random::<u64>() & 0xffff_ffff_ffff;
-    format!("corr-{n:012x}")
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let n: u64 = rand::rng().random::<u64>();
+    let mut id = String::with_capacity(17);
+    id.push_str("corr-");
+    for shift in (0..12).rev() {
+        id.push(HEX[((n >> (shift * 4)) & 0xf) as usize] as char);
+    }
+    id
 }
 
 /// Accept a caller's id only if it is short and made of safe characters, so it can go into
@@ -42,6 +48,12 @@ pub fn from_headers(headers: &HeaderMap) -> Option<String> {
 /// Run `fut` with `id` as the current correlation id.
 pub async fn scope<F: Future>(id: String, fut: F) -> F::Output {
     CURRENT.scope(id, fut).await
+}
+
+/// Run `f` with `id` as the current correlation id (synchronous code, such as building an
+/// error response before a request's future exists).
+pub fn sync_scope<R>(id: String, f: impl FnOnce() -> R) -> R {
+    CURRENT.sync_scope(id, f)
 }
 
 /// The correlation id of the request being served, if any.

@@ -9,8 +9,7 @@
 //! refused to every caller ([`Access::Deny`]), never public. A request that matches no
 //! route at all gets the JSON 404 whoever asks.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
 
 use axum::Router;
 use axum::http::Method;
@@ -137,14 +136,12 @@ impl<S: Clone + Send + Sync + 'static> ApiRouter<S> {
     pub fn finish(self) -> (Router<S>, AccessTable) {
         let (router, document) = self.router.split_for_parts();
         let mut table = AccessTable::from_document(&document);
-        for u in self.undocumented {
-            if u.under {
-                table.under.push((u.path.into_boxed_str(), u.access));
-            } else {
-                table
-                    .routes
-                    .insert(u.path.into_boxed_str(), RouteAccess::all(u.access));
-            }
+        // Exact routes first: a prefix's catch-all never shadows one.
+        for u in self.undocumented.iter().filter(|u| !u.under) {
+            table.insert(&u.path, RouteAccess::all(u.access));
+        }
+        for u in self.undocumented.iter().filter(|u| u.under) {
+            table.insert_under(&u.path, u.access);
         }
         (router, table)
     }
@@ -270,77 +267,94 @@ impl RouteAccess {
     }
 }
 
-/// Declared access by route pattern (axum's `MatchedPath`), built once with the router.
+/// Declared access by route pattern, built once with the router. It also finds the route a
+/// request is for ([`AccessTable::resolve`]), with the same matcher and the same patterns as
+/// axum's router, so the request pipeline knows the route (for its log line, its metrics and
+/// the gate) before the router runs, and the middleware wraps the router once instead of
+/// every route.
 pub struct AccessTable {
-    routes: HashMap<Box<str>, RouteAccess, BuildHasherDefault<RouteHasher>>,
-    /// Routers merged whole under a prefix; looked at only when no pattern matches.
-    under: Vec<(Box<str>, Access)>,
+    matcher: matchit::Router<usize>,
+    entries: Vec<(Arc<str>, RouteAccess)>,
+}
+
+/// The route a request is for: its pattern (the log and metrics label) and the access it
+/// needs. No pattern: no route has that path (the JSON 404 answers whoever asks).
+#[derive(Debug, Clone)]
+pub struct RouteMatch {
+    pub pattern: Option<Arc<str>>,
+    pub access: Access,
+}
+
+impl RouteMatch {
+    /// The label of logs and metrics: the pattern, never the raw path.
+    pub fn label(&self) -> &str {
+        self.pattern.as_deref().unwrap_or("unmatched")
+    }
 }
 
 impl AccessTable {
     /// The table of a document whose operations carry `x-access` (an operation without it
     /// is denied).
     pub fn from_document(document: &OpenApi) -> Self {
-        let mut routes: HashMap<Box<str>, RouteAccess, BuildHasherDefault<RouteHasher>> =
-            HashMap::default();
+        let mut table = AccessTable {
+            matcher: matchit::Router::new(),
+            entries: Vec::new(),
+        };
         for (path, item) in &document.paths.paths {
-            let entry = routes
-                .entry(path.as_str().into())
-                .or_insert_with(RouteAccess::none);
+            let mut access = RouteAccess::none();
             for (method, operation) in operations(item) {
-                entry.set(&method, declared(operation).unwrap_or(Access::Deny));
+                access.set(&method, declared(operation).unwrap_or(Access::Deny));
             }
+            table.insert(path, access);
         }
-        AccessTable {
-            routes,
-            under: Vec::new(),
+        table
+    }
+
+    /// Adds a pattern; a pattern already present keeps its first declaration.
+    fn insert(&mut self, pattern: &str, access: RouteAccess) {
+        if self.matcher.insert(pattern, self.entries.len()).is_ok() {
+            self.entries.push((pattern.into(), access));
         }
     }
 
-    /// What a request for `route` (the matched route pattern) with `method` needs;
+    /// Every path under `prefix` (the prefix itself, with a slash, and anything below).
+    fn insert_under(&mut self, prefix: &str, access: Access) {
+        for pattern in [
+            prefix.to_owned(),
+            format!("{prefix}/"),
+            format!("{prefix}/{{*rest}}"),
+        ] {
+            self.insert(&pattern, RouteAccess::all(access));
+        }
+    }
+
+    /// The route of a request for `path` with `method`, and the access it needs.
+    pub fn resolve(&self, path: &str, method: &Method) -> RouteMatch {
+        match self.matcher.at(path) {
+            Ok(found) => {
+                let (pattern, access) = &self.entries[*found.value];
+                RouteMatch {
+                    pattern: Some(pattern.clone()),
+                    access: access.of(method),
+                }
+            }
+            Err(_) => RouteMatch {
+                pattern: None,
+                access: Access::Public,
+            },
+        }
+    }
+
+    /// What a request for `route` (a route pattern) with `method` needs;
     /// [`Access::Deny`] for a route nobody declared.
     pub fn lookup(&self, route: &str, method: &Method) -> Access {
-        if let Some(access) = self.routes.get(route) {
-            return access.of(method);
+        match self.resolve(route, method) {
+            RouteMatch {
+                pattern: Some(_),
+                access,
+            } => access,
+            RouteMatch { pattern: None, .. } => Access::Deny,
         }
-        self.under
-            .iter()
-            .find(|(prefix, _)| {
-                route
-                    .strip_prefix(&**prefix)
-                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-            })
-            .map_or(Access::Deny, |(_, access)| *access)
-    }
-}
-
-/// A fast hash for the table's keys: route patterns of this server, never caller input
-/// (the gate looks up axum's `MatchedPath`), so no protection against chosen keys is needed.
-/// FxHash's word-at-a-time multiply; a lookup costs a few nanoseconds.
-#[derive(Default, Clone, Copy)]
-pub struct RouteHasher(u64);
-
-impl Hasher for RouteHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
-            let word = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
-            self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(K);
-        }
-        let mut tail = [0u8; 8];
-        let rest = chunks.remainder();
-        tail[..rest.len()].copy_from_slice(rest);
-        self.0 =
-            (self.0.rotate_left(5) ^ u64::from_le_bytes(tail) ^ rest.len() as u64).wrapping_mul(K);
-    }
-
-    fn write_u8(&mut self, byte: u8) {
-        self.0 = (self.0.rotate_left(5) ^ u64::from(byte)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
     }
 }
 
@@ -404,6 +418,53 @@ mod tests {
     }
 
     #[test]
+    fn requests_resolve_to_their_route_pattern_and_access() {
+        let (table, _) = table();
+        let resolve = |path: &str, method: Method| {
+            let found = table.resolve(path, &method);
+            (found.label().to_owned(), found.access)
+        };
+        assert_eq!(
+            resolve("/api/things/42/reset", Method::POST),
+            ("/api/things/{id}/reset".to_owned(), Access::Admin)
+        );
+        assert_eq!(
+            resolve("/api/things", Method::POST),
+            ("/api/things".to_owned(), Access::Member)
+        );
+        // No route: labelled `unmatched`, answered with the 404 whoever asks.
+        for path in [
+            "/api/things/42/reset/",
+            "/api/things/42",
+            "/api/consolex",
+            "/",
+        ] {
+            assert_eq!(
+                resolve(path, Method::GET),
+                ("unmatched".to_owned(), Access::Public),
+                "{path}"
+            );
+        }
+        // Everything under a merged prefix is that prefix's.
+        for (path, pattern) in [
+            ("/api/console", "/api/console"),
+            ("/api/console/", "/api/console/"),
+            ("/api/console/app.js", "/api/console/{*rest}"),
+            ("/api/console/a/b", "/api/console/{*rest}"),
+        ] {
+            assert_eq!(
+                resolve(path, Method::GET),
+                (pattern.to_owned(), Access::Public),
+                "{path}"
+            );
+        }
+        assert_eq!(
+            resolve("/api/ws", Method::GET),
+            ("/api/ws".to_owned(), Access::Public)
+        );
+    }
+
+    #[test]
     fn the_table_follows_the_declarations_and_denies_the_rest() {
         let (table, _) = table();
         assert_eq!(table.lookup("/api/open", &Method::GET), Access::Public);
@@ -431,23 +492,5 @@ mod tests {
         // A route nobody declared is refused, not public.
         assert_eq!(table.lookup("/api/undeclared", &Method::GET), Access::Deny);
         assert_eq!(table.lookup("/ws", &Method::GET), Access::Deny);
-    }
-
-    #[test]
-    fn the_hasher_tells_route_patterns_apart() {
-        use std::hash::BuildHasher;
-        let hash = |s: &str| BuildHasherDefault::<RouteHasher>::default().hash_one(s);
-        let paths = [
-            "/api/debates",
-            "/api/debates/{id}",
-            "/api/v1/debates",
-            "/api/v1/debates/{id}",
-            "/api/debates/{id}/events",
-            "/api/debates/{id}/events/",
-            "",
-            "/",
-        ];
-        let distinct: std::collections::HashSet<u64> = paths.iter().map(|p| hash(p)).collect();
-        assert_eq!(distinct.len(), paths.len());
     }
 }

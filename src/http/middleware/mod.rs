@@ -7,37 +7,95 @@
 pub mod access;
 pub mod ratelimit;
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use axum::extract::{ConnectInfo, MatchedPath, Request, State};
-use axum::middleware::Next;
+use axum::extract::{ConnectInfo, Request};
 use axum::response::{IntoResponse, Response};
+use tower::{Service, ServiceExt};
 
-pub use access::{AccessTable, ApiRouter};
+pub use access::{AccessTable, ApiRouter, RouteMatch};
 
 use crate::auth::extractors::presented;
 use crate::auth::{Access, Authenticator, CredentialError, Principal};
 use crate::error::ApiError;
 use crate::ratelimit::RateLimiter;
 
-/// What the gate needs, built once with the router (the middleware's state: one reference
-/// count per request, like the application state it replaces there).
+/// What the gate needs, built once with the router.
 pub struct Gate {
     pub auth: Arc<Authenticator>,
     pub limiter: Arc<RateLimiter>,
-    /// The declared access of every route.
-    pub access: AccessTable,
 }
 
-/// The middleware: resolve the principal once, check it against the route's declared
-/// access, store it for the handlers (`Extension<Principal>`), then rate-limit.
-pub async fn gate(State(gate): State<Arc<Gate>>, mut req: Request, next: Next) -> Response {
-    let access = match req.extensions().get::<MatchedPath>() {
-        Some(route) => gate.access.lookup(route.as_str(), req.method()),
-        // No route matched: the JSON 404 answers whoever asks.
-        None => Access::Public,
+/// The gate as a service around the router (`S`): one per server, cloned per connection,
+/// never per route. The request pipeline has already matched the route ([`RouteMatch`] in
+/// the request's extensions); a request for no route is answered with the JSON 404 here
+/// and never reaches the router, so a route added to the router without a declaration is
+/// never served to anyone.
+#[derive(Clone)]
+pub struct Gated<S> {
+    gate: Arc<Gate>,
+    inner: S,
+}
+
+impl<S> Gated<S> {
+    pub fn new(gate: Arc<Gate>, inner: S) -> Self {
+        Gated { gate, inner }
+    }
+}
+
+type BoxResponse = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+impl<S> Service<Request> for Gated<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = BoxResponse;
+
+    /// Always ready: the router it calls is too (axum's `Router` is).
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let gate = self.gate.clone();
+        let inner = self.inner.clone();
+        Box::pin(async move { Ok(gate_request(&gate, req, inner).await) })
+    }
+}
+
+/// Send `req` to `inner` and wait for its response.
+pub(crate) async fn run<S>(inner: S, req: Request) -> Response
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    match inner.oneshot(req).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
+}
+
+/// Resolve the principal once, check it against the route's declared access, store it for
+/// the handlers (`Extension<Principal>`), then rate-limit.
+async fn gate_request<S>(gate: &Gate, mut req: Request, inner: S) -> Response
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    let Some(route) = req.extensions().get::<RouteMatch>().cloned() else {
+        return ApiError::Internal("request reached the gate without a route match".into())
+            .into_response();
     };
+    if route.pattern.is_none() {
+        return super::pipeline::not_found(req).await;
+    }
+    let access = route.access;
     let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -59,28 +117,23 @@ pub async fn gate(State(gate): State<Arc<Gate>>, mut req: Request, next: Next) -
     };
     if let Err(e) = access.check(&principal) {
         if access == Access::Deny {
-            let route = req
-                .extensions()
-                .get::<MatchedPath>()
-                .map(MatchedPath::as_str);
             tracing::error!(
                 target: "aragora::http",
-                route,
+                route = route.label(),
                 "route without a declared access policy: refused (declare it in its router)"
             );
         }
         return e.into_response();
     }
     req.extensions_mut().insert(principal);
-    // Rate limiting follows at once, in this same middleware; limits key on the principal.
-    ratelimit::limit(&gate.limiter, req, next).await
+    // Rate limiting follows at once, in this same step; limits key on the principal.
+    ratelimit::limit(&gate.limiter, req, inner).await
 }
 
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
-    use axum::Router;
     use axum::body::Body;
     use axum::http::{Request, StatusCode};
     use axum::routing::get;
@@ -89,10 +142,11 @@ mod tests {
     use super::*;
     use crate::auth::CredentialCache;
     use crate::config::{Config, Flags};
+    use crate::http::pipeline::Pipeline;
 
     /// A router with one declared route, one added without a declaration, and a fallback,
-    /// behind the gate. Auth is off: every caller is the local owner.
-    async fn app() -> Router {
+    /// behind the pipeline and the gate. Auth is off: every caller is the local owner.
+    async fn app() -> Pipeline<Gated<axum::Router>> {
         let config = Config::load_with(None, &Flags::default(), |k| {
             (k == "ARAGORA_DATABASE_URL").then(|| "sqlite::memory:".to_owned())
         })
@@ -100,39 +154,51 @@ mod tests {
         let store = crate::app::open_store(&config.database)
             .await
             .expect("store");
-        let gate_state = |access| {
-            Arc::new(Gate {
-                auth: Arc::new(Authenticator::new(
-                    &config,
-                    store.clone(),
-                    Arc::new(CredentialCache::new(Duration::ZERO)),
-                )),
-                limiter: Arc::new(RateLimiter::new(&config, None)),
-                access,
-            })
-        };
+        let gate = Arc::new(Gate {
+            auth: Arc::new(Authenticator::new(
+                &config,
+                store.clone(),
+                Arc::new(CredentialCache::new(Duration::ZERO)),
+            )),
+            limiter: Arc::new(RateLimiter::new(&config, None)),
+        });
         let (router, access) = ApiRouter::<()>::new()
             .route(Access::Public, "/declared", get(|| async { "ok" }))
             .finish();
-        router
+        let router = router
             .route("/forgotten", get(|| async { "should not be served" }))
-            .fallback(|| async { StatusCode::NOT_FOUND })
-            .layer(axum::middleware::from_fn_with_state(
-                gate_state(access),
-                gate,
-            ))
+            .fallback(|| async { StatusCode::NOT_FOUND });
+        Pipeline::new(
+            Arc::new(access),
+            Duration::from_secs(5),
+            Gated::new(gate, router),
+        )
     }
 
-    async fn status(app: &Router, path: &str) -> StatusCode {
+    async fn get_path(app: &Pipeline<Gated<axum::Router>>, path: &str) -> (StatusCode, String) {
         let request = Request::get(path).body(Body::empty()).unwrap();
-        app.clone().oneshot(request).await.unwrap().status()
+        let response = app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
     }
 
     #[tokio::test]
-    async fn undeclared_routes_are_refused_even_to_the_owner() {
+    async fn undeclared_routes_are_never_served_even_to_the_owner() {
         let app = app().await;
-        assert_eq!(status(&app, "/declared").await, StatusCode::OK);
-        assert_eq!(status(&app, "/forgotten").await, StatusCode::FORBIDDEN);
-        assert_eq!(status(&app, "/nowhere").await, StatusCode::NOT_FOUND);
+        assert_eq!(
+            get_path(&app, "/declared").await,
+            (StatusCode::OK, "ok".to_owned())
+        );
+        // The route exists in the router, but nobody declared who may call it: the pipeline
+        // does not know it, and the gate answers as for a path without a route.
+        let (status, body) = get_path(&app, "/forgotten").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(body.contains("no route for GET /forgotten"), "{body}");
+        let (status, body) = get_path(&app, "/nowhere").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(body.contains("no route for GET /nowhere"), "{body}");
     }
 }

@@ -4,23 +4,27 @@
 //! every route, so a request clones and boxes the inner service stack once less). The
 //! limiter itself (rules, keys, backends, reload) is `crate::ratelimit`.
 
+use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use tower::Service;
 
 use crate::auth::Principal;
 use crate::ratelimit::{
     ClientIdentity, Decision, RateLimiter, Rule, client_ip, client_key, rule_for,
 };
 
-/// Limit one request; the principal (if the gate stored one) keys it.
-pub async fn limit(limiter: &RateLimiter, mut req: Request, next: Next) -> Response {
+/// Limit one request on its way to `inner`; the principal (if the gate stored one) keys it.
+pub async fn limit<S>(limiter: &RateLimiter, mut req: Request, inner: S) -> Response
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
     let Some(rule) = rule_for(req.method(), req.uri().path()) else {
-        return next.run(req).await;
+        return super::run(inner, req).await;
     };
     let settings = limiter.settings();
     let peer = req
@@ -36,17 +40,19 @@ pub async fn limit(limiter: &RateLimiter, mut req: Request, next: Next) -> Respo
         whitelisted,
     });
     if settings.disabled || whitelisted {
-        return next.run(req).await;
+        return super::run(inner, req).await;
     }
     // A request refused for what it is — bad input, an unknown route or debate, a debate not
     // accepted — does not use up the caller's budget. Refused credentials (401/403) do: they
     // are what a guesser sends.
-    let admission = limiter.admit(rule, &key).await;
+    // The limiter's futures (Redis round trips) are boxed: a request that is not limited
+    // does not carry their state.
+    let admission = Box::pin(limiter.admit(rule, &key)).await;
     if !admission.decision.allowed {
         limiter.record_hit(rule, &key, &admission.decision);
         return too_many_requests(rule, &admission.decision);
     }
-    let mut response = next.run(req).await;
+    let mut response = super::run(inner, req).await;
     let status = response.status();
     let refused = if rule == Rule::DebateCreate {
         // Spent only by debates actually accepted.
@@ -54,7 +60,7 @@ pub async fn limit(limiter: &RateLimiter, mut req: Request, next: Next) -> Respo
     } else {
         status.is_client_error() && !matches!(status.as_u16(), 401 | 403 | 429)
     };
-    let decision = limiter.settle(rule, &key, admission, refused).await;
+    let decision = Box::pin(limiter.settle(rule, &key, admission, refused)).await;
     set_headers(response.headers_mut(), &decision);
     response
 }
