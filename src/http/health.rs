@@ -133,6 +133,23 @@ pub struct HealthProbe {
     running: tokio::sync::Mutex<()>,
     /// The last write probe: when, and the fault it met. At most one a second.
     write_probe: parking_lot::Mutex<Option<(Instant, Option<crate::store::StorageFault>)>>,
+    /// The last `/api/health` body and what it was made of: a call that finds the same
+    /// inputs answers with the same bytes instead of serialising them again.
+    body: parking_lot::Mutex<Option<(BodyInputs, StatusCode, axum::body::Bytes)>>,
+}
+
+/// Everything a `/api/health` body is made of: the round (by when it ran) and the values read
+/// live on each call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct BodyInputs {
+    round: Instant,
+    writes: Option<crate::store::StorageFault>,
+    limiter_off_redis: bool,
+    breakers: (usize, usize),
+    uptime_seconds: u64,
+    pool: (u32, u32, u32),
+    connections: usize,
+    active_debates: usize,
 }
 
 impl HealthProbe {
@@ -142,6 +159,7 @@ impl HealthProbe {
             last: arc_swap::ArcSwapOption::empty(),
             running: tokio::sync::Mutex::new(()),
             write_probe: parking_lot::Mutex::new(None),
+            body: parking_lot::Mutex::new(None),
         }
     }
 
@@ -302,13 +320,33 @@ pub async fn get_health(State(state): State<AppState>) -> Response {
     } else {
         None
     };
+    let limiter_off = matches!(checked_redis, Check::Ok(_)) && state.ratelimit.redis_failing();
+    let (open, half_open) = state.debates.agents().breaker_counts();
+    let pool = state.store.pool_status();
+    let uptime_seconds = state.started_at.elapsed().as_secs();
+    let connections = state.ws.connections();
+    let active_debates = state.debates.active();
+    let inputs = BodyInputs {
+        round: round.at,
+        writes,
+        limiter_off_redis: limiter_off,
+        breakers: (open, half_open),
+        uptime_seconds,
+        pool: (pool.size, pool.idle, pool.max),
+        connections,
+        active_debates,
+    };
+    if let Some((cached, code, bytes)) = &*state.health.body.lock()
+        && *cached == inputs
+    {
+        return json_bytes(*code, bytes.clone());
+    }
     let limiter_off_redis = Check::Failed("the rate limiter cannot use redis".into());
-    let redis = if matches!(checked_redis, Check::Ok(_)) && state.ratelimit.redis_failing() {
+    let redis = if limiter_off {
         &limiter_off_redis
     } else {
         checked_redis
     };
-    let (open, half_open) = state.debates.agents().breaker_counts();
     let status = if matches!(database, Check::Failed(_)) {
         "unhealthy"
     } else if matches!(redis, Check::Failed(_)) || open > 0 || writes.is_some() {
@@ -316,11 +354,10 @@ pub async fn get_health(State(state): State<AppState>) -> Response {
     } else {
         "healthy"
     };
-    let pool = state.store.pool_status();
     let body = HealthResponse {
         status,
         version: env!("CARGO_PKG_VERSION"),
-        uptime_seconds: state.started_at.elapsed().as_secs(),
+        uptime_seconds,
         checked_at,
         checks: HealthChecks {
             database: DependencyCheck {
@@ -341,11 +378,11 @@ pub async fn get_health(State(state): State<AppState>) -> Response {
             redis: DependencyCheck::from_check(redis, "redis unreachable"),
             websocket: WebsocketCheck {
                 status: "ok",
-                connections: state.ws.connections(),
+                connections,
             },
             circuit_breakers: BreakerCounts { open, half_open },
             memory_mb: memory_bytes / (1024 * 1024),
-            active_debates: state.debates.active(),
+            active_debates,
         },
     };
     let code = if status == "unhealthy" {
@@ -353,7 +390,24 @@ pub async fn get_health(State(state): State<AppState>) -> Response {
     } else {
         StatusCode::OK
     };
-    (code, Json(body)).into_response()
+    let bytes = match serde_json::to_vec(&body) {
+        Ok(bytes) => axum::body::Bytes::from(bytes),
+        Err(_) => return (code, Json(body)).into_response(),
+    };
+    *state.health.body.lock() = Some((inputs, code, bytes.clone()));
+    json_bytes(code, bytes)
+}
+
+fn json_bytes(code: StatusCode, bytes: axum::body::Bytes) -> Response {
+    (
+        code,
+        [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )],
+        bytes,
+    )
+        .into_response()
 }
 
 /// Liveness: the process is up and serving; never touches a dependency.
