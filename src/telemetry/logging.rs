@@ -262,43 +262,62 @@ where
             None => String::new(),
         };
 
-        let mut fields = Fields::default();
-        if let Some(scope) = ctx.event_scope(event) {
-            for span in scope.from_root() {
-                if let Some(SpanFields(span_fields)) = span.extensions().get::<SpanFields>() {
-                    fields.merge(span_fields.0.iter().cloned());
-                }
+        // Span fields root first, inner spans overriding outer ones, then the event's own:
+        // borrowed from the spans, not copied.
+        let spans: Vec<_> = ctx
+            .event_scope(event)
+            .map(|scope| scope.from_root().collect())
+            .unwrap_or_default();
+        let extensions: Vec<_> = spans.iter().map(|span| span.extensions()).collect();
+        let mut fields: Vec<(&str, &Value)> = Vec::with_capacity(16);
+        let span_fields = extensions
+            .iter()
+            .filter_map(|ext| ext.get::<SpanFields>())
+            .flat_map(|SpanFields(f)| f.0.iter());
+        for (name, value) in span_fields.chain(event_fields.0.iter()) {
+            match fields.iter_mut().find(|(existing, _)| existing == name) {
+                Some((_, slot)) => *slot = value,
+                None => fields.push((name, value)),
             }
         }
-        fields.merge(event_fields.0);
 
         append_for_grep(&mut message, &fields, "debate_id");
         append_for_grep(&mut message, &fields, "duration_ms");
 
-        let mut line = Vec::with_capacity(512);
-        line.extend_from_slice(b"{\"timestamp\":\"");
-        push_timestamp(&mut line, now);
-        line.extend_from_slice(b"\",\"level\":\"");
-        line.extend_from_slice(meta.level().as_str().as_bytes());
-        line.extend_from_slice(b"\",");
-        push_entry(&mut line, "logger", &Value::from(meta.target()));
-        line.push(b',');
-        push_key(&mut line, "message");
-        push_str(&mut line, &message);
-        for (name, value) in &fields.0 {
+        LINE.with_borrow_mut(|line| {
+            line.clear();
+            line.extend_from_slice(b"{\"timestamp\":\"");
+            push_timestamp(line, now);
+            line.extend_from_slice(b"\",\"level\":\"");
+            line.extend_from_slice(meta.level().as_str().as_bytes());
+            line.extend_from_slice(b"\",\"logger\":");
+            push_str(line, meta.target());
             line.push(b',');
-            if RESERVED_KEYS.contains(name) {
-                push_entry(&mut line, &format!("field_{name}"), value);
-            } else {
-                push_entry(&mut line, name, value);
+            push_key(line, "message");
+            push_str(line, &message);
+            for (name, value) in &fields {
+                line.push(b',');
+                if RESERVED_KEYS.contains(name) {
+                    push_entry(line, &format!("field_{name}"), value);
+                } else {
+                    push_entry(line, name, value);
+                }
             }
-        }
-        line.extend_from_slice(b"}\n");
+            line.extend_from_slice(b"}\n");
 
-        // One write per line; a failed write cannot be logged anywhere, so it is dropped.
-        let mut writer = self.make_writer.make_writer_for(meta);
-        let _ = writer.write_all(&line);
+            // One write per line; a failed write cannot be logged anywhere, so it is dropped.
+            let mut writer = self.make_writer.make_writer_for(meta);
+            let _ = writer.write_all(line);
+            if line.capacity() > 64 * 1024 {
+                *line = Vec::with_capacity(1024);
+            }
+        });
     }
+}
+
+thread_local! {
+    /// The line being formatted, reused by each thread's next line.
+    static LINE: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(1024));
 }
 
 const RESERVED_KEYS: [&str; 4] = ["timestamp", "level", "logger", "message"];
@@ -372,8 +391,10 @@ fn push_timestamp(line: &mut Vec<u8>, now: chrono::DateTime<Utc>) {
 
 /// Appends ` key=<value>` to `message` when `fields` has `key` and the message has no
 /// `key=` of its own (at a word boundary, so `old_debate_id=` does not count).
-fn append_for_grep(message: &mut String, fields: &Fields, key: &str) {
-    let Some(value) = fields.get(key) else { return };
+fn append_for_grep(message: &mut String, fields: &[(&str, &Value)], key: &str) {
+    let Some((_, value)) = fields.iter().find(|(name, _)| *name == key) else {
+        return;
+    };
     let already = message.match_indices(key).any(|(at, _)| {
         message[at + key.len()..].starts_with('=')
             && message[..at]
@@ -410,16 +431,6 @@ impl Fields {
             Some((_, slot)) => *slot = value,
             None => self.0.push((name, value)),
         }
-    }
-
-    fn merge(&mut self, other: impl IntoIterator<Item = (&'static str, Value)>) {
-        for (name, value) in other {
-            self.set(name, value);
-        }
-    }
-
-    fn get(&self, name: &str) -> Option<&Value> {
-        self.0.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
     }
 
     fn remove(&mut self, name: &str) -> Option<Value> {
