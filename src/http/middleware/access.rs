@@ -5,9 +5,11 @@
 //! on the ones that need credentials), and the gate enforces it from an [`AccessTable`]
 //! built from that same document: what the document says is what the server does.
 //!
-//! Anything without a declaration — a route added to the router some other way — is
-//! refused to every caller ([`Access::Deny`]), never public. A request that matches no
-//! route at all gets the JSON 404 whoever asks.
+//! The table is also how the request pipeline finds a request's route, so anything without
+//! a declaration — a route added to the router some other way — is never reached: its
+//! requests get the JSON 404, like a request that matches no route at all, whoever asks. A
+//! declared route whose method has no declaration is refused to every caller
+//! ([`Access::Deny`]), never public.
 
 use std::sync::Arc;
 
