@@ -83,6 +83,11 @@ fn hex(b: Option<u8>) -> Option<u8> {
 /// The first path segment or query value of a request that holds a control character:
 /// (`path` or the query parameter's name, the refusal).
 pub fn check_uri(path: &str, query: Option<&str>) -> Result<(), (String, String)> {
+    // Printable ASCII without escapes cannot hold a control character: the common case.
+    let plain = |text: &str| text.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'%');
+    if plain(path) && query.is_none_or(plain) {
+        return Ok(());
+    }
     for segment in path.split('/') {
         if segment.contains('%') || forbidden_char(segment, false).is_some() {
             check("path", &percent_decode(segment), false)
@@ -103,6 +108,24 @@ pub fn check_uri(path: &str, query: Option<&str>) -> Result<(), (String, String)
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn uris_are_refused_only_for_control_characters_escaped_or_not() {
+        assert!(check_uri("/api/debates/abc", None).is_ok());
+        assert!(check_uri("/api/debates", Some("status=running&limit=5+1")).is_ok());
+        assert!(check_uri("/api/agents/caf%C3%A9", Some("q=%20x")).is_ok());
+        assert_eq!(check_uri("/api/debates/a%00b", None).unwrap_err().0, "path");
+        assert_eq!(
+            check_uri("/api/debates", Some("status=%01")).unwrap_err().0,
+            "status"
+        );
+        assert_eq!(
+            check_uri("/api/debates", Some("st%0Aatus=1"))
+                .unwrap_err()
+                .0,
+            "query"
+        );
+    }
 
     #[test]
     fn nul_and_controls_are_named_tabs_and_newlines_allowed_in_prose() {

@@ -184,7 +184,16 @@ where
         let Some(span) = ctx.span(id) else { return };
         let mut ids = SpanIds::default();
         attrs.record(&mut ids);
-        span.extensions_mut().insert(ids);
+        // Fields recorded later (`debate_id` on a request span) need the entry; a span
+        // whose fields cannot hold either id does not.
+        let fields = attrs.metadata().fields();
+        if ids.correlation_id.is_some()
+            || ids.debate_id.is_some()
+            || fields.field("correlation_id").is_some()
+            || fields.field("debate_id").is_some()
+        {
+            span.extensions_mut().insert(ids);
+        }
     }
 
     fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
