@@ -38,8 +38,8 @@ pub struct Authenticator {
     store: DynStore,
     /// Auth on: a secret is configured, or the environment is production.
     enabled: bool,
-    /// ARAGORA_API_TOKEN: the service principal.
-    service_token: Option<Secret>,
+    /// ARAGORA_API_TOKEN's SHA-256: the service principal (compared in constant time).
+    service_digest: Option<[u8; 32]>,
     /// ARAGORA_JWT_SECRET: access tokens.
     jwt_secret: Option<Secret>,
     /// Credential-less loopback callers without proxy headers are the local owner.
@@ -55,7 +55,11 @@ impl Authenticator {
         Authenticator {
             store,
             enabled: config.auth_enabled(),
-            service_token: config.auth.api_token.clone(),
+            service_digest: config
+                .auth
+                .api_token
+                .as_ref()
+                .map(|t| keys::digest(t.expose())),
             jwt_secret: config.auth.jwt_secret.clone(),
             local_operator: config.auth.local_operator,
             trusted_proxies: config.http.trusted_proxies.clone(),
@@ -90,13 +94,13 @@ impl Authenticator {
     /// a cached API key or access token), without I/O; the same order as
     /// [`resolve_token`](Self::resolve_token). Auth must be on.
     fn resolve_cached(&self, token: &str) -> Option<Principal> {
-        if let Some(service) = &self.service_token
-            && keys::ct_eq(token, service.expose())
-        {
+        // One SHA-256 of the token serves both the service-token check and the key lookup.
+        let digest = keys::digest(token);
+        if self.is_service_token(&digest) {
             return Some(Principal::service());
         }
         if keys::looks_like_api_key(token) {
-            return self.credentials.api_key(&keys::sha256_hex(token));
+            return self.credentials.api_key(&keys::hex(&digest));
         }
         if self.jwt_secret.is_some() {
             return self
@@ -106,11 +110,16 @@ impl Authenticator {
         None
     }
 
+    /// Whether a presented token (by its SHA-256) is the service token.
+    fn is_service_token(&self, digest: &[u8; 32]) -> bool {
+        self.service_digest
+            .as_ref()
+            .is_some_and(|service| keys::digests_eq(digest, service))
+    }
+
     /// Resolve a presented credential. Auth must be on.
     pub async fn resolve_token(&self, token: &str) -> Result<Principal, CredentialError> {
-        if let Some(service) = &self.service_token
-            && keys::ct_eq(token, service.expose())
-        {
+        if self.is_service_token(&keys::digest(token)) {
             return Ok(Principal::service());
         }
         if keys::looks_like_api_key(token) {

@@ -32,20 +32,51 @@ pub fn looks_like_api_key(s: &str) -> bool {
 }
 
 pub fn sha256_hex(s: &str) -> String {
-    let digest = Sha256::digest(s.as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    hex(&digest(s))
+}
+
+/// The SHA-256 of a secret.
+pub fn digest(s: &str) -> [u8; 32] {
+    Sha256::digest(s.as_bytes()).into()
+}
+
+/// Lowercase hex of a digest (what [`sha256_hex`] returns).
+pub fn hex(digest: &[u8; 32]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(64);
+    for b in digest {
+        text.push(HEX[usize::from(b >> 4)] as char);
+        text.push(HEX[usize::from(b & 0xf)] as char);
+    }
+    text
 }
 
 /// Constant-time equality of two secrets. Both sides are hashed first so neither the
 /// content nor the length of the expected secret shows in the timing.
 pub fn ct_eq(a: &str, b: &str) -> bool {
-    let (ha, hb) = (Sha256::digest(a.as_bytes()), Sha256::digest(b.as_bytes()));
-    ha.as_slice().ct_eq(hb.as_slice()).into()
+    digests_eq(&digest(a), &digest(b))
+}
+
+/// Constant-time equality of two digests ([`digest`]).
+pub fn digests_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.as_slice().ct_eq(b.as_slice()).into()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_digests_are_lowercase_and_match_sha2() {
+        // SHA-256("abc"), FIPS 180-2 appendix B.1.
+        assert_eq!(
+            sha256_hex("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert!(ct_eq("same", "same"));
+        assert!(!ct_eq("same", "other"));
+        assert!(digests_eq(&digest("x"), &digest("x")));
+    }
 
     #[test]
     fn api_keys_have_the_documented_shape() {
