@@ -12,11 +12,10 @@
 
 use std::sync::{Arc, LazyLock};
 
-use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{MethodRouter, get};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -96,11 +95,14 @@ pub fn console_config(config: &Config) -> serde_json::Value {
     })
 }
 
-/// The console's routes (`/admin`, `/admin/`, `/admin/config.json`, `/admin/{file}`), or no
-/// routes at all when the console is turned off.
-pub fn router<S: Clone + Send + Sync + 'static>(config: &Config) -> Router<S> {
+/// The console's routes (`/admin`, `/admin/`, `/admin/config.json`, `/admin/{file}`) with
+/// their handlers, or none when the console is turned off. Each is declared public where the
+/// API is composed, under its own pattern (the label of its log lines and metrics).
+pub fn routes<S: Clone + Send + Sync + 'static>(
+    config: &Config,
+) -> Vec<(&'static str, MethodRouter<S>)> {
     if !config.http.admin_console {
-        return Router::new();
+        return Vec::new();
     }
     let config_json = serde_json::to_vec(&console_config(config)).expect("JSON serializes");
     let console = Arc::new(Console {
@@ -109,12 +111,15 @@ pub fn router<S: Clone + Send + Sync + 'static>(config: &Config) -> Router<S> {
         config_etag: etag_of(&config_json),
         config_json,
     });
-    Router::new()
-        .route("/admin", get(index))
-        .route("/admin/", get(index))
-        .route("/admin/config.json", get(config_json_handler))
-        .route("/admin/{file}", get(asset))
-        .with_state(console)
+    vec![
+        ("/admin", get(index).with_state(console.clone())),
+        ("/admin/", get(index).with_state(console.clone())),
+        (
+            "/admin/config.json",
+            get(config_json_handler).with_state(console.clone()),
+        ),
+        ("/admin/{file}", get(asset).with_state(console)),
+    ]
 }
 
 async fn index(State(console): State<Arc<Console>>, headers: HeaderMap) -> Response {

@@ -92,7 +92,7 @@ pub fn router(
 + Send
 + 'static {
     let config = state.config.clone();
-    let (routes, access) = ApiRouter::new()
+    let mut api = ApiRouter::new()
         .nest("/api", api_only_routes())
         .nest("/api/v1", api_routes())
         // One base URL reaches the WebSocket too (docs/websocket.md); the handshake checks the
@@ -105,11 +105,13 @@ pub fn router(
         // Prometheus' default scrape path, and the SDK's `system.get_prometheus_metrics`.
         .route(Access::Public, "/metrics", get(compat::root_metrics))
         // The receipts' trust anchor, where verifiers look for it.
-        .merge(receipts::well_known())
-        // The browser console's files: outside /api (not rate limited, not in the OpenAPI
-        // document), public; the data it shows comes from /api, which enforces the roles.
-        .merge_under(Access::Public, "/admin", crate::admin::router(&config))
-        .finish();
+        .merge(receipts::well_known());
+    // The browser console's files: outside /api (not rate limited, not in the OpenAPI
+    // document), public; the data it shows comes from /api, which enforces the roles.
+    for (path, methods) in crate::admin::routes(&config) {
+        api = api.route(Access::Public, path, methods);
+    }
+    let (routes, access) = api.finish();
     let gate = Arc::new(middleware::Gate {
         auth: state.auth.clone(),
         limiter: state.ratelimit.clone(),

@@ -143,6 +143,16 @@ async fn console_assets_have_their_types_and_nothing_else_is_served() {
     ] {
         not_found_json(&app, path).await;
     }
+    // Requests are counted under the console's own route patterns.
+    let metrics = app.get("/api/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains(r#"method="GET",route="/admin/{file}",status="200""#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"method="GET",route="/admin/{file}",status="404""#),
+        "{metrics}"
+    );
     app.stop().await.unwrap();
 }
 
