@@ -739,8 +739,6 @@ pub trait Store: Send + Sync + 'static {
         ttl: Duration,
     ) -> StoreResult<Vec<ClaimedDebate>>;
 
-    /// Extend every lease `instance` holds by `ttl`, in one statement. Returns the debates it
-    /// still holds with their generation and what their runner is asked to do.
     /// [`claim_debates`](Store::claim_debates) restricted to `queued` debates: what a claimer
     /// does when a debate was just accepted. Its cost does not grow with the number of
     /// debates running (they are not read); running debates whose lease is gone are left to
@@ -754,6 +752,8 @@ pub trait Store: Send + Sync + 'static {
         self.claim_debates(instance, max, ttl).await
     }
 
+    /// Extend every lease `instance` holds by `ttl`, in one statement. Returns the debates it
+    /// still holds with their generation and what their runner is asked to do.
     async fn renew_leases(&self, instance: &str, ttl: Duration) -> StoreResult<Vec<Control>>;
 
     /// Give a lease back (the debate stays `running` and is claimable at once). False when

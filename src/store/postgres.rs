@@ -218,7 +218,6 @@ async fn insert_events(
         return Err(refused(debate_id, lease, exists.is_some()));
     };
     let timestamp = now_micros();
-    let mut stored = Vec::with_capacity(events.len());
     let first = last - n + 1;
     let mut qb: QueryBuilder<Postgres> = QueryBuilder::new(
         "INSERT INTO debate_events (debate_id, seq, kind, round, agent, data, created_at) ",
@@ -235,18 +234,7 @@ async fn insert_events(
     if !events.is_empty() {
         qb.build().execute(&mut **tx).await?;
     }
-    for (i, e) in events.iter().enumerate() {
-        stored.push(StoredEvent {
-            debate_id: debate_id.to_owned(),
-            seq: first + i as i64,
-            kind: e.kind.clone(),
-            round: e.round,
-            agent: e.agent.clone(),
-            data: e.data.clone(),
-            timestamp,
-        });
-    }
-    Ok(stored)
+    Ok(stored_run(debate_id, first, events, timestamp))
 }
 
 /// Apply `update` inside `tx`; with `finish`, also drop the lease. The commit is the
