@@ -71,7 +71,11 @@ fn api_only_routes() -> ApiRouter {
 /// The OpenAPI document of the whole API, generated from the handlers.
 pub fn openapi_document() -> utoipa::openapi::OpenApi {
     let (_, mut document) = OpenApiRouter::<AppState>::with_openapi(openapi::ApiDoc::openapi())
-        .nest("/api", api_only_routes().into_openapi_router())
+        .merge(
+            ApiRouter::new()
+                .nest("/api", api_only_routes())
+                .into_openapi_router(),
+        )
         .split_for_parts();
     openapi::add_pipeline_responses(&mut document);
     document

@@ -31,18 +31,38 @@ pub const EXTENSION: &str = "x-access";
 /// come with `routes!`; the few undocumented ones (the WebSocket, the console, the
 /// well-known key) are declared with [`ApiRouter::route`] and [`ApiRouter::merge_under`].
 pub struct ApiRouter<S = AppState> {
-    router: OpenApiRouter<S>,
-    /// Declarations of routes outside the OpenAPI document.
-    undocumented: Vec<Undocumented>,
+    /// Routes in the order they were added, registered with axum only when the router is
+    /// finished: a prefix given by [`ApiRouter::nest`] goes into each route's own path, so
+    /// nested routes are served as flat routes (axum's `nest` would strip the prefix from
+    /// every request's URI and insert the nest path, on every request).
+    entries: Vec<Entry<S>>,
 }
 
-/// An undocumented route's declaration: an exact route pattern, or every route under a
-/// prefix (a router from elsewhere whose routes are not listed here).
-#[derive(Debug, Clone)]
-struct Undocumented {
-    path: String,
-    under: bool,
-    access: Access,
+enum Entry<S> {
+    /// Documented routes (`routes!`), their operations already marked with their access.
+    Documented(UtoipaMethodRouter<S>),
+    /// A route outside the OpenAPI document.
+    Route {
+        path: String,
+        access: Access,
+        methods: MethodRouter<S>,
+    },
+    /// A router from elsewhere whose routes all lie under `prefix`.
+    Under {
+        prefix: String,
+        access: Access,
+        router: Router<S>,
+    },
+}
+
+/// `path` below `prefix`, as axum's `nest` composes them (`/api` + `/` is `/api`).
+fn nested_path(prefix: &str, path: &str) -> String {
+    let prefix = prefix.trim_end_matches('/');
+    match path {
+        "" | "/" if !prefix.is_empty() => prefix.to_owned(),
+        "" => "/".to_owned(),
+        _ => format!("{prefix}{path}"),
+    }
 }
 
 impl<S: Clone + Send + Sync + 'static> Default for ApiRouter<S> {
@@ -54,8 +74,7 @@ impl<S: Clone + Send + Sync + 'static> Default for ApiRouter<S> {
 impl<S: Clone + Send + Sync + 'static> ApiRouter<S> {
     pub fn new() -> Self {
         ApiRouter {
-            router: OpenApiRouter::new(),
-            undocumented: Vec::new(),
+            entries: Vec::new(),
         }
     }
 
@@ -85,17 +104,17 @@ impl<S: Clone + Send + Sync + 'static> ApiRouter<S> {
                 mark(operation, access);
             }
         }
-        self.router = self.router.routes((schemas, paths, methods));
+        self.entries
+            .push(Entry::Documented((schemas, paths, methods)));
         self
     }
 
     /// A route outside the OpenAPI document, with its access.
     pub fn route(mut self, access: Access, path: &str, methods: MethodRouter<S>) -> Self {
-        self.router = self.router.route(path, methods);
-        self.undocumented.push(Undocumented {
+        self.entries.push(Entry::Route {
             path: path.to_owned(),
-            under: false,
             access,
+            methods,
         });
         self
     }
@@ -103,47 +122,101 @@ impl<S: Clone + Send + Sync + 'static> ApiRouter<S> {
     /// Merge a router whose routes all lie under `prefix` (itself included), with one access
     /// for all of them.
     pub fn merge_under(mut self, access: Access, prefix: &str, router: Router<S>) -> Self {
-        self.router = self.router.merge(OpenApiRouter::from(router));
-        self.undocumented.push(Undocumented {
-            path: prefix.trim_end_matches('/').to_owned(),
-            under: true,
+        self.entries.push(Entry::Under {
+            prefix: prefix.trim_end_matches('/').to_owned(),
             access,
+            router,
         });
         self
     }
 
     pub fn merge(mut self, other: ApiRouter<S>) -> Self {
-        self.router = self.router.merge(other.router);
-        self.undocumented.extend(other.undocumented);
+        self.entries.extend(other.entries);
         self
     }
 
+    /// `other`'s routes below `prefix`: each route is registered at its full path.
     pub fn nest(mut self, prefix: &str, other: ApiRouter<S>) -> Self {
-        self.router = self.router.nest(prefix, other.router);
-        self.undocumented
-            .extend(other.undocumented.into_iter().map(|u| Undocumented {
-                path: format!("{prefix}{}", u.path),
-                ..u
-            }));
+        for entry in other.entries {
+            self.entries.push(match entry {
+                Entry::Documented((schemas, paths, methods)) => {
+                    let mut moved = paths.clone();
+                    moved.paths.clear();
+                    for (path, item) in paths.paths {
+                        moved.paths.insert(nested_path(prefix, &path), item);
+                    }
+                    Entry::Documented((schemas, moved, methods))
+                }
+                Entry::Route {
+                    path,
+                    access,
+                    methods,
+                } => Entry::Route {
+                    path: nested_path(prefix, &path),
+                    access,
+                    methods,
+                },
+                // A router from elsewhere keeps axum's own nesting.
+                Entry::Under {
+                    prefix: inner,
+                    access,
+                    router,
+                } => Entry::Under {
+                    prefix: nested_path(prefix, &inner),
+                    access,
+                    router: Router::new().nest(prefix, router),
+                },
+            });
+        }
         self
+    }
+
+    /// Every route registered, and the declarations of the undocumented ones: (path, is a
+    /// prefix, access).
+    fn build(self) -> (OpenApiRouter<S>, Vec<(String, bool, Access)>) {
+        let mut router = OpenApiRouter::new();
+        let mut undocumented = Vec::new();
+        for entry in self.entries {
+            match entry {
+                Entry::Documented(routes) => router = router.routes(routes),
+                Entry::Route {
+                    path,
+                    access,
+                    methods,
+                } => {
+                    router = router.route(&path, methods);
+                    undocumented.push((path, false, access));
+                }
+                Entry::Under {
+                    prefix,
+                    access,
+                    router: under,
+                } => {
+                    router = router.merge(OpenApiRouter::from(under));
+                    undocumented.push((prefix, true, access));
+                }
+            }
+        }
+        (router, undocumented)
     }
 
     /// The documented routes and their document (undocumented routes are in the router but
     /// not in the document).
     pub fn into_openapi_router(self) -> OpenApiRouter<S> {
-        self.router
+        self.build().0
     }
 
     /// The router and the table the gate enforces.
     pub fn finish(self) -> (Router<S>, AccessTable) {
-        let (router, document) = self.router.split_for_parts();
+        let (router, undocumented) = self.build();
+        let (router, document) = router.split_for_parts();
         let mut table = AccessTable::from_document(&document);
         // Exact routes first: a prefix's catch-all never shadows one.
-        for u in self.undocumented.iter().filter(|u| !u.under) {
-            table.insert(&u.path, RouteAccess::all(u.access));
+        for (path, _, access) in undocumented.iter().filter(|(_, under, _)| !under) {
+            table.insert(path, RouteAccess::all(*access));
         }
-        for u in self.undocumented.iter().filter(|u| u.under) {
-            table.insert_under(&u.path, u.access);
+        for (path, _, access) in undocumented.iter().filter(|(_, under, _)| *under) {
+            table.insert_under(path, *access);
         }
         (router, table)
     }
