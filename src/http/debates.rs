@@ -420,7 +420,7 @@ pub async fn get_debate(
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<DebateView>, ApiError> {
-    tracing::Span::current().record("debate_id", id.as_str());
+    crate::telemetry::correlation::record_debate_id(id.as_str());
     Ok(Json(debate_json(&load(&state, &principal, &id).await?)))
 }
 
@@ -445,7 +445,7 @@ pub async fn list_messages(
     Path(id): Path<String>,
     Query(params): Query<PageParams>,
 ) -> Result<Json<MessageList>, ApiError> {
-    tracing::Span::current().record("debate_id", id.as_str());
+    crate::telemetry::correlation::record_debate_id(id.as_str());
     load(&state, &principal, &id).await?;
     let limit = params.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
@@ -512,7 +512,7 @@ pub async fn list_events(
     Path(id): Path<String>,
     Query(params): Query<EventParams>,
 ) -> Result<Json<EventPage>, ApiError> {
-    tracing::Span::current().record("debate_id", id.as_str());
+    crate::telemetry::correlation::record_debate_id(id.as_str());
     load(&state, &principal, &id).await?;
     let limit = params.limit.unwrap_or(500);
     if !(1..=1000).contains(&limit) {
@@ -552,7 +552,7 @@ pub async fn cancel_debate(
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    tracing::Span::current().record("debate_id", id.as_str());
+    crate::telemetry::correlation::record_debate_id(id.as_str());
     load(&state, &principal, &id).await?;
     let record = state.debates.cancel(&id).await.map_err(steer_error)?;
     let status = if record.status == "cancelled" {
@@ -590,7 +590,7 @@ fn steered_by(principal: &Principal) -> Option<String> {
 }
 
 async fn pause(state: AppState, principal: Principal, id: String) -> Result<Response, ApiError> {
-    tracing::Span::current().record("debate_id", id.as_str());
+    crate::telemetry::correlation::record_debate_id(id.as_str());
     load(&state, &principal, &id).await?;
     let record = state
         .debates
@@ -613,7 +613,7 @@ async fn pause(state: AppState, principal: Principal, id: String) -> Result<Resp
 }
 
 async fn resume(state: AppState, principal: Principal, id: String) -> Result<Response, ApiError> {
-    tracing::Span::current().record("debate_id", id.as_str());
+    crate::telemetry::correlation::record_debate_id(id.as_str());
     load(&state, &principal, &id).await?;
     let record = state.debates.resume(&id).await.map_err(steer_error)?;
     Ok((
@@ -741,7 +741,7 @@ pub async fn inject_intervention(
     Path(id): Path<String>,
     Json(body): Json<InjectRequest>,
 ) -> Result<Response, ApiError> {
-    tracing::Span::current().record("debate_id", id.as_str());
+    crate::telemetry::correlation::record_debate_id(id.as_str());
     if let Some(role) = body.role.as_deref()
         && role != "moderator"
     {
@@ -788,7 +788,7 @@ pub async fn export_debate(
     Extension(principal): Extension<Principal>,
     Path((id, format)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    tracing::Span::current().record("debate_id", id.as_str());
+    crate::telemetry::correlation::record_debate_id(id.as_str());
     if !matches!(format.as_str(), "json" | "md") {
         return Err(ApiError::Validation {
             field: "format".into(),

@@ -4,7 +4,6 @@
 //! rejections, method not allowed).
 
 use std::convert::Infallible;
-use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -13,14 +12,14 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use tower::Service;
 use tracing::Instrument;
 
-use super::middleware::{AccessTable, RouteMatch};
+use super::middleware::AccessTable;
 use crate::error::{ErrorCode, error_response, error_response_with_status};
-use crate::telemetry::correlation;
+use crate::telemetry::correlation::{self, RequestContext};
 
 /// Most request headers accepted (431 beyond).
 pub const MAX_HEADERS: usize = 100;
@@ -74,66 +73,69 @@ where
         let method = req.method().clone();
         // Label by route pattern, never by raw path (bounded cardinality, no ids or tokens).
         let route = self.routes.resolve(req.uri().path(), &method);
-        let span = request_span(&id, &method, &route, &req);
+        let context = RequestContext::new(id, method, route.pattern.clone());
+        // A span only for the trace exporter: log lines take the request's fields from the
+        // context.
+        let span = crate::telemetry::traces::enabled().then(|| request_span(&context, &req));
         // Control characters (NUL…) in the path or a query value are refused here, once, the
         // same on both backends (Postgres cannot store NUL; SQLite can).
-        let refused = correlation::sync_scope(id.clone(), || refusal(&req));
+        let refused = correlation::sync_scope(context.clone(), || refusal(&req));
         let timeout = self.timeout;
         let inner = match refused {
             Some(response) => Err(response),
             None => {
-                req.extensions_mut().insert(route.clone());
+                req.extensions_mut().insert(route);
                 Ok(self.inner.call(req))
             }
         };
-        Box::pin(async move {
-            let response = correlation::scope(
-                id.clone(),
-                async move {
-                    let response = match inner {
-                        Err(refused) => refused,
-                        Ok(inner) => match tokio::time::timeout(timeout, inner).await {
-                            Ok(Ok(response)) => response,
-                            Ok(Err(never)) => match never {},
-                            Err(_) => error_response(
-                                ErrorCode::HandlerTimeout,
-                                &format!(
-                                    "the request took longer than {} s and was abandoned",
-                                    timeout.as_secs()
-                                ),
+        Box::pin(correlation::scope(context.clone(), async move {
+            let answer = async move {
+                let response = match inner {
+                    Err(refused) => refused,
+                    Ok(inner) => match tokio::time::timeout(timeout, inner).await {
+                        Ok(Ok(response)) => response,
+                        Ok(Err(never)) => match never {},
+                        Err(_) => error_response(
+                            ErrorCode::HandlerTimeout,
+                            &format!(
+                                "the request took longer than {} s and was abandoned",
+                                timeout.as_secs()
                             ),
-                        },
-                    };
-                    as_json_error(response).await
-                }
-                .instrument(span.clone()),
-            )
-            .await;
-            Ok(finish(response, &id, &method, &route, &span, started))
-        })
+                        ),
+                    },
+                };
+                as_json_error(response).await
+            };
+            let response = match &span {
+                Some(span) => answer.instrument(span.clone()).await,
+                None => answer.await,
+            };
+            Ok(finish(response, &context, span.as_ref(), started))
+        }))
     }
 }
 
-fn request_span(id: &str, method: &Method, route: &RouteMatch, req: &Request) -> tracing::Span {
-    // Plain `&str` values: recorded as strings, without the formatting machinery.
+/// The request's trace span (only when traces are exported).
+fn request_span(context: &RequestContext, req: &Request) -> tracing::Span {
+    use crate::telemetry::traces;
     let span = tracing::info_span!(
         "request",
-        correlation_id = id,
-        method = method.as_str(),
-        route = route.label(),
-        // Recorded by handlers of one debate, so its errors carry the debate's id too.
+        correlation_id = context.id(),
+        method = context.method(),
+        route = context.route(),
+        // Recorded by handlers of one debate.
         debate_id = tracing::field::Empty,
         otel.name = tracing::field::Empty,
         otel.kind = "server",
     );
-    if crate::telemetry::traces::enabled() {
-        use crate::telemetry::traces;
-        span.record("otel.name", format!("{method} {}", route.label()));
-        traces::adopt_parent(&span, req.headers());
-        traces::attribute(&span, "http.request.method", method.to_string());
-        traces::attribute(&span, "http.route", route.label().to_owned());
-        traces::attribute(&span, "url.path", req.uri().path().to_owned());
-    }
+    span.record(
+        "otel.name",
+        format!("{} {}", context.method(), context.route()),
+    );
+    traces::adopt_parent(&span, req.headers());
+    traces::attribute(&span, "http.request.method", context.method().to_owned());
+    traces::attribute(&span, "http.route", context.route().to_owned());
+    traces::attribute(&span, "url.path", req.uri().path().to_owned());
     span
 }
 
@@ -162,17 +164,15 @@ fn refusal(req: &Request) -> Option<Response> {
 /// The correlation id on the response, the request's log line and its metrics.
 fn finish(
     mut response: Response,
-    id: &str,
-    method: &Method,
-    route: &RouteMatch,
-    span: &tracing::Span,
+    context: &RequestContext,
+    span: Option<&tracing::Span>,
     started: Instant,
 ) -> Response {
-    if let Ok(value) = HeaderValue::from_str(id) {
+    if let Ok(value) = HeaderValue::from_str(context.id()) {
         response.headers_mut().insert(correlation::HEADER, value);
     }
     let status = response.status().as_u16();
-    if crate::telemetry::traces::enabled() {
+    if let Some(span) = span {
         use crate::telemetry::traces;
         traces::attribute(span, "http.response.status_code", i64::from(status));
         if status >= 500 {
@@ -185,24 +185,27 @@ fn finish(
         .append(header::VARY, HeaderValue::from_static(super::CORS_VARY));
     let elapsed = started.elapsed();
     let duration_ms = elapsed.as_millis() as u64;
-    let label = route.label();
+    let method = context.method();
+    let label = context.route();
     // `request GET /api/debates status=200 duration_ms=5`, written out here: a `&str`
     // message is recorded as it is, where a format string goes through `fmt` twice. The
-    // line's parent is the request span (its fields), given directly rather than by
-    // entering the span.
+    // request's own fields (correlation id, method, route, debate) come from its context.
     let mut message = String::with_capacity(48 + label.len());
     message.push_str("request ");
-    message.push_str(method.as_str());
+    message.push_str(method);
     message.push(' ');
     message.push_str(label);
-    let _ = write!(message, " status={status} duration_ms={duration_ms}");
+    message.push_str(" status=");
+    message.push_str(itoa::Buffer::new().format(status));
+    message.push_str(" duration_ms=");
+    message.push_str(itoa::Buffer::new().format(duration_ms));
     let message = message.as_str();
     if status >= 500 {
-        tracing::warn!(target: "aragora::http", parent: span, message, status, duration_ms);
+        tracing::warn!(target: "aragora::http", message, status, duration_ms);
     } else {
-        tracing::info!(target: "aragora::http", parent: span, message, status, duration_ms);
+        tracing::info!(target: "aragora::http", message, status, duration_ms);
     }
-    crate::telemetry::metrics::record_http_request(method, label, status, elapsed);
+    crate::telemetry::metrics::record_http_request(context.http_method(), label, status, elapsed);
     response
 }
 

@@ -426,7 +426,7 @@ pub async fn debate_receipt(
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    tracing::Span::current().record("debate_id", id.as_str());
+    crate::telemetry::correlation::record_debate_id(id.as_str());
     let debate = state
         .store
         .get_debate(&id)

@@ -1,15 +1,78 @@
 //! Correlation IDs (every request and response carries one): taken from `X-Correlation-ID` or `X-Request-ID` when
-//! well-formed, else generated as `corr-` + 12 hex. The id of the request being served is kept
-//! in a task-local so error bodies and log lines can carry it without threading it through.
+//! well-formed, else generated as `corr-` + 12 hex.
+//!
+//! The request being served — its id, method, route and, once a handler names it, the debate
+//! it is about — is kept in a task-local [`RequestContext`], so error bodies and every log line
+//! written while serving it carry them without threading them through, and without a tracing
+//! span per request (a span costs more than the rest of a liveness answer's own work). The
+//! log layers read it as the outermost fields of a line; spans inside the request add to it.
 
-use axum::http::HeaderMap;
+use std::sync::{Arc, OnceLock};
+
+use axum::http::{HeaderMap, Method};
 use rand::Rng;
 
 pub const HEADER: &str = "x-correlation-id";
 const REQUEST_ID_HEADER: &str = "x-request-id";
 
 tokio::task_local! {
-    static CURRENT: String;
+    static CURRENT: Arc<RequestContext>;
+}
+
+/// What identifies the request being served, for its log lines and error reports.
+#[derive(Debug)]
+pub struct RequestContext {
+    id: String,
+    method: Method,
+    /// The route's pattern (`/api/debates/{id}`), never the raw path; `None` when no route
+    /// matched.
+    route: Option<Arc<str>>,
+    debate_id: OnceLock<String>,
+}
+
+impl RequestContext {
+    pub fn new(id: String, method: Method, route: Option<Arc<str>>) -> Arc<Self> {
+        Arc::new(RequestContext {
+            id,
+            method,
+            route,
+            debate_id: OnceLock::new(),
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn method(&self) -> &str {
+        self.method.as_str()
+    }
+
+    pub fn http_method(&self) -> &Method {
+        &self.method
+    }
+
+    /// The route label of logs and metrics: the pattern, or `unmatched`.
+    pub fn route(&self) -> &str {
+        self.route.as_deref().unwrap_or("unmatched")
+    }
+
+    /// The debate the request is about, once its handler has named it.
+    pub fn debate_id(&self) -> Option<&str> {
+        self.debate_id.get().map(String::as_str)
+    }
+
+    /// The fields a log line of this request carries, outermost first.
+    pub fn fields(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [
+            Some(("correlation_id", self.id())),
+            Some(("method", self.method())),
+            Some(("route", self.route())),
+            self.debate_id().map(|id| ("debate_id", id)),
+        ]
+        .into_iter()
+        .flatten()
+    }
 }
 
 /// A fresh id: `corr-` followed by 12 lowercase hex digits.
@@ -45,20 +108,38 @@ pub fn from_headers(headers: &HeaderMap) -> Option<String> {
     })
 }
 
-/// Run `fut` with `id` as the current correlation id.
-pub async fn scope<F: Future>(id: String, fut: F) -> F::Output {
-    CURRENT.scope(id, fut).await
+/// Run `fut` as the request `context` describes.
+pub async fn scope<F: Future>(context: Arc<RequestContext>, fut: F) -> F::Output {
+    CURRENT.scope(context, fut).await
 }
 
-/// Run `f` with `id` as the current correlation id (synchronous code, such as building an
-/// error response before a request's future exists).
-pub fn sync_scope<R>(id: String, f: impl FnOnce() -> R) -> R {
-    CURRENT.sync_scope(id, f)
+/// Run `f` as the request `context` describes (synchronous code, such as building an error
+/// response before a request's future exists).
+pub fn sync_scope<R>(context: Arc<RequestContext>, f: impl FnOnce() -> R) -> R {
+    CURRENT.sync_scope(context, f)
 }
 
 /// The correlation id of the request being served, if any.
 pub fn current() -> Option<String> {
-    CURRENT.try_with(Clone::clone).ok()
+    CURRENT.try_with(|c| c.id.clone()).ok()
+}
+
+/// `f` with the request being served, if any.
+pub fn with_request<R>(f: impl FnOnce(Option<&RequestContext>) -> R) -> R {
+    let mut f = Some(f);
+    let served = CURRENT.try_with(|c| (f.take().expect("called once"))(Some(c)));
+    match served {
+        Ok(result) => result,
+        Err(_) => (f.take().expect("called once"))(None),
+    }
+}
+
+/// Names the debate the request being served is about: its log lines and error reports carry
+/// `debate_id` from here on (the first name given wins), and so does the current span (the
+/// request's trace span when traces are exported).
+pub fn record_debate_id(id: &str) {
+    let _ = CURRENT.try_with(|c| c.debate_id.set(id.to_owned()));
+    tracing::Span::current().record("debate_id", id);
 }
 
 #[cfg(test)]
@@ -73,6 +154,42 @@ mod tests {
             assert!(id.starts_with("corr-"));
             assert!(id[5..].bytes().all(|b| b.is_ascii_hexdigit()));
         }
+    }
+
+    #[tokio::test]
+    async fn the_request_context_is_seen_inside_its_scope_only() {
+        assert_eq!(current(), None);
+        assert!(with_request(|c| c.is_none()));
+        let context = RequestContext::new(
+            "corr-0123456789ab".into(),
+            Method::GET,
+            Some(Arc::from("/api/debates/{id}")),
+        );
+        scope(context.clone(), async {
+            assert_eq!(current().as_deref(), Some("corr-0123456789ab"));
+            record_debate_id("d-1");
+            record_debate_id("d-2");
+            let fields: Vec<_> = with_request(|c| {
+                c.expect("inside the scope")
+                    .fields()
+                    .map(|(k, v)| (k, v.to_owned()))
+                    .collect()
+            });
+            assert_eq!(
+                fields,
+                [
+                    ("correlation_id", "corr-0123456789ab".to_owned()),
+                    ("method", "GET".to_owned()),
+                    ("route", "/api/debates/{id}".to_owned()),
+                    ("debate_id", "d-1".to_owned()),
+                ]
+            );
+        })
+        .await;
+        assert_eq!(current(), None);
+        let unmatched = RequestContext::new("corr-1".into(), Method::POST, None);
+        assert_eq!(unmatched.route(), "unmatched");
+        assert_eq!(unmatched.debate_id(), None);
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! Recent warnings and errors, for `GET /api/system/errors`: a tracing layer that keeps the
 //! last [`CAPACITY`] WARN/ERROR events in a bounded ring buffer (oldest dropped first), each
-//! with the `correlation_id` and `debate_id` of the event or of its enclosing spans.
+//! with the `correlation_id` and `debate_id` of the event, of its enclosing spans or of the
+//! request being served (`correlation::RequestContext`, outermost).
 //!
 //! The same layer records those two ids on every span ([`SpanIds`]), so the Sentry hook can
-//! tag an error or a panic with the ids of the span it happened in.
+//! tag an error or a panic with the ids of the request and span it happened in.
 
 use parking_lot::Mutex;
 use std::collections::VecDeque;
@@ -122,10 +123,21 @@ impl Visit for SpanIds {
     }
 }
 
-/// The ids of the current span and its parents on this thread (with the process-wide
-/// subscriber), e.g. for tagging a Sentry event or panic.
+/// The ids of the request being served on this task (see `correlation`), if any.
+fn request_ids() -> SpanIds {
+    super::correlation::with_request(|request| match request {
+        Some(request) => SpanIds {
+            correlation_id: Some(request.id().to_owned()),
+            debate_id: request.debate_id().map(str::to_owned),
+        },
+        None => SpanIds::default(),
+    })
+}
+
+/// The ids of the request being served, then of the current span and its parents on this
+/// thread (with the process-wide subscriber), e.g. for tagging a Sentry event or panic.
 pub fn current_span_ids() -> SpanIds {
-    let mut ids = SpanIds::default();
+    let mut ids = request_ids();
     tracing::Span::current().with_subscriber(|(id, dispatch)| {
         if let Some(registry) = dispatch.downcast_ref::<Registry>()
             && let Some(span) = registry.span(id)
@@ -213,7 +225,7 @@ where
         let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
         let mut text = EventText::default();
         event.record(&mut text);
-        let mut ids = SpanIds::default();
+        let mut ids = request_ids();
         if let Some(scope) = ctx.event_scope(event) {
             for span in scope.from_root() {
                 if let Some(span_ids) = span.extensions().get::<SpanIds>() {
@@ -275,6 +287,42 @@ mod tests {
         assert_eq!(recent[2].level, "WARN");
         assert_eq!(recent[2].debate_id, None);
         assert_eq!(log.recent(1).len(), 1);
+    }
+
+    #[test]
+    fn errors_of_a_request_carry_its_context_ids_without_a_span() {
+        use crate::telemetry::correlation::{self, RequestContext};
+        let log = leaked(10);
+        let subscriber = Registry::default().with(ErrorLayer::new(log));
+        let context =
+            RequestContext::new("corr-bbbbbbbbbbbb".into(), axum::http::Method::GET, None);
+        tracing::subscriber::with_default(subscriber, || {
+            correlation::sync_scope(context, || {
+                tracing::warn!("before");
+                correlation::record_debate_id("d-9");
+                tracing::error!("after");
+                assert_eq!(
+                    current_span_ids(),
+                    SpanIds {
+                        correlation_id: Some("corr-bbbbbbbbbbbb".into()),
+                        debate_id: Some("d-9".into()),
+                    }
+                );
+            });
+        });
+        let recent = log.recent(10);
+        assert_eq!(recent.len(), 2);
+        assert_eq!(recent[0].message, "after");
+        assert_eq!(
+            recent[0].correlation_id.as_deref(),
+            Some("corr-bbbbbbbbbbbb")
+        );
+        assert_eq!(recent[0].debate_id.as_deref(), Some("d-9"));
+        assert_eq!(recent[1].debate_id, None);
+        assert_eq!(
+            recent[1].correlation_id.as_deref(),
+            Some("corr-bbbbbbbbbbbb")
+        );
     }
 
     #[test]

@@ -262,28 +262,50 @@ where
             None => String::new(),
         };
 
-        // Span fields root first, inner spans overriding outer ones, then the event's own:
-        // borrowed from the spans, not copied.
+        // The request's fields first (see `correlation`), then span fields root first, inner
+        // spans overriding outer ones, then the event's own: borrowed, not copied.
         let spans: Vec<_> = ctx
             .event_scope(event)
             .map(|scope| scope.from_root().collect())
             .unwrap_or_default();
         let extensions: Vec<_> = spans.iter().map(|span| span.extensions()).collect();
-        let mut fields: Vec<(&str, &Value)> = Vec::with_capacity(16);
-        let span_fields = extensions
-            .iter()
-            .filter_map(|ext| ext.get::<SpanFields>())
-            .flat_map(|SpanFields(f)| f.0.iter());
-        for (name, value) in span_fields.chain(event_fields.0.iter()) {
-            match fields.iter_mut().find(|(existing, _)| existing == name) {
-                Some((_, slot)) => *slot = value,
-                None => fields.push((name, value)),
+        super::correlation::with_request(|request| {
+            let mut fields: Vec<(&str, FieldRef<'_>)> = Vec::with_capacity(16);
+            for (name, value) in request
+                .into_iter()
+                .flat_map(super::correlation::RequestContext::fields)
+            {
+                fields.push((name, FieldRef::Text(value)));
             }
-        }
+            let span_fields = extensions
+                .iter()
+                .filter_map(|ext| ext.get::<SpanFields>())
+                .flat_map(|SpanFields(f)| f.0.iter());
+            for (name, value) in span_fields.chain(event_fields.0.iter()) {
+                match fields.iter_mut().find(|(existing, _)| existing == name) {
+                    Some((_, slot)) => *slot = FieldRef::Json(value),
+                    None => fields.push((name, FieldRef::Json(value))),
+                }
+            }
 
-        append_for_grep(&mut message, &fields, "debate_id");
-        append_for_grep(&mut message, &fields, "duration_ms");
+            append_for_grep(&mut message, &fields, "debate_id");
+            append_for_grep(&mut message, &fields, "duration_ms");
+            self.write_line(meta, now, &message, &fields);
+        });
+    }
+}
 
+impl<W> JsonLogLayer<W>
+where
+    W: for<'a> MakeWriter<'a> + 'static,
+{
+    fn write_line(
+        &self,
+        meta: &Metadata<'_>,
+        now: chrono::DateTime<Utc>,
+        message: &str,
+        fields: &[(&str, FieldRef<'_>)],
+    ) {
         LINE.with_borrow_mut(|line| {
             line.clear();
             line.extend_from_slice(b"{\"timestamp\":\"");
@@ -294,8 +316,8 @@ where
             push_str(line, meta.target());
             line.push(b',');
             push_key(line, "message");
-            push_str(line, &message);
-            for (name, value) in &fields {
+            push_str(line, message);
+            for (name, value) in fields {
                 line.push(b',');
                 if RESERVED_KEYS.contains(name) {
                     push_entry(line, &format!("field_{name}"), value);
@@ -315,6 +337,14 @@ where
     }
 }
 
+/// A field's value as the line writes it: text borrowed from the request's context, or a
+/// recorded JSON value.
+#[derive(Clone, Copy)]
+enum FieldRef<'a> {
+    Text(&'a str),
+    Json(&'a Value),
+}
+
 thread_local! {
     /// The line being formatted, reused by each thread's next line.
     static LINE: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(1024));
@@ -322,12 +352,15 @@ thread_local! {
 
 const RESERVED_KEYS: [&str; 4] = ["timestamp", "level", "logger", "message"];
 
-fn push_entry(line: &mut Vec<u8>, key: &str, value: &Value) {
+fn push_entry(line: &mut Vec<u8>, key: &str, value: &FieldRef<'_>) {
     push_key(line, key);
     match value {
-        Value::String(text) => push_str(line, text),
-        // Serializing a `Value` into a `Vec` cannot fail.
-        other => serde_json::to_writer(&mut *line, other).expect("JSON into a Vec"),
+        FieldRef::Text(text) => push_str(line, text),
+        FieldRef::Json(Value::String(text)) => push_str(line, text),
+        FieldRef::Json(other) => {
+            // Serializing a `Value` into a `Vec` cannot fail.
+            serde_json::to_writer(&mut *line, other).expect("JSON into a Vec");
+        }
     }
 }
 
@@ -391,13 +424,18 @@ fn push_timestamp(line: &mut Vec<u8>, now: chrono::DateTime<Utc>) {
 
 /// Appends ` key=<value>` to `message` when `fields` has `key` and the message has no
 /// `key=` of its own (at a word boundary, so `old_debate_id=` does not count).
-fn append_for_grep(message: &mut String, fields: &[(&str, &Value)], key: &str) {
+fn append_for_grep(message: &mut String, fields: &[(&str, FieldRef<'_>)], key: &str) {
     let Some((_, value)) = fields.iter().find(|(name, _)| *name == key) else {
         return;
     };
-    let already = message.match_indices(key).any(|(at, _)| {
-        message[at + key.len()..].starts_with('=')
-            && message[..at]
+    // Found from each `=` back: messages have few of them, and a substring searcher's
+    // set-up costs more than the search.
+    let bytes = message.as_bytes();
+    let already = bytes.iter().enumerate().any(|(end, &b)| {
+        b == b'='
+            && end >= key.len()
+            && &bytes[end - key.len()..end] == key.as_bytes()
+            && message[..end - key.len()]
                 .chars()
                 .next_back()
                 .is_none_or(|c| !(c.is_alphanumeric() || c == '_'))
@@ -411,8 +449,9 @@ fn append_for_grep(message: &mut String, fields: &[(&str, &Value)], key: &str) {
     message.push_str(key);
     message.push('=');
     match value {
-        Value::String(text) => message.push_str(text),
-        other => message.push_str(&other.to_string()),
+        FieldRef::Text(text) => message.push_str(text),
+        FieldRef::Json(Value::String(text)) => message.push_str(text),
+        FieldRef::Json(other) => message.push_str(&other.to_string()),
     }
 }
 
@@ -806,6 +845,42 @@ mod tests {
             .lines()
             .map(|line| serde_json::from_str(line).unwrap())
             .collect()
+    }
+
+    /// A request's lines carry its fields from the request context, with no span: first
+    /// in the line, a span inside the request adding to them, the debate once named.
+    #[test]
+    fn request_lines_carry_the_request_context_without_a_span() {
+        use crate::telemetry::correlation::{self, RequestContext};
+        let context = RequestContext::new(
+            "corr-ctx-1".into(),
+            axum::http::Method::DELETE,
+            Some(std::sync::Arc::from("/api/debates/{id}")),
+        );
+        let raw = capture_raw(|| {
+            correlation::sync_scope(context, || {
+                info!(target: "aragora::http", status = 200u64, "before the debate is named");
+                correlation::record_debate_id("d-ctx");
+                let turn = info_span!("turn", agent = "claude");
+                let _turn = turn.enter();
+                warn!(target: "aragora::http", "inside a span");
+            });
+            info!(target: "aragora::http", "after the request");
+        });
+        assert_eq!(raw.len(), 3, "{raw:?}");
+        assert!(
+            raw[0].contains(r#""message":"before the debate is named","correlation_id":"corr-ctx-1","method":"DELETE","route":"/api/debates/{id}","status":200}"#),
+            "{}",
+            raw[0]
+        );
+        let inside: Value = serde_json::from_str(&raw[1]).unwrap();
+        assert_eq!(inside["correlation_id"], "corr-ctx-1");
+        assert_eq!(inside["debate_id"], "d-ctx");
+        assert_eq!(inside["agent"], "claude");
+        assert_eq!(inside["message"], "inside a span debate_id=d-ctx");
+        let after: Value = serde_json::from_str(&raw[2]).unwrap();
+        assert!(after.get("correlation_id").is_none(), "{after}");
+        assert!(after.get("route").is_none(), "{after}");
     }
 
     #[test]

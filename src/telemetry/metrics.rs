@@ -70,8 +70,10 @@ struct HttpSeries {
 const HTTP_SERIES_CACHED: usize = 4096;
 
 thread_local! {
-    static HTTP_SERIES: std::cell::RefCell<(usize, std::collections::HashMap<u64, Vec<HttpSeries>>)> =
-        std::cell::RefCell::new((0, std::collections::HashMap::new()));
+    /// Series handles by a hash of (method, route, status); a fast non-cryptographic hash
+    /// (the keys are our own route patterns, not caller input).
+    static HTTP_SERIES: std::cell::RefCell<(usize, foldhash::HashMap<u64, Vec<HttpSeries>>)> =
+        std::cell::RefCell::new((0, foldhash::HashMap::default()));
 }
 
 fn http_handles(
@@ -102,8 +104,8 @@ pub fn record_http_request(
     status: u16,
     elapsed: std::time::Duration,
 ) {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    use std::hash::{BuildHasher, Hash, Hasher};
+    let mut hasher = foldhash::fast::FixedState::default().build_hasher();
     method.as_str().hash(&mut hasher);
     route.hash(&mut hasher);
     status.hash(&mut hasher);

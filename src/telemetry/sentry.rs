@@ -2,7 +2,7 @@
 //!
 //! ERROR events (through the tracing layer installed by `logging::init`) and panics (the
 //! panic integration) are sent with the tags `correlation_id` and `debate_id` taken from the
-//! span they happened in. Every event passes [`Scrubber`] first: known secret values (JWT
+//! request and span they happened in. Every event passes [`Scrubber`] first: known secret values (JWT
 //! secret, API token, provider keys, the database and Redis URLs' passwords) and anything that
 //! looks like a credential (`Authorization`/`Bearer …`, `sk-…`, `ara_…`, `password=…`,
 //! `token=…`, `api_key=…`) are replaced with `[Filtered]`, and request headers and cookies
@@ -59,7 +59,7 @@ pub fn init(config: &Config) -> Option<SentryGuard> {
     Some(guard)
 }
 
-/// Tag the event with the ids of the span it happened in, then scrub it.
+/// Tag the event with the ids of the request and span it happened in, then scrub it.
 fn prepare(mut event: Event<'static>, scrubber: &Scrubber) -> Event<'static> {
     let ids = super::errors::current_span_ids();
     let fields = event
