@@ -228,8 +228,8 @@ impl Application {
         );
         {
             let receipts = receipts.clone();
-            debates.on_decided(Arc::new(move |debate_id: String| {
-                receipts.enqueue(debate_id);
+            debates.on_decided(Arc::new(move |debate_id: String, carried| {
+                receipts.enqueue_decided(debate_id, carried);
             }));
         }
         tasks.spawn(receipts.clone().run_worker(shutdown.clone()));

@@ -31,6 +31,7 @@ use super::{AgentReply, DebateAgent, EventSink, SinkError};
 use crate::agents::{Agent, AgentError, AgentRegistry, CompletionRequest, DeltaSink, UnknownAgent};
 
 use crate::bus::{EventBus, LiveEvent};
+use crate::receipts::document::FoldedLog;
 use crate::store::{
     ClaimedDebate, Control, DebateRecord, DebateStatus, DebateUpdate, DynStore, GroupCommit, Lease,
     NewDebate, NewEvent, StepWrite, StoreError, StoreResult, StoredEvent,
@@ -234,8 +235,10 @@ pub struct DebateManager {
     on_decided: std::sync::OnceLock<DecidedHook>,
 }
 
-/// What runs when a debate ends with a decision (the receipts service issues its receipt).
-pub type DecidedHook = Arc<dyn Fn(String) + Send + Sync>;
+/// What runs when a debate ends with a decision (the receipts service issues its receipt):
+/// told its id and, when this instance wrote its whole log, the final record and the log
+/// folded as it was written ([`FoldedLog`]), so neither is read back.
+pub type DecidedHook = Arc<dyn Fn(String, Option<(DebateRecord, FoldedLog)>) + Send + Sync>;
 
 impl DebateManager {
     pub fn new(
@@ -262,8 +265,8 @@ impl DebateManager {
         })
     }
 
-    /// Call `hook` with the id of every debate this instance ends `completed` or
-    /// `no_consensus`, right after its end is stored. Set once, at start-up.
+    /// Call `hook` with every debate this instance ends `completed` or `no_consensus`, right
+    /// after its end is stored. Set once, at start-up.
     pub fn on_decided(&self, hook: DecidedHook) {
         let _ = self.on_decided.set(hook);
     }
@@ -991,17 +994,22 @@ impl DebateManager {
         if replay.steps() > 0 {
             tracing::info!(target: "aragora::debate", debate_id = %id, steps = replay.steps(), "replaying recorded steps; their agents are not called again");
         }
-        let recorder = Arc::new(
-            Recorder::new(self.store.clone(), self.bus.clone(), &id)
-                .with_lease(lease.clone())
-                .with_group(self.appends.clone())
-                .with_domain(record.options.get("domain").and_then(Value::as_str))
-                .with_usage(usage)
-                .with_notes_flag(notes),
-        );
+        let mut recorder = Recorder::new(self.store.clone(), self.bus.clone(), &id)
+            .with_lease(lease.clone())
+            .with_group(self.appends.clone())
+            .with_domain(record.options.get("domain").and_then(Value::as_str))
+            .with_usage(usage)
+            .with_notes_flag(notes);
+        // The log of a debate starting here is folded as it is written (from what was
+        // stored before the claim), for the receipt. A resumed one had a writer before
+        // this recorder: its receipt reads the log back.
+        if resumed.is_none() && self.on_decided.get().is_some() {
+            recorder = recorder.with_fold(&stored);
+        }
+        let recorder = Arc::new(recorder);
         let end = engine::run_durable(
             input,
-            recorder,
+            recorder.clone(),
             cancel,
             Resume {
                 replay,
@@ -1047,7 +1055,7 @@ impl DebateManager {
             FinalStatus::Completed | FinalStatus::NoConsensus
         ) && let Some(hook) = self.on_decided.get()
         {
-            hook(id.clone());
+            hook(id.clone(), recorder.take_decided());
         }
         tracing::info!(
             target: "aragora::debate",
@@ -1421,6 +1429,11 @@ pub struct Recorder {
     /// Batches waiting for the turn: whoever takes it writes all of them as one append, in
     /// the order they came, and tells the others how it went.
     waiting: parking_lot::Mutex<Vec<Waiting>>,
+    /// The log folded as it is written ([`Recorder::with_fold`]); dropped at the first gap
+    /// (an event this recorder did not write).
+    fold: parking_lot::Mutex<Option<FoldedLog>>,
+    /// The record the end of the debate was stored with.
+    finished: parking_lot::Mutex<Option<DebateRecord>>,
 }
 
 /// A batch handed to whoever holds the recorder's turn.
@@ -1443,7 +1456,34 @@ impl Recorder {
             group: None,
             turn: tokio::sync::Mutex::new(()),
             waiting: parking_lot::Mutex::new(Vec::new()),
+            fold: parking_lot::Mutex::new(None),
+            finished: parking_lot::Mutex::new(None),
         }
+    }
+
+    /// Fold the log as it is written, after `so_far` (the whole log before this recorder's
+    /// first write, from seq 1).
+    pub fn with_fold(self, so_far: &[StoredEvent]) -> Self {
+        let mut log = FoldedLog::new();
+        *self.fold.lock() = log.push(so_far).then_some(log);
+        self
+    }
+
+    fn fold_in(&self, stored: &[StoredEvent]) {
+        let mut fold = self.fold.lock();
+        if let Some(log) = fold.as_mut()
+            && !log.push(stored)
+        {
+            *fold = None;
+        }
+    }
+
+    /// After the end was stored: the final record and the whole log folded, when this
+    /// recorder wrote all of it.
+    pub fn take_decided(&self) -> Option<(DebateRecord, FoldedLog)> {
+        let record = self.finished.lock().take()?;
+        let log = self.fold.lock().take()?;
+        Some((record, log))
     }
 
     /// Append through `group` (with the other debates' steps) instead of one by one.
@@ -1615,6 +1655,7 @@ impl Recorder {
         match self.append_durably(step.clone()).await {
             Ok(stored) => {
                 self.note_written(&stored);
+                self.fold_in(&stored);
                 // Published before the next append of this debate: watchers get its events
                 // in seq order.
                 for e in &stored {
@@ -1751,7 +1792,7 @@ impl EventSink for Recorder {
                     .finish_debate(&self.debate_id, self.lease.as_ref(), &update, &end)
                     .await
                 {
-                    Ok((_, stored)) => Ok(Some(stored)),
+                    Ok((record, stored)) => Ok(Some((record, stored))),
                     // An earlier attempt committed before its answer was lost: the debate
                     // has ended (and its lease with it).
                     Err(StoreError::Fenced(_)) if retry => {
@@ -1765,7 +1806,9 @@ impl EventSink for Recorder {
             })
             .await
             .map_err(SinkError::from)?;
-        if let Some(stored) = stored {
+        if let Some((record, stored)) = stored {
+            self.fold_in(std::slice::from_ref(&stored));
+            *self.finished.lock() = Some(record);
             self.publish(&stored);
         }
         Ok(())

@@ -207,12 +207,53 @@ pub fn chain_head_of_stored(events: &[StoredEvent]) -> String {
 fn link_all(canonical_events: impl Iterator<Item = Vec<u8>>) -> String {
     let mut link = [0u8; 32];
     for bytes in canonical_events {
-        let mut h = Sha256::new();
-        h.update(link);
-        h.update(bytes);
-        link = h.finalize().into();
+        link = next_link(&link, &bytes);
     }
     hex(&link)
+}
+
+fn next_link(link: &[u8; 32], canonical_event: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(link);
+    h.update(canonical_event);
+    h.finalize().into()
+}
+
+/// The chain over a debate's log built as the log is written, one event at a time from seq
+/// 1: at the end, [`ChainFold::head`] is what [`chain_head_of_stored`] gives for the whole log,
+/// without reading it back.
+#[derive(Debug, Clone, Default)]
+pub struct ChainFold {
+    link: [u8; 32],
+    count: usize,
+    last_seq: i64,
+}
+
+impl ChainFold {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Folds in the next event of the log. `false`, folding nothing, when `event` is not the
+    /// one after the last (a gap: someone else wrote to the log in between).
+    pub fn push(&mut self, event: &StoredEvent) -> bool {
+        if event.seq != self.last_seq + 1 {
+            return false;
+        }
+        self.link = next_link(&self.link, &canonical_event(event));
+        self.count += 1;
+        self.last_seq = event.seq;
+        true
+    }
+
+    pub fn head(&self) -> String {
+        hex(&self.link)
+    }
+
+    /// How many events were folded in.
+    pub fn count(&self) -> usize {
+        self.count
+    }
 }
 
 /// Why a set of events cannot be the whole log of one debate (events are numbered from 1).

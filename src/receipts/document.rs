@@ -64,6 +64,61 @@ pub struct Observation {
     pub detail: String,
 }
 
+/// A debate's log as a receipt needs it.
+pub struct LogSummary<'a> {
+    pub chain_head: String,
+    pub event_count: usize,
+    /// The events a receipt states something of ([`is_stated`]), in seq order; may hold
+    /// others.
+    pub stated: &'a [StoredEvent],
+}
+
+/// Whether a receipt states anything of events of `kind`: the seats of `debate_start`, the
+/// last `consensus`, failures (`agent_error`, `circuit_open`) and critiques (the cruxes).
+pub fn is_stated(kind: &str) -> bool {
+    matches!(
+        kind,
+        "debate_start" | "consensus" | "agent_error" | "circuit_open" | "critique"
+    )
+}
+
+/// A debate's log folded as the recorder writes it: the hash chain and the events a receipt
+/// states. Kept by the instance running the debate, so its receipt is issued without
+/// reading the log back; folding stops being possible (and the receipt reads the log) when
+/// the log has a gap this instance did not write.
+#[derive(Debug, Clone, Default)]
+pub struct FoldedLog {
+    chain: chain::ChainFold,
+    stated: Vec<StoredEvent>,
+}
+
+impl FoldedLog {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Folds in the next events written. `false` when one is not the next seq.
+    pub fn push(&mut self, events: &[StoredEvent]) -> bool {
+        for e in events {
+            if !self.chain.push(e) {
+                return false;
+            }
+            if is_stated(&e.kind) {
+                self.stated.push(e.clone());
+            }
+        }
+        true
+    }
+
+    pub fn summary(&self) -> LogSummary<'_> {
+        LogSummary {
+            chain_head: self.chain.head(),
+            event_count: self.chain.count(),
+            stated: &self.stated,
+        }
+    }
+}
+
 /// Everything a receipt states, gathered once from the finished debate.
 #[derive(Debug, Clone)]
 pub struct Facts {
@@ -115,6 +170,24 @@ impl Facts {
         issued_at: String,
         judge_model: &dyn Fn(&str) -> Option<(String, String)>,
     ) -> Facts {
+        let log = LogSummary {
+            chain_head: chain::chain_head_of_stored(events),
+            event_count: events.len(),
+            stated: events,
+        };
+        Self::gather_from(record, &log, receipt_id, issued_at, judge_model)
+    }
+
+    /// [`gather`](Self::gather) from a summary of the log: its chain head, its length and
+    /// the events a receipt states something of (any others are passed over).
+    pub fn gather_from(
+        record: &DebateRecord,
+        log: &LogSummary<'_>,
+        receipt_id: String,
+        issued_at: String,
+        judge_model: &dyn Fn(&str) -> Option<(String, String)>,
+    ) -> Facts {
+        let events = log.stated;
         let result = record.result.clone().unwrap_or(Value::Null);
         let mode = result["mode"]
             .as_str()
@@ -336,8 +409,8 @@ impl Facts {
             reasoning,
             observations,
             cruxes,
-            chain_head: chain::chain_head_of_stored(events),
-            event_count: events.len(),
+            chain_head: log.chain_head.clone(),
+            event_count: log.event_count,
             instance: record.instance.clone(),
         }
     }
@@ -651,6 +724,51 @@ mod tests {
             "2026-12-03T10:00:00.000Z".into(),
             &|_| None,
         )
+    }
+
+    /// The log folded in the pieces it was written in states what the whole log states:
+    /// the same receipt, chain and count, keeping only the events a receipt states.
+    #[test]
+    fn a_log_folded_as_written_gives_the_receipt_of_the_whole_log() {
+        let (record, events) = debate();
+        let mut folded = FoldedLog::new();
+        assert!(folded.push(&events[..2]));
+        assert!(folded.push(&[]));
+        assert!(folded.push(&events[2..]));
+        let summary = folded.summary();
+        assert_eq!(summary.chain_head, chain::chain_head_of_stored(&events));
+        assert_eq!(summary.event_count, events.len());
+        assert_eq!(summary.stated.len(), 5, "debate_end is not kept");
+        let from_fold = Facts::gather_from(
+            &record,
+            &summary,
+            "rcpt-1".into(),
+            "2026-12-03T10:00:00.000Z".into(),
+            &|_| None,
+        );
+        assert_eq!(
+            from_fold.native(Some("k1"), "aragora"),
+            facts().native(Some("k1"), "aragora")
+        );
+        for v in [OdrVersion::V01, OdrVersion::V02] {
+            assert_eq!(from_fold.odr(v), facts().odr(v));
+        }
+    }
+
+    /// A gap (an event written by someone else) or a log that does not start at seq 1
+    /// cannot be folded: the receipt then reads the log.
+    #[test]
+    fn a_gap_in_the_log_stops_the_fold() {
+        let (_, events) = debate();
+        let mut folded = FoldedLog::new();
+        assert!(!folded.push(&events[1..2]), "starts at seq 2");
+        let mut folded = FoldedLog::new();
+        assert!(folded.push(&events[..2]));
+        assert!(!folded.push(&events[3..]), "seq 3 missing");
+        let mut chain = chain::ChainFold::new();
+        assert!(chain.push(&events[0]));
+        assert!(!chain.push(&events[0]), "the same event twice");
+        assert_eq!(chain.count(), 1);
     }
 
     #[test]

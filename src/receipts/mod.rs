@@ -23,7 +23,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::{DebateRecord, DebateStatus, DynStore, NewReceipt, ReceiptRow, StoreError};
-use document::{Facts, OdrVersion};
+use document::{Facts, FoldedLog, LogSummary, OdrVersion};
 pub use keys::Signer;
 
 /// Resolves a judge agent's (provider, model) by name.
@@ -43,6 +43,12 @@ pub struct Receipts {
     /// Debates handed to [`Receipts::enqueue`] whose receipt the worker has not issued yet
     /// (the sweeper leaves them to it), and the queue itself.
     queued: parking_lot::Mutex<std::collections::HashSet<String>>,
+    /// The final record and folded log of queued debates whose instance saw the whole log
+    /// written ([`Receipts::enqueue_decided`]): their receipts are issued without reading
+    /// either back.
+    carried: parking_lot::Mutex<HashMap<String, (DebateRecord, FoldedLog)>>,
+    /// Receipts this instance issued from a folded log.
+    folded: std::sync::atomic::AtomicU64,
     queue: tokio::sync::mpsc::UnboundedSender<String>,
     next: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<String>>,
 }
@@ -71,6 +77,8 @@ impl Receipts {
             judge_model,
             keys: parking_lot::RwLock::new(keys),
             queued: parking_lot::Mutex::default(),
+            carried: parking_lot::Mutex::default(),
+            folded: std::sync::atomic::AtomicU64::new(0),
             queue,
             next: tokio::sync::Mutex::new(next),
         }))
@@ -95,22 +103,69 @@ impl Receipts {
 
     /// [`issue`](Self::issue) for a debate record the caller has already read.
     pub async fn issue_for(&self, record: &DebateRecord) -> Result<Option<ReceiptRow>, StoreError> {
-        let debate_id = record.id.as_str();
+        if let Some(done) = self.issued_or_not_due(record).await? {
+            return Ok(done);
+        }
+        let events = self.store.events_since(&record.id, 0, u32::MAX).await?;
+        let log = LogSummary {
+            chain_head: chain::chain_head_of_stored(&events),
+            event_count: events.len(),
+            stated: &events,
+        };
+        self.issue_with(record, &log).await
+    }
+
+    /// [`issue_for`](Self::issue_for) with the log folded as it was written
+    /// ([`FoldedLog`]): nothing is read back.
+    pub async fn issue_folded(
+        &self,
+        record: &DebateRecord,
+        log: &FoldedLog,
+    ) -> Result<Option<ReceiptRow>, StoreError> {
+        if let Some(done) = self.issued_or_not_due(record).await? {
+            return Ok(done);
+        }
+        let issued = self.issue_with(record, &log.summary()).await;
+        self.folded
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        issued
+    }
+
+    /// How many receipts this instance issued from a log folded as it was written (the
+    /// rest read the log back).
+    pub fn issued_from_folded_logs(&self) -> u64 {
+        self.folded.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// `Some` when `record` needs no new receipt: the one it has, or `None` when it did not
+    /// end `completed` / `no_consensus`.
+    async fn issued_or_not_due(
+        &self,
+        record: &DebateRecord,
+    ) -> Result<Option<Option<ReceiptRow>>, StoreError> {
         if let Some(receipt_id) = &record.receipt_id {
-            return self.store.get_receipt(receipt_id).await;
+            return self.store.get_receipt(receipt_id).await.map(Some);
         }
         if !matches!(
             record.status,
             DebateStatus::Completed | DebateStatus::NoConsensus
         ) {
-            return Ok(None);
+            return Ok(Some(None));
         }
-        let events = self.store.events_since(debate_id, 0, u32::MAX).await?;
+        Ok(None)
+    }
+
+    async fn issue_with(
+        &self,
+        record: &DebateRecord,
+        log: &LogSummary<'_>,
+    ) -> Result<Option<ReceiptRow>, StoreError> {
+        let debate_id = record.id.as_str();
         let issued = Utc::now();
         let issued_at = issued.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
-        let facts = Facts::gather(
+        let facts = Facts::gather_from(
             record,
-            &events,
+            log,
             format!("rcpt-{}", uuid::Uuid::new_v4()),
             issued_at.clone(),
             &self.judge_model,
@@ -164,6 +219,15 @@ impl Receipts {
         }
     }
 
+    /// [`enqueue`](Self::enqueue) with what the instance that ran the debate carried to its
+    /// end, when it saw the whole log written: its final record and folded log.
+    pub fn enqueue_decided(&self, debate_id: String, carried: Option<(DebateRecord, FoldedLog)>) {
+        if let Some(carried) = carried {
+            self.carried.lock().insert(debate_id.clone(), carried);
+        }
+        self.enqueue(debate_id);
+    }
+
     /// Issue the receipts of queued debates, one at a time, until `shutdown`. A failure, or
     /// a shutdown first, is made good by the sweeper.
     pub async fn run_worker(self: Arc<Self>, shutdown: CancellationToken) {
@@ -176,9 +240,16 @@ impl Receipts {
                     None => return,
                 },
             };
+            let carried = self.carried.lock().remove(&debate_id);
+            let issue = async {
+                match &carried {
+                    Some((record, log)) => self.issue_folded(record, log).await,
+                    None => self.issue(&debate_id).await,
+                }
+            };
             let issued = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                issued = self.issue(&debate_id) => issued,
+                issued = issue => issued,
             };
             self.queued.lock().remove(&debate_id);
             if let Err(e) = issued {

@@ -381,6 +381,62 @@ async fn decided_without_receipt(store: &aragora::store::DynStore, id: &str, tas
 
 /// An instance that ends a debate and dies before issuing its receipt: the sweeper of any
 /// instance issues it.
+/// The receipt issued right after a debate's end comes from the log as this instance wrote
+/// it (folded event by event, nothing read back). On both backends — on Postgres the events
+/// come back through JSONB — it is the receipt the stored log gives: the same chain and
+/// count as the events the API serves, and the same document as facts gathered anew from
+/// the stored record and log.
+#[tokio::test]
+async fn a_receipt_from_the_log_as_written_is_the_one_the_stored_log_gives() {
+    let (_schema, url) = fresh_postgres_schema().await;
+    for app in [
+        spawn_app().await,
+        spawn_app_with(&[("ARAGORA_DATABASE_URL", url.as_str())]).await,
+    ] {
+        let id = start_debate(&app, "Should the build cache be shared?").await;
+        let debate = wait_receipt(&app, &id).await;
+        assert_eq!(app.state.receipts.issued_from_folded_logs(), 1);
+        let receipt_id = debate["receipt_id"].as_str().unwrap();
+        let (_, native) = text(&app, &format!("/api/v2/receipts/{receipt_id}")).await;
+        let native: Value = serde_json::from_str(&native).unwrap();
+
+        let served: Value = app
+            .get(&format!("/api/debates/{id}/events?limit=1000"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let served = served["events"].as_array().unwrap();
+        assert!(served.len() > 10, "{served:?}");
+        let digest = &native["transcript_digest"];
+        assert_eq!(digest["event_count"], served.len());
+        assert_eq!(
+            digest["value"],
+            aragora::receipts::chain::chain_head(served.iter())
+        );
+
+        let record = app.state.store.get_debate(&id).await.unwrap().unwrap();
+        let events = app
+            .state
+            .store
+            .events_since(&id, 0, u32::MAX)
+            .await
+            .unwrap();
+        let anew = aragora::receipts::document::Facts::gather(
+            &record,
+            &events,
+            receipt_id.to_owned(),
+            native["issued_at"].as_str().unwrap().to_owned(),
+            &|_| None,
+        );
+        assert_eq!(
+            anew.native(native["key_id"].as_str(), app.state.receipts.issuer()),
+            native
+        );
+        app.stop().await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn the_sweeper_issues_receipts_a_dead_instance_did_not() {
     let app = spawn_app().await;
