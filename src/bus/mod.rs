@@ -36,6 +36,22 @@ pub struct LiveEvent {
     pub ephemeral: bool,
 }
 
+/// A stored event handed over whole: its strings and data are moved, not copied.
+impl From<StoredEvent> for LiveEvent {
+    fn from(e: StoredEvent) -> Self {
+        LiveEvent {
+            kind: e.kind,
+            debate_id: e.debate_id,
+            seq: Some(e.seq),
+            timestamp: e.timestamp,
+            round: e.round,
+            agent: e.agent,
+            data: e.data,
+            ephemeral: false,
+        }
+    }
+}
+
 impl From<&StoredEvent> for LiveEvent {
     fn from(e: &StoredEvent) -> Self {
         LiveEvent {

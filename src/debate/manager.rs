@@ -1370,13 +1370,15 @@ fn final_update(status: DebateStatus, reason: &str) -> DebateUpdate {
 }
 
 fn log_event(stored: &StoredEvent) {
+    // Strings recorded as they are (a format string or `%` would go through `fmt`).
+    let message = stored.kind.as_str();
     tracing::info!(
         target: "aragora::debate",
-        debate_id = %stored.debate_id,
+        debate_id = stored.debate_id.as_str(),
         seq = stored.seq,
         round = stored.round,
         agent = stored.agent.as_deref(),
-        "{}", stored.kind
+        message
     );
 }
 
@@ -1657,9 +1659,10 @@ impl Recorder {
                 self.note_written(&stored);
                 self.fold_in(&stored);
                 // Published before the next append of this debate: watchers get its events
-                // in seq order.
-                for e in &stored {
-                    self.publish(e);
+                // in seq order. Handed to the bus whole, not copied: nothing reads them after.
+                for e in stored {
+                    log_event(&e);
+                    self.bus.publish(LiveEvent::from(e));
                 }
                 for caller in callers {
                     let _ = caller.send(Ok(()));
