@@ -9,7 +9,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use axum::http::{HeaderMap, Method};
+use axum::http::{HeaderMap, HeaderName, Method};
 use rand::Rng;
 
 pub const HEADER: &str = "x-correlation-id";
@@ -98,9 +98,14 @@ pub fn is_well_formed(id: &str) -> bool {
 
 /// The caller's id from the request headers, if present and well-formed.
 pub fn from_headers(headers: &HeaderMap) -> Option<String> {
-    [HEADER, REQUEST_ID_HEADER].iter().find_map(|name| {
+    // Names built once: looking a header up by `&str` parses the name on every call.
+    static NAMES: [HeaderName; 2] = [
+        HeaderName::from_static(HEADER),
+        HeaderName::from_static(REQUEST_ID_HEADER),
+    ];
+    NAMES.iter().find_map(|name| {
         headers
-            .get(*name)
+            .get(name)
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
             .filter(|v| is_well_formed(v))

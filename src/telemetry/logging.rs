@@ -382,7 +382,7 @@ fn push_key(line: &mut Vec<u8>, key: &str) {
 /// A JSON string: copied as it is when nothing in it needs escaping (the common case),
 /// else through serde_json's escaping.
 fn push_str(line: &mut Vec<u8>, text: &str) {
-    if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    if !needs_escape(text.as_bytes()) {
         line.push(b'"');
         line.extend_from_slice(text.as_bytes());
         line.push(b'"');
@@ -390,6 +390,34 @@ fn push_str(line: &mut Vec<u8>, text: &str) {
         // Serializing a `str` into a `Vec` cannot fail.
         serde_json::to_writer(&mut *line, text).expect("JSON into a Vec");
     }
+}
+
+/// Whether `bytes` holds a control character, `"` or `\\`: eight bytes at a time (a log
+/// line's strings are mostly longer than that), the tail one by one.
+fn needs_escape(bytes: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // A byte of `x` is zero ⇔ its bit 7 is set in `has_zero(x)` (no false positives once
+    // bytes that are themselves ≥ 0x80 are masked out with `!x`).
+    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(word);
+        // Bytes below 0x20: `x - 0x20` borrows into bit 7 where the byte was below 0x20
+        // (bytes ≥ 0x80 excluded by `!x`).
+        let control = x.wrapping_sub(ONES * 0x20) & !x & HIGH;
+        let quote = has_zero(x ^ (ONES * u64::from(b'"')));
+        let backslash = has_zero(x ^ (ONES * u64::from(b'\\')));
+        if control | quote | backslash != 0 {
+            return true;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
 }
 
 thread_local! {
@@ -881,6 +909,32 @@ mod tests {
         let after: Value = serde_json::from_str(&raw[2]).unwrap();
         assert!(after.get("correlation_id").is_none(), "{after}");
         assert!(after.get("route").is_none(), "{after}");
+    }
+
+    /// The word-at-a-time check agrees with the byte-by-byte one: every byte value at every
+    /// position of strings long enough to have whole words and a tail.
+    #[test]
+    fn the_escape_check_finds_every_byte_that_needs_escaping() {
+        let naive = |b: &[u8]| b.iter().any(|&c| c < 0x20 || c == b'"' || c == b'\\');
+        for len in [1, 7, 8, 9, 16, 17, 23] {
+            for at in 0..len {
+                for byte in 0..=255u8 {
+                    for fill in [b'a', 0x7f, 0x80, 0xff, 0x21, 0x5d] {
+                        let mut text = vec![fill; len];
+                        text[at] = byte;
+                        assert_eq!(
+                            needs_escape(&text),
+                            naive(&text),
+                            "len {len}, byte {byte:#x} at {at}, fill {fill:#x}"
+                        );
+                    }
+                }
+            }
+        }
+        assert!(!needs_escape(b""));
+        assert!(!needs_escape(
+            "request GET /api/health/live status=200 – ok".as_bytes()
+        ));
     }
 
     #[test]
