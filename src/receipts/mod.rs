@@ -126,8 +126,10 @@ impl Receipts {
             return Ok(done);
         }
         let issued = self.issue_with(record, &log.summary()).await;
-        self.folded
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if matches!(issued, Ok(Some(_))) {
+            self.folded
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         issued
     }
 
