@@ -1465,9 +1465,9 @@ impl Recorder {
 
     /// Fold the log as it is written, after `so_far` (the whole log before this recorder's
     /// first write, from seq 1).
-    pub fn with_fold(self, so_far: &[StoredEvent]) -> Self {
+    pub fn with_fold(mut self, so_far: &[StoredEvent]) -> Self {
         let mut log = FoldedLog::new();
-        *self.fold.lock() = log.push(so_far).then_some(log);
+        *self.fold.get_mut() = log.push(so_far).then_some(log);
         self
     }
 
@@ -1531,8 +1531,9 @@ impl Recorder {
         self
     }
 
-    fn publish(&self, stored: &StoredEvent) {
-        log_event(stored);
+    /// Log `stored` and hand it to the bus whole (moved, not copied: nothing reads it after).
+    fn publish(&self, stored: StoredEvent) {
+        log_event(&stored);
         self.bus.publish(LiveEvent::from(stored));
     }
 
@@ -1659,10 +1660,9 @@ impl Recorder {
                 self.note_written(&stored);
                 self.fold_in(&stored);
                 // Published before the next append of this debate: watchers get its events
-                // in seq order. Handed to the bus whole, not copied: nothing reads them after.
+                // in seq order.
                 for e in stored {
-                    log_event(&e);
-                    self.bus.publish(LiveEvent::from(e));
+                    self.publish(e);
                 }
                 for caller in callers {
                     let _ = caller.send(Ok(()));
@@ -1812,7 +1812,7 @@ impl EventSink for Recorder {
         if let Some((record, stored)) = stored {
             self.fold_in(std::slice::from_ref(&stored));
             *self.finished.lock() = Some(record);
-            self.publish(&stored);
+            self.publish(stored);
         }
         Ok(())
     }

@@ -73,6 +73,17 @@ pub struct LogSummary<'a> {
     pub stated: &'a [StoredEvent],
 }
 
+impl<'a> LogSummary<'a> {
+    /// The summary of a whole log read back.
+    pub fn of(events: &'a [StoredEvent]) -> Self {
+        LogSummary {
+            chain_head: chain::chain_head_of_stored(events),
+            event_count: events.len(),
+            stated: events,
+        }
+    }
+}
+
 /// Whether a receipt states anything of events of `kind`: the seats of `debate_start`, the
 /// last `consensus`, failures (`agent_error`, `circuit_open`) and critiques (the cruxes).
 pub fn is_stated(kind: &str) -> bool {
@@ -170,12 +181,13 @@ impl Facts {
         issued_at: String,
         judge_model: &dyn Fn(&str) -> Option<(String, String)>,
     ) -> Facts {
-        let log = LogSummary {
-            chain_head: chain::chain_head_of_stored(events),
-            event_count: events.len(),
-            stated: events,
-        };
-        Self::gather_from(record, &log, receipt_id, issued_at, judge_model)
+        Self::gather_from(
+            record,
+            &LogSummary::of(events),
+            receipt_id,
+            issued_at,
+            judge_model,
+        )
     }
 
     /// [`gather`](Self::gather) from a summary of the log: its chain head, its length and

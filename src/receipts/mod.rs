@@ -43,15 +43,16 @@ pub struct Receipts {
     /// Debates handed to [`Receipts::enqueue`] whose receipt the worker has not issued yet
     /// (the sweeper leaves them to it), and the queue itself.
     queued: parking_lot::Mutex<std::collections::HashSet<String>>,
-    /// The final record and folded log of queued debates whose instance saw the whole log
-    /// written ([`Receipts::enqueue_decided`]): their receipts are issued without reading
-    /// either back.
-    carried: parking_lot::Mutex<HashMap<String, (DebateRecord, FoldedLog)>>,
     /// Receipts this instance issued from a folded log.
     folded: std::sync::atomic::AtomicU64,
-    queue: tokio::sync::mpsc::UnboundedSender<String>,
-    next: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<String>>,
+    queue: tokio::sync::mpsc::UnboundedSender<Queued>,
+    next: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<Queued>>,
 }
+
+/// A debate queued for its receipt, with its final record and folded log when the instance
+/// that ran it saw the whole log written ([`Receipts::enqueue_decided`]): that receipt is
+/// issued without reading either back.
+type Queued = (String, Option<(DebateRecord, FoldedLog)>);
 
 impl Receipts {
     /// Register this instance's public key (so every instance, and receipts signed before a
@@ -77,7 +78,6 @@ impl Receipts {
             judge_model,
             keys: parking_lot::RwLock::new(keys),
             queued: parking_lot::Mutex::default(),
-            carried: parking_lot::Mutex::default(),
             folded: std::sync::atomic::AtomicU64::new(0),
             queue,
             next: tokio::sync::Mutex::new(next),
@@ -107,12 +107,7 @@ impl Receipts {
             return Ok(done);
         }
         let events = self.store.events_since(&record.id, 0, u32::MAX).await?;
-        let log = LogSummary {
-            chain_head: chain::chain_head_of_stored(&events),
-            event_count: events.len(),
-            stated: &events,
-        };
-        self.issue_with(record, &log).await
+        self.issue_with(record, &LogSummary::of(&events)).await
     }
 
     /// [`issue_for`](Self::issue_for) with the log folded as it was written
@@ -209,25 +204,21 @@ impl Receipts {
         self.store.receipt_of_debate(debate_id).await
     }
 
-    /// Issue the receipts of finished debates that have none (their instance stopped between
-    /// the end and the receipt, or they ended before receipts existed). Returns how many.
     /// Queue `debate_id` (just decided) for [`Receipts::run_worker`]: one worker issues
     /// receipts in the order debates end, so a burst of endings queues ids (a few bytes
     /// each) instead of running thousands of issues at once beside the debates still
     /// running. `GET …/receipt` issues on demand meanwhile.
     pub fn enqueue(&self, debate_id: String) {
-        if self.queued.lock().insert(debate_id.clone()) {
-            let _ = self.queue.send(debate_id);
-        }
+        self.enqueue_decided(debate_id, None);
     }
 
     /// [`enqueue`](Self::enqueue) with what the instance that ran the debate carried to its
-    /// end, when it saw the whole log written: its final record and folded log.
+    /// end, when it saw the whole log written: its final record and folded log. A debate
+    /// already queued stays queued as it was.
     pub fn enqueue_decided(&self, debate_id: String, carried: Option<(DebateRecord, FoldedLog)>) {
-        if let Some(carried) = carried {
-            self.carried.lock().insert(debate_id.clone(), carried);
+        if self.queued.lock().insert(debate_id.clone()) {
+            let _ = self.queue.send((debate_id, carried));
         }
-        self.enqueue(debate_id);
     }
 
     /// Issue the receipts of queued debates, one at a time, until `shutdown`. A failure, or
@@ -235,14 +226,13 @@ impl Receipts {
     pub async fn run_worker(self: Arc<Self>, shutdown: CancellationToken) {
         let mut next = self.next.lock().await;
         loop {
-            let debate_id = tokio::select! {
+            let (debate_id, carried) = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                id = next.recv() => match id {
-                    Some(id) => id,
+                queued = next.recv() => match queued {
+                    Some(queued) => queued,
                     None => return,
                 },
             };
-            let carried = self.carried.lock().remove(&debate_id);
             let issue = async {
                 match &carried {
                     Some((record, log)) => self.issue_folded(record, log).await,
@@ -260,6 +250,8 @@ impl Receipts {
         }
     }
 
+    /// Issue the receipts of finished debates that have none (their instance stopped between
+    /// the end and the receipt, or they ended before receipts existed). Returns how many.
     pub async fn sweep(&self) -> Result<usize, StoreError> {
         let mut issued = 0;
         loop {
