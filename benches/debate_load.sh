@@ -6,7 +6,7 @@
 # the CPU of the Postgres backends per debate; with `callgrind`, runs the server under
 # valgrind and dumps the instructions of exactly that window (docs/benchmarks.md).
 #
-# usage: benches/debate_load.sh BIN N [pg|sqlite] [plain|callgrind]
+# usage: [AGENTS=…] benches/debate_load.sh BIN N [pg|sqlite] [plain|callgrind]
 #   BIN: e.g. target/release/aragora. pg: a fresh schema in postgres://postgres@127.0.0.1/test.
 # usage: run.sh BIN N [sqlite|pg] [callgrind]
 set -u
@@ -34,7 +34,10 @@ commits() { psql -tA -h 127.0.0.1 -U postgres -d test -c "select xact_commit fro
 [ "$DB" = pg ] && c0=$(commits)
 read u0 s0 < <(awk '{print $14, $15}' /proc/$PID/stat)
 T0=$(date +%s.%N)
-body='{"task":"Benchmark debate: should the team adopt a monorepo?","agents":["demo:1000","demo:1000","demo:1000"],"rounds":2,"min_rounds":2}'
+# AGENTS: the seats, as JSON strings (default three demo:1000; e.g. '"demo:1000","demo:1500","demo:2000"'
+# for seats that stream at different times).
+AGENTS=${AGENTS:-'"demo:1000","demo:1000","demo:1000"'}
+body='{"task":"Benchmark debate: should the team adopt a monorepo?","agents":['"$AGENTS"'],"rounds":2,"min_rounds":2}'
 python3 -c '
 import sys, json
 n=int(sys.argv[1]); body=sys.argv[2]

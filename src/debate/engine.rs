@@ -15,7 +15,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::future::join_all;
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -730,6 +731,18 @@ fn message(role: Phase, seat: &Seat, reply: AgentReply, round: u32) -> Event {
     )
 }
 
+/// Run the calls of a phase concurrently; their outcomes in the order given. Each call is
+/// polled only when it was woken: a streaming answer wakes the debate once per chunk, and
+/// polling every seat's call (with its timeouts, breaker and cancellation checks) on each of
+/// those wake-ups, as a small `join_all` does, multiplied the debate's CPU by its seats.
+async fn in_order<F: Future>(calls: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    calls
+        .into_iter()
+        .collect::<FuturesOrdered<F>>()
+        .collect()
+        .await
+}
+
 /// Returns the seats that answered. A seat with an answer revises it; a seat without one
 /// (round 1, or it failed before) proposes afresh.
 async fn answer_phase(ctx: &Ctx<'_>, state: &mut State, round: u32) -> Result<Vec<String>, Abort> {
@@ -764,7 +777,7 @@ async fn answer_phase(ctx: &Ctx<'_>, state: &mut State, round: u32) -> Result<Ve
             .await
         }
     });
-    let outcomes = join_all(calls).await;
+    let outcomes = in_order(calls).await;
     let mut answered = Vec::new();
     // Applied in seat order whatever order the calls ended in, live or replayed.
     for (seat, outcome) in ctx.seats.iter().zip(outcomes) {
@@ -872,7 +885,7 @@ async fn critique_phase(ctx: &Ctx<'_>, state: &mut State, round: u32) -> Result<
             .await
         }
     });
-    let outcomes = join_all(calls).await;
+    let outcomes = in_order(calls).await;
     let others: Vec<BTreeMap<String, String>> = critics.iter().map(|s| others_of(s)).collect();
     let mut critiques_for: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
     for ((seat, outcome), others) in critics.iter().zip(outcomes).zip(others) {
@@ -937,7 +950,7 @@ async fn vote_phase(ctx: &Ctx<'_>, state: &mut State, round: u32) -> Result<(), 
             .await
         }
     });
-    let outcomes = join_all(calls).await;
+    let outcomes = in_order(calls).await;
     let mut votes = Vec::new();
     for outcome in outcomes {
         let Some(events) = outcome? else { continue };

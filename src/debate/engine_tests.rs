@@ -1635,3 +1635,106 @@ async fn deltas_are_coalesced_within_the_window_and_flushed_after_it() {
         .collect();
     assert_eq!(mine, vec!["a b c ".to_owned(), "d e".to_owned()]);
 }
+
+#[tokio::test]
+async fn a_waiting_seat_is_not_polled_while_another_streams() {
+    /// A future that counts its polls.
+    struct Counted<F> {
+        inner: std::pin::Pin<Box<F>>,
+        polls: Arc<AtomicUsize>,
+    }
+    impl<F: std::future::Future> std::future::Future for Counted<F> {
+        type Output = F::Output;
+        fn poll(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<F::Output> {
+            self.polls.fetch_add(1, Ordering::SeqCst);
+            self.inner.as_mut().poll(cx)
+        }
+    }
+    /// `chatty` streams its proposal a word at a time, yielding after each, then lets
+    /// `quiet` answer; `quiet` counts how often its waiting proposal call is polled.
+    struct Pair {
+        name: &'static str,
+        release: Arc<tokio::sync::Notify>,
+        polls: Arc<AtomicUsize>,
+    }
+    const WORDS: usize = 200;
+    #[async_trait]
+    impl DebateAgent for Pair {
+        fn name(&self) -> &str {
+            self.name
+        }
+        fn provider(&self) -> &str {
+            "test"
+        }
+        fn model(&self) -> &str {
+            self.name
+        }
+        async fn call(
+            &self,
+            request: &CompletionRequest,
+            deltas: Option<&DeltaSink>,
+            _cancel: &CancellationToken,
+        ) -> Result<AgentReply, AgentError> {
+            let text = if request.system.contains("Aragora-Phase: vote") {
+                r#"{"vote": "chatty", "confidence": 1}"#.to_owned()
+            } else if let Some(sink) = deltas {
+                if self.name == "chatty" {
+                    for _ in 0..WORDS {
+                        sink.send("word ");
+                        tokio::task::yield_now().await;
+                    }
+                    self.release.notify_one();
+                } else {
+                    Counted {
+                        inner: Box::pin(self.release.notified()),
+                        polls: self.polls.clone(),
+                    }
+                    .await;
+                }
+                format!("{} answers", self.name)
+            } else {
+                "{}".to_owned()
+            };
+            Ok(AgentReply {
+                completion: Completion {
+                    text,
+                    usage: Usage::default(),
+                    model: self.name.into(),
+                    finish_reason: None,
+                },
+                latency: Duration::ZERO,
+            })
+        }
+    }
+    let release = Arc::new(tokio::sync::Notify::new());
+    let polls = Arc::new(AtomicUsize::new(0));
+    let seat = |name: &'static str, stance: &str| Seat {
+        name: name.into(),
+        agent: Arc::new(Pair {
+            name,
+            release: release.clone(),
+            polls: polls.clone(),
+        }),
+        stance: stance.into(),
+    };
+    let rec = Arc::new(Recorder::default());
+    let input = DebateInput {
+        task: "t".into(),
+        seats: vec![seat("chatty", "a"), seat("quiet", "b")],
+        judge: None,
+        settings: settings(ConsensusMode::Majority, 1),
+    };
+    let out = engine::run(input, rec.clone(), CancellationToken::new()).await;
+    assert_eq!(out.status, FinalStatus::Completed);
+    let streamed = rec.deltas().iter().filter(|d| d.agent == "chatty").count();
+    assert!(streamed > 0, "chatty streamed its answer");
+    // Polled when the phase starts and when it is released: not once per streamed word.
+    let n = polls.load(Ordering::SeqCst);
+    assert!(
+        n <= 4,
+        "the waiting call was polled {n} times while the other seat streamed {WORDS} words"
+    );
+}
