@@ -1560,6 +1560,19 @@ async fn convergence_measures_only_the_seats_that_answered_this_round() {
     );
 }
 
+/// The reply of a hand-written test agent: `text`, no usage, no latency.
+fn plain_reply(text: String, model: &str) -> AgentReply {
+    AgentReply {
+        completion: Completion {
+            text,
+            usage: Usage::default(),
+            model: model.into(),
+            finish_reason: None,
+        },
+        latency: Duration::ZERO,
+    }
+}
+
 #[tokio::test]
 async fn deltas_are_coalesced_within_the_window_and_flushed_after_it() {
     // A provider that streams three words at once, pauses past the window, then two more.
@@ -1595,15 +1608,7 @@ async fn deltas_are_coalesced_within_the_window_and_flushed_after_it() {
             } else {
                 "{}".to_owned()
             };
-            Ok(AgentReply {
-                completion: Completion {
-                    text,
-                    usage: Usage::default(),
-                    model: "paced".into(),
-                    finish_reason: None,
-                },
-                latency: Duration::ZERO,
-            })
+            Ok(plain_reply(text, "paced"))
         }
     }
     let paced: Arc<dyn DebateAgent> = Arc::new(Paced);
@@ -1698,15 +1703,7 @@ async fn a_waiting_seat_is_not_polled_while_another_streams() {
             } else {
                 "{}".to_owned()
             };
-            Ok(AgentReply {
-                completion: Completion {
-                    text,
-                    usage: Usage::default(),
-                    model: self.name.into(),
-                    finish_reason: None,
-                },
-                latency: Duration::ZERO,
-            })
+            Ok(plain_reply(text, self.name))
         }
     }
     let release = Arc::new(tokio::sync::Notify::new());
