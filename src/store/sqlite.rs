@@ -142,24 +142,44 @@ fn is_busy(err: &sqlx::Error) -> bool {
         .is_some_and(|c| matches!(c & 0xff, 5 | 6))
 }
 
+/// A step to append, borrowed: from a [`StepWrite`] of a group, or from the arguments of a
+/// lone [`Store::append_step`].
+struct StepRef<'a> {
+    debate_id: &'a str,
+    lease: Option<&'a Lease>,
+    events: &'a [NewEvent],
+    usage: &'a [NewUsage],
+}
+
+impl<'a> From<&'a StepWrite> for StepRef<'a> {
+    fn from(s: &'a StepWrite) -> Self {
+        StepRef {
+            debate_id: &s.debate_id,
+            lease: s.lease.as_ref(),
+            events: &s.events,
+            usage: &s.usage,
+        }
+    }
+}
+
 impl SqliteStore {
-    /// [`Store::append_steps`] for a group: a handful of statements for the whole group, not
-    /// a few per step. The writer's transaction is held while its holder is scheduled again
-    /// between statements, and with thousands of debates running that wait, not SQLite,
-    /// was what each statement cost.
+    /// [`Store::append_steps`] (and [`Store::append_step`], a group of one): a handful of
+    /// statements for the whole group, not a few per step or one per row. The writer's
+    /// transaction is held while its holder is scheduled again between statements (each is
+    /// a round trip to the connection's thread), and with thousands of debates running that
+    /// wait, not SQLite, was what each statement cost.
     async fn append_many(
         &self,
-        steps: &[&StepWrite],
+        steps: &[StepRef<'_>],
     ) -> StoreResult<Vec<StoreResult<Vec<StoredEvent>>>> {
         /// Rows per statement, under SQLite's 32,766 bound parameters.
         const STEPS_PER_STATEMENT: usize = 2_000;
         const EVENTS_PER_STATEMENT: usize = 4_000;
         const USAGE_PER_STATEMENT: usize = 3_000;
-        let live: Vec<&StepWrite> = steps
-            .iter()
-            .copied()
-            .filter(|s| !s.events.is_empty())
-            .collect();
+        let live: Vec<&StepRef<'_>> = steps.iter().filter(|s| !s.events.is_empty()).collect();
+        if live.is_empty() {
+            return Ok(steps.iter().map(|_| Ok(Vec::new())).collect());
+        }
         let timestamp = now_micros();
         let at = format_ts(timestamp);
         let mut tx = self.begin_write().await?;
@@ -169,10 +189,10 @@ impl SqliteStore {
             let mut qb: QueryBuilder<Sqlite> =
                 QueryBuilder::new("WITH v(id, n, owner, generation) AS (");
             qb.push_values(chunk, |mut row, s| {
-                row.push_bind(s.debate_id.as_str())
+                row.push_bind(s.debate_id)
                     .push_bind(s.events.len() as i64)
-                    .push_bind(s.lease.as_ref().map(|l| l.owner.as_str()))
-                    .push_bind(s.lease.as_ref().map_or(0, |l| l.generation));
+                    .push_bind(s.lease.map(|l| l.owner.as_str()))
+                    .push_bind(s.lease.map_or(0, |l| l.generation));
             });
             qb.push(
                 ") UPDATE debates SET last_seq = debates.last_seq + v.n FROM v \
@@ -183,15 +203,15 @@ impl SqliteStore {
             let bumped: Vec<(String, i64)> = qb.build_query_as().fetch_all(&mut *tx).await?;
             last.extend(bumped);
         }
-        let written: Vec<&StepWrite> = live
+        let written: Vec<&StepRef<'_>> = live
             .iter()
             .copied()
-            .filter(|s| last.contains_key(&s.debate_id))
+            .filter(|s| last.contains_key(s.debate_id))
             .collect();
-        let events: Vec<(&StepWrite, i64, &NewEvent)> = written
+        let events: Vec<(&StepRef<'_>, i64, &NewEvent)> = written
             .iter()
             .flat_map(|s| {
-                let first = last[&s.debate_id] - s.events.len() as i64 + 1;
+                let first = last[s.debate_id] - s.events.len() as i64 + 1;
                 s.events
                     .iter()
                     .enumerate()
@@ -203,7 +223,7 @@ impl SqliteStore {
                 "INSERT INTO debate_events (debate_id, seq, kind, round, agent, data, created_at) ",
             );
             qb.push_values(chunk, |mut row, (s, seq, e)| {
-                row.push_bind(s.debate_id.as_str())
+                row.push_bind(s.debate_id)
                     .push_bind(*seq)
                     .push_bind(e.kind.as_str())
                     .push_bind(e.round)
@@ -213,7 +233,7 @@ impl SqliteStore {
             });
             qb.build().execute(&mut *tx).await?;
         }
-        let usage: Vec<&NewUsage> = written.iter().flat_map(|s| &s.usage).collect();
+        let usage: Vec<&NewUsage> = written.iter().flat_map(|s| s.usage).collect();
         for chunk in usage.chunks(USAGE_PER_STATEMENT) {
             let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
                 "INSERT INTO usage (principal_id, debate_id, agent, provider, model, \
@@ -235,13 +255,13 @@ impl SqliteStore {
         }
         // Why the others were refused: their debate is gone, or their lease moved on.
         let mut existing = HashSet::new();
-        for s in live.iter().filter(|s| !last.contains_key(&s.debate_id)) {
+        for s in live.iter().filter(|s| !last.contains_key(s.debate_id)) {
             let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM debates WHERE id = ?")
-                .bind(&s.debate_id)
+                .bind(s.debate_id)
                 .fetch_optional(&mut *tx)
                 .await?;
             if found.is_some() {
-                existing.insert(s.debate_id.as_str());
+                existing.insert(s.debate_id);
             }
         }
         tx.commit().await?;
@@ -251,8 +271,8 @@ impl SqliteStore {
                 if s.events.is_empty() {
                     return Ok(Vec::new());
                 }
-                let Some(&end) = last.get(&s.debate_id) else {
-                    return Err(match (&s.lease, existing.contains(s.debate_id.as_str())) {
+                let Some(&end) = last.get(s.debate_id) else {
+                    return Err(match (s.lease, existing.contains(s.debate_id)) {
                         (Some(lease), true) => StoreError::Fenced(format!(
                             "debate {} is no longer held by {} (generation {})",
                             s.debate_id, lease.owner, lease.generation
@@ -261,7 +281,7 @@ impl SqliteStore {
                     });
                 };
                 let first = end - s.events.len() as i64 + 1;
-                Ok(stored_run(&s.debate_id, first, &s.events, timestamp))
+                Ok(stored_run(s.debate_id, first, s.events, timestamp))
             })
             .collect())
     }
@@ -837,47 +857,24 @@ impl Store for SqliteStore {
         events: &[NewEvent],
         usage: &[NewUsage],
     ) -> StoreResult<Vec<StoredEvent>> {
-        let mut tx = self.begin_write().await?;
-        let stored = insert_events(&mut tx, debate_id, lease, events).await?;
-        if !stored.is_empty() {
-            for u in usage {
-                insert_usage(&mut tx, u).await?;
-            }
-        }
-        tx.commit().await?;
-        Ok(stored)
+        let step = StepRef {
+            debate_id,
+            lease,
+            events,
+            usage,
+        };
+        self.append_many(&[step])
+            .await?
+            .pop()
+            .unwrap_or_else(|| Ok(Vec::new()))
     }
 
     async fn append_steps(
         &self,
         steps: &[&StepWrite],
     ) -> StoreResult<Vec<StoreResult<Vec<StoredEvent>>>> {
-        if steps.iter().filter(|s| !s.events.is_empty()).count() > 1 {
-            return self.append_many(steps).await;
-        }
-        // One write transaction (one commit, one sync) for the group. A step refused for
-        // its lease or its missing debate wrote nothing and is answered alone; any other
-        // failure rolls the whole group back.
-        let mut tx = self.begin_write().await?;
-        let mut out = Vec::with_capacity(steps.len());
-        for s in steps {
-            match insert_events(&mut tx, &s.debate_id, s.lease.as_ref(), &s.events).await {
-                Ok(stored) => {
-                    if !stored.is_empty() {
-                        for u in &s.usage {
-                            insert_usage(&mut tx, u).await?;
-                        }
-                    }
-                    out.push(Ok(stored));
-                }
-                Err(refused @ (StoreError::Fenced(_) | StoreError::NotFound(_))) => {
-                    out.push(Err(refused));
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        tx.commit().await?;
-        Ok(out)
+        let steps: Vec<StepRef<'_>> = steps.iter().map(|s| StepRef::from(*s)).collect();
+        self.append_many(&steps).await
     }
 
     async fn finish_debate(
