@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 
 use aragora::store::{self, DynStore, NewDebate, NewEvent, NewUsage, PoolSettings};
 
+mod support;
+
 const DEBATES: usize = 200;
 const WARMUP: usize = 20;
 const STEPS: usize = 2_000;
@@ -154,16 +156,7 @@ async fn main() {
 
     let base = std::env::var("ARAGORA_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let admin = sqlx::PgPool::connect(&base)
-        .await
-        .unwrap_or_else(|e| panic!("Postgres at {base} is required for this bench: {e}"));
-    let schema = format!("bench_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    let sep = if base.contains('?') { '&' } else { '?' };
-    let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+    let (schema, url) = support::fresh_schema(&base).await;
     // In a task so the schema is dropped even when a check fails.
     let outcome = tokio::spawn(async move {
         let pg = store::connect(&url, pool()).await.unwrap();
@@ -171,11 +164,7 @@ async fn main() {
         run("Postgres", pg).await;
     })
     .await;
-    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    admin.close().await;
+    support::drop_schema(&base, &schema).await;
     if let Err(e) = outcome {
         std::panic::resume_unwind(e.into_panic());
     }
