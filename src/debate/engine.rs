@@ -679,23 +679,30 @@ async fn call_seat(
     // ends, before its agent_message is recorded.
     let forward = async {
         let mut buf = String::new();
-        let mut due: Option<tokio::time::Instant> = None;
+        // One timer for the call, set when a window opens: a timer made per delta would be
+        // registered with the runtime's timer wheel and removed again for every chunk.
+        let window = tokio::time::sleep(DELTA_WINDOW);
+        tokio::pin!(window);
+        let mut open = false;
         loop {
             tokio::select! {
                 delta = rx.recv() => match delta {
                     Some(d) => {
                         buf.push_str(&d);
-                        due.get_or_insert_with(|| tokio::time::Instant::now() + DELTA_WINDOW);
+                        if !open {
+                            window.as_mut().reset(tokio::time::Instant::now() + DELTA_WINDOW);
+                            open = true;
+                        }
                         if buf.len() >= DELTA_MAX_BYTES {
                             ctx.events.token_delta(round, seat, &std::mem::take(&mut buf));
-                            due = None;
+                            open = false;
                         }
                     }
                     None => break,
                 },
-                _ = async { tokio::time::sleep_until(due.expect("guarded")).await }, if due.is_some() => {
+                () = &mut window, if open => {
                     ctx.events.token_delta(round, seat, &std::mem::take(&mut buf));
-                    due = None;
+                    open = false;
                 }
             }
         }
