@@ -39,6 +39,7 @@ use aragora::store::{DynStore, NewDebate, PoolSettings};
 use aragora::telemetry::logging::{JsonLogLayer, parse_filter};
 
 mod support;
+use support::pct;
 
 /// Part 1: sequential debates per sink, after WARMUP unmeasured ones.
 const SEQUENTIAL: usize = 300;
@@ -823,13 +824,6 @@ fn loadavg() -> String {
 
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / 1048576.0
-}
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 fn mean(values: &[Duration]) -> Duration {

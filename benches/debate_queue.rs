@@ -27,7 +27,10 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aragora::store::{self, DebateStatus, DynStore, NewDebate, PoolSettings};
+use aragora::store::{self, DebateStatus, DynStore, NewDebate};
+
+mod support;
+use support::{pct, store_pool};
 
 const DRAIN: usize = 3_000;
 const CLAIMERS: &[usize] = &[1, 2, 3];
@@ -43,20 +46,6 @@ const PINGS: usize = 500;
 const TTL: Duration = Duration::from_secs(30);
 /// Concurrent `create_debate` tasks filling the queue (and the filling store's pool size).
 const INSERTERS: usize = 8;
-
-fn pool(size: u32) -> PoolSettings {
-    PoolSettings {
-        size,
-        max_overflow: 0,
-        acquire_timeout: Duration::from_secs(30),
-        // The inserters measure the one pool: no separate intake connections.
-        intake: 0,
-    }
-}
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
@@ -150,7 +139,7 @@ impl Pg {
 }
 
 async fn open(url: &str, size: u32) -> DynStore {
-    let store = store::connect(url, pool(size)).await.unwrap();
+    let store = store::connect(url, store_pool(size)).await.unwrap();
     store.migrate().await.unwrap();
     store
 }
@@ -171,7 +160,7 @@ async fn drain(pg: &Pg, claimers: usize) -> (f64, Vec<usize>, usize) {
     filler.close().await;
     let mut stores = Vec::with_capacity(claimers);
     for _ in 0..claimers {
-        let s = store::connect(&pg.url, pool(1)).await.unwrap();
+        let s = store::connect(&pg.url, store_pool(1)).await.unwrap();
         s.ping().await.unwrap();
         stores.push(s);
     }

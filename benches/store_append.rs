@@ -18,27 +18,15 @@
 
 use std::time::{Duration, Instant};
 
-use aragora::store::{self, DynStore, NewDebate, NewEvent, NewUsage, PoolSettings};
+use aragora::store::{self, DynStore, NewDebate, NewEvent, NewUsage};
 
 mod support;
+use support::{pct, store_pool};
 
 const DEBATES: usize = 200;
 const WARMUP: usize = 20;
 const STEPS: usize = 2_000;
 const PINGS: usize = 500;
-
-fn pool() -> PoolSettings {
-    PoolSettings {
-        size: 4,
-        max_overflow: 0,
-        acquire_timeout: Duration::from_secs(30),
-        intake: 0,
-    }
-}
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
 
 fn ms(d: Duration) -> String {
     format!("{:.3} ms", d.as_secs_f64() * 1e3)
@@ -150,7 +138,7 @@ async fn run(label: &str, store: DynStore) {
 async fn main() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/data/aragora.db", dir.path().display());
-    let sqlite = store::connect(&url, pool()).await.unwrap();
+    let sqlite = store::connect(&url, store_pool(4)).await.unwrap();
     sqlite.migrate().await.unwrap();
     run("SQLite", sqlite).await;
 
@@ -159,7 +147,7 @@ async fn main() {
     let (schema, url) = support::fresh_schema(&base).await;
     // In a task so the schema is dropped even when a check fails.
     let outcome = tokio::spawn(async move {
-        let pg = store::connect(&url, pool()).await.unwrap();
+        let pg = store::connect(&url, store_pool(4)).await.unwrap();
         pg.migrate().await.unwrap();
         run("Postgres", pg).await;
     })

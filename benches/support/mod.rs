@@ -2,6 +2,25 @@
 //! the part it needs, hence `dead_code` is allowed here.
 #![allow(dead_code)]
 
+/// Pool settings for a store a bench opens itself: `size` connections, no overflow, and no
+/// separate intake connections (what is measured goes through the one pool).
+pub fn store_pool(size: u32) -> aragora::store::PoolSettings {
+    aragora::store::PoolSettings {
+        size,
+        max_overflow: 0,
+        acquire_timeout: std::time::Duration::from_secs(30),
+        intake: 0,
+    }
+}
+
+/// The `p` quantile (0..=1) of `sorted`, nearest rank; zero when there is nothing.
+pub fn pct(sorted: &[std::time::Duration], p: f64) -> std::time::Duration {
+    if sorted.is_empty() {
+        return std::time::Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
 /// A port that was free a moment ago (for servers the bench starts as processes).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
