@@ -77,8 +77,10 @@ pub fn presented(headers: &HeaderMap) -> Option<String> {
         // A malformed Authorization header counts as a wrong credential.
         return Some(String::new());
     }
+    // Built once: looking a header up by `&str` parses the name on every request.
+    static X_API_KEY: axum::http::HeaderName = axum::http::HeaderName::from_static("x-api-key");
     headers
-        .get("x-api-key")
+        .get(&X_API_KEY)
         .and_then(|v| v.to_str().ok())
         .map(|v| v.trim().to_owned())
 }

@@ -125,14 +125,79 @@ pub fn router(
         .map_response(|response: axum::http::Response<_>| response.map(Body::new))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(RequestBodyLimitLayer::new(config.http.max_body_bytes))
-        .layer(DefaultBodyLimit::max(config.http.max_body_bytes))
+        // axum's body extractors stop at their own default (2 MiB); up to that, the body
+        // limit above stops a body first, so their limit is raised (an extension inserted
+        // into every request) only for a larger `max_body_bytes`.
+        .option_layer(
+            (config.http.max_body_bytes > AXUM_BODY_LIMIT)
+                .then(|| DefaultBodyLimit::max(config.http.max_body_bytes)),
+        )
         .service(routes.fallback(pipeline::not_found).with_state(state));
     // Credentials are resolved once in the gate, checked against the route's declared
     // access, then rate limits applied in the same step, so limits key on the authenticated
     // principal. Inside the pipeline (401s and 429s get correlation ids and the log line)
     // and inside CORS (browsers can read a 429; preflights are answered before it).
     let gated = middleware::Gated::new(gate, handlers);
-    pipeline::Pipeline::new(Arc::new(access), timeout, cors(&config).layer(gated))
+    let cors = cors(&config);
+    // tower-http checks the rules (no credentials with a wildcard) when it wraps a
+    // service: once here, at start-up, before any browser request.
+    let _ = cors.layer(());
+    pipeline::Pipeline::new(
+        Arc::new(access),
+        timeout,
+        BrowserCors {
+            cors: Arc::new(cors),
+            inner: gated,
+        },
+    )
+}
+
+/// The body limit of axum's extractors when none is set (`DefaultBodyLimit`).
+const AXUM_BODY_LIMIT: usize = 2 * 1024 * 1024;
+
+/// CORS for the requests it concerns: those with an `Origin` (browsers send one on every
+/// cross-origin request, and on same-origin ones that are not GET or HEAD) and every
+/// `OPTIONS` (preflights, answered by the CORS layer). Any other request goes straight to
+/// the gate: the CORS layer would build its response headers (credentials, exposed headers)
+/// for a caller that reads none of them, which was about 1.5k instructions of a liveness
+/// request. `Vary` is on every response either way (the pipeline adds it).
+#[derive(Clone)]
+struct BrowserCors<S> {
+    /// Shared: hyper clones the whole service stack for every request, and the layer's
+    /// settings (origins, methods, headers) are several allocations to clone.
+    cors: Arc<CorsLayer>,
+    inner: S,
+}
+
+impl<S> tower::Service<axum::extract::Request> for BrowserCors<S>
+where
+    S: tower::Service<
+            axum::extract::Request,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone,
+{
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = futures::future::Either<tower_http::cors::ResponseFuture<S::Future>, S::Future>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: axum::extract::Request) -> Self::Future {
+        use futures::future::Either;
+        if req.method() == Method::OPTIONS || req.headers().contains_key(header::ORIGIN) {
+            // The inner service was made ready above; the clone's readiness is the same
+            // (the gate is always ready).
+            Either::Left(self.cors.layer(self.inner.clone()).call(req))
+        } else {
+            Either::Right(self.inner.call(req))
+        }
+    }
 }
 
 /// The `Vary` of every API response: what CORS answers depend on. The pipeline adds it

@@ -21,8 +21,9 @@ use super::middleware::AccessTable;
 use crate::error::{ErrorCode, error_response, error_response_with_status};
 use crate::telemetry::correlation::{self, RequestContext};
 
-/// Most request headers accepted (431 beyond).
-pub const MAX_HEADERS: usize = 100;
+/// Most request headers accepted (the JSON 431 beyond). Below hyper's own limit (100, its
+/// default, see `server::serve`), so the JSON answer comes first.
+pub const MAX_HEADERS: usize = 64;
 /// Longest request target (path and query) accepted, in bytes (414 beyond).
 pub const MAX_URI_BYTES: usize = 16 * 1024;
 
@@ -169,7 +170,9 @@ fn finish(
     started: Instant,
 ) -> Response {
     if let Ok(value) = HeaderValue::from_str(context.id()) {
-        response.headers_mut().insert(correlation::HEADER, value);
+        response
+            .headers_mut()
+            .insert(correlation::HEADER_NAME, value);
     }
     let status = response.status().as_u16();
     if let Some(span) = span {
@@ -184,32 +187,17 @@ fn finish(
         .headers_mut()
         .append(header::VARY, HeaderValue::from_static(super::CORS_VARY));
     let elapsed = started.elapsed();
-    let duration_ms = elapsed.as_millis() as u64;
-    let method = context.method();
-    let label = context.route();
-    // `request GET /api/debates status=200 duration_ms=5`, written out here: a `&str`
-    // message is recorded as it is, where a format string goes through `fmt` twice. The
-    // request's own fields (correlation id, method, route, debate) come from its context.
-    let mut message = String::with_capacity(48 + label.len());
-    message.push_str("request ");
-    message.push_str(method);
-    message.push(' ');
-    message.push_str(label);
-    message.push_str(" status=");
-    message.push_str(itoa::Buffer::new().format(status));
-    message.push_str(" duration_ms=");
-    message.push_str(itoa::Buffer::new().format(duration_ms));
-    let message = message.as_str();
-    if status >= 500 {
-        tracing::warn!(target: "aragora::http", message, status, duration_ms);
-    } else {
-        tracing::info!(target: "aragora::http", message, status, duration_ms);
-    }
-    crate::telemetry::metrics::record_http_request(context.http_method(), label, status, elapsed);
+    crate::telemetry::logging::request_line(context, status, elapsed.as_millis() as u64);
+    crate::telemetry::metrics::record_http_request(
+        context.http_method(),
+        context.route(),
+        status,
+        elapsed,
+    );
     response
 }
 
-/// Requests past the header or URI limits (hyper's own limits are set higher, so these get
+/// Requests past the header or URI limits (hyper's own limits are higher, so these get
 /// the JSON error body instead of hyper's empty 431/414).
 fn request_too_large(req: &Request) -> Option<(ErrorCode, String)> {
     let headers = req.headers().len();

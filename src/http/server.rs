@@ -1,9 +1,10 @@
 //! The accept loop for both listeners: hyper's HTTP/1 and HTTP/2 with upgrades (WebSocket),
 //! the peer address as `ConnectInfo`, and a graceful stop (stop accepting, let every open
-//! connection finish its requests). It replaces `axum::serve` for one reason: hyper answers
-//! a request with too many headers (431) or too long a URI (414) itself, with an empty body;
-//! here hyper's limits are set above the server's own, so the request pipeline answers
-//! those with the JSON error body and a correlation id like every other error.
+//! connection finish its requests). hyper answers a request with too many headers (431) or
+//! too long a URI (414) itself, with an empty body; its limits (100 headers, its default;
+//! 64 KiB of URI) are above the server's own (64 headers, 16 KiB), so the request pipeline
+//! answers those first, with the JSON error body and a correlation id like every other
+//! error.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -21,12 +22,6 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::{Service, ServiceExt};
 
-/// Headers hyper parses before refusing a request (431 without a body). The pipeline refuses
-/// more than [`super::pipeline::MAX_HEADERS`] with a JSON 431 first. Kept close to that limit:
-/// hyper sizes two per-request scratch arrays by it, and at 1,024 their allocation and
-/// initialisation was about a tenth of the instructions of a whole request (callgrind).
-const HYPER_MAX_HEADERS: usize = 128;
-
 /// Serve `app` on `listener` until `shutdown`, then wait for open connections to finish.
 pub async fn serve<S>(
     listener: TcpListener,
@@ -40,8 +35,12 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
+    // hyper's own header limit stays at its default (100): with a limit set, hyper
+    // allocates and fills two scratch arrays of that size for every request (about 1.5k
+    // instructions, a twentieth of a liveness answer); with the default they are on the
+    // stack, uninitialised. The pipeline refuses more than `pipeline::MAX_HEADERS` (64)
+    // with the JSON 431 first; only past 100 does hyper answer its bare 431.
     let mut builder = Builder::new(TokioExecutor::new());
-    builder.http1().max_headers(HYPER_MAX_HEADERS);
     // CONNECT protocol for WebSockets over HTTP/2, as axum enables it.
     builder.http2().enable_connect_protocol();
     let graceful = GracefulShutdown::new();

@@ -13,6 +13,8 @@ use axum::http::{HeaderMap, HeaderName, Method};
 use rand::Rng;
 
 pub const HEADER: &str = "x-correlation-id";
+/// [`HEADER`] as a header name, built at compile time (a `&str` name is parsed per use).
+pub const HEADER_NAME: HeaderName = HeaderName::from_static(HEADER);
 const REQUEST_ID_HEADER: &str = "x-request-id";
 
 tokio::task_local! {

@@ -53,6 +53,8 @@ use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 
+use super::correlation::RequestContext;
+
 /// The filter the server uses when none is configured.
 pub const DEFAULT_FILTER: &str = "info,sqlx=warn,hyper=warn,tower_http=warn";
 
@@ -247,6 +249,17 @@ where
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
         let now = Utc::now();
+        // The request line, from the request's context (see `request_line`); with a span in
+        // scope its fields go into the line, so the general path below writes it.
+        let meta = event.metadata();
+        if meta.name() == REQUEST_LINE
+            && ctx.current_span().id().is_none()
+            && super::correlation::with_request(|request| {
+                request.is_some_and(|r| self.write_request_line(event, meta, now, r))
+            })
+        {
+            return;
+        }
         // Records bridged from the `log` crate carry their real target in `log.*` fields.
         let normalized = event.normalized_metadata();
         let meta: &Metadata<'_> = normalized.as_ref().unwrap_or_else(|| event.metadata());
@@ -337,6 +350,156 @@ where
     }
 }
 
+/// The name of the request line's event (see [`request_line`]), by which the JSON layer
+/// knows it.
+const REQUEST_LINE: &str = "aragora::request_line";
+
+/// The request log line (`request GET /api/debates status=200 duration_ms=5`, target
+/// `aragora::http`, with the request's fields, `status` and `duration_ms`), written once per
+/// HTTP request by the pipeline: INFO, WARN for a 5xx answer.
+///
+/// It is an event like any other (the filter, the recent-errors buffer and Sentry see it),
+/// named [`REQUEST_LINE`]. The JSON layer writes it straight from the request's context
+/// when no span is in scope, without recording its fields as JSON values or working out
+/// the grep suffixes: the line is byte for byte the one the general path gives (a test
+/// compares them), and the general path cost about as much as the rest of a liveness
+/// answer. The message is formatted only if a layer reads it.
+pub fn request_line(request: &RequestContext, status: u16, duration_ms: u64) {
+    let message = RequestMessage {
+        method: request.method(),
+        route: request.route(),
+        status,
+        duration_ms,
+    };
+    if status >= 500 {
+        tracing::warn!(name: REQUEST_LINE, target: "aragora::http", message = %message, status, duration_ms);
+    } else {
+        tracing::info!(name: REQUEST_LINE, target: "aragora::http", message = %message, status, duration_ms);
+    }
+}
+
+/// The request line's message, formatted when a layer records it.
+struct RequestMessage<'a> {
+    method: &'a str,
+    route: &'a str,
+    status: u16,
+    duration_ms: u64,
+}
+
+impl std::fmt::Display for RequestMessage<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "request {} {} status={} duration_ms={}",
+            self.method, self.route, self.status, self.duration_ms
+        )
+    }
+}
+
+/// The two numbers of a request line's event.
+#[derive(Default)]
+struct RequestNumbers {
+    status: Option<u64>,
+    duration_ms: Option<u64>,
+}
+
+impl Visit for RequestNumbers {
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        match field.name() {
+            "status" => self.status = Some(value),
+            "duration_ms" => self.duration_ms = Some(value),
+            _ => {}
+        }
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        if let Ok(value) = u64::try_from(value) {
+            self.record_u64(field, value);
+        }
+    }
+
+    /// The message: not needed, it is written from the request's context.
+    fn record_debug(&mut self, _field: &Field, _value: &dyn std::fmt::Debug) {}
+}
+
+impl<W> JsonLogLayer<W>
+where
+    W: for<'a> MakeWriter<'a> + 'static,
+{
+    /// The request line's event written from the request's context, as [`Self::on_event`]
+    /// writes it in general: the fixed keys, the message with ` debate_id=` appended when
+    /// the request names a debate, the request's fields, then `status` and `duration_ms`.
+    /// `false` (nothing written) when the event is not a whole request line.
+    fn write_request_line(
+        &self,
+        event: &Event<'_>,
+        meta: &Metadata<'_>,
+        now: chrono::DateTime<Utc>,
+        request: &RequestContext,
+    ) -> bool {
+        let mut numbers = RequestNumbers::default();
+        event.record(&mut numbers);
+        let (Some(status), Some(duration_ms)) = (numbers.status, numbers.duration_ms) else {
+            return false;
+        };
+        let (method, route, debate) = (request.method(), request.route(), request.debate_id());
+        let mut status_text = itoa::Buffer::new();
+        let status_text = status_text.format(status);
+        let mut duration_text = itoa::Buffer::new();
+        let duration_text = duration_text.format(duration_ms);
+        LINE.with_borrow_mut(|line| {
+            line.clear();
+            line.extend_from_slice(b"{\"timestamp\":\"");
+            push_timestamp(line, now);
+            line.extend_from_slice(b"\",\"level\":\"");
+            line.extend_from_slice(meta.level().as_str().as_bytes());
+            line.extend_from_slice(b"\",\"logger\":\"aragora::http\",\"message\":\"");
+            let plain = !needs_escape(method.as_bytes())
+                && !needs_escape(route.as_bytes())
+                && debate.is_none_or(|id| !needs_escape(id.as_bytes()));
+            let parts = [
+                "request ",
+                method,
+                " ",
+                route,
+                " status=",
+                status_text,
+                " duration_ms=",
+                duration_text,
+                if debate.is_some() { " debate_id=" } else { "" },
+                debate.unwrap_or(""),
+            ];
+            if plain {
+                for part in parts {
+                    line.extend_from_slice(part.as_bytes());
+                }
+                line.push(b'"');
+            } else {
+                line.pop();
+                push_str(line, &parts.concat());
+            }
+            line.extend_from_slice(b",\"correlation_id\":");
+            push_str(line, request.id());
+            line.extend_from_slice(b",\"method\":");
+            push_str(line, method);
+            line.extend_from_slice(b",\"route\":");
+            push_str(line, route);
+            if let Some(id) = debate {
+                line.extend_from_slice(b",\"debate_id\":");
+                push_str(line, id);
+            }
+            line.extend_from_slice(b",\"status\":");
+            line.extend_from_slice(status_text.as_bytes());
+            line.extend_from_slice(b",\"duration_ms\":");
+            line.extend_from_slice(duration_text.as_bytes());
+            line.extend_from_slice(b"}\n");
+            let mut writer = self.make_writer.make_writer_for(meta);
+            let _ = writer.write_all(line);
+        });
+        true
+    }
+}
+
 /// A field's value as the line writes it: text borrowed from the request's context, or a
 /// recorded JSON value.
 #[derive(Clone, Copy)]
@@ -357,6 +520,16 @@ fn push_entry(line: &mut Vec<u8>, key: &str, value: &FieldRef<'_>) {
     match value {
         FieldRef::Text(text) => push_str(line, text),
         FieldRef::Json(Value::String(text)) => push_str(line, text),
+        // Integers (status codes, durations, counts) written directly.
+        FieldRef::Json(Value::Number(n)) if n.is_u64() || n.is_i64() => {
+            let mut digits = itoa::Buffer::new();
+            let text = match (n.as_u64(), n.as_i64()) {
+                (Some(u), _) => digits.format(u),
+                (None, Some(i)) => digits.format(i),
+                (None, None) => unreachable!("checked to be an integer"),
+            };
+            line.extend_from_slice(text.as_bytes());
+        }
         FieldRef::Json(other) => {
             // Serializing a `Value` into a `Vec` cannot fail.
             serde_json::to_writer(&mut *line, other).expect("JSON into a Vec");
@@ -366,10 +539,7 @@ fn push_entry(line: &mut Vec<u8>, key: &str, value: &FieldRef<'_>) {
 
 /// `"key":` — field names are identifiers, written as they are; anything else is escaped.
 fn push_key(line: &mut Vec<u8>, key: &str) {
-    if key
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-    {
+    if key.bytes().all(|b| PLAIN_KEY_BYTE[usize::from(b)]) {
         line.push(b'"');
         line.extend_from_slice(key.as_bytes());
         line.extend_from_slice(b"\":");
@@ -378,6 +548,19 @@ fn push_key(line: &mut Vec<u8>, key: &str) {
         line.push(b':');
     }
 }
+
+/// The bytes a key may hold to be written without escaping: ASCII letters, digits, `_`, `.`
+/// and `-` (one table lookup per byte instead of a chain of range checks).
+static PLAIN_KEY_BYTE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || c == b'_' || c == b'.' || c == b'-';
+        b += 1;
+    }
+    table
+};
 
 /// A JSON string: copied as it is when nothing in it needs escaping (the common case),
 /// else through serde_json's escaping.
@@ -459,9 +642,8 @@ fn append_for_grep(message: &mut String, fields: &[(&str, FieldRef<'_>)], key: &
     // Found from each `=` back: messages have few of them, and a substring searcher's
     // set-up costs more than the search.
     let bytes = message.as_bytes();
-    let already = bytes.iter().enumerate().any(|(end, &b)| {
-        b == b'='
-            && end >= key.len()
+    let already = message.match_indices('=').any(|(end, _)| {
+        end >= key.len()
             && &bytes[end - key.len()..end] == key.as_bytes()
             && message[..end - key.len()]
                 .chars()
@@ -909,6 +1091,127 @@ mod tests {
         let after: Value = serde_json::from_str(&raw[2]).unwrap();
         assert!(after.get("correlation_id").is_none(), "{after}");
         assert!(after.get("route").is_none(), "{after}");
+    }
+
+    /// The request line as the general path writes it: the same event without the name
+    /// the JSON layer knows it by.
+    fn unnamed_request_line(request: &RequestContext, status: u16, duration_ms: u64) {
+        let message = RequestMessage {
+            method: request.method(),
+            route: request.route(),
+            status,
+            duration_ms,
+        };
+        if status >= 500 {
+            warn!(target: "aragora::http", message = %message, status, duration_ms);
+        } else {
+            info!(target: "aragora::http", message = %message, status, duration_ms);
+        }
+    }
+
+    /// The request line written from the request's context is the line the general path
+    /// gives, byte for byte after the timestamp: with and without a debate, with text that
+    /// needs escaping, at INFO and at WARN; and it goes to `api.log` in a log directory.
+    #[test]
+    fn the_request_line_from_its_context_is_the_general_one() {
+        use crate::telemetry::correlation;
+        let cases = [
+            ("GET", Some("/api/health/live"), None, 200),
+            ("DELETE", Some("/api/debates/{id}"), Some("d-1"), 404),
+            ("POST", None, Some("we\"ird\\id\u{1}"), 201),
+            ("GET", Some("/api/debates"), None, 503),
+        ];
+        for (method, route, debate, status) in cases {
+            let context = RequestContext::new(
+                "corr-0123456789ab".into(),
+                method.parse().unwrap(),
+                route.map(std::sync::Arc::from),
+            );
+            let raw = capture_raw(|| {
+                correlation::sync_scope(context.clone(), || {
+                    if let Some(id) = debate {
+                        correlation::record_debate_id(id);
+                    }
+                    unnamed_request_line(&context, status, 7);
+                    request_line(&context, status, 7);
+                });
+            });
+            assert_eq!(raw.len(), 2, "{raw:?}");
+            // `{"timestamp":"2026-01-02T03:04:05.678Z"` is 39 bytes.
+            assert_eq!(raw[0][39..], raw[1][39..], "{method} {route:?} {debate:?}");
+            let line: Value = serde_json::from_str(&raw[1]).unwrap();
+            assert_eq!(line["status"], status);
+            assert_eq!(line["duration_ms"], 7);
+            assert_eq!(line["debate_id"].as_str(), debate);
+            assert_eq!(line["level"], if status >= 500 { "WARN" } else { "INFO" });
+        }
+
+        let tmp = tempfile::tempdir().unwrap();
+        let context = RequestContext::new("corr-dir".into(), axum::http::Method::GET, None);
+        let subscriber = tracing_subscriber::registry().with(layer_for_dir(tmp.path()).unwrap());
+        tracing::subscriber::with_default(subscriber, || {
+            correlation::sync_scope(context.clone(), || request_line(&context, 200, 3));
+        });
+        let api = read_lines(&tmp.path().join(API_LOG));
+        assert_eq!(api.len(), 1);
+        assert_eq!(
+            api[0]["message"],
+            "request GET unmatched status=200 duration_ms=3"
+        );
+        assert_eq!(api[0]["correlation_id"], "corr-dir");
+    }
+
+    /// The request line is still an event for every layer: filtered out with the rest, seen
+    /// by the recent-errors buffer at WARN, and with a span in scope written by the general
+    /// path with the span's fields.
+    #[test]
+    fn the_request_line_is_an_event_like_any_other() {
+        use crate::telemetry::correlation;
+        use crate::telemetry::errors::{ErrorLayer, ErrorLog};
+        let context = RequestContext::new(
+            "corr-1".into(),
+            axum::http::Method::GET,
+            Some(std::sync::Arc::from("/api/x")),
+        );
+        let lines = capture(|| {
+            correlation::sync_scope(context.clone(), || {
+                let span = info_span!("outer", agent = "a");
+                let _entered = span.enter();
+                request_line(&context, 200, 2);
+            });
+        });
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(lines[0]["agent"], "a");
+        assert_eq!(lines[0]["correlation_id"], "corr-1");
+        assert_eq!(
+            lines[0]["message"],
+            "request GET /api/x status=200 duration_ms=2"
+        );
+
+        let buf = SharedBuffer::new();
+        let errors: &'static ErrorLog = Box::leak(Box::new(ErrorLog::new(10)));
+        let quiet = tracing_subscriber::registry()
+            .with(parse_filter("warn").unwrap())
+            .with(JsonLogLayer::with_writer(buf.clone()))
+            .with(ErrorLayer::new(errors));
+        tracing::subscriber::with_default(quiet, || {
+            correlation::sync_scope(context.clone(), || {
+                request_line(&context, 200, 1);
+                request_line(&context, 502, 1);
+            });
+        });
+        let written = buf.lines();
+        assert_eq!(written.len(), 1, "{written:?}");
+        assert!(written[0].contains(r#""status":502"#), "{}", written[0]);
+        let recent = errors.recent(10);
+        assert_eq!(recent.len(), 1, "{recent:?}");
+        assert!(
+            recent[0]
+                .message
+                .starts_with("request GET /api/x status=502 duration_ms=1"),
+            "{recent:?}"
+        );
+        assert_eq!(recent[0].correlation_id.as_deref(), Some("corr-1"));
     }
 
     /// The word-at-a-time check agrees with the byte-by-byte one: every byte value at every

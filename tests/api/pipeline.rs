@@ -2,7 +2,7 @@
 //! timeout, CORS, metrics switch.
 
 use reqwest::header::{ACCESS_CONTROL_ALLOW_ORIGIN, ORIGIN};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::helpers::{spawn_app, spawn_app_behind_db_proxy, spawn_app_with};
 
@@ -117,6 +117,35 @@ async fn oversized_body_is_json_413() {
             .unwrap()
             .starts_with("corr-")
     );
+    app.stop().await.unwrap();
+}
+
+/// A body limit above axum's own (2 MiB) reaches the JSON extractor: a 3 MiB body under a
+/// 4 MiB limit is read and judged on its content (the task is too long), not refused as
+/// too large; over the limit it is the JSON 413.
+#[tokio::test]
+async fn a_body_limit_above_two_mib_reaches_the_json_extractor() {
+    let app = spawn_app_with(&[("ARAGORA_MAX_BODY_BYTES", "4194304")]).await;
+    let post = |task_len: usize| {
+        let body = json!({"task": "x".repeat(task_len), "agents": ["demo", "demo"]});
+        app.client
+            .post(app.url("/api/debates"))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+    };
+    let r = post(3 << 20).await.unwrap();
+    assert_eq!(r.status(), 422);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["field"], "task", "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("longer than"),
+        "{body}"
+    );
+    let r = post(5 << 20).await.unwrap();
+    assert_eq!(r.status(), 413);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "payload_too_large");
     app.stop().await.unwrap();
 }
 
