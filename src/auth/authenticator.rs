@@ -75,18 +75,33 @@ impl Authenticator {
         peer: Option<IpAddr>,
         headers: &HeaderMap,
     ) -> Result<Principal, CredentialError> {
+        match (self.principal_now(token, peer, headers), token) {
+            (Some(principal), _) => Ok(principal),
+            // What may read the store is boxed: its future is large, and a request that
+            // never needs it would otherwise carry (and copy) its whole state.
+            (None, Some(token)) => Box::pin(self.resolve_token(token)).await,
+            (None, None) => Ok(Principal::anonymous()),
+        }
+    }
+
+    /// The principal when it is known without I/O: auth off, no credential presented, or
+    /// one resolved recently on this instance. `None` when the presented credential has to
+    /// be looked up ([`principal_for`](Self::principal_for) does that).
+    pub fn principal_now(
+        &self,
+        token: Option<&str>,
+        peer: Option<IpAddr>,
+        headers: &HeaderMap,
+    ) -> Option<Principal> {
         if !self.enabled {
-            return Ok(Principal::local_owner());
+            return Some(Principal::local_owner());
         }
         match token {
-            Some(token) => match self.resolve_cached(token) {
-                Some(principal) => Ok(principal),
-                // What may read the store is boxed: its future is large, and a request
-                // that never needs it would otherwise carry (and copy) its whole state.
-                None => Box::pin(self.resolve_token(token)).await,
-            },
-            None if self.local_operator && is_local(peer, headers) => Ok(Principal::local_owner()),
-            None => Ok(Principal::anonymous()),
+            Some(token) => self.resolve_cached(token),
+            None if self.local_operator && is_local(peer, headers) => {
+                Some(Principal::local_owner())
+            }
+            None => Some(Principal::anonymous()),
         }
     }
 

@@ -78,9 +78,12 @@ where
         // A span only for the trace exporter: log lines take the request's fields from the
         // context.
         let span = crate::telemetry::traces::enabled().then(|| request_span(&context, &req));
-        // Control characters (NUL…) in the path or a query value are refused here, once, the
+        // Control characters (NUL…) in the path or a query value are refused here, the
         // same on both backends (Postgres cannot store NUL; SQLite can).
-        let refused = correlation::sync_scope(context.clone(), || refusal(&req));
+        // Checked outside the request's scope (entering it costs more than the checks); a
+        // refusal is built again inside it, so its body carries the correlation id.
+        let refused =
+            refusal(&req).and_then(|_| correlation::sync_scope(context.clone(), || refusal(&req)));
         let timeout = self.timeout;
         let inner = match refused {
             Some(response) => Err(response),

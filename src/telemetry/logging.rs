@@ -248,7 +248,7 @@ where
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        let now = Utc::now();
+        let now = LogTime::now();
         // The request line, from the request's context (see `request_line`); with a span in
         // scope its fields go into the line, so the general path below writes it.
         let meta = event.metadata();
@@ -315,7 +315,7 @@ where
     fn write_line(
         &self,
         meta: &Metadata<'_>,
-        now: chrono::DateTime<Utc>,
+        now: LogTime,
         message: &str,
         fields: &[(&str, FieldRef<'_>)],
     ) {
@@ -434,7 +434,7 @@ where
         &self,
         event: &Event<'_>,
         meta: &Metadata<'_>,
-        now: chrono::DateTime<Utc>,
+        now: LogTime,
         request: &RequestContext,
     ) -> bool {
         let mut numbers = RequestNumbers::default();
@@ -611,19 +611,50 @@ thread_local! {
     };
 }
 
+/// A log line's time: whole seconds since the epoch and the milliseconds past them, read
+/// from the system clock without converting it to a calendar date (that happens once a
+/// second, in [`push_timestamp`]).
+#[derive(Debug, Clone, Copy)]
+struct LogTime {
+    secs: i64,
+    millis: u32,
+}
+
+impl LogTime {
+    fn now() -> Self {
+        // A clock before 1970 is written as the epoch.
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        LogTime {
+            secs: i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
+            millis: since.subsec_millis(),
+        }
+    }
+}
+
+impl From<chrono::DateTime<Utc>> for LogTime {
+    fn from(at: chrono::DateTime<Utc>) -> Self {
+        LogTime {
+            secs: at.timestamp(),
+            millis: at.timestamp_subsec_millis().min(999),
+        }
+    }
+}
+
 /// RFC 3339 UTC with milliseconds and `Z`, as `to_rfc3339_opts(Millis, true)` writes it.
-fn push_timestamp(line: &mut Vec<u8>, now: chrono::DateTime<Utc>) {
-    let second = now.timestamp();
+fn push_timestamp(line: &mut Vec<u8>, now: LogTime) {
     SECOND.with_borrow_mut(|(cached, text)| {
-        if *cached != second {
-            let full = now.to_rfc3339_opts(SecondsFormat::Secs, true);
+        if *cached != now.secs {
+            let second = chrono::DateTime::from_timestamp(now.secs, 0).unwrap_or_default();
+            let full = second.to_rfc3339_opts(SecondsFormat::Secs, true);
             text.clear();
             text.push_str(full.trim_end_matches('Z'));
-            *cached = second;
+            *cached = now.secs;
         }
         line.extend_from_slice(text.as_bytes());
     });
-    let millis = now.timestamp_subsec_millis().min(999);
+    let millis = now.millis.min(999);
     line.extend_from_slice(&[
         b'.',
         b'0' + (millis / 100) as u8,
@@ -1307,7 +1338,7 @@ mod tests {
         ] {
             let at = base + chrono::Duration::milliseconds(ms);
             let mut line = Vec::new();
-            push_timestamp(&mut line, at);
+            push_timestamp(&mut line, at.into());
             assert_eq!(
                 String::from_utf8(line).unwrap(),
                 at.to_rfc3339_opts(SecondsFormat::Millis, true),

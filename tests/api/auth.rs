@@ -306,6 +306,43 @@ async fn api_key_is_shown_once_works_as_bearer_and_x_api_key_and_revocation_is_i
     assert_eq!(r.status(), 401);
 }
 
+/// The gate's refusals are answered inside the request's scope: 401 and 403 carry the
+/// caller's correlation id in the body and the header, whether the principal was known at
+/// once (no credential, a cached token) or looked up.
+#[tokio::test]
+async fn refusals_of_the_gate_carry_the_correlation_id() {
+    let app = auth_app(&[]).await;
+    add_user(&app, "mem@example.com", "member").await;
+    let (member, _) = tokens(&app, "mem@example.com").await;
+    let cases = [
+        (None, "/api/debates", 401),
+        (Some("Bearer not-a-real-token"), "/api/debates", 401),
+        (Some(member.as_str()), "/api/system/errors", 403),
+        // The member's token again: cached by now, so the gate decides at once.
+        (Some(member.as_str()), "/api/system/errors", 403),
+    ];
+    for (i, (credential, path, status)) in cases.into_iter().enumerate() {
+        let id = format!("corr-gate-{i}");
+        let mut r = app
+            .client
+            .get(app.url(path))
+            .header("X-Correlation-ID", &id);
+        if let Some(credential) = credential {
+            let value = if credential.starts_with("Bearer ") {
+                credential.to_owned()
+            } else {
+                format!("Bearer {credential}")
+            };
+            r = r.header("Authorization", value);
+        }
+        let r = r.send().await.unwrap();
+        assert_eq!(r.status(), status, "{path} case {i}");
+        assert_eq!(r.headers()["x-correlation-id"], id.as_str());
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["correlation_id"], id.as_str(), "{body}");
+    }
+}
+
 #[tokio::test]
 async fn roles_401_without_credentials_403_with_too_little_and_service_token_is_owner() {
     let app = auth_app(&[]).await;

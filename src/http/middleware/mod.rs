@@ -57,18 +57,70 @@ where
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = BoxResponse;
+    type Future = futures::future::Either<S::Future, BoxResponse>;
 
     /// Always ready: the router it calls is too (axum's `Router` is).
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request) -> Self::Future {
-        let gate = self.gate.clone();
-        let inner = self.inner.clone();
-        Box::pin(async move { Ok(gate_request(&gate, req, inner).await) })
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        use futures::future::Either;
+        match admit_now(&self.gate, &mut req) {
+            // Nothing to wait for: straight to the handlers, no future of the gate's own.
+            Some(Admitted::Unlimited) => Either::Left(self.inner.call(req)),
+            Some(Admitted::Limited) => {
+                let gate = self.gate.clone();
+                let inner = self.inner.clone();
+                Either::Right(Box::pin(async move {
+                    Ok(ratelimit::limit(&gate.limiter, req, inner).await)
+                }))
+            }
+            None => {
+                let gate = self.gate.clone();
+                let inner = self.inner.clone();
+                Either::Right(Box::pin(async move {
+                    Ok(gate_request(&gate, req, inner).await)
+                }))
+            }
+        }
     }
+}
+
+/// A request [`admit_now`] let through, its principal stored.
+enum Admitted {
+    /// No rate limit applies to its route.
+    Unlimited,
+    /// Its route is rate limited: the limiter decides next.
+    Limited,
+}
+
+/// The gate's decision when it needs no I/O: the route matched, the principal known without
+/// a lookup ([`Authenticator::principal_now`]) and allowed on the route. The principal is
+/// then stored for the handlers. `None` leaves everything to [`gate_request`]: a credential
+/// to look up, and every refusal (its answer is built inside the request's scope, where
+/// its correlation id is).
+fn admit_now(gate: &Gate, req: &mut Request) -> Option<Admitted> {
+    let route = req.extensions().get::<RouteMatch>()?;
+    let access = route.access;
+    route.pattern.as_ref()?;
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let token = presented(req.headers());
+    let principal = gate
+        .auth
+        .principal_now(token.as_deref(), peer, req.headers())?;
+    access.check(&principal).ok()?;
+    req.extensions_mut().insert(principal);
+    Some(
+        if crate::ratelimit::rule_for(req.method(), req.uri().path()).is_some() {
+            Admitted::Limited
+        } else {
+            Admitted::Unlimited
+        },
+    )
 }
 
 /// Send `req` to `inner` and wait for its response.

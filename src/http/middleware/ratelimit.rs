@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tower::Service;
 
@@ -70,15 +70,13 @@ fn ceil_secs(d: Duration) -> u64 {
 }
 
 fn set_headers(headers: &mut HeaderMap, decision: &Decision) {
-    headers.insert("x-ratelimit-limit", HeaderValue::from(decision.limit));
-    headers.insert(
-        "x-ratelimit-remaining",
-        HeaderValue::from(decision.remaining),
-    );
-    headers.insert(
-        "x-ratelimit-reset",
-        HeaderValue::from(ceil_secs(decision.reset_after)),
-    );
+    // Names built once: inserting by `&str` parses the name on every call.
+    static LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+    static REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+    static RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+    headers.insert(&LIMIT, HeaderValue::from(decision.limit));
+    headers.insert(&REMAINING, HeaderValue::from(decision.remaining));
+    headers.insert(&RESET, HeaderValue::from(ceil_secs(decision.reset_after)));
 }
 
 fn too_many_requests(rule: Rule, decision: &Decision) -> Response {
