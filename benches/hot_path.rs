@@ -5,8 +5,9 @@
 //! Run: `cargo bench --bench hot_path` (needs `wrk` on PATH: `apt-get install wrk`, and for
 //! the Postgres and Redis rows `BENCH_DATABASE_URL=postgres://…` and `BENCH_REDIS_URL=redis://…`).
 //! `BENCH_ROUNDS` (3) rounds of `BENCH_SECONDS` (5) per scenario, `wrk -t2 -c50`. Every row is
-//! reported as req/s and p99 beside the baseline of the same round, so a noisy machine reads
-//! as ratios. Method and recorded numbers: docs/benchmarks.md.
+//! reported as req/s and p99 beside a run of its baseline made just before it, so a noisy
+//! machine reads as ratios; the medians of the rounds close the report. Method and recorded
+//! numbers: docs/benchmarks.md.
 //!
 //! Scenarios:
 //! - `bare`: the baseline, `GET /api/health/live` on a bare axum router;
@@ -310,6 +311,10 @@ async fn main() {
     for row in &rows {
         wrk(&row.url, row.header.as_deref(), 1);
     }
+    // Each row runs right after a fresh run of the row it is compared with, and its ratio
+    // is to that run: on a shared machine the load drifts within a round, and a baseline
+    // measured a minute earlier can be a different machine.
+    let mut ratios: Vec<(&str, Vec<f64>)> = Vec::new();
     for round in 1..=rounds {
         let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
         println!(
@@ -317,27 +322,45 @@ async fn main() {
             load.split_whitespace().next().unwrap_or("?")
         );
         println!(
-            "{:<18} {:>10} {:>9} {:>8} {:>12} {:>10}",
-            "scenario", "req/s", "p99 ms", "non-2xx", "× compared", "Δp99 ms"
+            "{:<18} {:>10} {:>9} {:>8} {:>14} {:>12} {:>10}",
+            "scenario", "req/s", "p99 ms", "non-2xx", "baseline req/s", "× baseline", "Δp99 ms"
         );
-        let mut seen: Vec<(&str, f64, f64)> = Vec::new();
-        for row in &rows {
-            let (rps, p99, non_2xx) = wrk(&row.url, row.header.as_deref(), seconds);
-            let (base_rps, base_p99) = seen
+        for row in rows.iter().filter(|r| r.name != r.against) {
+            let baseline = rows
                 .iter()
-                .find(|(n, _, _)| *n == row.against)
-                .map_or((rps, p99), |(_, r, p)| (*r, *p));
+                .find(|r| r.name == row.against)
+                .expect("every row's baseline is a row");
+            let (base_rps, base_p99, _) = wrk(&baseline.url, baseline.header.as_deref(), seconds);
+            let (rps, p99, non_2xx) = wrk(&row.url, row.header.as_deref(), seconds);
             println!(
-                "{:<18} {:>10.0} {:>9.2} {:>8} {:>12.2} {:>+10.2}",
+                "{:<18} {:>10.0} {:>9.2} {:>8} {:>14.0} {:>12.2} {:>+10.2}",
                 row.name,
                 rps,
                 p99,
                 non_2xx,
+                base_rps,
                 rps / base_rps,
                 p99 - base_p99
             );
-            seen.push((row.name, rps, p99));
+            match ratios.iter_mut().find(|(name, _)| *name == row.name) {
+                Some((_, list)) => list.push(rps / base_rps),
+                None => ratios.push((row.name, vec![rps / base_rps])),
+            }
         }
+    }
+    println!("\nmedian × baseline over {rounds} rounds");
+    for (name, mut list) in ratios {
+        list.sort_by(f64::total_cmp);
+        let median = if list.len() % 2 == 1 {
+            list[list.len() / 2]
+        } else {
+            (list[list.len() / 2 - 1] + list[list.len() / 2]) / 2.0
+        };
+        println!(
+            "{name:<18} {median:>6.2}  (range {:.2}–{:.2})",
+            list[0],
+            list[list.len() - 1]
+        );
     }
     drop(servers);
     if let (Some(base), Some(schema)) = (&pg_base, &pg_schema) {
