@@ -319,14 +319,7 @@ where
         message: &str,
         fields: &[(&str, FieldRef<'_>)],
     ) {
-        LINE.with_borrow_mut(|line| {
-            line.clear();
-            line.extend_from_slice(b"{\"timestamp\":\"");
-            push_timestamp(line, now);
-            line.extend_from_slice(b"\",\"level\":\"");
-            line.extend_from_slice(meta.level().as_str().as_bytes());
-            line.extend_from_slice(b"\",\"logger\":");
-            push_str(line, meta.target());
+        self.emit(meta, now, |line| {
             line.push(b',');
             push_key(line, "message");
             push_str(line, message);
@@ -338,6 +331,22 @@ where
                     push_entry(line, name, value);
                 }
             }
+        });
+    }
+
+    /// One line: the fixed keys (timestamp, level, logger), then what `rest` writes (the
+    /// message and the fields, each after a comma), then the closing brace; handed to the
+    /// sink for `meta` in one write.
+    fn emit(&self, meta: &Metadata<'_>, now: LogTime, rest: impl FnOnce(&mut Vec<u8>)) {
+        LINE.with_borrow_mut(|line| {
+            line.clear();
+            line.extend_from_slice(b"{\"timestamp\":\"");
+            push_timestamp(line, now);
+            line.extend_from_slice(b"\",\"level\":\"");
+            line.extend_from_slice(meta.level().as_str().as_bytes());
+            line.extend_from_slice(b"\",\"logger\":");
+            push_str(line, meta.target());
+            rest(line);
             line.extend_from_slice(b"}\n");
 
             // One write per line; a failed write cannot be logged anywhere, so it is dropped.
@@ -447,13 +456,8 @@ where
         let status_text = status_text.format(status);
         let mut duration_text = itoa::Buffer::new();
         let duration_text = duration_text.format(duration_ms);
-        LINE.with_borrow_mut(|line| {
-            line.clear();
-            line.extend_from_slice(b"{\"timestamp\":\"");
-            push_timestamp(line, now);
-            line.extend_from_slice(b"\",\"level\":\"");
-            line.extend_from_slice(meta.level().as_str().as_bytes());
-            line.extend_from_slice(b"\",\"logger\":\"aragora::http\",\"message\":\"");
+        self.emit(meta, now, |line| {
+            line.extend_from_slice(b",\"message\":\"");
             let plain = !needs_escape(method.as_bytes())
                 && !needs_escape(route.as_bytes())
                 && debate.is_none_or(|id| !needs_escape(id.as_bytes()));
@@ -492,9 +496,6 @@ where
             line.extend_from_slice(status_text.as_bytes());
             line.extend_from_slice(b",\"duration_ms\":");
             line.extend_from_slice(duration_text.as_bytes());
-            line.extend_from_slice(b"}\n");
-            let mut writer = self.make_writer.make_writer_for(meta);
-            let _ = writer.write_all(line);
         });
         true
     }
