@@ -27,7 +27,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aragora::store::{self, DebateStatus, DynStore, NewDebate};
+use aragora::store::{self, DebateStatus, DynStore};
 
 mod support;
 use support::{pct, store_pool};
@@ -71,16 +71,10 @@ async fn fill(store: &DynStore, n: usize) -> Vec<String> {
                 for _ in (t..n).step_by(INSERTERS) {
                     let id = uuid::Uuid::new_v4().simple().to_string();
                     store
-                        .create_debate(&NewDebate {
-                            id: id.clone(),
-                            task: "Should the queue be benchmarked?".into(),
-                            agents: vec!["demo".into(), "demo#2".into(), "demo#3".into()],
-                            rounds: 3,
-                            consensus: "majority".into(),
-                            owner_id: None,
-                            correlation_id: None,
-                            options: serde_json::json!({}),
-                        })
+                        .create_debate(&support::bench_debate(
+                            &id,
+                            "Should the queue be benchmarked?",
+                        ))
                         .await
                         .unwrap();
                     ids.push(id);

@@ -351,11 +351,7 @@ async fn main() {
     println!("\nmedian × baseline over {rounds} rounds");
     for (name, mut list) in ratios {
         list.sort_by(f64::total_cmp);
-        let median = if list.len() % 2 == 1 {
-            list[list.len() / 2]
-        } else {
-            (list[list.len() / 2 - 1] + list[list.len() / 2]) / 2.0
-        };
+        let median = support::pct(&list, 0.5);
         println!(
             "{name:<18} {median:>6.2}  (range {:.2}–{:.2})",
             list[0],

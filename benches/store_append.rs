@@ -18,7 +18,7 @@
 
 use std::time::{Duration, Instant};
 
-use aragora::store::{self, DynStore, NewDebate, NewEvent, NewUsage};
+use aragora::store::{self, DynStore, NewEvent, NewUsage};
 
 mod support;
 use support::{pct, store_pool};
@@ -83,16 +83,10 @@ async fn run(label: &str, store: DynStore) {
     for i in 0..DEBATES {
         let id = format!("bench-append-{i:04}");
         store
-            .create_debate(&NewDebate {
-                id: id.clone(),
-                task: "Should the append path be benchmarked?".into(),
-                agents: vec!["demo".into(), "demo#2".into(), "demo#3".into()],
-                rounds: 3,
-                consensus: "majority".into(),
-                owner_id: None,
-                correlation_id: None,
-                options: serde_json::json!({}),
-            })
+            .create_debate(&support::bench_debate(
+                &id,
+                "Should the append path be benchmarked?",
+            ))
             .await
             .unwrap();
         ids.push(id);

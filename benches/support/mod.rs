@@ -14,11 +14,25 @@ pub fn store_pool(size: u32) -> aragora::store::PoolSettings {
 }
 
 /// The `p` quantile (0..=1) of `sorted`, nearest rank; zero when there is nothing.
-pub fn pct(sorted: &[std::time::Duration], p: f64) -> std::time::Duration {
+pub fn pct<T: Copy + Default>(sorted: &[T], p: f64) -> T {
     if sorted.is_empty() {
-        return std::time::Duration::ZERO;
+        return T::default();
     }
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// A debate for a bench to write to: three demo seats, three rounds, majority.
+pub fn bench_debate(id: &str, task: &str) -> aragora::store::NewDebate {
+    aragora::store::NewDebate {
+        id: id.to_owned(),
+        task: task.to_owned(),
+        agents: vec!["demo".into(), "demo#2".into(), "demo#3".into()],
+        rounds: 3,
+        consensus: "majority".into(),
+        owner_id: None,
+        correlation_id: None,
+        options: serde_json::json!({}),
+    }
 }
 
 /// A port that was free a moment ago (for servers the bench starts as processes).

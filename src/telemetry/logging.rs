@@ -334,6 +334,71 @@ where
         });
     }
 
+    /// The request line's event written from the request's context, as [`Self::on_event`]
+    /// writes it in general: the fixed keys, the message with ` debate_id=` appended when
+    /// the request names a debate, the request's fields, then `status` and `duration_ms`.
+    /// `false` (nothing written) when the event is not a whole request line.
+    fn write_request_line(
+        &self,
+        event: &Event<'_>,
+        meta: &Metadata<'_>,
+        now: LogTime,
+        request: &RequestContext,
+    ) -> bool {
+        let mut numbers = RequestNumbers::default();
+        event.record(&mut numbers);
+        let (Some(status), Some(duration_ms)) = (numbers.status, numbers.duration_ms) else {
+            return false;
+        };
+        let (method, route, debate) = (request.method(), request.route(), request.debate_id());
+        let mut status_text = itoa::Buffer::new();
+        let status_text = status_text.format(status);
+        let mut duration_text = itoa::Buffer::new();
+        let duration_text = duration_text.format(duration_ms);
+        self.emit(meta, now, |line| {
+            line.extend_from_slice(b",\"message\":\"");
+            let plain = !needs_escape(method.as_bytes())
+                && !needs_escape(route.as_bytes())
+                && debate.is_none_or(|id| !needs_escape(id.as_bytes()));
+            let parts = [
+                "request ",
+                method,
+                " ",
+                route,
+                " status=",
+                status_text,
+                " duration_ms=",
+                duration_text,
+                if debate.is_some() { " debate_id=" } else { "" },
+                debate.unwrap_or(""),
+            ];
+            if plain {
+                for part in parts {
+                    line.extend_from_slice(part.as_bytes());
+                }
+                line.push(b'"');
+            } else {
+                line.pop();
+                push_str(line, &parts.concat());
+            }
+            line.extend_from_slice(b",\"correlation_id\":");
+            push_str(line, request.id());
+            line.extend_from_slice(b",\"method\":");
+            push_str(line, method);
+            line.extend_from_slice(b",\"route\":");
+            push_str(line, route);
+            if let Some(id) = debate {
+                line.extend_from_slice(b",\"debate_id\":");
+                push_str(line, id);
+            }
+            line.extend_from_slice(b",\"status\":");
+            line.extend_from_slice(status_text.as_bytes());
+            line.extend_from_slice(b",\"duration_ms\":");
+            line.extend_from_slice(duration_text.as_bytes());
+        });
+        true
+    }
+
     /// One line: the fixed keys (timestamp, level, logger), then what `rest` writes (the
     /// message and the fields, each after a comma), then the closing brace; handed to the
     /// sink for `meta` in one write.
@@ -429,76 +494,6 @@ impl Visit for RequestNumbers {
 
     /// The message: not needed, it is written from the request's context.
     fn record_debug(&mut self, _field: &Field, _value: &dyn std::fmt::Debug) {}
-}
-
-impl<W> JsonLogLayer<W>
-where
-    W: for<'a> MakeWriter<'a> + 'static,
-{
-    /// The request line's event written from the request's context, as [`Self::on_event`]
-    /// writes it in general: the fixed keys, the message with ` debate_id=` appended when
-    /// the request names a debate, the request's fields, then `status` and `duration_ms`.
-    /// `false` (nothing written) when the event is not a whole request line.
-    fn write_request_line(
-        &self,
-        event: &Event<'_>,
-        meta: &Metadata<'_>,
-        now: LogTime,
-        request: &RequestContext,
-    ) -> bool {
-        let mut numbers = RequestNumbers::default();
-        event.record(&mut numbers);
-        let (Some(status), Some(duration_ms)) = (numbers.status, numbers.duration_ms) else {
-            return false;
-        };
-        let (method, route, debate) = (request.method(), request.route(), request.debate_id());
-        let mut status_text = itoa::Buffer::new();
-        let status_text = status_text.format(status);
-        let mut duration_text = itoa::Buffer::new();
-        let duration_text = duration_text.format(duration_ms);
-        self.emit(meta, now, |line| {
-            line.extend_from_slice(b",\"message\":\"");
-            let plain = !needs_escape(method.as_bytes())
-                && !needs_escape(route.as_bytes())
-                && debate.is_none_or(|id| !needs_escape(id.as_bytes()));
-            let parts = [
-                "request ",
-                method,
-                " ",
-                route,
-                " status=",
-                status_text,
-                " duration_ms=",
-                duration_text,
-                if debate.is_some() { " debate_id=" } else { "" },
-                debate.unwrap_or(""),
-            ];
-            if plain {
-                for part in parts {
-                    line.extend_from_slice(part.as_bytes());
-                }
-                line.push(b'"');
-            } else {
-                line.pop();
-                push_str(line, &parts.concat());
-            }
-            line.extend_from_slice(b",\"correlation_id\":");
-            push_str(line, request.id());
-            line.extend_from_slice(b",\"method\":");
-            push_str(line, method);
-            line.extend_from_slice(b",\"route\":");
-            push_str(line, route);
-            if let Some(id) = debate {
-                line.extend_from_slice(b",\"debate_id\":");
-                push_str(line, id);
-            }
-            line.extend_from_slice(b",\"status\":");
-            line.extend_from_slice(status_text.as_bytes());
-            line.extend_from_slice(b",\"duration_ms\":");
-            line.extend_from_slice(duration_text.as_bytes());
-        });
-        true
-    }
 }
 
 /// A field's value as the line writes it: text borrowed from the request's context, or a

@@ -104,10 +104,7 @@ fn admit_now(gate: &Gate, req: &mut Request) -> Option<Admitted> {
     let route = req.extensions().get::<RouteMatch>()?;
     let access = route.access;
     route.pattern.as_ref()?;
-    let peer = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
+    let peer = peer_ip(req);
     let token = presented(req.headers());
     let principal = gate
         .auth
@@ -121,6 +118,13 @@ fn admit_now(gate: &Gate, req: &mut Request) -> Option<Admitted> {
             Admitted::Unlimited
         },
     )
+}
+
+/// The address the request came from (the connection's peer).
+fn peer_ip(req: &Request) -> Option<std::net::IpAddr> {
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
 }
 
 /// Send `req` to `inner` and wait for its response.
@@ -148,10 +152,7 @@ where
         return super::pipeline::not_found(req).await;
     }
     let access = route.access;
-    let peer = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
+    let peer = peer_ip(&req);
     let token = presented(req.headers());
     let principal = match gate
         .auth
