@@ -68,19 +68,19 @@ where
         use futures::future::Either;
         match admit_now(&self.gate, &mut req) {
             // Nothing to wait for: straight to the handlers, no future of the gate's own.
-            Some(Admitted::Unlimited) => Either::Left(self.inner.call(req)),
-            Some(Admitted::Limited) => {
+            Ok(Admitted::Unlimited) => Either::Left(self.inner.call(req)),
+            Ok(Admitted::Limited) => {
                 let gate = self.gate.clone();
                 let inner = self.inner.clone();
                 Either::Right(Box::pin(async move {
                     Ok(ratelimit::limit(&gate.limiter, req, inner).await)
                 }))
             }
-            None => {
+            Err(known) => {
                 let gate = self.gate.clone();
                 let inner = self.inner.clone();
                 Either::Right(Box::pin(async move {
-                    Ok(gate_request(&gate, req, inner).await)
+                    Ok(gate_request(&gate, req, inner, known).await)
                 }))
             }
         }
@@ -97,21 +97,27 @@ enum Admitted {
 
 /// The gate's decision when it needs no I/O: the route matched, the principal known without
 /// a lookup ([`Authenticator::principal_now`]) and allowed on the route. The principal is
-/// then stored for the handlers. `None` leaves everything to [`gate_request`]: a credential
-/// to look up, and every refusal (its answer is built inside the request's scope, where
-/// its correlation id is).
-fn admit_now(gate: &Gate, req: &mut Request) -> Option<Admitted> {
-    let route = req.extensions().get::<RouteMatch>()?;
+/// then stored for the handlers. `Err` leaves the rest to [`gate_request`]: a credential to
+/// look up (`Err(None)`), and every refusal (its answer is built inside the request's scope,
+/// where its correlation id is), with the principal when it is already known.
+fn admit_now(gate: &Gate, req: &mut Request) -> Result<Admitted, Option<Principal>> {
+    let Some(route) = req.extensions().get::<RouteMatch>() else {
+        return Err(None);
+    };
     let access = route.access;
-    route.pattern.as_ref()?;
-    let peer = peer_ip(req);
+    if route.pattern.is_none() {
+        return Err(None);
+    }
     let token = presented(req.headers());
     let principal = gate
         .auth
-        .principal_now(token.as_deref(), peer, req.headers())?;
-    access.check(&principal).ok()?;
+        .principal_now(token.as_deref(), peer_ip(req), req.headers())
+        .ok_or(None)?;
+    if access.check(&principal).is_err() {
+        return Err(Some(principal));
+    }
     req.extensions_mut().insert(principal);
-    Some(
+    Ok(
         if crate::ratelimit::rule_for(req.method(), req.uri().path()).is_some() {
             Admitted::Limited
         } else {
@@ -138,9 +144,15 @@ where
     }
 }
 
-/// Resolve the principal once, check it against the route's declared access, store it for
-/// the handlers (`Extension<Principal>`), then rate-limit.
-async fn gate_request<S>(gate: &Gate, mut req: Request, inner: S) -> Response
+/// Resolve the principal once (`known` when [`admit_now`] already did), check it against the
+/// route's declared access, store it for the handlers (`Extension<Principal>`), then
+/// rate-limit.
+async fn gate_request<S>(
+    gate: &Gate,
+    mut req: Request,
+    inner: S,
+    known: Option<Principal>,
+) -> Response
 where
     S: Service<Request, Response = Response, Error = Infallible>,
 {
@@ -152,13 +164,16 @@ where
         return super::pipeline::not_found(req).await;
     }
     let access = route.access;
-    let peer = peer_ip(&req);
-    let token = presented(req.headers());
-    let principal = match gate
-        .auth
-        .principal_for(token.as_deref(), peer, req.headers())
-        .await
-    {
+    let resolved = match known {
+        Some(principal) => Ok(principal),
+        None => {
+            let token = presented(req.headers());
+            gate.auth
+                .principal_for(token.as_deref(), peer_ip(&req), req.headers())
+                .await
+        }
+    };
+    let principal = match resolved {
         Ok(p) => p,
         // A bad or uncheckable credential on a public route is ignored (the caller is
         // anonymous there), so health keeps answering during a database outage.
