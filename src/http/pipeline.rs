@@ -14,8 +14,8 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
+use tokio::task::futures::TaskLocalFuture;
 use tower::Service;
-use tracing::Instrument;
 
 use super::middleware::AccessTable;
 use crate::error::{ErrorCode, error_response, error_response_with_status};
@@ -52,8 +52,6 @@ impl<S> Pipeline<S> {
     }
 }
 
-type BoxResponse = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
-
 impl<S> Service<Request> for Pipeline<S>
 where
     S: Service<Request, Response = Response, Error = Infallible> + Send + 'static,
@@ -61,7 +59,7 @@ where
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = BoxResponse;
+    type Future = TaskLocalFuture<Arc<RequestContext>, Answer<S::Future>>;
 
     /// Always ready: what it wraps (CORS around the gate) is.
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
@@ -84,38 +82,136 @@ where
         // refusal is built again inside it, so its body carries the correlation id.
         let refused =
             refusal(&req).and_then(|_| correlation::sync_scope(context.clone(), || refusal(&req)));
-        let timeout = self.timeout;
-        let inner = match refused {
-            Some(response) => Err(response),
+        let stage = match refused {
+            Some(response) => Stage::Answered {
+                response: Some(response),
+            },
             None => {
                 req.extensions_mut().insert(route);
-                Ok(self.inner.call(req))
+                Stage::Handler {
+                    inner: self.inner.call(req),
+                }
             }
         };
-        Box::pin(correlation::scope(context.clone(), async move {
-            let answer = async move {
-                let response = match inner {
-                    Err(refused) => refused,
-                    Ok(inner) => match tokio::time::timeout(timeout, inner).await {
-                        Ok(Ok(response)) => response,
-                        Ok(Err(never)) => match never {},
-                        Err(_) => error_response(
-                            ErrorCode::HandlerTimeout,
-                            &format!(
-                                "the request took longer than {} s and was abandoned",
-                                timeout.as_secs()
-                            ),
-                        ),
-                    },
-                };
-                as_json_error(response).await
+        correlation::scope(
+            context.clone(),
+            Answer {
+                stage,
+                timer: None,
+                deadline: tokio::time::Instant::from_std(started) + self.timeout,
+                timeout: self.timeout,
+                context,
+                span,
+                started,
+            },
+        )
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request's answer: the handlers' future under the request timeout, a non-JSON error
+    /// turned into the contract's body, then [`finish`]. Written out rather than as an
+    /// `async` block, whose state (every await point's, the handlers' future among them)
+    /// would be copied whole at each move and boxed; this one is the size of the handlers'
+    /// future plus a few words, and its timer exists only once the handlers have had to wait.
+    pub struct Answer<F> {
+        #[pin]
+        stage: Stage<F>,
+        #[pin]
+        timer: Option<tokio::time::Sleep>,
+        deadline: tokio::time::Instant,
+        timeout: Duration,
+        context: Arc<RequestContext>,
+        span: Option<tracing::Span>,
+        started: Instant,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = StageProj]
+    enum Stage<F> {
+        /// The handlers (through CORS and the gate) are at work.
+        Handler { #[pin] inner: F },
+        /// A non-JSON error response whose body is being read into the JSON error.
+        Converting { future: Pin<Box<dyn Future<Output = Response> + Send>> },
+        /// The answer is known; taken once.
+        Answered { response: Option<Response> },
+    }
+}
+
+impl<F> Future for Answer<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            let next = match this.stage.as_mut().project() {
+                StageProj::Handler { inner } => {
+                    let polled = {
+                        let _entered = this.span.as_ref().map(tracing::Span::enter);
+                        inner.poll(cx)
+                    };
+                    let response = match polled {
+                        Poll::Ready(Ok(response)) => response,
+                        Poll::Ready(Err(never)) => match never {},
+                        Poll::Pending => {
+                            if this.timer.is_none() {
+                                this.timer
+                                    .set(Some(tokio::time::sleep_until(*this.deadline)));
+                            }
+                            let expired = this
+                                .timer
+                                .as_mut()
+                                .as_pin_mut()
+                                .is_some_and(|timer| timer.poll(cx).is_ready());
+                            if !expired {
+                                return Poll::Pending;
+                            }
+                            error_response(
+                                ErrorCode::HandlerTimeout,
+                                &format!(
+                                    "the request took longer than {} s and was abandoned",
+                                    this.timeout.as_secs()
+                                ),
+                            )
+                        }
+                    };
+                    if needs_json_body(&response) {
+                        Stage::Converting {
+                            future: Box::pin(as_json_error(response)),
+                        }
+                    } else {
+                        Stage::Answered {
+                            response: Some(response),
+                        }
+                    }
+                }
+                StageProj::Converting { future } => {
+                    let _entered = this.span.as_ref().map(tracing::Span::enter);
+                    match future.as_mut().poll(cx) {
+                        Poll::Ready(response) => Stage::Answered {
+                            response: Some(response),
+                        },
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+                StageProj::Answered { response } => {
+                    let response = response
+                        .take()
+                        .expect("an answer is polled to the end once");
+                    return Poll::Ready(Ok(finish(
+                        response,
+                        this.context,
+                        this.span.as_ref(),
+                        *this.started,
+                    )));
+                }
             };
-            let response = match &span {
-                Some(span) => answer.instrument(span.clone()).await,
-                None => answer.await,
-            };
-            Ok(finish(response, &context, span.as_ref(), started))
-        }))
+            this.stage.set(next);
+        }
     }
 }
 
@@ -245,21 +341,24 @@ fn unsupported_content_type(req: &Request) -> Option<String> {
     }
 }
 
+/// Whether `response` is an error whose body is not JSON (it then becomes the contract's
+/// error body, [`as_json_error`]).
+fn needs_json_body(response: &Response) -> bool {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return false;
+    }
+    !response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"))
+}
+
 /// Turn an error response that is not JSON into the contract's error body, keeping the
 /// original text as the message.
 async fn as_json_error(response: Response) -> Response {
     let status = response.status();
-    if !(status.is_client_error() || status.is_server_error()) {
-        return response;
-    }
-    let is_json = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if is_json {
-        return response;
-    }
     let (parts, body) = response.into_parts();
     let text = axum::body::to_bytes(body, MAX_PLAIN_ERROR)
         .await

@@ -115,9 +115,13 @@ pub fn from_headers(headers: &HeaderMap) -> Option<String> {
     })
 }
 
-/// Run `fut` as the request `context` describes.
-pub async fn scope<F: Future>(context: Arc<RequestContext>, fut: F) -> F::Output {
-    CURRENT.scope(context, fut).await
+/// Run `fut` as the request `context` describes. The future itself, not an `async fn`
+/// around it: each layer of async state would be one more copy of `fut` per request.
+pub fn scope<F: Future>(
+    context: Arc<RequestContext>,
+    fut: F,
+) -> tokio::task::futures::TaskLocalFuture<Arc<RequestContext>, F> {
+    CURRENT.scope(context, fut)
 }
 
 /// Run `f` as the request `context` describes (synchronous code, such as building an error

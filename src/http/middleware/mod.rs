@@ -66,7 +66,11 @@ where
 
     fn call(&mut self, mut req: Request) -> Self::Future {
         use futures::future::Either;
-        match admit_now(&self.gate, &mut req) {
+        // Taken out, not read in place: the handlers never need it, and a request's
+        // extensions then stay within their first table (growing it costs more than the rest
+        // of the gate).
+        let route = req.extensions_mut().remove::<RouteMatch>();
+        match admit_now(&self.gate, route.as_ref(), &mut req) {
             // Nothing to wait for: straight to the handlers, no future of the gate's own.
             Ok(Admitted::Unlimited) => Either::Left(self.inner.call(req)),
             Ok(Admitted::Limited) => {
@@ -80,7 +84,7 @@ where
                 let gate = self.gate.clone();
                 let inner = self.inner.clone();
                 Either::Right(Box::pin(async move {
-                    Ok(gate_request(&gate, req, inner, known).await)
+                    Ok(gate_request(&gate, req, inner, route, known).await)
                 }))
             }
         }
@@ -100,8 +104,12 @@ enum Admitted {
 /// then stored for the handlers. `Err` leaves the rest to [`gate_request`]: a credential to
 /// look up (`Err(None)`), and every refusal (its answer is built inside the request's scope,
 /// where its correlation id is), with the principal when it is already known.
-fn admit_now(gate: &Gate, req: &mut Request) -> Result<Admitted, Option<Principal>> {
-    let Some(route) = req.extensions().get::<RouteMatch>() else {
+fn admit_now(
+    gate: &Gate,
+    route: Option<&RouteMatch>,
+    req: &mut Request,
+) -> Result<Admitted, Option<Principal>> {
+    let Some(route) = route else {
         return Err(None);
     };
     let access = route.access;
@@ -151,12 +159,13 @@ async fn gate_request<S>(
     gate: &Gate,
     mut req: Request,
     inner: S,
+    route: Option<RouteMatch>,
     known: Option<Principal>,
 ) -> Response
 where
     S: Service<Request, Response = Response, Error = Infallible>,
 {
-    let Some(route) = req.extensions().get::<RouteMatch>().cloned() else {
+    let Some(route) = route else {
         return ApiError::Internal("request reached the gate without a route match".into())
             .into_response();
     };
