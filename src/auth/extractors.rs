@@ -64,7 +64,8 @@ impl Access {
 
 /// Credentials presented: the bearer string, if any.
 pub fn presented(headers: &HeaderMap) -> Option<String> {
-    if let Some(value) = headers.get(axum::http::header::AUTHORIZATION)
+    use crate::http::headers::first;
+    if let Some(value) = first(headers, &axum::http::header::AUTHORIZATION)
         && let Ok(text) = value.to_str()
     {
         let text = text.trim();
@@ -79,8 +80,7 @@ pub fn presented(headers: &HeaderMap) -> Option<String> {
     }
     // Built once: looking a header up by `&str` parses the name on every request.
     static X_API_KEY: axum::http::HeaderName = axum::http::HeaderName::from_static("x-api-key");
-    headers
-        .get(&X_API_KEY)
+    first(headers, &X_API_KEY)
         .and_then(|v| v.to_str().ok())
         .map(|v| v.trim().to_owned())
 }

@@ -8,6 +8,7 @@ mod auth;
 mod billing;
 mod compat;
 mod debates;
+pub mod headers;
 mod health;
 mod leaderboard;
 mod metrics_route;
@@ -190,7 +191,9 @@ where
 
     fn call(&mut self, req: axum::extract::Request) -> Self::Future {
         use futures::future::Either;
-        if req.method() == Method::OPTIONS || req.headers().contains_key(header::ORIGIN) {
+        if req.method() == Method::OPTIONS
+            || headers::first(req.headers(), &header::ORIGIN).is_some()
+        {
             // The inner service was made ready above; the clone's readiness is the same
             // (the gate is always ready).
             Either::Left(self.cors.layer(self.inner.clone()).call(req))

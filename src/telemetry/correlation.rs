@@ -106,8 +106,7 @@ pub fn from_headers(headers: &HeaderMap) -> Option<String> {
         HeaderName::from_static(REQUEST_ID_HEADER),
     ];
     NAMES.iter().find_map(|name| {
-        headers
-            .get(name)
+        crate::http::headers::first(headers, name)
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
             .filter(|v| is_well_formed(v))
