@@ -800,6 +800,23 @@ fn run_header() {
     );
 }
 
+/// One debate's fan-out to `clients` at each pace (label, seats, rounds), printed as it ends.
+async fn fanout_at_paces<const N: usize>(
+    server: &Server,
+    gate: &mut Gate,
+    clients: &Clients,
+    paces: &[(&str, &Vec<String>, u32); N],
+) -> [RunResult; N] {
+    let mut runs = Vec::with_capacity(N);
+    for (label, agents, rounds) in paces {
+        let r = fanout_run(server, gate, clients, agents, *rounds, 1).await;
+        print_run(&format!("{label} {}", r.clients), &r);
+        runs.push(r);
+    }
+    runs.try_into()
+        .unwrap_or_else(|_| unreachable!("one run per pace"))
+}
+
 /// Seats, rounds and concurrent debates of one event-rate step.
 type Step = (Vec<String>, u32, usize);
 
@@ -855,37 +872,22 @@ async fn main() {
     println!("\n== 2. fan-out latency");
     let fanout_agents = seats("demo:50", 6);
     let fanout_rounds = 5;
-    let mut fanout = Vec::new();
-    let mut small_set = Clients::new(Ipv4Addr::new(127, 0, 0, 3));
-    small_set.grow(server.ws, small).await;
-    let r = fanout_run(
-        &server,
-        &mut gate,
-        &small_set,
-        &fanout_agents,
-        fanout_rounds,
-        1,
-    )
-    .await;
-    print_run(&format!("fan-out {small}"), &r);
-    fanout.push(r);
     // The same fan-out at the pace of model calls: seats answering in a second (the 1-s
     // agents of the concurrent-debates goal) instead of 50 ms, so each event's fan-out is
     // measured on its own rather than queued behind the previous burst's.
     let paced_agents = seats("demo:1000", 6);
     let paced_rounds = 2;
+    let paces = [
+        ("fan-out", &fanout_agents, fanout_rounds),
+        ("agent pace", &paced_agents, paced_rounds),
+    ];
+    let mut fanout = Vec::new();
     let mut paced = Vec::new();
-    let r = fanout_run(
-        &server,
-        &mut gate,
-        &small_set,
-        &paced_agents,
-        paced_rounds,
-        1,
-    )
-    .await;
-    print_run(&format!("agent pace {small}"), &r);
-    paced.push(r);
+    let mut small_set = Clients::new(Ipv4Addr::new(127, 0, 0, 3));
+    small_set.grow(server.ws, small).await;
+    let [fast, slow] = fanout_at_paces(&server, &mut gate, &small_set, &paces).await;
+    fanout.push(fast);
+    paced.push(slow);
 
     println!("\n== 3. event-rate steps with {small} subscribers");
     // (label, seats, rounds, concurrent debates); `None` reuses the fan-out run above.
@@ -937,20 +939,9 @@ async fn main() {
 
     let mut big_set = Clients::new(Ipv4Addr::new(127, 0, 0, 4));
     big_set.grow(server.ws, big).await;
-    let r = fanout_run(
-        &server,
-        &mut gate,
-        &big_set,
-        &fanout_agents,
-        fanout_rounds,
-        1,
-    )
-    .await;
-    print_run(&format!("fan-out {big}"), &r);
-    fanout.push(r);
-    let r = fanout_run(&server, &mut gate, &big_set, &paced_agents, paced_rounds, 1).await;
-    print_run(&format!("agent pace {big}"), &r);
-    paced.push(r);
+    let [fast, slow] = fanout_at_paces(&server, &mut gate, &big_set, &paces).await;
+    fanout.push(fast);
+    paced.push(slow);
     drop(big_set);
 
     // Summary.

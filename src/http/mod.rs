@@ -8,7 +8,7 @@ mod auth;
 mod billing;
 mod compat;
 mod debates;
-pub mod headers;
+pub(crate) mod headers;
 mod health;
 mod leaderboard;
 mod metrics_route;

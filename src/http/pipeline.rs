@@ -98,7 +98,6 @@ where
             Answer {
                 stage,
                 timer: None,
-                deadline: tokio::time::Instant::from_std(started) + self.timeout,
                 timeout: self.timeout,
                 context,
                 span,
@@ -119,7 +118,6 @@ pin_project_lite::pin_project! {
         stage: Stage<F>,
         #[pin]
         timer: Option<tokio::time::Sleep>,
-        deadline: tokio::time::Instant,
         timeout: Duration,
         context: Arc<RequestContext>,
         span: Option<tracing::Span>,
@@ -159,8 +157,9 @@ where
                         Poll::Ready(Err(never)) => match never {},
                         Poll::Pending => {
                             if this.timer.is_none() {
+                                let deadline = *this.started + *this.timeout;
                                 this.timer
-                                    .set(Some(tokio::time::sleep_until(*this.deadline)));
+                                    .set(Some(tokio::time::sleep_until(deadline.into())));
                             }
                             let expired = this
                                 .timer
