@@ -16,22 +16,32 @@
 //! 3. Event-rate steps with 1,000 clients: faster agents, more seats, then several concurrent
 //!    debates each watched by every client, until a step drops a slow client (4008).
 //!
-//! Load generator and server share the machine: client-side parsing and scheduling are
-//! part of every latency here. Method and recorded numbers: docs/benchmarks.md.
+//! Load generator and server share the machine, so each latency is given twice: at the
+//! client's socket (the kernel's receive time of the bytes that completed the frame, read
+//! with `SO_TIMESTAMPNS`: what the server's fan-out took) and after the client read and
+//! parsed the frame (which adds the client's own scheduling behind thousands of other
+//! clients on the same cores). Method and recorded numbers: docs/benchmarks.md.
 
 use std::collections::HashMap;
+use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::path::Path;
+use std::pin::Pin;
 use std::process::{Child, Command};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures::{SinkExt, StreamExt};
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
+use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg, setsockopt, sockopt};
+use nix::sys::time::TimeSpec;
 use serde_json::{Value, json};
-use tokio::net::TcpSocket;
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -48,7 +58,81 @@ const STEP_BUDGET: Duration = Duration::from_secs(180);
 /// Connections being opened at once.
 const OPEN_CONCURRENCY: usize = 128;
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+type Ws = tokio_tungstenite::WebSocketStream<Stamped>;
+
+/// A client's TCP stream that reads with `recvmsg` and keeps the kernel's receive time of
+/// the last bytes read (`SO_TIMESTAMPNS`; for TCP, the time the last segment of the read
+/// arrived). When tungstenite hands out a frame, the read that completed it was the last
+/// one, so this is when the whole frame had reached the client's socket: the server's part
+/// of the latency, without the client's own queueing behind other clients.
+struct Stamped {
+    tcp: TcpStream,
+    /// µs since the epoch; 0 until the first stamped read.
+    arrival_us: i64,
+    cmsg: Vec<u8>,
+}
+
+impl Stamped {
+    fn new(tcp: TcpStream) -> io::Result<Stamped> {
+        setsockopt(&tcp, sockopt::ReceiveTimestampns, &true)?;
+        Ok(Stamped {
+            tcp,
+            arrival_us: 0,
+            cmsg: nix::cmsg_space!(TimeSpec),
+        })
+    }
+}
+
+impl AsyncRead for Stamped {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let me = self.get_mut();
+        loop {
+            ready!(me.tcp.poll_read_ready(cx))?;
+            let fd = me.tcp.as_raw_fd();
+            let cmsg = &mut me.cmsg;
+            let dst = buf.initialize_unfilled();
+            let read = me.tcp.try_io(Interest::READABLE, || {
+                let mut iov = [io::IoSliceMut::new(dst)];
+                let msg =
+                    recvmsg::<()>(fd, &mut iov, Some(cmsg.as_mut_slice()), MsgFlags::empty())?;
+                let mut at = None;
+                for c in msg.cmsgs()? {
+                    if let ControlMessageOwned::ScmTimestampns(ts) = c {
+                        at = Some(ts.tv_sec() * 1_000_000 + ts.tv_nsec() / 1_000);
+                    }
+                }
+                Ok((msg.bytes, at))
+            });
+            match read {
+                Ok((n, at)) => {
+                    buf.advance(n);
+                    if let Some(at) = at {
+                        me.arrival_us = at;
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Stamped {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write(cx, b)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
+}
 
 // ---------------------------------------------------------------------------------------
 // The server process
@@ -262,6 +346,9 @@ struct Shared {
     closed_slow: AtomicU64,
     closed_other: AtomicU64,
     errors: AtomicU64,
+    /// Live deliveries whose read carried no kernel receive time (left out of the socket
+    /// latency; reported).
+    unstamped: AtomicU64,
     /// Latency is recorded for events stored at or after this (µs since the epoch).
     live_from_us: AtomicI64,
 }
@@ -274,6 +361,9 @@ struct Track {
     /// Seqs that were not last + 1 (duplicates, gaps, reordering).
     anomalies: u64,
     lat_us: Vec<u32>,
+    /// The same deliveries' latency at the client's socket (kernel receive time), with
+    /// their seq.
+    sock_lat_us: Vec<(i64, u32)>,
     last_receipt_us: i64,
 }
 
@@ -293,7 +383,8 @@ fn field<'a>(s: &'a str, key: &str) -> Option<&'a str> {
     Some(&rest[..end])
 }
 
-fn on_text(text: &str, tracks: &mut HashMap<String, Track>, shared: &Shared) {
+/// `arrival_us`: when the frame's bytes reached the client's socket (see [`Stamped`]).
+fn on_text(text: &str, arrival_us: i64, tracks: &mut HashMap<String, Track>, shared: &Shared) {
     const CONTROL: &[&str] = &[
         "subscribed",
         "unsubscribed",
@@ -346,9 +437,13 @@ fn on_text(text: &str, tracks: &mut HashMap<String, Track>, shared: &Shared) {
     track.count += 1;
     track.last_receipt_us = now;
     if ts >= shared.live_from_us.load(Ordering::Relaxed) {
-        track
-            .lat_us
-            .push((now - ts).clamp(0, i64::from(u32::MAX)) as u32);
+        let since = |t: i64| (t - ts).clamp(0, i64::from(u32::MAX)) as u32;
+        track.lat_us.push(since(now));
+        if arrival_us > 0 {
+            track.sock_lat_us.push((seq, since(arrival_us.min(now))));
+        } else {
+            shared.unstamped.fetch_add(1, Ordering::Relaxed);
+        }
     }
     if kind == "debate_end" {
         shared.ended.fetch_add(1, Ordering::Relaxed);
@@ -371,7 +466,9 @@ async fn run_client(mut ws: Ws, mut cmd: mpsc::UnboundedReceiver<Cmd>, shared: A
                 None => break,
             },
             msg = ws.next() => match msg {
-                Some(Ok(Message::Text(t))) => on_text(&t, &mut tracks, &shared),
+                Some(Ok(Message::Text(t))) => {
+                    on_text(&t, ws.get_ref().arrival_us, &mut tracks, &shared);
+                }
                 Some(Ok(Message::Close(frame))) => {
                     let code = frame.map(|f| f.code);
                     if code == Some(CloseCode::from(4008)) {
@@ -401,6 +498,7 @@ async fn connect(server: SocketAddr, source: Ipv4Addr) -> Ws {
             socket.bind(SocketAddr::from((source, 0)))?;
             let stream = socket.connect(server).await?;
             stream.set_nodelay(true)?;
+            let stream = Stamped::new(stream)?;
             // A small read buffer keeps 10,000 clients light (the default is 128 KiB each).
             let config = WebSocketConfig::default().read_buffer_size(8 * 1024);
             tokio_tungstenite::client_async_with_config(
@@ -636,6 +734,15 @@ struct RunResult {
     p50_ms: f64,
     p99_ms: f64,
     max_ms: f64,
+    /// The same at the client's socket.
+    sock_p50_ms: f64,
+    sock_p99_ms: f64,
+    /// Per event, the first client's socket latency (what came before the fan-out: the
+    /// store, the bus, the dispatch); p50 and p99 over events.
+    first_p50_ms: f64,
+    first_p99_ms: f64,
+    /// Live deliveries without a kernel receive time.
+    unstamped: u64,
     complete: usize,
     slow_closed: u64,
     slow_dropped_stats: u64,
@@ -664,6 +771,7 @@ async fn fanout_run(
     let stats_before = server.ws_stats().await;
     let slow_before = clients.shared.closed_slow.load(Ordering::Relaxed);
     let ended_before = clients.shared.ended.load(Ordering::Relaxed);
+    let unstamped_before = clients.shared.unstamped.load(Ordering::Relaxed);
     let mut ids = Vec::new();
     for _ in 0..debates {
         ids.push(server.create_debate(agents, rounds).await);
@@ -712,6 +820,8 @@ async fn fanout_run(
 
     let tracks = clients.take().await;
     let mut lat: Vec<u32> = Vec::new();
+    let mut sock_lat: Vec<u32> = Vec::new();
+    let mut first_at: HashMap<(&str, i64), u32> = HashMap::new();
     let (mut complete, mut deliveries, mut last_receipt) = (0usize, 0u64, i64::MIN);
     for client in &tracks {
         let mut all = true;
@@ -721,6 +831,11 @@ async fn fanout_run(
                     deliveries += t.count;
                     last_receipt = last_receipt.max(t.last_receipt_us);
                     lat.extend_from_slice(&t.lat_us);
+                    for &(seq, us) in &t.sock_lat_us {
+                        sock_lat.push(us);
+                        let first = first_at.entry((id.as_str(), seq)).or_insert(us);
+                        *first = (*first).min(us);
+                    }
                     all &= t.anomalies == 0
                         && t.count as i64 == last_seq[id]
                         && t.last == last_seq[id];
@@ -730,8 +845,11 @@ async fn fanout_run(
         }
         complete += usize::from(all);
     }
+    let mut first_lat: Vec<u32> = first_at.into_values().collect();
+    first_lat.sort_unstable();
     drop(tracks);
     lat.sort_unstable();
+    sock_lat.sort_unstable();
     let live_deliveries = lat.len() as f64;
     let delivery_span_s = ((last_receipt - first) as f64 / 1e6).max(1e-3);
     let frames = stats_after["messages_sent"].as_u64().unwrap_or(0)
@@ -750,6 +868,11 @@ async fn fanout_run(
         p50_ms: pct(&lat, 0.50),
         p99_ms: pct(&lat, 0.99),
         max_ms: lat.last().map_or(f64::NAN, |&v| f64::from(v) / 1000.0),
+        sock_p50_ms: pct(&sock_lat, 0.50),
+        sock_p99_ms: pct(&sock_lat, 0.99),
+        first_p50_ms: pct(&first_lat, 0.50),
+        first_p99_ms: pct(&first_lat, 0.99),
+        unstamped: clients.shared.unstamped.load(Ordering::Relaxed) - unstamped_before,
         complete,
         slow_closed: clients.shared.closed_slow.load(Ordering::Relaxed) - slow_before,
         slow_dropped_stats: stats_after["slow_clients_dropped"].as_u64().unwrap_or(0)
@@ -761,7 +884,7 @@ async fn fanout_run(
 
 fn print_run(label: &str, r: &RunResult) {
     println!(
-        "{label:<28} {:>6} {:>3} {:>6} {:>8.0} {:>9.0} {:>9} {:>10.0} {:>8.1} {:>8.1} {:>8.1} {:>11} {:>5}/{:<5} {:>6.1} {}",
+        "{label:<28} {:>6} {:>3} {:>6} {:>8.0} {:>9.0} {:>9} {:>10.0} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>9.1} {:>9.1} {:>11} {:>5}/{:<5} {:>6.1} {}",
         r.clients,
         r.debates,
         r.events,
@@ -772,17 +895,27 @@ fn print_run(label: &str, r: &RunResult) {
         r.p50_ms,
         r.p99_ms,
         r.max_ms,
+        r.sock_p50_ms,
+        r.sock_p99_ms,
+        r.first_p50_ms,
+        r.first_p99_ms,
         format!("{}/{}", r.complete, r.clients),
         r.slow_closed,
         r.slow_dropped_stats,
         r.duration_s,
         r.load,
     );
+    if r.unstamped > 0 {
+        println!(
+            "  ({} live deliveries carried no kernel receive time and are not in sock p50/p99)",
+            r.unstamped
+        );
+    }
 }
 
 fn run_header() {
     println!(
-        "{:<28} {:>6} {:>3} {:>6} {:>8} {:>9} {:>9} {:>10} {:>8} {:>8} {:>8} {:>11} {:>11} {:>6} load",
+        "{:<28} {:>6} {:>3} {:>6} {:>8} {:>9} {:>9} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>11} {:>11} {:>6} load",
         "run",
         "subs",
         "deb",
@@ -794,6 +927,10 @@ fn run_header() {
         "p50 ms",
         "p99 ms",
         "max ms",
+        "sock p50",
+        "sock p99",
+        "1st p50",
+        "1st p99",
         "complete",
         "4008/stats",
         "secs"
@@ -963,6 +1100,9 @@ async fn main() {
     );
     println!(
         "   latency = receipt − event timestamp, over every live durable delivery; frames/s counts token deltas too"
+    );
+    println!(
+        "   p50/p99/max: after the client parsed the frame; sock p50/p99: when the frame reached the client's socket (kernel receive time); 1st p50/p99: per event, the first client to get it (the part before the fan-out)"
     );
     run_header();
     for r in &fanout {
