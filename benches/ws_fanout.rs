@@ -16,11 +16,12 @@
 //! 3. Event-rate steps with 1,000 clients: faster agents, more seats, then several concurrent
 //!    debates each watched by every client, until a step drops a slow client (4008).
 //!
-//! Load generator and server share the machine, so each latency is given twice: at the
-//! client's socket (the kernel's receive time of the bytes that completed the frame, read
-//! with `SO_TIMESTAMPNS`: what the server's fan-out took) and after the client read and
-//! parsed the frame (which adds the client's own scheduling behind thousands of other
-//! clients on the same cores). Method and recorded numbers: docs/benchmarks.md.
+//! Load generator and server share the machine, so each latency is given three ways: after
+//! the client read and parsed the frame (which adds the client's own scheduling behind
+//! thousands of other clients on the same cores), at the client's socket (the kernel's
+//! receive time of the bytes that completed the frame, read with `SO_TIMESTAMPNS`: what the
+//! server's fan-out took), and per event for the first client to get it (the part before
+//! the fan-out). Method and recorded numbers: docs/benchmarks.md.
 
 use std::collections::HashMap;
 use std::io;
