@@ -2,7 +2,8 @@
 //! its resident memory (`/proc/<pid>/status` VmRSS) is measured alone.
 //!
 //! Run: `cargo bench --bench ws_fanout` (release build; about 4–6 minutes on 2 cores).
-//! Set `WS_BENCH_QUICK=1` for a smoke run with small numbers.
+//! Set `WS_BENCH_QUICK=1` for a smoke run with small numbers, and `WS_BENCH_BIN=<path>` to
+//! run another build of the server (an A/B against a baseline binary in the same run).
 //!
 //! 1. Memory per idle connection: server RSS before and after opening N idle connections
 //!    (each has received `connection_info`), and after each of them subscribed to one finished
@@ -152,7 +153,8 @@ impl Server {
         // stdout/stderr to files: an undrained pipe would block the server.
         let out = std::fs::File::create(dir.join("stdout.log")).unwrap();
         let err = std::fs::File::create(dir.join("stderr.log")).unwrap();
-        let child = Command::new(BIN)
+        let bin = std::env::var("WS_BENCH_BIN").unwrap_or_else(|_| BIN.to_owned());
+        let child = Command::new(bin)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("ARAGORA_DATA_DIR", dir.join("data"))

@@ -370,9 +370,13 @@ impl SqliteStore {
             }
         }
         let (min, max) = pool_bounds(&pool);
+        // No ping before each checkout: an embedded database has no server to lose, and the
+        // ping is one more round trip to the connection's thread per statement group, each of
+        // which can wait behind a WebSocket fan-out (docs/benchmarks.md).
         let pool_opts = SqlitePoolOptions::new()
             .min_connections(min)
             .max_connections(max)
+            .test_before_acquire(false)
             .acquire_timeout(pool.acquire_timeout);
         if in_memory {
             // A shared in-memory database lives only while a connection holds it open. Its
@@ -393,6 +397,7 @@ impl SqliteStore {
         let writer = SqlitePoolOptions::new()
             .min_connections(1)
             .max_connections(1)
+            .test_before_acquire(false)
             .acquire_timeout(pool.acquire_timeout)
             .connect_with(opts.clone())
             .await?;

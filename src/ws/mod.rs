@@ -13,6 +13,7 @@ mod connection;
 pub mod fanout;
 pub mod hub;
 mod subscription;
+mod wave;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

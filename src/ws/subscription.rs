@@ -11,6 +11,8 @@
 //! receiver and its cursor to the connection ([`Out::Live`], queued behind its last event).
 //! From then on the connection task itself reads the receiver and writes each live event to
 //! the socket ([`Live`] applies the seq rules), one wake-up per watcher per batch of events.
+//! It waits for events in the debate's wave (see `wave`), which wakes the watchers a window
+//! at a time.
 //! A gap, a lagging receiver or a resync signal sends the subscription back to a catch-up
 //! with a fresh receiver (taken before that store read) and the same cursor.
 
@@ -20,14 +22,15 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
 
 use axum::extract::ws::Utf8Bytes;
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use serde_json::json;
+use tokio::sync::broadcast::error::TryRecvError;
 use tokio::sync::{broadcast, mpsc};
-use tokio_stream::wrappers::BroadcastStream;
 use tokio_util::sync::CancellationToken;
 
 use super::connection::error_frame;
 use super::fanout::{Fan, Outgoing};
+use super::wave::{self, Wave};
 use super::{WsContext, WsHub};
 use crate::auth::Principal;
 use crate::bus::LiveEvent;
@@ -84,16 +87,15 @@ impl Drop for Registration {
 /// dropped before the registration releases the channel.
 pub struct Watch {
     rx: broadcast::Receiver<Fan>,
+    wave: Arc<Wave>,
     reg: Registration,
 }
 
 impl Watch {
     /// Take the debate's live receiver now (before any store read that relies on it).
     pub fn subscribe(reg: Registration) -> Self {
-        Watch {
-            rx: reg.hub.fanout.subscribe(&reg.debate_id),
-            reg,
-        }
+        let (rx, wave) = reg.hub.fanout.subscribe(&reg.debate_id);
+        Watch { rx, wave, reg }
     }
 
     pub fn id(&self) -> u64 {
@@ -142,9 +144,10 @@ pub enum Step {
 }
 
 /// The live phase of a subscription, polled by its connection task: the debate's receiver and
-/// the last durable seq handed to the writer.
+/// the last durable seq handed to the writer. Field order matters: the receiver is dropped
+/// before the registration releases the channel.
 pub struct Live {
-    events: BroadcastStream<Fan>,
+    events: wave::Receiver<Fan>,
     debate_id: Arc<str>,
     cursor: i64,
     /// Set once it asked for a catch-up; it yields nothing more (the connection removes it).
@@ -155,11 +158,11 @@ pub struct Live {
 impl Live {
     pub fn new(handoff: Handoff) -> Self {
         let Handoff {
-            watch: Watch { rx, reg },
+            watch: Watch { rx, wave, reg },
             cursor,
         } = handoff;
         Live {
-            events: BroadcastStream::new(rx),
+            events: wave::Receiver::new(rx, &wave),
             debate_id: reg.debate_id.clone(),
             cursor,
             halted: false,
@@ -201,10 +204,15 @@ impl Stream for Live {
             return Poll::Pending;
         }
         loop {
-            let step = match ready!(this.events.poll_next_unpin(cx)) {
+            let fan = match ready!(this.events.poll_recv(cx)) {
+                Ok(fan) => fan,
                 // The channel is gone: the subscription ends.
-                None => return Poll::Ready(None),
-                Some(Ok(Fan::Event(event))) => match event.seq {
+                Err(TryRecvError::Closed) => return Poll::Ready(None),
+                // Fell behind the channel (the missed events are in the store).
+                Err(_) => Fan::Resync,
+            };
+            let step = match fan {
+                Fan::Event(event) => match event.seq {
                     Some(seq) if seq <= this.cursor => continue,
                     Some(seq) if seq == this.cursor + 1 => {
                         this.cursor = seq;
@@ -222,7 +230,7 @@ impl Stream for Live {
                         mark: None,
                     }),
                 },
-                Some(Ok(Fan::Resync) | Err(_)) => Step::CatchUp { pending: None },
+                Fan::Resync => Step::CatchUp { pending: None },
             };
             if matches!(step, Step::CatchUp { .. }) {
                 this.halted = true;
