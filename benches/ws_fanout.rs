@@ -22,7 +22,8 @@
 //! thousands of other clients on the same cores), at the client's socket (the kernel's
 //! receive time of the bytes that completed the frame, read with `SO_TIMESTAMPNS`: what the
 //! server's fan-out took), and per event for the first client to get it (the part before
-//! the fan-out). Method and recorded numbers: docs/benchmarks.md.
+//! the fan-out). Each run also gives the CPU per frame written, of the server and of the
+//! clients. Method and recorded numbers: docs/benchmarks.md.
 
 use std::collections::HashMap;
 use std::io;
@@ -664,6 +665,21 @@ fn load() -> String {
         .join(" ")
 }
 
+/// CPU time (user + system) process `pid` has used so far, from `/proc/<pid>/stat`, in
+/// clock ticks of USER_HZ (100 per second on Linux).
+fn cpu_of(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the command name's closing parenthesis the first field is the state (field 3),
+    // so utime and stime (fields 14 and 15) are the 12th and 13th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let tick = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    Duration::from_millis((tick(11) + tick(12)) * 10)
+}
+
 async fn settle() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
 }
@@ -751,6 +767,9 @@ struct RunResult {
     slow_dropped_stats: u64,
     load: String,
     duration_s: f64,
+    /// CPU per frame written, µs: the server's and this process's (the clients').
+    server_us_per_frame: f64,
+    clients_us_per_frame: f64,
 }
 
 fn pct(sorted: &[u32], p: f64) -> f64 {
@@ -786,6 +805,7 @@ async fn fanout_run(
     // Let the replay of `debate_queued` reach everyone.
     settle().await;
     let go = Utc::now();
+    let (server_cpu, clients_cpu) = (cpu_of(server.child.id()), cpu_of(std::process::id()));
     clients
         .shared
         .live_from_us
@@ -800,6 +820,8 @@ async fn fanout_run(
         )
         .await;
     let duration_s = started.elapsed().as_secs_f64();
+    let server_cpu = cpu_of(server.child.id()) - server_cpu;
+    let clients_cpu = cpu_of(std::process::id()) - clients_cpu;
     for id in &ids {
         server
             .wait_status(id, |s| !matches!(s, "queued" | "running"))
@@ -882,12 +904,14 @@ async fn fanout_run(
             - stats_before["slow_clients_dropped"].as_u64().unwrap_or(0),
         load: load(),
         duration_s,
+        server_us_per_frame: server_cpu.as_secs_f64() * 1e6 / frames.max(1) as f64,
+        clients_us_per_frame: clients_cpu.as_secs_f64() * 1e6 / frames.max(1) as f64,
     }
 }
 
 fn print_run(label: &str, r: &RunResult) {
     println!(
-        "{label:<28} {:>6} {:>3} {:>6} {:>8.0} {:>9.0} {:>9} {:>10.0} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>9.1} {:>9.1} {:>11} {:>5}/{:<5} {:>6.1} {}",
+        "{label:<28} {:>6} {:>3} {:>6} {:>8.0} {:>9.0} {:>9} {:>10.0} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>9.1} {:>9.1} {:>11} {:>5}/{:<5} {:>6.1} {:>7.1} {:>7.1} {}",
         r.clients,
         r.debates,
         r.events,
@@ -906,6 +930,8 @@ fn print_run(label: &str, r: &RunResult) {
         r.slow_closed,
         r.slow_dropped_stats,
         r.duration_s,
+        r.server_us_per_frame,
+        r.clients_us_per_frame,
         r.load,
     );
     if r.unstamped > 0 {
@@ -918,7 +944,7 @@ fn print_run(label: &str, r: &RunResult) {
 
 fn run_header() {
     println!(
-        "{:<28} {:>6} {:>3} {:>6} {:>8} {:>9} {:>9} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>11} {:>11} {:>6} load",
+        "{:<28} {:>6} {:>3} {:>6} {:>8} {:>9} {:>9} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>11} {:>11} {:>6} {:>7} {:>7} load",
         "run",
         "subs",
         "deb",
@@ -936,7 +962,9 @@ fn run_header() {
         "1st p99",
         "complete",
         "4008/stats",
-        "secs"
+        "secs",
+        "srv µs",
+        "cli µs"
     );
 }
 
@@ -1106,6 +1134,9 @@ async fn main() {
     );
     println!(
         "   p50/p99/max: after the client parsed the frame; sock p50/p99: when the frame reached the client's socket (kernel receive time); 1st p50/p99: per event, the first client to get it (the part before the fan-out)"
+    );
+    println!(
+        "   srv µs / cli µs: CPU per frame written, of the server and of this process's clients, from release to the last client's debate_end (10-ms ticks)"
     );
     run_header();
     for r in &fanout {
