@@ -825,8 +825,8 @@ async fn fanout_run(
         )
         .await;
     let duration_s = started.elapsed().as_secs_f64();
-    let server_cpu = cpu_of(server.child.id()) - server_cpu;
-    let clients_cpu = cpu_of(std::process::id()) - clients_cpu;
+    let server_cpu = cpu_of(server.child.id()).saturating_sub(server_cpu);
+    let clients_cpu = cpu_of(std::process::id()).saturating_sub(clients_cpu);
     for id in &ids {
         server
             .wait_status(id, |s| !matches!(s, "queued" | "running"))
