@@ -42,11 +42,30 @@ struct Channel {
 }
 
 impl Channel {
-    /// Send, then wake the watchers (a window now, the rest in turn). True while some still
-    /// wait for their turn.
-    fn send(&self, fan: Fan) -> bool {
+    /// Send, then wake the watchers (a window now, the rest in turn). The wave, while some
+    /// still wait for their turn.
+    fn send(&self, fan: Fan) -> Option<Arc<Wave>> {
         let _ = self.tx.send(fan);
-        self.wave.ring()
+        self.wave.ring().then(|| self.wave.clone())
+    }
+}
+
+/// Waves with watchers still waiting for their turn: the dispatcher checks them for a stall.
+#[derive(Default)]
+struct OpenWaves(Vec<Arc<Wave>>);
+
+impl OpenWaves {
+    fn add(&mut self, wave: Option<Arc<Wave>>) {
+        if let Some(w) = wave
+            && !self.0.iter().any(|o| Arc::ptr_eq(o, &w))
+        {
+            self.0.push(w);
+        }
+    }
+
+    /// Release stalled windows; keep the waves that still have watchers waiting.
+    fn unstick(&mut self) {
+        self.0.retain(|w| w.unstick());
     }
 }
 
@@ -85,68 +104,146 @@ impl Fanout {
         self.channels.lock().len()
     }
 
-    /// True while some watchers of the debate wait for their turn.
-    fn route(&self, event: &LiveEvent) -> bool {
-        let Some(channel) = self.channels.lock().get(&event.debate_id).cloned() else {
-            return false;
-        };
-        let Ok(json) = serde_json::to_string(event) else {
-            return false;
-        };
+    /// The debate's wave, while some of its watchers wait for their turn.
+    fn route(&self, event: &LiveEvent) -> Option<Arc<Wave>> {
+        let channel = self.channels.lock().get(&event.debate_id).cloned()?;
+        let json = serde_json::to_string(event).ok()?;
         channel.send(Fan::Event(Outgoing {
             seq: event.seq,
             json: json.into(),
         }))
     }
 
-    fn resync_all(&self) -> bool {
+    fn resync_all(&self, open: &mut OpenWaves) {
         let channels: Vec<Channel> = self.channels.lock().values().cloned().collect();
-        let mut open = false;
         for c in channels {
-            open |= c.send(Fan::Resync);
+            open.add(c.send(Fan::Resync));
         }
-        open
-    }
-
-    /// Release stalled windows; true while some watchers still wait for their turn.
-    fn unstick_all(&self) -> bool {
-        let waves: Vec<Arc<Wave>> = self
-            .channels
-            .lock()
-            .values()
-            .map(|c| c.wave.clone())
-            .collect();
-        let mut open = false;
-        for w in waves {
-            open |= w.unstick();
-        }
-        open
     }
 
     /// Route bus events to debate channels until shutdown.
     pub async fn dispatch(self: Arc<Self>, bus: Arc<dyn EventBus>, shutdown: CancellationToken) {
         let mut rx = bus.subscribe();
-        // Some wave still has watchers waiting for their turn: check it for a stall.
-        let mut open = false;
+        let mut open = OpenWaves::default();
+        // One deadline for the stall check, not a fresh sleep per event: events arriving
+        // faster than the check period would otherwise postpone it for ever.
+        let check = tokio::time::sleep(wave::STALL);
+        tokio::pin!(check);
         loop {
             let next = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 n = rx.recv() => n,
-                _ = tokio::time::sleep(wave::STALL), if open => {
-                    open = self.unstick_all();
+                () = &mut check, if !open.0.is_empty() => {
+                    open.unstick();
+                    check.as_mut().reset(tokio::time::Instant::now() + wave::STALL);
                     continue;
                 }
             };
-            let waiting = match next {
-                Ok(event) if event.is_resync() => self.resync_all(),
-                Ok(event) => self.route(&event),
+            let was_idle = open.0.is_empty();
+            match next {
+                Ok(event) if event.is_resync() => self.resync_all(&mut open),
+                Ok(event) => open.add(self.route(&event)),
                 Err(RecvError::Lagged(missed)) => {
                     tracing::warn!(target: "aragora::ws", missed, "fan-out lagged behind the bus; watchers resync from the store");
-                    self.resync_all()
+                    self.resync_all(&mut open);
                 }
                 Err(RecvError::Closed) => return,
-            };
-            open |= waiting;
+            }
+            if was_idle && !open.0.is_empty() {
+                check
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + wave::STALL);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::LocalBus;
+    use std::time::Duration;
+
+    fn event(debate_id: &str, seq: i64) -> LiveEvent {
+        LiveEvent {
+            kind: "agent_message".into(),
+            debate_id: debate_id.into(),
+            seq: Some(seq),
+            timestamp: chrono::Utc::now(),
+            round: Some(1),
+            agent: None,
+            data: serde_json::json!({"n": seq}),
+            ephemeral: false,
+        }
+    }
+
+    /// Through the real dispatcher, with events published faster than the stall check's
+    /// period: a full window of watchers that stopped reading still holds nobody back.
+    /// Each reader takes the first `EVENTS`, in order, with none missing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stuck_watchers_do_not_hold_back_the_others_while_events_keep_coming() {
+        const EVENTS: i64 = 200;
+        let fanout = Arc::new(Fanout::default());
+        let bus = Arc::new(LocalBus::new(4096));
+        let shutdown = CancellationToken::new();
+        let dispatcher = tokio::spawn(fanout.clone().dispatch(bus.clone(), shutdown.clone()));
+        let mut stuck = Vec::new();
+        for _ in 0..wave::WINDOW {
+            let (rx, wave) = fanout.subscribe("d1");
+            let mut r = wave::Receiver::new(rx, &wave);
+            stuck.push(tokio::spawn(async move {
+                std::future::poll_fn(|cx| {
+                    assert!(r.poll_recv(cx).is_pending());
+                    std::task::Poll::Ready(())
+                })
+                .await;
+                std::future::pending::<()>().await;
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut readers = tokio::task::JoinSet::new();
+        for _ in 0..20 {
+            let (rx, wave) = fanout.subscribe("d1");
+            let mut r = wave::Receiver::new(rx, &wave);
+            readers.spawn(async move {
+                let mut seqs = Vec::new();
+                while seqs.len() < EVENTS as usize {
+                    match std::future::poll_fn(|cx| r.poll_recv(cx)).await {
+                        Ok(Fan::Event(e)) => seqs.push(e.seq.unwrap()),
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+                seqs
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // About one event per millisecond until the readers are done: the bus never stays
+        // quiet for a stall period, so only a check that events do not postpone releases
+        // the stuck window.
+        let publishing = CancellationToken::new();
+        let publisher = {
+            let (bus, publishing) = (bus.clone(), publishing.clone());
+            tokio::spawn(async move {
+                let mut seq = 0;
+                while !publishing.is_cancelled() {
+                    seq += 1;
+                    bus.publish(event("d1", seq));
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            })
+        };
+        let all = tokio::time::timeout(Duration::from_secs(60), readers.join_all())
+            .await
+            .expect("every reader gets its events while events keep coming");
+        publishing.cancel();
+        publisher.await.unwrap();
+        for seqs in all {
+            assert_eq!(seqs, (1..=EVENTS).collect::<Vec<_>>());
+        }
+        shutdown.cancel();
+        dispatcher.await.unwrap();
+        for s in stuck {
+            s.abort();
         }
     }
 }
