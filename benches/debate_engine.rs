@@ -63,9 +63,6 @@ const LEVEL_DEADLINE: Duration = Duration::from_secs(180);
 /// Set in the child process that runs one part-2 level.
 const CHILD_ENV: &str = "DEBATE_BENCH_LEVEL";
 
-/// Linux reports utime/stime in USER_HZ ticks, 100 per second on every supported arch.
-const CLOCK_TICKS_PER_SEC: f64 = 100.0;
-
 #[tokio::main]
 async fn main() {
     aragora::agents::http::install_crypto_provider();
@@ -781,20 +778,9 @@ fn config_for(dir: &std::path::Path, extra: &[(&str, &str)]) -> Config {
     .unwrap()
 }
 
-/// utime + stime of the whole process (all threads), from /proc/self/stat.
+/// utime + stime of this whole process (all threads).
 fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // `rest` starts at field 3 (state), so field k is at index k - 3.
-    (ticks(14 - 3) + ticks(15 - 3)) as f64 / CLOCK_TICKS_PER_SEC
+    support::cpu_seconds_of(std::process::id())
 }
 
 /// A /proc/self/status figure in bytes (`VmRSS:`, `VmHWM:`).

@@ -51,7 +51,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 mod support;
-use support::free_port;
+use support::{cpu_seconds_of, free_port};
 
 const BIN: &str = env!("CARGO_BIN_EXE_aragora");
 /// Workers in the server, all but the released ones held by never-ending "blocker" debates.
@@ -665,26 +665,6 @@ fn load() -> String {
         .join(" ")
 }
 
-/// CPU time (user + system) process `pid` has used so far, from `/proc/<pid>/stat`, in
-/// clock ticks of USER_HZ (100 per second on Linux).
-fn cpu_of(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // After the command name's closing parenthesis the first field is the state (field 3),
-    // so utime and stime (fields 14 and 15) are the 12th and 13th.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace()
-        .collect();
-    let tick = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    Duration::from_millis((tick(11) + tick(12)) * 10)
-}
-
 async fn settle() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
 }
@@ -810,7 +790,10 @@ async fn fanout_run(
     // Let the replay of `debate_queued` reach everyone.
     settle().await;
     let go = Utc::now();
-    let (server_cpu, clients_cpu) = (cpu_of(server.child.id()), cpu_of(std::process::id()));
+    let (server_cpu, clients_cpu) = (
+        cpu_seconds_of(server.child.id()),
+        cpu_seconds_of(std::process::id()),
+    );
     clients
         .shared
         .live_from_us
@@ -825,8 +808,8 @@ async fn fanout_run(
         )
         .await;
     let duration_s = started.elapsed().as_secs_f64();
-    let server_cpu = cpu_of(server.child.id()).saturating_sub(server_cpu);
-    let clients_cpu = cpu_of(std::process::id()).saturating_sub(clients_cpu);
+    let server_cpu = cpu_seconds_of(server.child.id()) - server_cpu;
+    let clients_cpu = cpu_seconds_of(std::process::id()) - clients_cpu;
     for id in &ids {
         server
             .wait_status(id, |s| !matches!(s, "queued" | "running"))
@@ -909,8 +892,8 @@ async fn fanout_run(
             - stats_before["slow_clients_dropped"].as_u64().unwrap_or(0),
         load: load(),
         duration_s,
-        server_us_per_frame: server_cpu.as_secs_f64() * 1e6 / frames.max(1) as f64,
-        clients_us_per_frame: clients_cpu.as_secs_f64() * 1e6 / frames.max(1) as f64,
+        server_us_per_frame: server_cpu * 1e6 / frames.max(1) as f64,
+        clients_us_per_frame: clients_cpu * 1e6 / frames.max(1) as f64,
     }
 }
 

@@ -71,3 +71,22 @@ pub async fn drop_schema(base: &str, schema: &str) {
         admin.close().await;
     }
 }
+
+/// CPU seconds (user + system, all threads) process `pid` has used so far, from
+/// `/proc/<pid>/stat`; 0 if it cannot be read.
+pub fn cpu_seconds_of(pid: u32) -> f64 {
+    /// USER_HZ: the unit of utime and stime, 100 on Linux.
+    const CLOCK_TICKS_PER_SEC: f64 = 100.0;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name: `rest` starts at field 3 (state), so
+    // field k is at index k - 3; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (ticks(14 - 3) + ticks(15 - 3)) as f64 / CLOCK_TICKS_PER_SEC
+}

@@ -190,15 +190,7 @@ mod tests {
         let mut stuck = Vec::new();
         for _ in 0..wave::WINDOW {
             let (rx, wave) = fanout.subscribe("d1");
-            let mut r = wave::Receiver::new(rx, &wave);
-            stuck.push(tokio::spawn(async move {
-                std::future::poll_fn(|cx| {
-                    assert!(r.poll_recv(cx).is_pending());
-                    std::task::Poll::Ready(())
-                })
-                .await;
-                std::future::pending::<()>().await;
-            }));
+            stuck.push(wave::spawn_stuck(wave::Receiver::new(rx, &wave)));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
         let mut readers = tokio::task::JoinSet::new();

@@ -82,13 +82,11 @@ impl State {
         }
     }
 
-    /// `id` no longer waits: if it held a slot, the next in line gets it.
-    fn done(&mut self, previous: Option<Turn>) {
-        if let Some(Turn::Woken) = previous {
-            self.woken -= 1;
-            self.progress = Some(Instant::now());
-            self.advance();
-        }
+    /// A woken member no longer holds its slot: the next in line gets it.
+    fn hand_on(&mut self) {
+        self.woken -= 1;
+        self.progress = Some(Instant::now());
+        self.advance();
     }
 }
 
@@ -176,7 +174,7 @@ impl Member {
             Some(turn @ Turn::Woken) => {
                 *turn = Turn::Parked(waker.clone());
                 state.parked.push(self.id);
-                state.done(Some(Turn::Woken));
+                state.hand_on();
             }
             None => {
                 state.members.insert(self.id, Turn::Parked(waker.clone()));
@@ -188,8 +186,9 @@ impl Member {
     /// The watcher read an event after parking: it no longer waits.
     pub fn arrived(&self) {
         let mut state = self.wave.state.lock();
-        let previous = state.members.remove(&self.id);
-        state.done(previous);
+        if let Some(Turn::Woken) = state.members.remove(&self.id) {
+            state.hand_on();
+        }
     }
 }
 
@@ -223,18 +222,16 @@ impl<T: Clone> Receiver<T> {
         loop {
             match self.rx.try_recv() {
                 Err(TryRecvError::Empty) => {
-                    if self.parked {
-                        // Parked already, and still nothing: this may be the wake-up of a
-                        // ring for an event it had read before the ring. Parking again
-                        // hands that turn on and waits for the next ring (keeping the place
-                        // if it is still queued).
-                        self.member.park(cx.waker());
+                    // Parked already, and still nothing: this may be the wake-up of a ring
+                    // for an event it had read before the ring; parking again hands that
+                    // turn on and waits for the next ring (keeping the place if it is still
+                    // queued).
+                    self.member.park(cx.waker());
+                    if std::mem::replace(&mut self.parked, true) {
                         return Poll::Pending;
                     }
-                    // Park, then read once more: an event sent before the park is read now,
-                    // one sent after it rings this waker.
-                    self.member.park(cx.waker());
-                    self.parked = true;
+                    // Just parked: read once more. An event sent before the park is read
+                    // now, one sent after it rings this waker.
                 }
                 other => {
                     if std::mem::take(&mut self.parked) {
@@ -245,6 +242,22 @@ impl<T: Clone> Receiver<T> {
             }
         }
     }
+}
+
+/// A watcher that stopped reading, for tests: it parks on its first poll (nothing may have
+/// been sent yet), then ignores every wake-up while keeping its place.
+#[cfg(test)]
+pub(super) fn spawn_stuck<T: Clone + Send + 'static>(
+    mut r: Receiver<T>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        std::future::poll_fn(|cx| {
+            assert!(r.poll_recv(cx).is_pending());
+            Poll::Ready(())
+        })
+        .await;
+        std::future::pending::<()>().await;
+    })
 }
 
 #[cfg(test)]
@@ -410,16 +423,7 @@ mod tests {
         // clients that stopped reading. Only the stall release gets past them.
         let mut stuck = Vec::new();
         for _ in 0..WINDOW + 3 {
-            let mut r = Receiver::new(tx.subscribe(), &wave);
-            stuck.push(tokio::spawn(async move {
-                // Parks on the first poll (nothing sent yet), then ignores its wake-up.
-                std::future::poll_fn(|cx| {
-                    assert!(r.poll_recv(cx).is_pending());
-                    Poll::Ready(())
-                })
-                .await;
-                std::future::pending::<()>().await;
-            }));
+            stuck.push(spawn_stuck(Receiver::new(tx.subscribe(), &wave)));
         }
         while wave.waiting() < WINDOW + 3 {
             tokio::task::yield_now().await;
