@@ -142,6 +142,16 @@ fn is_busy(err: &sqlx::Error) -> bool {
         .is_some_and(|c| matches!(c & 0xff, 5 | 6))
 }
 
+/// The rows of one multi-row statement, padded with empty rows (`None`, bound as NULLs the
+/// statement filters out) to the next power of two. The statement's text then takes one of a
+/// few shapes, each prepared once and kept in the connection's statement cache; a text for
+/// every row count was parsed and planned anew for almost every group, 12 % of the writer
+/// thread's time at 3,000 debates (docs/benchmarks.md).
+fn padded<T>(rows: &[T]) -> impl Iterator<Item = Option<&T>> {
+    let pad = rows.len().next_power_of_two() - rows.len();
+    rows.iter().map(Some).chain(std::iter::repeat_n(None, pad))
+}
+
 /// A step to append, borrowed: from a [`StepWrite`] of a group, or from the arguments of a
 /// lone [`Store::append_step`].
 struct StepRef<'a> {
@@ -172,10 +182,11 @@ impl SqliteStore {
         &self,
         steps: &[StepRef<'_>],
     ) -> StoreResult<Vec<StoreResult<Vec<StoredEvent>>>> {
-        /// Rows per statement, under SQLite's 32,766 bound parameters.
-        const STEPS_PER_STATEMENT: usize = 2_000;
-        const EVENTS_PER_STATEMENT: usize = 4_000;
-        const USAGE_PER_STATEMENT: usize = 3_000;
+        /// Rows per statement: powers of two (see [`padded`]), under SQLite's 32,766 bound
+        /// parameters.
+        const STEPS_PER_STATEMENT: usize = 1_024;
+        const EVENTS_PER_STATEMENT: usize = 1_024;
+        const USAGE_PER_STATEMENT: usize = 1_024;
         let live: Vec<&StepRef<'_>> = steps.iter().filter(|s| !s.events.is_empty()).collect();
         if live.is_empty() {
             return Ok(steps.iter().map(|_| Ok(Vec::new())).collect());
@@ -188,11 +199,12 @@ impl SqliteStore {
         for chunk in live.chunks(STEPS_PER_STATEMENT) {
             let mut qb: QueryBuilder<Sqlite> =
                 QueryBuilder::new("WITH v(id, n, owner, generation) AS (");
-            qb.push_values(chunk, |mut row, s| {
-                row.push_bind(s.debate_id)
-                    .push_bind(s.events.len() as i64)
-                    .push_bind(s.lease.map(|l| l.owner.as_str()))
-                    .push_bind(s.lease.map_or(0, |l| l.generation));
+            // Padding rows have no id, so they match no debate.
+            qb.push_values(padded(chunk), |mut row, s| {
+                row.push_bind(s.map(|s| s.debate_id))
+                    .push_bind(s.map(|s| s.events.len() as i64))
+                    .push_bind(s.and_then(|s| s.lease.map(|l| l.owner.as_str())))
+                    .push_bind(s.map(|s| s.lease.map_or(0, |l| l.generation)));
             });
             qb.push(
                 ") UPDATE debates SET last_seq = debates.last_seq + v.n FROM v \
@@ -220,37 +232,40 @@ impl SqliteStore {
             .collect();
         for chunk in events.chunks(EVENTS_PER_STATEMENT) {
             let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO debate_events (debate_id, seq, kind, round, agent, data, created_at) ",
+                "INSERT INTO debate_events (debate_id, seq, kind, round, agent, data, created_at) \
+                 SELECT * FROM (",
             );
-            qb.push_values(chunk, |mut row, (s, seq, e)| {
-                row.push_bind(s.debate_id)
-                    .push_bind(*seq)
-                    .push_bind(e.kind.as_str())
-                    .push_bind(e.round)
-                    .push_bind(e.agent.as_deref())
-                    .push_bind(Json(&e.data))
-                    .push_bind(at.as_str());
+            qb.push_values(padded(chunk), |mut row, r| {
+                row.push_bind(r.map(|(s, _, _)| s.debate_id))
+                    .push_bind(r.map(|(_, seq, _)| *seq))
+                    .push_bind(r.map(|(_, _, e)| e.kind.as_str()))
+                    .push_bind(r.and_then(|(_, _, e)| e.round))
+                    .push_bind(r.and_then(|(_, _, e)| e.agent.as_deref()))
+                    .push_bind(r.map(|(_, _, e)| Json(&e.data)))
+                    .push_bind(r.map(|_| at.as_str()));
             });
+            qb.push(") WHERE column1 IS NOT NULL");
             qb.build().execute(&mut *tx).await?;
         }
         let usage: Vec<&NewUsage> = written.iter().flat_map(|s| s.usage).collect();
         for chunk in usage.chunks(USAGE_PER_STATEMENT) {
             let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
                 "INSERT INTO usage (principal_id, debate_id, agent, provider, model, \
-                 input_tokens, output_tokens, estimated, cost_usd, created_at) ",
+                 input_tokens, output_tokens, estimated, cost_usd, created_at) SELECT * FROM (",
             );
-            qb.push_values(chunk, |mut row, u| {
-                row.push_bind(u.principal_id.as_str())
-                    .push_bind(u.debate_id.as_deref())
-                    .push_bind(u.agent.as_str())
-                    .push_bind(u.provider.as_str())
-                    .push_bind(u.model.as_str())
-                    .push_bind(u.input_tokens)
-                    .push_bind(u.output_tokens)
-                    .push_bind(u.estimated)
-                    .push_bind(u.cost_usd)
-                    .push_bind(at.as_str());
+            qb.push_values(padded(chunk), |mut row, u| {
+                row.push_bind(u.map(|u| u.principal_id.as_str()))
+                    .push_bind(u.and_then(|u| u.debate_id.as_deref()))
+                    .push_bind(u.map(|u| u.agent.as_str()))
+                    .push_bind(u.map(|u| u.provider.as_str()))
+                    .push_bind(u.map(|u| u.model.as_str()))
+                    .push_bind(u.map(|u| u.input_tokens))
+                    .push_bind(u.map(|u| u.output_tokens))
+                    .push_bind(u.map(|u| u.estimated))
+                    .push_bind(u.map(|u| u.cost_usd))
+                    .push_bind(u.map(|_| at.as_str()));
             });
+            qb.push(") WHERE column1 IS NOT NULL");
             qb.build().execute(&mut *tx).await?;
         }
         // Why the others were refused: their debate is gone, or their lease moved on.
@@ -352,7 +367,15 @@ impl SqliteStore {
         let mut opts = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .foreign_keys(true)
-            .busy_timeout(BUSY_TIMEOUT);
+            .busy_timeout(BUSY_TIMEOUT)
+            // A grouped append's statement journal (the pages it would give back if it failed
+            // alone) stays in memory instead of spilling to a temporary file past 64 KiB: at
+            // 3,000 debates those writes were 15 % of the writer thread's time.
+            .pragma("temp_store", "memory")
+            // A checkpoint every 10,000 WAL pages (about 40 MB) instead of 1,000: the pages
+            // the appends keep rewriting (the debates' rows, the indexes' ends) are copied to
+            // the database file and synced once per checkpoint, so fewer checkpoints copy less.
+            .pragma("wal_autocheckpoint", "10000");
         if !in_memory {
             // WAL lets readers proceed while one writer commits; NORMAL is durable in WAL mode
             // except for the last transactions on power loss, which is the usual trade-off.
@@ -399,7 +422,8 @@ impl SqliteStore {
             .max_connections(1)
             .test_before_acquire(false)
             .acquire_timeout(pool.acquire_timeout)
-            .connect_with(opts.clone())
+            // Room for every write statement, the grouped appends' padded shapes included.
+            .connect_with(opts.clone().statement_cache_capacity(256))
             .await?;
         // The readers are opened read-only, so a write sent to them by mistake fails at once
         // ("attempt to write a readonly database") instead of contending with the writer.

@@ -199,6 +199,8 @@ suite! {
     the_group_commit_keeps_every_debates_log_whole_and_in_order =>
         sqlite_the_group_commit_keeps_every_debates_log_whole_and_in_order,
         postgres_the_group_commit_keeps_every_debates_log_whole_and_in_order;
+    groups_of_every_size_land_whole =>
+        sqlite_groups_of_every_size_land_whole, postgres_groups_of_every_size_land_whole;
 }
 
 fn ev(kind: &str) -> NewEvent {
@@ -851,6 +853,104 @@ async fn the_group_commit_keeps_every_debates_log_whole_and_in_order(s: &DynStor
         assert!(
             (s.debate_cost(&id).await.unwrap() - 0.5 * STEPS as f64).abs() < 1e-9,
             "{id}"
+        );
+    }
+}
+
+/// Groups of 1 to 7 steps, and one larger than a statement's rows (SQLite writes a group in
+/// statements of up to 1,024 rows, padded to a power of two): every event and usage row
+/// lands once, numbered in order, and nothing else is written.
+async fn groups_of_every_size_land_whole(s: &DynStore) {
+    for d in 0..7 {
+        s.create_debate(&new_debate(&format!("sz{d}"), None))
+            .await
+            .unwrap();
+    }
+    let claims = s.claim_debates("a", 7, TTL).await.unwrap();
+    let lease = |id: &str| {
+        claims
+            .iter()
+            .find(|c| c.record.id == id)
+            .unwrap()
+            .lease
+            .clone()
+    };
+    // Events and usage rows each debate should hold, in order.
+    let mut logs: Vec<Vec<serde_json::Value>> = vec![Vec::new(); 7];
+    let mut costs = [0.0f64; 7];
+    let mut next = 0;
+    for size in 1..=7 {
+        let steps: Vec<StepWrite> = (0..size)
+            .map(|d| {
+                let id = format!("sz{d}");
+                // 1 to 3 events and 0 to 2 usage rows, varying with the group and the debate.
+                let events: Vec<NewEvent> = (0..=(size + d) % 3)
+                    .map(|_| {
+                        next += 1;
+                        event(next)
+                    })
+                    .collect();
+                logs[d].extend(events.iter().map(|e| e.data.clone()));
+                let usage: Vec<NewUsage> = (0..(size * d) % 3)
+                    .map(|u| usage_row(&id, 0.125 * (u + 1) as f64))
+                    .collect();
+                costs[d] += usage.iter().map(|u| u.cost_usd).sum::<f64>();
+                step(&id, Some(&lease(&id)), events, usage)
+            })
+            .collect();
+        let refs: Vec<&StepWrite> = steps.iter().collect();
+        let results = s.append_steps(&refs).await.unwrap();
+        for (d, r) in results.iter().enumerate() {
+            let stored = r.as_ref().unwrap();
+            let end = logs[d].len() as i64;
+            assert_eq!(
+                stored.iter().map(|e| e.seq).collect::<Vec<_>>(),
+                (end - stored.len() as i64 + 1..=end).collect::<Vec<_>>(),
+                "group of {size}, debate sz{d}"
+            );
+        }
+    }
+    // One step of 1,100 events and 1,030 usage rows beside two small ones.
+    let big: Vec<NewEvent> = (0..1_100).map(|i| event(10_000 + i)).collect();
+    logs[0].extend(big.iter().map(|e| e.data.clone()));
+    let big_usage: Vec<NewUsage> = (0..1_030).map(|_| usage_row("sz0", 0.001)).collect();
+    costs[0] += 1_030.0 * 0.001;
+    logs[1].push(event(20_000).data);
+    logs[2].extend([event(20_001).data, event(20_002).data]);
+    let steps = [
+        step("sz1", Some(&lease("sz1")), vec![event(20_000)], vec![]),
+        step("sz0", Some(&lease("sz0")), big, big_usage),
+        step(
+            "sz2",
+            Some(&lease("sz2")),
+            vec![event(20_001), event(20_002)],
+            vec![],
+        ),
+    ];
+    let results = s
+        .append_steps(&steps.iter().collect::<Vec<_>>())
+        .await
+        .unwrap();
+    assert_eq!(results[1].as_ref().unwrap().len(), 1_100);
+    for d in 0..7 {
+        let id = format!("sz{d}");
+        let log = s.events_since(&id, 0, 5_000).await.unwrap();
+        assert_eq!(
+            log.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            (1..=logs[d].len() as i64).collect::<Vec<_>>(),
+            "{id}: every seq once, no gap"
+        );
+        assert_eq!(
+            log.into_iter().map(|e| e.data).collect::<Vec<_>>(),
+            logs[d],
+            "{id}: its own events, in order"
+        );
+        assert_eq!(s.last_seq(&id).await.unwrap(), logs[d].len() as i64);
+        assert!(
+            (s.debate_cost(&id).await.unwrap() - costs[d]).abs() < 1e-9,
+            "{id}: cost {} against {}",
+            s.debate_cost(&id).await.unwrap(),
+            costs[d]
         );
     }
 }
