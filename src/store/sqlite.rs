@@ -4,10 +4,11 @@ use std::path::Path;
 use std::str::FromStr;
 
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous, SqliteTransactionManager,
 };
 use sqlx::types::Json;
-use sqlx::{QueryBuilder, Sqlite};
+use sqlx::{Connection, QueryBuilder, Sqlite, TransactionManager};
 
 use super::*;
 
@@ -26,8 +27,176 @@ pub struct SqliteStore {
     /// writer at a time; with writers spread over a pool they contend for the lock and sleep
     /// in the busy handler (≈10 ms naps), or fail with SQLITE_BUSY after `BUSY_TIMEOUT`, while
     /// queueing here is an async wait in arrival order. Single statements run on it in
-    /// autocommit; multi-statement writes use [`SqliteStore::begin_write`].
-    writer: SqlitePool,
+    /// autocommit; multi-statement writes use [`WriteConn::begin`].
+    writer: Writer,
+}
+
+/// The write connection. For a database file it is held by the store itself, not pooled: a
+/// pool pings a connection each time it comes back, one more round trip to the connection's
+/// thread per write, and with one connection the pool only queued the writers, which the
+/// lock here does too, in arrival order. A shared in-memory database keeps its one pool for
+/// readers and writer alike (see [`SqliteStore::connect`]).
+enum Writer {
+    Held {
+        /// `None` only while a broken connection is being replaced.
+        conn: tokio::sync::Mutex<Option<SqliteConnection>>,
+        opts: Box<SqliteConnectOptions>,
+        /// How long a write waits for the connection before failing, as a pool's acquire.
+        wait: Duration,
+    },
+    Pooled(SqlitePool),
+}
+
+/// The write connection, taken for one write: deref to the connection.
+enum WriteConn<'a> {
+    Held(tokio::sync::MutexGuard<'a, Option<SqliteConnection>>),
+    Pooled(sqlx::pool::PoolConnection<Sqlite>),
+}
+
+impl std::ops::Deref for WriteConn<'_> {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        match self {
+            WriteConn::Held(g) => g.as_ref().expect("the writer holds a connection"),
+            WriteConn::Pooled(c) => c,
+        }
+    }
+}
+
+impl std::ops::DerefMut for WriteConn<'_> {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        match self {
+            WriteConn::Held(g) => g.as_mut().expect("the writer holds a connection"),
+            WriteConn::Pooled(c) => c,
+        }
+    }
+}
+
+impl Writer {
+    /// Take the write connection, waiting in arrival order (at most `wait`); a held one that
+    /// was dropped after a failure is opened again here.
+    async fn take(&self) -> StoreResult<WriteConn<'_>> {
+        match self {
+            Writer::Held { conn, opts, wait } => {
+                let mut guard = tokio::time::timeout(*wait, conn.lock())
+                    .await
+                    .map_err(|_| sqlx::Error::PoolTimedOut)?;
+                if guard.is_none() {
+                    *guard = Some(
+                        tokio::time::timeout(*wait, SqliteConnection::connect_with(opts))
+                            .await
+                            .map_err(|_| sqlx::Error::PoolTimedOut)??,
+                    );
+                }
+                Ok(WriteConn::Held(guard))
+            }
+            Writer::Pooled(pool) => Ok(WriteConn::Pooled(pool.acquire().await?)),
+        }
+    }
+
+    async fn close(&self) {
+        match self {
+            Writer::Held { conn, .. } => {
+                if let Some(c) = conn.lock().await.take() {
+                    let _ = sqlx::Connection::close(c).await;
+                }
+            }
+            Writer::Pooled(pool) => pool.close().await,
+        }
+    }
+}
+
+impl<'a> WriteConn<'a> {
+    /// A write transaction on this connection. BEGIN IMMEDIATE takes the write lock up front
+    /// (waiting via busy_timeout), so nothing inside can interleave with another writer; a
+    /// database still busy after that is retried a few times.
+    async fn begin(mut self, writer: &'a Writer) -> StoreResult<WriteTx<'a>> {
+        let mut attempts = 0u64;
+        let mut reset = false;
+        loop {
+            match SqliteTransactionManager::begin(&mut self, Some("BEGIN IMMEDIATE".into())).await {
+                Ok(()) => {
+                    return Ok(WriteTx {
+                        conn: self,
+                        open: true,
+                    });
+                }
+                Err(e) if is_busy(&e) && attempts < 5 => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(10 * attempts)).await;
+                }
+                // A commit that failed (a full disk) leaves sqlx believing the writer
+                // connection is still inside a transaction, and every later BEGIN is refused:
+                // replace that connection with a fresh one.
+                Err(sqlx::Error::InvalidSavePointStatement) if !reset => {
+                    reset = true;
+                    tracing::warn!(target: "aragora::store", "the SQLite writer connection was left inside a failed transaction; reopening it");
+                    self = self.reopen(writer).await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// This connection closed and a fresh one in its place.
+    async fn reopen(self, writer: &'a Writer) -> StoreResult<WriteConn<'a>> {
+        match self {
+            WriteConn::Held(mut guard) => {
+                if let Some(old) = guard.take() {
+                    let _ = sqlx::Connection::close(old).await;
+                }
+                drop(guard);
+                writer.take().await
+            }
+            WriteConn::Pooled(conn) => {
+                let _ = sqlx::Connection::close(conn.detach()).await;
+                writer.take().await
+            }
+        }
+    }
+}
+
+/// A write transaction holding the write connection: rolled back when dropped without
+/// [`WriteTx::commit`] (the rollback is queued to the connection before anything else can
+/// use it). Deref to the connection to run statements in it.
+struct WriteTx<'a> {
+    conn: WriteConn<'a>,
+    open: bool,
+}
+
+impl WriteTx<'_> {
+    async fn commit(mut self) -> sqlx::Result<()> {
+        SqliteTransactionManager::commit(&mut self.conn).await?;
+        self.open = false;
+        Ok(())
+    }
+
+    async fn rollback(mut self) -> sqlx::Result<()> {
+        SqliteTransactionManager::rollback(&mut self.conn).await?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for WriteTx<'_> {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for WriteTx<'_> {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.conn
+    }
+}
+
+impl Drop for WriteTx<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            SqliteTransactionManager::start_rollback(&mut self.conn);
+        }
+    }
 }
 
 #[derive(sqlx::FromRow)]
@@ -412,19 +581,24 @@ impl SqliteStore {
                 .await?;
             return Ok(Self {
                 readers: pool.clone(),
-                writer: pool,
+                writer: Writer::Pooled(pool),
             });
         }
         // Local file open: bounded by acquire_timeout, and surfaces a bad path at startup. The
         // writer opens first: it creates the file and switches it to WAL.
-        let writer = SqlitePoolOptions::new()
-            .min_connections(1)
-            .max_connections(1)
-            .test_before_acquire(false)
-            .acquire_timeout(pool.acquire_timeout)
-            // Room for every write statement, the grouped appends' padded shapes included.
-            .connect_with(opts.clone().statement_cache_capacity(256))
-            .await?;
+        // Room for every write statement, the grouped appends' padded shapes included.
+        let writer_opts = opts.clone().statement_cache_capacity(256);
+        let conn = tokio::time::timeout(
+            pool.acquire_timeout,
+            SqliteConnection::connect_with(&writer_opts),
+        )
+        .await
+        .map_err(|_| sqlx::Error::PoolTimedOut)??;
+        let writer = Writer::Held {
+            conn: tokio::sync::Mutex::new(Some(conn)),
+            opts: Box::new(writer_opts),
+            wait: pool.acquire_timeout,
+        };
         // The readers are opened read-only, so a write sent to them by mistake fails at once
         // ("attempt to write a readonly database") instead of contending with the writer.
         let readers = pool_opts
@@ -443,32 +617,9 @@ impl SqliteStore {
             .transpose()
     }
 
-    /// A write transaction on the writer connection. BEGIN IMMEDIATE takes the write lock
-    /// up front (waiting via busy_timeout), so nothing inside can interleave with another
-    /// writer; a database still busy after that is retried a few times.
-    async fn begin_write(&self) -> StoreResult<sqlx::Transaction<'static, Sqlite>> {
-        let mut attempts = 0u64;
-        let mut reset = false;
-        loop {
-            match self.writer.begin_with("BEGIN IMMEDIATE").await {
-                Ok(tx) => return Ok(tx),
-                Err(e) if is_busy(&e) && attempts < 5 => {
-                    attempts += 1;
-                    tokio::time::sleep(Duration::from_millis(10 * attempts)).await;
-                }
-                // A commit that failed (a full disk) leaves sqlx believing the writer
-                // connection is still inside a transaction, and every later BEGIN is refused:
-                // replace that connection with a fresh one.
-                Err(sqlx::Error::InvalidSavePointStatement) if !reset => {
-                    reset = true;
-                    tracing::warn!(target: "aragora::store", "the SQLite writer connection was left inside a failed transaction; reopening it");
-                    if let Ok(conn) = self.writer.acquire().await {
-                        let _ = sqlx::Connection::close(conn.detach()).await;
-                    }
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+    /// A write transaction on the write connection (see [`WriteConn::begin`]).
+    async fn begin_write(&self) -> StoreResult<WriteTx<'_>> {
+        self.writer.take().await?.begin(&self.writer).await
     }
 }
 
@@ -529,7 +680,7 @@ async fn insert_usage(conn: &mut sqlx::SqliteConnection, u: &NewUsage) -> StoreR
 }
 
 async fn insert_events(
-    tx: &mut sqlx::Transaction<'static, Sqlite>,
+    tx: &mut WriteTx<'_>,
     debate_id: &str,
     lease: Option<&Lease>,
     events: &[NewEvent],
@@ -601,7 +752,7 @@ async fn insert_events(
 
 /// Apply `update` inside `tx`; with `finish`, also drop the lease.
 async fn apply_update(
-    tx: &mut sqlx::Transaction<'static, Sqlite>,
+    tx: &mut WriteTx<'_>,
     id: &str,
     update: &DebateUpdate,
     finish: bool,
@@ -640,13 +791,13 @@ impl SqliteStore {
         debate_id: &str,
         domain: Option<&str>,
         matches: &[MatchResult],
-    ) -> sqlx::Result<bool> {
+    ) -> StoreResult<bool> {
         let scopes = rating_scopes(domain);
         let agents = match_agents(matches);
         let now = format_ts(now_micros());
         // BEGIN IMMEDIATE takes the database write lock before the ratings are read, so two
         // batches cannot both read the same rating and overwrite each other's update.
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         let fresh = sqlx::query(
             "INSERT INTO rated_debates (debate_id, domain, matches, rated_at) \
              VALUES (?, ?, ?, ?) ON CONFLICT (debate_id) DO NOTHING",
@@ -751,7 +902,8 @@ impl Store for SqliteStore {
         // Migrations are additive, so a binary older than the schema still works: applied
         // versions it does not know (a newer binary's) are not an error.
         migrator.set_ignore_missing(true);
-        migrator.run(&self.writer).await?;
+        let mut conn = self.writer.take().await?;
+        migrator.run_direct(&mut *conn).await?;
         Ok(())
     }
 
@@ -1159,11 +1311,11 @@ impl Store for SqliteStore {
         loop {
             match self.try_apply_matches(debate_id, domain, matches).await {
                 Ok(fresh) => return Ok(fresh),
-                Err(e) if is_busy(&e) && attempts < 5 => {
+                Err(StoreError::Database(e)) if is_busy(&e) && attempts < 5 => {
                     attempts += 1;
                     tokio::time::sleep(Duration::from_millis(10 * attempts)).await;
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(e),
             }
         }
     }
@@ -1230,7 +1382,7 @@ impl Store for SqliteStore {
         .bind(&new.password_hash)
         .bind(&new.role)
         .bind(format_ts(created_at))
-        .execute(&self.writer)
+        .execute(&mut *self.writer.take().await?)
         .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::Conflict(
@@ -1319,7 +1471,7 @@ impl Store for SqliteStore {
             .bind(failed_logins)
             .bind(locked_until.map(format_ts))
             .bind(user_id)
-            .execute(&self.writer)
+            .execute(&mut *self.writer.take().await?)
             .await?;
         Ok(())
     }
@@ -1386,7 +1538,7 @@ impl Store for SqliteStore {
         )
         .bind(format_ts(now_micros()))
         .bind(user_id)
-        .execute(&self.writer)
+        .execute(&mut *self.writer.take().await?)
         .await?;
         Ok(done.rows_affected())
     }
@@ -1399,7 +1551,7 @@ impl Store for SqliteStore {
         .bind(format_ts(at))
         .bind(id)
         .bind(format_ts(at - chrono::Duration::seconds(60)))
-        .execute(&self.writer)
+        .execute(&mut *self.writer.take().await?)
         .await?;
         Ok(())
     }
@@ -1416,7 +1568,7 @@ impl Store for SqliteStore {
         .bind(token.used)
         .bind(token.revoked)
         .bind(format_ts(now_micros()))
-        .execute(&self.writer)
+        .execute(&mut *self.writer.take().await?)
         .await?;
         Ok(())
     }
@@ -1449,7 +1601,7 @@ impl Store for SqliteStore {
             "UPDATE refresh_tokens SET used = 1 WHERE token_hash = ? AND used = 0 AND revoked = 0",
         )
         .bind(token_hash)
-        .execute(&self.writer)
+        .execute(&mut *self.writer.take().await?)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -1459,13 +1611,13 @@ impl Store for SqliteStore {
             "UPDATE refresh_tokens SET revoked = 1 WHERE family_id = ? AND revoked = 0",
         )
         .bind(family_id)
-        .execute(&self.writer)
+        .execute(&mut *self.writer.take().await?)
         .await?;
         Ok(done.rows_affected())
     }
 
     async fn record_usage(&self, u: &NewUsage) -> StoreResult<()> {
-        let mut conn = self.writer.acquire().await?;
+        let mut conn = self.writer.take().await?;
         insert_usage(&mut conn, u).await
     }
 
