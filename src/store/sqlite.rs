@@ -496,22 +496,40 @@ impl SqliteStore {
             .fetch_all(&mut *tx)
             .await?;
         let expires = format_ts(now + chrono::Duration::from_std(ttl).unwrap_or_default());
-        let sql = format!(
-            "UPDATE debates SET status = 'running', \
-             started_at = COALESCE(started_at, ?), lease_owner = ?, \
-             lease_generation = lease_generation + 1, instance = ?, \
-             lease_expires_at = ? WHERE id = ? RETURNING {DEBATE_COLUMNS}, lease_generation"
-        );
+        let started = format_ts(now);
+        // One statement per chunk of candidates, not one per debate: each statement is a round
+        // trip to the connection's thread while the write lock is held. RETURNING gives the
+        // rows after the update; what they were before comes from the select.
+        const IDS_PER_STATEMENT: usize = 512;
+        let mut rows: HashMap<String, ClaimRow> = HashMap::with_capacity(candidates.len());
+        for chunk in candidates.chunks(IDS_PER_STATEMENT) {
+            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "UPDATE debates SET status = 'running', started_at = COALESCE(started_at, ",
+            );
+            qb.push_bind(started.as_str())
+                .push("), lease_owner = ")
+                .push_bind(instance)
+                .push(", lease_generation = lease_generation + 1, instance = ")
+                .push_bind(instance)
+                .push(", lease_expires_at = ")
+                .push_bind(expires.as_str())
+                .push(" WHERE id IN (");
+            let mut ids = qb.separated(", ");
+            // Padded (see [`padded`]): a NULL id matches no debate.
+            for c in padded(chunk) {
+                ids.push_bind(c.map(|c| c.0.as_str()));
+            }
+            qb.push(format!(") RETURNING {DEBATE_COLUMNS}, lease_generation"));
+            let updated: Vec<ClaimRow> = qb.build_query_as().fetch_all(&mut *tx).await?;
+            rows.extend(updated.into_iter().map(|r| (r.debate.id.clone(), r)));
+        }
         let mut claimed = Vec::with_capacity(candidates.len());
         for (id, previous_status, previous_owner, cancel_requested, pause_requested) in candidates {
-            let row = sqlx::query_as::<_, ClaimRow>(&sql)
-                .bind(format_ts(now))
-                .bind(instance)
-                .bind(instance)
-                .bind(&expires)
-                .bind(&id)
-                .fetch_one(&mut *tx)
-                .await?;
+            let row = rows.remove(&id).ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "debate {id} was selected for a claim and not updated"
+                ))
+            })?;
             claimed.push(ClaimedDebate {
                 record: row.debate.into_record()?,
                 lease: Lease {
