@@ -862,24 +862,30 @@ impl SqliteStore {
             }
         }
         apply_matches(&mut tallies, &scopes, matches);
-        for ((domain, agent), t) in &tallies {
-            sqlx::query(
+        // Every rating in one statement (per chunk), padded like the grouped appends.
+        let tallies: Vec<_> = tallies.iter().collect();
+        for chunk in tallies.chunks(1_024) {
+            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
                 "INSERT INTO ratings (agent, domain, rating, games, wins, losses, draws, \
-                 updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+                 updated_at) SELECT * FROM (",
+            );
+            qb.push_values(padded(chunk), |mut row, r| {
+                row.push_bind(r.map(|((_, agent), _)| agent.as_str()))
+                    .push_bind(r.map(|((domain, _), _)| domain.as_str()))
+                    .push_bind(r.map(|(_, t)| t.rating))
+                    .push_bind(r.map(|(_, t)| t.games))
+                    .push_bind(r.map(|(_, t)| t.wins))
+                    .push_bind(r.map(|(_, t)| t.losses))
+                    .push_bind(r.map(|(_, t)| t.draws))
+                    .push_bind(r.map(|_| now.as_str()));
+            });
+            qb.push(
+                ") WHERE column1 IS NOT NULL \
                  ON CONFLICT (agent, domain) DO UPDATE SET rating = excluded.rating, \
                  games = excluded.games, wins = excluded.wins, losses = excluded.losses, \
                  draws = excluded.draws, updated_at = excluded.updated_at",
-            )
-            .bind(agent)
-            .bind(domain)
-            .bind(t.rating)
-            .bind(t.games)
-            .bind(t.wins)
-            .bind(t.losses)
-            .bind(t.draws)
-            .bind(&now)
-            .execute(&mut *tx)
-            .await?;
+            );
+            qb.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(true)
