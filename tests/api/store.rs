@@ -624,6 +624,16 @@ async fn claiming_queued_debates_leaves_expired_leases_for_the_full_claim(s: &Dy
     assert_eq!(orphan[0].lease.generation, 2);
 }
 
+/// The lease `claims` took on debate `id`.
+fn lease_of(claims: &[store::ClaimedDebate], id: &str) -> Lease {
+    claims
+        .iter()
+        .find(|c| c.record.id == id)
+        .unwrap_or_else(|| panic!("{id} was claimed"))
+        .lease
+        .clone()
+}
+
 fn ids_of(claims: &[store::ClaimedDebate]) -> Vec<&str> {
     claims.iter().map(|c| c.record.id.as_str()).collect()
 }
@@ -633,14 +643,7 @@ async fn grouped_steps_each_get_their_own_outcome(s: &DynStore) {
         s.create_debate(&new_debate(id, None)).await.unwrap();
     }
     let claims = s.claim_debates("a", 4, TTL).await.unwrap();
-    let lease = |id: &str| {
-        claims
-            .iter()
-            .find(|c| c.record.id == id)
-            .unwrap()
-            .lease
-            .clone()
-    };
+    let lease = |id: &str| lease_of(&claims, id);
     // g1 has a log already; g3 is taken over by another instance.
     s.append_step("g1", Some(&lease("g1")), &[ev("debate_start")], &[])
         .await
@@ -867,14 +870,7 @@ async fn groups_of_every_size_land_whole(s: &DynStore) {
             .unwrap();
     }
     let claims = s.claim_debates("a", 7, TTL).await.unwrap();
-    let lease = |id: &str| {
-        claims
-            .iter()
-            .find(|c| c.record.id == id)
-            .unwrap()
-            .lease
-            .clone()
-    };
+    let lease = |id: &str| lease_of(&claims, id);
     // Events and usage rows each debate should hold, in order.
     let mut logs: Vec<Vec<serde_json::Value>> = vec![Vec::new(); 7];
     let mut costs = [0.0f64; 7];
