@@ -45,7 +45,7 @@ q=json.dumps(body)
 with open(sys.argv[3],"w") as f:
     for i in range(n):
         if i: f.write("next\n")
-        f.write("url = \"http://localhost:18080/api/debates\"\nheader = \"content-type: application/json\"\ndata = %s\noutput = \"/dev/null\"\nwrite-out = \"%%{http_code} %%{errormsg}\\n\"\n" % q)
+        f.write("url = \"http://localhost:18080/api/debates\"\nheader = \"content-type: application/json\"\ndata = %s\noutput = \"/dev/null\"\nwrite-out = \"%%{http_code} %%{time_total} %%{errormsg}\\n\"\n" % q)
 ' $N "$body" $D/curl.cfg
 curl -s -Z --parallel-max 16 --config $D/curl.cfg > $D/codes
 T1=$(date +%s.%N)
@@ -71,7 +71,9 @@ echo "peak rss $(awk '/VmHWM/ {print $2, $3}' /proc/$PID/status)"
 echo "threads: $(for t in /proc/$PID/task/*; do awk '{printf "%s=%d\n", $2, $14+$15}' $t/stat; done | sort -t= -k2 -rn | head -6 | tr '\n' ' ')"
 echo "postgres cpu $(( pg1-pg0 )) ticks -> $(echo "scale=3; (($pg1-$pg0)*10)/$N" | bc) ms/debate (existing backends only)"
 [ "$MODE" = callgrind ] && callgrind_control -d $PID >/dev/null
-echo "codes: $(sort $D/codes | uniq -c | tr '\n' ' ')"
+echo "codes: $(awk '{print $1, $3}' $D/codes | sort | uniq -c | tr '\n' ' ')"
+# Each submission's time from the client's side (curl's time_total: connect reuse, request, answer).
+echo "submission latency: $(awk '{print $2 * 1000}' $D/codes | sort -n | awk '{a[NR]=$1} END {printf "p50 %.1f ms, p90 %.1f ms, p99 %.1f ms, max %.1f ms", a[int(NR*0.5)], a[int(NR*0.9)], a[int(NR*0.99)], a[NR]}')"
 echo "submit $(echo "$T1-$T0"|bc) s, drained $(echo "$T2-$T0"|bc) s, receipts $(echo "$T3-$T0"|bc) s, cpu $(( (u1-u0)+(s1-s0) )) ticks -> $(echo "scale=3; ((($u1-$u0)+($s1-$s0))*10)/$N" | bc) ms/debate"
 curl -s "localhost:18080/api/debates?status=completed&limit=1" | head -c 300; echo
 kill -INT $PID; wait $PID
