@@ -10,6 +10,10 @@ use sqlx::sqlite::{
 use sqlx::types::Json;
 use sqlx::{Connection, QueryBuilder, Sqlite, TransactionManager};
 
+use std::sync::atomic::Ordering;
+
+use tokio::sync::oneshot;
+
 use super::*;
 
 /// How long a writer waits for SQLite's single write lock before giving up.
@@ -29,6 +33,60 @@ pub struct SqliteStore {
     /// queueing here is an async wait in arrival order. Single statements run on it in
     /// autocommit; multi-statement writes use [`WriteConn::begin`].
     writer: Writer,
+    /// Submissions waiting to be written (see [`Store::create_debate_with`]).
+    intake: parking_lot::Mutex<Vec<Submission>>,
+    intake_tickets: std::sync::atomic::AtomicU64,
+}
+
+/// A debate submitted and not yet written, with its first events.
+struct Submission {
+    ticket: u64,
+    new: NewDebate,
+    events: Vec<NewEvent>,
+    created_at: DateTime<Utc>,
+    reply: oneshot::Sender<StoreResult<(DebateRecord, Vec<StoredEvent>)>>,
+}
+
+impl Submission {
+    fn accepted(self) {
+        let Submission {
+            new,
+            events,
+            created_at,
+            reply,
+            ..
+        } = self;
+        let stored = stored_run(&new.id, 1, &events, created_at);
+        let record = DebateRecord {
+            id: new.id,
+            task: new.task,
+            status: DebateStatus::Queued,
+            instance: None,
+            agents: new.agents,
+            rounds: new.rounds,
+            rounds_used: 0,
+            consensus: new.consensus,
+            owner_id: new.owner_id,
+            correlation_id: new.correlation_id,
+            options: new.options,
+            result: None,
+            error: None,
+            created_at,
+            started_at: None,
+            finished_at: None,
+            receipt_id: None,
+        };
+        let _ = reply.send(Ok((record, stored)));
+    }
+
+    fn refused(self, e: StoreError) {
+        let _ = self.reply.send(Err(e));
+    }
+
+    fn conflict(self) {
+        let e = StoreError::Conflict(format!("debate {} already exists", self.new.id));
+        self.refused(e);
+    }
 }
 
 /// The write connection. For a database file it is held by the store itself, not pooled: a
@@ -600,6 +658,8 @@ impl SqliteStore {
             return Ok(Self {
                 readers: pool.clone(),
                 writer: Writer::Pooled(pool),
+                intake: Default::default(),
+                intake_tickets: Default::default(),
             });
         }
         // Local file open: bounded by acquire_timeout, and surfaces a bad path at startup. The
@@ -622,7 +682,58 @@ impl SqliteStore {
         let readers = pool_opts
             .connect_with(opts.read_only(true).create_if_missing(false))
             .await?;
-        Ok(Self { readers, writer })
+        Ok(Self {
+            readers,
+            writer,
+            intake: Default::default(),
+            intake_tickets: Default::default(),
+        })
+    }
+
+    fn intake_queue(&self) -> parking_lot::MutexGuard<'_, Vec<Submission>> {
+        self.intake.lock()
+    }
+
+    /// Write `batch` on `conn` in one transaction and answer each submission. A duplicate id
+    /// is refused as a conflict, within the batch as against the table. When the database
+    /// refuses the whole batch, each submission is written alone, so one's fault stays its own.
+    async fn write_submissions(&self, conn: WriteConn<'_>, batch: Vec<Submission>) {
+        let mut seen = HashSet::new();
+        let (batch, twice): (Vec<Submission>, Vec<Submission>) = batch
+            .into_iter()
+            .partition(|s| seen.insert(s.new.id.clone()));
+        twice.into_iter().for_each(Submission::conflict);
+        match insert_submissions(conn, &self.writer, &batch).await {
+            Ok(inserted) => {
+                for s in batch {
+                    if inserted.contains(&s.new.id) {
+                        s.accepted();
+                    } else {
+                        s.conflict();
+                    }
+                }
+            }
+            Err(e) if batch.len() == 1 => {
+                if let Some(s) = batch.into_iter().next() {
+                    s.refused(e);
+                }
+            }
+            Err(_) => {
+                for s in batch {
+                    let alone = match self.writer.take().await {
+                        Ok(conn) => {
+                            insert_submissions(conn, &self.writer, std::slice::from_ref(&s)).await
+                        }
+                        Err(e) => Err(e),
+                    };
+                    match alone {
+                        Ok(inserted) if inserted.contains(&s.new.id) => s.accepted(),
+                        Ok(_) => s.conflict(),
+                        Err(e) => s.refused(e),
+                    }
+                }
+            }
+        }
     }
 
     async fn fetch_debate(&self, id: &str) -> StoreResult<Option<DebateRecord>> {
@@ -673,6 +784,75 @@ impl ActiveRow {
             lease_expires_at: self.lease_expires_at.as_deref().map(parse_ts).transpose()?,
         })
     }
+}
+
+/// Insert the debates of `batch` (queued, each with its first events as seqs 1..=n) in one
+/// transaction; the ids inserted (an id already taken is not).
+async fn insert_submissions(
+    conn: WriteConn<'_>,
+    writer: &Writer,
+    batch: &[Submission],
+) -> StoreResult<HashSet<String>> {
+    const DEBATES_PER_STATEMENT: usize = 512;
+    const EVENTS_PER_STATEMENT: usize = 1_024;
+    let mut tx = conn.begin(writer).await?;
+    let mut inserted = HashSet::with_capacity(batch.len());
+    for chunk in batch.chunks(DEBATES_PER_STATEMENT) {
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO debates (id, task, status, agents, rounds, rounds_used, consensus, \
+             owner_id, correlation_id, options, created_at, last_seq) SELECT * FROM (",
+        );
+        qb.push_values(padded(chunk), |mut row, s| {
+            let n = s.map(|s| &s.new);
+            row.push_bind(n.map(|n| n.id.as_str()))
+                .push_bind(n.map(|n| n.task.as_str()))
+                .push_bind(s.map(|_| "queued"))
+                .push_bind(n.map(|n| Json(&n.agents)))
+                .push_bind(n.map(|n| n.rounds))
+                .push_bind(s.map(|_| 0i32))
+                .push_bind(n.map(|n| n.consensus.as_str()))
+                .push_bind(n.and_then(|n| n.owner_id.as_deref()))
+                .push_bind(n.and_then(|n| n.correlation_id.as_deref()))
+                .push_bind(n.map(|n| Json(&n.options)))
+                .push_bind(s.map(|s| format_ts(s.created_at)))
+                .push_bind(s.map(|s| s.events.len() as i64));
+        });
+        // ON CONFLICT DO NOTHING: a taken id is left out of RETURNING, not an error to parse.
+        qb.push(") WHERE column1 IS NOT NULL ON CONFLICT (id) DO NOTHING RETURNING id");
+        let ids: Vec<String> = qb.build_query_scalar().fetch_all(&mut *tx).await?;
+        inserted.extend(ids);
+    }
+    // Each debate's last_seq already counts its first events.
+    let events: Vec<(&Submission, i64, &NewEvent, String)> = batch
+        .iter()
+        .filter(|s| inserted.contains(&s.new.id))
+        .flat_map(|s| {
+            let at = format_ts(s.created_at);
+            s.events
+                .iter()
+                .enumerate()
+                .map(move |(i, e)| (s, i as i64 + 1, e, at.clone()))
+        })
+        .collect();
+    for chunk in events.chunks(EVENTS_PER_STATEMENT) {
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO debate_events (debate_id, seq, kind, round, agent, data, created_at) \
+             SELECT * FROM (",
+        );
+        qb.push_values(padded(chunk), |mut row, r| {
+            row.push_bind(r.map(|(s, _, _, _)| s.new.id.as_str()))
+                .push_bind(r.map(|(_, seq, _, _)| *seq))
+                .push_bind(r.map(|(_, _, e, _)| e.kind.as_str()))
+                .push_bind(r.and_then(|(_, _, e, _)| e.round))
+                .push_bind(r.and_then(|(_, _, e, _)| e.agent.as_deref()))
+                .push_bind(r.map(|(_, _, e, _)| Json(&e.data)))
+                .push_bind(r.map(|(_, _, _, at)| at.as_str()));
+        });
+        qb.push(") WHERE column1 IS NOT NULL");
+        qb.build().execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(inserted)
 }
 
 /// Append `events` inside `tx` (which holds the write lock): bump `last_seq` by their number,
@@ -945,72 +1125,37 @@ impl Store for SqliteStore {
         new: &NewDebate,
         events: &[NewEvent],
     ) -> StoreResult<(DebateRecord, Vec<StoredEvent>)> {
-        let created_at = now_micros();
-        // ON CONFLICT DO NOTHING turns a duplicate into "0 rows" instead of an error to parse.
-        let mut tx = self.begin_write().await?;
-        let done = sqlx::query(
-            "INSERT INTO debates (id, task, status, agents, rounds, rounds_used, consensus, \
-             owner_id, correlation_id, options, created_at, last_seq) \
-             VALUES (?, ?, 'queued', ?, ?, 0, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(&new.id)
-        .bind(&new.task)
-        .bind(Json(&new.agents))
-        .bind(new.rounds)
-        .bind(&new.consensus)
-        .bind(&new.owner_id)
-        .bind(&new.correlation_id)
-        .bind(Json(&new.options))
-        .bind(format_ts(created_at))
-        .bind(events.len() as i64)
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::Conflict(format!(
-                "debate {} already exists",
-                new.id
-            )));
+        // Submissions that arrive while the write connection is busy are written together:
+        // each joins the queue, and whoever gets the connection first writes every one
+        // waiting, in one transaction, and answers the others.
+        let (reply, answer) = oneshot::channel();
+        let ticket = self.intake_tickets.fetch_add(1, Ordering::Relaxed);
+        self.intake_queue().push(Submission {
+            ticket,
+            new: new.clone(),
+            events: events.to_vec(),
+            created_at: now_micros(),
+            reply,
+        });
+        match self.writer.take().await {
+            Ok(conn) => {
+                let batch = std::mem::take(&mut *self.intake_queue());
+                if !batch.is_empty() {
+                    self.write_submissions(conn, batch).await;
+                }
+            }
+            Err(e) => {
+                // Withdrawn while still waiting; once taken, the taker answers it.
+                let mut queue = self.intake_queue();
+                if let Some(i) = queue.iter().position(|s| s.ticket == ticket) {
+                    queue.remove(i);
+                    return Err(e);
+                }
+            }
         }
-        // The debate's last_seq already counts its first events: they are seqs 1..=n,
-        // written by one statement (few statements while the writer is held).
-        let at = format_ts(created_at);
-        if !events.is_empty() {
-            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO debate_events (debate_id, seq, kind, round, agent, data, created_at) ",
-            );
-            qb.push_values(events.iter().enumerate(), |mut row, (i, e)| {
-                row.push_bind(new.id.as_str())
-                    .push_bind(i as i64 + 1)
-                    .push_bind(e.kind.as_str())
-                    .push_bind(e.round)
-                    .push_bind(e.agent.as_deref())
-                    .push_bind(Json(&e.data))
-                    .push_bind(at.as_str());
-            });
-            qb.build().execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        let stored = stored_run(&new.id, 1, events, created_at);
-        let record = DebateRecord {
-            id: new.id.clone(),
-            task: new.task.clone(),
-            status: DebateStatus::Queued,
-            instance: None,
-            agents: new.agents.clone(),
-            rounds: new.rounds,
-            rounds_used: 0,
-            consensus: new.consensus.clone(),
-            owner_id: new.owner_id.clone(),
-            correlation_id: new.correlation_id.clone(),
-            options: new.options.clone(),
-            result: None,
-            error: None,
-            created_at,
-            started_at: None,
-            finished_at: None,
-            receipt_id: None,
-        };
-        Ok((record, stored))
+        answer
+            .await
+            .unwrap_or(Err(StoreError::Database(sqlx::Error::PoolClosed)))
     }
 
     async fn get_debate(&self, id: &str) -> StoreResult<Option<DebateRecord>> {

@@ -4,7 +4,7 @@
 //! Postgres cases need the server at `ARAGORA_TEST_DATABASE_URL` and fail (never skip) when
 //! it is unreachable; each runs in its own throwaway schema.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use aragora::ratings::{INITIAL_RATING, K_FACTOR};
@@ -201,6 +201,9 @@ suite! {
         postgres_the_group_commit_keeps_every_debates_log_whole_and_in_order;
     groups_of_every_size_land_whole =>
         sqlite_groups_of_every_size_land_whole, postgres_groups_of_every_size_land_whole;
+    concurrent_submissions_each_get_their_own_answer =>
+        sqlite_concurrent_submissions_each_get_their_own_answer,
+        postgres_concurrent_submissions_each_get_their_own_answer;
 }
 
 fn ev(kind: &str) -> NewEvent {
@@ -590,6 +593,83 @@ async fn a_debate_is_accepted_with_its_first_events_or_not_at_all(s: &DynStore) 
         .unwrap();
     assert_eq!(s.last_seq("w2").await.unwrap(), 0);
     assert!(s.events_since("w2", 0, 100).await.unwrap().is_empty());
+}
+
+/// Many submissions at once (SQLite writes the ones that wait together): each is accepted
+/// with its own first events, or refused as a conflict when its id is taken, before or
+/// within the same burst; no debate is written twice or loses its events.
+async fn concurrent_submissions_each_get_their_own_answer(s: &DynStore) {
+    s.create_debate(&new_debate("cs-taken", Some("first")))
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..120usize {
+        let s = s.clone();
+        // Every tenth asks for a taken id; ids 5 and 6 are each asked for twice.
+        let id = match i {
+            _ if i % 10 == 9 => "cs-taken".to_owned(),
+            100 | 101 => "cs-5".to_owned(),
+            102 | 103 => "cs-6".to_owned(),
+            _ => format!("cs-{i}"),
+        };
+        tasks.push(tokio::spawn(async move {
+            let events: Vec<NewEvent> = (0..=i % 3).map(|j| event(i * 10 + j)).collect();
+            let r = s
+                .create_debate_with(&new_debate(&id, Some(&format!("u{i}"))), &events)
+                .await;
+            (i, id, events, r)
+        }));
+    }
+    let mut accepted: HashMap<String, (usize, Vec<NewEvent>)> = HashMap::new();
+    for t in tasks {
+        let (i, id, events, r) = t.await.unwrap();
+        match r {
+            Ok((record, stored)) => {
+                assert_eq!(record.id, id);
+                assert_eq!(record.owner_id.as_deref(), Some(format!("u{i}").as_str()));
+                assert_eq!(
+                    stored.iter().map(|e| e.seq).collect::<Vec<_>>(),
+                    (1..=events.len() as i64).collect::<Vec<_>>()
+                );
+                assert!(
+                    accepted.insert(id.clone(), (i, events)).is_none(),
+                    "{id} accepted twice"
+                );
+            }
+            Err(StoreError::Conflict(_)) => {
+                assert!(
+                    matches!(id.as_str(), "cs-taken" | "cs-5" | "cs-6"),
+                    "{id} refused as a conflict"
+                );
+            }
+            Err(e) => panic!("{id}: {e:?}"),
+        }
+    }
+    // 120 asks: 12 for the taken id, 4 more for cs-5 and cs-6, 104 distinct new ids, each
+    // accepted once; the taken one never.
+    assert_eq!(accepted.len(), 104);
+    assert!(!accepted.contains_key("cs-taken"));
+    assert_eq!(
+        s.get_debate("cs-taken")
+            .await
+            .unwrap()
+            .unwrap()
+            .owner_id
+            .as_deref(),
+        Some("first")
+    );
+    for (id, (i, events)) in &accepted {
+        let record = s.get_debate(id).await.unwrap().unwrap();
+        assert_eq!(record.owner_id, Some(format!("u{i}")), "{id}");
+        assert_eq!(record.status, DebateStatus::Queued);
+        let log = s.events_since(id, 0, 100).await.unwrap();
+        assert_eq!(
+            log.iter().map(|e| e.data.clone()).collect::<Vec<_>>(),
+            events.iter().map(|e| e.data.clone()).collect::<Vec<_>>(),
+            "{id}: its own events"
+        );
+        assert_eq!(s.last_seq(id).await.unwrap(), events.len() as i64);
+    }
 }
 
 async fn claiming_queued_debates_leaves_expired_leases_for_the_full_claim(s: &DynStore) {
