@@ -342,6 +342,31 @@ pub struct NewDebate {
     pub options: serde_json::Value,
 }
 
+impl NewDebate {
+    /// The record of this debate as accepted: queued, created at `created_at`.
+    pub fn into_queued(self, created_at: DateTime<Utc>) -> DebateRecord {
+        DebateRecord {
+            id: self.id,
+            task: self.task,
+            status: DebateStatus::Queued,
+            instance: None,
+            agents: self.agents,
+            rounds: self.rounds,
+            rounds_used: 0,
+            consensus: self.consensus,
+            owner_id: self.owner_id,
+            correlation_id: self.correlation_id,
+            options: self.options,
+            result: None,
+            error: None,
+            created_at,
+            started_at: None,
+            finished_at: None,
+            receipt_id: None,
+        }
+    }
+}
+
 /// A change of a debate's lifecycle fields. `None` leaves a field as it is.
 #[derive(Debug, Clone, Default)]
 pub struct DebateUpdate {

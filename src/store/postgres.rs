@@ -575,25 +575,7 @@ impl Store for PostgresStore {
             )));
         }
         let stored = stored_run(&new.id, 1, events, created_at);
-        let record = DebateRecord {
-            id: new.id.clone(),
-            task: new.task.clone(),
-            status: DebateStatus::Queued,
-            instance: None,
-            agents: new.agents.clone(),
-            rounds: new.rounds,
-            rounds_used: 0,
-            consensus: new.consensus.clone(),
-            owner_id: new.owner_id.clone(),
-            correlation_id: new.correlation_id.clone(),
-            options: new.options.clone(),
-            result: None,
-            error: None,
-            created_at,
-            started_at: None,
-            finished_at: None,
-            receipt_id: None,
-        };
+        let record = new.clone().into_queued(created_at);
         Ok((record, stored))
     }
 

@@ -57,25 +57,7 @@ impl Submission {
             ..
         } = self;
         let stored = stored_run(&new.id, 1, &events, created_at);
-        let record = DebateRecord {
-            id: new.id,
-            task: new.task,
-            status: DebateStatus::Queued,
-            instance: None,
-            agents: new.agents,
-            rounds: new.rounds,
-            rounds_used: 0,
-            consensus: new.consensus,
-            owner_id: new.owner_id,
-            correlation_id: new.correlation_id,
-            options: new.options,
-            result: None,
-            error: None,
-            created_at,
-            started_at: None,
-            finished_at: None,
-            receipt_id: None,
-        };
+        let record = new.into_queued(created_at);
         let _ = reply.send(Ok((record, stored)));
     }
 
@@ -412,7 +394,6 @@ impl SqliteStore {
         /// Rows per statement: powers of two (see [`padded`]), under SQLite's 32,766 bound
         /// parameters.
         const STEPS_PER_STATEMENT: usize = 1_024;
-        const EVENTS_PER_STATEMENT: usize = 1_024;
         const USAGE_PER_STATEMENT: usize = 1_024;
         let live: Vec<&StepRef<'_>> = steps.iter().filter(|s| !s.events.is_empty()).collect();
         if live.is_empty() {
@@ -457,23 +438,11 @@ impl SqliteStore {
                     .map(move |(i, e)| (*s, first + i as i64, e))
             })
             .collect();
-        for chunk in events.chunks(EVENTS_PER_STATEMENT) {
-            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO debate_events (debate_id, seq, kind, round, agent, data, created_at) \
-                 SELECT * FROM (",
-            );
-            qb.push_values(padded(chunk), |mut row, r| {
-                row.push_bind(r.map(|(s, _, _)| s.debate_id))
-                    .push_bind(r.map(|(_, seq, _)| *seq))
-                    .push_bind(r.map(|(_, _, e)| e.kind.as_str()))
-                    .push_bind(r.and_then(|(_, _, e)| e.round))
-                    .push_bind(r.and_then(|(_, _, e)| e.agent.as_deref()))
-                    .push_bind(r.map(|(_, _, e)| Json(&e.data)))
-                    .push_bind(r.map(|_| at.as_str()));
-            });
-            qb.push(") WHERE column1 IS NOT NULL");
-            qb.build().execute(&mut *tx).await?;
-        }
+        let rows: Vec<NewEventRow<'_>> = events
+            .iter()
+            .map(|(s, seq, e)| (s.debate_id, *seq, *e, at.as_str()))
+            .collect();
+        insert_event_rows(&mut tx, &rows).await?;
         let usage: Vec<&NewUsage> = written.iter().flat_map(|s| s.usage).collect();
         for chunk in usage.chunks(USAGE_PER_STATEMENT) {
             let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
@@ -786,6 +755,36 @@ impl ActiveRow {
     }
 }
 
+/// An event row to insert: debate id, seq, the event, its created_at as stored.
+type NewEventRow<'a> = (&'a str, i64, &'a NewEvent, &'a str);
+
+/// Insert `rows` into `debate_events`: one statement per 1,024 rows, padded to a power of two
+/// (see [`padded`]).
+async fn insert_event_rows(
+    conn: &mut SqliteConnection,
+    rows: &[NewEventRow<'_>],
+) -> StoreResult<()> {
+    const EVENTS_PER_STATEMENT: usize = 1_024;
+    for chunk in rows.chunks(EVENTS_PER_STATEMENT) {
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO debate_events (debate_id, seq, kind, round, agent, data, created_at) \
+             SELECT * FROM (",
+        );
+        qb.push_values(padded(chunk), |mut row, r| {
+            row.push_bind(r.map(|(id, _, _, _)| *id))
+                .push_bind(r.map(|(_, seq, _, _)| *seq))
+                .push_bind(r.map(|(_, _, e, _)| e.kind.as_str()))
+                .push_bind(r.and_then(|(_, _, e, _)| e.round))
+                .push_bind(r.and_then(|(_, _, e, _)| e.agent.as_deref()))
+                .push_bind(r.map(|(_, _, e, _)| Json(&e.data)))
+                .push_bind(r.map(|(_, _, _, at)| *at));
+        });
+        qb.push(") WHERE column1 IS NOT NULL");
+        qb.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
 /// Insert the debates of `batch` (queued, each with its first events as seqs 1..=n) in one
 /// transaction; the ids inserted (an id already taken is not).
 async fn insert_submissions(
@@ -794,7 +793,6 @@ async fn insert_submissions(
     batch: &[Submission],
 ) -> StoreResult<HashSet<String>> {
     const DEBATES_PER_STATEMENT: usize = 512;
-    const EVENTS_PER_STATEMENT: usize = 1_024;
     let mut tx = conn.begin(writer).await?;
     let mut inserted = HashSet::with_capacity(batch.len());
     for chunk in batch.chunks(DEBATES_PER_STATEMENT) {
@@ -823,34 +821,23 @@ async fn insert_submissions(
         inserted.extend(ids);
     }
     // Each debate's last_seq already counts its first events.
-    let events: Vec<(&Submission, i64, &NewEvent, String)> = batch
+    let at: HashMap<&str, String> = batch
+        .iter()
+        .map(|s| (s.new.id.as_str(), format_ts(s.created_at)))
+        .collect();
+    let rows: Vec<NewEventRow<'_>> = batch
         .iter()
         .filter(|s| inserted.contains(&s.new.id))
         .flat_map(|s| {
-            let at = format_ts(s.created_at);
+            let id = s.new.id.as_str();
+            let at = at[id].as_str();
             s.events
                 .iter()
                 .enumerate()
-                .map(move |(i, e)| (s, i as i64 + 1, e, at.clone()))
+                .map(move |(i, e)| (id, i as i64 + 1, e, at))
         })
         .collect();
-    for chunk in events.chunks(EVENTS_PER_STATEMENT) {
-        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "INSERT INTO debate_events (debate_id, seq, kind, round, agent, data, created_at) \
-             SELECT * FROM (",
-        );
-        qb.push_values(padded(chunk), |mut row, r| {
-            row.push_bind(r.map(|(s, _, _, _)| s.new.id.as_str()))
-                .push_bind(r.map(|(_, seq, _, _)| *seq))
-                .push_bind(r.map(|(_, _, e, _)| e.kind.as_str()))
-                .push_bind(r.and_then(|(_, _, e, _)| e.round))
-                .push_bind(r.and_then(|(_, _, e, _)| e.agent.as_deref()))
-                .push_bind(r.map(|(_, _, e, _)| Json(&e.data)))
-                .push_bind(r.map(|(_, _, _, at)| at.as_str()));
-        });
-        qb.push(") WHERE column1 IS NOT NULL");
-        qb.build().execute(&mut *tx).await?;
-    }
+    insert_event_rows(&mut tx, &rows).await?;
     tx.commit().await?;
     Ok(inserted)
 }
