@@ -1,14 +1,14 @@
 #!/bin/bash
 # Concurrent debates against a running release binary, from outside (the way an operator's
 # load arrives): N debates of three `demo:1000` agents x 2 rounds, submitted by one curl
-# process over 16 keep-alive connections; waits until none is queued or running and, on
-# Postgres, until every receipt is issued. Prints wall times, the server's CPU per debate and
-# the CPU of the Postgres backends per debate; with `callgrind`, runs the server under
-# valgrind and dumps the instructions of exactly that window (docs/benchmarks.md).
+# process over 16 keep-alive connections; waits until none is queued or running and until
+# every receipt is issued (on SQLite read with the `sqlite3` shell). Prints wall times, the
+# server's CPU per debate and the CPU of the Postgres backends per debate; with `callgrind`,
+# runs the server under valgrind and dumps the instructions of exactly that window
+# (docs/benchmarks.md).
 #
 # usage: [AGENTS=…] benches/debate_load.sh BIN N [pg|sqlite] [plain|callgrind]
 #   BIN: e.g. target/release/aragora. pg: a fresh schema in postgres://postgres@127.0.0.1/test.
-# usage: run.sh BIN N [sqlite|pg] [callgrind]
 set -u
 BIN=$1; N=$2; DB=${3:-pg}; MODE=${4:-plain}
 D=$(mktemp -d /tmp/aragora-load.XXXX)
@@ -55,13 +55,16 @@ while true; do
   [ "$q$r" = "00" ] && break; sleep 0.3
 done
 T2=$(date +%s.%N)
-if [ "$DB" = pg ]; then
-  for i in $(seq 1 600); do
-    r=$(psql -tA -h 127.0.0.1 -U postgres -d test -c "select count(*) from $S.receipts")
-    [ "$r" -ge "$(grep -c ^202 $D/codes)" ] && break; sleep 0.3
-  done
-  echo "receipts: $r"
-fi
+# Every accepted debate ends completed here, so each is owed a receipt: wait for them all.
+receipts() {
+  if [ "$DB" = pg ]; then psql -tA -h 127.0.0.1 -U postgres -d test -c "select count(*) from $S.receipts"
+  else sqlite3 -readonly "$D/data/aragora.db" "select count(*) from receipts"; fi
+}
+for i in $(seq 1 2000); do
+  r=$(receipts)
+  [ "${r:-0}" -ge "$(grep -c ^202 $D/codes)" ] && break; sleep 0.3
+done
+echo "receipts: $r"
 T3=$(date +%s.%N)
 read u1 s1 < <(awk '{print $14, $15}' /proc/$PID/stat)
 pg1=$(pgcpu)

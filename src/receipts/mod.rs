@@ -32,6 +32,19 @@ pub type ModelLookup = Box<dyn Fn(&str) -> Option<(String, String)> + Send + Syn
 /// How often finished debates still without a receipt are looked for.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
+/// The most queued debates the worker takes at once.
+const GROUP_MAX: usize = 64;
+
+/// Whether `record` is owed a receipt it does not have yet: it ended with a decision
+/// (`completed` or `no_consensus`) and none was issued.
+fn due(record: &DebateRecord) -> bool {
+    record.receipt_id.is_none()
+        && matches!(
+            record.status,
+            DebateStatus::Completed | DebateStatus::NoConsensus
+        )
+}
+
 pub struct Receipts {
     store: DynStore,
     signer: Option<Arc<Signer>>,
@@ -110,24 +123,6 @@ impl Receipts {
         self.issue_with(record, &LogSummary::of(&events)).await
     }
 
-    /// [`issue_for`](Self::issue_for) with the log folded as it was written
-    /// ([`FoldedLog`]): nothing is read back.
-    pub async fn issue_folded(
-        &self,
-        record: &DebateRecord,
-        log: &FoldedLog,
-    ) -> Result<Option<ReceiptRow>, StoreError> {
-        if let Some(done) = self.issued_or_not_due(record).await? {
-            return Ok(done);
-        }
-        let issued = self.issue_with(record, &log.summary()).await;
-        if matches!(issued, Ok(Some(_))) {
-            self.folded
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        issued
-    }
-
     /// How many receipts this instance issued from a log folded as it was written (the
     /// rest read the log back).
     pub fn issued_from_folded_logs(&self) -> u64 {
@@ -143,10 +138,7 @@ impl Receipts {
         if let Some(receipt_id) = &record.receipt_id {
             return self.store.get_receipt(receipt_id).await.map(Some);
         }
-        if !matches!(
-            record.status,
-            DebateStatus::Completed | DebateStatus::NoConsensus
-        ) {
+        if !due(record) {
             return Ok(Some(None));
         }
         Ok(None)
@@ -157,7 +149,15 @@ impl Receipts {
         record: &DebateRecord,
         log: &LogSummary<'_>,
     ) -> Result<Option<ReceiptRow>, StoreError> {
-        let debate_id = record.id.as_str();
+        let new = self.build(record, log);
+        // One receipt per debate: when another instance issued it first, theirs stands.
+        let inserted = self.store.insert_receipt(&new).await?;
+        self.settle(new, inserted).await
+    }
+
+    /// The receipt of `record` with its transcript summed up in `log`: gathered, rendered in
+    /// every profile and signed, not stored yet.
+    fn build(&self, record: &DebateRecord, log: &LogSummary<'_>) -> NewReceipt {
         let issued = Utc::now();
         let issued_at = issued.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
         let facts = Facts::gather_from(
@@ -177,7 +177,7 @@ impl Receipts {
         });
         let [odr_v01, odr_v02] =
             documents.map(|bytes| String::from_utf8(bytes).unwrap_or_default());
-        let new = NewReceipt {
+        NewReceipt {
             receipt_id: facts.receipt_id.clone(),
             debate_id: record.id.clone(),
             owner_id: record.owner_id.clone(),
@@ -189,19 +189,66 @@ impl Receipts {
             receipt: facts.native(key_id.as_deref(), &self.issuer).to_string(),
             odr_v01,
             odr_v02,
-        };
-        // One receipt per debate: when another instance issued it first, theirs stands.
-        let inserted = self.store.insert_receipt(&new).await?;
+        }
+    }
+
+    /// After the store's answer for `new`: counted and logged when it was stored, else the
+    /// receipt that stands (issued first, by another instance or an earlier call).
+    async fn settle(
+        &self,
+        new: NewReceipt,
+        inserted: bool,
+    ) -> Result<Option<ReceiptRow>, StoreError> {
         if inserted {
-            crate::telemetry::metrics::receipts_issued_total(key_id.is_some()).increment(1);
+            let signed = new.key_id.is_some();
+            crate::telemetry::metrics::receipts_issued_total(signed).increment(1);
             tracing::info!(
                 target: "aragora::receipts",
-                debate_id, receipt_id = %new.receipt_id, key_id = key_id.as_deref().unwrap_or("unsigned"),
-                "receipt issued for debate {debate_id}"
+                debate_id = %new.debate_id, receipt_id = %new.receipt_id,
+                key_id = new.key_id.as_deref().unwrap_or("unsigned"),
+                "receipt issued for debate {}", new.debate_id
             );
             return Ok(Some(new));
         }
-        self.store.receipt_of_debate(debate_id).await
+        self.store.receipt_of_debate(&new.debate_id).await
+    }
+
+    /// Issue the receipts of debates carried to their end with their folded logs, stored
+    /// together ([`Store::insert_receipts`](crate::store::Store::insert_receipts): one
+    /// transaction on SQLite). When the store refuses the group, each is tried alone, so one
+    /// bad receipt holds up no other. Returns each debate's outcome, in order.
+    async fn issue_folded_group(
+        &self,
+        decided: &[(DebateRecord, FoldedLog)],
+    ) -> Vec<(String, Result<Option<ReceiptRow>, StoreError>)> {
+        let new: Vec<NewReceipt> = decided
+            .iter()
+            .map(|(record, log)| self.build(record, &log.summary()))
+            .collect();
+        let stored = match self.store.insert_receipts(&new).await {
+            Ok(flags) if flags.len() == new.len() => flags.into_iter().map(Ok).collect(),
+            Ok(_) | Err(_) => {
+                let mut one_by_one = Vec::with_capacity(new.len());
+                for receipt in &new {
+                    one_by_one.push(self.store.insert_receipt(receipt).await);
+                }
+                one_by_one
+            }
+        };
+        let mut outcomes = Vec::with_capacity(new.len());
+        for (receipt, inserted) in new.into_iter().zip(stored) {
+            let debate_id = receipt.debate_id.clone();
+            let issued = match inserted {
+                Ok(inserted) => self.settle(receipt, inserted).await,
+                Err(e) => Err(e),
+            };
+            if matches!(issued, Ok(Some(_))) {
+                self.folded
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            outcomes.push((debate_id, issued));
+        }
+        outcomes
     }
 
     /// Queue `debate_id` (just decided) for [`Receipts::run_worker`]: one worker issues
@@ -221,31 +268,57 @@ impl Receipts {
         }
     }
 
-    /// Issue the receipts of queued debates, one at a time, until `shutdown`. A failure, or
-    /// a shutdown first, is made good by the sweeper.
+    /// Issue the receipts of queued debates until `shutdown`, in the order they were queued.
+    /// What has queued up meanwhile (up to [`GROUP_MAX`]) is taken at once: the debates
+    /// carried with their folded logs are stored together, the others one at a time. A
+    /// failure, or a shutdown first, is made good by the sweeper.
     pub async fn run_worker(self: Arc<Self>, shutdown: CancellationToken) {
         let mut next = self.next.lock().await;
+        let mut taken = Vec::with_capacity(GROUP_MAX);
         loop {
-            let (debate_id, carried) = tokio::select! {
+            let first = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 queued = next.recv() => match queued {
                     Some(queued) => queued,
                     None => return,
                 },
             };
-            let issue = async {
-                match &carried {
-                    Some((record, log)) => self.issue_folded(record, log).await,
-                    None => self.issue(&debate_id).await,
+            taken.push(first);
+            while taken.len() < GROUP_MAX {
+                match next.try_recv() {
+                    Ok(queued) => taken.push(queued),
+                    Err(_) => break,
                 }
+            }
+            let mut decided = Vec::new();
+            let mut others = Vec::new();
+            for (debate_id, carried) in taken.drain(..) {
+                match carried {
+                    Some((record, log)) if due(&record) => decided.push((record, log)),
+                    // Nothing to issue: it has a receipt, or did not end with a decision.
+                    Some(_) => {
+                        self.queued.lock().remove(&debate_id);
+                    }
+                    None => others.push(debate_id),
+                }
+            }
+            let work = async {
+                let mut outcomes = self.issue_folded_group(&decided).await;
+                for debate_id in others {
+                    let issued = self.issue(&debate_id).await;
+                    outcomes.push((debate_id, issued));
+                }
+                outcomes
             };
-            let issued = tokio::select! {
+            let outcomes = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                issued = issue => issued,
+                outcomes = work => outcomes,
             };
-            self.queued.lock().remove(&debate_id);
-            if let Err(e) = issued {
-                tracing::warn!(target: "aragora::receipts", debate_id, error = %e, "receipt not issued yet; the sweeper retries");
+            for (debate_id, issued) in outcomes {
+                self.queued.lock().remove(&debate_id);
+                if let Err(e) = issued {
+                    tracing::warn!(target: "aragora::receipts", debate_id, error = %e, "receipt not issued yet; the sweeper retries");
+                }
             }
         }
     }

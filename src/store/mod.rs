@@ -925,6 +925,17 @@ pub trait Store: Send + Sync + 'static {
     /// `false` (nothing written) when the debate already has one.
     async fn insert_receipt(&self, receipt: &NewReceipt) -> StoreResult<bool>;
 
+    /// [`insert_receipt`](Self::insert_receipt) for several debates: each flag, in order,
+    /// says whether that receipt was stored. A backend may write them in one transaction,
+    /// all or none; an error means none was stored by this call.
+    async fn insert_receipts(&self, receipts: &[NewReceipt]) -> StoreResult<Vec<bool>> {
+        let mut stored = Vec::with_capacity(receipts.len());
+        for receipt in receipts {
+            stored.push(self.insert_receipt(receipt).await?);
+        }
+        Ok(stored)
+    }
+
     async fn get_receipt(&self, receipt_id: &str) -> StoreResult<Option<ReceiptRow>>;
 
     async fn receipt_of_debate(&self, debate_id: &str) -> StoreResult<Option<ReceiptRow>>;

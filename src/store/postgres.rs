@@ -1459,6 +1459,46 @@ impl Store for PostgresStore {
         Ok(updated.is_some())
     }
 
+    async fn insert_receipts(&self, receipts: &[NewReceipt]) -> StoreResult<Vec<bool>> {
+        if receipts.is_empty() {
+            return Ok(Vec::new());
+        }
+        fn column<'a, T>(receipts: &'a [NewReceipt], f: impl Fn(&'a NewReceipt) -> T) -> Vec<T> {
+            receipts.iter().map(f).collect()
+        }
+        // Every receipt, and the debates' receipt_id, in one statement (one round trip,
+        // atomic); a debate that already has a receipt keeps it and is left out.
+        let stored: Vec<String> = sqlx::query_scalar(
+            "WITH r AS (INSERT INTO receipts (receipt_id, debate_id, owner_id, verdict, key_id, \
+                 chain_head, event_count, issued_at, receipt, odr_v01, odr_v02) \
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], \
+                     $5::text[], $6::text[], $7::int8[], $8::timestamptz[], $9::text[], \
+                     $10::text[], $11::text[]) \
+                 ON CONFLICT DO NOTHING RETURNING receipt_id, debate_id), \
+             linked AS (UPDATE debates SET receipt_id = r.receipt_id FROM r \
+                 WHERE debates.id = r.debate_id) \
+             SELECT receipt_id FROM r",
+        )
+        .bind(column(receipts, |r| r.receipt_id.as_str()))
+        .bind(column(receipts, |r| r.debate_id.as_str()))
+        .bind(column(receipts, |r| r.owner_id.as_deref()))
+        .bind(column(receipts, |r| r.verdict.as_str()))
+        .bind(column(receipts, |r| r.key_id.as_deref()))
+        .bind(column(receipts, |r| r.chain_head.as_str()))
+        .bind(column(receipts, |r| r.event_count))
+        .bind(column(receipts, |r| r.issued_at))
+        .bind(column(receipts, |r| r.receipt.as_str()))
+        .bind(column(receipts, |r| r.odr_v01.as_str()))
+        .bind(column(receipts, |r| r.odr_v02.as_str()))
+        .fetch_all(&self.pool)
+        .await?;
+        let stored: std::collections::HashSet<String> = stored.into_iter().collect();
+        Ok(receipts
+            .iter()
+            .map(|r| stored.contains(&r.receipt_id))
+            .collect())
+    }
+
     async fn get_receipt(&self, receipt_id: &str) -> StoreResult<Option<ReceiptRow>> {
         let sql = format!("SELECT {RECEIPT_COLUMNS} FROM receipts WHERE receipt_id = $1");
         let row: Option<PgReceiptRow> = sqlx::query_as(&sql)

@@ -1858,6 +1858,60 @@ impl Store for SqliteStore {
         Ok(inserted)
     }
 
+    async fn insert_receipts(&self, receipts: &[NewReceipt]) -> StoreResult<Vec<bool>> {
+        // Rows per statement: 11 parameters each, padded to a power of two (see [`padded`]).
+        const RECEIPTS_PER_STATEMENT: usize = 256;
+        if receipts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.begin_write().await?;
+        let mut stored: HashSet<String> = HashSet::with_capacity(receipts.len());
+        for chunk in receipts.chunks(RECEIPTS_PER_STATEMENT) {
+            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO receipts (receipt_id, debate_id, owner_id, verdict, key_id, \
+                 chain_head, event_count, issued_at, receipt, odr_v01, odr_v02) SELECT * FROM (",
+            );
+            qb.push_values(padded(chunk), |mut row, r| {
+                row.push_bind(r.map(|r| r.receipt_id.as_str()))
+                    .push_bind(r.map(|r| r.debate_id.as_str()))
+                    .push_bind(r.and_then(|r| r.owner_id.as_deref()))
+                    .push_bind(r.map(|r| r.verdict.as_str()))
+                    .push_bind(r.and_then(|r| r.key_id.as_deref()))
+                    .push_bind(r.map(|r| r.chain_head.as_str()))
+                    .push_bind(r.map(|r| r.event_count))
+                    .push_bind(r.map(|r| format_ts(r.issued_at)))
+                    .push_bind(r.map(|r| r.receipt.as_str()))
+                    .push_bind(r.map(|r| r.odr_v01.as_str()))
+                    .push_bind(r.map(|r| r.odr_v02.as_str()));
+            });
+            // A debate that already has a receipt keeps it: left out of RETURNING.
+            qb.push(") WHERE column1 IS NOT NULL ON CONFLICT DO NOTHING RETURNING receipt_id");
+            let ids: Vec<String> = qb.build_query_scalar().fetch_all(&mut *tx).await?;
+            stored.extend(ids);
+        }
+        let linked: Vec<&NewReceipt> = receipts
+            .iter()
+            .filter(|r| stored.contains(&r.receipt_id))
+            .collect();
+        for chunk in linked.chunks(RECEIPTS_PER_STATEMENT) {
+            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("WITH v(id, receipt_id) AS (");
+            // Padding rows have no id, so they match no debate.
+            qb.push_values(padded(chunk), |mut row, r| {
+                row.push_bind(r.map(|r| r.debate_id.as_str()))
+                    .push_bind(r.map(|r| r.receipt_id.as_str()));
+            });
+            qb.push(
+                ") UPDATE debates SET receipt_id = v.receipt_id FROM v WHERE debates.id = v.id",
+            );
+            qb.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(receipts
+            .iter()
+            .map(|r| stored.contains(&r.receipt_id))
+            .collect())
+    }
+
     async fn get_receipt(&self, receipt_id: &str) -> StoreResult<Option<ReceiptRow>> {
         let sql = format!("SELECT {RECEIPT_COLUMNS} FROM receipts WHERE receipt_id = ?");
         let row: Option<SqliteReceiptRow> = sqlx::query_as(&sql)

@@ -204,6 +204,9 @@ suite! {
     concurrent_submissions_each_get_their_own_answer =>
         sqlite_concurrent_submissions_each_get_their_own_answer,
         postgres_concurrent_submissions_each_get_their_own_answer;
+    receipts_stored_together_each_get_their_own_answer =>
+        sqlite_receipts_stored_together_each_get_their_own_answer,
+        postgres_receipts_stored_together_each_get_their_own_answer;
 }
 
 fn ev(kind: &str) -> NewEvent {
@@ -2427,6 +2430,79 @@ fn receipt(id: &str, debate: &str, owner: Option<&str>, second: u32) -> store::N
         odr_v01: "{\"odr_version\":\"0.1\"}".into(),
         odr_v02: "{\"odr_version\":\"0.2\"}".into(),
     }
+}
+
+/// Receipts stored as one group: each gets its own answer, a debate that has a receipt
+/// keeps it (even against a second one in the same group), and every stored one is linked
+/// from its debate. 300 of them cross SQLite's 256 rows a statement.
+async fn receipts_stored_together_each_get_their_own_answer(s: &DynStore) {
+    assert!(s.insert_receipts(&[]).await.unwrap().is_empty());
+    let n = 300;
+    for i in 0..n {
+        let owner = (i % 2 == 0).then_some("alice");
+        s.create_debate(&new_debate(&format!("g-{i:03}"), owner))
+            .await
+            .unwrap();
+    }
+    // g-000 has its receipt already.
+    assert!(
+        s.insert_receipt(&receipt("first", "g-000", Some("alice"), 0))
+            .await
+            .unwrap()
+    );
+    let mut group: Vec<store::NewReceipt> = (0..n)
+        .map(|i| {
+            let owner = (i % 2 == 0).then_some("alice");
+            receipt(
+                &format!("r-{i:03}"),
+                &format!("g-{i:03}"),
+                owner,
+                (i % 60) as u32,
+            )
+        })
+        .collect();
+    // A second receipt for g-001 later in the same group.
+    group.push(receipt("again", "g-001", None, 5));
+    let stored = s.insert_receipts(&group).await.unwrap();
+    assert_eq!(stored.len(), group.len());
+    assert!(!stored[0], "g-000 keeps the receipt it had");
+    assert!(
+        stored[1..n].iter().all(|&s| s),
+        "every other debate's is stored"
+    );
+    assert!(!stored[n], "g-001's second receipt is refused");
+    assert_eq!(
+        s.receipt_of_debate("g-000")
+            .await
+            .unwrap()
+            .unwrap()
+            .receipt_id,
+        "first"
+    );
+    assert!(s.get_receipt("r-000").await.unwrap().is_none());
+    assert!(s.get_receipt("again").await.unwrap().is_none());
+    for i in [1, 2, 255, 256, 257, 299] {
+        let id = format!("g-{i:03}");
+        let r = s.receipt_of_debate(&id).await.unwrap().unwrap();
+        assert_eq!(r.receipt_id, format!("r-{i:03}"));
+        assert_eq!(r.debate_id, id);
+        assert_eq!(r.owner_id.as_deref(), (i % 2 == 0).then_some("alice"));
+        assert_eq!(r.receipt, format!("{{\"receipt_id\":\"r-{i:03}\"}}"));
+        assert_eq!(
+            r.issued_at,
+            Utc.with_ymd_and_hms(2026, 12, 3, 10, 0, (i % 60) as u32)
+                .unwrap()
+        );
+        assert_eq!(
+            s.get_debate(&id).await.unwrap().unwrap().receipt_id,
+            Some(format!("r-{i:03}"))
+        );
+    }
+    let (_, total) = s.list_receipts(None, 1, 0).await.unwrap();
+    assert_eq!(total, n as i64);
+    // Stored once: the same group again stores nothing.
+    let again = s.insert_receipts(&group).await.unwrap();
+    assert!(again.iter().all(|&s| !s));
 }
 
 async fn receipts_are_stored_once_and_listed_by_owner(s: &DynStore) {
