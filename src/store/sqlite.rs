@@ -34,13 +34,73 @@ pub struct SqliteStore {
     /// autocommit; multi-statement writes use [`WriteConn::begin`].
     writer: Writer,
     /// Submissions waiting to be written (see [`Store::create_debate_with`]).
-    intake: parking_lot::Mutex<Vec<Submission>>,
-    intake_tickets: std::sync::atomic::AtomicU64,
+    intake: Gather<Submission>,
+    /// Debates' ends waiting to be written (see [`Store::finish_debate`]).
+    finishes: Gather<Finish>,
+}
+
+/// Writes that arrive while the write connection is busy, written together: each joins the
+/// queue and takes the connection, and whoever gets it first writes every one waiting, in
+/// one transaction, and answers the others.
+struct Gather<T> {
+    queue: parking_lot::Mutex<Vec<(u64, T)>>,
+    tickets: std::sync::atomic::AtomicU64,
+}
+
+impl<T> Default for Gather<T> {
+    fn default() -> Self {
+        Gather {
+            queue: parking_lot::Mutex::new(Vec::new()),
+            tickets: Default::default(),
+        }
+    }
+}
+
+impl<T> Gather<T> {
+    /// Queue `item` and take the write connection: `Some` with everything waiting for the
+    /// one who writes it; `None` when another writer took `item` (and answers it); an error
+    /// when the wait for the connection ran out and `item` was withdrawn unwritten.
+    async fn join<'w>(
+        &self,
+        writer: &'w Writer,
+        item: T,
+    ) -> StoreResult<Option<(WriteConn<'w>, Vec<T>)>> {
+        let ticket = self.tickets.fetch_add(1, Ordering::Relaxed);
+        self.queue.lock().push((ticket, item));
+        match writer.take().await {
+            Ok(conn) => {
+                let batch: Vec<T> = std::mem::take(&mut *self.queue.lock())
+                    .into_iter()
+                    .map(|(_, item)| item)
+                    .collect();
+                Ok((!batch.is_empty()).then_some((conn, batch)))
+            }
+            Err(e) => {
+                // Withdrawn while still waiting; once taken, the taker answers it.
+                let mut queue = self.queue.lock();
+                match queue.iter().position(|(t, _)| *t == ticket) {
+                    Some(i) => {
+                        queue.remove(i);
+                        Err(e)
+                    }
+                    None => Ok(None),
+                }
+            }
+        }
+    }
+}
+
+/// A debate's end not yet written: its last event and final state.
+struct Finish {
+    debate_id: String,
+    lease: Option<Lease>,
+    update: DebateUpdate,
+    end: NewEvent,
+    reply: oneshot::Sender<StoreResult<(DebateRecord, StoredEvent)>>,
 }
 
 /// A debate submitted and not yet written, with its first events.
 struct Submission {
-    ticket: u64,
     new: NewDebate,
     events: Vec<NewEvent>,
     created_at: DateTime<Utc>,
@@ -54,7 +114,6 @@ impl Submission {
             events,
             created_at,
             reply,
-            ..
         } = self;
         let stored = stored_run(&new.id, 1, &events, created_at);
         let record = new.into_queued(created_at);
@@ -391,9 +450,8 @@ impl SqliteStore {
         &self,
         steps: &[StepRef<'_>],
     ) -> StoreResult<Vec<StoreResult<Vec<StoredEvent>>>> {
-        /// Rows per statement: powers of two (see [`padded`]), under SQLite's 32,766 bound
+        /// Rows per statement: a power of two (see [`padded`]), under SQLite's 32,766 bound
         /// parameters.
-        const STEPS_PER_STATEMENT: usize = 1_024;
         const USAGE_PER_STATEMENT: usize = 1_024;
         let live: Vec<&StepRef<'_>> = steps.iter().filter(|s| !s.events.is_empty()).collect();
         if live.is_empty() {
@@ -403,26 +461,11 @@ impl SqliteStore {
         let at = format_ts(timestamp);
         let mut tx = self.begin_write().await?;
         // Each debate's last_seq, bumped by its count where its lease still holds.
-        let mut last: HashMap<String, i64> = HashMap::with_capacity(live.len());
-        for chunk in live.chunks(STEPS_PER_STATEMENT) {
-            let mut qb: QueryBuilder<Sqlite> =
-                QueryBuilder::new("WITH v(id, n, owner, generation) AS (");
-            // Padding rows have no id, so they match no debate.
-            qb.push_values(padded(chunk), |mut row, s| {
-                row.push_bind(s.map(|s| s.debate_id))
-                    .push_bind(s.map(|s| s.events.len() as i64))
-                    .push_bind(s.and_then(|s| s.lease.map(|l| l.owner.as_str())))
-                    .push_bind(s.map(|s| s.lease.map_or(0, |l| l.generation)));
-            });
-            qb.push(
-                ") UPDATE debates SET last_seq = debates.last_seq + v.n FROM v \
-                 WHERE debates.id = v.id AND (v.owner IS NULL OR \
-                     (debates.lease_owner = v.owner AND debates.lease_generation = v.generation)) \
-                 RETURNING debates.id, debates.last_seq",
-            );
-            let bumped: Vec<(String, i64)> = qb.build_query_as().fetch_all(&mut *tx).await?;
-            last.extend(bumped);
-        }
+        let counts: Vec<(&str, i64, Option<&Lease>)> = live
+            .iter()
+            .map(|s| (s.debate_id, s.events.len() as i64, s.lease))
+            .collect();
+        let last = bump_seqs(&mut tx, &counts).await?;
         let written: Vec<&StepRef<'_>> = live
             .iter()
             .copied()
@@ -628,7 +671,7 @@ impl SqliteStore {
                 readers: pool.clone(),
                 writer: Writer::Pooled(pool),
                 intake: Default::default(),
-                intake_tickets: Default::default(),
+                finishes: Default::default(),
             });
         }
         // Local file open: bounded by acquire_timeout, and surfaces a bad path at startup. The
@@ -655,12 +698,8 @@ impl SqliteStore {
             readers,
             writer,
             intake: Default::default(),
-            intake_tickets: Default::default(),
+            finishes: Default::default(),
         })
-    }
-
-    fn intake_queue(&self) -> parking_lot::MutexGuard<'_, Vec<Submission>> {
-        self.intake.lock()
     }
 
     /// Write `batch` on `conn` in one transaction and answer each submission. A duplicate id
@@ -702,6 +741,43 @@ impl SqliteStore {
                     }
                 }
             }
+        }
+    }
+
+    /// Write the ends in `batch` on `conn` in one transaction and answer each. A debate
+    /// ending twice in one batch has its later end written after, alone. When the database
+    /// refuses the batch whole, each end is written alone.
+    async fn write_finishes(&self, conn: WriteConn<'_>, batch: Vec<Finish>) {
+        let mut seen = HashSet::new();
+        let (batch, again): (Vec<Finish>, Vec<Finish>) = batch
+            .into_iter()
+            .partition(|f| seen.insert(f.debate_id.clone()));
+        let mut alone = Vec::new();
+        match finish_group(conn, &self.writer, &batch).await {
+            Ok(outcomes) => {
+                for (f, outcome) in batch.into_iter().zip(outcomes) {
+                    let _ = f.reply.send(outcome);
+                }
+            }
+            Err(e) if batch.len() == 1 => {
+                if let Some(f) = batch.into_iter().next() {
+                    let _ = f.reply.send(Err(e));
+                }
+            }
+            Err(_) => alone = batch,
+        }
+        for f in alone.into_iter().chain(again) {
+            let outcome = match self.writer.take().await {
+                Ok(conn) => finish_group(conn, &self.writer, std::slice::from_ref(&f))
+                    .await
+                    .and_then(|mut one| {
+                        one.pop().unwrap_or_else(|| {
+                            Err(StoreError::NotFound(format!("debate {}", f.debate_id)))
+                        })
+                    }),
+                Err(e) => Err(e),
+            };
+            let _ = f.reply.send(outcome);
         }
     }
 
@@ -862,6 +938,134 @@ async fn insert_usage(conn: &mut sqlx::SqliteConnection, u: &NewUsage) -> StoreR
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// Bump each debate's `last_seq` by its count where its lease (when given) still holds, in
+/// one padded statement per 1,024 debates: each bumped debate's new `last_seq`. A debate
+/// missing from the answer is gone or no longer held.
+async fn bump_seqs(
+    tx: &mut WriteTx<'_>,
+    counts: &[(&str, i64, Option<&Lease>)],
+) -> StoreResult<HashMap<String, i64>> {
+    const DEBATES_PER_STATEMENT: usize = 1_024;
+    let mut last: HashMap<String, i64> = HashMap::with_capacity(counts.len());
+    for chunk in counts.chunks(DEBATES_PER_STATEMENT) {
+        let mut qb: QueryBuilder<Sqlite> =
+            QueryBuilder::new("WITH v(id, n, owner, generation) AS (");
+        // Padding rows have no id, so they match no debate.
+        qb.push_values(padded(chunk), |mut row, c| {
+            row.push_bind(c.map(|c| c.0))
+                .push_bind(c.map(|c| c.1))
+                .push_bind(c.and_then(|c| c.2.map(|l| l.owner.as_str())))
+                .push_bind(c.map(|c| c.2.map_or(0, |l| l.generation)));
+        });
+        qb.push(
+            ") UPDATE debates SET last_seq = debates.last_seq + v.n FROM v \
+             WHERE debates.id = v.id AND (v.owner IS NULL OR \
+                 (debates.lease_owner = v.owner AND debates.lease_generation = v.generation)) \
+             RETURNING debates.id, debates.last_seq",
+        );
+        let bumped: Vec<(String, i64)> = qb.build_query_as().fetch_all(&mut **tx).await?;
+        last.extend(bumped);
+    }
+    Ok(last)
+}
+
+/// Write the ends of `batch` (distinct debates) in one transaction: each debate's last event
+/// where its lease still holds, and its final state with the lease dropped. Each gets its
+/// own answer; an error here means nothing was written.
+async fn finish_group(
+    conn: WriteConn<'_>,
+    writer: &Writer,
+    batch: &[Finish],
+) -> StoreResult<Vec<StoreResult<(DebateRecord, StoredEvent)>>> {
+    const DEBATES_PER_STATEMENT: usize = 256;
+    let mut tx = conn.begin(writer).await?;
+    let counts: Vec<(&str, i64, Option<&Lease>)> = batch
+        .iter()
+        .map(|f| (f.debate_id.as_str(), 1, f.lease.as_ref()))
+        .collect();
+    let last = bump_seqs(&mut tx, &counts).await?;
+    let timestamp = now_micros();
+    let at = format_ts(timestamp);
+    let held: Vec<&Finish> = batch
+        .iter()
+        .filter(|f| last.contains_key(&f.debate_id))
+        .collect();
+    let rows: Vec<NewEventRow<'_>> = held
+        .iter()
+        .map(|f| {
+            (
+                f.debate_id.as_str(),
+                last[&f.debate_id],
+                &f.end,
+                at.as_str(),
+            )
+        })
+        .collect();
+    insert_event_rows(&mut tx, &rows).await?;
+    let mut records: HashMap<String, DebateRecord> = HashMap::with_capacity(held.len());
+    for chunk in held.chunks(DEBATES_PER_STATEMENT) {
+        // COALESCE keeps the stored value wherever the update carries None; padding rows
+        // have no id, so they match no debate.
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "WITH v(f_id, f_status, f_rounds_used, f_result, f_error, f_started_at, \
+             f_finished_at) AS (",
+        );
+        qb.push_values(padded(chunk), |mut row, f| {
+            let u = f.map(|f| &f.update);
+            row.push_bind(f.map(|f| f.debate_id.as_str()))
+                .push_bind(u.and_then(|u| u.status.map(DebateStatus::as_str)))
+                .push_bind(u.and_then(|u| u.rounds_used))
+                .push_bind(u.and_then(|u| u.result.as_ref().map(Json)))
+                .push_bind(u.and_then(|u| u.error.as_deref()))
+                .push_bind(u.and_then(|u| u.started_at.map(format_ts)))
+                .push_bind(u.and_then(|u| u.finished_at.map(format_ts)));
+        });
+        qb.push(format!(
+            ") UPDATE debates SET status = COALESCE(v.f_status, status), \
+             rounds_used = COALESCE(v.f_rounds_used, rounds_used), \
+             result = COALESCE(v.f_result, result), error = COALESCE(v.f_error, error), \
+             started_at = COALESCE(v.f_started_at, started_at), \
+             finished_at = COALESCE(v.f_finished_at, finished_at), lease_owner = NULL, \
+             lease_expires_at = NULL, cancel_requested = 0, pause_requested = 0 \
+             FROM v WHERE debates.id = v.f_id RETURNING {DEBATE_COLUMNS}"
+        ));
+        let rows: Vec<DebateRow> = qb.build_query_as().fetch_all(&mut *tx).await?;
+        for row in rows {
+            let record = row.into_record()?;
+            records.insert(record.id.clone(), record);
+        }
+    }
+    // Why the others were refused: their debate is gone, or their lease moved on.
+    let mut refusals: HashMap<&str, StoreError> = HashMap::new();
+    for f in batch.iter().filter(|f| !last.contains_key(&f.debate_id)) {
+        let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM debates WHERE id = ?")
+            .bind(&f.debate_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        refusals.insert(
+            &f.debate_id,
+            refused(&f.debate_id, f.lease.as_ref(), found.is_some()),
+        );
+    }
+    tx.commit().await?;
+    Ok(batch
+        .iter()
+        .map(|f| {
+            if let Some(e) = refusals.remove(f.debate_id.as_str()) {
+                return Err(e);
+            }
+            let record = records
+                .remove(&f.debate_id)
+                .ok_or_else(|| StoreError::NotFound(format!("debate {}", f.debate_id)))?;
+            let seq = last[&f.debate_id];
+            let event = stored_run(&f.debate_id, seq, std::slice::from_ref(&f.end), timestamp)
+                .pop()
+                .ok_or_else(|| StoreError::NotFound(format!("debate {}", f.debate_id)))?;
+            Ok((record, event))
+        })
+        .collect())
 }
 
 async fn insert_events(
@@ -1112,33 +1316,16 @@ impl Store for SqliteStore {
         new: &NewDebate,
         events: &[NewEvent],
     ) -> StoreResult<(DebateRecord, Vec<StoredEvent>)> {
-        // Submissions that arrive while the write connection is busy are written together:
-        // each joins the queue, and whoever gets the connection first writes every one
-        // waiting, in one transaction, and answers the others.
+        // Submissions that arrive while the write connection is busy are written together.
         let (reply, answer) = oneshot::channel();
-        let ticket = self.intake_tickets.fetch_add(1, Ordering::Relaxed);
-        self.intake_queue().push(Submission {
-            ticket,
+        let submission = Submission {
             new: new.clone(),
             events: events.to_vec(),
             created_at: now_micros(),
             reply,
-        });
-        match self.writer.take().await {
-            Ok(conn) => {
-                let batch = std::mem::take(&mut *self.intake_queue());
-                if !batch.is_empty() {
-                    self.write_submissions(conn, batch).await;
-                }
-            }
-            Err(e) => {
-                // Withdrawn while still waiting; once taken, the taker answers it.
-                let mut queue = self.intake_queue();
-                if let Some(i) = queue.iter().position(|s| s.ticket == ticket) {
-                    queue.remove(i);
-                    return Err(e);
-                }
-            }
+        };
+        if let Some((conn, batch)) = self.intake.join(&self.writer, submission).await? {
+            self.write_submissions(conn, batch).await;
         }
         answer
             .await
@@ -1221,16 +1408,21 @@ impl Store for SqliteStore {
         update: &DebateUpdate,
         end: &NewEvent,
     ) -> StoreResult<(DebateRecord, StoredEvent)> {
-        let mut tx = self.begin_write().await?;
-        let mut stored =
-            insert_events(&mut tx, debate_id, lease, std::slice::from_ref(end)).await?;
-        let record = apply_update(&mut tx, debate_id, update, true).await?;
-        let event = stored
-            .pop()
-            .ok_or_else(|| StoreError::NotFound(format!("debate {debate_id}")))?;
-        let result = Ok((record, event));
-        tx.commit().await?;
-        result
+        // Ends that arrive while the write connection is busy are written together.
+        let (reply, answer) = oneshot::channel();
+        let finish = Finish {
+            debate_id: debate_id.to_owned(),
+            lease: lease.cloned(),
+            update: update.clone(),
+            end: end.clone(),
+            reply,
+        };
+        if let Some((conn, batch)) = self.finishes.join(&self.writer, finish).await? {
+            self.write_finishes(conn, batch).await;
+        }
+        answer
+            .await
+            .unwrap_or(Err(StoreError::Database(sqlx::Error::PoolClosed)))
     }
 
     async fn finish_queued(

@@ -207,6 +207,9 @@ suite! {
     receipts_stored_together_each_get_their_own_answer =>
         sqlite_receipts_stored_together_each_get_their_own_answer,
         postgres_receipts_stored_together_each_get_their_own_answer;
+    concurrent_finishes_each_get_their_own_answer =>
+        sqlite_concurrent_finishes_each_get_their_own_answer,
+        postgres_concurrent_finishes_each_get_their_own_answer;
 }
 
 fn ev(kind: &str) -> NewEvent {
@@ -673,6 +676,116 @@ async fn concurrent_submissions_each_get_their_own_answer(s: &DynStore) {
         );
         assert_eq!(s.last_seq(id).await.unwrap(), events.len() as i64);
     }
+}
+
+/// Many debates ending at once (written together on SQLite): each end gets its own answer.
+/// Held debates end with their status, result and last event after their own log; a stale
+/// lease is fenced, an unknown debate is not found, and a debate ended twice at once ends
+/// once (the other is fenced, its lease gone with the first).
+async fn concurrent_finishes_each_get_their_own_answer(s: &DynStore) {
+    let n = 90usize;
+    for i in 0..n {
+        s.create_debate_with(&new_debate(&format!("cf-{i:02}"), None), &[event(i)])
+            .await
+            .unwrap();
+    }
+    let claims = s.claim_debates("a", n as u32, TTL).await.unwrap();
+    assert_eq!(claims.len(), n);
+    let mut tasks = Vec::new();
+    for i in 0..n + 3 {
+        let s = s.clone();
+        let (id, lease) = match i {
+            // cf-00 ended twice at once.
+            _ if i == n => ("cf-00".to_owned(), Some(lease_of(&claims, "cf-00"))),
+            _ if i == n + 1 => ("cf-missing".to_owned(), None),
+            _ if i == n + 2 => ("cf-missing-2".to_owned(), Some(lease_of(&claims, "cf-01"))),
+            _ => {
+                let id = format!("cf-{i:02}");
+                let mut lease = lease_of(&claims, &id);
+                // Every seventh holds a stale generation.
+                if i % 7 == 6 {
+                    lease.generation -= 1;
+                }
+                (id, Some(lease))
+            }
+        };
+        tasks.push(tokio::spawn(async move {
+            let update = DebateUpdate {
+                status: Some(if i % 2 == 0 {
+                    DebateStatus::Completed
+                } else {
+                    DebateStatus::NoConsensus
+                }),
+                rounds_used: Some((i % 4) as i32),
+                result: Some(json!({"i": i})),
+                error: (i % 5 == 0).then(|| format!("note {i}")),
+                finished_at: Some(Utc::now()),
+                ..DebateUpdate::default()
+            };
+            let r = s
+                .finish_debate(&id, lease.as_ref(), &update, &event(1000 + i))
+                .await;
+            (i, id, r)
+        }));
+    }
+    let mut ended_twice = Vec::new();
+    for t in tasks {
+        let (i, id, r) = t.await.unwrap();
+        match (i, r) {
+            (i, r) if id == "cf-00" => ended_twice.push((i, r.is_ok())),
+            (i, r) if i > n => assert!(matches!(r, Err(StoreError::NotFound(_))), "{id}: {r:?}"),
+            (i, r) if i % 7 == 6 => assert!(matches!(r, Err(StoreError::Fenced(_))), "{id}: {r:?}"),
+            (i, Ok((record, end))) => {
+                assert_eq!(record.id, id);
+                let want = if i % 2 == 0 {
+                    DebateStatus::Completed
+                } else {
+                    DebateStatus::NoConsensus
+                };
+                assert_eq!(record.status, want, "{id}");
+                assert_eq!(record.rounds_used, (i % 4) as i32, "{id}");
+                assert_eq!(record.result, Some(json!({"i": i})), "{id}");
+                assert_eq!(
+                    record.error,
+                    (i % 5 == 0).then(|| format!("note {i}")),
+                    "{id}"
+                );
+                assert!(record.finished_at.is_some(), "{id}");
+                assert_eq!(
+                    (end.seq, end.data.clone()),
+                    (2, event(1000 + i).data),
+                    "{id}"
+                );
+                let log = s.events_since(&id, 0, 10).await.unwrap();
+                assert_eq!(
+                    log.iter()
+                        .map(|e| (e.seq, e.data.clone()))
+                        .collect::<Vec<_>>(),
+                    [(1, event(i).data), (2, event(1000 + i).data)],
+                    "{id}"
+                );
+            }
+            (i, Err(e)) => panic!("cf-{i:02}: {e:?}"),
+        }
+    }
+    assert_eq!(
+        ended_twice.iter().filter(|(_, ok)| *ok).count(),
+        1,
+        "cf-00 ends once: {ended_twice:?}"
+    );
+    assert_eq!(s.last_seq("cf-00").await.unwrap(), 2);
+    // The fenced ones are untouched: still running, their logs as they were.
+    for i in (0..n).filter(|i| i % 7 == 6) {
+        let id = format!("cf-{i:02}");
+        assert_eq!(
+            s.get_debate(&id).await.unwrap().unwrap().status,
+            DebateStatus::Running
+        );
+        assert_eq!(s.last_seq(&id).await.unwrap(), 1);
+    }
+    // Every lease the ends dropped is gone; the fenced debates still hold theirs.
+    let renewed = s.renew_leases("a", TTL).await.unwrap();
+    assert_eq!(renewed.len(), (0..n).filter(|i| i % 7 == 6).count());
 }
 
 async fn claiming_queued_debates_leaves_expired_leases_for_the_full_claim(s: &DynStore) {
