@@ -37,6 +37,8 @@ pub struct SqliteStore {
     intake: Gather<Submission>,
     /// Debates' ends waiting to be written (see [`Store::finish_debate`]).
     finishes: Gather<Finish>,
+    /// Debates' match results waiting to be rated (see [`Store::apply_match_results`]).
+    rates: Gather<Rate>,
 }
 
 /// Writes that arrive while the write connection is busy, written together: each joins the
@@ -88,6 +90,14 @@ impl<T> Gather<T> {
             }
         }
     }
+}
+
+/// A debate's match results not yet applied to the ratings.
+struct Rate {
+    debate_id: String,
+    domain: Option<String>,
+    matches: Vec<MatchResult>,
+    reply: oneshot::Sender<StoreResult<bool>>,
 }
 
 /// A debate's end not yet written: its last event and final state.
@@ -266,12 +276,6 @@ struct WriteTx<'a> {
 impl WriteTx<'_> {
     async fn commit(mut self) -> sqlx::Result<()> {
         SqliteTransactionManager::commit(&mut self.conn).await?;
-        self.open = false;
-        Ok(())
-    }
-
-    async fn rollback(mut self) -> sqlx::Result<()> {
-        SqliteTransactionManager::rollback(&mut self.conn).await?;
         self.open = false;
         Ok(())
     }
@@ -672,6 +676,7 @@ impl SqliteStore {
                 writer: Writer::Pooled(pool),
                 intake: Default::default(),
                 finishes: Default::default(),
+                rates: Default::default(),
             });
         }
         // Local file open: bounded by acquire_timeout, and surfaces a bad path at startup. The
@@ -699,6 +704,7 @@ impl SqliteStore {
             writer,
             intake: Default::default(),
             finishes: Default::default(),
+            rates: Default::default(),
         })
     }
 
@@ -778,6 +784,39 @@ impl SqliteStore {
                 Err(e) => Err(e),
             };
             let _ = f.reply.send(outcome);
+        }
+    }
+
+    /// Rate the debates in `batch` on `conn` in one transaction and answer each. A debate
+    /// rated twice in one batch is rated again after, alone (and answers `false`). When the
+    /// database refuses the batch whole, each debate is rated alone.
+    async fn write_ratings(&self, conn: WriteConn<'_>, batch: Vec<Rate>) {
+        let mut seen = HashSet::new();
+        let (batch, again): (Vec<Rate>, Vec<Rate>) = batch
+            .into_iter()
+            .partition(|r| seen.insert(r.debate_id.clone()));
+        let mut alone = Vec::new();
+        match rate_group(conn, &self.writer, &batch).await {
+            Ok(fresh) => {
+                for (r, fresh) in batch.into_iter().zip(fresh) {
+                    let _ = r.reply.send(Ok(fresh));
+                }
+            }
+            Err(e) if batch.len() == 1 => {
+                if let Some(r) = batch.into_iter().next() {
+                    let _ = r.reply.send(Err(e));
+                }
+            }
+            Err(_) => alone = batch,
+        }
+        for r in alone.into_iter().chain(again) {
+            let outcome = match self.writer.take().await {
+                Ok(conn) => rate_group(conn, &self.writer, std::slice::from_ref(&r))
+                    .await
+                    .map(|fresh| fresh.first().copied().unwrap_or(false)),
+                Err(e) => Err(e),
+            };
+            let _ = r.reply.send(outcome);
         }
     }
 
@@ -1173,55 +1212,75 @@ async fn apply_update(
         .into_record()
 }
 
-impl SqliteStore {
-    /// One attempt at [`Store::apply_match_results`]; `Ok(false)` when the debate was rated.
-    async fn try_apply_matches(
-        &self,
-        debate_id: &str,
-        domain: Option<&str>,
-        matches: &[MatchResult],
-    ) -> StoreResult<bool> {
-        let scopes = rating_scopes(domain);
-        let agents = match_agents(matches);
-        let now = format_ts(now_micros());
-        // BEGIN IMMEDIATE takes the database write lock before the ratings are read, so two
-        // batches cannot both read the same rating and overwrite each other's update.
-        let mut tx = self.begin_write().await?;
-        let fresh = sqlx::query(
-            "INSERT INTO rated_debates (debate_id, domain, matches, rated_at) \
-             VALUES (?, ?, ?, ?) ON CONFLICT (debate_id) DO NOTHING",
-        )
-        .bind(debate_id)
-        .bind(domain_key(domain))
-        .bind(i64::try_from(matches.len()).unwrap_or(i64::MAX))
-        .bind(&now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if !fresh {
-            tx.rollback().await?;
-            return Ok(false);
+/// Apply the match results of `batch` (distinct debates) to the ratings in one transaction,
+/// debate after debate in order: each flag says whether that debate was rated now (`false`:
+/// it had been rated before). An error here means nothing was written.
+async fn rate_group(
+    conn: WriteConn<'_>,
+    writer: &Writer,
+    batch: &[Rate],
+) -> StoreResult<Vec<bool>> {
+    const DEBATES_PER_STATEMENT: usize = 1_024;
+    let now = format_ts(now_micros());
+    // BEGIN IMMEDIATE takes the database write lock before the ratings are read, so no other
+    // writer can read the same rating and overwrite this update.
+    let mut tx = conn.begin(writer).await?;
+    let mut fresh: HashSet<String> = HashSet::with_capacity(batch.len());
+    for chunk in batch.chunks(DEBATES_PER_STATEMENT) {
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO rated_debates (debate_id, domain, matches, rated_at) SELECT * FROM (",
+        );
+        qb.push_values(padded(chunk), |mut row, r| {
+            row.push_bind(r.map(|r| r.debate_id.as_str()))
+                .push_bind(r.map(|r| domain_key(r.domain.as_deref())))
+                .push_bind(r.map(|r| i64::try_from(r.matches.len()).unwrap_or(i64::MAX)))
+                .push_bind(r.map(|_| now.as_str()));
+        });
+        qb.push(
+            ") WHERE column1 IS NOT NULL ON CONFLICT (debate_id) DO NOTHING RETURNING debate_id",
+        );
+        let ids: Vec<String> = qb.build_query_scalar().fetch_all(&mut *tx).await?;
+        fresh.extend(ids);
+    }
+    let rated: Vec<(&Rate, Vec<String>)> = batch
+        .iter()
+        .filter(|r| fresh.contains(&r.debate_id))
+        .map(|r| (r, rating_scopes(r.domain.as_deref())))
+        .collect();
+    // The (scope, agent) rows the batch touches, read as they stand.
+    let mut touched: HashSet<(String, String)> = HashSet::new();
+    for (r, scopes) in &rated {
+        for agent in match_agents(&r.matches) {
+            for scope in scopes {
+                touched.insert((scope.clone(), agent.clone()));
+            }
         }
-        let mut tallies = Tallies::new();
-        if !agents.is_empty() {
-            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "SELECT domain, agent, rating, games, wins, losses, draws FROM ratings \
-                 WHERE domain IN (",
-            );
-            let mut list = qb.separated(", ");
-            for scope in &scopes {
-                list.push_bind(scope);
-            }
-            qb.push(") AND agent IN (");
-            let mut list = qb.separated(", ");
-            for agent in &agents {
-                list.push_bind(agent);
-            }
-            qb.push(")");
-            let rows: Vec<(String, String, f64, i64, i64, i64, i64)> =
-                qb.build_query_as().fetch_all(&mut *tx).await?;
-            for (domain, agent, rating, games, wins, losses, draws) in rows {
+    }
+    let mut tallies = Tallies::new();
+    if !touched.is_empty() {
+        let scopes: std::collections::BTreeSet<&str> =
+            touched.iter().map(|(s, _)| s.as_str()).collect();
+        let agents: std::collections::BTreeSet<&str> =
+            touched.iter().map(|(_, a)| a.as_str()).collect();
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "SELECT domain, agent, rating, games, wins, losses, draws FROM ratings \
+             WHERE domain IN (",
+        );
+        let mut list = qb.separated(", ");
+        for scope in &scopes {
+            list.push_bind(*scope);
+        }
+        qb.push(") AND agent IN (");
+        let mut list = qb.separated(", ");
+        for agent in &agents {
+            list.push_bind(*agent);
+        }
+        qb.push(")");
+        let rows: Vec<(String, String, f64, i64, i64, i64, i64)> =
+            qb.build_query_as().fetch_all(&mut *tx).await?;
+        for (domain, agent, rating, games, wins, losses, draws) in rows {
+            let key = (domain, agent);
+            if touched.contains(&key) {
                 let tally = Tally {
                     rating,
                     games,
@@ -1229,38 +1288,40 @@ impl SqliteStore {
                     losses,
                     draws,
                 };
-                tallies.insert((domain, agent), tally);
+                tallies.insert(key, tally);
             }
         }
-        apply_matches(&mut tallies, &scopes, matches);
-        // Every rating in one statement (per chunk), padded like the grouped appends.
-        let tallies: Vec<_> = tallies.iter().collect();
-        for chunk in tallies.chunks(1_024) {
-            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO ratings (agent, domain, rating, games, wins, losses, draws, \
-                 updated_at) SELECT * FROM (",
-            );
-            qb.push_values(padded(chunk), |mut row, r| {
-                row.push_bind(r.map(|((_, agent), _)| agent.as_str()))
-                    .push_bind(r.map(|((domain, _), _)| domain.as_str()))
-                    .push_bind(r.map(|(_, t)| t.rating))
-                    .push_bind(r.map(|(_, t)| t.games))
-                    .push_bind(r.map(|(_, t)| t.wins))
-                    .push_bind(r.map(|(_, t)| t.losses))
-                    .push_bind(r.map(|(_, t)| t.draws))
-                    .push_bind(r.map(|_| now.as_str()));
-            });
-            qb.push(
-                ") WHERE column1 IS NOT NULL \
-                 ON CONFLICT (agent, domain) DO UPDATE SET rating = excluded.rating, \
-                 games = excluded.games, wins = excluded.wins, losses = excluded.losses, \
-                 draws = excluded.draws, updated_at = excluded.updated_at",
-            );
-            qb.build().execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(true)
     }
+    for (r, scopes) in &rated {
+        apply_matches(&mut tallies, scopes, &r.matches);
+    }
+    // Every rating in one statement (per chunk), padded like the grouped appends.
+    let tallies: Vec<_> = tallies.iter().collect();
+    for chunk in tallies.chunks(1_024) {
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO ratings (agent, domain, rating, games, wins, losses, draws, \
+             updated_at) SELECT * FROM (",
+        );
+        qb.push_values(padded(chunk), |mut row, r| {
+            row.push_bind(r.map(|((_, agent), _)| agent.as_str()))
+                .push_bind(r.map(|((domain, _), _)| domain.as_str()))
+                .push_bind(r.map(|(_, t)| t.rating))
+                .push_bind(r.map(|(_, t)| t.games))
+                .push_bind(r.map(|(_, t)| t.wins))
+                .push_bind(r.map(|(_, t)| t.losses))
+                .push_bind(r.map(|(_, t)| t.draws))
+                .push_bind(r.map(|_| now.as_str()));
+        });
+        qb.push(
+            ") WHERE column1 IS NOT NULL \
+             ON CONFLICT (agent, domain) DO UPDATE SET rating = excluded.rating, \
+             games = excluded.games, wins = excluded.wins, losses = excluded.losses, \
+             draws = excluded.draws, updated_at = excluded.updated_at",
+        );
+        qb.build().execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(batch.iter().map(|r| fresh.contains(&r.debate_id)).collect())
 }
 
 #[async_trait]
@@ -1655,17 +1716,20 @@ impl Store for SqliteStore {
         matches: &[MatchResult],
     ) -> StoreResult<bool> {
         check_matches(matches)?;
-        let mut attempts = 0;
-        loop {
-            match self.try_apply_matches(debate_id, domain, matches).await {
-                Ok(fresh) => return Ok(fresh),
-                Err(StoreError::Database(e)) if is_busy(&e) && attempts < 5 => {
-                    attempts += 1;
-                    tokio::time::sleep(Duration::from_millis(10 * attempts)).await;
-                }
-                Err(e) => return Err(e),
-            }
+        // Debates rated while the write connection is busy are rated together, in order.
+        let (reply, answer) = oneshot::channel();
+        let rate = Rate {
+            debate_id: debate_id.to_owned(),
+            domain: domain.map(str::to_owned),
+            matches: matches.to_vec(),
+            reply,
+        };
+        if let Some((conn, batch)) = self.rates.join(&self.writer, rate).await? {
+            self.write_ratings(conn, batch).await;
         }
+        answer
+            .await
+            .unwrap_or(Err(StoreError::Database(sqlx::Error::PoolClosed)))
     }
 
     async fn ratings(&self, domain: Option<&str>, limit: u32) -> StoreResult<Vec<Rating>> {

@@ -210,6 +210,8 @@ suite! {
     concurrent_finishes_each_get_their_own_answer =>
         sqlite_concurrent_finishes_each_get_their_own_answer,
         postgres_concurrent_finishes_each_get_their_own_answer;
+    concurrent_ratings_lose_no_game =>
+        sqlite_concurrent_ratings_lose_no_game, postgres_concurrent_ratings_lose_no_game;
 }
 
 fn ev(kind: &str) -> NewEvent {
@@ -1815,6 +1817,78 @@ fn row(
     d: i64,
 ) -> (String, f64, i64, i64, i64, i64) {
     (agent.into(), rating, games, w, l, d)
+}
+
+/// Many debates rated at once (together, on SQLite): each is rated exactly once, every game
+/// is counted for both its agents under every scope, and no rating point is lost or made
+/// (Elo is zero-sum, so each scope's ratings still sum to 1,500 per agent).
+async fn concurrent_ratings_lose_no_game(s: &DynStore) {
+    let agents = ["ra", "rb", "rc", "rd"];
+    let n = 80usize;
+    let mut tasks = Vec::new();
+    for i in 0..n + 10 {
+        let s = s.clone();
+        // The last ten ask again for debates 0..10.
+        let debate = i % n;
+        tasks.push(tokio::spawn(async move {
+            let a = agents[debate % 4];
+            let b = agents[(debate + 1) % 4];
+            let c = agents[(debate + 2) % 4];
+            let matches = [
+                game(a, b, [1.0, 0.5, 0.0][debate % 3]),
+                game(b, c, [0.0, 1.0, 0.5][debate % 3]),
+            ];
+            let domain = debate.is_multiple_of(2).then_some("law");
+            let fresh = s
+                .apply_match_results(&format!("cr-{debate:02}"), domain, &matches)
+                .await
+                .unwrap();
+            (debate, fresh)
+        }));
+    }
+    let mut rated: HashMap<usize, usize> = HashMap::new();
+    for t in tasks {
+        let (debate, fresh) = t.await.unwrap();
+        if fresh {
+            *rated.entry(debate).or_default() += 1;
+        }
+    }
+    assert_eq!(rated.len(), n, "every debate rated");
+    assert!(rated.values().all(|&c| c == 1), "each once: {rated:?}");
+    // Each debate: two games, one agent in both.
+    let mut games: HashMap<(Option<&str>, &str), i64> = HashMap::new();
+    for debate in 0..n {
+        let players = [
+            agents[debate % 4],
+            agents[(debate + 1) % 4],
+            agents[(debate + 1) % 4],
+            agents[(debate + 2) % 4],
+        ];
+        for p in players {
+            *games.entry((None, p)).or_default() += 1;
+            if debate.is_multiple_of(2) {
+                *games.entry((Some("law"), p)).or_default() += 1;
+            }
+        }
+    }
+    for scope in [None, Some("law")] {
+        let board = s.ratings(scope, 0).await.unwrap();
+        assert_eq!(board.len(), 4, "{scope:?}");
+        for r in &board {
+            assert_eq!(
+                r.games,
+                games[&(scope, r.agent.as_str())],
+                "{scope:?} {}",
+                r.agent
+            );
+            assert_eq!(r.wins + r.losses + r.draws, r.games);
+        }
+        let sum: f64 = board.iter().map(|r| r.rating).sum();
+        assert!((sum - 4.0 * 1500.0).abs() < 1e-6, "{scope:?}: {sum}");
+        let wins: i64 = board.iter().map(|r| r.wins).sum();
+        let losses: i64 = board.iter().map(|r| r.losses).sum();
+        assert_eq!(wins, losses, "{scope:?}");
+    }
 }
 
 async fn first_win_moves_sixteen(s: &DynStore) {
