@@ -32,13 +32,13 @@ pub struct SqliteStore {
     /// in the busy handler (≈10 ms naps), or fail with SQLITE_BUSY after `BUSY_TIMEOUT`, while
     /// queueing here is an async wait in arrival order. Single statements run on it in
     /// autocommit; multi-statement writes use [`WriteConn::begin`].
-    writer: Writer,
+    writer: Arc<Writer>,
     /// Submissions waiting to be written (see [`Store::create_debate_with`]).
-    intake: Gather<Submission>,
+    intake: Arc<Gather<Submission>>,
     /// Debates' ends waiting to be written (see [`Store::finish_debate`]).
-    finishes: Gather<Finish>,
+    finishes: Arc<Gather<Finish>>,
     /// Debates' match results waiting to be rated (see [`Store::apply_match_results`]).
-    rates: Gather<Rate>,
+    rates: Arc<Gather<Rate>>,
 }
 
 /// Writes that arrive while the write connection is busy, written together: each joins the
@@ -58,37 +58,94 @@ impl<T> Default for Gather<T> {
     }
 }
 
-impl<T> Gather<T> {
-    /// Queue `item` and take the write connection: `Some` with everything waiting for the
-    /// one who writes it; `None` when another writer took `item` (and answers it); an error
-    /// when the wait for the connection ran out and `item` was withdrawn unwritten.
-    async fn join<'w>(
-        &self,
-        writer: &'w Writer,
-        item: T,
-    ) -> StoreResult<Option<(WriteConn<'w>, Vec<T>)>> {
+impl<T: GroupWrite> Gather<T> {
+    /// Queue `item` and write it from a task of its own, which takes the write connection
+    /// and, when it gets it first, writes every item waiting and answers each. The writing
+    /// task is not the caller's: a caller that stops waiting (a dropped request, a debate
+    /// cancelled while its end is being written) cannot abandon the others' writes halfway.
+    /// An item still waiting when the connection's wait runs out is answered with that error,
+    /// unwritten.
+    fn submit(self: &Arc<Self>, writer: &Arc<Writer>, item: T) {
         let ticket = self.tickets.fetch_add(1, Ordering::Relaxed);
         self.queue.lock().push((ticket, item));
-        match writer.take().await {
-            Ok(conn) => {
-                let batch: Vec<T> = std::mem::take(&mut *self.queue.lock())
-                    .into_iter()
-                    .map(|(_, item)| item)
-                    .collect();
-                Ok((!batch.is_empty()).then_some((conn, batch)))
-            }
-            Err(e) => {
-                // Withdrawn while still waiting; once taken, the taker answers it.
-                let mut queue = self.queue.lock();
-                match queue.iter().position(|(t, _)| *t == ticket) {
-                    Some(i) => {
-                        queue.remove(i);
-                        Err(e)
+        let (gather, writer) = (self.clone(), writer.clone());
+        tokio::spawn(async move {
+            match writer.take().await {
+                Ok(conn) => {
+                    let batch: Vec<T> = std::mem::take(&mut *gather.queue.lock())
+                        .into_iter()
+                        .map(|(_, item)| item)
+                        .collect();
+                    if !batch.is_empty() {
+                        T::write(conn, &writer, batch).await;
                     }
-                    None => Ok(None),
+                }
+                Err(e) => {
+                    // Withdrawn while still waiting; once taken, the taker answers it.
+                    let withdrawn = {
+                        let mut queue = gather.queue.lock();
+                        queue
+                            .iter()
+                            .position(|(t, _)| *t == ticket)
+                            .map(|i| queue.remove(i).1)
+                    };
+                    if let Some(item) = withdrawn {
+                        item.fail(e);
+                    }
                 }
             }
-        }
+        });
+    }
+}
+
+/// A write that is queued and written in groups (see [`Gather`]).
+trait GroupWrite: Sized + Send + 'static {
+    /// Write `batch` on `conn` and answer each item.
+    fn write<'w>(
+        conn: WriteConn<'w>,
+        writer: &'w Writer,
+        batch: Vec<Self>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'w;
+    /// Answer this item with `e`, unwritten.
+    fn fail(self, e: StoreError);
+}
+
+impl GroupWrite for Submission {
+    fn write<'w>(
+        conn: WriteConn<'w>,
+        writer: &'w Writer,
+        batch: Vec<Self>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'w {
+        write_submissions(conn, writer, batch)
+    }
+    fn fail(self, e: StoreError) {
+        self.refused(e);
+    }
+}
+
+impl GroupWrite for Finish {
+    fn write<'w>(
+        conn: WriteConn<'w>,
+        writer: &'w Writer,
+        batch: Vec<Self>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'w {
+        write_finishes(conn, writer, batch)
+    }
+    fn fail(self, e: StoreError) {
+        let _ = self.reply.send(Err(e));
+    }
+}
+
+impl GroupWrite for Rate {
+    fn write<'w>(
+        conn: WriteConn<'w>,
+        writer: &'w Writer,
+        batch: Vec<Self>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'w {
+        write_ratings(conn, writer, batch)
+    }
+    fn fail(self, e: StoreError) {
+        let _ = self.reply.send(Err(e));
     }
 }
 
@@ -673,7 +730,7 @@ impl SqliteStore {
                 .await?;
             return Ok(Self {
                 readers: pool.clone(),
-                writer: Writer::Pooled(pool),
+                writer: Arc::new(Writer::Pooled(pool)),
                 intake: Default::default(),
                 finishes: Default::default(),
                 rates: Default::default(),
@@ -701,123 +758,11 @@ impl SqliteStore {
             .await?;
         Ok(Self {
             readers,
-            writer,
+            writer: Arc::new(writer),
             intake: Default::default(),
             finishes: Default::default(),
             rates: Default::default(),
         })
-    }
-
-    /// Write `batch` on `conn` in one transaction and answer each submission. A duplicate id
-    /// is refused as a conflict, within the batch as against the table. When the database
-    /// refuses the whole batch, each submission is written alone, so one's fault stays its own.
-    async fn write_submissions(&self, conn: WriteConn<'_>, batch: Vec<Submission>) {
-        let mut seen = HashSet::new();
-        let (batch, twice): (Vec<Submission>, Vec<Submission>) = batch
-            .into_iter()
-            .partition(|s| seen.insert(s.new.id.clone()));
-        twice.into_iter().for_each(Submission::conflict);
-        match insert_submissions(conn, &self.writer, &batch).await {
-            Ok(inserted) => {
-                for s in batch {
-                    if inserted.contains(&s.new.id) {
-                        s.accepted();
-                    } else {
-                        s.conflict();
-                    }
-                }
-            }
-            Err(e) if batch.len() == 1 => {
-                if let Some(s) = batch.into_iter().next() {
-                    s.refused(e);
-                }
-            }
-            Err(_) => {
-                for s in batch {
-                    let alone = match self.writer.take().await {
-                        Ok(conn) => {
-                            insert_submissions(conn, &self.writer, std::slice::from_ref(&s)).await
-                        }
-                        Err(e) => Err(e),
-                    };
-                    match alone {
-                        Ok(inserted) if inserted.contains(&s.new.id) => s.accepted(),
-                        Ok(_) => s.conflict(),
-                        Err(e) => s.refused(e),
-                    }
-                }
-            }
-        }
-    }
-
-    /// Write the ends in `batch` on `conn` in one transaction and answer each. A debate
-    /// ending twice in one batch has its later end written after, alone. When the database
-    /// refuses the batch whole, each end is written alone.
-    async fn write_finishes(&self, conn: WriteConn<'_>, batch: Vec<Finish>) {
-        let mut seen = HashSet::new();
-        let (batch, again): (Vec<Finish>, Vec<Finish>) = batch
-            .into_iter()
-            .partition(|f| seen.insert(f.debate_id.clone()));
-        let mut alone = Vec::new();
-        match finish_group(conn, &self.writer, &batch).await {
-            Ok(outcomes) => {
-                for (f, outcome) in batch.into_iter().zip(outcomes) {
-                    let _ = f.reply.send(outcome);
-                }
-            }
-            Err(e) if batch.len() == 1 => {
-                if let Some(f) = batch.into_iter().next() {
-                    let _ = f.reply.send(Err(e));
-                }
-            }
-            Err(_) => alone = batch,
-        }
-        for f in alone.into_iter().chain(again) {
-            let outcome = match self.writer.take().await {
-                Ok(conn) => finish_group(conn, &self.writer, std::slice::from_ref(&f))
-                    .await
-                    .and_then(|mut one| {
-                        one.pop().unwrap_or_else(|| {
-                            Err(StoreError::NotFound(format!("debate {}", f.debate_id)))
-                        })
-                    }),
-                Err(e) => Err(e),
-            };
-            let _ = f.reply.send(outcome);
-        }
-    }
-
-    /// Rate the debates in `batch` on `conn` in one transaction and answer each. A debate
-    /// rated twice in one batch is rated again after, alone (and answers `false`). When the
-    /// database refuses the batch whole, each debate is rated alone.
-    async fn write_ratings(&self, conn: WriteConn<'_>, batch: Vec<Rate>) {
-        let mut seen = HashSet::new();
-        let (batch, again): (Vec<Rate>, Vec<Rate>) = batch
-            .into_iter()
-            .partition(|r| seen.insert(r.debate_id.clone()));
-        let mut alone = Vec::new();
-        match rate_group(conn, &self.writer, &batch).await {
-            Ok(fresh) => {
-                for (r, fresh) in batch.into_iter().zip(fresh) {
-                    let _ = r.reply.send(Ok(fresh));
-                }
-            }
-            Err(e) if batch.len() == 1 => {
-                if let Some(r) = batch.into_iter().next() {
-                    let _ = r.reply.send(Err(e));
-                }
-            }
-            Err(_) => alone = batch,
-        }
-        for r in alone.into_iter().chain(again) {
-            let outcome = match self.writer.take().await {
-                Ok(conn) => rate_group(conn, &self.writer, std::slice::from_ref(&r))
-                    .await
-                    .map(|fresh| fresh.first().copied().unwrap_or(false)),
-                Err(e) => Err(e),
-            };
-            let _ = r.reply.send(outcome);
-        }
     }
 
     async fn fetch_debate(&self, id: &str) -> StoreResult<Option<DebateRecord>> {
@@ -977,6 +922,116 @@ async fn insert_usage(conn: &mut sqlx::SqliteConnection, u: &NewUsage) -> StoreR
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// Write `batch` on `conn` in one transaction and answer each submission. A duplicate id
+/// is refused as a conflict, within the batch as against the table. When the database
+/// refuses the whole batch, each submission is written alone, so one's fault stays its own.
+async fn write_submissions(conn: WriteConn<'_>, writer: &Writer, batch: Vec<Submission>) {
+    let mut seen = HashSet::new();
+    let (batch, twice): (Vec<Submission>, Vec<Submission>) = batch
+        .into_iter()
+        .partition(|s| seen.insert(s.new.id.clone()));
+    twice.into_iter().for_each(Submission::conflict);
+    match insert_submissions(conn, writer, &batch).await {
+        Ok(inserted) => {
+            for s in batch {
+                if inserted.contains(&s.new.id) {
+                    s.accepted();
+                } else {
+                    s.conflict();
+                }
+            }
+        }
+        Err(e) if batch.len() == 1 => {
+            if let Some(s) = batch.into_iter().next() {
+                s.refused(e);
+            }
+        }
+        Err(_) => {
+            for s in batch {
+                let alone = match writer.take().await {
+                    Ok(conn) => insert_submissions(conn, writer, std::slice::from_ref(&s)).await,
+                    Err(e) => Err(e),
+                };
+                match alone {
+                    Ok(inserted) if inserted.contains(&s.new.id) => s.accepted(),
+                    Ok(_) => s.conflict(),
+                    Err(e) => s.refused(e),
+                }
+            }
+        }
+    }
+}
+
+/// Write the ends in `batch` on `conn` in one transaction and answer each. A debate
+/// ending twice in one batch has its later end written after, alone. When the database
+/// refuses the batch whole, each end is written alone.
+async fn write_finishes(conn: WriteConn<'_>, writer: &Writer, batch: Vec<Finish>) {
+    let mut seen = HashSet::new();
+    let (batch, again): (Vec<Finish>, Vec<Finish>) = batch
+        .into_iter()
+        .partition(|f| seen.insert(f.debate_id.clone()));
+    let mut alone = Vec::new();
+    match finish_group(conn, writer, &batch).await {
+        Ok(outcomes) => {
+            for (f, outcome) in batch.into_iter().zip(outcomes) {
+                let _ = f.reply.send(outcome);
+            }
+        }
+        Err(e) if batch.len() == 1 => {
+            if let Some(f) = batch.into_iter().next() {
+                let _ = f.reply.send(Err(e));
+            }
+        }
+        Err(_) => alone = batch,
+    }
+    for f in alone.into_iter().chain(again) {
+        let outcome = match writer.take().await {
+            Ok(conn) => finish_group(conn, writer, std::slice::from_ref(&f))
+                .await
+                .and_then(|mut one| {
+                    one.pop().unwrap_or_else(|| {
+                        Err(StoreError::NotFound(format!("debate {}", f.debate_id)))
+                    })
+                }),
+            Err(e) => Err(e),
+        };
+        let _ = f.reply.send(outcome);
+    }
+}
+
+/// Rate the debates in `batch` on `conn` in one transaction and answer each. A debate
+/// rated twice in one batch is rated again after, alone (and answers `false`). When the
+/// database refuses the batch whole, each debate is rated alone.
+async fn write_ratings(conn: WriteConn<'_>, writer: &Writer, batch: Vec<Rate>) {
+    let mut seen = HashSet::new();
+    let (batch, again): (Vec<Rate>, Vec<Rate>) = batch
+        .into_iter()
+        .partition(|r| seen.insert(r.debate_id.clone()));
+    let mut alone = Vec::new();
+    match rate_group(conn, writer, &batch).await {
+        Ok(fresh) => {
+            for (r, fresh) in batch.into_iter().zip(fresh) {
+                let _ = r.reply.send(Ok(fresh));
+            }
+        }
+        Err(e) if batch.len() == 1 => {
+            if let Some(r) = batch.into_iter().next() {
+                let _ = r.reply.send(Err(e));
+            }
+        }
+        Err(_) => alone = batch,
+    }
+    for r in alone.into_iter().chain(again) {
+        let outcome = match writer.take().await {
+            Ok(conn) => rate_group(conn, writer, std::slice::from_ref(&r))
+                .await
+                .map(|fresh| fresh.first().copied().unwrap_or(false)),
+            Err(e) => Err(e),
+        };
+        let _ = r.reply.send(outcome);
+    }
 }
 
 /// Bump each debate's `last_seq` by its count where its lease (when given) still holds, in
@@ -1385,9 +1440,7 @@ impl Store for SqliteStore {
             created_at: now_micros(),
             reply,
         };
-        if let Some((conn, batch)) = self.intake.join(&self.writer, submission).await? {
-            self.write_submissions(conn, batch).await;
-        }
+        self.intake.submit(&self.writer, submission);
         answer
             .await
             .unwrap_or(Err(StoreError::Database(sqlx::Error::PoolClosed)))
@@ -1478,9 +1531,7 @@ impl Store for SqliteStore {
             end: end.clone(),
             reply,
         };
-        if let Some((conn, batch)) = self.finishes.join(&self.writer, finish).await? {
-            self.write_finishes(conn, batch).await;
-        }
+        self.finishes.submit(&self.writer, finish);
         answer
             .await
             .unwrap_or(Err(StoreError::Database(sqlx::Error::PoolClosed)))
@@ -1724,9 +1775,7 @@ impl Store for SqliteStore {
             matches: matches.to_vec(),
             reply,
         };
-        if let Some((conn, batch)) = self.rates.join(&self.writer, rate).await? {
-            self.write_ratings(conn, batch).await;
-        }
+        self.rates.submit(&self.writer, rate);
         answer
             .await
             .unwrap_or(Err(StoreError::Database(sqlx::Error::PoolClosed)))

@@ -212,6 +212,9 @@ suite! {
         postgres_concurrent_finishes_each_get_their_own_answer;
     concurrent_ratings_lose_no_game =>
         sqlite_concurrent_ratings_lose_no_game, postgres_concurrent_ratings_lose_no_game;
+    callers_that_stop_waiting_cost_the_others_nothing =>
+        sqlite_callers_that_stop_waiting_cost_the_others_nothing,
+        postgres_callers_that_stop_waiting_cost_the_others_nothing;
 }
 
 fn ev(kind: &str) -> NewEvent {
@@ -788,6 +791,65 @@ async fn concurrent_finishes_each_get_their_own_answer(s: &DynStore) {
     // Every lease the ends dropped is gone; the fenced debates still hold theirs.
     let renewed = s.renew_leases("a", TTL).await.unwrap();
     assert_eq!(renewed.len(), (0..n).filter(|i| i % 7 == 6).count());
+}
+
+/// Callers that stop waiting mid-write (a dropped request, a debate cancelled while its end
+/// is written) cost the others nothing: on SQLite one caller may be writing everyone's
+/// group, and every caller still waiting gets its answer, and every end lands once.
+async fn callers_that_stop_waiting_cost_the_others_nothing(s: &DynStore) {
+    let n = 60usize;
+    for i in 0..n {
+        s.create_debate(&new_debate(&format!("sw-{i:02}"), None))
+            .await
+            .unwrap();
+    }
+    let claims = s.claim_debates("a", n as u32, TTL).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let s = s.clone();
+        let id = format!("sw-{i:02}");
+        let lease = lease_of(&claims, &id);
+        tasks.push(tokio::spawn(async move {
+            let update = DebateUpdate {
+                status: Some(DebateStatus::Completed),
+                finished_at: Some(Utc::now()),
+                ..DebateUpdate::default()
+            };
+            s.finish_debate(&id, Some(&lease), &update, &ev("debate_end"))
+                .await
+        }));
+    }
+    // Every third caller stops waiting as soon as it has started.
+    tokio::task::yield_now().await;
+    for (i, t) in tasks.iter().enumerate() {
+        if i % 3 == 0 {
+            t.abort();
+        }
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        match t.await {
+            Ok(r) => {
+                let (record, end) = r.unwrap_or_else(|e| panic!("sw-{i:02}: {e:?}"));
+                assert_eq!(record.status, DebateStatus::Completed);
+                assert_eq!(end.seq, 1);
+            }
+            Err(e) => assert!(e.is_cancelled() && i % 3 == 0, "sw-{i:02}: {e:?}"),
+        }
+    }
+    // The store keeps working, and no end landed twice or half.
+    s.create_debate(&new_debate("sw-after", None))
+        .await
+        .unwrap();
+    for i in 0..n {
+        let id = format!("sw-{i:02}");
+        let seq = s.last_seq(&id).await.unwrap();
+        let status = s.get_debate(&id).await.unwrap().unwrap().status;
+        match seq {
+            1 => assert_eq!(status, DebateStatus::Completed, "{id}"),
+            0 => assert!(i % 3 == 0 && status == DebateStatus::Running, "{id}"),
+            _ => panic!("{id}: last_seq {seq}"),
+        }
+    }
 }
 
 async fn claiming_queued_debates_leaves_expired_leases_for_the_full_claim(s: &DynStore) {
