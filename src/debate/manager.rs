@@ -196,6 +196,10 @@ struct Job {
     claimed_at: Instant,
     /// Set when a moderator message was added here: the next phase boundary reads them.
     notes: Arc<AtomicBool>,
+    /// Set once the run is writing the debate's end. That write drops the lease, possibly
+    /// before the run hears back (ends are written in groups), so a renewal that finds the
+    /// lease gone then is no sign of another instance: the end's own answer decides.
+    ending: Arc<AtomicBool>,
 }
 
 impl Job {
@@ -824,6 +828,7 @@ impl DebateManager {
             generation: claim.lease.generation,
             claimed_at: Instant::now(),
             notes: Arc::new(AtomicBool::new(true)),
+            ending: Arc::new(AtomicBool::new(false)),
         };
         if claim.cancel_requested {
             job.cancel.cancel();
@@ -839,6 +844,7 @@ impl DebateManager {
             paused_by,
             usage: UsageTab::default(),
             notes: job.notes.clone(),
+            ending: job.ending.clone(),
         };
         let usage = handles.usage.clone();
         self.jobs().insert(claim.record.id.clone(), job);
@@ -922,6 +928,7 @@ impl DebateManager {
             paused_by,
             usage,
             notes,
+            ending,
         } = handles;
         let ClaimedDebate {
             record,
@@ -999,7 +1006,8 @@ impl DebateManager {
             .with_group(self.appends.clone())
             .with_domain(record.options.get("domain").and_then(Value::as_str))
             .with_usage(usage)
-            .with_notes_flag(notes);
+            .with_notes_flag(notes)
+            .with_ending_flag(ending);
         // The log of a debate starting here is folded as it is written (from what was
         // stored before the claim), for the receipt. A resumed one had a writer before
         // this recorder: its receipt reads the log back.
@@ -1125,6 +1133,9 @@ impl DebateManager {
                             for (id, job) in self.jobs().iter().filter(|(_, j)| j.claimed_at < asked) {
                                 match held.get(id) {
                                     Some(c) if c.generation == job.generation => job.apply(c),
+                                    // Its end was written (or is being written) here: the
+                                    // end's answer says whether the lease still held.
+                                    None if job.ending.load(Ordering::Relaxed) => {}
                                     // Finished between the claim and now, or taken over.
                                     _ => job.lost.cancel(),
                                 }
@@ -1275,6 +1286,7 @@ struct RunHandles {
     paused_by: Arc<parking_lot::Mutex<Option<String>>>,
     usage: UsageTab,
     notes: Arc<AtomicBool>,
+    ending: Arc<AtomicBool>,
 }
 
 /// Usage rows of a debate's agent calls whose step is not recorded yet. The recorder writes
@@ -1420,6 +1432,8 @@ pub struct Recorder {
     /// at the start, by an `inject` on this instance, and when an append finds a seq it did
     /// not write (another instance's `inject`).
     notes: Arc<AtomicBool>,
+    /// Set when [`EventSink::finish`] starts writing the end (see `Job::ending`).
+    ending: Arc<AtomicBool>,
     /// The highest seq this recorder has written.
     last_seq: AtomicI64,
     /// Appends go through the instance's group commit when set, else straight to the store.
@@ -1454,6 +1468,7 @@ impl Recorder {
             domain: None,
             usage: None,
             notes: Arc::new(AtomicBool::new(true)),
+            ending: Arc::new(AtomicBool::new(false)),
             last_seq: AtomicI64::new(0),
             group: None,
             turn: tokio::sync::Mutex::new(()),
@@ -1497,6 +1512,12 @@ impl Recorder {
     /// Write the usage rows left on `tab` with each batch of events.
     pub fn with_usage(mut self, tab: UsageTab) -> Self {
         self.usage = Some(tab);
+        self
+    }
+
+    /// Share the "the end is being written" flag with the manager's lease keeper.
+    pub fn with_ending_flag(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.ending = flag;
         self
     }
 
@@ -1786,6 +1807,7 @@ impl EventSink for Recorder {
             ..DebateUpdate::default()
         };
         let end = NewEvent::from(end);
+        self.ending.store(true, Ordering::Relaxed);
         let first_try = std::sync::atomic::AtomicBool::new(true);
         let stored = self
             .retrying("the end of the debate", || async {
