@@ -123,29 +123,16 @@ impl GroupWrite for Submission {
     }
 }
 
-impl GroupWrite for Finish {
+impl<T: PerDebate + 'static> GroupWrite for T {
     fn write<'w>(
         conn: WriteConn<'w>,
         writer: &'w Writer,
         batch: Vec<Self>,
     ) -> impl std::future::Future<Output = ()> + Send + 'w {
-        write_finishes(conn, writer, batch)
+        write_each(conn, writer, batch)
     }
     fn fail(self, e: StoreError) {
-        let _ = self.reply.send(Err(e));
-    }
-}
-
-impl GroupWrite for Rate {
-    fn write<'w>(
-        conn: WriteConn<'w>,
-        writer: &'w Writer,
-        batch: Vec<Self>,
-    ) -> impl std::future::Future<Output = ()> + Send + 'w {
-        write_ratings(conn, writer, batch)
-    }
-    fn fail(self, e: StoreError) {
-        let _ = self.reply.send(Err(e));
+        self.answer(Err(e));
     }
 }
 
@@ -964,73 +951,92 @@ async fn write_submissions(conn: WriteConn<'_>, writer: &Writer, batch: Vec<Subm
     }
 }
 
-/// Write the ends in `batch` on `conn` in one transaction and answer each. A debate
-/// ending twice in one batch has its later end written after, alone. When the database
-/// refuses the batch whole, each end is written alone.
-async fn write_finishes(conn: WriteConn<'_>, writer: &Writer, batch: Vec<Finish>) {
+/// A grouped write with one outcome per debate: ends and ratings (see [`write_each`]).
+trait PerDebate: Sized + Send {
+    type Outcome: Send;
+    fn debate_id(&self) -> &str;
+    /// Write `batch` (distinct debates) in one transaction: each one's outcome, in order.
+    fn group<'w>(
+        conn: WriteConn<'w>,
+        writer: &'w Writer,
+        batch: &'w [Self],
+    ) -> impl std::future::Future<Output = StoreResult<Vec<StoreResult<Self::Outcome>>>> + Send + 'w;
+    fn answer(self, outcome: StoreResult<Self::Outcome>);
+}
+
+impl PerDebate for Finish {
+    type Outcome = (DebateRecord, StoredEvent);
+    fn debate_id(&self) -> &str {
+        &self.debate_id
+    }
+    fn group<'w>(
+        conn: WriteConn<'w>,
+        writer: &'w Writer,
+        batch: &'w [Self],
+    ) -> impl std::future::Future<Output = StoreResult<Vec<StoreResult<Self::Outcome>>>> + Send + 'w
+    {
+        finish_group(conn, writer, batch)
+    }
+    fn answer(self, outcome: StoreResult<Self::Outcome>) {
+        let _ = self.reply.send(outcome);
+    }
+}
+
+impl PerDebate for Rate {
+    type Outcome = bool;
+    fn debate_id(&self) -> &str {
+        &self.debate_id
+    }
+    async fn group<'w>(
+        conn: WriteConn<'w>,
+        writer: &'w Writer,
+        batch: &'w [Self],
+    ) -> StoreResult<Vec<StoreResult<bool>>> {
+        Ok(rate_group(conn, writer, batch)
+            .await?
+            .into_iter()
+            .map(Ok)
+            .collect())
+    }
+    fn answer(self, outcome: StoreResult<bool>) {
+        let _ = self.reply.send(outcome);
+    }
+}
+
+/// Write `batch` on `conn` in one transaction and answer each. A debate twice in one batch
+/// has its later write made after, alone; when the database refuses the batch whole, each
+/// is written alone, so one's fault stays its own.
+async fn write_each<T: PerDebate>(conn: WriteConn<'_>, writer: &Writer, batch: Vec<T>) {
     let mut seen = HashSet::new();
-    let (batch, again): (Vec<Finish>, Vec<Finish>) = batch
+    let (batch, again): (Vec<T>, Vec<T>) = batch
         .into_iter()
-        .partition(|f| seen.insert(f.debate_id.clone()));
+        .partition(|t| seen.insert(t.debate_id().to_owned()));
     let mut alone = Vec::new();
-    match finish_group(conn, writer, &batch).await {
+    match T::group(conn, writer, &batch).await {
         Ok(outcomes) => {
-            for (f, outcome) in batch.into_iter().zip(outcomes) {
-                let _ = f.reply.send(outcome);
+            for (t, outcome) in batch.into_iter().zip(outcomes) {
+                t.answer(outcome);
             }
         }
         Err(e) if batch.len() == 1 => {
-            if let Some(f) = batch.into_iter().next() {
-                let _ = f.reply.send(Err(e));
+            if let Some(t) = batch.into_iter().next() {
+                t.answer(Err(e));
             }
         }
         Err(_) => alone = batch,
     }
-    for f in alone.into_iter().chain(again) {
+    for t in alone.into_iter().chain(again) {
         let outcome = match writer.take().await {
-            Ok(conn) => finish_group(conn, writer, std::slice::from_ref(&f))
+            Ok(conn) => T::group(conn, writer, std::slice::from_ref(&t))
                 .await
                 .and_then(|mut one| {
                     one.pop().unwrap_or_else(|| {
-                        Err(StoreError::NotFound(format!("debate {}", f.debate_id)))
+                        Err(StoreError::NotFound(format!("debate {}", t.debate_id())))
                     })
                 }),
             Err(e) => Err(e),
         };
-        let _ = f.reply.send(outcome);
-    }
-}
-
-/// Rate the debates in `batch` on `conn` in one transaction and answer each. A debate
-/// rated twice in one batch is rated again after, alone (and answers `false`). When the
-/// database refuses the batch whole, each debate is rated alone.
-async fn write_ratings(conn: WriteConn<'_>, writer: &Writer, batch: Vec<Rate>) {
-    let mut seen = HashSet::new();
-    let (batch, again): (Vec<Rate>, Vec<Rate>) = batch
-        .into_iter()
-        .partition(|r| seen.insert(r.debate_id.clone()));
-    let mut alone = Vec::new();
-    match rate_group(conn, writer, &batch).await {
-        Ok(fresh) => {
-            for (r, fresh) in batch.into_iter().zip(fresh) {
-                let _ = r.reply.send(Ok(fresh));
-            }
-        }
-        Err(e) if batch.len() == 1 => {
-            if let Some(r) = batch.into_iter().next() {
-                let _ = r.reply.send(Err(e));
-            }
-        }
-        Err(_) => alone = batch,
-    }
-    for r in alone.into_iter().chain(again) {
-        let outcome = match writer.take().await {
-            Ok(conn) => rate_group(conn, writer, std::slice::from_ref(&r))
-                .await
-                .map(|fresh| fresh.first().copied().unwrap_or(false)),
-            Err(e) => Err(e),
-        };
-        let _ = r.reply.send(outcome);
+        t.answer(outcome);
     }
 }
 

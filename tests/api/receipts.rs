@@ -439,7 +439,37 @@ async fn a_receipt_from_the_log_as_written_is_the_one_the_stored_log_gives() {
 
 #[tokio::test]
 async fn the_sweeper_issues_receipts_a_dead_instance_did_not() {
-    let app = spawn_app().await;
+    // One slot, held by a debate that outlasts the test: this server claims nothing else,
+    // so the debate below stays the one "another instance" ended.
+    let app = spawn_app_with(&[
+        ("ARAGORA_MAX_CONCURRENT_DEBATES", "1"),
+        ("ARAGORA_DEBATE_CLAIM_POLL_MS", "50"),
+        ("ARAGORA_SHUTDOWN_TIMEOUT_SECONDS", "1"),
+    ])
+    .await;
+    let busy = aragora::store::NewDebate {
+        id: "busy".into(),
+        task: "Holds the only slot".into(),
+        agents: vec!["demo:60000".into(), "demo:60000".into()],
+        rounds: 1,
+        consensus: "majority".into(),
+        owner_id: None,
+        correlation_id: None,
+        options: json!({}),
+    };
+    app.state.store.create_debate(&busy).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let d = app.state.store.get_debate("busy").await.unwrap().unwrap();
+        if d.status == aragora::store::DebateStatus::Running {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot was never taken"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     decided_without_receipt(&app.state.store, "orphan", "Finished elsewhere").await;
     // The sweeper (this call, or the server's own periodic one if it came first) issues it,
     // once.
