@@ -104,9 +104,20 @@ impl Provider for DemoProvider {
         }
         let text = DemoProvider::respond(request);
         if let (true, Some(sink)) = (request.stream, deltas) {
+            // One delta per word, as a model streams tokens. The words are all there at
+            // once, so the call yields only when the receiver has fallen behind: a turn of
+            // the scheduler per word would poll the whole debate above this call again for
+            // every word (about a sixth of a debate's CPU), for frames the forwarder
+            // coalesces into one anyway. A receiver polled beside the call (as the debate's
+            // forwarder is, in the same task) drains within a turn or two; one that takes no
+            // more after a few turns loses deltas, as with any provider.
             for piece in text.split_inclusive(' ') {
+                let mut turns = 0;
+                while sink.is_full() && turns < 4 {
+                    tokio::task::yield_now().await;
+                    turns += 1;
+                }
                 sink.send(piece);
-                tokio::task::yield_now().await;
             }
         }
         let mut input = request.system.clone();
@@ -748,6 +759,35 @@ mod tests {
             deltas.push(d);
         }
         assert!(deltas.len() > 5);
+        assert!(deltas.iter().all(|d| d.split_whitespace().count() <= 1));
+        assert_eq!(deltas.concat(), completion.text);
+    }
+
+    /// A receiver with room for a few deltas at a time, drained beside the call the way a
+    /// debate forwards them: every word still arrives, in order, because the call yields
+    /// whenever the receiver is full.
+    #[tokio::test]
+    async fn a_full_receiver_makes_the_stream_wait_not_drop() {
+        let mut req = request("proposal", "demo", "pragmatist", None);
+        req.stream = true;
+        let (sink, mut rx) = DeltaSink::new(3);
+        let call = async {
+            let completion = DemoProvider
+                .complete("demo", &req, Some(&sink))
+                .await
+                .unwrap();
+            drop(sink);
+            completion
+        };
+        let drain = async {
+            let mut deltas = Vec::new();
+            while let Some(d) = rx.recv().await {
+                deltas.push(d);
+            }
+            deltas
+        };
+        let (completion, deltas) = tokio::join!(call, drain);
+        assert!(deltas.len() > 3 * 5, "{} deltas", deltas.len());
         assert!(deltas.iter().all(|d| d.split_whitespace().count() <= 1));
         assert_eq!(deltas.concat(), completion.text);
     }

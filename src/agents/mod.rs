@@ -122,6 +122,13 @@ impl DeltaSink {
     pub fn send(&self, delta: &str) {
         let _ = self.0.try_send(delta.to_owned());
     }
+
+    /// Whether the next delta would be dropped: the receiver holds as many as it can take
+    /// (or is gone). A provider that produces text faster than it is forwarded yields
+    /// before sending more.
+    pub fn is_full(&self) -> bool {
+        self.0.capacity() == 0
+    }
 }
 
 /// Why a call failed. `is_retryable` decides what resilience retries.
