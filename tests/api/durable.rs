@@ -18,7 +18,7 @@ use axum::routing::post;
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
-use crate::helpers::{fresh_postgres_schema, http, spawn_app_with};
+use crate::helpers::{fresh_postgres_schema, http, queued_debate, spawn_app_with};
 use crate::process::Server;
 
 #[derive(Clone)]
@@ -395,14 +395,8 @@ async fn three_instances_racing_for_two_hundred_queued_debates_run_each_once() {
         let id = format!("race{i:03}");
         store
             .create_debate(&aragora::store::NewDebate {
-                id: id.clone(),
-                task: "Tabs or spaces?".into(),
-                agents: vec!["demo".into(), "demo".into()],
-                rounds: 1,
-                consensus: "majority".into(),
-                owner_id: None,
-                correlation_id: None,
                 options: json!({"consensus_threshold": 0.6, "min_rounds": 1}),
+                ..queued_debate(&id, "Tabs or spaces?", &["demo", "demo"])
             })
             .await
             .unwrap();
@@ -894,22 +888,13 @@ async fn a_recorders_concurrent_batches_land_whole_and_in_seq_order(
     use aragora::debate::events::{EventBody, Intervention};
     use aragora::debate::manager::Recorder;
     use aragora::debate::{Event, EventSink};
-    use aragora::store::{GroupCommit, NewDebate};
+    use aragora::store::GroupCommit;
 
     const BATCHES: usize = 40;
     const EACH: usize = 3;
     store.migrate().await.unwrap();
     store
-        .create_debate(&NewDebate {
-            id: "rec-1".into(),
-            task: "batches".into(),
-            agents: vec!["demo".into(), "demo".into()],
-            rounds: 1,
-            consensus: "majority".into(),
-            owner_id: None,
-            correlation_id: None,
-            options: json!({}),
-        })
+        .create_debate(&queued_debate("rec-1", "batches", &["demo", "demo"]))
         .await
         .unwrap();
     let lease = store

@@ -237,6 +237,21 @@ impl Proxy {
 }
 
 /// A port that was free a moment ago (for tests that start the real binary).
+/// A debate as the tests put it straight into a store: queued, one round of `agents`,
+/// majority, no owner and no options (change a field with `NewDebate { …, ..this }`).
+pub fn queued_debate(id: &str, task: &str, agents: &[&str]) -> aragora::store::NewDebate {
+    aragora::store::NewDebate {
+        id: id.into(),
+        task: task.into(),
+        agents: agents.iter().map(|a| (*a).to_owned()).collect(),
+        rounds: 1,
+        consensus: "majority".into(),
+        owner_id: None,
+        correlation_id: None,
+        options: serde_json::json!({}),
+    }
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -341,18 +341,9 @@ async fn only_decided_debates_get_receipts() {
 
 /// A debate that ended `completed` (its end stored) and has no receipt yet.
 async fn decided_without_receipt(store: &aragora::store::DynStore, id: &str, task: &str) {
-    use aragora::store::{DebateUpdate, NewDebate, NewEvent};
+    use aragora::store::{DebateUpdate, NewEvent};
     store
-        .create_debate(&NewDebate {
-            id: id.into(),
-            task: task.into(),
-            agents: vec!["demo".into(), "demo".into()],
-            rounds: 1,
-            consensus: "majority".into(),
-            owner_id: None,
-            correlation_id: None,
-            options: json!({}),
-        })
+        .create_debate(&crate::helpers::queued_debate(id, task, &["demo", "demo"]))
         .await
         .unwrap();
     store
@@ -447,16 +438,8 @@ async fn the_sweeper_issues_receipts_a_dead_instance_did_not() {
         ("ARAGORA_SHUTDOWN_TIMEOUT_SECONDS", "1"),
     ])
     .await;
-    let busy = aragora::store::NewDebate {
-        id: "busy".into(),
-        task: "Holds the only slot".into(),
-        agents: vec!["demo:60000".into(), "demo:60000".into()],
-        rounds: 1,
-        consensus: "majority".into(),
-        owner_id: None,
-        correlation_id: None,
-        options: json!({}),
-    };
+    let busy =
+        crate::helpers::queued_debate("busy", "Holds the only slot", &["demo:60000", "demo:60000"]);
     app.state.store.create_debate(&busy).await.unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
