@@ -45,27 +45,117 @@ pub struct ConvergenceReport {
     pub mean: f64,
 }
 
-pub fn tokens(text: &str) -> Vec<String> {
-    text.split(|c: char| !c.is_alphanumeric())
-        .filter(|t| !t.is_empty())
-        // The same as `to_lowercase` for ASCII, without its Unicode tables.
-        .map(|t| {
-            if t.is_ascii() {
-                t.to_ascii_lowercase()
-            } else {
-                t.to_lowercase()
-            }
-        })
-        .collect()
+/// The answer's words, lowercased, each followed by `\0` (which no word contains), in one
+/// buffer: one allocation per answer instead of one per word.
+fn lowered_words(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 1);
+    for t in text.split(|c: char| !c.is_alphanumeric()) {
+        if t.is_empty() {
+            continue;
+        }
+        if t.is_ascii() {
+            // The same as `to_lowercase` for ASCII, without its Unicode tables.
+            out.extend(t.bytes().map(|b| char::from(b.to_ascii_lowercase())));
+        } else {
+            out.push_str(&t.to_lowercase());
+        }
+        out.push('\0');
+    }
+    out
 }
 
-fn jaccard(a: &[String], b: &[String]) -> f64 {
-    let sa: HashSet<&String> = a.iter().collect();
-    let sb: HashSet<&String> = b.iter().collect();
+/// Every answer of both rounds as term ids into one table, and each term's IDF over them.
+struct Corpus {
+    docs: Vec<Vec<u32>>,
+    idf: Vec<f64>,
+}
+
+impl Corpus {
+    fn new<'a>(texts: impl Iterator<Item = &'a String>) -> Corpus {
+        let lowered: Vec<String> = texts.map(|t| lowered_words(t)).collect();
+        let mut ids: HashMap<&str, u32> = HashMap::new();
+        // Per term: how many answers use it, and the last answer counted (so a term repeated
+        // within one answer counts once).
+        let mut df: Vec<u32> = Vec::new();
+        let mut last_doc: Vec<usize> = Vec::new();
+        let docs: Vec<Vec<u32>> = lowered
+            .iter()
+            .enumerate()
+            .map(|(d, text)| {
+                text.split_terminator('\0')
+                    .map(|word| {
+                        let next = ids.len() as u32;
+                        let id = *ids.entry(word).or_insert(next);
+                        if id == next {
+                            df.push(0);
+                            last_doc.push(usize::MAX);
+                        }
+                        let i = id as usize;
+                        if last_doc[i] != d {
+                            last_doc[i] = d;
+                            df[i] += 1;
+                        }
+                        id
+                    })
+                    .collect()
+            })
+            .collect();
+        let n = docs.len() as f64;
+        // Smoothed IDF: never zero, so text shared by everyone still counts a little.
+        let idf = df
+            .iter()
+            .map(|&f| ((1.0 + n) / (1.0 + f64::from(f))).ln() + 1.0)
+            .collect();
+        Corpus { docs, idf }
+    }
+
+    /// An answer's TF-IDF weights, by term id (ascending).
+    fn vector(&self, doc: &[u32]) -> Vec<(u32, f64)> {
+        let mut terms = doc.to_vec();
+        terms.sort_unstable();
+        let mut out: Vec<(u32, f64)> = Vec::with_capacity(terms.len());
+        for t in terms {
+            match out.last_mut() {
+                Some((last, f)) if *last == t => *f += 1.0,
+                _ => out.push((t, 1.0)),
+            }
+        }
+        for (t, w) in &mut out {
+            *w *= self.idf[*t as usize];
+        }
+        out
+    }
+}
+
+fn jaccard(a: &[u32], b: &[u32]) -> f64 {
+    let sa: HashSet<u32> = a.iter().copied().collect();
+    let sb: HashSet<u32> = b.iter().copied().collect();
     if sa.is_empty() && sb.is_empty() {
         return 1.0;
     }
     sa.intersection(&sb).count() as f64 / sa.union(&sb).count() as f64
+}
+
+fn cosine(a: &[(u32, f64)], b: &[(u32, f64)]) -> f64 {
+    let (mut i, mut j, mut dot) = (0, 0, 0.0);
+    while i < a.len() && j < b.len() {
+        match a[i].0.cmp(&b[j].0) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                dot += a[i].1 * b[j].1;
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    let na = a.iter().map(|(_, x)| x * x).sum::<f64>().sqrt();
+    let nb = b.iter().map(|(_, x)| x * x).sum::<f64>().sqrt();
+    if na == 0.0 || nb == 0.0 {
+        0.0
+    } else {
+        (dot / (na * nb)).clamp(0.0, 1.0)
+    }
 }
 
 /// Similarity of `previous` → `current` for every seat present in both, with IDF taken over
@@ -75,41 +165,10 @@ pub fn compare(
     previous: &BTreeMap<String, String>,
     current: &BTreeMap<String, String>,
 ) -> Option<ConvergenceReport> {
-    let docs: Vec<Vec<String>> = previous
-        .values()
-        .chain(current.values())
-        .map(|t| tokens(t))
-        .collect();
-    let n = docs.len() as f64;
-    let mut df: HashMap<&str, f64> = HashMap::new();
-    for doc in &docs {
-        for term in doc.iter().map(String::as_str).collect::<HashSet<_>>() {
-            *df.entry(term).or_default() += 1.0;
-        }
-    }
-    // Smoothed IDF: never zero, so text shared by everyone still counts a little.
-    let idf = |t: &str| ((1.0 + n) / (1.0 + df.get(t).copied().unwrap_or(0.0))).ln() + 1.0;
-    fn vector<'a>(doc: &'a [String], idf: &dyn Fn(&str) -> f64) -> HashMap<&'a str, f64> {
-        let mut tf: HashMap<&str, f64> = HashMap::new();
-        for t in doc {
-            *tf.entry(t.as_str()).or_default() += 1.0;
-        }
-        tf.into_iter().map(|(t, f)| (t, f * idf(t))).collect()
-    }
-    let cosine = |a: &HashMap<&str, f64>, b: &HashMap<&str, f64>| {
-        let dot: f64 = a.iter().filter_map(|(t, x)| b.get(t).map(|y| x * y)).sum();
-        let na = a.values().map(|x| x * x).sum::<f64>().sqrt();
-        let nb = b.values().map(|x| x * x).sum::<f64>().sqrt();
-        if na == 0.0 || nb == 0.0 {
-            0.0
-        } else {
-            (dot / (na * nb)).clamp(0.0, 1.0)
-        }
-    };
-
+    let corpus = Corpus::new(previous.values().chain(current.values()));
     // Each answer was tokenised once above: previous' first, then current's, in key order.
-    let (before_docs, current_docs) = docs.split_at(previous.len());
-    let before_of: HashMap<&str, &Vec<String>> = previous
+    let (before_docs, current_docs) = corpus.docs.split_at(previous.len());
+    let before_of: HashMap<&str, &Vec<u32>> = previous
         .keys()
         .map(String::as_str)
         .zip(before_docs)
@@ -122,7 +181,7 @@ pub fn compare(
         let sim = if ta.len().min(tb.len()) < SHORT_TEXT_TOKENS {
             jaccard(ta, tb)
         } else {
-            cosine(&vector(ta, &idf), &vector(tb, &idf))
+            cosine(&corpus.vector(ta), &corpus.vector(tb))
         };
         per_agent.insert(seat.clone(), round3(sim));
     }
@@ -233,6 +292,151 @@ mod tests {
         let cur = map(&[("a", "yes use it now")]);
         let r = compare(2, &prev, &cur).unwrap();
         assert_eq!(r.per_agent["a"], 0.75);
+    }
+
+    /// The first implementation, word for word: a table per answer keyed by the words
+    /// themselves. The interned one must give the same report.
+    fn reference(
+        round: u32,
+        previous: &BTreeMap<String, String>,
+        current: &BTreeMap<String, String>,
+    ) -> Option<ConvergenceReport> {
+        fn tokens(text: &str) -> Vec<String> {
+            text.split(|c: char| !c.is_alphanumeric())
+                .filter(|t| !t.is_empty())
+                .map(str::to_lowercase)
+                .collect()
+        }
+        fn jaccard(a: &[String], b: &[String]) -> f64 {
+            let sa: HashSet<&String> = a.iter().collect();
+            let sb: HashSet<&String> = b.iter().collect();
+            if sa.is_empty() && sb.is_empty() {
+                return 1.0;
+            }
+            sa.intersection(&sb).count() as f64 / sa.union(&sb).count() as f64
+        }
+        let docs: Vec<Vec<String>> = previous
+            .values()
+            .chain(current.values())
+            .map(|t| tokens(t))
+            .collect();
+        let n = docs.len() as f64;
+        let mut df: HashMap<&str, f64> = HashMap::new();
+        for doc in &docs {
+            for term in doc.iter().map(String::as_str).collect::<HashSet<_>>() {
+                *df.entry(term).or_default() += 1.0;
+            }
+        }
+        let idf = |t: &str| ((1.0 + n) / (1.0 + df.get(t).copied().unwrap_or(0.0))).ln() + 1.0;
+        let vector = |doc: &[String]| {
+            let mut tf: HashMap<String, f64> = HashMap::new();
+            for t in doc {
+                *tf.entry(t.clone()).or_default() += 1.0;
+            }
+            tf.into_iter()
+                .map(|(t, f)| {
+                    let w = f * idf(&t);
+                    (t, w)
+                })
+                .collect::<HashMap<String, f64>>()
+        };
+        let cosine = |a: &HashMap<String, f64>, b: &HashMap<String, f64>| {
+            let dot: f64 = a.iter().filter_map(|(t, x)| b.get(t).map(|y| x * y)).sum();
+            let na = a.values().map(|x| x * x).sum::<f64>().sqrt();
+            let nb = b.values().map(|x| x * x).sum::<f64>().sqrt();
+            if na == 0.0 || nb == 0.0 {
+                0.0
+            } else {
+                (dot / (na * nb)).clamp(0.0, 1.0)
+            }
+        };
+        let (before_docs, current_docs) = docs.split_at(previous.len());
+        let before_of: HashMap<&str, &Vec<String>> = previous
+            .keys()
+            .map(String::as_str)
+            .zip(before_docs)
+            .collect();
+        let mut per_agent = BTreeMap::new();
+        for (seat, tb) in current.keys().zip(current_docs) {
+            let Some(ta) = before_of.get(seat.as_str()) else {
+                continue;
+            };
+            let sim = if ta.len().min(tb.len()) < SHORT_TEXT_TOKENS {
+                jaccard(ta, tb)
+            } else {
+                cosine(&vector(ta), &vector(tb))
+            };
+            per_agent.insert(seat.clone(), round3(sim));
+        }
+        if per_agent.is_empty() {
+            return None;
+        }
+        let min = per_agent.values().copied().fold(f64::INFINITY, f64::min);
+        let mean = per_agent.values().sum::<f64>() / per_agent.len() as f64;
+        let status = if min >= CONVERGED_AT {
+            ConvergenceStatus::Converged
+        } else if mean < DIVERGING_BELOW {
+            ConvergenceStatus::Diverging
+        } else {
+            ConvergenceStatus::Refining
+        };
+        Some(ConvergenceReport {
+            round,
+            status,
+            per_agent,
+            min,
+            mean: round3(mean),
+        })
+    }
+
+    /// The demo agents' real answers of two rounds, plus texts that exercise the edges:
+    /// non-ASCII words whose lowercase differs in length (İ, Σ), repeated words, punctuation
+    /// runs, digits, short texts (Jaccard) and an empty answer.
+    #[test]
+    fn interned_terms_give_the_reports_of_the_word_tables() {
+        use crate::agents::CompletionRequest;
+        use crate::agents::demo::DemoProvider;
+        let answer = |phase: &str, seat: &str, stance: &str, task: &str| {
+            DemoProvider::respond(&CompletionRequest::single(
+                format!("Aragora-Phase: {phase}\nAragora-Stance: {stance}\nAragora-Seat: {seat}\n"),
+                format!("Task: {task}\n"),
+            ))
+        };
+        let mut cases: Vec<(BTreeMap<String, String>, BTreeMap<String, String>)> = Vec::new();
+        for task in [
+            "Should we migrate our monolith to microservices?",
+            "Tabs or spaces? Σίσυφος ΟΔΥΣΣΕΥΣ İstanbul straße — 42 times, 42!",
+        ] {
+            let seats = [("a", "pragmatist"), ("b", "skeptic"), ("c", "advocate")];
+            let round = |phase: &str| {
+                seats
+                    .iter()
+                    .map(|(seat, stance)| (seat.to_string(), answer(phase, seat, stance, task)))
+                    .collect::<BTreeMap<_, _>>()
+            };
+            cases.push((round("proposal"), round("revision")));
+        }
+        cases.push((
+            map(&[
+                ("a", "İİİ ΣΣ σς ς... ÀÉÎ àéî word word WORD, word; 7 7 7 x"),
+                ("b", "yes use it"),
+                ("c", ""),
+            ]),
+            map(&[
+                (
+                    "a",
+                    "iii σσ ΣΣ word Word wOrD x y z 7 àéî ÀÉÎ and more words here",
+                ),
+                ("b", "yes use it now"),
+                ("c", "something at last"),
+            ]),
+        ));
+        for (before, after) in &cases {
+            let got = compare(3, before, after);
+            let want = reference(3, before, after);
+            assert_eq!(got, want, "{before:?} -> {after:?}");
+            assert!(got.is_some());
+        }
     }
 
     #[test]
