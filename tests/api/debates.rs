@@ -384,6 +384,46 @@ async fn cancel_a_running_and_a_queued_debate() {
     app.stop().await.unwrap();
 }
 
+/// Submissions skip the count while the queue is far from its bound, and count again near
+/// it: the bound still holds exactly, for the submission that would pass it.
+#[tokio::test]
+async fn the_queue_bound_holds_when_submissions_stop_counting_far_from_it() {
+    let app = spawn_app_with(&[
+        ("ARAGORA_MAX_CONCURRENT_DEBATES", "1"),
+        ("ARAGORA_DEBATE_QUEUE_SIZE", "6"),
+    ])
+    .await;
+    let slow = json!({"task": "slow", "agents": ["demo:5000", "demo:5000"], "rounds": 1});
+    let first = create_id(&app, slow.clone()).await;
+    wait_running(&app, &first, 500).await;
+    for i in 0..6 {
+        let r = create(&app, slow.clone()).await;
+        assert_eq!(r.status(), 202, "queued debate {i} refused");
+    }
+    let r = create(&app, slow).await;
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("queue"), "{body}");
+    let list: Value = app
+        .get("/api/debates?status=queued&limit=50")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["debates"].as_array().unwrap().len(), 6);
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.lines().any(|l| l == "aragora_debates_queued 6"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("debates_queued"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    app.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_full_queue_answers_503_with_retry_after() {
     let app = spawn_app_with(&[
