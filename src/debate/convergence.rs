@@ -166,25 +166,41 @@ pub fn compare(
     current: &BTreeMap<String, String>,
 ) -> Option<ConvergenceReport> {
     let corpus = Corpus::new(previous.values().chain(current.values()));
-    // Each answer was tokenised once above: previous' first, then current's, in key order.
-    let (before_docs, current_docs) = corpus.docs.split_at(previous.len());
-    let before_of: HashMap<&str, &Vec<u32>> = previous
+    let per_agent = per_seat(previous, current, &corpus.docs, |ta, tb| {
+        if ta.len().min(tb.len()) < SHORT_TEXT_TOKENS {
+            jaccard(ta, tb)
+        } else {
+            cosine(&corpus.vector(ta), &corpus.vector(tb))
+        }
+    });
+    report(round, per_agent)
+}
+
+/// `similarity` of each seat's previous answer to its current one, for every seat present
+/// in both rounds; `docs` holds the answers as `previous` then `current`, in key order.
+fn per_seat<D>(
+    previous: &BTreeMap<String, String>,
+    current: &BTreeMap<String, String>,
+    docs: &[D],
+    similarity: impl Fn(&D, &D) -> f64,
+) -> BTreeMap<String, f64> {
+    let (before_docs, current_docs) = docs.split_at(previous.len());
+    let before_of: HashMap<&str, &D> = previous
         .keys()
         .map(String::as_str)
         .zip(before_docs)
         .collect();
     let mut per_agent = BTreeMap::new();
     for (seat, tb) in current.keys().zip(current_docs) {
-        let Some(ta) = before_of.get(seat.as_str()) else {
-            continue;
-        };
-        let sim = if ta.len().min(tb.len()) < SHORT_TEXT_TOKENS {
-            jaccard(ta, tb)
-        } else {
-            cosine(&corpus.vector(ta), &corpus.vector(tb))
-        };
-        per_agent.insert(seat.clone(), round3(sim));
+        if let Some(ta) = before_of.get(seat.as_str()) {
+            per_agent.insert(seat.clone(), round3(similarity(ta, tb)));
+        }
     }
+    per_agent
+}
+
+/// The round's report from each seat's similarity; `None` when no seat answered twice.
+fn report(round: u32, per_agent: BTreeMap<String, f64>) -> Option<ConvergenceReport> {
     if per_agent.is_empty() {
         return None;
     }
@@ -350,43 +366,14 @@ mod tests {
                 (dot / (na * nb)).clamp(0.0, 1.0)
             }
         };
-        let (before_docs, current_docs) = docs.split_at(previous.len());
-        let before_of: HashMap<&str, &Vec<String>> = previous
-            .keys()
-            .map(String::as_str)
-            .zip(before_docs)
-            .collect();
-        let mut per_agent = BTreeMap::new();
-        for (seat, tb) in current.keys().zip(current_docs) {
-            let Some(ta) = before_of.get(seat.as_str()) else {
-                continue;
-            };
-            let sim = if ta.len().min(tb.len()) < SHORT_TEXT_TOKENS {
+        let per_agent = per_seat(previous, current, &docs, |ta, tb| {
+            if ta.len().min(tb.len()) < SHORT_TEXT_TOKENS {
                 jaccard(ta, tb)
             } else {
                 cosine(&vector(ta), &vector(tb))
-            };
-            per_agent.insert(seat.clone(), round3(sim));
-        }
-        if per_agent.is_empty() {
-            return None;
-        }
-        let min = per_agent.values().copied().fold(f64::INFINITY, f64::min);
-        let mean = per_agent.values().sum::<f64>() / per_agent.len() as f64;
-        let status = if min >= CONVERGED_AT {
-            ConvergenceStatus::Converged
-        } else if mean < DIVERGING_BELOW {
-            ConvergenceStatus::Diverging
-        } else {
-            ConvergenceStatus::Refining
-        };
-        Some(ConvergenceReport {
-            round,
-            status,
-            per_agent,
-            min,
-            mean: round3(mean),
-        })
+            }
+        });
+        report(round, per_agent)
     }
 
     /// The demo agents' real answers of two rounds, plus texts that exercise the edges:
