@@ -387,12 +387,9 @@ impl DebateManager {
             log_event(e);
             self.bus.publish(LiveEvent::from(e));
         }
-        if counted {
-            self.note_queued(queued + 1);
-        } else {
-            let now = self.queued.fetch_add(1, Ordering::Relaxed) + 1;
-            crate::telemetry::metrics::debates_queued().set(now as f64);
-        }
+        // Counted or not, the estimate now holds this debate too.
+        let now = self.queued.fetch_add(1, Ordering::Relaxed) + 1;
+        crate::telemetry::metrics::debates_queued().set(now as f64);
         crate::store::note_storage_ok();
         self.wake.notify_one();
         Ok(record)

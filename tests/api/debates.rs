@@ -384,18 +384,27 @@ async fn cancel_a_running_and_a_queued_debate() {
     app.stop().await.unwrap();
 }
 
-/// Submissions skip the count while the queue is far from its bound, and count again near
-/// it: the bound still holds exactly, for the submission that would pass it.
-#[tokio::test]
-async fn the_queue_bound_holds_when_submissions_stop_counting_far_from_it() {
+/// A server with one debate slot, filled by a slow debate that is already running, and a
+/// queue of `queue_size`; with the body of more such debates. The worker is given up to
+/// 10 s to take the first one: on a loaded 2-core machine it can take a while to get
+/// scheduled, and until then the queue would hold one more than the test expects.
+async fn one_slot_running(queue_size: &str) -> (TestApp, Value) {
     let app = spawn_app_with(&[
         ("ARAGORA_MAX_CONCURRENT_DEBATES", "1"),
-        ("ARAGORA_DEBATE_QUEUE_SIZE", "6"),
+        ("ARAGORA_DEBATE_QUEUE_SIZE", queue_size),
     ])
     .await;
     let slow = json!({"task": "slow", "agents": ["demo:5000", "demo:5000"], "rounds": 1});
     let first = create_id(&app, slow.clone()).await;
     wait_running(&app, &first, 500).await;
+    (app, slow)
+}
+
+/// Submissions skip the count while the queue is far from its bound, and count again near
+/// it: the bound still holds exactly, for the submission that would pass it.
+#[tokio::test]
+async fn the_queue_bound_holds_when_submissions_stop_counting_far_from_it() {
+    let (app, slow) = one_slot_running("6").await;
     for i in 0..6 {
         let r = create(&app, slow.clone()).await;
         assert_eq!(r.status(), 202, "queued debate {i} refused");
@@ -426,16 +435,7 @@ async fn the_queue_bound_holds_when_submissions_stop_counting_far_from_it() {
 
 #[tokio::test]
 async fn a_full_queue_answers_503_with_retry_after() {
-    let app = spawn_app_with(&[
-        ("ARAGORA_MAX_CONCURRENT_DEBATES", "1"),
-        ("ARAGORA_DEBATE_QUEUE_SIZE", "1"),
-    ])
-    .await;
-    let slow = json!({"task": "slow", "agents": ["demo:5000", "demo:5000"], "rounds": 1});
-    let first = create_id(&app, slow.clone()).await;
-    // Let the worker take the first one, so the queue holds exactly one more (up to 10 s:
-    // on a loaded 2-core machine the worker can take a while to get scheduled).
-    wait_running(&app, &first, 500).await;
+    let (app, slow) = one_slot_running("1").await;
     create_id(&app, slow.clone()).await;
     let r = create(&app, slow).await;
     assert_eq!(r.status(), 503);
